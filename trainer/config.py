@@ -1,0 +1,473 @@
+"""Pipeline configuration: the only place YAML meets code.
+
+One YAML file describes a whole pipeline (both stages). `model`, `quantization` and `lora` are defined once and
+shared by every stage, so stage 2 can never drift from stage 1. `training` holds the defaults every stage inherits;
+a stage block overrides any of them. `load_config(path, overrides)` returns frozen dataclasses and rejects unknown
+keys by their dotted name; `build_sft_config` / `build_lora_config` / `build_quantization_config` turn them into the
+TRL, PEFT and transformers objects (imported lazily so `--help` stays instant).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is invalid; the message names the file, key and rule."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "mistralai/Mistral-7B-Instruct-v0.3"
+    """Hub id, local folder, or the embedded demo model's name (`smollm2-135m-instruct`)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the base model; None means the default branch."""
+    chat_template: str = "auto"
+    """`auto` (detect from the tokenizer), `mistral`, `chatml`, or a path to a .jinja file with generation markers."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: `sdpa`, `eager`, `flash_attention_2`, ..."""
+    trust_remote_code: bool = False
+    """Allow model repos that ship Python code. Off unless you have read that code."""
+
+
+@dataclass(frozen=True)
+class QuantizationSettings:
+    load_in_4bit: bool = True
+    """Load the frozen base in 4-bit (QLoRA). bitsandbytes runs it on GPU and CPU alike."""
+    quant_type: str = "nf4"
+    """`nf4` (the QLoRA paper's NormalFloat) or `fp4`."""
+    double_quant: bool = True
+    """Quantize the quantization constants too: ~0.4 bit/parameter less memory, no quality cost."""
+    compute_dtype: str = "bfloat16"
+    """dtype the 4-bit weights are dequantized to for each matmul."""
+    quant_storage: str = "uint8"
+    """Storage dtype of packed 4-bit weights; `bfloat16` is required for FSDP sharding."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    """Adapter rank. Higher: more capacity, more memory and a bigger adapter file."""
+    alpha: int = 32
+    """Scaling numerator: updates are scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    bias: str = "none"
+    """`none`, `all` or `lora_only`: which biases train."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Module names that get adapters (all attention and MLP projections, as in QLoRA)."""
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    path: str
+    """Local JSONL/JSON/Parquet/CSV file, a folder of them, or a Hub dataset id."""
+    schema: str = "auto"
+    """`auto`, `messages`, `sharegpt`, `alpaca` or `prompt_completion`."""
+    split: str = "train"
+    """Split to read when `path` is a Hub dataset."""
+    revision: str | None = None
+    """Hub dataset revision; None means the default branch."""
+    eval_fraction: float = 0.1
+    """Share of conversations held out for evaluation, chosen by content hash (stable across runs and machines)."""
+    eval_path: str | None = None
+    """Separate evaluation file; when set, `eval_fraction` is ignored."""
+    system_prompt: str | None = None
+    """System turn added to conversations that have none (the counsellor persona)."""
+    max_bad_fraction: float = 0.1
+    """The stage fails when more than this share of rows is invalid."""
+    strict: bool = False
+    """Fail on the first invalid row instead of skipping and counting it."""
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    dataset: DatasetSettings
+    """The stage's training data."""
+    init_from: str | None = None
+    """Adapter to continue: the name of an earlier stage, a path to an adapter folder, or None for a fresh one."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    num_train_epochs: float = 1.0
+    """Passes over the training split."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 means run the epochs."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming the learning rate up from zero."""
+    per_device_train_batch_size: int = 2
+    """Conversations per forward pass."""
+    per_device_eval_batch_size: int = 2
+    """Conversations per evaluation forward pass."""
+    gradient_accumulation_steps: int = 4
+    """Forward passes per optimizer step (effective batch = batch size x this x devices)."""
+    optim: str = "adamw_8bit"
+    """transformers optimizer name; `adamw_8bit` is bitsandbytes' 8-bit AdamW."""
+    lr_scheduler_type: str = "linear"
+    """Learning-rate schedule after warmup."""
+    max_grad_norm: float = 0.3
+    """Gradient clipping norm."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    padding_free: bool = False
+    """Concatenate each batch into one row with per-conversation positions: no pad tokens, no cross-talk."""
+    bf16: bool = True
+    """Mixed precision in bfloat16 (adapter weights and activations)."""
+    logging_steps: int = 1
+    """Log the training loss every N optimizer steps."""
+    eval_steps: int | None = None
+    """Evaluate every N optimizer steps; None evaluates at the end of each epoch."""
+    eval_before_training: bool = True
+    """Measure the eval loss before the first step, so the loss reduction has an honest starting point."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every N optimizer steps."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    """Run name: outputs go to `<output_dir>/<name>/<stage>/`."""
+    stages: Mapping[str, StageSettings]
+    """Stages in the order they run."""
+    output_dir: str = "runs"
+    """Folder that holds the run directories."""
+    seed: int = 3407
+    """Seed for adapter initialisation, shuffling and the train/eval split."""
+    max_length: int = 2048
+    """Longest conversation in tokens after templating; longer rows are rejected, never silently cut."""
+    torch_threads: int | None = None
+    """CPU threads for PyTorch; None keeps PyTorch's default."""
+    model: ModelSettings = field(default_factory=ModelSettings)
+    quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    source: str | None = None
+    """File the config was read from (set by `load_config`, not by YAML)."""
+
+    def stage(self, name: str) -> StageSettings:
+        """Return one stage's settings, or raise a ConfigError naming the stages that exist."""
+        if name not in self.stages:
+            raise ConfigError(f"{self.source}: no stage named {name!r}; stages are {', '.join(self.stages)}")
+        return self.stages[name]
+
+    def run_dir(self) -> Path:
+        """Folder holding every stage of this run."""
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready form of the resolved config (every stage fully expanded)."""
+        out = _to_plain(self)
+        out.pop("source", None)
+        return out
+
+
+# Keys of StageSettings that a `training:` block may set for all stages.
+_SHARED_STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings) if f.name not in ("dataset", "init_from"))
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is collections.abc.Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _key_type, item_type = typing.get_args(tp)
+        return types.MappingProxyType({str(k): _coerce(v, item_type, f"{where}.{k}") for k, v in value.items()})
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            # PyYAML reads `1e-4` (no dot) as a string; accept it as the number users mean.
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - schema bug, not user input
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key{_suggest(str(key), names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where + '.' if where else ''}{f.name}: required key is missing")
+            continue
+        kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where + '.' if where else ''}{f.name}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split a dotted `key=value` override; the value is read as YAML (`true`, `3`, `[a, b]`)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. stages.stage2.learning_rate=1e-4")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    return parts, yaml.safe_load(value) if value.strip() else ""
+
+
+def _apply_override(raw: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate_values(cfg: PipelineConfig) -> None:
+    """Rules a type check cannot express; each error names the key."""
+    q = cfg.quantization
+    if q.quant_type not in ("nf4", "fp4"):
+        raise ConfigError(f"quantization.quant_type: must be nf4 or fp4, got {q.quant_type!r}")
+    for key, dtype in (("compute_dtype", q.compute_dtype), ("quant_storage", q.quant_storage)):
+        if dtype not in ("bfloat16", "float16", "float32", "uint8"):
+            raise ConfigError(f"quantization.{key}: unknown dtype {dtype!r}")
+    if cfg.lora.r <= 0 or cfg.lora.alpha <= 0:
+        raise ConfigError("lora.r and lora.alpha must be positive")
+    if not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"lora.dropout: must be in [0, 1), got {cfg.lora.dropout}")
+    if cfg.lora.bias not in ("none", "all", "lora_only"):
+        raise ConfigError(f"lora.bias: must be none, all or lora_only, got {cfg.lora.bias!r}")
+    if not cfg.lora.target_modules:
+        raise ConfigError("lora.target_modules: must name at least one module")
+    if cfg.max_length < 16:
+        raise ConfigError(f"max_length: must be at least 16, got {cfg.max_length}")
+    if not cfg.stages:
+        raise ConfigError("stages: at least one stage is required")
+    from trainer.data import SCHEMAS  # local import: data.py imports this module
+
+    seen: list[str] = []
+    for name, st in cfg.stages.items():
+        where = f"stages.{name}"
+        if st.dataset.schema not in ("auto", *SCHEMAS):
+            raise ConfigError(
+                f"{where}.dataset.schema: unknown schema {st.dataset.schema!r}; use auto or one of {', '.join(SCHEMAS)}"
+            )
+        if not 0 <= st.dataset.eval_fraction < 1:
+            raise ConfigError(f"{where}.dataset.eval_fraction: must be in [0, 1), got {st.dataset.eval_fraction}")
+        if not 0 <= st.dataset.max_bad_fraction <= 1:
+            raise ConfigError(f"{where}.dataset.max_bad_fraction: must be in [0, 1]")
+        if st.learning_rate <= 0:
+            raise ConfigError(f"{where}.learning_rate: must be positive, got {st.learning_rate}")
+        if not 0 <= st.warmup_ratio < 1:
+            raise ConfigError(f"{where}.warmup_ratio: must be in [0, 1), got {st.warmup_ratio}")
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                    "logging_steps", "save_steps", "save_total_limit"):
+            if getattr(st, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be at least 1")
+        if st.max_steps == 0 or st.max_steps < -1:
+            raise ConfigError(f"{where}.max_steps: must be -1 (use epochs) or positive")
+        if st.max_steps == -1 and st.num_train_epochs <= 0:
+            raise ConfigError(f"{where}.num_train_epochs: must be positive")
+        if st.init_from is not None and st.init_from not in seen and "/" not in st.init_from \
+                and not Path(st.init_from).exists():
+            raise ConfigError(
+                f"{where}.init_from: {st.init_from!r} is neither an earlier stage ({', '.join(seen) or 'none'}) "
+                "nor an adapter folder"
+            )
+        seen.append(name)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Read a pipeline YAML, apply dotted `key=value` overrides, and return the validated, frozen config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply_override(raw, parts, value, text)
+
+    try:
+        shared = raw.pop("training", None) or {}
+        if not isinstance(shared, dict):
+            raise ConfigError("training: expected a mapping")
+        for key in shared:
+            if key not in _SHARED_STAGE_KEYS:
+                raise ConfigError(f"training.{key}: unknown key{_suggest(key, _SHARED_STAGE_KEYS)}")
+        stages_raw = raw.get("stages")
+        if not isinstance(stages_raw, dict) or not stages_raw:
+            raise ConfigError("stages: expected a mapping of stage names to settings")
+        merged = {}
+        for name, block in stages_raw.items():
+            if not isinstance(block, dict):
+                raise ConfigError(f"stages.{name}: expected a mapping")
+            merged[name] = {**shared, **block}
+        raw["stages"] = merged
+        cfg = dataclasses.replace(_build(PipelineConfig, raw, ""), source=str(path))
+        _validate_values(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
+
+
+def dump_config(cfg: PipelineConfig, path: str | Path, stage: str | None = None) -> None:
+    """Write the resolved config (optionally naming the stage it produced) as YAML."""
+    data = cfg.to_dict()
+    if stage is not None:
+        data = {"resolved_for_stage": stage, **data}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+# Builders: the TRL / PEFT / transformers objects each stage trains with.
+
+def build_lora_config(cfg: PipelineConfig):
+    """The PEFT LoraConfig shared by every stage."""
+    from peft import LoraConfig
+
+    lora = cfg.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_quantization_config(cfg: PipelineConfig):
+    """The bitsandbytes 4-bit config, or None when the base is loaded unquantized."""
+    q = cfg.quantization
+    if not q.load_in_4bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, q.quant_storage),
+    )
+
+
+def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *, eval_enabled: bool = True):
+    """The TRL SFTConfig for one stage. Raises a ConfigError if TRL rejects a value."""
+    import torch
+    from trl import SFTConfig
+
+    st = cfg.stage(stage)
+    eval_strategy = "no"
+    if eval_enabled:
+        eval_strategy = "steps" if st.eval_steps else "epoch"
+    try:
+        return SFTConfig(
+            output_dir=str(output_dir),
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            learning_rate=st.learning_rate,
+            num_train_epochs=st.num_train_epochs,
+            max_steps=st.max_steps,
+            warmup_steps=st.warmup_ratio,  # a float below 1 is a ratio of the total steps
+            per_device_train_batch_size=st.per_device_train_batch_size,
+            per_device_eval_batch_size=st.per_device_eval_batch_size,
+            gradient_accumulation_steps=st.gradient_accumulation_steps,
+            optim=st.optim,
+            lr_scheduler_type=st.lr_scheduler_type,
+            max_grad_norm=st.max_grad_norm,
+            weight_decay=st.weight_decay,
+            gradient_checkpointing=st.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if st.gradient_checkpointing else None,
+            bf16=st.bf16,
+            use_cpu=not torch.cuda.is_available(),
+            logging_steps=st.logging_steps,
+            logging_first_step=True,
+            eval_strategy=eval_strategy,
+            eval_steps=st.eval_steps,
+            save_strategy="steps",
+            save_steps=st.save_steps,
+            save_total_limit=st.save_total_limit,
+            max_length=None if st.padding_free else cfg.max_length,
+            padding_free=st.padding_free,
+            assistant_only_loss=True,
+            packing=False,
+            report_to="none",
+            disable_tqdm=False,
+            dataloader_num_workers=0,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{cfg.source}: stages.{stage}: TRL rejected the settings: {exc}") from None

@@ -1,0 +1,583 @@
+"""Where data enters: any supported file or Hub dataset -> validated `messages` conversations.
+
+Supported inputs: JSONL, JSON, Parquet and CSV files (or a folder of them), or a Hub dataset id. Supported schemas,
+auto-detected from each file's first row or forced with `dataset.schema`:
+
+- `messages`: OpenAI chat format, `{"messages": [{"role": ..., "content": ...}, ...]}`
+- `sharegpt`: `{"conversations": [{"from": "human" | "gpt" | ..., "value": ...}, ...]}` (StudyAbroadGPT's schema)
+- `alpaca`: `{"instruction", "input", "output"}` with optional `system` and `history`
+- `prompt_completion`: `{"prompt", "completion"}`, each a string or a list of messages
+
+Every bad row gets one message naming its file, line (or row) and rule. Bad rows are skipped and counted, and the
+stage fails when more than `max_bad_fraction` of the rows are bad; `strict` fails on the first. Exact duplicates
+are removed. The train/eval split is chosen by content hash, so it is the same on every machine and in every order.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from trainer.config import DatasetSettings
+
+SCHEMAS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+# The rules a row can break; each message starts with one of these.
+RULE_INVALID_JSON = "invalid JSON"
+RULE_ENCODING = "wrong encoding"
+RULE_NOT_OBJECT = "not an object"
+RULE_SCHEMA = "schema mismatch"
+RULE_EMPTY = "empty content"
+RULE_ROLE = "unknown role"
+RULE_ORDER = "turns out of order"
+RULE_NO_ASSISTANT = "no assistant turn"
+RULE_NON_STRING = "non-string content"
+RULE_TOO_LONG = "too long after templating"
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "chatgpt": "assistant", "bot": "assistant",
+    "system": "system",
+}
+CHAT_ROLES = ("system", "user", "assistant")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message names the file, row and rule."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One rejected row: where it is and which rule it broke."""
+
+    location: str
+    rule: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.rule}" + (f": {self.detail}" if self.detail else "")
+
+
+class _RowProblem(Exception):
+    def __init__(self, rule: str, detail: str = ""):
+        super().__init__(rule)
+        self.rule, self.detail = rule, detail
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A validated conversation in `messages` form, with where it came from."""
+
+    messages: tuple[dict[str, str], ...]
+    location: str
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the messages: the row's identity for dedup and splitting."""
+        return content_hash(self.messages)
+
+    def as_row(self) -> dict[str, Any]:
+        return {"messages": [dict(m) for m in self.messages]}
+
+
+@dataclass
+class DataReport:
+    """What ingestion saw: counts, rejected rows, and the hashes the lineage records."""
+
+    source: str
+    schema: str = ""
+    rows_read: int = 0
+    duplicates: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    kept: int = 0
+
+    @property
+    def bad(self) -> int:
+        return len(self.errors)
+
+    def rule_counts(self) -> dict[str, int]:
+        return dict(Counter(e.rule for e in self.errors))
+
+    def summary(self) -> str:
+        rules = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.rule_counts().items()))
+        return (
+            f"{self.source}: {self.rows_read} rows read ({self.schema or 'no rows'}), {self.kept} kept, "
+            f"{self.bad} bad{f' ({rules})' if rules else ''}, {self.duplicates} exact duplicates removed"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "schema": self.schema,
+            "rows_read": self.rows_read,
+            "kept": self.kept,
+            "bad": self.bad,
+            "bad_by_rule": self.rule_counts(),
+            "duplicates_removed": self.duplicates,
+            "file_sha256": self.file_hashes,
+        }
+
+
+def content_hash(messages: Iterable[dict[str, str]]) -> str:
+    """sha256 of a conversation's canonical JSON."""
+    canonical = json.dumps([{"role": m["role"], "content": m["content"]} for m in messages],
+                           ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Reading: each reader yields (location, object) or (location, RowError) and never stops at a bad row.
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            loc = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield loc, RowError(loc, RULE_ENCODING, f"byte {exc.start + 1} is not UTF-8 ({exc.reason})")
+                continue
+            try:
+                yield loc, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield loc, RowError(loc, RULE_INVALID_JSON, f"{exc.msg} at column {exc.colno}")
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: {RULE_ENCODING}: byte is not UTF-8 ({exc.reason}); "
+                        "re-save the file as UTF-8") from None
+    decoder = json.JSONDecoder()
+    pos = _skip_ws(text, 0)
+    if pos < len(text) and text[pos] == "[":
+        # Walk the top-level array item by item, so each row keeps its line number and one bad item
+        # does not hide the others.
+        pos = _skip_ws(text, pos + 1)
+        index = 0
+        while pos < len(text) and text[pos] != "]":
+            index += 1
+            line = text.count("\n", 0, pos) + 1
+            loc = f"{path}:{line} (item {index})"
+            try:
+                obj, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{exc.lineno}: {RULE_INVALID_JSON}: {exc.msg} at column {exc.colno}; "
+                                "the rest of the file cannot be read") from None
+            yield loc, obj
+            pos = _skip_ws(text, end)
+            if pos < len(text) and text[pos] == ",":
+                pos = _skip_ws(text, pos + 1)
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: {RULE_INVALID_JSON}: {exc.msg} at column {exc.colno}") from None
+    if isinstance(obj, dict):
+        lists = [k for k, v in obj.items() if isinstance(v, list)]
+        if len(lists) == 1 and not set(obj) & {"messages", "conversations", "instruction", "prompt"}:
+            for i, item in enumerate(obj[lists[0]], start=1):
+                yield f"{path}: {lists[0]}[{i}]", item
+            return
+        yield f"{path}: item 1", obj
+        return
+    raise DataError(f"{path}: {RULE_NOT_OBJECT}: expected an array of objects at the top level")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}: row {i}", row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    # surrogateescape keeps undecodable bytes so the row that holds them is reported, not the whole file.
+    text = raw.decode("utf-8", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    row_no = 0
+    for row in reader:
+        row_no += 1
+        loc = f"{path}:{reader.line_num} (row {row_no})"
+        values = {k: v for k, v in row.items() if k is not None}
+        if any(isinstance(v, str) and _has_surrogates(v) for v in values.values()):
+            yield loc, RowError(loc, RULE_ENCODING, "a cell is not UTF-8")
+            continue
+        parsed: dict[str, Any] = {}
+        problem = None
+        for key, value in values.items():
+            # Chat columns arrive as JSON text inside a cell.
+            if key in ("messages", "conversations", "history", "prompt", "completion") and isinstance(value, str) \
+                    and value.lstrip().startswith("["):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    problem = RowError(loc, RULE_INVALID_JSON, f"column {key!r}: {exc.msg} at column {exc.colno}")
+                    break
+            parsed[key] = value
+        yield loc, (problem if problem else parsed)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _read_hub(spec: DatasetSettings) -> Iterator[tuple[str, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec.path, split=spec.split, revision=spec.revision)
+    except Exception as exc:
+        raise DataError(f"{spec.path}: cannot load Hub dataset (split {spec.split!r}): {exc}") from None
+    for i, row in enumerate(ds, start=1):
+        yield f"{spec.path}[{spec.split}]: row {i}", row
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
+
+
+def resolve_source(path: str, base_dir: str | Path | None = None) -> tuple[str, list[Path]]:
+    """Return ("local", files) or ("hub", []) for a dataset path; relative paths are tried from the working
+    directory, then from `base_dir` (the folder above the config's)."""
+    candidates = [Path(path)]
+    if base_dir is not None and not Path(path).is_absolute():
+        candidates.append(Path(base_dir) / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            if candidate.suffix.lower() not in READERS:
+                raise DataError(f"{candidate}: unsupported file type; use one of {', '.join(FILE_SUFFIXES)}")
+            return "local", [candidate]
+        if candidate.is_dir():
+            files = sorted(p for p in candidate.iterdir() if p.suffix.lower() in READERS and p.is_file())
+            if not files:
+                raise DataError(f"{candidate}: folder holds no {', '.join(FILE_SUFFIXES)} files")
+            return "local", files
+    if _HUB_ID.match(path) and not path.endswith(FILE_SUFFIXES):
+        return "hub", []
+    raise DataError(f"{path}: no such file or folder, and not a Hub dataset id (owner/name)")
+
+
+# Normalising: one function per schema, each returning the list of messages or raising _RowProblem.
+
+def detect_schema(obj: Any) -> str | None:
+    """Guess a row's schema from its keys."""
+    if not isinstance(obj, dict):
+        return None
+    if "messages" in obj:
+        return "messages"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
+    if "prompt" in obj and "completion" in obj:
+        return "prompt_completion"
+    return None
+
+
+def _message(role: Any, content: Any, index: int) -> dict[str, str]:
+    if not isinstance(content, str):
+        raise _RowProblem(RULE_NON_STRING, f"message {index} ({role}) has {type(content).__name__} content")
+    return {"role": role, "content": content}
+
+
+def _from_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
+    turns = obj.get("messages")
+    if not isinstance(turns, list):
+        raise _RowProblem(RULE_SCHEMA, f"'messages' must be a list, got {type(turns).__name__}")
+    out = []
+    for i, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise _RowProblem(RULE_SCHEMA, f"message {i} needs 'role' and 'content'")
+        role = turn["role"]
+        if role not in CHAT_ROLES:
+            raise _RowProblem(RULE_ROLE, f"message {i} has role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
+        out.append(_message(role, turn["content"], i))
+    return out
+
+
+def _from_sharegpt(obj: dict[str, Any]) -> list[dict[str, str]]:
+    turns = obj.get("conversations")
+    if not isinstance(turns, list):
+        raise _RowProblem(RULE_SCHEMA, f"'conversations' must be a list, got {type(turns).__name__}")
+    out = []
+    for i, turn in enumerate(turns, start=1):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise _RowProblem(RULE_SCHEMA, f"turn {i} needs 'from' and 'value'")
+        speaker = turn["from"]
+        role = SHAREGPT_ROLES.get(str(speaker).lower()) if isinstance(speaker, str) else None
+        if role is None:
+            raise _RowProblem(RULE_ROLE, f"turn {i} is from {speaker!r}; expected human, gpt, assistant or system")
+        out.append(_message(role, turn["value"], i))
+    return out
+
+
+def _from_alpaca(obj: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    if obj.get("system") not in (None, ""):
+        out.append(_message("system", obj["system"], 1))
+    history = obj.get("history") or []
+    if not isinstance(history, list):
+        raise _RowProblem(RULE_SCHEMA, "'history' must be a list of [question, answer] pairs")
+    for pair in history:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise _RowProblem(RULE_SCHEMA, "'history' must be a list of [question, answer] pairs")
+        out.append(_message("user", pair[0], len(out) + 1))
+        out.append(_message("assistant", pair[1], len(out) + 1))
+    instruction, extra = obj.get("instruction"), obj.get("input")
+    if not isinstance(instruction, str):
+        raise _RowProblem(RULE_NON_STRING, f"'instruction' is {type(instruction).__name__}")
+    if extra not in (None, "") and not isinstance(extra, str):
+        raise _RowProblem(RULE_NON_STRING, f"'input' is {type(extra).__name__}")
+    prompt = f"{instruction}\n\n{extra}" if extra else instruction
+    out.append(_message("user", prompt, len(out) + 1))
+    out.append(_message("assistant", obj.get("output"), len(out) + 1))
+    return out
+
+
+def _from_prompt_completion(obj: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for key, default_role in (("prompt", "user"), ("completion", "assistant")):
+        value = obj.get(key)
+        if isinstance(value, list):
+            out.extend(_from_messages({"messages": value}))
+        else:
+            out.append(_message(default_role, value, len(out) + 1))
+    return out
+
+
+NORMALIZERS = {
+    "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "alpaca": _from_alpaca,
+    "prompt_completion": _from_prompt_completion,
+}
+
+
+def check_turns(messages: Sequence[dict[str, str]]) -> None:
+    """Raise _RowProblem unless the conversation is [system] user assistant (user assistant)* with text in each."""
+    for i, m in enumerate(messages, start=1):
+        if not m["content"].strip():
+            raise _RowProblem(RULE_EMPTY, f"message {i} ({m['role']}) is empty")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise _RowProblem(RULE_NO_ASSISTANT, "the conversation has no answer to learn from")
+    expected = "user"
+    for i, m in enumerate(messages, start=1):
+        role = m["role"]
+        if role == "system":
+            if i != 1:
+                raise _RowProblem(RULE_ORDER, f"message {i} is a system turn; only the first message may be one")
+            continue
+        if role != expected:
+            raise _RowProblem(RULE_ORDER, f"message {i} is {role!r} where {expected!r} was expected")
+        expected = "assistant" if role == "user" else "user"
+    if messages[-1]["role"] != "assistant":
+        raise _RowProblem(RULE_ORDER, f"the last message is {messages[-1]['role']!r}; it must be an assistant answer")
+
+
+def normalize_row(obj: Any, schema: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """One raw row -> validated messages. Raises _RowProblem naming the rule it breaks."""
+    if not isinstance(obj, dict):
+        raise _RowProblem(RULE_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    if detect_schema(obj) != schema and not (schema == "alpaca" and "instruction" in obj):
+        found = detect_schema(obj)
+        raise _RowProblem(RULE_SCHEMA, f"expected {schema} fields, found {found or 'keys ' + ', '.join(sorted(obj))}")
+    messages = NORMALIZERS[schema](obj)
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    check_turns(messages)
+    return messages
+
+
+def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None, path: str | None = None
+                       ) -> tuple[list[Conversation], DataReport]:
+    """Read, normalise, validate and deduplicate one dataset. Bad rows are collected in the report, not raised,
+    unless `spec.strict` is set or more than `spec.max_bad_fraction` of the rows are bad."""
+    path = path or spec.path
+    kind, files = resolve_source(path, base_dir)
+    report = DataReport(source=path)
+    if kind == "hub":
+        streams: list[Iterable[tuple[str, Any]]] = [_read_hub(spec)]
+    else:
+        streams = [READERS[f.suffix.lower()](f) for f in files]
+        report.file_hashes = {str(f): file_sha256(f) for f in files}
+
+    conversations: list[Conversation] = []
+    seen: set[str] = set()
+    for stream in streams:
+        schema = None if spec.schema == "auto" else spec.schema
+        for location, obj in stream:
+            report.rows_read += 1
+            if isinstance(obj, RowError):
+                _reject(report, obj, spec)
+                continue
+            if schema is None:
+                schema = detect_schema(obj)
+                if schema is None:
+                    _reject(report, RowError(location, RULE_SCHEMA, "cannot tell the schema from keys "
+                                             f"{', '.join(sorted(obj)) if isinstance(obj, dict) else type(obj).__name__}; "
+                                             "set dataset.schema"), spec)
+                    continue
+                report.schema = report.schema or schema
+            try:
+                messages = normalize_row(obj, schema, spec.system_prompt)
+            except _RowProblem as problem:
+                _reject(report, RowError(location, problem.rule, problem.detail), spec)
+                continue
+            conv = Conversation(tuple(messages), location)
+            key = conv.content_hash
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            conversations.append(conv)
+    report.kept = len(conversations)
+    enforce_bad_share(report, spec)
+    return conversations, report
+
+
+def _reject(report: DataReport, error: RowError, spec: DatasetSettings) -> None:
+    report.errors.append(error)
+    if spec.strict:
+        raise DataError(f"{error} (strict mode: fix the row or turn dataset.strict off to skip bad rows)")
+
+
+def enforce_bad_share(report: DataReport, spec: DatasetSettings) -> None:
+    """Raise DataError when too many rows are bad (or none is usable)."""
+    if report.rows_read == 0:
+        raise DataError(f"{report.source}: no rows")
+    share = report.bad / report.rows_read
+    if share > spec.max_bad_fraction or report.kept == 0:
+        listed = "\n  ".join(str(e) for e in report.errors[:20])
+        more = f"\n  ... and {report.bad - 20} more" if report.bad > 20 else ""
+        raise DataError(
+            f"{report.source}: {report.bad} of {report.rows_read} rows are bad ({share:.0%}, limit "
+            f"{spec.max_bad_fraction:.0%}):\n  {listed}{more}"
+        )
+
+
+def check_lengths(conversations: list[Conversation], tokenizer, chat_template: str, max_length: int,
+                  report: DataReport, spec: DatasetSettings) -> tuple[list[Conversation], list[int]]:
+    """Drop conversations longer than `max_length` tokens once rendered with the training template, recording
+    each as a bad row in `report`. Returns the kept conversations and their token lengths."""
+    kept, lengths = [], []
+    batch = 256
+    for start in range(0, len(conversations), batch):
+        chunk = conversations[start:start + batch]
+        texts = tokenizer.apply_chat_template([list(c.messages) for c in chunk], chat_template=chat_template,
+                                              tokenize=False)
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for conv, ids in zip(chunk, encoded):
+            if len(ids) > max_length:
+                _reject(report, RowError(conv.location, RULE_TOO_LONG,
+                                         f"{len(ids)} tokens > max_length {max_length}"), spec)
+                continue
+            kept.append(conv)
+            lengths.append(len(ids))
+    return kept, lengths
+
+
+def split_train_eval(conversations: list[Conversation], eval_fraction: float, seed: int
+                     ) -> tuple[list[Conversation], list[Conversation]]:
+    """Hold out the `eval_fraction` of conversations whose seeded content hash is smallest (at least one when the
+    fraction is positive and two or more conversations exist). Independent of row order and machine."""
+    if eval_fraction <= 0 or len(conversations) < 2:
+        return list(conversations), []
+    n_eval = min(len(conversations) - 1, max(1, round(len(conversations) * eval_fraction)))
+    ranked = sorted(conversations, key=lambda c: hashlib.sha256(f"{seed}:{c.content_hash}".encode()).hexdigest())
+    eval_keys = {c.content_hash for c in ranked[:n_eval]}
+    train = [c for c in conversations if c.content_hash not in eval_keys]
+    held = [c for c in conversations if c.content_hash in eval_keys]
+    return train, held
+
+
+def to_dataset(conversations: Sequence[Conversation]):
+    """A `datasets.Dataset` with one `messages` column, as TRL's conversational SFT expects."""
+    import datasets
+
+    return datasets.Dataset.from_list([c.as_row() for c in conversations])
+
+
+@dataclass
+class StageData:
+    """A stage's validated conversations, split, with the reports the lineage records."""
+
+    train: list[Conversation]
+    eval: list[Conversation]
+    train_lengths: list[int]
+    reports: list[DataReport]
+
+    def summary(self) -> str:
+        tokens = sum(self.train_lengths)
+        return (" | ".join(r.summary() for r in self.reports)
+                + f" -> {len(self.train)} train / {len(self.eval)} eval conversations, {tokens:,} train tokens")
+
+    def split_record(self) -> dict[str, Any]:
+        return {
+            "train": [{"sha256": c.content_hash, "source": c.location} for c in self.train],
+            "eval": [{"sha256": c.content_hash, "source": c.location} for c in self.eval],
+        }
+
+
+def prepare_stage_data(spec: DatasetSettings, *, seed: int, max_length: int, tokenizer=None,
+                       chat_template: str | None = None, base_dir: str | Path | None = None) -> StageData:
+    """Load, validate, length-check (when a tokenizer is given) and split one stage's data."""
+    conversations, report = load_conversations(spec, base_dir)
+    reports = [report]
+    if spec.eval_path:
+        train = conversations
+        held, eval_report = load_conversations(spec, base_dir, path=spec.eval_path)
+        reports.append(eval_report)
+    else:
+        train, held = split_train_eval(conversations, spec.eval_fraction, seed)
+    lengths: list[int] = []
+    if tokenizer is not None:
+        train, lengths = check_lengths(train, tokenizer, chat_template, max_length, report, spec)
+        held, _ = check_lengths(held, tokenizer, chat_template, max_length, reports[-1], spec)
+        if spec.eval_path:
+            report.kept, reports[-1].kept = len(train), len(held)
+        else:
+            report.kept = len(train) + len(held)
+        for r in reports:
+            enforce_bad_share(r, spec)
+        if not train:
+            raise DataError(f"{spec.path}: no training conversations left after validation")
+    return StageData(train=train, eval=held, train_lengths=lengths, reports=reports)

@@ -1,0 +1,269 @@
+"""Base model, tokenizer, chat template and LoRA adapters: the one module that decides the chat template.
+
+Training uses a twin of the model's own chat template with `{% generation %}` markers (so TRL can put the loss
+on assistant tokens only). Before any run, `verify_training_template` renders the same conversations with both
+templates and refuses to train if a single character differs: training and serving always see the same format.
+The adapter folder stores the training template as its chat template, so whatever loads the adapter renders
+exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainer.config import PipelineConfig, build_lora_config, build_quantization_config
+from trainer.demo_model import demo_model_path, is_demo_model
+
+TEMPLATE_FAMILIES = ("mistral", "chatml")
+_TEMPLATE_FILES = {"mistral": "mistral_instruct.jinja", "chatml": "chatml.jinja"}
+_DEFAULT_SYSTEM_LINE = "{%- set default_system_message = none -%}"
+
+
+class ModelError(RuntimeError):
+    """A model, tokenizer, template or adapter problem a user can fix; the message says which and how."""
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Where a configured base model really lives."""
+
+    name: str
+    """As written in the config."""
+    path: str
+    """What `from_pretrained` receives: a local folder or a Hub id."""
+    revision: str | None
+    is_demo: bool
+    is_local: bool
+
+
+@dataclass(frozen=True)
+class TrainingTemplate:
+    """The chat template training (and serving) renders with."""
+
+    text: str
+    family: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def resolve_base_model(name: str, revision: str | None = None) -> BaseModelRef:
+    """Accept a Hub id, a local folder, or the demo model's name."""
+    if is_demo_model(name):
+        return BaseModelRef(name=name, path=str(demo_model_path()), revision=None, is_demo=True, is_local=True)
+    if Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: a model folder needs a config.json")
+        return BaseModelRef(name=name, path=str(path), revision=None, is_demo=False, is_local=True)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise ModelError(f"model {name!r}: not a local folder, a Hub id (owner/name) or the demo model's name")
+    return BaseModelRef(name=name, path=name, revision=revision, is_demo=False, is_local=False)
+
+
+def load_tokenizer(ref: BaseModelRef, trust_remote_code: bool = False):
+    """The base model's tokenizer, as `from_pretrained` gives it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelError(f"cannot load the tokenizer of {ref.name!r}: {exc}") from None
+
+
+def _template_file(family: str) -> str:
+    return (Path(__file__).parent / "chat_templates" / _TEMPLATE_FILES[family]).read_text(encoding="utf-8")
+
+
+def detect_template_family(chat_template: str | None) -> str | None:
+    """Which shipped training template matches a model's own template, by its markers."""
+    if not chat_template:
+        return None
+    if "[INST]" in chat_template:
+        return "mistral"
+    if "<|im_start|>" in chat_template:
+        return "chatml"
+    return None
+
+
+def _own_template(tokenizer) -> str | None:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template
+
+
+def _chatml_default_system(tokenizer) -> str | None:
+    """The system prompt a ChatML template inserts when a conversation has none (SmolLM2 does), or None."""
+    probe = "\u2063probe\u2063"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False)
+    head, sep, _ = rendered.partition(f"<|im_start|>user\n{probe}")
+    if sep and head.startswith("<|im_start|>system\n") and head.endswith("<|im_end|>\n"):
+        return head[len("<|im_start|>system\n"): -len("<|im_end|>\n")]
+    return None
+
+
+def select_training_template(tokenizer, setting: str = "auto") -> TrainingTemplate:
+    """Pick the training template for a tokenizer: `auto`, a shipped family, or a .jinja path."""
+    from trl.chat_template_utils import has_generation_markers
+
+    own = _own_template(tokenizer)
+    if setting not in ("auto", *TEMPLATE_FAMILIES):
+        path = Path(setting)
+        if not path.is_file():
+            raise ModelError(f"model.chat_template: {setting!r} is neither auto, {', '.join(TEMPLATE_FAMILIES)} "
+                             "nor a .jinja file")
+        text = path.read_text(encoding="utf-8")
+        if not has_generation_markers(text):
+            raise ModelError(f"{path}: the template has no {{% generation %}} markers, so the loss cannot be limited "
+                             "to the assistant's answers")
+        return TrainingTemplate(text=text, family=f"file:{path.name}")
+    family = setting if setting != "auto" else detect_template_family(own)
+    if family is None:
+        if own and has_generation_markers(own):
+            return TrainingTemplate(text=own, family="model")
+        raise ModelError(
+            "the base model's chat template is not one this tool ships a training twin for (Mistral [INST] or "
+            "ChatML); set model.chat_template to a .jinja file that renders the same text with "
+            "{% generation %} markers around each assistant answer"
+        )
+    text = _template_file(family)
+    if family == "chatml" and own:
+        default_system = _chatml_default_system(tokenizer)
+        if default_system is not None:
+            text = text.replace(_DEFAULT_SYSTEM_LINE,
+                                "{%- set default_system_message = " + json.dumps(default_system) + " -%}", 1)
+    return TrainingTemplate(text=text, family=family)
+
+
+PROBE_CONVERSATIONS: tuple[tuple[dict[str, str], ...], ...] = (
+    ({"role": "user", "content": "Which documents do I need for a UK Student visa?"},
+     {"role": "assistant", "content": "## Documents\n\n- CAS number\n- Passport\n- Proof of funds"}),
+    ({"role": "system", "content": "You are a careful study-abroad counsellor."},
+     {"role": "user", "content": "Can I work while studying in Germany?"},
+     {"role": "assistant", "content": "  Yes, within limits: 140 full days or 280 half days a year.  "},
+     {"role": "user", "content": "And in Canada?"},
+     {"role": "assistant", "content": "Check IRCC's current off-campus work rules before you plan on it."}),
+)
+
+
+def _renders(tokenizer, template: str | None, messages: Sequence[dict[str, str]], gen_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,
+                                         add_generation_prompt=gen_prompt)
+
+
+def verify_training_template(tokenizer, template: TrainingTemplate,
+                             conversations: Sequence[Sequence[dict[str, str]]] = ()) -> int:
+    """Render every conversation (and its prompt up to each answer) with the model's own template and the
+    training template; raise ModelError at the first difference. Returns the number of renderings compared."""
+    own = _own_template(tokenizer)
+    checked = 0
+    if own is not None and own != template.text:
+        for messages in (*PROBE_CONVERSATIONS, *conversations):
+            variants = [(list(messages), False)]
+            for i, m in enumerate(messages):
+                if m["role"] == "assistant":
+                    variants.append((list(messages[:i]), True))
+            for msgs, gen_prompt in variants:
+                expected = _renders(tokenizer, None, msgs, gen_prompt)
+                got = _renders(tokenizer, template.text, msgs, gen_prompt)
+                checked += 1
+                if expected != got:
+                    at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+                    raise ModelError(
+                        f"the {template.family} training template renders differently from the model's own template "
+                        f"at character {at}: model {expected[max(0, at - 40):at + 40]!r} vs training "
+                        f"{got[max(0, at - 40):at + 40]!r}; set model.chat_template to a matching template"
+                    )
+    probe = tokenizer.apply_chat_template(list(PROBE_CONVERSATIONS[0]), chat_template=template.text, tokenize=True,
+                                          return_dict=True, return_assistant_tokens_mask=True)
+    if not any(probe["assistant_masks"]):
+        raise ModelError(f"the {template.family} training template marks no assistant tokens; check its "
+                         "{% generation %} markers")
+    return checked
+
+
+def _device_map() -> Any:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return None  # FSDP shards and places the weights itself
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True):
+    """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quant = build_quantization_config(cfg)
+    if quant is not None:
+        dtype = getattr(torch, cfg.quantization.compute_dtype)
+    else:
+        dtype = torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32
+    kwargs: dict[str, Any] = {
+        "revision": ref.revision,
+        "dtype": dtype,
+        "attn_implementation": cfg.model.attn_implementation,
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "device_map": _device_map(),
+    }
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    except OSError as exc:
+        raise ModelError(f"cannot load base model {ref.name!r}: {exc}") from None
+    model.config.use_cache = False
+    return model
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_adapter_matches(adapter_dir: str | Path, cfg: PipelineConfig) -> None:
+    """Refuse to continue an adapter whose base model or LoRA shape differs from this config."""
+    adapter_cfg = read_adapter_config(adapter_dir)
+    base = adapter_cfg.get("base_model_name_or_path")
+    if base and base != cfg.model.name:
+        raise ModelError(f"{adapter_dir}: the adapter was trained on {base!r}, but this config's base model is "
+                         f"{cfg.model.name!r}")
+    want = {"r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "target_modules": sorted(cfg.lora.target_modules)}
+    have = {"r": adapter_cfg.get("r"), "lora_alpha": adapter_cfg.get("lora_alpha"),
+            "target_modules": sorted(adapter_cfg.get("target_modules") or [])}
+    for key in want:
+        if want[key] != have[key]:
+            raise ModelError(f"{adapter_dir}: adapter has {key}={have[key]!r}, config says {want[key]!r}; "
+                             "LoRA settings must match across stages")
+
+
+def attach_adapter(model, cfg: PipelineConfig, init_from: str | Path | None = None):
+    """A trainable PeftModel: a fresh LoRA adapter, or the adapter in `init_from` continued (never merged)."""
+    from peft import PeftModel, get_peft_model
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA A matrices are initialised randomly
+    if init_from is not None:
+        check_adapter_matches(init_from, cfg)
+        peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
+    else:
+        peft_model = get_peft_model(model, build_lora_config(cfg))
+    # Adapter files name the configured base, not a cache path on this machine.
+    for adapter_config in peft_model.peft_config.values():
+        adapter_config.base_model_name_or_path = cfg.model.name
+        adapter_config.revision = cfg.model.revision
+    return peft_model

@@ -1,0 +1,326 @@
+"""Where data becomes an adapter: `run_stage(cfg, stage)` trains one QLoRA stage and writes its run directory.
+
+runs/<name>/<stage>/
+    adapter/               PEFT adapter + tokenizer with the (verified) training chat template
+    resolved_config.yaml   the config as trained, every stage expanded
+    metrics.json           losses first/last, reduction %, tokens, throughput, peak memory, wall time
+    lineage.json           base model, parent adapter, data hashes and counts, versions, seed, git commit
+    split.json             which conversations went to train and eval (content hashes and source rows)
+    loss.png               train and eval loss curves
+    checkpoints/           resumable Trainer checkpoints (`--resume`)
+
+Stage 2 reloads the 4-bit base, loads the stage-1 adapter as trainable and continues it; nothing is ever merged
+into a 4-bit base.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError, PipelineConfig, build_sft_config, dump_config
+from trainer.data import StageData, prepare_stage_data, to_dataset
+from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
+                             write_json)
+from trainer.modeling import (BaseModelRef, ModelError, TrainingTemplate, attach_adapter, load_base_model,
+                              load_tokenizer, resolve_base_model, select_training_template,
+                              verify_training_template)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TEMPLATE_CHECK_ROWS = 64
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything a stage needs, resolved and checked before any model weights load."""
+
+    cfg: PipelineConfig
+    stage: str
+    ref: BaseModelRef
+    tokenizer: Any
+    template: TrainingTemplate
+    data: StageData
+    init_from: Path | None
+    parent_stage: str | None
+    sft_config: Any
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.cfg.run_dir() / self.stage
+
+
+def config_base_dir(cfg: PipelineConfig) -> Path | None:
+    """Relative data paths are tried from the working directory, then from the folder above the config's."""
+    return Path(cfg.source).resolve().parent.parent if cfg.source else None
+
+
+def stage_is_complete(stage_dir: Path) -> bool:
+    return (stage_dir / "adapter" / ADAPTER_WEIGHTS).is_file() and (stage_dir / "metrics.json").is_file()
+
+
+def resolve_init(cfg: PipelineConfig, stage: str) -> tuple[Path | None, str | None]:
+    """The adapter a stage continues: an earlier stage's output, a folder, or None."""
+    init = cfg.stage(stage).init_from
+    if init is None:
+        return None, None
+    if init in cfg.stages:
+        adapter = cfg.run_dir() / init / "adapter"
+        if not stage_is_complete(cfg.run_dir() / init):
+            raise ModelError(f"stages.{stage}.init_from is {init!r}, but {adapter} holds no finished adapter; "
+                             f"train it first (--stage {init})")
+        return adapter, init
+    path = Path(init)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"stages.{stage}.init_from: {init} is not an adapter folder (no adapter_config.json)")
+    return path, None
+
+
+def plan_stage(cfg: PipelineConfig, stage: str, *, check_parent: bool = True) -> StagePlan:
+    """Resolve the model, template, data and TRL config of a stage; raise before any weights load."""
+    st = cfg.stage(stage)
+    stage_dir = cfg.run_dir() / stage
+    sft_config = build_sft_config(cfg, stage, stage_dir / "checkpoints")
+    ref = resolve_base_model(cfg.model.name, cfg.model.revision)
+    tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
+    template = select_training_template(tokenizer, cfg.model.chat_template)
+    data = prepare_stage_data(st.dataset, seed=cfg.seed, max_length=cfg.max_length, tokenizer=tokenizer,
+                              chat_template=template.text, base_dir=config_base_dir(cfg))
+    sample = [c.messages for c in (data.train + data.eval)[:TEMPLATE_CHECK_ROWS]]
+    verify_training_template(tokenizer, template, sample)
+    tokenizer.chat_template = template.text
+    init_from, parent = resolve_init(cfg, stage) if check_parent else (None, None)
+    if not data.eval and sft_config.eval_strategy != "no":
+        sft_config = build_sft_config(cfg, stage, stage_dir / "checkpoints", eval_enabled=False)
+    return StagePlan(cfg, stage, ref, tokenizer, template, data, init_from, parent, sft_config)
+
+
+def _peak_memory() -> dict[str, float | None]:
+    import torch
+
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {"peak_rss_gb": round(rss_kb / 2**20, 3), "peak_gpu_gb": round(gpu, 3) if gpu is not None else None}
+
+
+def _loss_reduction(first: float | None, last: float | None) -> float | None:
+    if first is None or last is None or first == 0:
+        return None
+    return round((first - last) / first * 100, 2)
+
+
+def _plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", color="#d62728")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _base_model_record(ref: BaseModelRef, model) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": ref.name, "revision": ref.revision, "demo": ref.is_demo}
+    if ref.is_local:
+        record["path"] = ref.path
+        record["weights_sha256"] = weights_sha256(ref.path)
+        source = Path(ref.path) / "SOURCE.json"
+        if source.is_file():
+            import json
+
+            record["source"] = json.loads(source.read_text(encoding="utf-8"))
+    else:
+        record["commit"] = getattr(model.config, "_commit_hash", None)
+    return record
+
+
+def _adapter_record(adapter_dir: Path, stage: str | None) -> dict[str, Any]:
+    from trainer.data import file_sha256
+
+    record: dict[str, Any] = {"path": str(adapter_dir), "stage": stage,
+                              "adapter_sha256": file_sha256(adapter_dir / ADAPTER_WEIGHTS)}
+    parent_lineage = adapter_dir.parent / "lineage.json"
+    if parent_lineage.is_file():
+        record["lineage_sha256"] = file_sha256(parent_lineage)
+    return record
+
+
+def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
+    """Train one stage and write its run directory. Returns the stage directory."""
+    started = time.time()
+    st = cfg.stage(stage)
+    stage_dir = cfg.run_dir() / stage
+    if resume and stage_is_complete(stage_dir):
+        print(f"[{stage}] already complete in {stage_dir}; skipping (--resume)", flush=True)
+        return stage_dir
+
+    # Plan: config, tokenizer, template and data are all checked before any weights load
+    plan = plan_stage(cfg, stage)
+    print(f"[{stage}] {plan.data.summary()}", flush=True)
+    for report in plan.data.reports:
+        for error in report.errors[:10]:
+            print(f"[{stage}]   skipped {error}", flush=True)
+        if report.bad > 10:
+            print(f"[{stage}]   ... {report.bad - 10} more skipped rows (see lineage.json)", flush=True)
+    if plan.template.family == "mistral" and any(c.messages[0]["role"] == "system" for c in plan.data.train):
+        print(f"[{stage}] note: Mistral's template shows a system prompt only with the final user turn, so "
+              "training conversations (which end with an answer) render without it", flush=True)
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = None
+    checkpoints_dir = stage_dir / "checkpoints"
+    if resume and checkpoints_dir.is_dir():
+        checkpoint = get_last_checkpoint(str(checkpoints_dir))
+    if resume and checkpoint is None:
+        print(f"[{stage}] --resume: no checkpoint in {checkpoints_dir}; starting the stage from the beginning",
+              flush=True)
+    if checkpoint is None and stage_dir.exists():
+        shutil.rmtree(stage_dir)  # a fresh run never mixes with an older one's files
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, stage_dir / "resolved_config.yaml", stage=stage)
+
+    import torch
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+
+    # Load the 4-bit base and attach (or continue) the adapter
+    model = load_base_model(plan.ref, cfg, bf16=st.bf16)
+    base_record = _base_model_record(plan.ref, model)
+    model = attach_adapter(model, cfg, plan.init_from)
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"[{stage}] base {cfg.model.name} ({'4-bit ' + cfg.quantization.quant_type if cfg.quantization.load_in_4bit else 'unquantized'}), "
+          f"LoRA r={cfg.lora.r}: {trainable:,} trainable of {total:,} parameters"
+          + (f", continuing {plan.init_from}" if plan.init_from else ""), flush=True)
+
+    # Train
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=plan.sft_config,
+        train_dataset=to_dataset(plan.data.train),
+        eval_dataset=to_dataset(plan.data.eval) if plan.data.eval else None,
+        processing_class=plan.tokenizer,
+    )
+    eval_first = None
+    if plan.data.eval and st.eval_before_training and checkpoint is None:
+        eval_first = trainer.evaluate()["eval_loss"]
+        print(f"[{stage}] eval loss before training: {eval_first:.4f}", flush=True)
+    elif checkpoint is not None:
+        print(f"[{stage}] resuming from {checkpoint}", flush=True)
+    train_started = time.time()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.time() - train_started
+    history = list(trainer.state.log_history)
+    eval_last = None
+    if plan.data.eval:
+        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+        eval_last = evals[-1] if evals and history[-1].get("step") == trainer.state.global_step \
+            and "eval_loss" in history[-1] else trainer.evaluate()["eval_loss"]
+        history = list(trainer.state.log_history)
+        if eval_first is None and checkpoint is not None:
+            eval_first = next((h["eval_loss"] for h in history if "eval_loss" in h), None)
+
+    # Save the adapter with the exact template it was trained with
+    adapter_dir = stage_dir / "adapter"
+    model.save_pretrained(adapter_dir, save_embedding_layers=False)  # embeddings never train here
+    plan.tokenizer.save_pretrained(adapter_dir)
+
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
+    if tokens is None or checkpoint is not None:
+        tokens = int(sum(plan.data.train_lengths) * (output.metrics.get("epoch") or 1))
+    steps = trainer.state.global_step
+    metrics = {
+        "stage": stage,
+        "train_loss_first": train_losses[0] if train_losses else None,
+        "train_loss_last": train_losses[-1] if train_losses else None,
+        "train_loss_mean": output.training_loss,
+        "train_loss_reduction_pct": _loss_reduction(train_losses[0] if train_losses else None,
+                                                    train_losses[-1] if train_losses else None),
+        "eval_loss_first": eval_first,
+        "eval_loss_last": eval_last,
+        "eval_loss_reduction_pct": _loss_reduction(eval_first, eval_last),
+        "eval_perplexity_last": round(float(torch.exp(torch.tensor(eval_last))), 4) if eval_last is not None else None,
+        "optimizer_steps": steps,
+        "epochs": output.metrics.get("epoch"),
+        "train_conversations": len(plan.data.train),
+        "eval_conversations": len(plan.data.eval),
+        "tokens_seen": int(tokens),
+        "train_seconds": round(train_seconds, 2),
+        "tokens_per_second": round(tokens / train_seconds, 2) if train_seconds else None,
+        "samples_per_second": output.metrics.get("train_samples_per_second"),
+        **_peak_memory(),
+        "wall_seconds": round(time.time() - started, 2),
+        "resumed_from": Path(checkpoint).name if checkpoint else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+    }
+    write_json(stage_dir / "metrics.json", metrics)
+    write_json(stage_dir / "split.json", plan.data.split_record())
+    lineage = {
+        "run": cfg.name,
+        "stage": stage,
+        "created": now_iso(),
+        "base_model": base_record,
+        "quantization": ({"load_in_4bit": True, "quant_type": cfg.quantization.quant_type,
+                          "double_quant": cfg.quantization.double_quant,
+                          "compute_dtype": cfg.quantization.compute_dtype}
+                         if cfg.quantization.load_in_4bit else {"load_in_4bit": False}),
+        "parent_adapter": _adapter_record(plan.init_from, plan.parent_stage) if plan.init_from else None,
+        "adapter_sha256": _adapter_record(adapter_dir, stage)["adapter_sha256"],
+        "chat_template": {"family": plan.template.family, "sha256": plan.template.sha256},
+        "datasets": [r.to_dict() for r in plan.data.reports],
+        "split": {
+            "method": "seeded content hash" if not cfg.stage(stage).dataset.eval_path else "separate eval file",
+            "seed": cfg.seed,
+            "train_rows": len(plan.data.train),
+            "eval_rows": len(plan.data.eval),
+            "train_sha256": combined_sha256([c.content_hash for c in plan.data.train]),
+            "eval_sha256": combined_sha256([c.content_hash for c in plan.data.eval]),
+        },
+        "bad_rows": [str(e) for r in plan.data.reports for e in r.errors],
+        "seed": cfg.seed,
+        "libraries": library_versions(),
+        "git": git_state(Path(__file__).parent),
+        "command": " ".join(sys.argv),
+    }
+    write_json(stage_dir / "lineage.json", lineage)
+    _plot_losses(history, stage_dir / "loss.png", f"{cfg.name} / {stage}")
+    print(f"[{stage}] done in {metrics['wall_seconds']:.0f}s: train loss {metrics['train_loss_first']} -> "
+          f"{metrics['train_loss_last']}, eval loss {eval_first} -> {eval_last}, "
+          f"{metrics['tokens_per_second']} tokens/s; adapter in {adapter_dir}", flush=True)
+    return stage_dir
+
+
+def run_pipeline(cfg: PipelineConfig, stage: str = "all", *, resume: bool = False) -> list[Path]:
+    """Run one stage or all of them in order. Later stages continue earlier ones as configured."""
+    names = list(cfg.stages) if stage == "all" else [stage]
+    for name in names:
+        cfg.stage(name)  # unknown names fail before anything runs
+    if stage == "all":
+        # Check every stage's data up front, so a typo in stage 2 does not surface after stage 1's hours.
+        for name in names:
+            plan_stage(cfg, name, check_parent=False)
+    return [run_stage(cfg, name, resume=resume) for name in names]
+
+
+__all__ = ["run_stage", "run_pipeline", "plan_stage", "ConfigError"]
