@@ -201,8 +201,10 @@ def _device_map() -> Any:
     return {"": PartialState().local_process_index}
 
 
-def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True):
-    """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU."""
+def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True, padding_free: bool = False):
+    """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU.
+
+    With `padding_free`, SDPA is swapped for its per-conversation twin (see trainer.attention)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -211,10 +213,15 @@ def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True):
         dtype = getattr(torch, cfg.quantization.compute_dtype)
     else:
         dtype = torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32
+    attn = cfg.model.attn_implementation
+    if padding_free and attn == "sdpa":
+        from trainer.attention import register_varlen_attention
+
+        attn = register_varlen_attention()
     kwargs: dict[str, Any] = {
         "revision": ref.revision,
         "dtype": dtype,
-        "attn_implementation": cfg.model.attn_implementation,
+        "attn_implementation": attn,
         "trust_remote_code": cfg.model.trust_remote_code,
         "device_map": _device_map(),
     }
@@ -262,8 +269,15 @@ def attach_adapter(model, cfg: PipelineConfig, init_from: str | Path | None = No
         peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
     else:
         peft_model = get_peft_model(model, build_lora_config(cfg))
-    # Adapter files name the configured base, not a cache path on this machine.
-    for adapter_config in peft_model.peft_config.values():
-        adapter_config.base_model_name_or_path = cfg.model.name
-        adapter_config.revision = cfg.model.revision
     return peft_model
+
+
+def name_base_in_adapter(adapter_dir: str | Path, cfg: PipelineConfig) -> None:
+    """Record the configured base (Hub id or demo name) in a saved adapter, not this machine's cache path.
+
+    Done after saving: while training, PEFT's checkpoint code looks the base up by this field, so it stays local."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    adapter_cfg = json.loads(path.read_text(encoding="utf-8"))
+    adapter_cfg["base_model_name_or_path"] = cfg.model.name
+    adapter_cfg["revision"] = cfg.model.revision
+    path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")

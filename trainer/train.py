@@ -28,7 +28,7 @@ from trainer.data import StageData, prepare_stage_data, to_dataset
 from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
                              write_json)
 from trainer.modeling import (BaseModelRef, ModelError, TrainingTemplate, attach_adapter, load_base_model,
-                              load_tokenizer, resolve_base_model, select_training_template,
+                              load_tokenizer, name_base_in_adapter, resolve_base_model, select_training_template,
                               verify_training_template)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -203,7 +203,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.torch_threads)
 
     # Load the 4-bit base and attach (or continue) the adapter
-    model = load_base_model(plan.ref, cfg, bf16=st.bf16)
+    model = load_base_model(plan.ref, cfg, bf16=st.bf16, padding_free=st.padding_free)
     base_record = _base_model_record(plan.ref, model)
     model = attach_adapter(model, cfg, plan.init_from)
     trainable, total = model.get_nb_trainable_parameters()
@@ -243,6 +243,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
     # Save the adapter with the exact template it was trained with
     adapter_dir = stage_dir / "adapter"
     model.save_pretrained(adapter_dir, save_embedding_layers=False)  # embeddings never train here
+    name_base_in_adapter(adapter_dir, cfg)
     plan.tokenizer.save_pretrained(adapter_dir)
 
     train_losses = [h["loss"] for h in history if "loss" in h]
