@@ -232,9 +232,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
             as_float = float(value)
-        except (TypeError, ValueError):
+            is_integral = as_float == int(as_float)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not is_integral:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(as_float)
     if tp is float:
@@ -364,9 +365,12 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Pipel
         shared = raw.pop("training", None) or {}
         if not isinstance(shared, dict):
             raise ConfigError("training: expected a mapping")
+        stage_hints = typing.get_type_hints(StageSettings)
         for key in shared:
             if key not in _SHARED_STAGE_KEYS:
                 raise ConfigError(f"training.{key}: unknown key{_suggest(key, _SHARED_STAGE_KEYS)}")
+            # Check types here, so an error names the key the user wrote, not the stage that inherited it.
+            shared[key] = _coerce(shared[key], stage_hints[key], f"training.{key}")
         stages_raw = raw.get("stages")
         if not isinstance(stages_raw, dict) or not stages_raw:
             raise ConfigError("stages: expected a mapping of stage names to settings")
@@ -385,10 +389,9 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Pipel
 
 def dump_config(cfg: PipelineConfig, path: str | Path, stage: str | None = None) -> None:
     """Write the resolved config (optionally naming the stage it produced) as YAML."""
-    data = cfg.to_dict()
-    if stage is not None:
-        data = {"resolved_for_stage": stage, **data}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    header = f"# resolved config, as trained for stage {stage}\n" if stage is not None else ""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    Path(path).write_text(header + text, encoding="utf-8")
 
 
 # Builders: the TRL / PEFT / transformers objects each stage trains with.

@@ -251,6 +251,9 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError as exc:
+                    if key in ("prompt", "completion"):
+                        parsed[key] = value  # plain text that happens to start with "[", e.g. "[Urgent] ..."
+                        continue
                     problem = RowError(loc, RULE_INVALID_JSON, f"column {key!r}: {exc.msg} at column {exc.colno}")
                     break
             parsed[key] = value
@@ -433,7 +436,7 @@ def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None
     unless `spec.strict` is set or more than `spec.max_bad_fraction` of the rows are bad."""
     path = path or spec.path
     kind, files = resolve_source(path, base_dir)
-    report = DataReport(source=path)
+    report = DataReport(source=path, schema="" if spec.schema == "auto" else spec.schema)
     if kind == "hub":
         streams: list[Iterable[tuple[str, Any]]] = [_read_hub(spec)]
     else:
@@ -449,7 +452,7 @@ def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None
             if isinstance(obj, RowError):
                 _reject(report, obj, spec)
                 continue
-            if schema is None:
+            if schema is None and isinstance(obj, dict):  # anything else is rejected as not an object below
                 schema = detect_schema(obj)
                 if schema is None:
                     _reject(report, RowError(location, RULE_SCHEMA, "cannot tell the schema from keys "
@@ -546,9 +549,9 @@ class StageData:
     reports: list[DataReport]
 
     def summary(self) -> str:
-        tokens = sum(self.train_lengths)
+        tokens = f", {sum(self.train_lengths):,} train tokens" if self.train_lengths else ""
         return (" | ".join(r.summary() for r in self.reports)
-                + f" -> {len(self.train)} train / {len(self.eval)} eval conversations, {tokens:,} train tokens")
+                + f" -> {len(self.train)} train / {len(self.eval)} eval conversations{tokens}")
 
     def split_record(self) -> dict[str, Any]:
         return {

@@ -67,12 +67,13 @@ def resolve_base_model(name: str, revision: str | None = None) -> BaseModelRef:
     return BaseModelRef(name=name, path=name, revision=revision, is_demo=False, is_local=False)
 
 
-def load_tokenizer(ref: BaseModelRef, trust_remote_code: bool = False):
+def load_tokenizer(ref: BaseModelRef, trust_remote_code: bool = False, local_files_only: bool = False):
     """The base model's tokenizer, as `from_pretrained` gives it."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=trust_remote_code,
+                                             local_files_only=local_files_only)
     except OSError as exc:
         raise ModelError(f"cannot load the tokenizer of {ref.name!r}: {exc}") from None
 

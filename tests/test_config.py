@@ -1,0 +1,359 @@
+"""trainer/config.py: every shipped YAML builds real TRL/PEFT/transformers configs; inheritance, overrides and
+the error messages a user sees for a wrong key, type or value."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from trainer.config import (
+    ConfigError,
+    build_lora_config,
+    build_quantization_config,
+    build_sft_config,
+    dump_config,
+    load_config,
+    parse_override,
+)
+
+SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+ALL_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+# A two-stage pipeline in the shape of the shipped ones. `1e-4` (no dot) is deliberately left as PyYAML reads it:
+# a string, which the loader must still turn into a float.
+TWO_STAGES = """\
+name: test
+seed: 7
+lora:
+  r: 8
+  alpha: 16
+  target_modules: [q_proj, v_proj]
+training:
+  learning_rate: 3.0e-4
+  max_grad_norm: 0.5
+  gradient_accumulation_steps: 4
+  optim: adamw_torch
+stages:
+  stage1:
+    dataset:
+      path: data/one.jsonl
+    num_train_epochs: 1
+  stage2:
+    init_from: stage1
+    dataset:
+      path: data/two.jsonl
+      eval_fraction: 0.25
+    learning_rate: 1e-4
+    gradient_accumulation_steps: 8
+"""
+
+
+def write_config(tmp_path: Path, text: str = TWO_STAGES, name: str = "pipeline.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message  # every error names the file first
+    return message
+
+
+# Every shipped config
+
+def test_shipped_configs_are_found():
+    assert REPO / "configs" / "demo.yaml" in SHIPPED_CONFIGS
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_builds_trl_peft_and_bnb_configs(path, tmp_path):
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    cfg = load_config(path)
+    assert cfg.stages, f"{path.name} defines no stages"
+    for name, st in cfg.stages.items():
+        sft = build_sft_config(cfg, name, tmp_path / name)
+        assert isinstance(sft, SFTConfig)
+        assert sft.output_dir == str(tmp_path / name)
+        assert sft.learning_rate == st.learning_rate
+        assert sft.num_train_epochs == st.num_train_epochs
+        assert sft.warmup_steps == st.warmup_ratio
+        assert sft.per_device_train_batch_size == st.per_device_train_batch_size
+        assert sft.gradient_accumulation_steps == st.gradient_accumulation_steps
+        assert sft.optim == st.optim
+        assert sft.lr_scheduler_type == st.lr_scheduler_type
+        assert sft.max_grad_norm == st.max_grad_norm
+        assert sft.seed == cfg.seed
+        assert sft.max_length == (None if st.padding_free else cfg.max_length)
+        assert sft.assistant_only_loss is True
+        assert sft.packing is False
+
+    lora = build_lora_config(cfg)
+    assert isinstance(lora, LoraConfig)
+    assert lora.r == cfg.lora.r
+    assert lora.lora_alpha == cfg.lora.alpha
+    assert lora.lora_dropout == cfg.lora.dropout
+    assert lora.bias == cfg.lora.bias
+    assert set(lora.target_modules) == set(cfg.lora.target_modules)
+    assert lora.task_type == "CAUSAL_LM"
+
+    bnb = build_quantization_config(cfg)
+    if cfg.quantization.load_in_4bit:
+        assert isinstance(bnb, BitsAndBytesConfig)
+        assert bnb.load_in_4bit is True
+        assert bnb.bnb_4bit_quant_type == cfg.quantization.quant_type
+        assert bnb.bnb_4bit_use_double_quant == cfg.quantization.double_quant
+        assert bnb.bnb_4bit_compute_dtype == getattr(torch, cfg.quantization.compute_dtype)
+    else:
+        assert bnb is None
+
+
+def test_paper_config_holds_the_paper_recipe():
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+
+    assert cfg.model.name == "mistralai/Mistral-7B-Instruct-v0.3"
+    q = cfg.quantization
+    assert (q.load_in_4bit, q.quant_type, q.double_quant, q.compute_dtype) == (True, "nf4", True, "bfloat16")
+    lora = cfg.lora
+    assert (lora.r, lora.alpha, lora.dropout, lora.bias) == (16, 32, 0.0, "none")
+    assert set(lora.target_modules) == ALL_PROJECTIONS
+    assert cfg.max_length == 2048
+    assert cfg.seed == 3407
+
+    assert list(cfg.stages) == ["stage1", "stage2"]
+    for st in cfg.stages.values():
+        assert st.optim == "adamw_8bit"
+        assert st.max_grad_norm == 0.3
+        assert st.lr_scheduler_type == "linear"
+    s1, s2 = cfg.stages["stage1"], cfg.stages["stage2"]
+    assert (s1.learning_rate, s1.num_train_epochs, s1.warmup_ratio) == (2e-4, 1, 0.03)
+    assert (s1.per_device_train_batch_size, s1.gradient_accumulation_steps) == (2, 4)
+    assert s1.init_from is None
+    assert (s2.learning_rate, s2.num_train_epochs, s2.warmup_ratio) == (1e-4, 2, 0.05)
+    assert (s2.per_device_train_batch_size, s2.gradient_accumulation_steps) == (2, 8)
+    assert s2.init_from == "stage1"
+
+
+# Inheritance and overrides
+
+def test_training_block_is_inherited_and_a_stage_overrides_it(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    s1, s2 = cfg.stages["stage1"], cfg.stages["stage2"]
+    assert s1.learning_rate == 3e-4
+    assert s2.learning_rate == 1e-4
+    assert isinstance(s2.learning_rate, float)  # `1e-4` arrived from PyYAML as a string
+    assert (s1.gradient_accumulation_steps, s2.gradient_accumulation_steps) == (4, 8)
+    assert s1.max_grad_norm == s2.max_grad_norm == 0.5
+    assert s1.optim == s2.optim == "adamw_torch"
+    # Keys set nowhere keep the documented defaults.
+    assert s1.warmup_ratio == s2.warmup_ratio == 0.03
+    assert s1.dataset.eval_fraction == 0.1 and s2.dataset.eval_fraction == 0.25
+    assert list(cfg.stages) == ["stage1", "stage2"]  # run order is file order
+    assert cfg.source == str(tmp_path / "pipeline.yaml")
+
+
+def test_stage_override_changes_only_that_stage(tmp_path):
+    path = write_config(tmp_path)
+    cfg = load_config(path, ["stages.stage2.learning_rate=5e-5", "stages.stage1.dataset.path=other.jsonl"])
+    assert cfg.stages["stage2"].learning_rate == 5e-5
+    assert isinstance(cfg.stages["stage2"].learning_rate, float)
+    assert cfg.stages["stage1"].learning_rate == 3e-4
+    assert cfg.stages["stage1"].dataset.path == "other.jsonl"
+    assert cfg.stages["stage2"].dataset.path == "data/two.jsonl"
+
+
+def test_training_override_reaches_stages_that_do_not_set_the_key(tmp_path):
+    path = write_config(tmp_path)
+    cfg = load_config(path, ["training.learning_rate=1e-3", "training.gradient_accumulation_steps=2",
+                             "training.bf16=false"])
+    # stage1 inherits all three; stage2 keeps its own learning rate and accumulation.
+    assert cfg.stages["stage1"].learning_rate == 1e-3
+    assert cfg.stages["stage1"].gradient_accumulation_steps == 2
+    assert cfg.stages["stage2"].learning_rate == 1e-4
+    assert cfg.stages["stage2"].gradient_accumulation_steps == 8
+    assert cfg.stages["stage1"].bf16 is False and cfg.stages["stage2"].bf16 is False
+
+
+def test_training_override_without_a_training_block(tmp_path):
+    text = "name: t\nstages:\n  only:\n    dataset: {path: x.jsonl}\n"
+    cfg = load_config(write_config(tmp_path, text), ["training.max_steps=3", "lora.target_modules=q_proj"])
+    assert cfg.stages["only"].max_steps == 3
+    assert cfg.lora.target_modules == ("q_proj",)
+
+
+def test_parse_override_reads_the_value_as_yaml():
+    assert parse_override("stages.stage2.learning_rate=1e-4") == (["stages", "stage2", "learning_rate"], "1e-4")
+    assert parse_override("training.bf16=true") == (["training", "bf16"], True)
+    assert parse_override("lora.target_modules=[q_proj, v_proj]") == (["lora", "target_modules"], ["q_proj", "v_proj"])
+    assert parse_override("model.revision=") == (["model", "revision"], "")
+    assert parse_override("name=a=b") == (["name"], "a=b")
+
+
+@pytest.mark.parametrize("text", ["learning_rate", "=3"])
+def test_malformed_override_is_rejected(text):
+    with pytest.raises(ConfigError, match="--set"):
+        parse_override(text)
+
+
+def test_override_into_a_scalar_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set 'seed.value=1': 'seed' is not a section"):
+        load_config(write_config(tmp_path), ["seed.value=1"])
+
+
+# Unknown keys, wrong types, bad values
+
+@pytest.mark.parametrize(
+    ("override", "dotted", "suggestion"),
+    [
+        ("stages.stage2.learnin_rate=1e-4", "stages.stage2.learnin_rate", "learning_rate"),
+        ("nmae=x", "nmae", "name"),
+        ("lora.alpah=8", "lora.alpah", "alpha"),
+        ("lora.target_module=[q_proj]", "lora.target_module", "target_modules"),
+        ("training.warmup_ration=0.1", "training.warmup_ration", "warmup_ratio"),
+        ("stages.stage1.dataset.pth=a.jsonl", "stages.stage1.dataset.pth", "path"),
+        ("quantization.quant_typ=nf4", "quantization.quant_typ", "quant_type"),
+    ],
+)
+def test_unknown_key_is_named_with_a_suggestion(tmp_path, override, dotted, suggestion):
+    message = config_error(write_config(tmp_path), [override])
+    assert f"{dotted}: unknown key (did you mean {suggestion!r}?)" in message
+
+
+def test_unknown_key_written_in_the_file_is_named(tmp_path):
+    text = TWO_STAGES.replace("    num_train_epochs: 1\n", "    num_train_epoch: 1\n")
+    message = config_error(write_config(tmp_path, text))
+    assert "stages.stage1.num_train_epoch: unknown key (did you mean 'num_train_epochs'?)" in message
+
+
+def test_stage_only_keys_are_not_allowed_in_training(tmp_path):
+    message = config_error(write_config(tmp_path), ["training.init_from=stage1"])
+    assert "training.init_from: unknown key" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("lora.r=abc", "lora.r: expected an integer, got 'abc'"),
+        ("lora.r=2.5", "lora.r: expected an integer, got 2.5"),
+        ("training.bf16=maybe", "training.bf16: expected true or false, got 'maybe'"),
+        ("stages.stage1.bf16=maybe", "stages.stage1.bf16: expected true or false, got 'maybe'"),
+        ("stages.stage2.learning_rate=fast", "stages.stage2.learning_rate: expected a number, got 'fast'"),
+        ("seed=[1, 2]", "seed: expected an integer, got [1, 2]"),
+        ("lora={r: 8, alpha: 16, dropout: x}", "lora.dropout: expected a number, got 'x'"),
+        ("stages.stage1.dataset=data.jsonl", "stages.stage1.dataset: expected a mapping, got 'data.jsonl'"),
+    ],
+)
+def test_type_error_names_the_key(tmp_path, override, expected):
+    assert expected in config_error(write_config(tmp_path), [override])
+
+
+def test_missing_dataset_path_is_named(tmp_path):
+    message = config_error(write_config(tmp_path), ["stages.stage1.dataset={schema: auto}"])
+    assert "stages.stage1.dataset.path: required key is missing" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("quantization.quant_type=int8", "quantization.quant_type: must be nf4 or fp4, got 'int8'"),
+        ("quantization.compute_dtype=float8", "quantization.compute_dtype: unknown dtype 'float8'"),
+        ("stages.stage1.dataset.eval_fraction=1", "stages.stage1.dataset.eval_fraction: must be in [0, 1), got 1.0"),
+        ("stages.stage2.dataset.eval_fraction=1.5", "stages.stage2.dataset.eval_fraction: must be in [0, 1)"),
+        ("stages.stage2.dataset.schema=csv", "stages.stage2.dataset.schema: unknown schema 'csv'"),
+        ("lora.bias=some", "lora.bias: must be none, all or lora_only"),
+        ("lora.target_modules=[]", "lora.target_modules: must name at least one module"),
+        ("training.learning_rate=0", "stages.stage1.learning_rate: must be positive"),
+        ("stages.stage1.max_steps=0", "stages.stage1.max_steps: must be -1 (use epochs) or positive"),
+    ],
+)
+def test_bad_value_is_named(tmp_path, override, expected):
+    assert expected in config_error(write_config(tmp_path), [override])
+
+
+def test_init_from_a_later_stage_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # bare names are also tried as folders, relative to the working directory
+    message = config_error(write_config(tmp_path), ["stages.stage1.init_from=stage2"])
+    assert "stages.stage1.init_from: 'stage2' is neither an earlier stage (none) nor an adapter folder" in message
+
+
+def test_init_from_a_nonexistent_stage_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = config_error(write_config(tmp_path), ["stages.stage2.init_from=stage0"])
+    assert "stages.stage2.init_from: 'stage0' is neither an earlier stage (stage1) nor an adapter folder" in message
+
+
+def test_init_from_an_existing_adapter_folder_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old_adapter").mkdir()
+    cfg = load_config(write_config(tmp_path), ["stages.stage1.init_from=old_adapter"])
+    assert cfg.stages["stage1"].init_from == "old_adapter"
+
+
+def test_unknown_stage_lookup_names_the_stages(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    with pytest.raises(ConfigError, match="no stage named 'stage3'; stages are stage1, stage2"):
+        cfg.stage("stage3")
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    assert "config file not found" in config_error(tmp_path / "absent.yaml")
+    assert "not valid YAML" in config_error(write_config(tmp_path, "name: [unclosed\n"))
+    assert "expected a mapping at the top level" in config_error(write_config(tmp_path, "- a\n- b\n"))
+
+
+# Frozen result and round trip
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lora.r = 64
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.stages["stage1"].learning_rate = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.stages["stage1"].dataset.path = "elsewhere.jsonl"
+    with pytest.raises(TypeError):
+        cfg.stages["stage3"] = cfg.stages["stage1"]
+    with pytest.raises(TypeError):
+        del cfg.stages["stage1"]
+    assert isinstance(cfg.lora.target_modules, tuple)
+    assert list(cfg.stages) == ["stage1", "stage2"]
+
+
+def test_dump_config_round_trips(tmp_path):
+    cfg = load_config(write_config(tmp_path), ["model.revision=abc123", "training.eval_steps=5"])
+    out = tmp_path / "resolved.yaml"
+    dump_config(cfg, out)
+    again = load_config(out)
+    assert again.to_dict() == cfg.to_dict()
+    assert again.stages["stage2"].learning_rate == 1e-4
+    assert again.stages["stage1"].eval_steps == 5
+
+
+def test_dump_config_for_a_stage_records_the_stage(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    out = tmp_path / "resolved.yaml"
+    dump_config(cfg, out, stage="stage2")
+    text = out.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "# resolved config, as trained for stage stage2"
+    data = yaml.safe_load(text)
+    assert data == cfg.to_dict()
+    assert "source" not in data
+    # The file a run writes can be trained from again, as is.
+    assert load_config(out).to_dict() == cfg.to_dict()
+
+
+def test_integer_overflow_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"lora\.r: expected an integer"):
+        load_config(write_config(tmp_path), ["lora.r=.inf"])
