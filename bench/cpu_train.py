@@ -110,7 +110,7 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
         model = load_base_model(ref, cfg)
         args = SFTConfig(  # TRL's defaults, except what must match the other side
             output_dir=str(workdir / "trl"), max_steps=steps, per_device_train_batch_size=2,
-            gradient_accumulation_steps=1, learning_rate=2e-4, max_length=max_length, seed=cfg.seed,
+            gradient_accumulation_steps=1, learning_rate=2e-4, max_length=max_length, seed=cfg.seed, data_seed=cfg.seed,
             assistant_only_loss=True, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
