@@ -56,9 +56,9 @@ def build_mix(mix: str, tokenizer, template: str, max_length: int) -> list[dict]
         short = [json.loads(line)["messages"] for line in SHORT.read_text(encoding="utf-8").splitlines()]
         long = [m[:2] for m in _sample_conversations()]  # one question, one long answer
         rows = []
-        for i in range(max(len(short), len(long))):
-            rows.append(short[i % len(short)])
-            rows.append(long[i % len(long)])
+        for i in range(min(len(short), len(long))):  # distinct rows: the trainer would drop duplicates
+            rows.append(short[i])
+            rows.append(long[i])
         rows = [m for m in rows if fits(m)]
         random.Random(0).shuffle(rows)
     else:

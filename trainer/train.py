@@ -25,6 +25,7 @@ from typing import Any
 
 from trainer.config import ConfigError, PipelineConfig, build_sft_config, dump_config
 from trainer.data import StageData, prepare_stage_data, to_dataset
+from trainer.lm_head import install_compact_lm_head
 from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
                              write_json)
 from trainer.modeling import (BaseModelRef, ModelError, TrainingTemplate, attach_adapter, load_base_model,
@@ -221,6 +222,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
         eval_dataset=to_dataset(plan.data.eval) if plan.data.eval else None,
         processing_class=plan.tokenizer,
     )
+    install_compact_lm_head(trainer.model.get_base_model())  # no-op on GPUs, where TRL's Triton kernels run
     eval_first = None
     if plan.data.eval and st.eval_before_training and checkpoint is None:
         eval_first = trainer.evaluate()["eval_loss"]

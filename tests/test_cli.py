@@ -1,0 +1,75 @@
+"""The command line: instant help, `validate`, and one clear line for every error a user can cause."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import DATA, REPO, write_jsonl
+
+from trainer.__main__ import main
+
+
+def test_help_is_instant_and_imports_no_heavy_library():
+    code = ("import sys, trainer.__main__ as cli\n"
+            "try:\n    cli.main(['train', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--resume" in out.stdout and "--set" in out.stdout
+    assert "HEAVY []" in out.stdout
+
+
+def test_validate_demo_config_checks_template_and_data(capsys, demo_model_dir):
+    assert main(["validate", "--config", str(REPO / "configs" / "demo.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "chat template: chatml training template renders identically" in out
+    assert "stage stage1: data/demo/stage1_synthetic.jsonl: 8 rows read (sharegpt), 8 kept, 0 bad" in out
+    assert "train tokens" in out
+    assert out.strip().endswith("valid")
+
+
+def test_validate_paper_config_passes_offline_and_says_what_it_could_not_check(capsys):
+    assert main(["validate", "--config", str(REPO / "configs" / "paper.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "config" in out and "base mistralai/Mistral-7B-Instruct-v0.3" in out
+    assert "not checked: stages.stage1.dataset millat/StudyAbroadGPT-Dataset (Hub dataset, offline)" in out
+
+
+def test_validate_reports_bad_rows_by_file_line_and_rule(tmp_path, capsys, demo_model_dir):
+    rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text().splitlines()]
+    data = write_jsonl(tmp_path / "d.jsonl", rows[:8] + [{"messages": [{"role": "user", "content": "only a question"}]}])
+    code = main(["validate", "--config", str(REPO / "configs" / "demo.yaml"),
+                 "--set", f"stages.stage1.dataset.path={data}", "--set", "stages.stage1.dataset.max_bad_fraction=0.2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"skipped {data}:9: no assistant turn" in out
+
+    code = main(["validate", "--config", str(REPO / "configs" / "demo.yaml"),
+                 "--set", f"stages.stage1.dataset.path={data}"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "1 of 9 rows are bad (11%, limit 10%)" in captured.err
+    assert f"{data}:9: no assistant turn" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "stages.stage2.learnin_rate=1e-4"], "stages.stage2.learnin_rate: unknown key (did you mean 'learning_rate'?)"),
+    (["--set", "lora.r=many"], "lora.r: expected an integer"),
+    (["--set", "stages.stage1.dataset.path=nowhere/missing.jsonl"], "nowhere/missing.jsonl: no such file or folder"),
+    (["--stage", "stage3"], "no stage named 'stage3'"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    code = main(["train", "--config", str(REPO / "configs" / "demo.yaml"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and err.startswith("error: ")
+
+
+def test_missing_config_file(capsys):
+    assert main(["validate", "--config", "configs/nope.yaml"]) == 2
+    assert "configs/nope.yaml: config file not found" in capsys.readouterr().err

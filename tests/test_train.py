@@ -1,0 +1,179 @@
+"""Integration: both stages of configs/demo.yaml on the embedded demo model, on the CPU, with small test data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA, REPO, write_jsonl
+
+from trainer.config import load_config
+from trainer.data import file_sha256
+from trainer.train import run_pipeline, run_stage
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def stage_files(tmp_path_factory) -> tuple[Path, Path]:
+    rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
+    folder = tmp_path_factory.mktemp("demo-data")
+    return write_jsonl(folder / "stage1.jsonl", rows[:10]), write_jsonl(folder / "stage2.jsonl", rows[10:])
+
+
+def demo_config(out: Path, stage_files, *extra: str):
+    stage1, stage2 = stage_files
+    return load_config(REPO / "configs" / "demo.yaml", [
+        f"output_dir={out}", "max_length=512",
+        f"stages.stage1.dataset.path={stage1}", "stages.stage1.dataset.eval_fraction=0.2",
+        "stages.stage1.max_steps=5", "stages.stage1.learning_rate=1e-3",
+        f"stages.stage2.dataset.path={stage2}", "stages.stage2.dataset.eval_fraction=0.25",
+        "stages.stage2.max_steps=2", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, stage_files, demo_model_dir):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = demo_config(out, stage_files)
+    weights = demo_model_dir / "model.safetensors"
+    before = file_sha256(weights)
+    run_pipeline(cfg, "all")
+    return cfg, before, file_sha256(weights)
+
+
+def read(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_both_stages_leave_the_run_directory(demo_run):
+    cfg, _, _ = demo_run
+    for stage in ("stage1", "stage2"):
+        d = cfg.run_dir() / stage
+        for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
+                     "adapter/chat_template.jinja", "resolved_config.yaml", "metrics.json", "lineage.json",
+                     "split.json", "loss.png"):
+            assert (d / name).is_file(), f"{stage}: {name} missing"
+        assert (d / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        metrics = read(d / "metrics.json")
+        for key in ("train_loss_first", "train_loss_last", "train_loss_reduction_pct", "eval_loss_first",
+                    "eval_loss_last", "eval_loss_reduction_pct", "tokens_seen", "tokens_per_second",
+                    "samples_per_second", "peak_rss_gb", "wall_seconds"):
+            assert metrics[key] is not None, f"{stage}: {key}"
+        assert metrics["tokens_seen"] > 0 and metrics["optimizer_steps"] == cfg.stages[stage].max_steps
+        assert load_config(d / "resolved_config.yaml").to_dict() == cfg.to_dict()
+
+
+def test_stage1_learns_on_assistant_tokens(demo_run):
+    cfg, _, _ = demo_run
+    metrics = read(cfg.run_dir() / "stage1" / "metrics.json")
+    assert metrics["eval_loss_last"] < metrics["eval_loss_first"]
+
+
+def test_base_weights_unchanged_and_lora_weights_changed(demo_run):
+    import torch
+    from safetensors.torch import load_file
+
+    cfg, before, after = demo_run
+    assert before == after  # the 4-bit base is frozen; nothing is ever merged into it
+    s1 = load_file(cfg.run_dir() / "stage1" / "adapter" / "adapter_model.safetensors")
+    s2 = load_file(cfg.run_dir() / "stage2" / "adapter" / "adapter_model.safetensors")
+    b_keys = [k for k in s1 if "lora_B" in k]
+    assert b_keys and all(s1[k].abs().sum() > 0 for k in b_keys)  # lora_B starts at zero
+    assert set(s1) == set(s2)
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1)  # stage 2 trained further
+
+
+def test_lineage_links_stage2_to_stage1_and_the_data(demo_run, stage_files):
+    cfg, before, _ = demo_run
+    s1 = read(cfg.run_dir() / "stage1" / "lineage.json")
+    s2 = read(cfg.run_dir() / "stage2" / "lineage.json")
+    assert s1["parent_adapter"] is None
+    assert s2["parent_adapter"]["stage"] == "stage1"
+    assert s2["parent_adapter"]["adapter_sha256"] == s1["adapter_sha256"] == \
+        file_sha256(cfg.run_dir() / "stage1" / "adapter" / "adapter_model.safetensors")
+    assert s2["parent_adapter"]["lineage_sha256"] == file_sha256(cfg.run_dir() / "stage1" / "lineage.json")
+    assert s1["base_model"]["weights_sha256"]["model.safetensors"] == before
+    assert s1["base_model"]["name"] == "smollm2-135m-instruct"
+    assert s1["datasets"][0]["file_sha256"] == {str(stage_files[0]): file_sha256(stage_files[0])}
+    assert s1["datasets"][0]["kept"] == 10 and s1["split"]["train_rows"] + s1["split"]["eval_rows"] == 10
+    assert s1["seed"] == 3407 and s1["libraries"]["trl"] and s1["libraries"]["peft"]
+    assert "commit" in s1["git"]
+    assert s1["chat_template"]["family"] == "chatml"
+    split = read(cfg.run_dir() / "stage1" / "split.json")
+    assert len(split["train"]) == s1["split"]["train_rows"] and len(split["eval"]) == s1["split"]["eval_rows"]
+
+
+def test_adapter_carries_the_trained_template_and_names_its_base(demo_run, demo_tokenizer):
+    from transformers import AutoTokenizer
+
+    from trainer.modeling import select_training_template
+
+    cfg, _, _ = demo_run
+    adapter = cfg.run_dir() / "stage2" / "adapter"
+    tok = AutoTokenizer.from_pretrained(adapter)
+    assert tok.chat_template == select_training_template(demo_tokenizer).text
+    assert read(adapter / "adapter_config.json")["base_model_name_or_path"] == "smollm2-135m-instruct"
+
+
+def test_stage2_starts_from_stage1(demo_run, stage_files, tmp_path):
+    """Stage 2's first-batch loss with the stage-1 adapter is below a fresh adapter's on the same batch."""
+    cfg, _, _ = demo_run
+    continued = read(cfg.run_dir() / "stage2" / "metrics.json")["train_loss_first"]
+    fresh_cfg = demo_config(tmp_path, stage_files, "stages.stage2.init_from=null", "stages.stage2.max_steps=1")
+    fresh = read(run_stage(fresh_cfg, "stage2") / "metrics.json")["train_loss_first"]
+    assert continued < fresh
+
+
+def test_padding_free_gives_the_same_loss_as_padded_batches(stage_files, tmp_path):
+    losses = {}
+    for padding_free in ("false", "true"):
+        cfg = demo_config(tmp_path / padding_free, stage_files, f"training.padding_free={padding_free}",
+                          "stages.stage1.max_steps=1", "training.eval_before_training=false",
+                          "stages.stage1.dataset.eval_fraction=0", "training.per_device_train_batch_size=4")
+        losses[padding_free] = read(run_stage(cfg, "stage1") / "metrics.json")["train_loss_first"]
+    assert losses["true"] == pytest.approx(losses["false"], rel=0.02)
+
+
+def test_resume_continues_an_interrupted_stage(stage_files, tmp_path):
+    """Kill a training process after its first checkpoint, then `--resume` finishes the stage from there."""
+    stage1, stage2 = stage_files
+    args = [sys.executable, "-m", "trainer", "train", "--config", str(REPO / "configs" / "demo.yaml"),
+            "--stage", "stage1", "--set", f"output_dir={tmp_path}", "--set", "max_length=512",
+            "--set", f"stages.stage1.dataset.path={stage1}", "--set", "stages.stage1.max_steps=6",
+            "--set", "training.save_steps=2", "--set", "training.eval_before_training=false",
+            "--set", "training.save_total_limit=3"]
+    checkpoints = tmp_path / "demo" / "stage1" / "checkpoints"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 300
+        while not (checkpoints / "checkpoint-2" / "trainer_state.json").is_file():
+            assert proc.poll() is None, "training exited before writing a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 5 minutes"
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "demo" / "stage1" / "metrics.json").exists()
+    done = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
+                  if (p / "trainer_state.json").is_file())
+    assert done and done[-1] < 6
+
+    from trainer.__main__ import main
+
+    assert main(args[3:] + ["--resume"]) == 0
+    metrics = read(tmp_path / "demo" / "stage1" / "metrics.json")
+    assert metrics["resumed_from"] == f"checkpoint-{done[-1]}"
+    assert metrics["optimizer_steps"] == 6
+    # A second --resume finds the stage complete and leaves it alone.
+    stamp = (tmp_path / "demo" / "stage1" / "metrics.json").stat().st_mtime_ns
+    assert main(args[3:] + ["--resume"]) == 0
+    assert (tmp_path / "demo" / "stage1" / "metrics.json").stat().st_mtime_ns == stamp
