@@ -235,10 +235,12 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
     history = list(trainer.state.log_history)
     eval_last = None
     if plan.data.eval:
-        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-        eval_last = evals[-1] if evals and history[-1].get("step") == trainer.state.global_step \
-            and "eval_loss" in history[-1] else trainer.evaluate()["eval_loss"]
-        history = list(trainer.state.log_history)
+        last = next((h for h in reversed(history) if "eval_loss" in h), None)
+        if last is None or last.get("step") != trainer.state.global_step:  # no eval at the final step yet
+            trainer.evaluate()
+            history = list(trainer.state.log_history)
+            last = history[-1]
+        eval_last = last["eval_loss"]
         if eval_first is None and checkpoint is not None:
             eval_first = next((h["eval_loss"] for h in history if "eval_loss" in h), None)
 
