@@ -119,3 +119,30 @@ def test_padding_free_attention_matches_separate_forward_passes(tiny_mistral_dir
         start = sum(lengths[:i])
         assert torch.allclose(out[start:start + lengths[i]], expected, atol=1e-5)
     assert not torch.allclose(leaky[lengths[0]:lengths[0] + lengths[1]], alone[1], atol=1e-3)
+
+
+def test_evaluating_a_4bit_model_does_not_break_its_gradients(tiny_mistral_dir):
+    """An eval pass (no grad) before training must not change what the backward pass computes."""
+    import torch
+
+    cfg = tiny_config(tiny_mistral_dir, "lora.target_modules=[q_proj, v_proj]")
+    ref = resolve_base_model(str(tiny_mistral_dir))
+    ids = torch.randint(10, 500, (1, 64))
+
+    def lora_grads(evaluate_first: bool):
+        model = attach_adapter(load_base_model(ref, cfg), cfg)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(0.05)
+        if evaluate_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+            model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, after_eval = lora_grads(False), lora_grads(True)
+    for name in plain:
+        torch.testing.assert_close(after_eval[name], plain[name], rtol=1e-3, atol=1e-6)

@@ -233,7 +233,23 @@ def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True, p
     except OSError as exc:
         raise ModelError(f"cannot load base model {ref.name!r}: {exc}") from None
     model.config.use_cache = False
+    if quant is not None:
+        keep_4bit_weights_trainable(model)
     return model
+
+
+def keep_4bit_weights_trainable(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weights the first time it runs in eval mode
+    without gradients (an evaluation pass), and keeps them packed after `model.train()`. The packed layout runs through
+    a kernel with no autograd support, so every later backward pass silently drops the gradient through the frozen
+    base layers. Training evaluates before, between and after steps, so the repacking is switched off here."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
