@@ -177,3 +177,23 @@ def test_resume_continues_an_interrupted_stage(stage_files, tmp_path):
     stamp = (tmp_path / "demo" / "stage1" / "metrics.json").stat().st_mtime_ns
     assert main(args[3:] + ["--resume"]) == 0
     assert (tmp_path / "demo" / "stage1" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_paper_pipeline_runs_end_to_end_on_a_tiny_mistral(tiny_mistral_dir, stage_files, tmp_path):
+    """configs/paper.yaml as shipped (8-bit AdamW, NF4, Mistral template, both stages) on a tiny Mistral."""
+    stage1, stage2 = stage_files
+    cfg = load_config(REPO / "configs" / "paper.yaml", [
+        f"model.name={tiny_mistral_dir}", f"output_dir={tmp_path}", "max_length=512",
+        f"stages.stage1.dataset.path={stage1}", "stages.stage1.dataset.schema=messages",
+        f"stages.stage2.dataset.path={stage2}", "stages.stage1.max_steps=2", "stages.stage2.max_steps=2",
+        "training.logging_steps=1",
+    ])
+    run_pipeline(cfg, "all")
+    s2 = read(cfg.run_dir() / "stage2" / "lineage.json")
+    assert s2["chat_template"]["family"] == "mistral"
+    assert s2["parent_adapter"]["stage"] == "stage1"
+    assert s2["quantization"] == {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
+                                  "compute_dtype": "bfloat16"}
+    resolved = load_config(cfg.run_dir() / "stage2" / "resolved_config.yaml")
+    assert resolved.stages["stage2"].optim == "adamw_8bit"
+    assert resolved.stages["stage2"].gradient_accumulation_steps == 8
