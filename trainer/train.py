@@ -309,6 +309,8 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
         "command": " ".join(sys.argv),
     }
     write_json(stage_dir / "lineage.json", lineage)
+    if eval_first is not None and not any(h.get("step") == 0 and "eval_loss" in h for h in history):
+        history.insert(0, {"step": 0, "eval_loss": eval_first})  # train() starts a fresh log after that eval
     _plot_losses(history, stage_dir / "loss.png", f"{cfg.name} / {stage}")
     print(f"[{stage}] done in {metrics['wall_seconds']:.0f}s: train loss {metrics['train_loss_first']} -> "
           f"{metrics['train_loss_last']}, eval loss {eval_first} -> {eval_last}, "
