@@ -193,10 +193,15 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
     if resume and checkpoint is None:
         print(f"[{stage}] --resume: no checkpoint in {checkpoints_dir}; starting the stage from the beginning",
               flush=True)
-    if checkpoint is None and stage_dir.exists():
-        shutil.rmtree(stage_dir)  # a fresh run never mixes with an older one's files
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, stage_dir / "resolved_config.yaml", stage=stage)
+    from accelerate import PartialState
+
+    state = PartialState()  # under `accelerate launch`, only the main process writes the run directory
+    if state.is_main_process:
+        if checkpoint is None and stage_dir.exists():
+            shutil.rmtree(stage_dir)  # a fresh run never mixes with an older one's files
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, stage_dir / "resolved_config.yaml", stage=stage)
+    state.wait_for_everyone()
 
     import torch
 
@@ -246,9 +251,10 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
 
     # Save the adapter with the exact template it was trained with
     adapter_dir = stage_dir / "adapter"
-    model.save_pretrained(adapter_dir, save_embedding_layers=False)  # embeddings never train here
+    trainer.save_model(str(adapter_dir))  # adapter + tokenizer; gathers sharded (FSDP) weights first
+    if not state.is_main_process:
+        return stage_dir
     name_base_in_adapter(adapter_dir, cfg)
-    plan.tokenizer.save_pretrained(adapter_dir)
 
     train_losses = [h["loss"] for h in history if "loss" in h]
     tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
