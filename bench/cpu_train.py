@@ -107,7 +107,7 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
         from trainer.modeling import load_base_model
 
         tokenizer.chat_template = template.text
-        model = load_base_model(ref, cfg)
+        model = load_base_model(ref, cfg.quantization)
         args = SFTConfig(  # TRL's defaults, except what must match the other side
             output_dir=str(workdir / "trl"), max_steps=steps, per_device_train_batch_size=2,
             gradient_accumulation_steps=1, learning_rate=2e-4, max_length=max_length, seed=cfg.seed, data_seed=cfg.seed,
@@ -119,7 +119,7 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
         trainer.train()
         seconds = time.time() - started
         tokens = next(h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h)
-        settings = {"gradient_checkpointing": args.gradient_checkpointing, "padding_free": args.padding_free,
+        settings = {"gradient_checkpointing": args.activation_checkpointing, "padding_free": args.padding_free,
                     "optim": str(args.optim), "bf16": args.bf16}
     return {
         "side": side, "mix": mix, "steps": steps, "max_length": max_length, "rows_in_mix": len(rows),

@@ -107,7 +107,7 @@ def test_shipped_config_builds_trl_peft_and_bnb_configs(path, tmp_path):
     assert set(lora.target_modules) == set(cfg.lora.target_modules)
     assert lora.task_type == "CAUSAL_LM"
 
-    bnb = build_quantization_config(cfg)
+    bnb = build_quantization_config(cfg.quantization)
     if cfg.quantization.load_in_4bit:
         assert isinstance(bnb, BitsAndBytesConfig)
         assert bnb.load_in_4bit is True

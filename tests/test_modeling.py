@@ -35,7 +35,7 @@ def test_base_loads_in_4bit_nf4_on_cpu_and_lora_wraps_every_projection(tiny_mist
     import bitsandbytes as bnb
 
     cfg = tiny_config(tiny_mistral_dir)
-    model = load_base_model(resolve_base_model(str(tiny_mistral_dir)), cfg)
+    model = load_base_model(resolve_base_model(str(tiny_mistral_dir)), cfg.quantization)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * len(PROJECTIONS)  # two layers, seven projections each
     assert all(m.weight.quant_type == "nf4" for m in quantized)
@@ -53,14 +53,14 @@ def test_unquantized_base_when_4bit_is_off(tiny_mistral_dir):
     import torch
 
     cfg = tiny_config(tiny_mistral_dir, "quantization.load_in_4bit=false")
-    model = load_base_model(resolve_base_model(str(tiny_mistral_dir)), cfg)
+    model = load_base_model(resolve_base_model(str(tiny_mistral_dir)), cfg.quantization)
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
     assert not getattr(model, "is_loaded_in_4bit", False)
 
 
 def test_continuing_an_adapter_checks_base_and_lora_shape(tiny_mistral_dir, tmp_path):
     cfg = tiny_config(tiny_mistral_dir)
-    model = load_base_model(resolve_base_model(str(tiny_mistral_dir)), cfg)
+    model = load_base_model(resolve_base_model(str(tiny_mistral_dir)), cfg.quantization)
     adapter = tmp_path / "adapter"
     attach_adapter(model, cfg).save_pretrained(adapter)
     name_base_in_adapter(adapter, cfg)
@@ -82,14 +82,14 @@ def test_continued_adapter_is_trainable_and_starts_from_the_saved_weights(tiny_m
 
     cfg = tiny_config(tiny_mistral_dir, "quantization.load_in_4bit=false")
     ref = resolve_base_model(str(tiny_mistral_dir))
-    first = attach_adapter(load_base_model(ref, cfg), cfg)
+    first = attach_adapter(load_base_model(ref, cfg.quantization), cfg)
     with torch.no_grad():  # stand-in for training: give lora_B non-zero values
         for name, p in first.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.01)
     first.save_pretrained(tmp_path / "a")
     name_base_in_adapter(tmp_path / "a", cfg)
-    again = attach_adapter(load_base_model(ref, cfg), cfg, init_from=tmp_path / "a")
+    again = attach_adapter(load_base_model(ref, cfg.quantization), cfg, init_from=tmp_path / "a")
     b_weights = [p for n, p in again.named_parameters() if "lora_B" in n]
     assert b_weights and all(p.requires_grad for p in b_weights)
     assert all(torch.allclose(p, torch.full_like(p, 0.01)) for p in b_weights)
@@ -130,7 +130,7 @@ def test_evaluating_a_4bit_model_does_not_break_its_gradients(tiny_mistral_dir):
     ids = torch.randint(10, 500, (1, 64))
 
     def lora_grads(evaluate_first: bool):
-        model = attach_adapter(load_base_model(ref, cfg), cfg)
+        model = attach_adapter(load_base_model(ref, cfg.quantization), cfg)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:

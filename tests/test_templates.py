@@ -148,7 +148,7 @@ def test_trl_labels_only_assistant_tokens(tiny_mistral_dir, mistral_tokenizer, t
     conv = list(PROBE_CONVERSATIONS[1])
     model = AutoModelForCausalLM.from_pretrained(tiny_mistral_dir)
     args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, report_to="none", use_cpu=True,
-                     bf16=False, max_length=512, gradient_checkpointing=False)
+                     bf16=False, max_length=512, activation_checkpointing=False)
     trainer = SFTTrainer(model=model, args=args, processing_class=mistral_tokenizer,
                          train_dataset=datasets.Dataset.from_list([{"messages": conv}]))
     batch = trainer.data_collator([trainer.train_dataset[0]])

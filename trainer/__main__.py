@@ -51,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     build_lora_config(cfg)
-    build_quantization_config(cfg)
+    build_quantization_config(cfg.quantization)
     for name in cfg.stages:
         build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints")
     print(f"config {cfg.source}: ok ({', '.join(cfg.stages)}; base {cfg.model.name}; "

@@ -186,6 +186,12 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _item_where(where: str, index: int, value: Any) -> str:
+    """`adapters[2] (stage2)`: list items are named by position and, when they have one, by name."""
+    name = value.get("name") if isinstance(value, Mapping) else None
+    return f"{where}[{index}]" + (f" ({name})" if isinstance(name, str) and name else "")
+
+
 def _suggest(key: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -216,7 +222,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_type, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, item_type, _item_where(where, i, v)) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -411,9 +417,8 @@ def build_lora_config(cfg: PipelineConfig):
     )
 
 
-def build_quantization_config(cfg: PipelineConfig):
+def build_quantization_config(q: QuantizationSettings):
     """The bitsandbytes 4-bit config, or None when the base is loaded unquantized."""
-    q = cfg.quantization
     if not q.load_in_4bit:
         return None
     import torch
@@ -453,8 +458,8 @@ def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *,
             lr_scheduler_type=st.lr_scheduler_type,
             max_grad_norm=st.max_grad_norm,
             weight_decay=st.weight_decay,
-            gradient_checkpointing=st.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if st.gradient_checkpointing else None,
+            activation_checkpointing=st.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if st.gradient_checkpointing else None,
             bf16=st.bf16,
             use_cpu=not torch.cuda.is_available(),
             logging_steps=st.logging_steps,
@@ -474,3 +479,143 @@ def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{cfg.source}: stages.{stage}: TRL rejected the settings: {exc}") from None
+
+
+# The Space: which base to serve, which adapters, and the limits a public demo needs.
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful study-abroad counsellor for international students. Answer in clear markdown with short "
+    "sections and concrete next steps. Say when something depends on the country, the university or the year, point "
+    "to the official source (university admissions pages, government visa and immigration sites) and never invent "
+    "deadlines, fees or requirements. If a question rests on a false premise (for example a programme a university "
+    "does not offer), say so politely and suggest what does exist."
+)
+
+
+DEFAULT_EXAMPLES = (
+    "Which documents do I need for a student visa application?",
+    "How do I write a strong statement of purpose for a master's in data science?",
+    "What scholarships can an international undergraduate apply for, and when?",
+    "How much should I budget per month for living costs as a student in Germany?",
+    "How do I find safe student housing before I arrive?",
+    "Is health insurance compulsory for international students in Australia?",
+    "How many hours can I work per week on a student visa in Canada?",
+    "Which admission tests do US graduate programmes usually ask for?",
+    "Will a degree from abroad help my career when I return home?",
+)
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    name: str
+    """Label shown in the app; letters, digits, `-`, `_`, `.` and `/`."""
+    path: str | None = None
+    """Local adapter folder (e.g. runs/demo/stage2/adapter)."""
+    repo: str | None = None
+    """Hub model repo holding the adapter."""
+    revision: str | None = None
+    """Branch, tag or commit of `repo`."""
+    subfolder: str | None = None
+    """Folder inside `repo` that holds the adapter files."""
+    description: str = ""
+    """One line shown next to the adapter in the app."""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_input_chars: int = 2000
+    """Longest question accepted; longer ones get a message, not a truncated answer."""
+    max_history_turns: int = 6
+    """Earlier question/answer pairs kept in the prompt; older ones are dropped with a notice."""
+    concurrency: int = 1
+    """Generations running at once (they share one base model, so 1 is right for one GPU or CPU)."""
+    queue_size: int = 32
+    """Visitors waiting beyond the running ones; more are turned away with a message."""
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    max_new_tokens: int = 384
+    """Default answer length cap (visitors can lower or raise it up to `max_new_tokens_limit`)."""
+    max_new_tokens_limit: int = 1024
+    """Upper bound of the answer-length slider."""
+    temperature: float = 0.7
+    """0 means greedy decoding."""
+    top_p: float = 0.9
+    """Nucleus sampling cut-off."""
+    repetition_penalty: float = 1.1
+    """Above 1 discourages repeating the same phrases (small models loop without it)."""
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    base_model: str = "auto"
+    """`auto` (Mistral-7B-Instruct-v0.3 on a GPU, the embedded demo model on a CPU), a Hub id, folder or demo name."""
+    base_revision: str | None = None
+    """Hub revision of the base model."""
+    load_in_4bit: bool = True
+    """Serve the base in 4-bit NF4 (GPU or CPU); false loads bf16 on a GPU, fp32 on a CPU."""
+    runs_dir: str = "runs"
+    """Folder searched for trained adapters (`<run>/<stage>/adapter`), offered as `<run>/<stage>`."""
+    discover_runs: bool = True
+    """Offer the adapters found in `runs_dir` too."""
+    adapters: tuple[AdapterEntry, ...] = ()
+    """Adapters to offer, from a local folder or a Hub repo."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """Counselling system prompt (visitors can edit their own copy)."""
+    examples: tuple[str, ...] = DEFAULT_EXAMPLES
+    """Example questions offered under the chat box."""
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    source: str | None = None
+    """File the settings were read from."""
+
+
+_ADAPTER_NAME = __import__("re").compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
+
+
+def load_space_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> SpaceConfig:
+    """Read `space_config/space.yaml` (or defaults when `path` is None), with dotted overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply_override(raw, parts, value, text)
+    try:
+        cfg = dataclasses.replace(_build(SpaceConfig, raw, ""), source=str(path) if path else None)
+        seen: set[str] = set()
+        for i, entry in enumerate(cfg.adapters):
+            where = _item_where("adapters", i, {"name": entry.name})
+            if not _ADAPTER_NAME.match(entry.name) or entry.name.lower() == "base":
+                raise ConfigError(f"{where}.name: {entry.name!r} must be 1-64 letters, digits, - _ . / "
+                                  "and not 'base' (the base model's own entry)")
+            if entry.name in seen:
+                raise ConfigError(f"{where}.name: {entry.name!r} is used twice")
+            seen.add(entry.name)
+            if (entry.path is None) == (entry.repo is None):
+                raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)")
+            if entry.path is not None and (entry.revision or entry.subfolder):
+                raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
+        lim = cfg.limits
+        for key in ("max_input_chars", "concurrency", "queue_size"):
+            if getattr(lim, key) < 1:
+                raise ConfigError(f"limits.{key}: must be at least 1")
+        if lim.max_history_turns < 0:
+            raise ConfigError("limits.max_history_turns: must be 0 or more")
+        gen = cfg.generation
+        if not 0 <= gen.temperature <= 2 or not 0 < gen.top_p <= 1:
+            raise ConfigError("generation: temperature must be in [0, 2] and top_p in (0, 1]")
+        if not 1 <= gen.max_new_tokens <= gen.max_new_tokens_limit:
+            raise ConfigError("generation.max_new_tokens: must be between 1 and max_new_tokens_limit")
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'space config'}: {exc}") from None
+    return cfg

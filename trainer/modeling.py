@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainer.config import PipelineConfig, build_lora_config, build_quantization_config
+from trainer.config import PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config
 from trainer.demo_model import demo_model_path, is_demo_model
 
 TEMPLATE_FAMILIES = ("mistral", "chatml")
@@ -202,19 +202,21 @@ def _device_map() -> Any:
     return {"": PartialState().local_process_index}
 
 
-def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True, padding_free: bool = False):
+def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, attn_implementation: str = "sdpa",
+                    trust_remote_code: bool = False, bf16: bool = True, padding_free: bool = False,
+                    for_training: bool = True):
     """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU.
 
     With `padding_free`, SDPA is swapped for its per-conversation twin (see trainer.attention)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    quant = build_quantization_config(cfg)
+    quant = build_quantization_config(quantization)
     if quant is not None:
-        dtype = getattr(torch, cfg.quantization.compute_dtype)
+        dtype = getattr(torch, quantization.compute_dtype)
     else:
         dtype = torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32
-    attn = cfg.model.attn_implementation
+    attn = attn_implementation
     if padding_free and attn == "sdpa":
         from trainer.attention import register_varlen_attention
 
@@ -223,7 +225,7 @@ def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True, p
         "revision": ref.revision,
         "dtype": dtype,
         "attn_implementation": attn,
-        "trust_remote_code": cfg.model.trust_remote_code,
+        "trust_remote_code": trust_remote_code,
         "device_map": _device_map(),
     }
     if quant is not None:
@@ -232,9 +234,10 @@ def load_base_model(ref: BaseModelRef, cfg: PipelineConfig, bf16: bool = True, p
         model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except OSError as exc:
         raise ModelError(f"cannot load base model {ref.name!r}: {exc}") from None
-    model.config.use_cache = False
-    if quant is not None:
-        keep_4bit_weights_trainable(model)
+    if for_training:
+        model.config.use_cache = False
+        if quant is not None:
+            keep_4bit_weights_trainable(model)
     return model
 
 
@@ -286,6 +289,10 @@ def attach_adapter(model, cfg: PipelineConfig, init_from: str | Path | None = No
         peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
     else:
         peft_model = get_peft_model(model, build_lora_config(cfg))
+    # While training, PEFT looks the base up by this field when it saves; keep it on the loaded (local) weights.
+    # `name_base_in_adapter` writes the configured name into the final adapter.
+    for adapter_config in peft_model.peft_config.values():
+        adapter_config.base_model_name_or_path = model.name_or_path
     return peft_model
 
 

@@ -209,7 +209,9 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.torch_threads)
 
     # Load the 4-bit base and attach (or continue) the adapter
-    model = load_base_model(plan.ref, cfg, bf16=st.bf16, padding_free=st.padding_free)
+    model = load_base_model(plan.ref, cfg.quantization, attn_implementation=cfg.model.attn_implementation,
+                            trust_remote_code=cfg.model.trust_remote_code, bf16=st.bf16,
+                            padding_free=st.padding_free)
     base_record = _base_model_record(plan.ref, model)
     model = attach_adapter(model, cfg, plan.init_from)
     trainable, total = model.get_nb_trainable_parameters()

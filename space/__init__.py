@@ -1,0 +1,1 @@
+"""The Gradio Space's parts: adapter registry, inference engine (one base, many adapters), feedback store."""

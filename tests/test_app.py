@@ -1,0 +1,244 @@
+"""The real app: launched with `python app.py` on the demo model with freshly trained demo adapters, driven over HTTP
+with gradio_client and in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA, REPO, write_jsonl
+
+from app import message_text, safe_text, trim_history
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SYSTEM = "You are a careful study-abroad counsellor."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, demo_model_dir):
+    """Train both demo stages briefly, then serve them with `python app.py` in a subprocess."""
+    from trainer.config import load_config
+    from trainer.train import run_pipeline
+
+    root = tmp_path_factory.mktemp("app")
+    rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text().splitlines()]
+    s1, s2 = write_jsonl(root / "s1.jsonl", rows[:10]), write_jsonl(root / "s2.jsonl", rows[10:])
+    run_pipeline(load_config(REPO / "configs" / "demo.yaml", [
+        f"output_dir={root / 'runs'}", "max_length=512", "training.eval_before_training=false",
+        f"stages.stage1.dataset.path={s1}", "stages.stage1.max_steps=2", "stages.stage1.learning_rate=2e-3",
+        f"stages.stage2.dataset.path={s2}", "stages.stage2.max_steps=1", "stages.stage2.learning_rate=2e-3",
+    ]))
+    (root / "space.yaml").write_text(
+        f"runs_dir: {root / 'runs'}\nlimits:\n  max_input_chars: 500\n  max_history_turns: 2\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(root / "space.yaml"), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
+    url, log, deadline = None, [], time.time() + 240
+    while url is None:
+        assert proc.poll() is None, "app exited:\n" + "".join(log)
+        assert time.time() < deadline, "app did not start:\n" + "".join(log)
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        log.append(line)
+        if line.startswith("[app] running on "):
+            url = line.split("running on ", 1)[1].strip()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+def chat(client, question, adapter, history=(), max_new_tokens=24):
+    return client.predict(question, list(history), adapter, SYSTEM, 0, 0.9, max_new_tokens, api_name="/chat")
+
+
+@pytest.mark.parametrize("adapter", ["base", "demo/stage1", "demo/stage2"])
+def test_chat_with_each_adapter_streams_an_answer(client, adapter):
+    job = client.submit("How do I open a bank account abroad?", [], adapter, SYSTEM, 0, 0.9, 24, api_name="/chat")
+    updates = [out for out in job]
+    history, textbox = job.result()
+    assert textbox == ""
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert message_text(history[0]) == "How do I open a bank account abroad?"
+    assert message_text(history[1]).strip()
+    assert len(updates) > 2  # streamed in pieces, not in one block
+
+
+def test_adapters_are_selectable_and_differ_from_the_base(client):
+    info = client.view_api(return_format="dict")["named_endpoints"]["/chat"]["parameters"]
+    adapter_param = next(p for p in info if p["parameter_name"] == "adapter")
+    assert set(adapter_param["type"]["enum"]) == {"base", "demo/stage1", "demo/stage2"}
+    answers = {a: message_text(chat(client, "What is a CAS number?", a, max_new_tokens=16)[0][1])
+               for a in ("base", "demo/stage2")}
+    assert answers["base"] != answers["demo/stage2"]
+
+
+def test_compare_streams_both_answers(client):
+    left, right = client.predict("Is the GRE required?", "base", "demo/stage1", SYSTEM, 0, 0.9, 16,
+                                 api_name="/compare")
+    assert left.strip() and right.strip()
+
+
+def test_multi_turn_history_and_retry(client):
+    history, _ = chat(client, "Where should I live in my first year?", "demo/stage1")
+    history, _ = chat(client, "And how much does it cost?", "demo/stage1", history)
+    assert [m["role"] for m in history] == ["user", "assistant"] * 2
+    retried, _ = client.predict(history, "demo/stage1", SYSTEM, 0, 0.9, 24, api_name="/retry")
+    assert len(retried) == 4 and message_text(retried[2]) == "And how much does it cost?"
+
+
+def test_an_over_long_question_gets_a_clear_message_and_the_app_keeps_serving(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Your message is 600 characters long; the limit is 500"):
+        chat(client, "x" * 600, "base")
+    with pytest.raises(AppError, match="Type a question first"):
+        chat(client, "   ", "base")
+    with pytest.raises(AppError, match="demo/stage9 is not in the list of choices"):
+        chat(client, "Hello", "demo/stage9")
+    history, _ = chat(client, "Still there?", "base")
+    assert message_text(history[-1]).strip()
+
+
+def test_two_visitors_at_once_keep_their_own_adapter_and_history(app_url):
+    from gradio_client import Client
+
+    expected = {a: message_text(chat(Client(app_url, verbose=False), f"Visa for {a}?", a)[0][1])
+                for a in ("base", "demo/stage2")}
+    results: dict[str, list] = {}
+
+    def visitor(adapter):
+        results[adapter] = chat(Client(app_url, verbose=False), f"Visa for {adapter}?", adapter)[0]
+
+    threads = [threading.Thread(target=visitor, args=(a,)) for a in expected]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for adapter, history in results.items():
+        assert message_text(history[0]) == f"Visa for {adapter}?"
+        assert message_text(history[1]) == expected[adapter]
+
+
+def test_history_is_trimmed_to_the_newest_turns():
+    history = []
+    for i in range(5):
+        history += [{"role": "user", "content": f"q{i} &lt;b&gt;"}, {"role": "assistant", "content": [
+            {"type": "text", "text": f"a{i}"}]}]
+    kept, dropped = trim_history(history, 2)
+    assert dropped == 3
+    assert kept == [{"role": "user", "content": "q3 <b>"}, {"role": "assistant", "content": "a3"},
+                    {"role": "user", "content": "q4 <b>"}, {"role": "assistant", "content": "a4"}]
+    assert trim_history(history, 0) == ([], 5)
+
+
+def test_safe_text_disarms_html_and_script_links():
+    assert safe_text("<script>alert(1)</script>") == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert safe_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
+    assert safe_text("[click](javascript:alert(1))") == "[click](#blocked:alert(1))"
+    assert safe_text("[ok](JavaScript :alert(1))") == "[ok](JavaScript :alert(1))"  # not a scheme: harmless
+    assert safe_text("## Heading\n- **bold** & more") == "## Heading\n- **bold** &amp; more"
+
+
+def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
+    attack = ("<script>window.__xss=1</script> <img src=x onerror=\"window.__xss=2\"> "
+              "[prize](javascript:window.__xss=3) What is a CAS?")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(app_url, wait_until="networkidle")
+            assert "Demo mode" in page.inner_text("body")
+            assert "Check every requirement" in page.inner_text("#notice")
+
+            page.fill("#question textarea", attack)
+            page.click("#send")
+            bot = page.locator('#chatbot [data-testid="bot"]').last
+            bot.wait_for(timeout=60_000)
+            lengths = []
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                lengths.append(len(bot.inner_text()))
+                if len(lengths) > 3 and lengths[-1] == lengths[-2] == lengths[-3] and lengths[-1] > 0:
+                    break
+                time.sleep(0.2)
+            growth = sorted(set(lengths))
+            assert len(growth) >= 3, f"answer did not stream: {lengths}"
+
+            user = page.locator('#chatbot [data-testid="user"]').last
+            assert "<script>window.__xss=1</script>" in user.inner_text()  # shown as text
+            assert "<img src=x" in user.inner_text()
+            assert page.evaluate("window.__xss") is None
+            assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
+            assert page.locator('#chatbot a[href^="javascript"]').count() == 0
+
+            page.click("#adapter input")
+            page.get_by_role("option", name="base", exact=False).first.click()
+            assert page.input_value("#adapter input").startswith("Base model")
+            page.fill("#question textarea", "Which English test should I take?")
+            page.click("#send")
+            page.locator('#chatbot [data-testid="bot"]').nth(1).wait_for(timeout=60_000)
+            page.wait_for_function(
+                "document.querySelectorAll('#chatbot [data-testid=\"bot\"]')[1].innerText.length > 10",
+                timeout=60_000)
+            shot = tmp_path / "chat.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+def test_space_header_matches_the_pinned_gradio_and_files():
+    import yaml
+
+    text = (REPO / "space_config" / "README.md").read_text(encoding="utf-8")
+    header = yaml.safe_load(text.split("---")[1])
+    pinned = next(line.split("==")[1].split()[0] for line in (REPO / "requirements.txt").read_text().splitlines()
+                  if line.startswith("gradio=="))
+    assert header["sdk"] == "gradio" and header["sdk_version"] == pinned
+    assert (REPO / header["app_file"]).is_file()
+    assert header["suggested_hardware"] and header["models"] and header["datasets"] and header["short_description"]
+    assert len(header["short_description"]) <= 60
+
+
+def test_importing_the_app_loads_no_model_and_no_heavy_library():
+    code = ("import sys, app, space.engine, space.registry\n"
+            "print([m for m in ('torch', 'transformers', 'peft', 'gradio') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,155 @@
+"""The inference engine and the adapter registry, on the tiny Mistral: switching, isolation, refusal, stopping."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from space.engine import BASE, GenerationSettings, InferenceEngine, StreamStats, same_base
+from space.registry import AdapterRegistry
+from trainer.config import ConfigError, load_space_config
+
+GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
+QUESTION = [{"role": "user", "content": "How do I apply for a student visa?"}]
+
+
+def make_adapter(base_dir: Path, out: Path, seed: int, base_name: str | None = None) -> Path:
+    """A LoRA adapter with random (non-zero) weights, saved like the trainer saves one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base_name or str(base_dir)
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_mistral_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("space")
+    make_adapter(tiny_mistral_dir, root / "a", seed=1)
+    make_adapter(tiny_mistral_dir, root / "b", seed=2)
+    make_adapter(tiny_mistral_dir, root / "other", seed=3, base_name="mistralai/Mistral-7B-Instruct-v0.3")
+    (root / "space.yaml").write_text(
+        "discover_runs: false\nadapters:\n"
+        f"  - {{name: stage1, path: {root / 'a'}}}\n"
+        f"  - {{name: stage2, path: {root / 'b'}, description: second}}\n"
+        f"  - {{name: foreign, path: {root / 'other'}}}\n")
+    cfg = load_space_config(root / "space.yaml")
+    return InferenceEngine(str(tiny_mistral_dir), AdapterRegistry.from_config(cfg, root), load_in_4bit=False).load()
+
+
+def test_adapters_load_into_one_model_and_a_foreign_one_is_refused(engine):
+    from peft import PeftModel
+
+    assert engine.adapter_names == ["stage1", "stage2"]
+    assert isinstance(engine.model, PeftModel) and set(engine.model.peft_config) == {"stage1", "stage2"}
+    assert "trained on 'mistralai/Mistral-7B-Instruct-v0.3'" in engine.refused["foreign"]
+    assert engine.templates["stage1"] == engine.tokenizer.chat_template  # the template saved with the adapter
+
+
+def test_switching_changes_the_answer_and_base_is_unchanged_after_switching(engine):
+    base_first = engine.generate(QUESTION, BASE, GREEDY)
+    a = engine.generate(QUESTION, "stage1", GREEDY)
+    b = engine.generate(QUESTION, "stage2", GREEDY)
+    assert len({base_first, a, b}) == 3
+    for name in ("stage2", BASE, "stage1", BASE, "stage2"):
+        engine.generate(QUESTION, name, GREEDY)
+    assert engine.generate(QUESTION, BASE, GREEDY) == base_first
+    assert engine.generate(QUESTION, "stage1", GREEDY) == a
+
+
+def test_public_and_fast_switching_give_the_same_answers(engine):
+    assert engine._fast_switch  # PEFT 0.21's layer state is what the fast path sets
+    fast = {name: engine.generate(QUESTION, name, GREEDY) for name in ("stage2", BASE, "stage1", BASE)}
+    engine._fast_switch = False
+    try:
+        public = {name: engine.generate(QUESTION, name, GREEDY) for name in ("stage2", BASE, "stage1", BASE)}
+    finally:
+        engine._fast_switch = True
+    assert fast == public
+
+
+def test_concurrent_requests_never_get_each_others_adapter(engine):
+    expected = {name: engine.generate(QUESTION, name, GREEDY) for name in (BASE, "stage1", "stage2")}
+    results: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def visitor(name: str) -> None:
+        try:
+            for _ in range(4):
+                results.append((name, engine.generate(QUESTION, name, GREEDY)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=visitor, args=(n,)) for n in ("stage1", "stage2", BASE, "stage1", "stage2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 20
+    assert all(text == expected[name] for name, text in results)
+
+
+def test_streaming_grows_and_stop_ends_early(engine):
+    settings = GenerationSettings(max_new_tokens=40, temperature=0)
+    stats = StreamStats()
+    pieces = list(engine.stream(QUESTION, "stage1", settings, stats=stats))
+    assert len(pieces) > 1 and all(pieces[i + 1].startswith(pieces[i]) for i in range(len(pieces) - 1))
+    assert stats.first_token_s is not None and not stats.stopped
+
+    stop = threading.Event()
+    stats = StreamStats()
+    stream = engine.stream(QUESTION, "stage2", settings, stop=stop, stats=stats)
+    next(stream)
+    stream.close()  # the visitor pressed stop / left the page
+    assert stats.stopped and stats.new_tokens < 40
+    # the lock was released: another request runs
+    assert engine.generate(QUESTION, BASE, GenerationSettings(max_new_tokens=2, temperature=0))
+
+
+def test_prompts_use_the_chat_template_of_the_adapter(engine):
+    ids = engine.prompt_ids([{"role": "system", "content": "Be brief."}, *QUESTION], "stage2")
+    text = engine.tokenizer.decode(ids)
+    assert text.startswith("<s>[INST] Be brief.\n\nHow do I apply") and text.endswith("[/INST]")
+    with pytest.raises(KeyError, match="not loaded"):
+        engine.prompt_ids(QUESTION, "foreign")
+
+
+def test_registry_discovers_runs_and_names_bad_entries(tmp_path, tiny_mistral_dir):
+    adapter = make_adapter(tiny_mistral_dir, tmp_path / "runs" / "demo" / "stage2" / "adapter", seed=4)
+    (adapter.parent / "metrics.json").write_text(json.dumps({"eval_loss_first": 2.0, "eval_loss_last": 1.5}))
+    registry = AdapterRegistry.from_config(load_space_config(None), tmp_path)
+    found = registry.get("demo/stage2")
+    assert found.origin == "runs" and "eval loss 2.000 -> 1.500" in found.description
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("adapters:\n  - name: stage1\n    path: runs/nowhere/adapter\n")
+    with pytest.raises(ConfigError, match=r"adapters\[0\] \(stage1\)\.path: runs/nowhere/adapter is not an adapter"):
+        AdapterRegistry.from_config(load_space_config(bad), tmp_path)
+    bad.write_text("adapters:\n  - name: stage1\n    repo: org/x\n    revison: main\n")
+    with pytest.raises(ConfigError, match=r"adapters\[0\] \(stage1\)\.revison: unknown key \(did you mean 'revision'\?\)"):
+        load_space_config(bad)
+    bad.write_text("adapters:\n  - {name: base, repo: org/x}\n")
+    with pytest.raises(ConfigError, match="not 'base'"):
+        load_space_config(bad)
+    bad.write_text("adapters:\n  - {name: a, repo: org/x, path: runs}\n")
+    with pytest.raises(ConfigError, match="exactly one of path"):
+        load_space_config(bad)
+
+
+def test_same_base_treats_demo_aliases_as_one_model():
+    assert same_base("demo", "smollm2-135m-instruct")
+    assert same_base("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/mistral-7b-instruct-v0.3")
+    assert not same_base("smollm2-135m-instruct", "mistralai/Mistral-7B-Instruct-v0.3")
