@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+pytest_plugins = ("hub_emulator",)  # the `hub` fixture: a local server speaking the Hub's HTTP API
+
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 # Mistral-7B-Instruct-v0.3's own chat template (from its tokenizer_config.json), used as the reference the
@@ -94,3 +96,23 @@ def demo_tokenizer(demo_model_dir):
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def short_demo_run(tmp_path_factory, demo_model_dir) -> Path:
+    """Both demo stages trained briefly on the short test dialogues: a real run directory for app and push tests."""
+    from trainer.config import load_config
+    from trainer.train import run_pipeline
+
+    root = tmp_path_factory.mktemp("short-demo")
+    rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
+    s1, s2 = write_jsonl(root / "s1.jsonl", rows[:10]), write_jsonl(root / "s2.jsonl", rows[10:])
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        f"output_dir={root / 'runs'}", "max_length=512",
+        f"stages.stage1.dataset.path={s1}", "stages.stage1.max_steps=2", "stages.stage1.learning_rate=2e-3",
+        f"stages.stage2.dataset.path={s2}", "stages.stage2.max_steps=1", "stages.stage2.learning_rate=2e-3",
+        "stages.stage2.dataset.kind=real", "stages.stage2.dataset.license=cc-by-4.0",
+        "stages.stage2.dataset.source_datasets=[]",
+    ])
+    run_pipeline(cfg)
+    return cfg.run_dir()

@@ -29,6 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config and its data without training")
     _add_config_args(validate)
+
+    push = sub.add_parser("push", help="publish a run's adapters, datasets and Space to the Hugging Face Hub")
+    push.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
+    push.add_argument("--stage", action="append", help="stage(s) to push (default: every finished stage)")
+    push.add_argument("--namespace", help="user or organisation (default: the token's user)")
+    push.add_argument("--private", action="store_true", help="create the repos as private")
+    push.add_argument("--revision", help="branch to push to (created if missing; default: main)")
+    push.add_argument("--dry-run", action="store_true", help="write the exact folders and print the plan; no upload")
+    push.add_argument("--out", help="where --dry-run (and the upload) stage the folders (default: <run>/push)")
+    push.add_argument("--force", action="store_true", help="publish adapters that failed evaluation (the card says so)")
+    push.add_argument("--no-datasets", action="store_true", help="do not export the training data")
+    push.add_argument("--no-space", action="store_true", help="do not push the Space")
+    push.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
     return parser
 
 
@@ -114,7 +127,22 @@ def _hub_reachable() -> bool:
         return False
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate}
+def cmd_push(args: argparse.Namespace) -> int:
+    from trainer.hub import run_push
+
+    plans = run_push(args.run, namespace=args.namespace, stages=args.stage, private=args.private,
+                     revision=args.revision, dry_run=args.dry_run, out_dir=args.out, force=args.force,
+                     datasets=not args.no_datasets, space=not args.no_space, endpoint=args.endpoint)
+    if args.dry_run:
+        print("dry run: nothing was uploaded; the folders above are exactly what would be")
+        for plan in plans:
+            print(f"\n{plan.repo_type} {plan.repo_id} ({plan.title}):")
+            for path in plan.files():
+                print(f"  {path.relative_to(plan.folder)}  ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,11 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.config import ConfigError
     from trainer.data import DataError
     from trainer.demo_model import DemoModelError
+    from trainer.hub import HubError
     from trainer.modeling import ModelError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelError, DemoModelError) as exc:
+    except (ConfigError, DataError, ModelError, DemoModelError, HubError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -87,6 +87,12 @@ class DatasetSettings:
     """The stage fails when more than this share of rows is invalid."""
     strict: bool = False
     """Fail on the first invalid row instead of skipping and counting it."""
+    kind: str = "synthetic"
+    """What the conversations are, for the dataset card: `synthetic` (LLM-generated), `real` or `audit`."""
+    license: str = "other"
+    """Licence of the data (an SPDX-style id as the Hub uses, e.g. mit, cc-by-4.0), for the dataset card."""
+    source_datasets: tuple[str, ...] = ()
+    """Hub datasets this data was derived from, for the cards."""
 
 
 @dataclass(frozen=True)
@@ -329,6 +335,8 @@ def _validate_values(cfg: PipelineConfig) -> None:
             )
         if not 0 <= st.dataset.eval_fraction < 1:
             raise ConfigError(f"{where}.dataset.eval_fraction: must be in [0, 1), got {st.dataset.eval_fraction}")
+        if st.dataset.kind not in ("synthetic", "real", "audit"):
+            raise ConfigError(f"{where}.dataset.kind: must be synthetic, real or audit, got {st.dataset.kind!r}")
         if not 0 <= st.dataset.max_bad_fraction <= 1:
             raise ConfigError(f"{where}.dataset.max_bad_fraction: must be in [0, 1]")
         if st.learning_rate <= 0:
