@@ -97,6 +97,7 @@ class InferenceEngine:
     _active: str = field(default=BASE, init=False)
     _tuner_layers: list = field(default_factory=list, init=False)
     _fast_switch: bool = field(default=False, init=False)
+    _revisions: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -202,6 +203,20 @@ class InferenceEngine:
         except (OSError, ValueError):
             template = None
         return template or self.templates[BASE]
+
+    def adapter_revision(self, adapter: str) -> str | None:
+        """What identifies the served weights: the Hub revision, or the sha256 of a local adapter file."""
+        if adapter == BASE:
+            return self.base_revision
+        if adapter not in self._revisions:
+            entry = self.registry.get(adapter)
+            if entry.is_local:
+                from trainer.data import file_sha256
+
+                self._revisions[adapter] = "sha256:" + file_sha256(Path(entry.location) / "adapter_model.safetensors")
+            else:
+                self._revisions[adapter] = entry.revision or "main"
+        return self._revisions[adapter]
 
     # Generation
 

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-datasets", action="store_true", help="do not export the training data")
     push.add_argument("--no-space", action="store_true", help="do not push the Space")
     push.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+
+    export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
+    export.add_argument("--store", default="data/feedback/feedback.sqlite",
+                        help="feedback SQLite file, or a folder of the JSONL records the Space pushed to the Hub")
+    export.add_argument("--out", default="data/feedback/export", help="output folder (sft/kto/dpo JSONL + card)")
+    export.add_argument("--no-system-prompt", action="store_true",
+                        help="leave the system prompt out of the rows (needed for KTO/DPO with Mistral-Instruct)")
     return parser
 
 
@@ -142,7 +149,14 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push}
+def cmd_export_feedback(args: argparse.Namespace) -> int:
+    from trainer.export import export_feedback
+
+    export_feedback(args.store, args.out, system_prompt=not args.no_system_prompt)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "export-feedback": cmd_export_feedback}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,12 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.config import ConfigError
     from trainer.data import DataError
     from trainer.demo_model import DemoModelError
+    from trainer.export import ExportError
     from trainer.hub import HubError
     from trainer.modeling import ModelError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelError, DemoModelError, HubError) as exc:
+    except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

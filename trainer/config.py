@@ -555,6 +555,34 @@ class GenerationDefaults:
     """Above 1 discourages repeating the same phrases (small models loop without it)."""
 
 
+DEFAULT_CONSENT = (
+    "I agree that this conversation, with personal details such as emails, phone numbers, ID numbers and addresses "
+    "removed, may be stored and reviewed to improve this counsellor. No name or account is attached to it."
+)
+TOPICS = ("admissions", "sop", "documents", "tests", "scholarships", "visas", "costs", "housing",
+          "health insurance", "work rights", "culture", "careers", "language", "other")
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    enabled: bool = True
+    """Offer ratings, comments and suggested answers (stored only with consent)."""
+    store: str = "data/feedback/feedback.sqlite"
+    """SQLite file on local disk (on a Space with persistent storage, put it under /data)."""
+    consent_text: str = DEFAULT_CONSENT
+    """The consent checkbox's text; nothing is stored unless it is ticked."""
+    hub_dataset: str | None = None
+    """Private Hub dataset that receives every record as JSONL (via CommitScheduler), e.g. my-org/feedback."""
+    every_minutes: float = 10.0
+    """How often the JSONL files are committed to `hub_dataset`."""
+    reviewers: tuple[str, ...] = ()
+    """Hugging Face usernames allowed into the labelling tab (on a Space, through OAuth)."""
+    token_env: str = "LABELLING_TOKEN"
+    """Environment variable holding the local reviewer token (open the app with ?token=...)."""
+    topics: tuple[str, ...] = TOPICS
+    """Topic tags offered to reviewers."""
+
+
 @dataclass(frozen=True)
 class SpaceConfig:
     base_model: str = "auto"
@@ -575,6 +603,7 @@ class SpaceConfig:
     """Example questions offered under the chat box."""
     limits: LimitSettings = field(default_factory=LimitSettings)
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     source: str | None = None
     """File the settings were read from."""
 
@@ -619,6 +648,10 @@ def load_space_config(path: str | Path | None, overrides: typing.Sequence[str] =
                 raise ConfigError(f"limits.{key}: must be at least 1")
         if lim.max_history_turns < 0:
             raise ConfigError("limits.max_history_turns: must be 0 or more")
+        if cfg.feedback.every_minutes <= 0:
+            raise ConfigError("feedback.every_minutes: must be positive")
+        if cfg.feedback.hub_dataset is not None and cfg.feedback.hub_dataset.count("/") != 1:
+            raise ConfigError(f"feedback.hub_dataset: {cfg.feedback.hub_dataset!r} is not a Hub repo id (owner/name)")
         gen = cfg.generation
         if not 0 <= gen.temperature <= 2 or not 0 < gen.top_p <= 1:
             raise ConfigError("generation: temperature must be in [0, 2] and top_p in (0, 1]")
