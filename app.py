@@ -4,8 +4,6 @@
 `python app.py` loads the base and adapters once and serves on 127.0.0.1:7860 (see `--help`).
 """
 
-from __future__ import annotations
-
 import argparse
 import html
 import os
@@ -17,11 +15,9 @@ NOTICE = ("Answers come from a language model and can be wrong or out of date. C
           "deadline with the university and the official government sources before you act on it.")
 _JS_LINK = re.compile(r"\]\(\s*(?:javascript|vbscript|data):", re.IGNORECASE)
 
-
 def safe_text(text: str) -> str:
     """Display form of a message: HTML escaped (markdown still renders) and script links disarmed."""
     return _JS_LINK.sub("](#blocked:", html.escape(text, quote=False))
-
 
 def message_text(message: dict[str, Any]) -> str:
     """The text of a chat message as Gradio hands it back (a string, or a list of typed parts), unescaped."""
@@ -29,7 +25,6 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return html.unescape(content) if isinstance(content, str) else ""
-
 
 def trim_history(history: Sequence[dict[str, Any]], max_turns: int) -> tuple[list[dict[str, str]], int]:
     """The last `max_turns` question/answer pairs as model messages (display escaping undone), and how many
@@ -48,7 +43,6 @@ def trim_history(history: Sequence[dict[str, Any]], max_turns: int) -> tuple[lis
     kept = complete[-max_turns:] if max_turns else []
     return [m for pair in kept for m in pair], len(complete) - len(kept)
 
-
 def oauth_username(request) -> str | None:
     """The Hugging Face username of a visitor logged in through the Space's OAuth, if any."""
     try:
@@ -56,7 +50,6 @@ def oauth_username(request) -> str | None:
     except (AssertionError, AttributeError, KeyError):  # no session middleware: OAuth is not enabled
         return None
     return ((info or {}).get("userinfo") or {}).get("preferred_username")
-
 
 def reviewer_of(request, feedback_cfg, established: str | None = None) -> str | None:
     """Who may use the labelling tab: an allow-listed OAuth user on a Space, or the holder of the local token
@@ -75,12 +68,10 @@ def reviewer_of(request, feedback_cfg, established: str | None = None) -> str | 
             return (request.headers.get("x-reviewer") or "local reviewer")[:64]
     return None
 
-
 def _when(timestamp: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-
 
 def _day(text: str, end: bool = False) -> float | None:
     import datetime as dt
@@ -93,7 +84,6 @@ def _day(text: str, end: bool = False) -> float | None:
     except ValueError:
         raise ValueError(f"dates are YYYY-MM-DD, got {text!r}") from None
     return (day + dt.timedelta(days=1 if end else 0)).timestamp()
-
 
 def build_app(registry, engine, store=None, cfg=None):
     """The Blocks app. `store` (feedback) is optional until the labelling tab uses it."""
@@ -174,13 +164,13 @@ def build_app(registry, engine, store=None, cfg=None):
 
     def on_like(ratings, data: gr.LikeData):
         ratings = dict(ratings or {})
-        index = data.index[0] if isinstance(data.index, (list, tuple)) else data.index
+        index = str(data.index[0] if isinstance(data.index, (list, tuple)) else data.index)  # JSON keys are text
         if data.liked is True or data.liked == "like":
-            ratings[int(index)] = 1
+            ratings[index] = 1
         elif data.liked is False or data.liked == "dislike":
-            ratings[int(index)] = -1
+            ratings[index] = -1
         else:
-            ratings.pop(int(index), None)
+            ratings.pop(index, None)
         return ratings
 
     def submit_feedback(history, ratings, comment_text, better_answer, consented, adapter, system_prompt,
@@ -309,7 +299,8 @@ def build_app(registry, engine, store=None, cfg=None):
                 retry_btn = gr.Button("Retry", size="sm", elem_id="retry")
                 clear = gr.Button("Clear", size="sm", elem_id="clear")
             gr.Examples(list(cfg.examples), inputs=question, label="Example questions")
-            ratings = gr.State({})
+            # Likes per answer index; a (hidden) component rather than State, so API clients can send ratings too.
+            ratings = gr.JSON({}, visible=False)
             feedback_on = store is not None and cfg.feedback.enabled
             with gr.Accordion("Feedback: rate answers with the thumbs, correct the last one, send it to us",
                               open=False, visible=feedback_on):
@@ -388,7 +379,6 @@ def build_app(registry, engine, store=None, cfg=None):
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     return demo
 
-
 def open_feedback_store(cfg):
     """The SQLite store, plus (with `feedback.hub_dataset`) a CommitScheduler pushing its JSONL copy."""
     from pathlib import Path
@@ -409,7 +399,6 @@ def open_feedback_store(cfg):
     print(f"[app] feedback is also committed to the dataset {settings.hub_dataset} every "
           f"{settings.every_minutes:g} min", flush=True)
     return FeedbackStore(store_path, jsonl_dir=folder, scheduler=scheduler)
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the study-abroad counsellor app.")
@@ -453,7 +442,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[app] running on {url}", flush=True)
     demo.block_thread()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -116,3 +116,49 @@ def short_demo_run(tmp_path_factory, demo_model_dir) -> Path:
     ])
     run_pipeline(cfg)
     return cfg.run_dir()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float = 240):
+    """Start `python app.py --config CONFIG` on a free port; returns (process, url) once it serves."""
+    import os
+    import queue
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(config), "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    log, deadline = [], time.time() + timeout
+    while True:
+        assert proc.poll() is None, "app exited:\n" + "".join(log)
+        assert time.time() < deadline, "app did not start:\n" + "".join(log)
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        log.append(line)
+        if line.startswith("[app] running on "):
+            return proc, line.split("running on ", 1)[1].strip()
+
+
+def stop_app(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -3,9 +3,6 @@ with gradio_client and in headless Chromium."""
 
 from __future__ import annotations
 
-import os
-import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, launch_app, stop_app
 
 from app import message_text, safe_text, trim_history
 
@@ -23,44 +20,19 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 SYSTEM = "You are a careful study-abroad counsellor."
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, short_demo_run):
     """Serve the briefly trained demo adapters with `python app.py` in a subprocess."""
     root = tmp_path_factory.mktemp("app")
     (root / "space.yaml").write_text(
         f"runs_dir: {short_demo_run.parent}\nlimits:\n  max_input_chars: 500\n  max_history_turns: 2\n"
-        "generation:\n  temperature: 0\n  max_new_tokens: 96\n")  # greedy: the browser test sees the same answer
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(root / "space.yaml"), "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
-    url, log, deadline = None, [], time.time() + 240
-    while url is None:
-        assert proc.poll() is None, "app exited:\n" + "".join(log)
-        assert time.time() < deadline, "app did not start:\n" + "".join(log)
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        log.append(line)
-        if line.startswith("[app] running on "):
-            url = line.split("running on ", 1)[1].strip()
+        "generation:\n  temperature: 0\n  max_new_tokens: 96\n"  # greedy: the browser test sees the same answer
+        f"feedback:\n  store: {root / 'feedback.sqlite'}\n")
+    proc, url = launch_app(root / "space.yaml")
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
 
 
 @pytest.fixture
@@ -172,7 +144,8 @@ def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
-            page.goto(app_url, wait_until="networkidle")
+            page.goto(app_url, wait_until="load")
+            page.wait_for_selector("#question textarea")
             assert "Demo mode" in page.inner_text("body")
             assert "Check every requirement" in page.inner_text("#notice")
 
