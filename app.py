@@ -11,6 +11,7 @@ import re
 import sys
 from typing import Any, Sequence
 
+QUEUE_PAGE = 200  # dialogues listed at once in the labelling queue (filters narrow it)
 NOTICE = ("Answers come from a language model and can be wrong or out of date. Check every requirement, fee and "
           "deadline with the university and the official government sources before you act on it.")
 _JS_LINK = re.compile(r"\]\(\s*(?:javascript|vbscript|data):", re.IGNORECASE)
@@ -220,7 +221,8 @@ def build_app(registry, engine, store=None, cfg=None):
         dislikes = sum(1 for v in record.ratings.values() if v < 0)
         return f"+{likes} / -{dislikes}" if record.ratings else "unrated"
 
-    def label_queue(status, rating, adapter_filter, topic, since, until, established, request: gr.Request):
+    def label_queue(status, rating, adapter_filter, topic, since, until, search, established,
+                    request: gr.Request):
         require_reviewer(request, established)
         try:
             rows = store.records(status=None if status == "all" else status,
@@ -229,10 +231,14 @@ def build_app(registry, engine, store=None, cfg=None):
                                  topic=None if topic == "all" else topic, since=_day(since), until=_day(until, True))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
+        needle = (search or "").strip().lower()
+        if needle:
+            rows = [r for r in rows if any(needle in m["content"].lower() for m in r.messages)]
+        shown = rows[:QUEUE_PAGE]
         table = [[r.id, _when(r.created_at), r.adapter, rating_label(r), r.topic or "", r.status,
-                  next((m["content"][:80] for m in r.messages if m["role"] == "user"), "")] for r in rows]
-        return table, gr.Dropdown(choices=[r.id for r in rows], value=rows[0].id if rows else None), \
-            f"{len(rows)} dialogue(s)"
+                  next((m["content"][:80] for m in r.messages if m["role"] == "user"), "")] for r in shown]
+        count = f"{len(rows)} dialogue(s)" + (f", showing the oldest {QUEUE_PAGE}" if len(rows) > QUEUE_PAGE else "")
+        return table, gr.Dropdown(choices=[r.id for r in shown], value=shown[0].id if shown else None), count
 
     def label_open(record_id, established, request: gr.Request):
         require_reviewer(request, established)
@@ -351,6 +357,7 @@ def build_app(registry, engine, store=None, cfg=None):
                 topic_filter = gr.Dropdown(["all", *cfg.feedback.topics], value="all", label="Topic")
                 since = gr.Textbox(label="From (YYYY-MM-DD)")
                 until = gr.Textbox(label="To (YYYY-MM-DD)")
+            search = gr.Textbox(label="Containing (any message)", elem_id="queue-search")
             load_queue = gr.Button("Load queue", elem_id="load-queue")
             queue_count = gr.Markdown()
             queue_table = gr.Dataframe(headers=["id", "created (UTC)", "adapter", "ratings", "topic", "status",
@@ -367,7 +374,8 @@ def build_app(registry, engine, store=None, cfg=None):
                 accept = gr.Button("Accept", variant="primary", elem_id="accept")
                 reject = gr.Button("Reject", variant="stop", elem_id="reject")
             decision_status = gr.Markdown()
-            filters = [status_filter, rating_filter, adapter_filter, topic_filter, since, until, reviewer_state]
+            filters = [status_filter, rating_filter, adapter_filter, topic_filter, since, until, search,
+                       reviewer_state]
             load_queue.click(label_queue, filters, [queue_table, record_id, queue_count], api_name="label_queue")
             open_btn.click(label_open, [record_id, reviewer_state], [dialogue, record_details, turn, topic_tag],
                            api_name="label_open")
