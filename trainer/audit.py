@@ -1,0 +1,381 @@
+"""`python -m trainer audit FILE`: rule checks that keep hallucinations out of stage-1 data.
+
+Each conversation gets flags. `fail` flags send it to the audit split (never to training); `verify` flags keep it
+but mark what a person should check. Rules:
+
+- structure: roles, turn order, turn count; an answer without markdown structure is `verify` (`no_markdown`)
+- length: answers too short or too long
+- language: answers that are not English
+- placeholder: template slots left in the text ("[University Name]", "{program}", "XYZ University")
+- near_duplicate: MinHash (bottom-k over byte 8-grams) similarity with an earlier conversation
+- kb_contradiction: a knowledge-base rule's false claim stated without correction (Medicare for international
+  students in Australia, the retired "Tier 4" visa name, ...)
+- programme_not_offered: a programme the KB says a university does not offer, asked about and not corrected
+- scholarship_ineligible: a scholarship recommended to a student from a country the KB says is not eligible
+- scholarship_discontinued: a discontinued scholarship presented as open
+- unknown_scholarship: a named scholarship, fellowship or award that is not in the KB (`verify`, or `fail` for
+  generated data, where every name should come from the KB)
+- unverified_number: money amounts, hour limits and percentages that no KB fact carries (`verify`)
+- llm_judge: optional, a model asked through the same provider whether the answer contradicts the KB facts
+
+Rules are compiled once and triggered by keyword, so the audit stays linear in the data (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+FAIL, VERIFY = "fail", "verify"
+
+PLACEHOLDER = re.compile(
+    r"\[(?:university|college|program(?:me)?|course|country|city|name|your name|insert|field|degree|company|"
+    r"school|scholarship|amount|date|deadline)[^\]]{0,30}\]|\{[a-z_]{2,30}\}|<insert[^>]*>|\bXYZ (?:University|"
+    r"College|Scholarship)\b|\bABC (?:University|College)\b|\blorem ipsum\b", re.IGNORECASE)
+MARKDOWN = re.compile(r"^\s{0,3}(?:#{1,6}\s|[-*+]\s|\d+[.)]\s)|\*\*[^*]+\*\*", re.MULTILINE)
+NEGATION = re.compile(
+    r"\b(?:not|no|never|isn't|aren't|doesn't|don't|didn't|cannot|can't|won't|wasn't|unavailable|ineligible|"
+    r"discontinued|replaced|retired|closed|ended|no longer|only (?:as|after|for)|instead|however|but)\b",
+    re.IGNORECASE)
+SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+NUMBER = re.compile(
+    r"(?:[$€£₹¥]|\b(?:USD|EUR|GBP|AUD|CAD|INR|NZD|SGD|CHF|SEK)\s?)\s?\d[\d,.\s]*\d?(?:\s?(?:k|million|m)\b)?"
+    r"|\b\d[\d,.]*\s?(?:hours?|hrs)\b(?:\s?(?:per|a|each)\s?(?:week|fortnight|year))?"
+    r"|\b\d+(?:\.\d+)?\s?%", re.IGNORECASE)
+NAMED_AWARD = re.compile(
+    r"\b((?:[A-Z][\w'’&.-]*\s){1,5}(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries))\b")
+AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "government", "partial", "full",
+                   "research", "need-based", "these", "such", "other", "many", "some", "external", "internal",
+                   "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
+                   "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
+ENGLISH_WORDS = frozenset("the and to of a in is for you your that with are on be this or as can it".split())
+PLACEHOLDER_HINTS = ("[", "{", "<insert", "XYZ ", "ABC ", "orem ipsum")
+
+
+@dataclass(frozen=True)
+class Flag:
+    rule: str
+    severity: str
+    detail: str
+    message: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (message {self.message})" if self.message is not None else ""
+        return f"{self.severity}:{self.rule}{where}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    min_messages: int = 2
+    max_messages: int = 12
+    min_answer_chars: int = 80
+    max_answer_chars: int = 8000
+    near_duplicate: float = 0.8
+    """Estimated Jaccard similarity (byte 8-grams) above which a later conversation is a near-duplicate."""
+    unknown_scholarship: str = VERIFY
+    """`fail` for generated data (every name should come from the KB), `verify` for data written elsewhere."""
+
+
+@dataclass
+class RowAudit:
+    index: int
+    flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(f.severity == FAIL for f in self.flags)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "failed": self.failed, "flags": [asdict(f) for f in self.flags]}
+
+
+@dataclass
+class AuditReport:
+    rows: list[RowAudit]
+    seconds: float
+    kb_version: dict[str, str] | None
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(f.rule for r in self.rows for f in {x.rule: x for x in r.flags}.values()).items()))
+
+    def summary(self) -> dict[str, Any]:
+        failed = sum(r.failed for r in self.rows)
+        return {"conversations": len(self.rows), "failed": failed, "passed": len(self.rows) - failed,
+                "flagged_for_verification": sum(1 for r in self.rows if not r.failed and r.flags),
+                "conversations_per_flag": self.counts(), "seconds": round(self.seconds, 3),
+                "kb_version": self.kb_version}
+
+    def markdown(self, title: str) -> str:
+        s = self.summary()
+        lines = [f"# Audit of {title}", "", f"{s['conversations']} conversations: {s['passed']} pass, "
+                 f"{s['failed']} fail (audit split), {s['flagged_for_verification']} pass with flags to verify; "
+                 f"{s['seconds']} s.", "", "| flag | conversations |", "|---|---|"]
+        lines += [f"| {rule} | {n} |" for rule, n in s["conversations_per_flag"].items()]
+        examples = [(r.index, f) for r in self.rows for f in r.flags][:40]
+        if examples:
+            lines += ["", "## First flags", ""] + [f"- row {i}: {f}" for i, f in examples]
+        return "\n".join(lines) + "\n"
+
+
+# Near-duplicates: bottom-k MinHash over byte 8-grams, vectorised with numpy
+
+def _sketch(text: str, k: int):
+    import numpy as np
+
+    data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    if data.size < 8:
+        data = np.pad(data, (0, 8 - data.size))
+    n = data.size - 7
+    grams = data[:n].copy()
+    for shift in range(1, 8):  # pack each 8-byte window into one integer
+        grams |= data[shift:shift + n] << np.uint64(8 * shift)
+    mixed = (grams * np.uint64(0x9E3779B97F4A7C15)) ^ (grams >> np.uint64(29))
+    mixed *= np.uint64(0xBF58476D1CE4E5B9)
+    if mixed.size > 4 * k:  # only the smallest values matter: avoid sorting them all
+        mixed = np.partition(mixed, 4 * k)[:4 * k]
+    return np.unique(mixed)[:k]
+
+
+def near_duplicates(texts: Sequence[str], threshold: float, k: int = 64) -> dict[int, tuple[int, float]]:
+    """Index -> (earlier index, estimated Jaccard) for conversations at least `threshold` similar to an earlier one."""
+    import numpy as np
+
+    sketches = [np.sort(_sketch(t, k)) for t in texts]
+    index: dict[int, list[int]] = {}
+    found: dict[int, tuple[int, float]] = {}
+    for i, sketch in enumerate(sketches):
+        shared = Counter(j for value in sketch.tolist() for j in index.get(value, ()))
+        best = None
+        for j, n in shared.most_common(5):
+            if n < threshold * k * 0.5:
+                break
+            union = np.union1d(sketch, sketches[j])[:k]
+            estimate = np.intersect1d(np.intersect1d(union, sketch), sketches[j]).size / min(k, union.size)
+            if estimate >= threshold and (best is None or estimate > best[1]):
+                best = (j, round(float(estimate), 3))
+        if best is not None:
+            found[i] = best
+        else:
+            for value in sketch.tolist():
+                index.setdefault(value, []).append(i)
+    return found
+
+
+# The auditor
+
+class Auditor:
+    """Audit conversations (lists of messages) against the rules and, when given, a knowledge base."""
+
+    def __init__(self, kb=None, settings: AuditSettings = AuditSettings(),
+                 judge: Callable[[list[dict[str, str]], list[Any]], tuple[bool, str]] | None = None):
+        self.kb, self.settings, self.judge = kb, settings, judge
+        self._kb_numbers: set[str] = set()
+        self._known_awards: set[str] = set()
+        if kb is not None:
+            for fact in kb.facts_for(countries=kb.countries, scholarships=kb.scholarships, tests=kb.tests,
+                                     universities=kb.universities):
+                self._kb_numbers.update(_numbers_in(fact.text))
+            self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
+            self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
+            self._trigger = re.compile("|".join(f"(?:{r.trigger.pattern})" for r in kb.rules), re.IGNORECASE) \
+                if kb.rules else None
+
+    def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
+        started = time.perf_counter()
+        rows = [RowAudit(i) for i in range(len(conversations))]
+        texts = []
+        for row, messages in zip(rows, conversations):
+            row.flags.extend(self._row_flags(messages))
+            texts.append("\n".join(m.get("content", "") for m in messages if isinstance(m.get("content"), str)))
+        for i, (j, similarity) in near_duplicates(texts, self.settings.near_duplicate).items():
+            rows[i].flags.append(Flag("near_duplicate", FAIL, f"{similarity:.0%} similar to row {j}"))
+        if self.judge is not None:
+            for row, messages in zip(rows, conversations):
+                if not row.failed:
+                    ok, reason = self.judge(list(messages), self._facts(messages))
+                    if not ok:
+                        row.flags.append(Flag("llm_judge", FAIL, reason[:300]))
+        return AuditReport(rows, time.perf_counter() - started, getattr(self.kb, "version", None))
+
+    def _facts(self, messages) -> list[Any]:
+        if self.kb is None:
+            return []
+        text = " ".join(m["content"] for m in messages)
+        return self.kb.facts_for(countries=self.kb.find_countries(text), universities=self.kb.find_universities(text),
+                                 scholarships=self.kb.find_scholarships(text), tests=self.kb.find_tests(text))
+
+    def _row_flags(self, messages: Sequence[dict[str, str]]) -> list[Flag]:
+        from trainer.data import _RowProblem, check_turns
+
+        s = self.settings
+        flags: list[Flag] = []
+        try:
+            check_turns([{"role": m.get("role"), "content": m.get("content")} for m in messages])
+        except (_RowProblem, KeyError, TypeError, AttributeError) as exc:
+            return [Flag("structure", FAIL, getattr(exc, "detail", None) or str(exc))]
+        if not s.min_messages <= len(messages) <= s.max_messages:
+            flags.append(Flag("structure", FAIL, f"{len(messages)} messages, expected {s.min_messages}-"
+                                                 f"{s.max_messages}"))
+        answers = [(i, m["content"]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+        for i, answer in answers:
+            if len(answer) < s.min_answer_chars:
+                flags.append(Flag("length", FAIL, f"answer of {len(answer)} characters", i))
+            elif len(answer) > s.max_answer_chars:
+                flags.append(Flag("length", FAIL, f"answer of {len(answer):,} characters", i))
+            words = answer[:1200].lower().split()  # the opening is enough to tell the language
+            if len(words) >= 20 and sum(w in ENGLISH_WORDS for w in words) / len(words) < 0.08:
+                flags.append(Flag("language", FAIL, "the answer does not read as English", i))
+            if any(h in answer for h in PLACEHOLDER_HINTS) and (placeholder := PLACEHOLDER.search(answer)):
+                flags.append(Flag("placeholder", FAIL, f"template slot left in: {placeholder.group(0)!r}", i))
+        if answers and not any(MARKDOWN.search(a) for _, a in answers):
+            flags.append(Flag("no_markdown", VERIFY, "no heading, list or bold text in any answer"))
+        if self.kb is not None:
+            flags.extend(self._kb_flags(messages, answers))
+        return flags
+
+    def _kb_flags(self, messages, answers) -> list[Flag]:
+        kb, flags = self.kb, []
+        user_text = " ".join(m["content"] for m in messages if m["role"] == "user")
+        all_text = " ".join(m["content"] for m in messages)
+        countries = {c.code for c in kb.find_countries(all_text)}
+        # Rules: a false claim stated in an answer sentence without a correcting cue.
+        if self._trigger is not None:
+            for i, answer in answers:
+                if not self._trigger.search(answer):
+                    continue
+                for sentence in SENTENCE.split(answer):
+                    for rule in kb.rules:
+                        if rule.country and rule.country not in countries:
+                            continue
+                        if rule.trigger.search(sentence) and not (rule.unless and rule.unless.search(sentence)):
+                            flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i))
+        # Programmes a university does not offer: the premise must be corrected in the next answer.
+        for university in kb.find_universities(all_text):
+            for negative in university.not_offered:
+                pattern = _programme_pattern(negative.degree, negative.field)
+                for i, m in enumerate(messages):
+                    if m["role"] != "user" or not pattern.search(m["content"]) or \
+                            university not in kb.find_universities(m["content"]):
+                        continue
+                    reply = next((a for j, a in answers if j > i), "")
+                    if not NEGATION.search(reply):
+                        flags.append(Flag("programme_not_offered", FAIL,
+                                          f"{university.name} does not offer {negative.degree} {negative.field}; "
+                                          f"the answer does not say so ({negative.correction})", i))
+                    break
+        # Scholarships: eligibility for the student's home country, discontinued schemes, unknown names.
+        home = kb.home_country(user_text)
+        for i, answer in answers:
+            for scholarship in kb.find_scholarships(answer):
+                sentences = [x for x in SENTENCE.split(answer) if _mentions(x, scholarship)]
+                corrected = any(NEGATION.search(x) for x in sentences)
+                if home is not None and kb.eligible(scholarship.id, home.code) is False and not corrected:
+                    flags.append(Flag("scholarship_ineligible", FAIL,
+                                      f"{scholarship.name} recommended to a student from {home.name}, who is not "
+                                      "eligible", i))
+                if getattr(scholarship, "discontinued", False) and not corrected:
+                    flags.append(Flag("scholarship_discontinued", FAIL, f"{scholarship.name} has been discontinued",
+                                      i))
+            for match in NAMED_AWARD.finditer(answer):
+                name = match.group(1).strip()
+                words = name.split()
+                while words and words[0].lower().strip(",.") in AWARD_STOPWORDS:
+                    words = words[1:]
+                if len(words) < 2:
+                    continue
+                name = " ".join(words)
+                if not any(known in name.lower() or name.lower() in known for known in self._known_awards):
+                    flags.append(Flag("unknown_scholarship", self.settings.unknown_scholarship,
+                                      f"{name!r} is not in the knowledge base", i))
+            unverified = [n for n in _numbers_in(answer) if n not in self._kb_numbers]
+            if unverified:
+                flags.append(Flag("unverified_number", VERIFY,
+                                  "not in the KB: " + ", ".join(sorted(set(unverified))[:5]), i))
+        return flags
+
+
+def _mentions(sentence: str, scholarship) -> bool:
+    low = sentence.lower()
+    return any(name.lower() in low for name in (scholarship.name, *scholarship.aliases))
+
+
+def _numbers_in(text: str) -> set[str]:
+    """Normalised numbers with their unit: '£9,250' -> '9250', '20 hours per week' -> '20h'."""
+    out = set()
+    for match in NUMBER.finditer(text):
+        token = match.group(0)
+        digits = re.sub(r"[^\d.]", "", token.replace(",", "")).rstrip(".")
+        if not digits:
+            continue
+        if re.search(r"hours?|hrs", token, re.IGNORECASE):
+            out.add(f"{digits}h")
+        elif "%" in token:
+            out.add(f"{digits}%")
+        else:
+            out.add(digits)
+    return out
+
+
+_PROGRAMME_CACHE: dict[tuple[str, str], re.Pattern] = {}
+DEGREE_WORDS = {
+    "medicine": r"(?:bachelor of medicine|mbbs|mbchb|bm bch|undergraduate medicine|medical degree|md)",
+    "bachelor": r"(?:bachelor(?:'s)?|undergraduate|bsc|b\.sc\.?|ba|b\.a\.?|beng|bs)",
+    "master": r"(?:master(?:'s)?|msc|m\.sc\.?|ma|meng|ms|mphil|mres|m\.s\.?)",
+    "mba": r"(?:mba|master of business administration)",
+    "law": r"(?:llb|jd|juris doctor|law degree|bachelor of laws|llm)",
+    "phd": r"(?:phd|ph\.d\.?|doctorate|doctoral)",
+}
+
+
+def _programme_pattern(degree: str, field: str) -> re.Pattern:
+    """A regex for a degree family plus field, e.g. MBBS Medicine -> 'bachelor of medicine|mbbs ...'."""
+    key = (degree, field)
+    if key not in _PROGRAMME_CACHE:
+        d, f = degree.lower().replace(".", ""), field.lower()
+        if f == "medicine" or d in ("mbbs", "mbchb", "bm bch", "md"):
+            family = DEGREE_WORDS["medicine"]
+            field_part = r"(?:medicine|medical|mbbs|mbchb|md)?"
+        else:
+            family = next((v for k, v in DEGREE_WORDS.items() if k in d or re.fullmatch(v, d)), re.escape(d))
+            field_part = re.escape(f)
+        _PROGRAMME_CACHE[key] = re.compile(rf"\b{family}\b[^.?!\n]{{0,40}}{field_part}", re.IGNORECASE)
+    return _PROGRAMME_CACHE[key]
+
+
+def audit_file(path: str | Path, kb_path: str | Path | None = "data/kb", settings: AuditSettings = AuditSettings(),
+               out_dir: str | Path | None = None) -> AuditReport:
+    """Audit a dataset file (any schema `trainer.data` reads); write `audit.jsonl` and `audit.md` to `out_dir`."""
+    from trainer.config import DatasetSettings
+    from trainer.data import load_conversations
+
+    conversations, data_report = load_conversations(DatasetSettings(path=str(path), max_bad_fraction=1.0,
+                                                                    eval_fraction=0))
+    kb = None
+    if kb_path is not None and Path(kb_path).exists():
+        from trainer.kb import load_kb
+
+        kb = load_kb(kb_path)
+    report = Auditor(kb, settings).audit([list(c.messages) for c in conversations])
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "audit.jsonl", "w", encoding="utf-8") as fh:
+            for conv, row in zip(conversations, report.rows):
+                fh.write(json.dumps({"source": conv.location, **row.to_dict()}, ensure_ascii=False) + "\n")
+        (out / "audit.md").write_text(report.markdown(str(path)), encoding="utf-8")
+        (out / "summary.json").write_text(json.dumps({**report.summary(), "ingestion": data_report.to_dict()},
+                                                     indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def split_by_audit(rows: Iterable[Any], report: AuditReport) -> tuple[list[Any], list[Any]]:
+    """(passed, failed) in input order."""
+    passed, failed = [], []
+    for row, audit in zip(rows, report.rows):
+        (failed if audit.failed else passed).append(row)
+    return passed, failed
