@@ -1,0 +1,691 @@
+"""`python -m trainer generate`: grounded synthetic counselling dialogues for stage 1.
+
+The paper's synthetic data went wrong in three ways; each has a counter here:
+
+1. Impossible questions from a {programme} x {university} cross-product -> the prompt plan only combines what the
+   knowledge base says exists (`build_plan`), plus a configured share of *deliberate* false-premise questions built
+   from KB negatives, whose answers must correct the premise.
+2. A generator without facts -> the KB facts relevant to each question go into the generator's prompt, with
+   their official sources.
+3. No fact checking -> every generated conversation goes through `trainer.audit`; failures land in the `audit`
+   split, never in `train`.
+
+Providers: any OpenAI-compatible chat endpoint through `huggingface_hub.InferenceClient(base_url=..., api_key=...)`
+(Gemini's OpenAI-compatible endpoint, Inference Providers, vLLM, TGI, `transformers serve`), or an in-process
+transformers model (default: the embedded demo model) so it runs offline. Generation is resumable: conversations
+are appended to `raw.jsonl` as they finish, and a re-run skips plan ids already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+TOPICS = ("admissions", "sop", "documents", "tests", "scholarships", "visas", "costs", "housing",
+          "health insurance", "work rights", "culture", "careers", "language")
+DEGREE_LEVELS = ("bachelor", "master", "phd")
+BUDGETS = ("tight budget", "moderate budget", "comfortable budget")
+BACKGROUNDS = ("fresh graduate", "working professional with three years' experience", "career changer",
+               "first in the family to study abroad", "student with a scholarship in mind")
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot go on; the message says why."""
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One conversation to generate: what it is about, who asks, and which KB facts ground it."""
+
+    id: str
+    topic: str
+    persona: dict[str, str]
+    destination: str
+    question: str
+    followups: tuple[str, ...]
+    facts: tuple[dict[str, str], ...]
+    false_premise: dict[str, str] | None = None
+    """For deliberate false-premise questions: the false claim and the correction the answer must give."""
+    exemplar: tuple[dict[str, str], ...] = ()
+    """One exchange (question, answer) from a hand-written seed dialogue, shown to the generator as the style."""
+    exemplar_id: str | None = None
+
+
+def load_exemplars(path: str | Path) -> list[dict[str, Any]]:
+    """Hand-written seed dialogues (`data/seed/stage1_grounded.jsonl`: id, topic, false_premise, messages)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenerationError(f"{path}: few-shot exemplar file not found")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = [m for m in row["messages"] if m["role"] != "system"]
+            assert messages[0]["role"] == "user" and messages[1]["role"] == "assistant"
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError):
+            raise GenerationError(f"{path}:{number}: an exemplar needs `messages` starting with a user question "
+                                  "and an assistant answer") from None
+        rows.append({"id": str(row.get("id", f"{path.name}:{number}")), "topic": row.get("topic"),
+                     "false_premise": bool(row.get("false_premise")), "messages": messages})
+    return rows
+
+
+def _pick_exemplar(exemplars: Sequence[dict[str, Any]], topic: str, false_premise: bool, rng: random.Random):
+    """A seed dialogue of the same kind: a false-premise correction for a false premise, else the same topic."""
+    if not exemplars:
+        return (), None
+    same = [e for e in exemplars if e["false_premise"]] if false_premise else \
+        [e for e in exemplars if e["topic"] == topic and not e["false_premise"]]
+    chosen = rng.choice(same or list(exemplars))
+    return tuple({"role": m["role"], "content": m["content"]} for m in chosen["messages"][:2]), chosen["id"]
+
+
+# The plan
+
+def _persona(rng: random.Random, home) -> dict[str, str]:
+    return {"home_country": home.name, "home_code": home.code, "degree_level": rng.choice(DEGREE_LEVELS),
+            "budget": rng.choice(BUDGETS), "background": rng.choice(BACKGROUNDS)}
+
+
+def _fact_dicts(facts) -> tuple[dict[str, str], ...]:
+    return tuple({"text": f.text, "source": f.source, "as_of": f.as_of} for f in facts)
+
+
+FOLLOWUPS = {
+    "admissions": ("What documents will I need to prepare?", "When should I start my application?",
+                   "What if my grades are a bit below the requirement?"),
+    "sop": ("How long should it be?", "Should I mention a gap year?", "Who should read it before I submit?"),
+    "documents": ("Do my documents need to be translated?", "How recent must my bank statements be?",
+                  "What happens if something is missing?"),
+    "tests": ("How long are the scores valid?", "Can I retake it?", "What score should I aim for?"),
+    "scholarships": ("When are the deadlines usually?", "Can I combine two scholarships?",
+                     "What makes an application stand out?"),
+    "visas": ("How long does processing take?", "Can my family come with me?", "What if my visa is refused?"),
+    "costs": ("How can I save money?", "Can I pay tuition in instalments?", "What hidden costs should I expect?"),
+    "housing": ("Should I book before I arrive?", "How do I avoid scams?", "Is a shared flat a good idea?"),
+    "health insurance": ("Does it cover dental care?", "What if I get sick before I arrive?",
+                         "How do I see a doctor there?"),
+    "work rights": ("Can I work during holidays?", "Do I need to tell the university?",
+                    "Can I stay and work after graduating?"),
+    "culture": ("How do people make friends there?", "What should I pack?", "How do I handle homesickness?"),
+    "careers": ("Will internships help?", "How do I get my degree recognised at home?",
+                "Should I stay abroad after graduating?"),
+    "language": ("Is the language hard to learn?", "Will classes be in English?", "Are there free courses?"),
+}
+
+
+# Follow-ups any counselling conversation can take, after the topic's own ones.
+GENERAL_FOLLOWUPS = ("Can you give me a timeline for all of this?", "What would you do first in my place?",
+                     "Which official websites should I check?", "What mistakes do students often make here?",
+                     "How does this change for a student on my budget?",
+                     "Is there anything I should do before I leave home?",
+                     "Could you summarise the steps as a checklist?")
+
+
+def _followups(topic: str, k: int, rng: random.Random) -> tuple[str, ...]:
+    own = list(FOLLOWUPS[topic])
+    first = rng.sample(own, k=min(k, len(own)))
+    return tuple(first + rng.sample(GENERAL_FOLLOWUPS, k=max(0, k - len(first))))
+
+
+def _question(topic: str, rng: random.Random, kb, home, dest, persona) -> tuple[str, list, str] | None:
+    """A question on `topic` for a student from `home` about `dest`, built only from what the KB says exists."""
+    level = persona["degree_level"]
+    universities = [u for u in kb.universities if u.country == dest.code and u.programmes]
+    visa = dest.student_visa.name if getattr(dest, "student_visa", None) else "student visa"
+    if topic in ("admissions", "sop") and universities:
+        university = rng.choice(universities)
+        programme = rng.choice(university.programmes)
+        ask = (f"How do I apply for the {programme.degree} in {programme.field} at {university.name}?"
+               if topic == "admissions" else
+               f"How should I write my statement of purpose for the {programme.degree} in {programme.field} at "
+               f"{university.name}?")
+        return ask, [university], university.name
+    if topic == "scholarships":
+        options = [s for s in kb.scholarships if not getattr(s, "discontinued", False)
+                   and kb.eligible(s.id, home.code) is True
+                   and (s.host_country in (dest.code, None) or s.host_country == "any")]
+        if not options:
+            return None
+        scholarship = rng.choice(options)
+        return (f"I'm from {home.name}. Could the {scholarship.name} help me study for a {level}'s degree in "
+                f"{dest.name}?", [scholarship], scholarship.name)
+    if topic == "tests":
+        tests = list(kb.tests)
+        if not tests:
+            return None
+        test = rng.choice(tests)
+        return f"Do I need the {test.name} to study for a {level}'s degree in {dest.name}?", [test], test.name
+    templates = {
+        "documents": f"Which documents do I need for a {visa} to study in {dest.name}?",
+        "visas": f"How do I apply for a {visa} to study in {dest.name}?",
+        "costs": f"How should I plan my budget for studying in {dest.name}? I'm on a {persona['budget']}.",
+        "housing": f"How do I find safe student housing in {dest.name} before I arrive?",
+        "health insurance": f"Do I need health insurance as an international student in {dest.name}?",
+        "work rights": f"Can I work part-time while I study in {dest.name}?",
+        "culture": f"What should I expect culturally when I move to {dest.name} to study?",
+        "careers": f"Will a {level}'s degree from {dest.name} help my career back in {home.name}?",
+        "language": f"Do I need to learn the local language to study in {dest.name}?",
+    }
+    return templates[topic], [], dest.name
+
+
+def _false_premise(rng: random.Random, kb, home) -> tuple[str, dict[str, str], list, str] | None:
+    """A question resting on something the KB says is false, and the correction its answer must give."""
+    kinds = []
+    negatives = [(u, n) for u in kb.universities for n in u.not_offered]
+    if negatives:
+        kinds.append("programme")
+    ineligible = [s for s in kb.scholarships if kb.eligible(s.id, home.code) is False]
+    if ineligible:
+        kinds.append("scholarship")
+    discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
+    if discontinued:
+        kinds.append("discontinued")
+    if kb.rules:
+        kinds.append("rule")
+    if not kinds:
+        return None
+    kind = rng.choice(kinds)
+    if kind == "programme":
+        university, negative = rng.choice(negatives)
+        question = f"I want to apply for the {negative.degree} in {negative.field} at {university.name}. " \
+                   "What are the entry requirements?"
+        premise = {"kind": "programme_not_offered",
+                   "claim": f"{university.name} offers a {negative.degree} in {negative.field}",
+                   "correction": negative.correction, "source": negative.source}
+        return question, premise, [university], university.country
+    if kind == "scholarship":
+        scholarship = rng.choice(ineligible)
+        question = f"I'm a student from {home.name}. How do I apply for the {scholarship.name}?"
+        premise = {"kind": "scholarship_ineligible",
+                   "claim": f"students from {home.name} can apply for the {scholarship.name}",
+                   "correction": f"Citizens of {home.name} are not eligible for the {scholarship.name}: "
+                                 f"{scholarship.eligibility.text}", "source": scholarship.source}
+        return question, premise, [scholarship], scholarship.host_country
+    if kind == "discontinued":
+        scholarship = rng.choice(discontinued)
+        question = f"How do I apply for the {scholarship.name} this year?"
+        premise = {"kind": "scholarship_discontinued", "claim": f"the {scholarship.name} is open",
+                   "correction": f"The {scholarship.name} has been discontinued.", "source": scholarship.source}
+        return question, premise, [scholarship], scholarship.host_country
+    rule = rng.choice(list(kb.rules))
+    country = kb.country(rule.country) if rule.country else None
+    claim = rule.claim[0].lower() + rule.claim[1:] if rule.claim else rule.claim
+    question = f"I've read that {claim.rstrip('.')}. Is that right?"
+    premise = {"kind": "kb_contradiction", "claim": rule.claim, "correction": rule.fact, "source": rule.source}
+    return question, premise, ([country] if country else []), rule.country
+
+
+def build_plan(kb, n: int, *, seed: int = 3407, false_premise_share: float = 0.1,
+               turns: tuple[int, int] = (8, 12), exemplars: Sequence[dict[str, Any]] = ()) -> list[PlanItem]:
+    """`n` conversations: topics x personas x KB-valid combinations, `false_premise_share` of them deliberate
+    false premises, each with a seed exemplar of its kind when `exemplars` are given. `turns` counts messages
+    (8-12: 4-6 exchanges, like the StudyAbroadGPT data). Deterministic for a seed; plan ids are stable so
+    generation can resume."""
+    rng = random.Random(seed)
+    destinations = [c for c in kb.countries if getattr(c, "destination", False)]
+    homes = [c for c in kb.countries if not getattr(c, "destination", False)] or list(kb.countries)
+    if not destinations:
+        raise GenerationError("the knowledge base has no destination countries")
+    n_false = round(n * false_premise_share)
+    false_slots = set(rng.sample(range(n), n_false)) if n_false else set()
+    plan: list[PlanItem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(plan) < n and attempts < n * 50:
+        attempts += 1
+        home = rng.choice(homes)
+        persona = _persona(rng, home)
+        messages = rng.choice(range(turns[0], turns[1] + 1, 2))
+        if len(plan) in false_slots:
+            made = _false_premise(rng, kb, home)
+            if made is None:
+                continue
+            question, premise, entities, country_code = made
+            dest = kb.country(country_code) if country_code else rng.choice(destinations)
+            topic = {"programme_not_offered": "admissions", "scholarship_ineligible": "scholarships",
+                     "scholarship_discontinued": "scholarships"}.get(premise["kind"], "visas")
+        else:
+            dest = rng.choice(destinations)
+            topic = TOPICS[len(plan) % len(TOPICS)]
+            made = _question(topic, rng, kb, home, dest, persona)
+            if made is None:
+                continue
+            question, entities, _ = made
+            premise = None
+        facts = kb.facts_for(countries=[dest] + [e for e in entities if hasattr(e, "commonwealth_member")],
+                             universities=[e for e in entities if hasattr(e, "programmes")],
+                             scholarships=[e for e in entities if hasattr(e, "eligibility")],
+                             tests=[e for e in entities if hasattr(e, "score_range")])
+        followups = _followups(topic, (messages - 2) // 2, rng)
+        key = json.dumps([topic, persona, dest.code, question, followups, premise], sort_keys=True)
+        plan_id = hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:16]
+        if plan_id in seen:
+            continue
+        seen.add(plan_id)
+        exemplar, exemplar_id = _pick_exemplar(exemplars, topic, premise is not None, random.Random(plan_id))
+        plan.append(PlanItem(plan_id, topic, persona, dest.code, question, followups, _fact_dicts(facts), premise,
+                             exemplar, exemplar_id))
+    if len(plan) < n:
+        raise GenerationError(f"the knowledge base supports only {len(plan)} distinct conversations, asked for {n}")
+    return plan
+
+
+SYSTEM_TEMPLATE = """You are a careful study-abroad counsellor. The student is from {home}, aiming for a {level}'s \
+degree, with a {budget}; background: {background}.
+
+Answer in English, in markdown: a short heading, then sections or bullet points, and end with concrete next steps. \
+Use ONLY the verified facts below for anything specific (visa names, rules, eligibility, programmes); do not invent \
+numbers, fees, deadlines, scholarship names or programmes that are not listed. When something changes yearly, say so \
+and point to the official source. If the question assumes something untrue, say so politely first and explain what \
+is true.
+
+Verified facts (with official sources):
+{facts}"""
+
+
+def system_prompt(item: PlanItem) -> str:
+    facts = "\n".join(f"- {f['text']} (source: {f['source']}, as of {f['as_of']})" for f in item.facts) or "- (none)"
+    text = SYSTEM_TEMPLATE.format(home=item.persona["home_country"], level=item.persona["degree_level"],
+                                  budget=item.persona["budget"], background=item.persona["background"], facts=facts)
+    if item.false_premise:
+        text += (f"\n\nThe student's first question rests on a false premise: {item.false_premise['claim']}. "
+                 f"Correct it politely at the start of your answer: {item.false_premise['correction']}")
+    if item.exemplar:
+        question, answer = (m["content"] for m in item.exemplar)
+        text += ("\n\nAn example of the expected style (a different student; do not copy its facts):\n"
+                 f"Student: {question}\nCounsellor:\n{answer}")
+    return text
+
+
+# Providers
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+
+    def add(self, other: "Usage") -> None:
+        for key in ("prompt_tokens", "completion_tokens", "requests", "retries"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+
+_OFFLINE_ALLOWED: set[tuple[str, int | None]] = set()
+_OFFLINE_LOCK = threading.Lock()
+
+
+def _allow_endpoint_when_offline(base_url: str) -> None:
+    """`HF_HUB_OFFLINE=1` makes huggingface_hub refuse every request, even to a local endpoint the user named
+    (`transformers serve`, vLLM on 127.0.0.1). Keep the Hub blocked and let exactly this endpoint's host through."""
+    import httpx2
+    from huggingface_hub import is_offline_mode, set_client_factory
+    from huggingface_hub.utils import _http
+
+    if not is_offline_mode():
+        return
+    url = httpx2.URL(base_url)
+    with _OFFLINE_LOCK:
+        first = not _OFFLINE_ALLOWED
+        _OFFLINE_ALLOWED.add((url.host, url.port))
+        if first:
+            def request_hook(request):
+                if (request.url.host, request.url.port) in _OFFLINE_ALLOWED:
+                    return None
+                return _http.hf_request_event_hook(request)  # the Hub and anything else: still refused
+
+            set_client_factory(lambda: httpx2.Client(event_hooks={"request": [request_hook]}, follow_redirects=True,
+                                                     timeout=None))
+
+
+class OpenAICompatibleProvider:
+    """Any OpenAI-compatible chat endpoint, through huggingface_hub's InferenceClient."""
+
+    kind = "openai-compatible"
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, timeout: float = 120,
+                 max_retries: int = 6, sleep: Callable[[float], None] = time.sleep):
+        from huggingface_hub import InferenceClient
+
+        self.base_url, self.model = base_url.rstrip("/"), model
+        _allow_endpoint_when_offline(self.base_url)
+        self.client = InferenceClient(base_url=self.base_url, api_key=api_key, timeout=timeout)
+        self.max_retries, self.sleep = max_retries, sleep
+
+    @property
+    def name(self) -> str:
+        return f"{self.base_url} ({self.model or 'default model'})"
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> tuple[str, Usage]:
+        import httpx2  # huggingface_hub's HTTP client
+        from huggingface_hub.errors import HfHubHTTPError
+
+        usage = Usage()
+        for attempt in range(self.max_retries + 1):
+            try:
+                out = self.client.chat_completion(messages, model=self.model, max_tokens=max_tokens,
+                                                  temperature=temperature)
+                usage.requests += 1
+                if out.usage is not None:
+                    usage.prompt_tokens += out.usage.prompt_tokens or 0
+                    usage.completion_tokens += out.usage.completion_tokens or 0
+                return out.choices[0].message.content or "", usage
+            except HfHubHTTPError as exc:
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status not in (408, 429, 500, 502, 503, 504) or attempt == self.max_retries:
+                    raise GenerationError(f"{self.base_url}: HTTP {status}: {str(exc).splitlines()[0]}") from None
+                header = exc.response.headers.get("Retry-After", "") if exc.response is not None else ""
+                wait = _retry_after(header, default=min(30.0, 0.5 * 2 ** attempt))
+            except (TimeoutError, OSError, httpx2.TransportError) as exc:  # refused, reset, timed out: retry
+                if attempt == self.max_retries:
+                    raise GenerationError(f"{self.base_url}: {exc}") from None
+                wait = min(30.0, 0.5 * 2 ** attempt)
+            usage.retries += 1
+            self.sleep(wait)
+        raise GenerationError(f"{self.base_url}: gave up")  # pragma: no cover - loop always returns or raises
+
+
+def _retry_after(header: str, default: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), capped at 5 minutes."""
+    header = header.strip()
+    if not header:
+        return default
+    try:
+        return min(300.0, max(0.0, float(header)))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return min(300.0, max(0.0, parsedate_to_datetime(header).timestamp() - time.time()))
+    except (TypeError, ValueError):
+        return default
+
+
+class LocalProvider:
+    """An in-process transformers model (default: the embedded demo model), for offline generation."""
+
+    kind = "local"
+
+    def __init__(self, model: str = "smollm2-135m-instruct", threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from trainer.modeling import load_tokenizer, resolve_base_model
+
+        self.model_name = model
+        ref = resolve_base_model(model)
+        self.tokenizer = load_tokenizer(ref)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
+        self.model.eval()
+        self._lock = threading.Lock()
+        if threads:
+            torch.set_num_threads(threads)
+
+    @property
+    def name(self) -> str:
+        return f"local transformers ({self.model_name})"
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> tuple[str, Usage]:
+        return self.complete_batch([messages], max_tokens=max_tokens, temperature=temperature)[0]
+
+    def complete_batch(self, batch: list[list[dict[str, str]]], *, max_tokens: int, temperature: float
+                       ) -> list[tuple[str, Usage]]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                                      temperature=temperature if temperature > 0 else None, top_p=0.95 if
+                                      temperature > 0 else None, top_k=None, repetition_penalty=1.1,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        results = []
+        width = enc["input_ids"].shape[1]
+        for i, row in enumerate(out):
+            new = row[width:]
+            text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+            prompt = int(enc["attention_mask"][i].sum())
+            completion = int((new != (self.tokenizer.pad_token_id or -1)).sum())
+            results.append((text, Usage(prompt, completion, 1, 0)))
+        return results
+
+
+# Generating
+
+@dataclass
+class GenerationSettings:
+    max_tokens: int = 400
+    temperature: float = 0.7
+    concurrency: int = 4
+    price_in_per_m: float = 0.0
+    """Price per million prompt tokens, for the cost estimate."""
+    price_out_per_m: float = 0.0
+
+
+@dataclass
+class GenerationRun:
+    rows: list[dict[str, Any]]
+    usage: Usage
+    skipped: int
+    seconds: float
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_done(raw: Path) -> dict[str, dict[str, Any]]:
+    """Rows already in the append-only output, by plan id (a torn last line from a crash is ignored)."""
+    done: dict[str, dict[str, Any]] = {}
+    if raw.is_file():
+        for line in raw.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done.setdefault(row["plan_id"], row)
+    return done
+
+
+def generate(plan: Sequence[PlanItem], provider, raw: Path, settings: GenerationSettings = GenerationSettings(),
+             kb_version: dict[str, str] | None = None, progress: bool = True) -> GenerationRun:
+    """Generate every plan item not yet in `raw` (append-only JSONL) and return all rows, old and new."""
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(raw)
+    todo = [item for item in plan if item.id not in done]
+    usage, lock = Usage(), threading.Lock()
+    started = time.time()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generating", unit="conv")
+
+    def write(row: dict[str, Any]) -> None:
+        with lock, open(raw, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")  # one write per row: never a half row
+            fh.flush()
+            os.fsync(fh.fileno())
+            done[row["plan_id"]] = row
+            if bar is not None:
+                bar.update(1)
+
+    def row_for(item: PlanItem, messages: list[dict[str, str]], item_usage: Usage) -> dict[str, Any]:
+        return {"plan_id": item.id, "messages": messages, "topic": item.topic, "persona": item.persona,
+                "destination": item.destination, "false_premise": item.false_premise,
+                "provenance": {"provider": getattr(provider, "kind", "custom"), "model": provider.name,
+                               "kb_version": kb_version, "kb_facts": list(item.facts),
+                               "exemplar": item.exemplar_id},
+                "usage": asdict(item_usage)}
+
+    interrupted = False
+    try:
+        if hasattr(provider, "complete_batch"):
+            _generate_batched(todo, provider, settings, usage, write, row_for)
+        else:
+            pool = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
+            futures = [pool.submit(_generate_one, item, provider, settings) for item in todo]
+            try:
+                for future in as_completed(futures):
+                    item, messages, item_usage = future.result()
+                    with lock:
+                        usage.add(item_usage)
+                    write(row_for(item, messages, item_usage))
+            finally:
+                # On an error or Ctrl-C, queued conversations are dropped; finished ones are already on disk.
+                pool.shutdown(wait=False, cancel_futures=True)
+    except KeyboardInterrupt:
+        interrupted = True  # everything written so far stays; a re-run continues from there
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = [done[item.id] for item in plan if item.id in done]
+    return GenerationRun(rows, usage, len(plan) - len(todo), time.time() - started, interrupted)
+
+
+def _conversation_turns(item: PlanItem) -> list[str]:
+    return [item.question, *item.followups]
+
+
+def _generate_one(item: PlanItem, provider, settings: GenerationSettings):
+    usage = Usage()
+    messages: list[dict[str, str]] = []
+    system = {"role": "system", "content": system_prompt(item)}
+    for question in _conversation_turns(item):
+        messages.append({"role": "user", "content": question})
+        answer, used = provider.complete([system, *messages], max_tokens=settings.max_tokens,
+                                         temperature=settings.temperature)
+        usage.add(used)
+        messages.append({"role": "assistant", "content": answer.strip()})
+    return item, messages, usage
+
+
+def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) -> None:
+    """A local model answers many conversations' next turn in one batch."""
+    size = max(1, settings.concurrency)
+    for start in range(0, len(todo), size):
+        group = todo[start:start + size]
+        states = [([], Usage()) for _ in group]
+        for turn in range(max(len(_conversation_turns(i)) for i in group)):
+            active = [k for k, item in enumerate(group) if turn < len(_conversation_turns(item))]
+            prompts = []
+            for k in active:
+                messages, _ = states[k]
+                messages.append({"role": "user", "content": _conversation_turns(group[k])[turn]})
+                prompts.append([{"role": "system", "content": system_prompt(group[k])}, *messages])
+            for k, (answer, used) in zip(active, provider.complete_batch(prompts, max_tokens=settings.max_tokens,
+                                                                          temperature=settings.temperature)):
+                states[k][0].append({"role": "assistant", "content": answer})
+                states[k][1].add(used)
+        for item, (messages, item_usage) in zip(group, states):
+            usage.add(item_usage)
+            write(row_for(item, messages, item_usage))
+
+
+# Output: audit, split, save, card
+
+def finish(run: GenerationRun, kb, out: Path, *, eval_fraction: float = 0.1, seed: int = 3407,
+           provider_name: str, settings: GenerationSettings, judge=None) -> dict[str, Any]:
+    """Audit every row, split train / eval / audit, save a DatasetDict and JSONL, write the card."""
+    import datasets
+
+    from trainer.audit import AuditSettings, Auditor, split_by_audit
+    from trainer.data import Conversation, split_train_eval
+
+    report = Auditor(kb, AuditSettings(min_messages=4, max_messages=12, unknown_scholarship="fail"), judge) \
+        .audit([r["messages"] for r in run.rows])
+    for row, audit in zip(run.rows, report.rows):
+        row["flags"] = [str(f) for f in audit.flags]
+    passed, failed = split_by_audit(run.rows, report)
+    convs = [Conversation(tuple(r["messages"]), r["plan_id"]) for r in passed]
+    train_c, eval_c = split_train_eval(convs, eval_fraction, seed)
+    by_id = {r["plan_id"]: r for r in passed}
+    splits = {"train": [by_id[c.location] for c in train_c], "eval": [by_id[c.location] for c in eval_c],
+              "audit": failed}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(_export_row(r), ensure_ascii=False) + "\n"
+                                                   for r in rows), encoding="utf-8")
+    dataset = datasets.DatasetDict({name: datasets.Dataset.from_list([_flat(r) for r in rows]) if rows else
+                                    datasets.Dataset.from_dict({"messages": [], "plan_id": []})
+                                    for name, rows in splits.items()})
+    dataset.save_to_disk(str(out / "dataset"))
+    (out / "audit.md").write_text(report.markdown(str(out / "raw.jsonl")), encoding="utf-8")
+    cost = (run.usage.prompt_tokens * settings.price_in_per_m + run.usage.completion_tokens *
+            settings.price_out_per_m) / 1e6
+    summary = {"provider": provider_name, "kb_version": kb.version, "counts": {k: len(v) for k, v in splits.items()},
+               "false_premise": sum(1 for r in run.rows if r.get("false_premise")), "audit": report.summary(),
+               "usage": asdict(run.usage), "cost_estimate": round(cost, 4), "seconds": round(run.seconds, 1),
+               "resumed_rows": run.skipped, "interrupted": run.interrupted}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _card(summary, settings).save(out / "README.md")
+    return summary
+
+
+def _export_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("messages", "plan_id", "topic", "destination", "false_premise", "provenance", "flags")
+            if k in row}
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": row["messages"], "plan_id": row["plan_id"], "topic": row["topic"],
+            "false_premise": json.dumps(row.get("false_premise")), "provenance": json.dumps(row["provenance"]),
+            "flags": row.get("flags", [])}
+
+
+def _card(summary: dict[str, Any], settings: GenerationSettings):
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    counts = summary["counts"]
+    n = sum(counts.values())
+    card_data = DatasetCardData(
+        license="apache-2.0", task_categories=["text-generation"], language=["en"],
+        size_categories=["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
+        annotations_creators=["machine-generated"], language_creators=["machine-generated"],
+        source_datasets=["original"], pretty_name="Grounded synthetic study-abroad counselling dialogues",
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.jsonl"}
+                                                           for s in ("train", "eval", "audit")]}],
+        tags=["synthetic", "study-abroad", "counselling", "grounded", "audited"],
+    )
+    template = Path(__file__).resolve().parent.parent / "data_cards" / "synthetic_card.md"
+    return DatasetCard.from_template(card_data, template_path=str(template), summary=summary,
+                                     counts=counts, flags=summary["audit"]["conversations_per_flag"],
+                                     settings=asdict(settings))
+
+
+JUDGE_PROMPT = """You check counselling answers against verified facts. Facts:
+{facts}
+
+Conversation:
+{conversation}
+
+Does any assistant answer contradict the facts, or state a specific visa rule, eligibility, programme or \
+scholarship that the facts do not support?
+Reply with one line of JSON: {{"verdict": "ok" or "error", "reason": "..."}}"""
+
+
+def llm_judge(provider) -> Callable[[list[dict[str, str]], list[Any]], tuple[bool, str]]:
+    """An audit judge that asks the same provider; an unparseable reply counts as a pass with a note."""
+    def judge(messages, facts) -> tuple[bool, str]:
+        prompt = JUDGE_PROMPT.format(facts="\n".join(f"- {f.text}" for f in facts) or "- (none)",
+                                     conversation="\n".join(f"{m['role']}: {m['content']}" for m in messages))
+        reply, _ = provider.complete([{"role": "user", "content": prompt}], max_tokens=120, temperature=0)
+        start, end = reply.find("{"), reply.rfind("}")
+        try:
+            verdict = json.loads(reply[start:end + 1])
+        except (ValueError, json.JSONDecodeError):
+            return True, "judge reply was not JSON"
+        return verdict.get("verdict") != "error", str(verdict.get("reason", ""))
+    return judge
