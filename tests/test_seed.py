@@ -154,3 +154,20 @@ def test_audit_against_the_kb(path, kb):
     # Flags to verify (numbers or award names the KB does not carry) stay rare.
     flagged = [rows[r.index]["id"] for r in report.rows if r.flags]
     assert len(flagged) <= len(rows) // 10, flagged
+
+
+def test_dialogues_fit_the_demo_budget(stage1, stage2):
+    """Under ~1,200 tokens each with the demo model's chat template, so the demo trains on them on a CPU."""
+    from trainer.demo_model import DEMO_MODEL_NAME, cache_root
+
+    folder = cache_root() / "models" / DEMO_MODEL_NAME
+    if not (folder / "tokenizer.json").is_file():
+        pytest.skip("the demo model is not converted yet (python -m trainer train --config configs/demo.yaml)")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = stage1 + stage2
+    texts = tokenizer.apply_chat_template([r["messages"] for r in rows], tokenize=False)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    too_long = {r["id"]: n for r, n in zip(rows, lengths) if n > 1200}
+    assert not too_long, too_long
