@@ -9,6 +9,7 @@ exactly what was trained.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainer.config import PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config
-from trainer.demo_model import demo_model_path, is_demo_model
+from trainer.demo_model import cache_root, demo_model_path, is_demo_model
 
 TEMPLATE_FAMILIES = ("mistral", "chatml")
 _TEMPLATE_FILES = {"mistral": "mistral_instruct.jinja", "chatml": "chatml.jinja"}
@@ -230,8 +231,16 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
     }
     if quant is not None:
         kwargs["quantization_config"] = quant
+    cached = quantized_cache_dir(ref, quantization) if quant is not None and not torch.cuda.is_available() else None
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+        if cached is not None and (cached / "config.json").is_file():
+            kwargs.pop("quantization_config")  # the cached config carries it; the weights are already packed
+            model = AutoModelForCausalLM.from_pretrained(cached, **{**kwargs, "revision": None})
+            model.name_or_path = model.config._name_or_path = ref.path  # everything downstream sees the source
+        else:
+            model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+            if cached is not None:
+                _save_quantized(model, cached)
     except OSError as exc:
         raise ModelError(f"cannot load base model {ref.name!r}: {exc}") from None
     if for_training:
@@ -239,6 +248,45 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
         if quant is not None:
             keep_4bit_weights_trainable(model)
     return model
+
+
+def quantized_cache_dir(ref: BaseModelRef, quantization: QuantizationSettings) -> Path | None:
+    """Where the 4-bit copy of the embedded demo model is cached for CPU loads; None for any other model.
+
+    bitsandbytes quantizes on the CPU with plain torch ops: for the 135M demo model that was about half of the app's
+    cold start and of each training stage's model load (profiled with py-spy). The packed weights are
+    deterministic, so they are saved once and loaded as they are (state dict, quantization state and logits
+    identical). The key covers the source files (name, size, mtime), the quantization settings and the library
+    versions, so a changed model or library quantizes afresh."""
+    if not ref.is_demo:  # the CPU model this tool ships; other local models (tests' tiny ones) are not kept
+        return None
+    source = Path(ref.path).resolve()
+    files = sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    if not any(p.suffix == ".safetensors" for p in files):
+        return None
+    from importlib import metadata
+
+    key = {"source": str(source), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+           "quantization": dataclasses.asdict(quantization),
+           "versions": [metadata.version(n) for n in ("torch", "transformers", "bitsandbytes")]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "quantized" / f"{source.name}-{digest}"
+
+
+def _save_quantized(model, folder: Path) -> None:
+    """Save a freshly quantized model for the next load; best effort (a read-only cache only costs time)."""
+    import shutil
+    import tempfile
+
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
+        model.save_pretrained(tmp)
+        os.rename(tmp, folder)  # atomic: a concurrent load sees the whole folder or none of it
+    except Exception:  # no space, read-only, or another process saved it first: the load itself succeeded
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def keep_4bit_weights_trainable(model) -> None:

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The one prepared GPU check: bench/gpu_qlora.py at Mistral-7B-Instruct-v0.3's shapes, ours vs plain TRL, on a
+# lent CUDA machine that has no network. It uses that machine's own python3 (the one with a CUDA torch; this repo's
+# .venv holds a CPU torch and is never used there) plus the pinned packages it lacks, carried as wheels in .whl/.
+#
+# 1. Here (a machine with the package index), once:
+#      bash bench/run_gpu.sh --fetch-wheels      # ~60 MB into .whl/, and .whl/ added to .git/info/exclude
+# 2. On the GPU machine (the device tool: command `bash bench/run_gpu.sh`, carry [".whl"], timeout_s 600):
+#      bash bench/run_gpu.sh                      # results in $OUT (or bench/results): gpu_qlora.json/.md, log
+#    CPU_REHEARSAL=1 bash bench/run_gpu.sh        # here, with the .venv's python first on PATH: the same path at
+#                                                 # tiny shapes on the CPU (checks this script, not the GPU)
+#
+# Sized to finish in about 6 minutes on an H200 (model build and save ~1 min, each side's 4-bit load ~0.5 min,
+# 8 optimizer steps of 8 x ~1,500-token conversations per side, then 4-bit generation); everything is written after
+# each phase, so a run cut short still returns what it measured. Set STEPS / GEN_TOKENS / BENCH_TIMEOUT to change it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(trl==1.16.0 bitsandbytes==0.50.2 transformers==5.24.0 peft==0.21.2 datasets==5.2.0 liger-kernel==0.8.5
+        dill==0.4.1 multiprocess==0.70.19)
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+  # Python 3.12 x86-64 wheels for the GPU image (KINDS.md: python3 3.12, torch/accelerate/triton already there).
+  mkdir -p .whl
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  platforms=()
+  for n in 39 35 34 31 28 27 24 17; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" --platform manylinux2014_x86_64 --platform any -d .whl "${WHEELS[@]}" || exit 1
+  du -ch .whl/*.whl | tail -1
+  exit 0
+fi
+
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/run_gpu.log") 2>&1
+PY=python3
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+# Carried wheels go beside the image's packages, without touching them
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "error: installing the carried wheels failed"; exit 1; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+# Preflight: a CUDA torch and every import the benchmark needs, before a minute of GPU time is spent
+$PY - <<'EOF' || { echo "error: preflight failed (the line above says what is missing; wheels: 'bash bench/run_gpu.sh --fetch-wheels' on a machine with the package index, then carry .whl)"; exit 2; }
+import importlib, os, shutil, sys
+missing = []
+try:
+    import torch
+except ImportError:
+    sys.exit("missing: torch")
+if not torch.cuda.is_available() and os.environ.get("CPU_REHEARSAL") != "1":
+    sys.exit(f"torch {torch.__version__} sees no CUDA device (torch.version.cuda={torch.version.cuda})")
+if torch.cuda.is_available():
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+          f"{torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+else:
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}: CPU rehearsal at tiny shapes")
+for name in ("transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "safetensors", "tokenizers",
+             "yaml", "matplotlib", "trl.trainer.sft_trainer"):
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name} {getattr(module, '__version__', '')}")
+    except Exception as exc:  # an import that fails for any reason is what this check is for
+        missing.append(f"{name} ({type(exc).__name__}: {exc})")
+try:
+    import liger_kernel  # optional: TRL's use_liger_kernel on our side
+    print("  liger_kernel available")
+except Exception as exc:
+    print(f"  liger_kernel not usable ({exc}); the benchmark runs without it and says so")
+free = shutil.disk_usage("/tmp").free / 2**30
+print(f"  /tmp free: {free:.0f} GiB (the bf16 model needs ~14 GiB)")
+if free < 20:
+    missing.append("disk: less than 20 GiB free in /tmp")
+if missing:
+    sys.exit("missing: " + "; ".join(missing))
+EOF
+
+STEPS="${STEPS:-6}"
+GEN_TOKENS="${GEN_TOKENS:-64}"
+SHAPE=(--model-dir /tmp/gpu_qlora-mistral7b)
+[[ "${CPU_REHEARSAL:-}" == 1 ]] && SHAPE=(--tiny --model-dir /tmp/gpu_qlora-tiny) && STEPS=2 && GEN_TOKENS=8
+timeout "${BENCH_TIMEOUT:-500}" $PY bench/gpu_qlora.py --mode both --steps "$STEPS" --warmup-steps 2 \
+  --gen-tokens "$GEN_TOKENS" --out-dir "$OUT" --work-dir /tmp/gpu_qlora-work "${SHAPE[@]}"
+status=$?
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv 2>/dev/null || true
+echo "bench/gpu_qlora.py exit status: $status"
+exit $status
