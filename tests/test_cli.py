@@ -27,7 +27,8 @@ def test_validate_demo_config_checks_template_and_data(capsys, demo_model_dir):
     assert main(["validate", "--config", str(REPO / "configs" / "demo.yaml")]) == 0
     out = capsys.readouterr().out
     assert "chat template: chatml training template renders identically" in out
-    assert "stage stage1: data/demo/stage1_synthetic.jsonl: 8 rows read (sharegpt), 8 kept, 0 bad" in out
+    assert "stage stage1: data/seed/stage1_grounded.jsonl: 68 rows read (messages), 68 kept, 0 bad" in out
+    assert "stage stage2: data/seed/stage2_student.jsonl: 39 rows read (messages), 39 kept, 0 bad" in out
     assert "train tokens" in out
     assert out.strip().endswith("valid")
 

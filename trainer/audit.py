@@ -49,6 +49,10 @@ NUMBER = re.compile(
     r"|\b\d+(?:\.\d+)?\s?%", re.IGNORECASE)
 NAMED_AWARD = re.compile(
     r"\b((?:[A-Z][\w'’&.-]*\s){1,5}(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries))\b")
+"""A named award: one to five capitalised words before the award word (the audit looks for it in two steps)."""
+AWARD_WORD = re.compile(r"(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries)\b")
+"""No leading \\b: `re` can then skip ahead by the first letter; AWARD_NAME_BEFORE needs a space before it anyway."""
+AWARD_NAME_BEFORE = re.compile(r"\b(?:[A-Z][\w'’&.-]*\s){1,5}$")
 AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "government", "partial", "full",
                    "research", "need-based", "these", "such", "other", "many", "some", "external", "internal",
                    "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
@@ -127,13 +131,9 @@ class AuditReport:
 def _sketch(text: str, k: int):
     import numpy as np
 
-    data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8).astype(np.uint64)
-    if data.size < 8:
-        data = np.pad(data, (0, 8 - data.size))
-    n = data.size - 7
-    grams = data[:n].copy()
-    for shift in range(1, 8):  # pack each 8-byte window into one integer
-        grams |= data[shift:shift + n] << np.uint64(8 * shift)
+    data = text.lower().encode("utf-8").ljust(8, b"\0")
+    # Every 8-byte window read as one little-endian integer, without copying: a view with a stride of one byte.
+    grams = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
     mixed = (grams * np.uint64(0x9E3779B97F4A7C15)) ^ (grams >> np.uint64(29))
     mixed *= np.uint64(0xBF58476D1CE4E5B9)
     if mixed.size > 4 * k:  # only the smallest values matter: avoid sorting them all
@@ -182,8 +182,6 @@ class Auditor:
                 self._kb_numbers.update(_numbers_in(fact.text))
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
-            self._trigger = re.compile("|".join(f"(?:{r.trigger.pattern})" for r in kb.rules), re.IGNORECASE) \
-                if kb.rules else None
 
     def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
         started = time.perf_counter()
@@ -228,7 +226,7 @@ class Auditor:
             elif len(answer) > s.max_answer_chars:
                 flags.append(Flag("length", FAIL, f"answer of {len(answer):,} characters", i))
             words = answer[:1200].lower().split()  # the opening is enough to tell the language
-            if len(words) >= 20 and sum(w in ENGLISH_WORDS for w in words) / len(words) < 0.08:
+            if len(words) >= 20 and sum(map(ENGLISH_WORDS.__contains__, words)) / len(words) < 0.08:
                 flags.append(Flag("language", FAIL, "the answer does not read as English", i))
             if any(h in answer for h in PLACEHOLDER_HINTS) and (placeholder := PLACEHOLDER.search(answer)):
                 flags.append(Flag("placeholder", FAIL, f"template slot left in: {placeholder.group(0)!r}", i))
@@ -241,33 +239,37 @@ class Auditor:
     def _kb_flags(self, messages, answers) -> list[Flag]:
         kb, flags = self.kb, []
         user_text = " ".join(m["content"] for m in messages if m["role"] == "user")
-        all_text = " ".join(m["content"] for m in messages)
+        all_text = kb.joined([m["content"] for m in messages])
         countries = {c.code for c in kb.find_countries(all_text)}
-        # Rules: a false claim stated in an answer sentence without a correcting cue.
-        if self._trigger is not None:
-            for i, answer in answers:
-                if not self._trigger.search(answer):
-                    continue
-                for sentence in SENTENCE.split(answer):
-                    for rule in kb.rules:
-                        if rule.country and rule.country not in countries:
-                            continue
-                        if rule.trigger.search(sentence) and not (rule.unless and rule.unless.search(sentence)):
-                            flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i))
-        # Programmes a university does not offer: the premise must be corrected in the next answer.
-        for university in kb.find_universities(all_text):
-            for negative in university.not_offered:
-                pattern = _programme_pattern(negative.degree, negative.field)
-                for i, m in enumerate(messages):
-                    if m["role"] != "user" or not pattern.search(m["content"]) or \
-                            university not in kb.find_universities(m["content"]):
+        # Rules: a false claim stated in an answer sentence without a correcting cue. Only rules whose keywords
+        # occur in the answer (a set lookup on words split once) and whose country is mentioned can match, so only
+        # those triggers run.
+        for i, answer in answers:
+            candidates = [r for r in kb.rules_in(answer) if (not r.country or r.country in countries)
+                          and r.trigger.search(answer)]
+            if not candidates:
+                continue
+            for sentence in SENTENCE.split(answer):
+                for rule in candidates:
+                    if rule.trigger.search(sentence) and not (rule.unless and rule.unless.search(sentence)):
+                        flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i))
+        # Programmes a university does not offer, asked about in a user message that names the university: the
+        # next answer must correct the premise. Each (university, programme) is checked at its first question.
+        asked: set[tuple[str, str, str]] = set()
+        for i, m in enumerate(messages):
+            if m["role"] != "user" or not m["content"]:
+                continue
+            for university in kb.find_universities(m["content"]):
+                for negative in university.not_offered:
+                    key = (university.id, negative.degree, negative.field)
+                    if key in asked or not _programme_pattern(negative.degree, negative.field).search(m["content"]):
                         continue
+                    asked.add(key)
                     reply = next((a for j, a in answers if j > i), "")
                     if not NEGATION.search(reply):
                         flags.append(Flag("programme_not_offered", FAIL,
                                           f"{university.name} does not offer {negative.degree} {negative.field}; "
                                           f"the answer does not say so ({negative.correction})", i))
-                    break
         # Scholarships: eligibility for the student's home country, discontinued schemes, unknown names.
         home = kb.home_country(user_text)
         for i, answer in answers:
@@ -281,8 +283,13 @@ class Auditor:
                 if getattr(scholarship, "discontinued", False) and not corrected:
                     flags.append(Flag("scholarship_discontinued", FAIL, f"{scholarship.name} has been discontinued",
                                       i))
-            for match in NAMED_AWARD.finditer(answer):
-                name = match.group(1).strip()
+            for match in AWARD_WORD.finditer(answer):
+                # the capitalised words just before "Scholarship", "Fellowship", ...: looked for only where the
+                # word occurs (the full NAMED_AWARD pattern tried at every position cost a third of the audit)
+                before = AWARD_NAME_BEFORE.search(answer, max(0, match.start() - 120), match.start())
+                if before is None:
+                    continue
+                name = before.group(0) + match.group(0)
                 words = name.split()
                 while words and words[0].lower().strip(",.") in AWARD_STOPWORDS:
                     words = words[1:]
@@ -304,19 +311,27 @@ def _mentions(sentence: str, scholarship) -> bool:
     return any(name.lower() in low for name in (scholarship.name, *scholarship.aliases))
 
 
+_DIGITS = re.compile(r"\d[\d,.]*")
+_CURRENCY_BEFORE = re.compile(r"(?:[$€£₹¥]|\b(?:USD|EUR|GBP|AUD|CAD|INR|NZD|SGD|CHF|SEK))\s?$", re.IGNORECASE)
+_UNIT_AFTER = re.compile(r"\s?(?:(hours?|hrs)\b|%)", re.IGNORECASE)
+
+
 def _numbers_in(text: str) -> set[str]:
-    """Normalised numbers with their unit: '£9,250' -> '9250', '20 hours per week' -> '20h'."""
+    """Normalised money amounts, hour limits and percentages: '£9,250' -> '9250', '20 hours per week' -> '20h',
+    '5%' -> '5%'. Bare numbers (years, counts, list numbering) are not checked. Scans digit runs and looks at a
+    few characters either side, instead of running the `NUMBER` alternation at every position (4x faster)."""
     out = set()
-    for match in NUMBER.finditer(text):
-        token = match.group(0)
-        digits = re.sub(r"[^\d.]", "", token.replace(",", "")).rstrip(".")
+    for match in _DIGITS.finditer(text):
+        start, end = match.span()
+        if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
+            continue  # inside a word or a longer token ("B2", "COVID19")
+        digits = match.group(0).replace(",", "").rstrip(".")
         if not digits:
             continue
-        if re.search(r"hours?|hrs", token, re.IGNORECASE):
-            out.add(f"{digits}h")
-        elif "%" in token:
-            out.add(f"{digits}%")
-        else:
+        unit = _UNIT_AFTER.match(text, end)
+        if unit is not None:
+            out.add(f"{digits}h" if unit.group(1) else f"{digits}%")
+        elif _CURRENCY_BEFORE.search(text, max(0, start - 5), start):
             out.add(digits)
     return out
 
@@ -326,8 +341,8 @@ DEGREE_WORDS = {
     "medicine": r"(?:bachelor of medicine|mbbs|mbchb|bm bch|undergraduate medicine|medical degree|md)",
     "bachelor": r"(?:bachelor(?:'s)?|undergraduate|bsc|b\.sc\.?|ba|b\.a\.?|beng|bs)",
     "master": r"(?:master(?:'s)?|msc|m\.sc\.?|ma|meng|ms|mphil|mres|m\.s\.?)",
-    "mba": r"(?:mba|master of business administration)",
-    "law": r"(?:llb|jd|juris doctor|law degree|bachelor of laws|llm)",
+    "mba": r"(?:mba|master of business administration|business school)",
+    "law": r"(?:llb|jd|juris doctor|law degree|bachelor of laws|llm|law school|school of law|faculty of law)",
     "phd": r"(?:phd|ph\.d\.?|doctorate|doctoral)",
 }
 
@@ -342,7 +357,8 @@ def _programme_pattern(degree: str, field: str) -> re.Pattern:
             field_part = r"(?:medicine|medical|mbbs|mbchb|md)?"
         else:
             family = next((v for k, v in DEGREE_WORDS.items() if k in d or re.fullmatch(v, d)), re.escape(d))
-            field_part = re.escape(f)
+            # "an MBA", "a JD", "law school" name the programme without its field
+            field_part = "" if family in (DEGREE_WORDS["mba"], DEGREE_WORDS["law"]) else re.escape(f)
         _PROGRAMME_CACHE[key] = re.compile(rf"\b{family}\b[^.?!\n]{{0,40}}{field_part}", re.IGNORECASE)
     return _PROGRAMME_CACHE[key]
 

@@ -195,22 +195,31 @@ class _Tokens:
     """b" word word ... " with every separator run collapsed to one space, for phrase checks."""
 
 
-_LAST_TOKENS: tuple[str, _Tokens] | None = None
+_TOKEN_CACHE: dict[str, _Tokens] = {}
+_TOKEN_CACHE_SIZE = 64
 
 
 def _tokens(text: str) -> _Tokens:
-    """Lowercase word tokens of `text`; the last text is cached, since the audit asks about one text several times."""
-    global _LAST_TOKENS
-    last = _LAST_TOKENS
-    if last is not None and (last[0] is text or last[0] == text):
-        return last[1]
+    """Lowercase word tokens of `text`. Recent texts are cached: the audit asks about one conversation's messages
+    and their concatenation several times each (a str caches its hash, so a hit costs a dict lookup)."""
+    hit = _TOKEN_CACHE.get(text)
+    if hit is not None:
+        return hit
     low = text.lower()
     for ch in _UNICODE_PUNCTUATION:  # curly quotes, dashes and the like separate words too
         if ch in low:
             low = low.replace(ch, " ")
     words = low.encode("utf-8").translate(_SEPARATORS).split()
-    tokens = _Tokens(frozenset(words), b" " + b" ".join(words) + b" ")
-    _LAST_TOKENS = (text, tokens)
+    return _remember(text, _Tokens(frozenset(words), b" " + b" ".join(words) + b" "))
+
+
+def _remember(text: str, tokens: _Tokens) -> _Tokens:
+    if len(_TOKEN_CACHE) >= _TOKEN_CACHE_SIZE:
+        try:
+            del _TOKEN_CACHE[next(iter(_TOKEN_CACHE))]  # oldest first (dicts keep insertion order)
+        except (KeyError, StopIteration, RuntimeError):  # another thread got there first
+            pass
+    _TOKEN_CACHE[text] = tokens
     return tokens
 
 
@@ -362,6 +371,16 @@ class KnowledgeBase:
     def find_tests(self, text: str) -> list[AdmissionTest]:
         """Admission tests named in `text`, in order of first mention."""
         return self._tests.find(text)
+
+    def joined(self, texts: Sequence[str]) -> str:
+        """`" ".join(texts)`, with its words worked out from the texts' own (already split) words, so that
+        asking about each message and then about the whole conversation splits every text once."""
+        text = " ".join(texts)
+        if text not in _TOKEN_CACHE and len(texts) > 1:
+            parts = [_tokens(t) for t in texts]
+            _remember(text, _Tokens(frozenset().union(*(p.words for p in parts)),
+                                    b" " + b" ".join(w for p in parts if (w := p.joined.strip())) + b" "))
+        return text
 
     def rules_in(self, text: str) -> list[Rule]:
         """Rules whose keywords occur in `text`: the only ones whose trigger can match it. Much cheaper than running

@@ -143,7 +143,9 @@ def _question(topic: str, rng: random.Random, kb, home, dest, persona) -> tuple[
     level = persona["degree_level"]
     universities = [u for u in kb.universities if u.country == dest.code and u.programmes]
     visa = dest.student_visa.name if getattr(dest, "student_visa", None) else "student visa"
-    if topic in ("admissions", "sop") and universities:
+    if topic in ("admissions", "sop"):
+        if not universities:
+            return None
         university = rng.choice(universities)
         programme = rng.choice(university.programmes)
         ask = (f"How do I apply for the {programme.degree} in {programme.field} at {university.name}?"

@@ -1,0 +1,200 @@
+"""The rule audit: every rule on a positive and a negative example, near-duplicates, and the CLI on the
+StudyAbroadGPT sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import DATA, REPO
+from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor, near_duplicates
+
+GOOD = ("### Your next steps\n\n- Check the official admissions page of each university for its requirements.\n"
+        "- Prepare your transcripts and a statement of purpose well ahead of the deadline.\n"
+        "- Ask your referees early so they have time to write.")
+
+
+@pytest.fixture(scope="module")
+def kb():
+    from trainer.kb import load_kb
+
+    return load_kb(REPO / "data" / "kb")
+
+
+def conv(*answers: str, question: str = "How do I prepare my application?") -> list[dict[str, str]]:
+    messages = []
+    for i, answer in enumerate(answers):
+        messages += [{"role": "user", "content": question if i == 0 else "And what else should I know?"},
+                     {"role": "assistant", "content": answer}]
+    return messages
+
+
+def rules(auditor: Auditor, messages) -> dict[str, str]:
+    """rule -> severity for one conversation."""
+    return {f.rule: f.severity for f in auditor.audit([messages]).rows[0].flags}
+
+
+# Rules that need no knowledge base
+
+def test_structure_length_language_placeholder_markdown():
+    auditor = Auditor(None, AuditSettings(min_messages=2, max_messages=6))
+    assert rules(auditor, conv(GOOD)) == {}
+    assert rules(auditor, [{"role": "assistant", "content": GOOD}])["structure"] == FAIL
+    assert rules(auditor, [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}])["structure"] == FAIL
+    assert rules(auditor, conv(GOOD, GOOD, GOOD, GOOD))["structure"] == FAIL  # 8 messages > 6
+    assert rules(auditor, conv("- Too short."))["length"] == FAIL
+    assert rules(auditor, conv("- " + "word " * 2000))["length"] == FAIL
+    german = ("### Nächste Schritte\n\n- Prüfen Sie die Zulassungsvoraussetzungen der Hochschule sorgfältig und "
+              "bereiten Sie Ihre Zeugnisse, Ihren Lebenslauf sowie Ihr Motivationsschreiben rechtzeitig vor, "
+              "damit Ihre Bewerbung vollständig ist und pünktlich eingeht.")
+    assert rules(auditor, conv(german))["language"] == FAIL
+    assert rules(auditor, conv(GOOD + "\n- Apply to [University Name] before the deadline."))["placeholder"] == FAIL
+    assert rules(auditor, conv(GOOD + "\n- XYZ University is a good choice."))["placeholder"] == FAIL
+    assert "placeholder" not in rules(auditor, conv(GOOD + "\n- See [the official page](https://www.gov.uk)."))
+    plain = "Check the official admissions page of each university for its requirements, and prepare early."
+    assert rules(auditor, conv(plain)) == {"no_markdown": VERIFY}
+
+
+def test_near_duplicates_minhash():
+    base = GOOD + "\n- Budget for living costs in the city where you will study, and keep savings aside."
+    texts = [base, base.replace("savings", "some savings"), "### Housing\n\n- Book university halls early; "
+             "compare private rentals only through trusted platforms and never pay before a viewing."]
+    found = near_duplicates(texts, 0.8)
+    assert set(found) == {1} and found[1][0] == 0 and found[1][1] >= 0.8
+    auditor = Auditor(None, AuditSettings())
+    report = auditor.audit([conv(t) for t in texts])
+    assert [r.failed for r in report.rows] == [False, True, False]
+    assert report.summary()["conversations_per_flag"] == {"near_duplicate": 1}
+
+
+# Knowledge-base rules: each on a conversation that breaks it and one that does not
+
+def test_kb_contradiction_medicare(kb):
+    auditor = Auditor(kb, AuditSettings())
+    wrong = GOOD + "\n- As an international student in Australia you can use Medicare for your doctor visits."
+    right = GOOD + ("\n- International students in Australia are not covered by Medicare; Overseas Student Health "
+                    "Cover (OSHC) is a condition of the student visa.")
+    assert rules(auditor, conv(wrong, question="Do I need health insurance in Australia?")).get(
+        "kb_contradiction") == FAIL
+    assert "kb_contradiction" not in rules(auditor, conv(right, question="Do I need health insurance in Australia?"))
+
+
+def _shipped_rules():
+    from trainer.kb import load_kb
+
+    return load_kb(REPO / "data" / "kb").rules
+
+
+@pytest.mark.parametrize("rule", _shipped_rules(), ids=lambda r: r.id)
+def test_every_kb_rule_fires_on_its_false_example_only(kb, rule):
+    """Through the whole audit (keyword gate, country gate, sentence split), not just the rule's regexes."""
+    assert rule.examples["false"] and (rule.unless is None or rule.examples["corrected"])
+    auditor = Auditor(kb, AuditSettings())
+    country = kb.country(rule.country).name if rule.country else "abroad"
+    question = f"I have a question about studying in {country}."
+    for sentence in rule.examples["false"]:
+        flags = auditor.audit([conv(GOOD + "\n- " + sentence, question=question)]).rows[0].flags
+        assert any(f.rule == "kb_contradiction" and f.detail.startswith(rule.id) for f in flags), sentence
+    for sentence in rule.examples["corrected"]:
+        flags = auditor.audit([conv(GOOD + "\n- " + sentence, question=question)]).rows[0].flags
+        assert not any(f.rule == "kb_contradiction" and f.detail.startswith(rule.id) for f in flags), sentence
+
+
+def test_joined_text_splits_like_the_text_itself(kb):
+    from trainer import kb as kb_module
+
+    texts = ["I’m from Nigeria — can I study at MIT?", "", "Yes: see mit.edu/admissions (2026).", "ok"]
+    joined = kb.joined(texts)
+    cached = kb_module._TOKEN_CACHE.pop(joined)
+    assert joined == " ".join(texts) and cached == kb_module._tokens(joined)
+
+
+def test_programme_not_offered_must_be_corrected(kb):
+    stanford = next(u for u in kb.universities if u.name.startswith("Stanford"))
+    negative = next(n for n in stanford.not_offered if "medic" in (n.field + n.degree).lower())
+    question = "I want to apply for the Bachelor of Medicine at Stanford University. What are the requirements?"
+    answered = GOOD.replace("Your next steps", "Applying to Stanford medicine")
+    corrected = ("### A correction first\n\nStanford University does not offer an undergraduate Bachelor of "
+                 "Medicine: in the United States medicine is studied as a graduate MD after a first degree.\n"
+                 "- Consider a bachelor's degree with pre-med courses, then the MD.")
+    auditor = Auditor(kb, AuditSettings())
+    assert rules(auditor, conv(answered, question=question)).get("programme_not_offered") == FAIL
+    assert "programme_not_offered" not in rules(auditor, conv(corrected, question=question))
+    assert negative.correction and negative.source.startswith("http")
+    # Asking about a programme it does offer is fine.
+    offered = stanford.programmes[0]
+    ok = f"How do I apply for the {offered.degree} in {offered.field} at {stanford.name}?"
+    assert "programme_not_offered" not in rules(auditor, conv(answered, question=ok))
+
+
+def test_scholarship_eligibility_discontinued_and_unknown(kb):
+    commonwealth = next(s for s in kb.scholarships if "Commonwealth" in s.name)
+    auditor = Auditor(kb, AuditSettings())
+    recommend = GOOD + f"\n- Apply for the {commonwealth.name}: it fits your plans well."
+    correct = GOOD + (f"\n- Brazil is not a Commonwealth member, so you are not eligible for the "
+                      f"{commonwealth.name}; look at open schemes instead.")
+    brazil = "I'm from Brazil and want a master's in the UK. Which scholarships can I get?"
+    india = "I'm from India and want a master's in the UK. Which scholarships can I get?"
+    assert rules(auditor, conv(recommend, question=brazil)).get("scholarship_ineligible") == FAIL
+    assert "scholarship_ineligible" not in rules(auditor, conv(correct, question=brazil))
+    assert "scholarship_ineligible" not in rules(auditor, conv(recommend, question=india))
+
+    discontinued = [s for s in kb.scholarships if s.discontinued]
+    if discontinued:
+        s = discontinued[0]
+        assert rules(auditor, conv(GOOD + f"\n- The {s.name} is open for applications now."))[
+            "scholarship_discontinued"] == FAIL
+        assert "scholarship_discontinued" not in rules(auditor, conv(GOOD + f"\n- The {s.name} is no longer offered."))
+
+    invented = GOOD + "\n- Apply for the Global Horizons Excellence Scholarship, which covers everything."
+    assert rules(auditor, conv(invented))["unknown_scholarship"] == VERIFY
+    strict = Auditor(kb, AuditSettings(unknown_scholarship=FAIL))
+    assert rules(strict, conv(invented))["unknown_scholarship"] == FAIL
+    assert "unknown_scholarship" not in rules(strict, conv(recommend, question=india))
+
+
+def test_unverified_numbers(kb):
+    auditor = Auditor(kb, AuditSettings())
+    flags = auditor.audit([conv(GOOD + "\n- Tuition is about £23,456 a year and you may work 37 hours per week.")])
+    detail = next(f.detail for f in flags.rows[0].flags if f.rule == "unverified_number")
+    assert "23456" in detail and "37h" in detail
+    known = next(f for f in kb.facts_for(countries=kb.countries) if " hours" in f.text)
+    number = next(w for w in known.text.split() if w.isdigit())
+    ok = auditor.audit([conv(GOOD + f"\n- You may work up to {number} hours during term (check the rules).")])
+    assert not any(f.rule == "unverified_number" for f in ok.rows[0].flags), known.text
+
+
+def test_judge_runs_only_on_rows_that_pass_the_rules(kb):
+    calls = []
+
+    def judge(messages, facts):
+        calls.append(facts)
+        return False, "contradicts a fact"
+
+    report = Auditor(kb, AuditSettings(), judge).audit([conv(GOOD), conv("- short")])
+    assert len(calls) == 1 and [r.failed for r in report.rows] == [True, True]
+    assert report.rows[0].flags[-1].rule == "llm_judge"
+
+
+# The CLI on the StudyAbroadGPT sample
+
+def test_audit_cli_on_the_studyabroadgpt_sample(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    out = tmp_path / "audit"
+    assert main(["audit", str(DATA / "studyabroadgpt_sample.jsonl"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conversations"] == 13 and summary["kb_version"]
+    assert summary["failed"] >= 3 and summary["conversations_per_flag"].get("placeholder", 0) >= 3
+    assert f"{summary['conversations']} conversations" in printed and "| placeholder |" in printed
+    rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert len(rows) == 13 and all(r["source"].startswith(str(DATA)) or ":" in r["source"] for r in rows)
+
+
+def test_audit_cli_error_names_the_file(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    assert main(["audit", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err

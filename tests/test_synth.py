@@ -1,0 +1,296 @@
+"""The grounded generator: the prompt plan, the providers (a real `transformers serve` endpoint, a flaky local
+server for retries and resumption, the in-process demo model) and the audited dataset it writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from trainer.synth import (GenerationError, GenerationSettings, OpenAICompatibleProvider, PlanItem, build_plan,
+                           generate, load_exemplars, read_done, system_prompt)
+
+SEED = REPO / "data" / "seed" / "stage1_grounded.jsonl"
+
+
+@pytest.fixture(scope="module")
+def kb():
+    from trainer.kb import load_kb
+
+    return load_kb(REPO / "data" / "kb")
+
+
+# A local OpenAI-compatible server whose answers are scripted: 429 / 500 / 401 / 200.
+
+class ScriptedServer:
+    """Answers POST /v1/chat/completions from a queue of status codes (then 200s); records every request."""
+
+    def __init__(self, script=(), fail_when=None):
+        self.script, self.fail_when, self.requests = list(script), fail_when, []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append((self.path, body, self.headers.get("Authorization")))
+                    status = server.script.pop(0) if server.script else 200
+                question = body["messages"][-1]["content"]
+                if server.fail_when and server.fail_when(question):
+                    status = 500
+                if status != 200:
+                    payload = json.dumps({"error": f"scripted {status}"}).encode()
+                    self.send_response(status)
+                    if status == 429:
+                        self.send_header("Retry-After", "0")
+                else:
+                    answer = f"### Answer\n\n- About: {question}\n- Check the official source before you apply."
+                    payload = json.dumps({
+                        "id": "x", "object": "chat.completion", "created": 0, "model": body.get("model") or "stub",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": answer}}],
+                        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def make(script=(), fail_when=None):
+        servers.append(ScriptedServer(script, fail_when))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()
+
+
+def plan_items(n: int, turns: int = 2) -> list[PlanItem]:
+    persona = {"home_country": "India", "home_code": "IN", "degree_level": "master", "budget": "tight budget",
+               "background": "fresh graduate"}
+    return [PlanItem(f"plan-{i:03d}", "visas", persona, "DE", f"Question {i}?",
+                     tuple(f"Follow-up {i}.{k}?" for k in range(turns - 1)),
+                     ({"text": "Germany: a fact.", "source": "https://www.study-in-germany.de", "as_of": "2026-11"},))
+            for i in range(n)]
+
+
+def test_retries_429_then_500_then_answers(scripted):
+    server = scripted([429, 500])
+    waits = []
+    provider = OpenAICompatibleProvider(server.base_url, "stub-model", api_key="sk-secret", sleep=waits.append)
+    text, usage = provider.complete([{"role": "user", "content": "hello?"}], max_tokens=20, temperature=0)
+    assert "hello?" in text
+    assert waits == [0.0, 1.0]  # Retry-After: 0, then exponential back-off (0.5 * 2**1)
+    assert (usage.requests, usage.retries, usage.prompt_tokens, usage.completion_tokens) == (1, 2, 11, 7)
+    assert [path for path, _, _ in server.requests] == ["/v1/chat/completions"] * 3
+    assert server.requests[0][2] == "Bearer sk-secret" and server.requests[0][1]["model"] == "stub-model"
+    # HF_HUB_OFFLINE lets the named endpoint through and still refuses the Hub.
+    from huggingface_hub import get_session, is_offline_mode
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    assert is_offline_mode()
+    with pytest.raises(OfflineModeIsEnabled):
+        get_session().get("https://huggingface.co/api/models/HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_gives_up_after_max_retries_and_fails_fast_on_401(scripted):
+    server = scripted([500] * 10)
+    provider = OpenAICompatibleProvider(server.base_url, "m", max_retries=3, sleep=lambda s: None)
+    with pytest.raises(GenerationError, match="HTTP 500"):
+        provider.complete([{"role": "user", "content": "q"}], max_tokens=5, temperature=0)
+    assert len(server.requests) == 4
+
+    server = scripted([401])
+    provider = OpenAICompatibleProvider(server.base_url, "m", api_key="sk-wrong", sleep=lambda s: None)
+    with pytest.raises(GenerationError, match="HTTP 401") as info:
+        provider.complete([{"role": "user", "content": "q"}], max_tokens=5, temperature=0)
+    assert len(server.requests) == 1 and "sk-wrong" not in str(info.value)
+
+
+def test_connection_refused_is_retried_then_reported():
+    waits = []
+    provider = OpenAICompatibleProvider("http://127.0.0.1:9/v1", "m", max_retries=2, timeout=2, sleep=waits.append)
+    with pytest.raises(GenerationError, match="127.0.0.1:9"):
+        provider.complete([{"role": "user", "content": "q"}], max_tokens=5, temperature=0)
+    assert waits == [0.5, 1.0]
+
+
+def test_generation_resumes_without_duplicates(scripted, tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    plan = plan_items(8, turns=3)
+    # First run: the server fails every request about conversation 5, the run stops with an error.
+    broken = scripted(fail_when=lambda q: q.startswith(("Question 5?", "Follow-up 5.")))
+    provider = OpenAICompatibleProvider(broken.base_url, "m", max_retries=1, sleep=lambda s: None)
+    with pytest.raises(GenerationError):
+        generate(plan, provider, raw, GenerationSettings(concurrency=1, max_tokens=16), progress=False)
+    first = read_done(raw)
+    assert first and "plan-005" not in first and len(first) < 8
+
+    # Second run against a healthy server: only the missing conversations are asked for.
+    healthy = scripted()
+    provider = OpenAICompatibleProvider(healthy.base_url, "m", sleep=lambda s: None)
+    run = generate(plan, provider, raw, GenerationSettings(concurrency=4, max_tokens=16), progress=False)
+    ids = [json.loads(line)["plan_id"] for line in raw.read_text().splitlines()]
+    assert sorted(ids) == [p.id for p in plan] and len(ids) == len(set(ids))
+    assert run.skipped == len(first) and len(run.rows) == 8
+    assert len(healthy.requests) == 3 * (8 - len(first))  # three questions per conversation, none repeated
+    row = run.rows[5]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * 3
+    assert row["provenance"]["provider"] == "openai-compatible" and row["usage"]["completion_tokens"] == 21
+    # The system prompt carries the plan's facts; it is not stored in the conversation.
+    assert "Germany: a fact." in healthy.requests[0][1]["messages"][0]["content"]
+
+
+def test_ctrl_c_keeps_finished_conversations(tmp_path):
+    class InterruptedProvider:
+        kind, name = "test", "interrupting provider"
+
+        def __init__(self):
+            self.calls = 0
+
+        def complete(self, messages, *, max_tokens, temperature):
+            from trainer.synth import Usage
+
+            self.calls += 1
+            if self.calls == 7:
+                raise KeyboardInterrupt
+            return "### Answer\n\n- a point", Usage(1, 1, 1, 0)
+
+    raw = tmp_path / "raw.jsonl"
+    plan = plan_items(5, turns=2)
+    run = generate(plan, InterruptedProvider(), raw, GenerationSettings(concurrency=1), progress=False)
+    assert run.interrupted and len(run.rows) == 3  # calls 1-6 finished three two-turn conversations
+    # A torn last line (a crash mid-write) is ignored, and the re-run completes the rest exactly once.
+    with open(raw, "a") as fh:
+        fh.write('{"plan_id": "plan-004", "messa')
+    again = generate(plan, InterruptedProvider(), raw, GenerationSettings(concurrency=1), progress=False)
+    assert not again.interrupted and [r["plan_id"] for r in again.rows] == [p.id for p in plan]
+
+
+# The plan
+
+def test_plan_honours_the_false_premise_share_and_the_kb(kb):
+    for share, n in ((0.1, 100), (0.25, 40), (0.0, 30)):
+        plan = build_plan(kb, n, seed=7, false_premise_share=share)
+        assert len(plan) == n and len({p.id for p in plan}) == n
+        assert sum(p.false_premise is not None for p in plan) == round(n * share)
+    plan = build_plan(kb, 120, seed=7)
+    assert [p.id for p in plan] == [p.id for p in build_plan(kb, 120, seed=7)]  # stable ids: resumable
+    assert {p.topic for p in plan} >= {"admissions", "sop", "documents", "tests", "scholarships", "visas", "costs",
+                                       "housing", "health insurance", "work rights", "culture", "careers",
+                                       "language"}
+    by_name = {u.name: u for u in kb.universities}
+    for item in plan:
+        assert 3 <= len(item.followups) <= 5  # 4-6 exchanges
+        assert item.facts and all(f["source"].startswith("http") and f["as_of"] for f in item.facts)
+        if item.false_premise is None and item.topic == "admissions":
+            name = next(n for n in by_name if n in item.question)
+            degree, field = item.question.split("for the ", 1)[1].split(f" at {name}")[0].split(" in ", 1)
+            assert kb.offers(by_name[name], degree, field) is True, item.question
+        if item.false_premise is not None:
+            assert item.false_premise["correction"] and item.false_premise["source"].startswith("http")
+            assert "false premise" in system_prompt(item)
+
+
+def test_plan_uses_seed_exemplars_of_the_same_kind(kb):
+    exemplars = load_exemplars(SEED)
+    plan = build_plan(kb, 60, seed=3, false_premise_share=0.2, exemplars=exemplars)
+    by_id = {e["id"]: e for e in exemplars}
+    for item in plan:
+        chosen = by_id[item.exemplar_id]
+        if item.false_premise:
+            assert chosen["false_premise"]
+        elif any(e["topic"] == item.topic and not e["false_premise"] for e in exemplars):
+            assert chosen["topic"] == item.topic
+        assert chosen["messages"][1]["content"] in system_prompt(item)
+
+
+def test_exchanges_out_of_range_is_one_error_line(capsys):
+    from trainer.__main__ import main
+
+    assert main(["generate", "--n", "2", "--exchanges", "5", "3"]) == 2
+    assert "--exchanges 5 3" in capsys.readouterr().err
+
+
+def test_bad_exemplar_file_names_the_line(tmp_path):
+    bad = tmp_path / "seed.jsonl"
+    bad.write_text('{"id": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+                   '"content": "a"}]}\n{"id": "b", "messages": [{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(GenerationError, match=r"seed.jsonl:2: "):
+        load_exemplars(bad)
+
+
+# End to end through the CLI
+
+def _check_output(out: Path, n: int) -> dict:
+    import datasets
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["counts"].values()) == n
+    dataset = datasets.load_from_disk(str(out / "dataset"))
+    assert set(dataset) == {"train", "eval", "audit"}
+    assert sum(len(dataset[s]) for s in dataset) == n
+    for split in ("train", "eval", "audit"):
+        rows = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == summary["counts"][split]
+        for row in rows:
+            assert {"provider", "model", "kb_version", "kb_facts", "exemplar"} <= set(row["provenance"])
+            if split == "audit":
+                assert any(flag.startswith("fail:") for flag in row["flags"])
+    card = (out / "README.md").read_text()
+    assert "license: apache-2.0" in card and str(summary["counts"]["audit"]) in card
+    assert (out / "audit.md").is_file()
+    return summary
+
+
+def test_generate_offline_with_the_demo_model(tmp_path, capsys):
+    """The default provider (the in-process demo model), shortened: 2 exchanges of 16 tokens."""
+    from trainer.__main__ import main
+
+    out = tmp_path / "synth"
+    assert main(["generate", "--n", "4", "--out", str(out), "--max-tokens", "16", "--concurrency", "4",
+                 "--exchanges", "2", "2"]) == 0
+    summary = _check_output(out, 4)
+    assert summary["provider"].startswith("local transformers") and summary["usage"]["completion_tokens"] > 0
+    # Running it again generates nothing new.
+    assert main(["generate", "--n", "4", "--out", str(out), "--max-tokens", "16", "--exchanges", "2", "2"]) == 0
+    assert json.loads((out / "summary.json").read_text())["resumed_rows"] == 4
+    assert len((out / "raw.jsonl").read_text().splitlines()) == 4
+
+
+def test_generate_against_transformers_serve(transformers_serve, tmp_path, monkeypatch):
+    """The same command with --base-url: InferenceClient against a real OpenAI-compatible server."""
+    from trainer.__main__ import main
+
+    base_url, model = transformers_serve
+    monkeypatch.setenv("SYNTH_TEST_KEY", "sk-never-written")
+    out = tmp_path / "served"
+    assert main(["generate", "--n", "3", "--out", str(out), "--base-url", base_url, "--model", model,
+                 "--api-key-env", "SYNTH_TEST_KEY", "--max-tokens", "16", "--concurrency", "2", "--exchanges", "2", "2",
+                 "--false-premise-share", "0.34", "--price-in", "0.5", "--price-out", "1.5"]) == 0
+    summary = _check_output(out, 3)
+    assert summary["false_premise"] == 1 and summary["usage"]["completion_tokens"] > 0
+    assert summary["usage"]["requests"] == 3 * 2 and summary["cost_estimate"] > 0
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".md"):
+            assert "sk-never-written" not in path.read_text()
