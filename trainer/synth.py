@@ -302,7 +302,8 @@ def system_prompt(item: PlanItem) -> str:
     text = SYSTEM_TEMPLATE.format(home=item.persona["home_country"], level=item.persona["degree_level"],
                                   budget=item.persona["budget"], background=item.persona["background"], facts=facts)
     if item.false_premise:
-        text += (f"\n\nThe student's first question rests on a false premise: {item.false_premise['claim'].rstrip('.')}. "
+        claim = item.false_premise["claim"].rstrip(".")
+        text += (f"\n\nThe student's first question rests on a false premise: {claim}. "
                  f"Correct it politely at the start of your answer: {item.false_premise['correction']}")
     if item.exemplar:
         question, answer = (m["content"] for m in item.exemplar)
