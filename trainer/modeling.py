@@ -235,8 +235,11 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
     try:
         if cached is not None and (cached / "config.json").is_file():
             kwargs.pop("quantization_config")  # the cached config carries it; the weights are already packed
-            model = AutoModelForCausalLM.from_pretrained(cached, **{**kwargs, "revision": None})
+            # Read into memory, not mapped: the packed weights match the file's dtype, so mapped pages would stay
+            # file-backed, and a kernel that reclaims cold pages (DAMON here) made every forward pass re-read them.
+            model = AutoModelForCausalLM.from_pretrained(cached, **{**kwargs, "revision": None}, disable_mmap=True)
             model.name_or_path = model.config._name_or_path = ref.path  # everything downstream sees the source
+            _start_bnb_openmp()
         else:
             model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
             if cached is not None:
@@ -271,6 +274,19 @@ def quantized_cache_dir(ref: BaseModelRef, quantization: QuantizationSettings) -
            "versions": [metadata.version(n) for n in ("torch", "transformers", "bitsandbytes")]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "quantized" / f"{source.name}-{digest}"
+
+
+def _start_bnb_openmp() -> None:
+    """Run one bitsandbytes CPU kernel on this thread, as quantizing at load time did.
+
+    bitsandbytes' CPU library uses the system's libgomp, PyTorch its own copy: two OpenMP thread pools. Quantizing
+    started bitsandbytes' pool on the loading thread; when a cached load skipped that, the app's generation thread
+    later started both pools with full spin-waiting, and on 2 cores their idle threads spun against each other:
+    decoding measured 5-30x slower (OMP_WAIT_POLICY=PASSIVE also cures it). One small kernel restores the old state."""
+    import bitsandbytes.functional as bnb_functional
+    import torch
+
+    bnb_functional.quantize_blockwise(torch.zeros(8192))
 
 
 def _save_quantized(model, folder: Path) -> None:
