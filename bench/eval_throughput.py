@@ -1,0 +1,138 @@
+"""Evaluation throughput on the CPU: rubric questions per minute that `python -m trainer eval` answers with the demo
+model, with the base in 4-bit NF4 and unquantized, and the wall time of a whole small evaluation.
+
+    python bench/eval_throughput.py [--run runs/demo] [--questions 8] [--max-new-tokens 96] [--threads 1 2]
+                                    [--out bench/results/eval_throughput.jsonl]
+
+Needs a trained demo run (`python -m trainer train --config configs/demo.yaml`). For each base precision and thread
+count it loads the base once with the run's adapters in one PeftModel (as the evaluation does), warms up, then has
+each model (base, stage1, stage2) answer the first N rubric questions (alternating false-premise and ordinary ones,
+as `--limit` picks them) greedily in left-padded batches, and reports questions per minute and new tokens per
+second. Then it runs the whole evaluation (`--limit N`: loss on the held-out splits, N rubric questions and N
+held-out prompts, three models, scoring, report) on a copy of the run, so the run's own files are not touched.
+Prints a markdown table and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def answer_rate(stages, load_in_4bit: bool, questions, settings) -> list[dict]:
+    """Questions per minute and tokens per second for each model, on one loaded PeftModel."""
+    from trainer.config import DEFAULT_SYSTEM_PROMPT
+    from trainer.evaluate import BASE, GenerationConfig, active, generate_answers, load_models
+
+    started = time.perf_counter()
+    model, tokenizer, _, _ = load_models(stages, load_in_4bit)
+    load_s = time.perf_counter() - started
+    templates = {BASE: tokenizer.chat_template, **{s.name: s.template for s in stages}}
+    prompts = [[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
+               for q in questions]
+    for name in templates:  # warm-up: first calls pay one-off costs (bitsandbytes repacking, allocator)
+        with active(model, name):
+            generate_answers(model, tokenizer, templates[name], prompts[:2], GenerationConfig(max_new_tokens=4))
+    rows = []
+    for name in templates:
+        with active(model, name):
+            _, counts, stats = generate_answers(model, tokenizer, templates[name], prompts, settings)
+        rows.append({"model": name, "load_s": round(load_s, 2), "questions": stats.samples,
+                     "seconds": round(stats.seconds, 2),
+                     "questions_per_min": round(stats.samples / stats.seconds * 60, 2),
+                     "new_tokens_per_s": round(stats.new_tokens / stats.seconds, 2),
+                     "mean_new_tokens": round(sum(counts) / len(counts), 1)})
+    del model
+    gc.collect()
+    return rows
+
+
+def whole_evaluation(run: Path, load_in_4bit: bool, limit: int, settings, threads: int) -> dict:
+    """Wall time of `run_evaluation --limit N` on a copy of the run."""
+    from trainer.evaluate import run_evaluation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / run.name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "push", "eval"))
+        started = time.perf_counter()
+        results_path = run_evaluation(copy, limit=limit, generation=settings, load_in_4bit=load_in_4bit,
+                                      threads=threads, log=lambda line: None)
+        wall = time.perf_counter() - started
+        results = json.loads(results_path.read_text())
+    answers = results["n"]["answers_per_model"] * (1 + len(results["adapters"]))
+    return {"wall_s": round(wall, 1), "load_s": results["load_seconds"], "answers": answers,
+            "questions_per_min": round(results["n"]["questions"] * (1 + len(results["adapters"])) / wall * 60, 2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "demo")
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-whole", action="store_true", help="skip the whole-evaluation timing")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if not (args.run / "stage2" / "adapter").is_dir():
+        print(f"no demo adapters in {args.run}; run: python -m trainer train --config configs/demo.yaml")
+        return 2
+    import torch
+
+    from trainer.evaluate import GenerationConfig, load_questions, read_run, select_questions
+
+    stages = read_run(args.run)
+    questions = select_questions(load_questions(REPO / "data" / "eval" / "questions.yaml"), args.questions)
+    settings = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    command = "python bench/eval_throughput.py " + " ".join(sys.argv[1:])
+    records = []
+    for load_in_4bit in (True, False):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for row in answer_rate(stages, load_in_4bit, questions, settings):
+                records.append({"kind": "answers", "base": "4-bit NF4" if load_in_4bit else "fp32",
+                                "threads": threads, **row})
+                print(json.dumps(records[-1]), flush=True)
+        if not args.no_whole:
+            threads = min(args.threads)
+            records.append({"kind": "whole", "base": "4-bit NF4" if load_in_4bit else "fp32", "threads": threads,
+                            **whole_evaluation(args.run, load_in_4bit, args.questions, settings, threads)})
+            print(json.dumps(records[-1]), flush=True)
+
+    print(f"\n`{command}` — demo model, {len(questions)} rubric questions "
+          f"({sum(q.false_premise for q in questions)} false premise), greedy, max {args.max_new_tokens} new tokens, "
+          f"batch {args.batch_size}, CPU\n")
+    print("| base | threads | model | load (s) | questions/min | new tokens/s | mean new tokens |")
+    print("|---|---|---|---|---|---|---|")
+    for r in records:
+        if r["kind"] == "answers":
+            print(f"| {r['base']} | {r['threads']} | {r['model']} | {r['load_s']} | {r['questions_per_min']} | "
+                  f"{r['new_tokens_per_s']} | {r['mean_new_tokens']} |")
+    whole = [r for r in records if r["kind"] == "whole"]
+    if whole:
+        print(f"\nWhole evaluation, `--limit {args.questions}` (held-out loss, {args.questions} rubric questions and "
+              f"up to {args.questions} held-out prompts, base + {len(stages)} adapters, scoring, report):\n")
+        print("| base | threads | wall (s) | load (s) | answers | rubric questions/min (all models) |")
+        print("|---|---|---|---|---|---|")
+        for r in whole:
+            print(f"| {r['base']} | {r['threads']} | {r['wall_s']} | {r['load_s']} | {r['answers']} | "
+                  f"{r['questions_per_min']} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a", encoding="utf-8") as fh:
+            for r in records:
+                fh.write(json.dumps({"command": command, **r}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

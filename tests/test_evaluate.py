@@ -1,0 +1,421 @@
+"""`python -m trainer eval`: the metrics on answers with known scores, the rubric file, the bootstrap, the gate, the
+blind judge against a real OpenAI-compatible server (`transformers serve`), and the whole evaluation of a trained
+demo run followed by `push --dry-run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, free_port
+
+from trainer.__main__ import main
+from trainer.evaluate import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, EvalError, JudgeSettings,
+                              PairwiseJudge, bleu_from_statistics, bleu_statistics, bootstrap_ci, combine_orders,
+                              gate_decision, is_markdown, judge_pairs, load_questions, markdown_rate, parse_question,
+                              parse_verdict, rouge_l, rubric_rates, score_answer, select_questions,
+                              summarize_judgements)
+
+QUESTION = {
+    "id": "work-canada", "topic": "work rights", "false_premise": True, "source": "https://www.canada.ca/",
+    "question": "My Canadian study permit lets me work unlimited hours off campus during the semester, right?",
+    "correction": ["24 hours", "(?:not|n't) unlimited"],
+    "must_mention": [["scheduled breaks?", "holidays?"], "off-campus work permit|eligible"],
+    "must_not_claim": [{"claim": "can work unlimited hours (?:during|in) the semester",
+                        "unless": "temporary|ended"}],
+}
+ORDINARY = {
+    "id": "docs-uk", "topic": "documents", "false_premise": False, "source": "https://www.gov.uk/student-visa",
+    "question": "Which documents do I need for a UK Student visa?",
+    "must_mention": [["\\bCAS\\b", "confirmation of acceptance"], "passport", "bank statement|proof of funds"],
+    "must_not_claim": ["(?:need|submit) (?:an? )?I-20"],
+}
+
+
+def question(raw=QUESTION):
+    return parse_question(raw, "questions.yaml", 1)
+
+
+# Metrics on hand-made answers
+
+def test_markdown_rate_counts_headings_or_two_list_items():
+    answers = ["## Documents\nBring your passport.",           # heading
+               "You need:\n- a passport\n- a CAS",                # two bullets
+               "Steps:\n1. Apply\n2) Pay the fee",                  # numbered items
+               "Only one item:\n- a passport",                      # one bullet is not a list
+               "#hashtag and **bold** are not structure",           # no space after #, bold only
+               "Plain paragraph, no structure at all."]
+    assert [is_markdown(a) for a in answers] == [True, True, True, False, False, False]
+    assert markdown_rate(answers) == 0.5
+    assert markdown_rate([]) is None
+
+
+def test_rubric_scoring_pass_missing_mentions_false_claims_and_unless():
+    q = question()
+    good = score_answer(q, "No: since November 2024 the limit is 24 hours a week off campus, and full-time "
+                           "during scheduled breaks.")
+    assert good.points == (True, True, False) and good.score == round(2 / 3, 4) and good.passed and good.corrected
+
+    thin = score_answer(q, "You should check with IRCC.")
+    assert thin.score == 0 and not thin.passed and thin.corrected is False
+
+    wrong = score_answer(q, "Yes, you can work unlimited hours during the semester, plus full-time in holidays.")
+    assert wrong.claims and wrong.score == 0 and not wrong.passed and wrong.corrected is False
+
+    saved = score_answer(q, "You can work unlimited hours during the semester only under the temporary policy, "
+                            "which ended; now it is 24 hours, full-time in scheduled breaks.")
+    assert not saved.claims and saved.passed and saved.corrected
+
+    curly = score_answer(q, "It isn’t unlimited, and you can work full-time during holidays if eligible.")
+    assert curly.score == 1.0 and curly.corrected  # a typographic apostrophe matches n't
+
+    docs = question(ORDINARY)
+    half = score_answer(docs, "Bring your passport and your CAS.")
+    assert half.score == round(2 / 3, 4) and half.passed and half.corrected is None
+    assert PASS_THRESHOLD == 0.5
+    assert not score_answer(docs, "Bring your passport.").passed  # 1/3 < 0.5
+    assert score_answer(docs, "Passport, CAS, bank statement, and you must submit an I-20.").score == 0
+
+
+def test_false_premise_correction_rate_needs_a_cue_and_no_false_claim():
+    fp, ordinary = question(), question(ORDINARY)
+    questions = [fp, ordinary, fp, fp]
+    answers = ["It is capped at 24 hours a week, full-time in scheduled breaks.",  # corrected
+               "Passport, CAS and a bank statement.",                                # not a false-premise question
+               "24 hours? No, you can work unlimited hours during the semester.",  # cue, but the claim fires
+               "Talk to your international office."]                                 # no cue
+    rates = rubric_rates(questions, [score_answer(q, a) for q, a in zip(questions, answers)])
+    assert rates["corrected"] == [1.0, 0.0, 0.0]
+    assert rates["false_premise_correction"] == pytest.approx(1 / 3)
+    assert rates["rubric_accuracy"] == pytest.approx(2 / 4)
+    assert rubric_rates([ordinary], [score_answer(ordinary, "x")])["false_premise_correction"] is None
+
+
+def test_limit_keeps_both_kinds_of_question():
+    questions = load_questions(DEFAULT_QUESTIONS)
+    picked = select_questions(questions, 4)
+    assert len(picked) == 4 and sum(q.false_premise for q in picked) == 2
+    assert select_questions(questions, None) == questions
+
+
+def test_reference_metrics_are_the_libraries_own():
+    assert rouge_l(["the visa takes three weeks"], ["the visa takes three weeks"]) == [1.0]
+    same = bleu_statistics(["you need a CAS and a passport"], ["you need a CAS and a passport"])
+    assert bleu_from_statistics(same) == pytest.approx(100.0)
+    from sacrebleu.metrics import BLEU
+
+    hyps = ["you need a CAS and a passport", "apply three months early", "the fee is paid online"]
+    refs = ["you need a CAS, a passport and money", "apply early", "pay the fee online before the interview"]
+    assert bleu_from_statistics(bleu_statistics(hyps, refs)) == pytest.approx(
+        BLEU().corpus_score(hyps, [refs]).score)
+
+
+# The bootstrap
+
+def test_bootstrap_interval_arithmetic_and_seeding():
+    assert bootstrap_ci([1.0] * 30) == (1.0, 1.0)
+    assert bootstrap_ci([0.0] * 30) == (0.0, 0.0)
+    assert bootstrap_ci([]) is None
+    half = [1.0] * 100 + [0.0] * 100
+    low, high = bootstrap_ci(half, seed=1)
+    assert 0.42 < low < 0.47 and 0.53 < high < 0.58  # normal approximation: 0.5 +- 1.96 * 0.0354
+    assert bootstrap_ci(half, seed=1) == (low, high)  # same seed, same interval
+    assert bootstrap_ci(half, seed=2) != (low, high)
+    ratio = bootstrap_ci([[2.0, 1.0], [4.0, 2.0], [6.0, 3.0]], lambda rows: rows[:, 0].sum() / rows[:, 1].sum())
+    assert ratio == (2.0, 2.0)  # every conversation has loss 2 per token
+
+
+def test_judgements_combine_both_orders():
+    assert combine_orders("adapter", "adapter") == "adapter"
+    assert combine_orders("adapter", "tie") == "adapter"
+    assert combine_orders("tie", "base") == "base"
+    assert combine_orders("adapter", "base") == "tie"  # position bias: no preference survives the swap
+    assert combine_orders(None, "base") == "base"
+    assert combine_orders(None, None) is None
+    s = summarize_judgements(["adapter"] * 6 + ["tie"] * 2 + ["base"] * 2 + [None])
+    assert (s["n"], s["wins"], s["ties"], s["losses"], s["invalid"]) == (10, 6, 2, 2, 1)
+    assert s["win_rate"] == 0.6 and s["net"] == pytest.approx(0.4)
+    assert s["net_ci"][0] <= 0.4 <= s["net_ci"][1]
+    all_wins = summarize_judgements(["adapter"] * 8)
+    assert all_wins["win_rate_ci"] == (1.0, 1.0) and all_wins["net_ci"] == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("reply, verdict", [
+    ("Verdict: A", "A"), ("verdict: b\nB is more accurate.", "B"), ("Verdict: tie", "tie"),
+    ("**Verdict:** [[B]]", "B"), ("[[A]]", "A"), ("B", "B"), ("A.\nIt corrects the premise.", "A"),
+    ("Answer B is better because it cites the source.", "B"), ("It's a tie.", "tie"),
+    ("Both answers are equally good.", "tie"), ("Verdict: A ... on reflection, Verdict: B", "B"),
+    ("A good answer would mention the CAS.", None), ("I cannot decide.", None), ("", None),
+])
+def test_verdict_parsing(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+# The gate
+
+BASE = {"rubric_accuracy": 0.5, "false_premise_correction": 0.4}
+
+
+def judge_summary(wins, ties, losses):
+    return summarize_judgements(["adapter"] * wins + ["tie"] * ties + ["base"] * losses)
+
+
+def test_gate_passes_an_adapter_at_least_as_good_as_its_base():
+    gate = gate_decision(BASE, {"rubric_accuracy": 0.5, "false_premise_correction": 0.6}, None)
+    assert gate["passed"] and gate["failed"] == []
+    assert "rubric accuracy 0.50 vs base 0.50" in gate["summary"] and "no judge configured" in gate["summary"]
+
+
+def test_gate_fails_on_rubric_or_false_premise_rate():
+    gate = gate_decision(BASE, {"rubric_accuracy": 0.45, "false_premise_correction": 0.6}, None)
+    assert not gate["passed"] and gate["failed"] == ["rubric accuracy"] and "(worse)" in gate["summary"]
+    gate = gate_decision(BASE, {"rubric_accuracy": 0.9, "false_premise_correction": 0.3}, None)
+    assert not gate["passed"] and gate["failed"] == ["false-premise correction"]
+
+
+def test_gate_fails_when_the_judge_interval_favours_the_base():
+    better = {"rubric_accuracy": 0.6, "false_premise_correction": 0.6}
+    lost = gate_decision(BASE, better, judge_summary(1, 3, 16))
+    assert lost["summary"].endswith("(favours the base)")
+    assert not lost["passed"] and lost["failed"] == ["judge"] and lost["checks"]["judge"] is False
+    close = gate_decision(BASE, better, judge_summary(5, 4, 7))  # interval straddles 0: not significant
+    assert close["passed"] and close["checks"]["judge"] is True
+    assert "judge 5-4-7 (win-tie-loss, n=16)" in close["summary"]
+
+
+def test_gate_reports_what_it_could_not_measure():
+    gate = gate_decision({"rubric_accuracy": 0.5, "false_premise_correction": None},
+                         {"rubric_accuracy": 0.5, "false_premise_correction": None},
+                         summarize_judgements([None, None]))
+    assert gate["passed"]
+    assert "false-premise correction not measured" in gate["summary"]
+    assert "judge gave no parseable verdict (2 unparseable)" in gate["summary"]
+
+
+# The rubric file
+
+def kb_ids() -> set[str]:
+    ids = set()
+    for path in (REPO / "data" / "kb").glob("*.yaml"):
+        for section in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).values():
+            for entry in section if isinstance(section, list) else []:
+                ids.update(str(entry[k]) for k in ("id", "code") if isinstance(entry, dict) and k in entry)
+    return ids
+
+
+def test_shipped_questions_cover_the_taxonomy_and_validate():
+    questions = load_questions(DEFAULT_QUESTIONS)  # every regex compiles, every rule is well formed
+    assert len(questions) >= 80
+    assert sum(q.false_premise for q in questions) >= 20
+    assert {q.topic for q in questions} == set(RUBRIC_TOPICS)
+    assert all(q.source.startswith("https://") for q in questions)
+    assert all(q.correction and q.must_not_claim for q in questions if q.false_premise)
+    for q in questions:  # an answer that only repeats the question must not pass
+        echo = score_answer(q, q.question)
+        assert not echo.passed and not echo.corrected, q.id
+    known = kb_ids()
+    if known:
+        missing = [(q.id, ref) for q in questions for ref in q.kb if ref not in known]
+        assert not missing, f"kb references not in data/kb: {missing}"
+
+
+@pytest.mark.parametrize("change, rule", [
+    (lambda q: q.pop("source"), "question work-canada: source: required key is missing"),
+    (lambda q: q.update(source="see the website"), "question work-canada: source: must be an http(s) URL"),
+    (lambda q: q.update(topic="visa"), "question work-canada: topic: 'visa' is not one of"),
+    (lambda q: q.update(must_mention=["(unclosed"]), "question work-canada: must_mention[0]: regex '(unclosed' "
+                                                     "does not compile"),
+    (lambda q: q.update(must_mention=["x|"]), "must_mention[0]: regex 'x|' matches the empty string"),
+    (lambda q: q.update(must_mention=["unlimited"]), "must_mention[0]: the question itself satisfies this point"),
+    (lambda q: q.pop("correction"), "question work-canada: correction: a false-premise question needs"),
+    (lambda q: q.update(must_not_claim=[{"claim": "x", "otherwise": "y"}]), "must_not_claim[0]: expected a regex"),
+    (lambda q: q.update(typo=1), "question work-canada: typo: unknown key"),
+    (lambda q: q.update(id="Work Canada"), "question #1: id: must be"),
+])
+def test_bad_questions_fail_with_file_id_and_rule(tmp_path, change, rule):
+    broken = json.loads(json.dumps(QUESTION))
+    change(broken)
+    path = tmp_path / "questions.yaml"
+    path.write_text(yaml.safe_dump({"questions": [broken]}), encoding="utf-8")
+    with pytest.raises(EvalError) as err:
+        load_questions(path)
+    assert str(err.value).startswith(f"{path}: ") and rule in str(err.value)
+
+
+def test_duplicate_ids_and_empty_files_are_refused(tmp_path):
+    path = tmp_path / "questions.yaml"
+    path.write_text(yaml.safe_dump({"questions": [QUESTION, QUESTION]}), encoding="utf-8")
+    with pytest.raises(EvalError, match="question work-canada: id: used twice"):
+        load_questions(path)
+    path.write_text("questions: []\n", encoding="utf-8")
+    with pytest.raises(EvalError, match="expected a `questions:` list"):
+        load_questions(path)
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["eval", "--run", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such run directory"
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--run", str(tmp_path / "empty")]) == 2
+    assert "no adapters to evaluate" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"questions": [{**QUESTION, "must_mention": ["(oops"]}]}), encoding="utf-8")
+    assert main(["eval", "--run", str(tmp_path / "empty"), "--questions", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {bad}: question work-canada: must_mention[0]")
+
+
+# The judge against a real OpenAI-compatible server
+
+@pytest.fixture(scope="module")
+def judge_server(demo_model_dir):
+    """`transformers serve` with the demo model on the CPU; stopped by its PID when the module ends."""
+    import httpx
+
+    port = free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"transformers-serve-{port}.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", str(demo_model_dir),
+                             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, "transformers serve exited; see " + log.name
+            assert time.time() < deadline, "transformers serve did not start; see " + log.name
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield url, str(demo_model_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_judge_against_transformers_serve(judge_server, monkeypatch):
+    url, model = judge_server
+    monkeypatch.setenv("EVAL_TEST_JUDGE_KEY", "sk-test-secret-key-000")
+    judge = PairwiseJudge(JudgeSettings(base_url=url, model=model, api_key_env="EVAL_TEST_JUDGE_KEY",
+                                        max_tokens=6, concurrency=2))
+    items = [("q1", "How many hours can I work on a UK Student visa in term?", "Up to 20 hours a week.",
+              "As many as you like."),
+             ("q2", "Is health insurance compulsory in Germany?", "Yes, you need it to enrol.", "No."),
+             ("q3", "Does Caltech have a law school?", "Yes, a famous one.", "No, Caltech has no law school.")]
+    result = judge_pairs(judge, items, seed=7)
+    assert result["judgements"] == 6 and sum(result["verdict_letters"].values()) == 6
+    assert result["n"] + result["invalid"] == 3
+    assert result["wins"] + result["ties"] + result["losses"] == result["n"]
+    for record in result["per_question"]:
+        for order in ("base_first", "adapter_first"):
+            entry = record[order]
+            assert entry["verdict"] == parse_verdict(entry["reply"])
+            assert entry["preferred"] in ("adapter", "base", "tie", None)
+        assert record["outcome"] == combine_orders(record["base_first"]["preferred"],
+                                                   record["adapter_first"]["preferred"])
+    assert "sk-test-secret-key-000" not in json.dumps(result) + json.dumps(judge.settings.describe())
+
+
+# The whole evaluation of a trained demo run, then the model card
+
+@pytest.fixture
+def run_copy(short_demo_run, tmp_path) -> Path:
+    dest = tmp_path / "runs" / short_demo_run.name
+    shutil.copytree(short_demo_run, dest, ignore=shutil.ignore_patterns("push", "eval"))
+    return dest
+
+
+def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, judge_server, capsys, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from trainer.data import file_sha256
+    from trainer.lineage import write_json
+
+    url, model = judge_server
+    monkeypatch.setenv("EVAL_TEST_JUDGE_KEY", "sk-test-secret-key-000")
+    # one thread: on a shared 2-core machine, two OpenMP threads mostly wait for each other in decoding
+    assert main(["eval", "--run", str(run_copy), "--limit", "4", "--max-new-tokens", "12", "--threads", "1",
+                 "--judge-base-url", url, "--judge-model", model, "--judge-api-key-env", "EVAL_TEST_JUDGE_KEY",
+                 "--judge-max-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "[eval] stage1: " in printed and "[eval] report: " in printed
+
+    out = run_copy / "eval"
+    for name in ("report.md", "results.json", "answers.jsonl", "metrics.png", "loss_curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["gate"]) == set(results["adapters"]) == {"stage1", "stage2"}
+    for stage, gate in results["gate"].items():
+        assert isinstance(gate["passed"], bool) and "rubric accuracy" in gate["summary"]
+        assert gate["passed"] == (not gate["failed"])
+    for entry in [results["base"], *results["adapters"].values()]:
+        metrics = entry["metrics"]
+        for key in ("eval_loss", "eval_perplexity", "rouge_l", "bleu", "markdown_rate", "rubric_accuracy",
+                    "false_premise_correction"):
+            assert isinstance(metrics[key], float), key
+        assert entry["intervals"]["rubric_accuracy"][0] <= metrics["rubric_accuracy"] <= \
+            entry["intervals"]["rubric_accuracy"][1]
+        assert len(entry["chat_template_sha256"]) == 64
+        assert entry["throughput"]["samples"] == 4 + results["n"]["reference_prompts"]
+    assert results["n"]["questions"] == 4 and results["n"]["false_premise_questions"] == 2
+    held_out = {r["sha256"] for s in ("stage1", "stage2")
+                for r in json.loads((run_copy / s / "split.json").read_text())["eval"]}
+    assert results["n"]["eval_conversations"] == len(held_out)
+    assert results["n"]["reference_prompts"] == min(4, results["n"]["reference_prompts"]) >= len(held_out)
+    assert results["settings"]["generation"]["max_new_tokens"] == 12
+    for stage in ("stage1", "stage2"):  # the adapter's own loss on its own split, close to what training logged
+        measured = results["adapters"][stage]["eval_loss_by_split"][stage]["loss"]
+        recorded = json.loads((run_copy / stage / "metrics.json").read_text())["eval_loss_last"]
+        assert measured == pytest.approx(recorded, rel=0.05)
+        assert results["adapters"][stage]["loss_reduction"]["eval_loss_last"] == pytest.approx(recorded)
+    judge = results["judge"]["per_adapter"]["stage2"]
+    assert judge["judgements"] == 8 and judge["n"] + judge["invalid"] == 4
+    assert "sk-test-secret-key-000" not in (out / "results.json").read_text() + printed
+
+    report = (out / "report.md").read_text()
+    for row in ("| base |", "| stage1 |", "| stage2 |"):
+        assert row in report
+    assert "rubric accuracy (n=4)" in report and "judge win rate" in report and "## Pairwise judge" in report
+    assert results["base"]["chat_template_sha256"] in report
+    for stage, gate in results["gate"].items():
+        assert f"**{stage}: {'PASSED' if gate['passed'] else 'FAILED'}** — {gate['summary']}" in report
+
+    # the verdict is in each stage's lineage, and the lineage as trained is still recoverable byte for byte
+    s1_lineage = json.loads((run_copy / "stage1" / "lineage.json").read_text())
+    assert s1_lineage["evaluation"]["passed"] == results["gate"]["stage1"]["passed"]
+    assert s1_lineage["evaluation"]["results"] == str(out / "results.json")
+    del s1_lineage["evaluation"]
+    write_json(run_copy / "as_trained.json", s1_lineage)
+    s2_lineage = json.loads((run_copy / "stage2" / "lineage.json").read_text())
+    assert file_sha256(run_copy / "as_trained.json") == s2_lineage["parent_adapter"]["lineage_sha256"]
+
+    # push --dry-run: the cards state the verdict; failed adapters are refused unless forced
+    push_out = run_copy / "push"
+    assert main(["push", "--run", str(run_copy), "--dry-run", "--namespace", "acme", "--out", str(push_out),
+                 "--force", "--no-datasets", "--no-space"]) == 0
+    printed = capsys.readouterr().out
+    for stage, gate in results["gate"].items():
+        card = ModelCard.load(push_out / "models" / "acme" / f"demo-{stage}" / "README.md")
+        verdict = "**Passed**" if gate["passed"] else "**Failed**"
+        assert f"{verdict} the comparison with its base model: {gate['summary']}" in card.text
+        metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+        assert metrics["rubric_accuracy"] == round(results["adapters"][stage]["metrics"]["rubric_accuracy"], 4)
+    assert main(["push", "--run", str(run_copy), "--dry-run", "--namespace", "acme", "--out", str(push_out),
+                 "--no-datasets", "--no-space"]) in (0, 2)
+    printed = capsys.readouterr().out
+    for stage, gate in results["gate"].items():
+        assert (f"refused {stage}" in printed) == (not gate["passed"])
