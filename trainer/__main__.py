@@ -43,6 +43,51 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-space", action="store_true", help="do not push the Space")
     push.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
 
+    generate = sub.add_parser("generate", help="generate grounded, audited synthetic dialogues for stage 1")
+    generate.add_argument("--n", type=int, default=50, help="conversations to generate")
+    generate.add_argument("--out", default="data/synth/run", help="output folder (resumable)")
+    generate.add_argument("--kb", default="data/kb", help="knowledge base folder")
+    generate.add_argument("--base-url", help="OpenAI-compatible endpoint (default: the local demo model, offline)")
+    generate.add_argument("--model", help="model name at the endpoint, or a local model for the offline provider")
+    generate.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                          help="environment variable holding the endpoint's API key (never written anywhere)")
+    generate.add_argument("--concurrency", type=int, default=4, help="parallel requests (local: batch size)")
+    generate.add_argument("--false-premise-share", type=float, default=0.1)
+    generate.add_argument("--exchanges", type=int, nargs=2, default=(4, 6), metavar=("MIN", "MAX"),
+                          help="question-answer exchanges per conversation (default 4 6, like StudyAbroadGPT)")
+    generate.add_argument("--max-tokens", type=int, default=None, help="per answer (default 400; local 160)")
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--eval-fraction", type=float, default=0.1)
+    generate.add_argument("--seed", type=int, default=3407)
+    generate.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    generate.add_argument("--price-in", type=float, default=0.0, help="price per million prompt tokens")
+    generate.add_argument("--price-out", type=float, default=0.0, help="price per million completion tokens")
+    generate.add_argument("--judge", action="store_true", help="also ask the provider to judge each answer")
+    generate.add_argument("--exemplars", default="data/seed/stage1_grounded.jsonl",
+                          help="hand-written seed dialogues shown as few-shot style examples ('' for none)")
+
+    audit = sub.add_parser("audit", help="audit a dataset file against the rules and the knowledge base")
+    audit.add_argument("file", help="JSONL/JSON/Parquet/CSV file or folder, any supported schema")
+    audit.add_argument("--kb", default="data/kb", help="knowledge base folder ('' to skip the KB rules)")
+    audit.add_argument("--out", help="write audit.jsonl, audit.md and summary.json here")
+    audit.add_argument("--near-duplicate", type=float, default=0.8, help="similarity threshold")
+
+    ev = sub.add_parser("eval", help="compare every adapter of a run with its base: metrics, rubric, judge, gate")
+    ev.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
+    ev.add_argument("--questions", help="rubric YAML (default: data/eval/questions.yaml)")
+    ev.add_argument("--limit", type=int, help="use at most N rubric questions and N held-out prompts (a quick check)")
+    ev.add_argument("--judge-base-url", help="OpenAI-compatible endpoint for the blind pairwise judge (optional)")
+    ev.add_argument("--judge-model", help="model name at the judge endpoint")
+    ev.add_argument("--judge-api-key-env", default="JUDGE_API_KEY",
+                    help="environment variable holding the judge's API key (never written anywhere)")
+    ev.add_argument("--judge-max-tokens", type=int, default=96, help="room for the judge's verdict and reason")
+    ev.add_argument("--max-new-tokens", type=int, default=384, help="answer length cap (greedy decoding)")
+    ev.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call, left-padded")
+    ev.add_argument("--no-4bit", action="store_true", help="load the base unquantized even if the run trained in 4-bit")
+    ev.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: the run's torch_threads; on a "
+                    "shared CPU, 1 can decode several times faster)")
+    ev.add_argument("--out", help="output folder (default: <run>/eval)")
+
     export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
     export.add_argument("--store", default="data/feedback/feedback.sqlite",
                         help="feedback SQLite file, or a folder of the JSONL records the Space pushed to the Hub")
@@ -149,6 +194,63 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainer.kb import load_kb
+    from trainer.synth import (GenerationError, GenerationSettings, LocalProvider, OpenAICompatibleProvider,
+                               build_plan, finish, generate, llm_judge, load_exemplars)
+
+    kb = load_kb(args.kb)
+    exemplars = load_exemplars(args.exemplars) if args.exemplars else []
+    if not 1 <= args.exchanges[0] <= args.exchanges[1] <= 6:
+        raise GenerationError(f"--exchanges {args.exchanges[0]} {args.exchanges[1]}: need 1 <= MIN <= MAX <= 6")
+    plan = build_plan(kb, args.n, seed=args.seed, false_premise_share=args.false_premise_share, exemplars=exemplars,
+                      turns=(2 * args.exchanges[0], 2 * args.exchanges[1]))
+    if args.base_url:
+        provider = OpenAICompatibleProvider(args.base_url, args.model, os.environ.get(args.api_key_env),
+                                            timeout=args.timeout)
+    else:
+        provider = LocalProvider(args.model or "smollm2-135m-instruct")
+    settings = GenerationSettings(max_tokens=args.max_tokens or (400 if args.base_url else 160),
+                                  temperature=args.temperature, concurrency=args.concurrency,
+                                  price_in_per_m=args.price_in, price_out_per_m=args.price_out)
+    out = Path(args.out)
+    print(f"[generate] {len(plan)} conversations planned ({sum(1 for p in plan if p.false_premise)} false premise) "
+          f"with {provider.name}; writing {out / 'raw.jsonl'}", flush=True)
+    run = generate(plan, provider, out / "raw.jsonl", settings, kb_version=kb.version)
+    if run.interrupted:
+        print(f"[generate] interrupted: {len(run.rows)} of {len(plan)} conversations are saved; run the same "
+              "command again to continue", flush=True)
+        return 130
+    summary = finish(run, kb, out, eval_fraction=args.eval_fraction, seed=args.seed, provider_name=provider.name,
+                     settings=settings, judge=llm_judge(provider) if args.judge else None)
+    print(f"[generate] {summary['counts']} (train / eval / audit), {summary['usage']['completion_tokens']} "
+          f"completion tokens, {summary['seconds']} s; dataset and card in {out}", flush=True)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from trainer.audit import AuditSettings, audit_file
+
+    report = audit_file(args.file, args.kb or None, AuditSettings(near_duplicate=args.near_duplicate), args.out)
+    print(report.markdown(args.file))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainer.evaluate import GenerationConfig, JudgeSettings, run_evaluation
+
+    judge = None
+    if args.judge_base_url:
+        judge = JudgeSettings(base_url=args.judge_base_url, model=args.judge_model,
+                              api_key_env=args.judge_api_key_env, max_tokens=args.judge_max_tokens)
+    run_evaluation(args.run, questions_path=args.questions, limit=args.limit, judge=judge,
+                   generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+                   load_in_4bit=False if args.no_4bit else None, out_dir=args.out, threads=args.threads)
+    return 0
+
+
 def cmd_export_feedback(args: argparse.Namespace) -> int:
     from trainer.export import export_feedback
 
@@ -156,7 +258,8 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "export-feedback": cmd_export_feedback}
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "export-feedback": cmd_export_feedback,
+            "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,13 +268,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.config import ConfigError
     from trainer.data import DataError
     from trainer.demo_model import DemoModelError
+    from trainer.evaluate import EvalError
     from trainer.export import ExportError
     from trainer.hub import HubError
+    from trainer.kb import KBError
     from trainer.modeling import ModelError
+    from trainer.synth import GenerationError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError) as exc:
+    except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError, KBError,
+            GenerationError, EvalError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
