@@ -231,7 +231,10 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
     }
     if quant is not None:
         kwargs["quantization_config"] = quant
-    cached = quantized_cache_dir(ref, quantization) if quant is not None and not torch.cuda.is_available() else None
+    # Serving only: training keeps quantizing at load until the cached path's training speed is measured on a quiet
+    # machine (bench/cpu_train.py); the app's cold start is where the time went.
+    cached = quantized_cache_dir(ref, quantization) if (quant is not None and not for_training
+                                                        and not torch.cuda.is_available()) else None
     try:
         if cached is not None and (cached / "config.json").is_file():
             kwargs.pop("quantization_config")  # the cached config carries it; the weights are already packed
@@ -254,10 +257,10 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
 
 
 def quantized_cache_dir(ref: BaseModelRef, quantization: QuantizationSettings) -> Path | None:
-    """Where the 4-bit copy of the embedded demo model is cached for CPU loads; None for any other model.
+    """Where the 4-bit copy of the embedded demo model is cached for CPU serving loads; None for any other model.
 
     bitsandbytes quantizes on the CPU with plain torch ops: for the 135M demo model that was about half of the app's
-    cold start and of each training stage's model load (profiled with py-spy). The packed weights are
+    cold start (profiled with py-spy). The packed weights are
     deterministic, so they are saved once and loaded as they are (state dict, quantization state and logits
     identical). The key covers the source files (name, size, mtime), the quantization settings and the library
     versions, so a changed model or library quantizes afresh."""
