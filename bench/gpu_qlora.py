@@ -275,7 +275,7 @@ def child_ours(spec: dict) -> dict:
     use_liger = spec["liger"] == "on" or (spec["liger"] == "auto" and liger_available())
     steps = spec["steps"] + spec["warmup_steps"]
     overrides = [
-        f"name=bench-ours", f"output_dir={spec['work']}/runs", f"max_length={spec['max_length']}",
+        "name=bench-ours", f"output_dir={spec['work']}/runs", f"max_length={spec['max_length']}",
         f"model.name={spec['model_dir']}", "model.chat_template=mistral",
         "training.padding_free=true", "training.eval_before_training=false", "training.logging_steps=1",
         "training.save_steps=100000", f"stages.stage1.max_steps={steps}", "stages.stage1.num_train_epochs=1000",

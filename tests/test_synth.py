@@ -294,3 +294,23 @@ def test_generate_against_transformers_serve(transformers_serve, tmp_path, monke
     for path in out.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".jsonl", ".md"):
             assert "sk-never-written" not in path.read_text()
+
+
+def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
+    """All rows fail the audit: train and eval are empty, and the dataset still loads with its schema."""
+    import datasets
+
+    from trainer.synth import GenerationRun, Usage, finish
+
+    rows = [{"plan_id": f"p{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
+                                               {"role": "assistant", "content": "Too short."}],
+             "topic": "visas", "persona": {}, "destination": "DE", "false_premise": None,
+             "provenance": {"provider": "test", "model": "m", "kb_version": kb.version, "kb_facts": [],
+                            "exemplar": None}, "usage": {}} for i in range(3)]
+    summary = finish(GenerationRun(rows, Usage(), 0, 1.0), kb, tmp_path, provider_name="test",
+                     settings=GenerationSettings())
+    assert summary["counts"] == {"train": 0, "eval": 0, "audit": 3}
+    dataset = datasets.load_from_disk(str(tmp_path / "dataset"))
+    assert {k: len(v) for k, v in dataset.items()} == {"train": 0, "eval": 0, "audit": 3}
+    assert dataset["train"].column_names == dataset["audit"].column_names
+    assert all(any(f.startswith("fail:length") for f in r["flags"]) for r in dataset["audit"])

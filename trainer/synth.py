@@ -621,10 +621,18 @@ def finish(run: GenerationRun, kb, out: Path, *, eval_fraction: float = 0.1, see
     for name, rows in splits.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(_export_row(r), ensure_ascii=False) + "\n"
                                                    for r in rows), encoding="utf-8")
-    dataset = datasets.DatasetDict({name: datasets.Dataset.from_list([_flat(r) for r in rows]) if rows else
-                                    datasets.Dataset.from_dict({"messages": [], "plan_id": []})
-                                    for name, rows in splits.items()})
-    dataset.save_to_disk(str(out / "dataset"))
+    # Explicit features and one shard per split: an empty split (all rows failed, or none did) still saves a
+    # file with the full schema, so `load_from_disk` reads every split back.
+    features = datasets.Features({
+        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "plan_id": datasets.Value("string"), "topic": datasets.Value("string"),
+        "false_premise": datasets.Value("string"), "provenance": datasets.Value("string"),
+        "flags": datasets.List(datasets.Value("string"))})
+    dataset = datasets.DatasetDict({
+        name: datasets.Dataset.from_list([_flat(r) for r in rows], features=features) if rows else
+        datasets.Dataset.from_dict({key: [] for key in features}, features=features)
+        for name, rows in splits.items()})
+    dataset.save_to_disk(str(out / "dataset"), num_shards={name: 1 for name in splits})
     (out / "audit.md").write_text(report.markdown(str(out / "raw.jsonl")), encoding="utf-8")
     cost = (run.usage.prompt_tokens * settings.price_in_per_m + run.usage.completion_tokens *
             settings.price_out_per_m) / 1e6
