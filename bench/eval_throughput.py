@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -82,7 +83,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-whole", action="store_true", help="skip the whole-evaluation timing")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--omp-wait-policy", default="PASSIVE",
+                        help="OMP_WAIT_POLICY, as `python -m trainer eval` sets it ('' leaves the environment alone)")
     args = parser.parse_args(argv)
+    if args.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # before torch loads, as the CLI does
     if not (args.run / "stage2" / "adapter").is_dir():
         print(f"no demo adapters in {args.run}; run: python -m trainer train --config configs/demo.yaml")
         return 2
@@ -110,7 +115,7 @@ def main(argv=None) -> int:
 
     print(f"\n`{command}` — demo model, {len(questions)} rubric questions "
           f"({sum(q.false_premise for q in questions)} false premise), greedy, max {args.max_new_tokens} new tokens, "
-          f"batch {args.batch_size}, CPU\n")
+          f"batch {args.batch_size}, CPU, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n")
     print("| base | threads | model | load (s) | questions/min | new tokens/s | mean new tokens |")
     print("|---|---|---|---|---|---|---|")
     for r in records:

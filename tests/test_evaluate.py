@@ -347,6 +347,7 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
 
     url, model = judge_server
     monkeypatch.setenv("EVAL_TEST_JUDGE_KEY", "sk-test-secret-key-000")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what `eval` sets; undone after the test
     # one thread: on a shared 2-core machine, two OpenMP threads mostly wait for each other in decoding
     assert main(["eval", "--run", str(run_copy), "--limit", "4", "--max-new-tokens", "12", "--threads", "1",
                  "--judge-base-url", url, "--judge-model", model, "--judge-api-key-env", "EVAL_TEST_JUDGE_KEY",
@@ -397,7 +398,7 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
     # the verdict is in each stage's lineage, and the lineage as trained is still recoverable byte for byte
     s1_lineage = json.loads((run_copy / "stage1" / "lineage.json").read_text())
     assert s1_lineage["evaluation"]["passed"] == results["gate"]["stage1"]["passed"]
-    assert s1_lineage["evaluation"]["results"] == str(out / "results.json")
+    assert (run_copy / "stage1" / s1_lineage["evaluation"]["results"]).resolve() == (out / "results.json").resolve()
     del s1_lineage["evaluation"]
     write_json(run_copy / "as_trained.json", s1_lineage)
     s2_lineage = json.loads((run_copy / "stage2" / "lineage.json").read_text())

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -422,8 +423,6 @@ class PairwiseJudge:
     never logged."""
 
     def __init__(self, settings: JudgeSettings, sleep: Callable[[float], None] = time.sleep):
-        import os
-
         from trainer.synth import OpenAICompatibleProvider
 
         self.settings = settings
@@ -1064,8 +1063,8 @@ def record_in_lineage(stage: StageInfo, gate: dict[str, Any], results_path: Path
 
     path = stage.dir / "lineage.json"
     lineage = json.loads(path.read_text(encoding="utf-8"))
-    lineage["evaluation"] = {"passed": gate["passed"], "summary": gate["summary"], "results": str(results_path),
-                             "date": created}
+    lineage["evaluation"] = {"passed": gate["passed"], "summary": gate["summary"],
+                             "results": os.path.relpath(results_path, stage.dir), "date": created}
     write_json(path, lineage)
 
 
