@@ -5,16 +5,12 @@ demo run followed by `push --dry-run`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, free_port
+from conftest import REPO
 
 from trainer.__main__ import main
 from trainer.evaluate import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, EvalError, JudgeSettings,
@@ -274,41 +270,8 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 # The judge against a real OpenAI-compatible server
 
-@pytest.fixture(scope="module")
-def judge_server(demo_model_dir):
-    """`transformers serve` with the demo model on the CPU; stopped by its PID when the module ends."""
-    import httpx
-
-    port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"transformers-serve-{port}.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", str(demo_model_dir),
-                             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, "transformers serve exited; see " + log.name
-            assert time.time() < deadline, "transformers serve did not start; see " + log.name
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        yield url, str(demo_model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def test_judge_against_transformers_serve(judge_server, monkeypatch):
-    url, model = judge_server
+def test_judge_against_transformers_serve(transformers_serve, monkeypatch):
+    url, model = transformers_serve
     monkeypatch.setenv("EVAL_TEST_JUDGE_KEY", "sk-test-secret-key-000")
     judge = PairwiseJudge(JudgeSettings(base_url=url, model=model, api_key_env="EVAL_TEST_JUDGE_KEY",
                                         max_tokens=6, concurrency=2))
@@ -339,13 +302,13 @@ def run_copy(short_demo_run, tmp_path) -> Path:
     return dest
 
 
-def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, judge_server, capsys, monkeypatch):
+def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, transformers_serve, capsys, monkeypatch):
     from huggingface_hub import ModelCard
 
     from trainer.data import file_sha256
     from trainer.lineage import write_json
 
-    url, model = judge_server
+    url, model = transformers_serve
     monkeypatch.setenv("EVAL_TEST_JUDGE_KEY", "sk-test-secret-key-000")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what `eval` sets; undone after the test
     # one thread: on a shared 2-core machine, two OpenMP threads mostly wait for each other in decoding
