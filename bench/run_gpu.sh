@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=(trl==1.16.0 bitsandbytes==0.50.2 transformers==5.24.0 peft==0.21.2 datasets==5.2.0 liger-kernel==0.8.5
-        dill==0.4.1 multiprocess==0.70.19)
+        dill==0.4.1 multiprocess==0.70.19 regex==2026.11.19)  # regex: transformers checks its version at import
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   # Python 3.12 x86-64 wheels for the GPU image (KINDS.md: python3 3.12, torch/accelerate/triton already there).
@@ -38,7 +38,7 @@ PY=python3
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 # Carried wheels go beside the image's packages, without touching them
-if compgen -G ".whl/*.whl" > /dev/null; then
+if [[ "${CPU_REHEARSAL:-}" != 1 ]] && compgen -G ".whl/*.whl" > /dev/null; then  # Python 3.12 wheels: GPU side only
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "error: installing the carried wheels failed"; exit 1; }
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
