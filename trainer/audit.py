@@ -124,41 +124,99 @@ class AuditReport:
 # Near-duplicates: bottom-k MinHash over byte 8-grams, vectorised with numpy
 
 def _sketch(text: str, k: int):
+    """The k smallest distinct hashes among the 4k smallest hashes of the text's byte 8-grams (sorted)."""
     import numpy as np
 
     data = text.lower().encode("utf-8").ljust(8, b"\0")
     # Every 8-byte window read as one little-endian integer, without copying: a view with a stride of one byte.
     grams = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-    mixed = (grams * np.uint64(0x9E3779B97F4A7C15)) ^ (grams >> np.uint64(29))
+    mixed = grams * np.uint64(0x9E3779B97F4A7C15)
+    mixed ^= grams >> np.uint64(29)
     mixed *= np.uint64(0xBF58476D1CE4E5B9)
-    if mixed.size > 4 * k:  # only the smallest values matter: avoid sorting them all
-        mixed = np.partition(mixed, 4 * k)[:4 * k]
+    keep = 4 * k
+    if mixed.size > keep:  # only the smallest values matter: avoid sorting them all
+        # The hashes are spread evenly over 64 bits, so a cut that about 1.5 * keep of them fall below usually
+        # holds the `keep` smallest; partitioning those few is much cheaper than partitioning them all.
+        low = mixed[mixed < np.uint64(min(2**64 - 1, int(2**64 * 1.5 * keep / mixed.size)))]
+        mixed = low if low.size >= keep else mixed
+        if mixed.size > keep:
+            mixed = np.partition(mixed, keep)[:keep]
     return np.unique(mixed)[:k]
 
 
 def near_duplicates(texts: Sequence[str], threshold: float, k: int = 64) -> dict[int, tuple[int, float]]:
-    """Index -> (earlier index, estimated Jaccard) for conversations at least `threshold` similar to an earlier one."""
+    """Index -> (earlier index, estimated Jaccard) for conversations at least `threshold` similar to an earlier one.
+
+    Each conversation is compared with the earlier ones that are not near-duplicates themselves (the index). The
+    candidates are those sharing at least `threshold * k / 2` sketch values; the five sharing most are estimated
+    (ties: the one sharing the smallest value first, then the earlier one) and the most similar wins."""
     import numpy as np
 
-    sketches = [np.sort(_sketch(t, k)) for t in texts]
-    index: dict[int, list[int]] = {}
+    if not texts:
+        return {}
+    sketches = [_sketch(t, k) for t in texts]
+    # Sketch values as dense ids in value order, one padded row per text: the sentinel sorts after every id.
+    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
+    sentinel = values.size
+    sizes = np.array([s.size for s in sketches])
+    ids = np.full((len(texts), k), sentinel, dtype=np.int64)
+    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
+    rows = [r[:n].tolist() for r, n in zip(ids, sizes.tolist())]
+    # Posting lists (texts in the index holding each id), numpy arrays grown by doubling, so counting the
+    # candidates of one text is a concatenate and a bincount, not a Python loop over every posting.
+    postings: list[Any] = [None] * sentinel
+    lengths = [0] * sentinel
+    need = max(threshold * k * 0.5, 1)
     found: dict[int, tuple[int, float]] = {}
-    for i, sketch in enumerate(sketches):
-        shared = Counter(j for value in sketch.tolist() for j in index.get(value, ()))
+    for i, row in enumerate(rows):
+        parts = [postings[v][:lengths[v]] for v in row if lengths[v]]
         best = None
-        for j, n in shared.most_common(5):
-            if n < threshold * k * 0.5:
-                break
-            union = np.union1d(sketch, sketches[j])[:k]
-            estimate = np.intersect1d(np.intersect1d(union, sketch), sketches[j]).size / min(k, union.size)
-            if estimate >= threshold and (best is None or estimate > best[1]):
-                best = (j, round(float(estimate), 3))
+        if parts:
+            counts = np.bincount(np.concatenate(parts))
+            candidates = np.flatnonzero(counts >= need)
+            if candidates.size:
+                best = _best_candidate(ids, i, candidates, counts[candidates], threshold, k, sentinel)
         if best is not None:
             found[i] = best
-        else:
-            for value in sketch.tolist():
-                index.setdefault(value, []).append(i)
+            continue
+        for v in row:
+            posting, n = postings[v], lengths[v]
+            if posting is None:
+                posting = postings[v] = np.empty(4, dtype=np.int64)
+            elif n == posting.size:
+                posting = postings[v] = np.concatenate([posting, np.empty(n, dtype=np.int64)])
+            posting[n] = i
+            lengths[v] = n + 1
     return found
+
+
+def _best_candidate(ids, i: int, candidates, shared, threshold: float, k: int,
+                    sentinel: int) -> tuple[int, float] | None:
+    """(j, estimate) for the most similar of the five candidates sharing most sketch values with text i, or None.
+
+    `ids` holds every text's sketch as sorted value ids padded with `sentinel`; `shared` the candidates' counts."""
+    import numpy as np
+
+    mine = ids[i]
+    theirs = ids[candidates]
+    # Order: most shared values first, then the candidate whose smallest shared value is smallest, then the earlier.
+    at = np.minimum(np.searchsorted(mine, theirs), k - 1)
+    first = np.where((mine[at] == theirs) & (theirs != sentinel), theirs, sentinel).min(axis=1)
+    top = candidates[np.lexsort((candidates, first, -shared))[:5]]
+    # Estimated Jaccard: values both sketches share among the k smallest of their union, over that union's size.
+    merged = np.concatenate([np.broadcast_to(mine, (top.size, k)), ids[top]], axis=1)
+    merged.sort(axis=1)
+    valid = merged < sentinel
+    distinct = valid.copy()
+    distinct[:, 1:] &= merged[:, 1:] != merged[:, :-1]
+    rank = np.cumsum(distinct, axis=1)
+    both = valid[:, 1:] & ~distinct[:, 1:] & (rank[:, 1:] <= k)
+    estimates = both.sum(axis=1) / np.minimum(k, rank[:, -1])
+    best = None
+    for j, estimate in zip(top.tolist(), estimates.tolist()):
+        if estimate >= threshold and (best is None or estimate > best[1]):
+            best = (j, round(estimate, 3))
+    return best
 
 
 # The auditor
