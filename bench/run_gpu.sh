@@ -7,6 +7,7 @@
 #      bash bench/run_gpu.sh --fetch-wheels      # ~60 MB into .whl/, and .whl/ added to .git/info/exclude
 # 2. On the GPU machine (the device tool: command `bash bench/run_gpu.sh`, carry [".whl"], timeout_s 600):
 #      bash bench/run_gpu.sh                      # results in $OUT (or bench/results): gpu_qlora.json/.md, log
+#    bash bench/run_gpu.sh --sweep              # our batch layout / checkpointing settings vs the baseline: gpu_sweep.*
 #    CPU_REHEARSAL=1 bash bench/run_gpu.sh        # here, with the .venv's python first on PATH: the same path at
 #                                                 # tiny shapes on the CPU (checks this script, not the GPU)
 #
@@ -83,6 +84,53 @@ STEPS="${STEPS:-6}"
 GEN_TOKENS="${GEN_TOKENS:-64}"
 SHAPE=(--model-dir /tmp/gpu_qlora-mistral7b)
 [[ "${CPU_REHEARSAL:-}" == 1 ]] && SHAPE=(--tiny --model-dir /tmp/gpu_qlora-tiny) && STEPS=2 && GEN_TOKENS=8
+if [[ "${1:-}" == "--sweep" ]]; then
+  # Our side's batch layout and activation checkpointing, one setting at a time, beside the plain-TRL baseline, on
+  # the same model and data (built once, reused by every run), no generation: bench/results/gpu_sweep.{json,md}.
+  # Each run gets its own timeout so one slow setting cannot cost the others.
+  VARIANTS=(
+    "baseline|--mode baseline"
+    "ours b2x4 no-ckpt|--mode ours --set training.gradient_checkpointing=false"
+    "ours b8x1 ckpt|--mode ours --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
+    "ours b8x1 ckpt no-liger|--mode ours --liger off --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
+    "ours b4x2 no-ckpt|--mode ours --set training.gradient_checkpointing=false --set stages.stage1.per_device_train_batch_size=4 --set stages.stage1.gradient_accumulation_steps=2"
+  )
+  i=0
+  for v in "${VARIANTS[@]}"; do
+    label="${v%%|*}"; read -r -a flags <<< "${v#*|}"
+    echo "[sweep] $label: ${flags[*]}"
+    timeout "${RUN_TIMEOUT:-110}" $PY bench/gpu_qlora.py "${flags[@]}" --steps "$STEPS" --warmup-steps 2 --gen-tokens 0 \
+      --out-dir "/tmp/gpu_sweep/$i" --work-dir /tmp/gpu_qlora-work --quiet "${SHAPE[@]}"
+    echo "[sweep] $label: exit $?"
+    $PY - "$OUT" "$i" "$label" <<'PYEOF'
+import json, sys
+from pathlib import Path
+out, i, label = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+path = out / "gpu_sweep.json"
+runs = json.loads(path.read_text()) if path.is_file() else []
+result = Path(f"/tmp/gpu_sweep/{i}/gpu_qlora.json")
+run = json.loads(result.read_text()) if result.is_file() else {"error": "no result (timed out?)"}
+runs.append({"label": label, "command": run.get("command"), "data": run.get("data"), "sides": run.get("sides"),
+             "error": run.get("error")})
+path.write_text(json.dumps(runs, indent=2) + "\n")
+keys = ("tokens_per_second", "samples_per_second", "mfu", "peak_gpu_allocated_gb", "peak_gpu_reserved_gb")
+lines = ["| run | tokens/s | samples/s | MFU | peak GPU alloc / reserved (GB) |", "|---|---|---|---|---|"]
+for r in runs:
+    for side in (r.get("sides") or {}).values():
+        if "error" in side:
+            lines.append(f"| {r['label']} | failed: {side['error'][-120:]!r} | | | |")
+        else:
+            lines.append(f"| {r['label']} | {side.get('tokens_per_second')} | {side.get('samples_per_second')} | "
+                         f"{side.get('mfu')} | {side.get('peak_gpu_allocated_gb')} / {side.get('peak_gpu_reserved_gb')} |")
+(out / "gpu_sweep.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PYEOF
+    i=$((i + 1))
+  done
+  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv 2>/dev/null || true
+  exit 0
+fi
+
 timeout "${BENCH_TIMEOUT:-500}" $PY bench/gpu_qlora.py --mode both --steps "$STEPS" --warmup-steps 2 \
   --gen-tokens "$GEN_TOKENS" --out-dir "$OUT" --work-dir /tmp/gpu_qlora-work "${SHAPE[@]}"
 status=$?

@@ -197,6 +197,9 @@ def _best_candidate(ids, i: int, candidates, shared, threshold: float, k: int,
     `ids` holds every text's sketch as sorted value ids padded with `sentinel`; `shared` the candidates' counts."""
     import numpy as np
 
+    if candidates.size > 5:  # only those sharing at least as many values as the fifth can be among the five
+        keep = shared >= np.partition(shared, shared.size - 5)[shared.size - 5]
+        candidates, shared = candidates[keep], shared[keep]
     mine = ids[i]
     theirs = ids[candidates]
     # Order: most shared values first, then the candidate whose smallest shared value is smallest, then the earlier.

@@ -417,6 +417,44 @@ def _retry_after(header: str, default: float) -> float:
         return default
 
 
+class TurnCache:
+    """The KV cache of a batch of conversations that a local model continues turn by turn.
+
+    A conversation's prompt only grows: the next turn's prompt is the last one plus the answer and a new question.
+    So the cache keeps every row's tokens and their keys and values, and a turn computes only the tokens after the
+    longest prefix the cache already holds. Rows stay aligned in one batch: a turn's new tokens are left-padded to a
+    common width, and positions that no longer belong to a row's prompt (padding, tokens after an early end of
+    answer, cached tokens the re-rendered prompt does not repeat) are masked out, so each row attends to exactly
+    its own prompt, at the positions an uncached run would give it."""
+
+    def __init__(self):
+        self.keys: list[Any] | None = None
+        """The conversation each row belongs to, in row order; None before the first turn."""
+        self.cache = None
+        self.ids = None
+        """Token ids per row and position (padding id where masked); as long as the cache."""
+        self.mask = None
+
+    def select(self, keys: Sequence[Any]) -> None:
+        """Keep only the rows of `keys` (finished conversations leave the batch), in that order."""
+        if self.keys is None or list(keys) == self.keys:
+            return
+        rows = [self.keys.index(k) for k in keys]
+        import torch
+
+        index = torch.tensor(rows)
+        self.cache.batch_select_indices(index)
+        self.ids, self.mask, self.keys = self.ids[index], self.mask[index], list(keys)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 class LocalProvider:
     """An in-process transformers model (default: the embedded demo model), for offline generation."""
 
@@ -434,6 +472,8 @@ class LocalProvider:
         self.tokenizer.padding_side = "left"
         self.model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
         self.model.eval()
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
         self._lock = threading.Lock()
         if threads:
             torch.set_num_threads(threads)
@@ -445,26 +485,75 @@ class LocalProvider:
     def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> tuple[str, Usage]:
         return self.complete_batch([messages], max_tokens=max_tokens, temperature=temperature)[0]
 
-    def complete_batch(self, batch: list[list[dict[str, str]]], *, max_tokens: int, temperature: float
-                       ) -> list[tuple[str, Usage]]:
+    def complete_batch(self, batch: list[list[dict[str, str]]], *, max_tokens: int, temperature: float,
+                       cache: TurnCache | None = None, keys: Sequence[Any] | None = None) -> list[tuple[str, Usage]]:
+        """Answer each conversation in `batch`. With a `cache` (and each row's conversation in `keys`), the
+        conversations' earlier turns are not computed again: pass the same cache for every turn of a group."""
         import torch
 
         texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if cache is None or cache.keys is None:
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            kv = None
+            if cache is not None:
+                from transformers import DynamicCache
+
+                kv = DynamicCache(config=self.model.config)
+        else:
+            cache.select(keys)
+            ids, mask = self._extend(cache, prompts)
+            kv = cache.cache
+        extra = {"cache": kv, "return_dict_in_generate": True} if kv is not None else {}
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=temperature > 0,
-                                      temperature=temperature if temperature > 0 else None, top_p=0.95 if
-                                      temperature > 0 else None, top_k=None, repetition_penalty=1.1,
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
+                                      do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                                      top_p=0.95 if temperature > 0 else None, top_k=None, repetition_penalty=1.1,
+                                      pad_token_id=self.pad_id, **extra)
+        sequences = out.sequences if kv is not None else out
+        width = ids.shape[1]
+        new = sequences[:, width:]
+        if cache is not None:
+            self._keep(cache, list(keys), kv, sequences, mask, width)
         results = []
-        width = enc["input_ids"].shape[1]
-        for i, row in enumerate(out):
-            new = row[width:]
-            text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
-            prompt = int(enc["attention_mask"][i].sum())
-            completion = int((new != (self.tokenizer.pad_token_id or -1)).sum())
-            results.append((text, Usage(prompt, completion, 1, 0)))
+        for i, row in enumerate(new):
+            text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
+            results.append((text, Usage(len(prompts[i]), int((row != self.pad_id).sum()), 1, 0)))
         return results
+
+    def _extend(self, cache: TurnCache, prompts: list[list[int]]):
+        """The cached rows plus each prompt's tokens after what the cache holds, left-padded to one width."""
+        import torch
+
+        ids, mask = cache.ids.clone(), cache.mask.clone()
+        suffixes = []
+        for i, prompt in enumerate(prompts):
+            held = mask[i].nonzero().squeeze(1)
+            have = ids[i, held].tolist()
+            keep = min(_common_prefix(have, prompt), len(prompt) - 1)  # at least one token to compute
+            ids[i, held[keep:]], mask[i, held[keep:]] = self.pad_id, 0
+            suffixes.append(prompt[keep:])
+        width = max(len(s) for s in suffixes)
+        block = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in suffixes])
+        block_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
+        return torch.cat([ids, block], 1), torch.cat([mask, block_mask], 1)
+
+    def _keep(self, cache: TurnCache, keys: list[Any], kv, sequences, mask, width: int) -> None:
+        """Remember what the cache now holds: every position but the last token sampled, which it never saw.
+        Positions after a row's end of answer (the batch went on for other rows) are masked out."""
+        import torch
+
+        held = kv.get_seq_length()
+        new = sequences[:, width:]
+        ended = (new == self.pad_id).int().cumsum(1) > 0
+        after_end = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], 1)  # the end token itself stays
+        new_mask = (~after_end).long()
+        ids = torch.where(after_end, torch.full_like(new, self.pad_id), new)
+        cache.ids = torch.cat([sequences[:, :width], ids], 1)[:, :held]
+        cache.mask = torch.cat([mask, new_mask], 1)[:, :held]
+        cache.cache, cache.keys = kv, keys
 
 
 # Generating
@@ -576,11 +665,16 @@ def _generate_one(item: PlanItem, provider, settings: GenerationSettings):
 
 
 def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) -> None:
-    """A local model answers many conversations' next turn in one batch."""
+    """A local model answers many conversations' next turn in one batch. Conversations with as many turns go
+    together, so a batch does not shrink halfway; each group keeps its KV cache from turn to turn when the provider
+    offers one (`TurnCache`), so a turn computes only the new answer and question, not the whole prompt again."""
     size = max(1, settings.concurrency)
+    todo = sorted(todo, key=lambda item: -len(_conversation_turns(item)))  # stable: plan order within a length
+    cached = isinstance(provider, LocalProvider)
     for start in range(0, len(todo), size):
         group = todo[start:start + size]
         states = [([], Usage()) for _ in group]
+        cache = {"cache": TurnCache()} if cached else {}
         for turn in range(max(len(_conversation_turns(i)) for i in group)):
             active = [k for k, item in enumerate(group) if turn < len(_conversation_turns(item))]
             prompts = []
@@ -588,8 +682,10 @@ def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) ->
                 messages, _ = states[k]
                 messages.append({"role": "user", "content": _conversation_turns(group[k])[turn]})
                 prompts.append([{"role": "system", "content": system_prompt(group[k])}, *messages])
-            for k, (answer, used) in zip(active, provider.complete_batch(prompts, max_tokens=settings.max_tokens,
-                                                                          temperature=settings.temperature)):
+            answers = provider.complete_batch(prompts, max_tokens=settings.max_tokens,
+                                              temperature=settings.temperature, **cache,
+                                              **({"keys": active} if cached else {}))
+            for k, (answer, used) in zip(active, answers):
                 states[k][0].append({"role": "assistant", "content": answer})
                 states[k][1].add(used)
         for item, (messages, item_usage) in zip(group, states):
