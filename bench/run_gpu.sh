@@ -92,8 +92,8 @@ if [[ "${1:-}" == "--sweep" ]]; then
     "baseline|--mode baseline"
     "ours b2x4 no-ckpt|--mode ours --set training.gradient_checkpointing=false"
     "ours b8x1 ckpt|--mode ours --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
-    "ours b8x1 ckpt no-liger|--mode ours --liger off --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
     "ours b4x2 no-ckpt|--mode ours --set training.gradient_checkpointing=false --set stages.stage1.per_device_train_batch_size=4 --set stages.stage1.gradient_accumulation_steps=2"
+    "ours b8x1 ckpt no-liger|--mode ours --liger off --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
   )
   i=0
   for v in "${VARIANTS[@]}"; do
