@@ -43,11 +43,25 @@ NEGATION = re.compile(
     r"discontinued|replaced|retired|closed|ended|no longer|only (?:as|after|for)|instead|however|but)\b",
     re.IGNORECASE)
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def _negated(text: str) -> bool:
+    """Whether NEGATION occurs in `text`. On ASCII text (nearly all), the lowercased text is matched case-sensitively
+    by the lowercased pattern, which finds the same matches 3x faster than `re`'s case-insensitive matching."""
+    if text.isascii():
+        return _NEGATION_LOWER.search(text.lower()) is not None
+    return NEGATION.search(text) is not None
+
+
+_NEGATION_LOWER = re.compile(NEGATION.pattern.lower())
 # A named award is one to five capitalised words before "Scholarship", "Fellowship", ...: found in two steps, the
 # award word first, then the words just before it (one pattern tried at every position cost a third of the audit).
 AWARD_WORD = re.compile(r"(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries)\b")
 """No leading \\b: `re` can then skip ahead by the first letter; AWARD_NAME_BEFORE needs a space before it anyway."""
 AWARD_NAME_BEFORE = re.compile(r"\b(?:[A-Z][\w'’&.-]*\s){1,5}$")
+AWARD_TOKENS = frozenset(w.encode() for w in "scholarship scholarships fellowship fellowships award awards grant "
+                                                "grants bursary bursaries".split())
+"""An award word AWARD_NAME_BEFORE can name is preceded by whitespace, so on ASCII text it is one of these words."""
 AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "government", "partial", "full",
                    "research", "need-based", "these", "such", "other", "many", "some", "external", "internal",
                    "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
@@ -294,7 +308,7 @@ class Auditor:
 
     def _kb_flags(self, messages, answers) -> list[Flag]:
         kb, flags = self.kb, []
-        user_text = " ".join(m["content"] for m in messages if m["role"] == "user")
+        user_text = kb.joined([m["content"] for m in messages if m["role"] == "user"])
         all_text = kb.joined([m["content"] for m in messages])
         countries = {c.code for c in kb.find_countries(all_text)}
         # Rules: a false claim stated in an answer sentence without a correcting cue. Only rules whose keywords
@@ -322,16 +336,18 @@ class Auditor:
                         continue
                     asked.add(key)
                     reply = next((a for j, a in answers if j > i), "")
-                    if not NEGATION.search(reply):
+                    if not _negated(reply):
                         flags.append(Flag("programme_not_offered", FAIL,
                                           f"{university.name} does not offer {negative.degree} {negative.field}; "
                                           f"the answer does not say so ({negative.correction})", i))
         # Scholarships: eligibility for the student's home country, discontinued schemes, unknown names.
         home = kb.home_country(user_text)
         for i, answer in answers:
+            split = None
             for scholarship in kb.find_scholarships(answer):
-                sentences = [x for x in SENTENCE.split(answer) if _mentions(x, scholarship)]
-                corrected = any(NEGATION.search(x) for x in sentences)
+                split = SENTENCE.split(answer) if split is None else split
+                sentences = [x for x in split if _mentions(x, scholarship)]
+                corrected = any(_negated(x) for x in sentences)
                 if home is not None and kb.eligible(scholarship.id, home.code) is False and not corrected:
                     flags.append(Flag("scholarship_ineligible", FAIL,
                                       f"{scholarship.name} recommended to a student from {home.name}, who is not "
@@ -339,7 +355,11 @@ class Auditor:
                 if getattr(scholarship, "discontinued", False) and not corrected:
                     flags.append(Flag("scholarship_discontinued", FAIL, f"{scholarship.name} has been discontinued",
                                       i))
-            for match in AWARD_WORD.finditer(answer):
+            if answer.isascii() and AWARD_TOKENS.isdisjoint(kb.words(answer)):
+                matches = ()  # no award word: skip the scan
+            else:
+                matches = AWARD_WORD.finditer(answer)
+            for match in matches:
                 before = AWARD_NAME_BEFORE.search(answer, max(0, match.start() - 120), match.start())
                 if before is None:
                     continue

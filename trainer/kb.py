@@ -206,9 +206,10 @@ def _tokens(text: str) -> _Tokens:
     if hit is not None:
         return hit
     low = text.lower()
-    for ch in _UNICODE_PUNCTUATION:  # curly quotes, dashes and the like separate words too
-        if ch in low:
-            low = low.replace(ch, " ")
+    if not low.isascii():
+        for ch in _UNICODE_PUNCTUATION:  # curly quotes, dashes and the like separate words too
+            if ch in low:
+                low = low.replace(ch, " ")
     words = low.encode("utf-8").translate(_SEPARATORS).split()
     return _remember(text, _Tokens(frozenset(words), b" " + b" ".join(words) + b" "))
 
@@ -382,6 +383,10 @@ class KnowledgeBase:
                                     b" " + b" ".join(w for p in parts if (w := p.joined.strip())) + b" "))
         return text
 
+    def words(self, text: str) -> frozenset[bytes]:
+        """The lowercase word tokens of `text` (UTF-8), split once and shared with `find_*` and `rules_in`."""
+        return _tokens(text).words
+
     def rules_in(self, text: str) -> list[Rule]:
         """Rules whose keywords occur in `text`: the only ones whose trigger can match it. Much cheaper than running
         every trigger, since the words of a text are split once and shared with `find_*`."""
@@ -521,6 +526,11 @@ class _HomeCues:
         name = rf"(?<![\w])(?P<name>{self.names.alternation})(?![\w])"
         demonym = rf"(?<![\w])(?P<demonym>{self.demonyms.alternation})(?![\w])"
         first_person = r"(?:\bi\s+am|\bi'm|\bi’m|\bim|\bwe\s+are|\bwe're)"
+        # On ASCII text a name can only match where its first word is a word of the text (names with a character
+        # that case-insensitively matches an ASCII letter, such as the Kelvin sign, would break that: no gate then).
+        names = [n for c in countries for n in (c.name, *c.aliases, *c.demonyms)]
+        self.ascii_gate = None if any(ch in n for n in names for ch in "\u212a\u017f\u0131\u0130") else \
+            self.names.first_tokens | self.demonyms.first_tokens
         self.cues = [re.compile(p) for p in (
             # "I'm from Nigeria", "I come from the UK", "citizen of India", "my home country is Nepal"
             (rf"(?i:(?:{first_person}\s+(?:originally\s+|also\s+)?|\bi\s+come\s+|\bi\s+originally\s+come\s+)"
@@ -537,6 +547,8 @@ class _HomeCues:
         )]
 
     def find(self, text: str) -> Country | None:
+        if text.isascii() and self.ascii_gate is not None and self.ascii_gate.isdisjoint(_tokens(text).words):
+            return None  # every cue names a country, and no country's first word is in the text
         for cue in self.cues:
             match = cue.search(text)
             if match:
