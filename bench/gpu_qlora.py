@@ -7,12 +7,13 @@ tokens, vocabulary padded to 32768, Mistral v0.3's own chat template), then load
 and memory depend on the shapes, not on the weights' values.
 
 Sides, each in its own process (GPU peak memory is per process), on the same synthetic conversations (~1,500 tokens
-each, built from the sample's question/answer pairs, max length 2048), with the paper's batch (2 x 4 accumulation):
+each, built from the sample's question/answer pairs, max length 2048), 8 conversations per optimizer step as in the
+paper:
 
-- `ours`: `trainer.train.run_stage` on configs/paper.yaml with the model, data and step count overridden, plus
-  `training.padding_free=true` (no pad tokens, SDPA per conversation; see trainer/attention.py) and, on CUDA when
-  `liger_kernel` imports, TRL's `use_liger_kernel` (RMSNorm, RoPE and SwiGLU kernels; the trainer has no setting for
-  it yet, so the bench adds it to the stage's SFTConfig). The base loads through `trainer.modeling.load_base_model`.
+- `ours`: `trainer.train.run_stage` on configs/paper.yaml as shipped (8 conversations packed into one padding-free
+  pass, SDPA per conversation, gradient checkpointing, 8-bit AdamW, and `use_liger_kernel: auto`: TRL's Liger
+  kernels on CUDA when `liger_kernel` imports) with the model, data and step count overridden; `--set` changes any
+  other setting (bench/run_gpu.sh --sweep compares layouts). The base loads through `trainer.modeling.load_base_model`.
   After training, the same process measures generation through `space.engine.InferenceEngine`: the 4-bit base plus
   two adapters (the one just trained and a copy with halved weights), greedy, single stream: base alone, one adapter,
   and requests alternating between the two adapters (each switching).
@@ -254,17 +255,7 @@ def _versions() -> dict:
     return out
 
 
-def liger_available() -> bool:
-    import importlib.util
-
-    import torch
-
-    return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
-
-
 def child_ours(spec: dict) -> dict:
-    import dataclasses
-
     import torch
     import trl
 
@@ -272,15 +263,15 @@ def child_ours(spec: dict) -> dict:
     from trainer.config import load_config
 
     cuda = torch.cuda.is_available()
-    use_liger = spec["liger"] == "on" or (spec["liger"] == "auto" and liger_available())
     steps = spec["steps"] + spec["warmup_steps"]
     overrides = [
         "name=bench-ours", f"output_dir={spec['work']}/runs", f"max_length={spec['max_length']}",
         f"model.name={spec['model_dir']}", "model.chat_template=mistral",
-        "training.padding_free=true", "training.eval_before_training=false", "training.logging_steps=1",
+        "training.eval_before_training=false", "training.logging_steps=1",
         "training.save_steps=100000", f"stages.stage1.max_steps={steps}", "stages.stage1.num_train_epochs=1000",
         f"stages.stage1.dataset.path={spec['data']}", "stages.stage1.dataset.schema=messages",
         "stages.stage1.dataset.eval_fraction=0", "stages.stage1.warmup_ratio=0",
+        f"training.use_liger_kernel={ {'auto': 'auto', 'on': 'true', 'off': 'false'}[spec['liger']] }",
     ]
     if not cuda:  # bitsandbytes' 8-bit AdamW is a GPU optimizer
         overrides += ["training.optim=adamw_torch"]
@@ -289,25 +280,19 @@ def child_ours(spec: dict) -> dict:
     st = cfg.stage("stage1")
 
     marks: list = []
-    build_sft_config = train_module.build_sft_config
-
-    def with_liger(*args, **kwargs):  # the trainer has no setting for Liger's kernels yet
-        sft = build_sft_config(*args, **kwargs)
-        return dataclasses.replace(sft, use_liger_kernel=True) if use_liger else sft
 
     class TimedSFTTrainer(trl.SFTTrainer):
         def __init__(self, *args, **kwargs):
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _timer_callback(marks)]
             super().__init__(*args, **kwargs)
 
-    train_module.build_sft_config = with_liger
     trl.SFTTrainer = TimedSFTTrainer  # run_stage imports it at call time
     started = time.time()
     stage_dir = train_module.run_stage(cfg, "stage1")
     wall = time.time() - started
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     result = {
-        "side": "ours", **_device(), "liger_used": use_liger,
+        "side": "ours", **_device(), "liger_used": metrics.get("liger_kernel", False),
         "settings": {"padding_free": st.padding_free, "gradient_checkpointing": st.gradient_checkpointing,
                      "optim": st.optim, "batch": st.per_device_train_batch_size,
                      "grad_accum": st.gradient_accumulation_steps, "attn": "sdpa_varlen" if st.padding_free

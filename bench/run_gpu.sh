@@ -88,12 +88,14 @@ if [[ "${1:-}" == "--sweep" ]]; then
   # Our side's batch layout and activation checkpointing, one setting at a time, beside the plain-TRL baseline, on
   # the same model and data (built once, reused by every run), no generation: bench/results/gpu_sweep.{json,md}.
   # Each run gets its own timeout so one slow setting cannot cost the others.
+  B="--set stages.stage1.per_device_train_batch_size"; A="--set stages.stage1.gradient_accumulation_steps"
   VARIANTS=(
     "baseline|--mode baseline"
-    "ours b2x4 no-ckpt|--mode ours --set training.gradient_checkpointing=false"
-    "ours b8x1 ckpt|--mode ours --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
-    "ours b4x2 no-ckpt|--mode ours --set training.gradient_checkpointing=false --set stages.stage1.per_device_train_batch_size=4 --set stages.stage1.gradient_accumulation_steps=2"
-    "ours b8x1 ckpt no-liger|--mode ours --liger off --set stages.stage1.per_device_train_batch_size=8 --set stages.stage1.gradient_accumulation_steps=1"
+    "ours (configs/paper.yaml: 8 x 1 packed, checkpointing, Liger)|--mode ours"
+    "ours 8 x 1 without Liger|--mode ours --liger off"
+    "ours 2 x 4 without checkpointing|--mode ours $B=2 $A=4 --set training.gradient_checkpointing=false"
+    "ours 4 x 2 without checkpointing|--mode ours $B=4 $A=2 --set training.gradient_checkpointing=false"
+    "ours 2 x 4 with checkpointing|--mode ours $B=2 $A=4"
   )
   i=0
   for v in "${VARIANTS[@]}"; do

@@ -137,11 +137,34 @@ def test_paper_config_holds_the_paper_recipe():
         assert st.lr_scheduler_type == "linear"
     s1, s2 = cfg.stages["stage1"], cfg.stages["stage2"]
     assert (s1.learning_rate, s1.num_train_epochs, s1.warmup_ratio) == (2e-4, 1, 0.03)
-    assert (s1.per_device_train_batch_size, s1.gradient_accumulation_steps) == (2, 4)
+    # The paper's batches (2 x 4 and 2 x 8) as the same conversations per optimizer step, packed without padding
+    assert s1.per_device_train_batch_size * s1.gradient_accumulation_steps == 2 * 4
+    assert s1.padding_free and s1.gradient_checkpointing and s1.use_liger_kernel == "auto"
     assert s1.init_from is None
     assert (s2.learning_rate, s2.num_train_epochs, s2.warmup_ratio) == (1e-4, 2, 0.05)
-    assert (s2.per_device_train_batch_size, s2.gradient_accumulation_steps) == (2, 8)
+    assert s2.per_device_train_batch_size * s2.gradient_accumulation_steps == 2 * 8
     assert s2.init_from == "stage1"
+
+
+def test_liger_kernel_setting_resolves_per_machine(tmp_path):
+    import torch
+
+    from trainer.config import liger_kernel_wanted
+
+    cuda = torch.cuda.is_available()
+    if not cuda:  # this machine: auto is off, and true says what is missing
+        cfg = load_config(write_config(tmp_path))
+        assert cfg.stage("stage1").use_liger_kernel == "auto"
+        assert liger_kernel_wanted(cfg, "stage1") is False
+        assert build_sft_config(cfg, "stage1", tmp_path / "out").use_liger_kernel is False
+        forced = load_config(write_config(tmp_path), ["training.use_liger_kernel=true"])
+        with pytest.raises(ConfigError, match=r"stages\.stage1\.use_liger_kernel is true, but this machine lacks "
+                                              r"a CUDA GPU"):
+            liger_kernel_wanted(forced, "stage1")
+    off = load_config(write_config(tmp_path), ["training.use_liger_kernel=false"])
+    assert liger_kernel_wanted(off, "stage1") is False
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.use_liger_kernel: must be auto, true or false, got 'fast'"):
+        load_config(write_config(tmp_path), ["training.use_liger_kernel=fast"])
 
 
 # Inheritance and overrides

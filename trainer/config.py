@@ -127,6 +127,9 @@ class StageSettings:
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     padding_free: bool = False
     """Concatenate each batch into one row with per-conversation positions: no pad tokens, no cross-talk."""
+    use_liger_kernel: bool | str = "auto"
+    """Liger's Triton kernels through TRL (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): `auto` uses them on a
+    CUDA GPU when the `liger-kernel` package imports, `true` requires them, `false` never uses them."""
     bf16: bool = True
     """Mixed precision in bfloat16 (adapter weights and activations)."""
     logging_steps: int = 1
@@ -343,6 +346,8 @@ def _validate_values(cfg: PipelineConfig) -> None:
             raise ConfigError(f"{where}.learning_rate: must be positive, got {st.learning_rate}")
         if not 0 <= st.warmup_ratio < 1:
             raise ConfigError(f"{where}.warmup_ratio: must be in [0, 1), got {st.warmup_ratio}")
+        if st.use_liger_kernel not in (True, False, "auto"):
+            raise ConfigError(f"{where}.use_liger_kernel: must be auto, true or false, got {st.use_liger_kernel!r}")
         for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                     "logging_steps", "save_steps", "save_total_limit"):
             if getattr(st, key) < 1:
@@ -441,12 +446,34 @@ def build_quantization_config(q: QuantizationSettings):
     )
 
 
+def liger_kernel_wanted(cfg: PipelineConfig, stage: str) -> bool:
+    """Resolve a stage's `use_liger_kernel`: `auto` is on where a CUDA GPU and the liger-kernel package are; `true`
+    without them raises a ConfigError saying what is missing (Liger's kernels are Triton, GPU only)."""
+    import importlib.util
+
+    import torch
+
+    setting = cfg.stage(stage).use_liger_kernel
+    if setting is False:
+        return False
+    missing = [what for what, ok in (("a CUDA GPU", torch.cuda.is_available()),
+                                     ("the liger-kernel package (pip install liger-kernel)",
+                                      importlib.util.find_spec("liger_kernel") is not None)) if not ok]
+    if setting == "auto":
+        return not missing
+    if missing:
+        raise ConfigError(f"{cfg.source}: stages.{stage}.use_liger_kernel is true, but this machine lacks "
+                          f"{' and '.join(missing)}; set it to auto or false")
+    return True
+
+
 def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *, eval_enabled: bool = True):
     """The TRL SFTConfig for one stage. Raises a ConfigError if TRL rejects a value."""
     import torch
     from trl import SFTConfig
 
     st = cfg.stage(stage)
+    use_liger = liger_kernel_wanted(cfg, stage)
     eval_strategy = "no"
     if eval_enabled:
         eval_strategy = "steps" if st.eval_steps else "epoch"
@@ -479,6 +506,7 @@ def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *,
             save_total_limit=st.save_total_limit,
             max_length=None if st.padding_free else cfg.max_length,
             padding_free=st.padding_free,
+            use_liger_kernel=use_liger,
             assistant_only_loss=True,
             packing=False,
             report_to="none",

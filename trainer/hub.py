@@ -253,7 +253,7 @@ def render_model_card(stage: StageRun, ctx: PushContext, repo_id: str, gate: dic
         "train_loss_first", "train_loss_last", "train_loss_reduction_pct", "eval_loss_first", "eval_loss_last",
         "eval_loss_reduction_pct", "eval_perplexity_last", "optimizer_steps", "train_conversations",
         "eval_conversations", "tokens_seen", "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "wall_seconds",
-        "device") if m.get(k) is not None]
+        "device", "liger_kernel") if m.get(k) is not None]
     kind = st.dataset.kind
     synthetic_caution = (
         "This adapter was trained on LLM-generated conversations that were not fact-checked: it learns their format "

@@ -286,6 +286,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
         "wall_seconds": round(time.time() - started, 2),
         "resumed_from": Path(checkpoint).name if checkpoint else None,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "liger_kernel": bool(plan.sft_config.use_liger_kernel),
     }
     write_json(stage_dir / "metrics.json", metrics)
     write_json(stage_dir / "split.json", plan.data.split_record())
