@@ -4,11 +4,13 @@ StudyAbroadGPT sample."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import random
 
 import pytest
 
 from conftest import DATA, REPO
-from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor, near_duplicates
+from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor, _sketch, near_duplicates
 
 GOOD = ("### Your next steps\n\n- Check the official admissions page of each university for its requirements.\n"
         "- Prepare your transcripts and a statement of purpose well ahead of the deadline.\n"
@@ -66,6 +68,58 @@ def test_near_duplicates_minhash():
     report = auditor.audit([conv(t) for t in texts])
     assert [r.failed for r in report.rows] == [False, True, False]
     assert report.summary()["conversations_per_flag"] == {"near_duplicate": 1}
+
+
+def _near_duplicates_brute_force(texts, threshold, k=64):
+    """The near-duplicate rule in plain Python sets: each text against every earlier one in the index."""
+    sketches = [set(_sketch(t, k).tolist()) for t in texts]
+    index, found = [], {}
+    for i, mine in enumerate(sketches):
+        shared = [(len(mine & sketches[j]), min(mine & sketches[j], default=0), j) for j in index]
+        candidates = sorted((-n, first, j) for n, first, j in shared if n and n >= threshold * k * 0.5)[:5]
+        best = None
+        for _, _, j in candidates:
+            union = sorted(mine | sketches[j])[:k]
+            estimate = len(set(union) & mine & sketches[j]) / len(union)
+            if estimate >= threshold and (best is None or estimate > best[1]):
+                best = (j, round(estimate, 3))
+        if best is None:
+            index.append(i)
+        else:
+            found[i] = best
+    return found
+
+
+def test_near_duplicates_match_a_brute_force_over_the_sketches():
+    rows = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
+    texts = ["\n".join(t["value"] for t in row["conversations"]) for row in rows]
+    lines = [line for text in texts for line in text.split("\n") if len(line) > 40]
+    rng = random.Random(0)
+    variants = []
+    for n in range(60):  # copies with 0 to 400 words replaced, then texts x, y and x + y (ties between x and y)
+        words = texts[n % len(texts)].split()
+        for _ in range(rng.choice((0, 3, 30, 120, 400))):
+            words[rng.randrange(len(words))] = rng.choice(words)
+        variants.append(" ".join(words))
+    for _ in range(120):
+        x, y = " ".join(rng.sample(lines, 3)), " ".join(rng.sample(lines, 3))
+        variants += [x, y, x + " " + y]
+    variants += ["", "short", "ab" * 30] * 2
+    for threshold in (0.3, 0.8):
+        expected = _near_duplicates_brute_force(variants, threshold)
+        assert near_duplicates(variants, threshold) == expected and len(expected) > 20
+
+
+def test_forked_audit_equals_the_single_process_audit(kb):
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    rows = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
+    convs = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+              for t in row["conversations"]] for row in rows] * 3
+    one = Auditor(kb, AuditSettings(workers=1)).audit(convs)
+    three = Auditor(kb, AuditSettings(workers=3)).audit(convs)
+    assert [r.to_dict() for r in three.rows] == [r.to_dict() for r in one.rows]
+    assert one.counts()["near_duplicate"] == 26
 
 
 # Knowledge-base rules: each on a conversation that breaks it and one that does not

@@ -92,6 +92,9 @@ class AuditSettings:
     """Estimated Jaccard similarity (byte 8-grams) above which a later conversation is a near-duplicate."""
     unknown_scholarship: str = VERIFY
     """`fail` for generated data (every name should come from the KB), `verify` for data written elsewhere."""
+    workers: int = 0
+    """Processes for the per-row rules (forked; the near-duplicate pass stays in one): 0 = 2 from 1,000 conversations
+    up where `fork` exists, 2 CPUs are free to this process and no other thread runs, else 1; 1 = never fork."""
 
 
 @dataclass
@@ -164,16 +167,20 @@ def near_duplicates(texts: Sequence[str], threshold: float, k: int = 64) -> dict
     Each conversation is compared with the earlier ones that are not near-duplicates themselves (the index). The
     candidates are those sharing at least `threshold * k / 2` sketch values; the five sharing most are estimated
     (ties: the one sharing the smallest value first, then the earlier one) and the most similar wins."""
+    return _near_duplicates([_sketch(t, k) for t in texts], threshold, k)
+
+
+def _near_duplicates(sketches: Sequence[Any], threshold: float, k: int) -> dict[int, tuple[int, float]]:
+    """`near_duplicates` on the texts' sketches (`_sketch(text, k)`)."""
     import numpy as np
 
-    if not texts:
+    if not sketches:
         return {}
-    sketches = [_sketch(t, k) for t in texts]
     # Sketch values as dense ids in value order, one padded row per text: the sentinel sorts after every id.
     values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
     sentinel = values.size
     sizes = np.array([s.size for s in sketches])
-    ids = np.full((len(texts), k), sentinel, dtype=np.int64)
+    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
     ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
     rows = [r[:n].tolist() for r, n in zip(ids, sizes.tolist())]
     # Posting lists (texts in the index holding each id), numpy arrays grown by doubling, so counting the
@@ -238,6 +245,18 @@ def _best_candidate(ids, i: int, candidates, shared, threshold: float, k: int,
 
 # The auditor
 
+SKETCH_SIZE = 64
+PARALLEL_FROM_ROWS = 1000
+"""From this many conversations up, the per-row rules run in 2 processes (forking costs ~20 ms)."""
+_FORKED: tuple[Any, Any] | None = None
+"""(auditor, conversations) while `Auditor.audit` forks: what the forked processes work on."""
+
+
+def _rows_in_fork(start: int, end: int) -> list[tuple[list[Any], Any]]:
+    auditor, conversations = _FORKED
+    return auditor._rows_between(conversations, start, end)
+
+
 class Auditor:
     """Audit conversations (lists of messages) against the rules and, when given, a knowledge base."""
 
@@ -255,12 +274,10 @@ class Auditor:
 
     def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
         started = time.perf_counter()
-        rows = [RowAudit(i) for i in range(len(conversations))]
-        texts = []
-        for row, messages in zip(rows, conversations):
-            row.flags.extend(self._row_flags(messages))
-            texts.append("\n".join(m.get("content", "") for m in messages if isinstance(m.get("content"), str)))
-        for i, (j, similarity) in near_duplicates(texts, self.settings.near_duplicate).items():
+        per_row = self._per_row(conversations)
+        rows = [RowAudit(i, flags) for i, (flags, _) in enumerate(per_row)]
+        found = _near_duplicates([sketch for _, sketch in per_row], self.settings.near_duplicate, SKETCH_SIZE)
+        for i, (j, similarity) in found.items():
             rows[i].flags.append(Flag("near_duplicate", FAIL, f"{similarity:.0%} similar to row {j}"))
         if self.judge is not None:
             for row, messages in zip(rows, conversations):
@@ -269,6 +286,49 @@ class Auditor:
                     if not ok:
                         row.flags.append(Flag("llm_judge", FAIL, reason[:300]))
         return AuditReport(rows, time.perf_counter() - started, getattr(self.kb, "version", None))
+
+    def _per_row(self, conversations: Sequence[Sequence[dict[str, str]]]) -> list[tuple[list[Flag], Any]]:
+        """(flags, MinHash sketch) per conversation, in order; split over forked processes on large inputs."""
+        processes = self._processes(len(conversations))
+        if processes < 2:
+            return self._rows_between(conversations, 0, len(conversations))
+        import multiprocessing
+
+        global _FORKED
+        bounds = [len(conversations) * p // processes for p in range(processes + 1)]
+        _FORKED = (self, conversations)  # the forked processes inherit the work; only results are pickled
+        try:
+            with multiprocessing.get_context("fork").Pool(processes - 1) as pool:
+                others = [pool.apply_async(_rows_in_fork, (bounds[p], bounds[p + 1])) for p in range(1, processes)]
+                out = self._rows_between(conversations, bounds[0], bounds[1])
+                for other in others:
+                    out += other.get()
+        finally:
+            _FORKED = None
+        return out
+
+    def _rows_between(self, conversations, start: int, end: int) -> list[tuple[list[Flag], Any]]:
+        out = []
+        for messages in conversations[start:end]:
+            text = "\n".join(m.get("content", "") for m in messages if isinstance(m.get("content"), str))
+            out.append((self._row_flags(messages), _sketch(text, SKETCH_SIZE)))
+        return out
+
+    def _processes(self, rows: int) -> int:
+        import multiprocessing
+        import os
+        import threading
+
+        wanted = self.settings.workers
+        if wanted == 1 or (wanted == 0 and rows < PARALLEL_FROM_ROWS):
+            return 1
+        # Forking a process that runs other threads can deadlock the child (a lock held at the fork stays held).
+        if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+            return 1
+        if wanted > 1:
+            return min(wanted, rows)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(2, cpus)
 
     def _facts(self, messages) -> list[Any]:
         if self.kb is None:
