@@ -155,6 +155,28 @@ def test_every_kb_rule_fires_on_its_false_example_only(kb, rule):
         assert not any(f.rule == "kb_contradiction" and f.detail.startswith(rule.id) for f in flags), sentence
 
 
+def test_lowercase_twins_match_where_the_case_insensitive_patterns_do(kb):
+    from trainer.audit import NEGATION, _lowercase_twin, _lowered
+
+    patterns = [NEGATION] + [p for r in kb.rules for p in (r.trigger, r.unless) if p is not None]
+    sentences = [s for r in kb.rules for s in r.examples_false + r.examples_corrected]
+    rng = random.Random(0)
+    texts = []
+    for s in sentences:  # as written, in other cases, and with characters Unicode case folding treats specially
+        chars = list(s)
+        for _ in range(6):
+            chars.insert(rng.randrange(len(chars) + 1), rng.choice("KÅİıſßẞΣςǅⅠⓐ’\u0307ﬁ"))
+        texts += [s, s.upper(), s.swapcase(), "".join(chars), s.replace("s", "ſ").replace("i", "ı")]
+    twins = [(p, _lowercase_twin(p)) for p in patterns]
+    assert sum(t is not None for _, t in twins) > len(twins) // 2
+    for text in texts:
+        lowered = _lowered(text)
+        for pattern, twin in twins:
+            if twin is not None and lowered is not None:
+                found, twin_found = pattern.search(text), twin.search(lowered)
+                assert (found and found.span()) == (twin_found and twin_found.span()), (pattern.pattern, text)
+
+
 def test_joined_text_splits_like_the_text_itself(kb):
     from trainer import kb as kb_module
 

@@ -45,15 +45,43 @@ NEGATION = re.compile(
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
+# Case-insensitive matching is slow in `re`. For every character but three, matching a case-insensitive pattern
+# written in ASCII is the same as matching its lowercased twin case-sensitively against `text.lower()` (checked
+# against every code point: `re` folds "İ", "ı" and "ſ" onto ASCII letters, `str.lower` does not), and the
+# lowercased text keeps every position. So a text without those three is lowercased once and matched by twins.
+_FOLDED_APART = ("\u0130", "\u0131", "\u017f")
+
+
+def _lowered(text: str) -> str | None:
+    """`text.lower()`, or None where the twins of case-insensitive patterns would not match like the patterns."""
+    if text.isascii() or not any(ch in text for ch in _FOLDED_APART):
+        return text.lower()
+    return None
+
+
+def _lowercase_twin(pattern: re.Pattern) -> re.Pattern | None:
+    """The case-sensitive twin of a case-insensitive pattern (see above), or None when the pattern has characters
+    or escapes that lowercasing its source would change the meaning of (`\\S`, `\\x41`, inline flags, non-ASCII)."""
+    source = pattern.pattern
+    if not pattern.flags & re.IGNORECASE or not source.isascii() or \
+            re.search(r"\\[^bswdntrfv\W]|\(\?[a-zA-Z-]", source):
+        return None
+    return re.compile(source.lower(), pattern.flags & ~re.IGNORECASE)
+
+
+def _search(pattern: re.Pattern, twin: re.Pattern | None, text: str, lowered: str | None) -> bool:
+    """Whether `pattern` matches `text`; through its twin on `lowered` (`_lowered(text)`) where both exist."""
+    if twin is not None and lowered is not None:
+        return twin.search(lowered) is not None
+    return pattern.search(text) is not None
+
+
 def _negated(text: str) -> bool:
-    """Whether NEGATION occurs in `text`. On ASCII text (nearly all), the lowercased text is matched case-sensitively
-    by the lowercased pattern, which finds the same matches 3x faster than `re`'s case-insensitive matching."""
-    if text.isascii():
-        return _NEGATION_LOWER.search(text.lower()) is not None
-    return NEGATION.search(text) is not None
+    """Whether NEGATION occurs in `text` (3x faster through its twin)."""
+    return _search(NEGATION, _NEGATION_TWIN, text, _lowered(text))
 
 
-_NEGATION_LOWER = re.compile(NEGATION.pattern.lower())
+_NEGATION_TWIN = _lowercase_twin(NEGATION)
 # A named award is one to five capitalised words before "Scholarship", "Fellowship", ...: found in two steps, the
 # award word first, then the words just before it (one pattern tried at every position cost a third of the audit).
 AWARD_WORD = re.compile(r"(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries)\b")
@@ -271,6 +299,7 @@ class Auditor:
                 self._kb_numbers.update(_numbers_in(fact.text))
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
+            self._twins = {r.id: _lowercase_twin(r.trigger) for r in kb.rules}
 
     def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
         started = time.perf_counter()
@@ -375,8 +404,9 @@ class Auditor:
         # occur in the answer (a set lookup on words split once) and whose country is mentioned can match, so only
         # those triggers run.
         for i, answer in answers:
+            lowered = _lowered(answer)
             candidates = [r for r in kb.rules_in(answer) if (not r.country or r.country in countries)
-                          and r.trigger.search(answer)]
+                          and _search(r.trigger, self._twins.get(r.id), answer, lowered)]
             if not candidates:
                 continue
             for sentence in SENTENCE.split(answer):
