@@ -339,7 +339,7 @@ class Auditor:
     def _rows_between(self, conversations, start: int, end: int) -> list[tuple[list[Flag], Any]]:
         out = []
         for messages in conversations[start:end]:
-            text = "\n".join(m.get("content", "") for m in messages if isinstance(m.get("content"), str))
+            text = "\n".join([c for m in messages if isinstance(c := m.get("content"), str)])
             out.append((self._row_flags(messages), _sketch(text, SKETCH_SIZE)))
         return out
 
