@@ -16,9 +16,15 @@ the imports, and is repeated on the smaller sizes (the fastest run counts).
 - `audit-2676`: the audit on 2,676 conversations (the size of the full StudyAbroadGPT dataset), in two shapes:
   `suffix` (copies: every row a near-duplicate of one of 13) and `mixed` (each row recombines question/answer pairs
   from different sample rows, so few are near-duplicates and the MinHash index keeps growing: the harder case).
+  `--styles suffix mixed` runs the sized tasks in both shapes too.
+
+Each row reports wall seconds and CPU seconds (user + system, of the process and of any it forked: the audit splits
+its per-row rules over 2 processes from 1,000 conversations up). `--workers 1` keeps the audit in one process;
+`--code` measures another checkout (`git worktree add /tmp/audit-base <commit>`) under the same conditions.
 
     python bench/scaling.py --out bench/results/scaling.jsonl
     python bench/scaling.py --sizes 1000 10000 --tasks ingest audit
+    python bench/scaling.py --tasks audit-2676 --repeats 5 --no-memory-probe [--workers 1] [--code /tmp/audit-base]
 """
 
 from __future__ import annotations
@@ -87,12 +93,20 @@ def _peak_rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
-def _timed(fn, repeats: int) -> tuple[list[float], object]:
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and of its reaped children (forked workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(fn, repeats: int, cpu: list[float] | None = None) -> tuple[list[float], object]:
     times, result = [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), _cpu_seconds()
         result = fn()
         times.append(time.perf_counter() - started)
+        if cpu is not None:
+            cpu.append(_cpu_seconds() - started_cpu)
         if repeats > 1:
             result = None if len(times) < repeats else result  # free it before the next run
     return times, result
@@ -122,15 +136,16 @@ def _load_kb():
     return load_kb(kb_dir), None
 
 
-def run_child(task: str, n: int, path: Path, repeats: int, kb: bool) -> dict:
+def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: int = 0) -> dict:
     """One measurement in this process."""
     from trainer.config import DatasetSettings
     from trainer.data import load_conversations, prepare_stage_data
 
     spec = DatasetSettings(path=str(path), eval_fraction=0.1)
     result: dict = {"task": task, "rows": n, "file_mb": round(path.stat().st_size / 2**20, 1)}
+    cpu: list[float] = []
     if task == "ingest":
-        times, data = _timed(lambda: prepare_stage_data(spec, seed=3407, max_length=2048), repeats)
+        times, data = _timed(lambda: prepare_stage_data(spec, seed=3407, max_length=2048), repeats, cpu)
         report = data.reports[0]
         result.update(kept=report.kept, bad=report.bad, duplicates=report.duplicates, train=len(data.train),
                       eval=len(data.eval))
@@ -142,22 +157,27 @@ def run_child(task: str, n: int, path: Path, repeats: int, kb: bool) -> dict:
         template = select_training_template(tokenizer, "auto")
         conversations, report = load_conversations(spec)
         times, (kept, lengths) = _timed(
-            lambda: check_lengths(conversations, tokenizer, template.text, 2048, report, spec), repeats)
+            lambda: check_lengths(conversations, tokenizer, template.text, 2048, report, spec), repeats, cpu)
         result.update(kept=len(kept), tokens=sum(lengths))
     else:  # audit / audit-2676
-        from trainer.audit import Auditor
+        import dataclasses
+
+        from trainer.audit import Auditor, AuditSettings
 
         conversations = [list(c.messages) for c in load_conversations(spec)[0]]
         knowledge, why = _load_kb() if kb else (None, "not asked")
         if kb and knowledge is None:
             return {**result, "kb": False, "skipped": why}
-        auditor = Auditor(knowledge)
-        times, report = _timed(lambda: auditor.audit(conversations), repeats)
+        has_workers = any(f.name == "workers" for f in dataclasses.fields(AuditSettings))
+        auditor = Auditor(knowledge, AuditSettings(workers=workers) if has_workers else AuditSettings())
+        times, report = _timed(lambda: auditor.audit(conversations), repeats, cpu)
         summary = report.summary()
-        result.update(kb=knowledge is not None, failed=summary["failed"], flags=summary["conversations_per_flag"])
+        result.update(kb=knowledge is not None, failed=summary["failed"], flags=summary["conversations_per_flag"],
+                      workers=workers if has_workers else "n/a")
     seconds = min(times)
-    result.update(seconds=round(seconds, 3), seconds_first_run=round(times[0], 3),
-                  us_per_row=round(seconds / n * 1e6, 1), repeats=repeats, peak_rss_gb=_peak_rss_gb())
+    result.update(seconds=round(seconds, 3), seconds_first_run=round(times[0], 3), cpu_seconds=round(min(cpu), 3),
+                  us_per_row=round(seconds / n * 1e6, 1), repeats=repeats, peak_rss_gb=_peak_rss_gb(),
+                  load_average=round(os.getloadavg()[0], 2))
     return result
 
 
@@ -182,14 +202,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkout whose trainer/ is measured (e.g. a `git worktree` of an older commit)")
     parser.add_argument("--out", type=Path, help="append results as JSON lines to this file")
     parser.add_argument("--no-memory-probe", action="store_true", help="skip the fresh-memory cost note (1.5 GB)")
-    parser.add_argument("--child", nargs=5, metavar=("TASK", "N", "PATH", "REPEATS", "KB"), help=argparse.SUPPRESS)
+    parser.add_argument("--styles", nargs="+", choices=("suffix", "mixed"), default=["suffix"],
+                        help="data shapes for the sized tasks (audit-2676 always runs both)")
+    parser.add_argument("--repeats", type=int, help="runs per measurement, the fastest counts (default 3 up to 10k "
+                                                    "rows, fewer above)")
+    parser.add_argument("--workers", type=int, default=0, help="AuditSettings.workers (0: automatic, 1: one process)")
+    parser.add_argument("--child", nargs=6, metavar=("TASK", "N", "PATH", "REPEATS", "KB", "WORKERS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.child:
-        task, n, path, repeats, kb = args.child
+        task, n, path, repeats, kb, workers = args.child
         sys.path.insert(0, str(args.code.resolve()))
-        print("RESULT " + json.dumps(run_child(task, int(n), Path(path), int(repeats), kb == "1")), flush=True)
+        print("RESULT " + json.dumps(run_child(task, int(n), Path(path), int(repeats), kb == "1", int(workers))),
+              flush=True)
         return 0
 
     # Synthesise first, so no measurement includes writing its input
@@ -199,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             plan += [("audit-2676", 2676, style, kb) for style in ("suffix", "mixed") for kb in (False, True)]
             continue
         sizes = args.length_sizes if task == "length" else args.sizes
-        plan += [(task, n, "suffix", kb) for n in sizes for kb in ((False, True) if task == "audit" else (False,))]
+        plan += [(task, n, style, kb) for style in args.styles for n in sizes
+                 for kb in ((False, True) if task == "audit" else (False,))]
     files = {(n, style): synthesize(n, style, args.data_dir) for _, n, style, _ in plan}
 
     results = []
@@ -207,31 +235,34 @@ def main(argv: list[str] | None = None) -> int:
         # Small sizes: best of 3 (timer noise); the largest: best of 2 for ingestion, whose first run also pays
         # for faulting in ~2.6 GB of fresh memory (reported as seconds_first_run); one audit run (its input is
         # already loaded, untimed).
-        repeats = 3 if n <= 10000 else (2 if task == "ingest" else 1)
-        r = _spawn([task, str(n), str(files[(n, style)]), str(repeats), "1" if kb else "0"], args.code)
+        repeats = args.repeats or (3 if n <= 10000 else (2 if task == "ingest" else 1))
+        r = _spawn([task, str(n), str(files[(n, style)]), str(repeats), "1" if kb else "0", str(args.workers)],
+                   args.code)
         r.update(style=style, label=task + ("+kb" if kb else ""), code=str(args.code))
         if "skipped" in r:
             print(f"{r['label']:>12} {style:6s} {n:>7,} rows: skipped ({r['skipped']})", flush=True)
             continue
         results.append(r)
-        print(f"{r['label']:>12} {style:6s} {n:>7,} rows: {r['seconds']:8.2f} s  {r['us_per_row']:8.1f} us/row  "
-              f"(first run {r['seconds_first_run']:.2f} s)  peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+        print(f"{r['label']:>12} {style:6s} {n:>7,} rows: {r['seconds']:8.2f} s  CPU {r['cpu_seconds']:6.2f} s  "
+              f"{r['us_per_row']:8.1f} us/row  (first run {r['seconds_first_run']:.2f} s)  peak RSS "
+              f"{r['peak_rss_gb']:.2f} GB  load {r['load_average']}", flush=True)
 
     # Linearity: per-row cost at the largest size over the smallest, per task
     print("\n| task | " + " | ".join(f"{n:,} rows" for n in args.sizes) + " | per-row cost, largest / smallest |")
     print("|---|" + "---|" * (len(args.sizes) + 1))
-    for label in dict.fromkeys(r["label"] for r in results if r["task"] != "audit-2676"):
-        rows = {r["rows"]: r for r in results if r["label"] == label}
+    for label, style in dict.fromkeys((r["label"], r["style"]) for r in results if r["task"] != "audit-2676"):
+        rows = {r["rows"]: r for r in results if r["label"] == label and r["style"] == style}
         cells = [f"{rows[n]['seconds']:.2f} s ({rows[n]['us_per_row']:.0f} us/row)" if n in rows else "-"
                  for n in args.sizes]
         ratio = rows[max(rows)]["us_per_row"] / rows[min(rows)]["us_per_row"] if len(rows) > 1 else None
-        print(f"| {label} | " + " | ".join(cells) + (f" | {ratio:.2f} |" if ratio else " | - |"))
+        name = label if args.styles == ["suffix"] else f"{label} ({style})"
+        print(f"| {name} | " + " | ".join(cells) + (f" | {ratio:.2f} |" if ratio else " | - |"))
         for r in rows.values():
             r["per_row_ratio_vs_smallest"] = round(r["us_per_row"] / rows[min(rows)]["us_per_row"], 3)
     for r in results:
         if r["task"] == "audit-2676":
             print(f"audit of 2,676 conversations ({r['style']}, {'with' if r['kb'] else 'without'} KB): "
-                  f"{r['seconds']:.3f} s (target < 2 s)")
+                  f"{r['seconds']:.3f} s wall, {r['cpu_seconds']:.3f} s CPU (target < 2 s)")
     if not args.no_memory_probe:
         touch = first_touch_seconds_per_gb()
         print(f"machine note: faulting in fresh memory costs {touch} s/GB here (past the first 0.6 GB)")
