@@ -110,9 +110,10 @@ def test_near_duplicates_match_a_brute_force_over_the_sketches():
         assert near_duplicates(variants, threshold) == expected and len(expected) > 20
 
 
-def test_forked_audit_equals_the_single_process_audit(kb):
+def test_forked_audit_equals_the_single_process_audit(kb, monkeypatch):
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
+    monkeypatch.setattr("trainer.audit.CHUNK_ROWS", 4)  # many chunks, claimed by three processes in turn
     rows = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
     convs = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
               for t in row["conversations"]] for row in rows] * 3

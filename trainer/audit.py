@@ -280,13 +280,27 @@ def _best_candidate(ids, i: int, candidates, shared, threshold: float, k: int,
 SKETCH_SIZE = 64
 PARALLEL_FROM_ROWS = 1000
 """From this many conversations up, the per-row rules run in 2 processes (forking costs ~20 ms)."""
-_FORKED: tuple[Any, Any] | None = None
-"""(auditor, conversations) while `Auditor.audit` forks: what the forked processes work on."""
+CHUNK_ROWS = 32
+"""Conversations per claim when processes share the rows: small enough to balance, large enough to be cheap."""
+_FORKED: tuple[Any, Any, Any] | None = None
+"""(auditor, conversations, next chunk counter) while `Auditor.audit` forks: what the forked processes work on."""
 
 
-def _rows_in_fork(start: int, end: int) -> list[tuple[list[Any], Any]]:
-    auditor, conversations = _FORKED
-    return auditor._rows_between(conversations, start, end)
+def _claimed_chunks(auditor, conversations, counter) -> dict[int, list[tuple[list[Any], Any]]]:
+    """Chunk index -> rows, for every chunk this process claims until none is left."""
+    done = {}
+    while True:
+        with counter.get_lock():
+            chunk = counter.value
+            counter.value += 1
+        start = chunk * CHUNK_ROWS
+        if start >= len(conversations):
+            return done
+        done[chunk] = auditor._rows_between(conversations, start, min(start + CHUNK_ROWS, len(conversations)))
+
+
+def _chunks_in_fork() -> dict[int, list[tuple[list[Any], Any]]]:
+    return _claimed_chunks(*_FORKED)
 
 
 class Auditor:
@@ -328,17 +342,20 @@ class Auditor:
         import multiprocessing
 
         global _FORKED
-        bounds = [len(conversations) * p // processes for p in range(processes + 1)]
-        _FORKED = (self, conversations)  # the forked processes inherit the work; only results are pickled
+        # Every process (this one too) claims the next chunk of rows from a shared counter until none is left, so
+        # a process that gets less CPU (other jobs on the machine) simply does fewer chunks.
+        context = multiprocessing.get_context("fork")
+        counter = context.Value("q", 0)
+        _FORKED = (self, conversations, counter)  # inherited by the forked processes; only results are pickled
         try:
-            with multiprocessing.get_context("fork").Pool(processes - 1) as pool:
-                others = [pool.apply_async(_rows_in_fork, (bounds[p], bounds[p + 1])) for p in range(1, processes)]
-                out = self._rows_between(conversations, bounds[0], bounds[1])
+            with context.Pool(processes - 1) as pool:
+                others = [pool.apply_async(_chunks_in_fork) for _ in range(processes - 1)]
+                done = _claimed_chunks(self, conversations, counter)
                 for other in others:
-                    out += other.get()
+                    done.update(other.get())
         finally:
             _FORKED = None
-        return out
+        return [row for chunk in sorted(done) for row in done[chunk]]
 
     def _rows_between(self, conversations, start: int, end: int) -> list[tuple[list[Flag], Any]]:
         out = []
