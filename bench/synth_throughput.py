@@ -13,38 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-
-def start_server(model: Path, port: int, continuous_batching: bool) -> subprocess.Popen:
-    cli = Path(sys.executable).with_name("transformers")
-    args = [str(cli), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    if continuous_batching:
-        args.append("--continuous-batching")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.time() + 180
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit("transformers serve exited")
-        if time.time() > deadline:
-            proc.kill()
-            raise SystemExit("transformers serve did not start")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
-            return proc
-        except OSError:
-            time.sleep(1)
 
 
 def main(argv=None) -> int:
@@ -58,6 +34,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from bench.serve import ServeError, transformers_serve
     from trainer.demo_model import demo_model_path
     from trainer.kb import load_kb
     from trainer.synth import GenerationSettings, OpenAICompatibleProvider, build_plan, generate
@@ -65,31 +42,23 @@ def main(argv=None) -> int:
     kb = load_kb(REPO / "data" / "kb")
     plan = build_plan(kb, args.n, seed=11, false_premise_share=0.1, turns=(8, 8))
     work = Path(tempfile.mkdtemp(prefix="synth-bench-"))
-    model = work / "smollm2-135m-instruct"
-    shutil.copytree(demo_model_path(), model)
-    sock = __import__("socket").socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    proc = start_server(model, port, args.continuous_batching)
     results = []
     try:
-        provider = OpenAICompatibleProvider(f"http://127.0.0.1:{port}/v1", str(model), timeout=600)
-        provider.complete([{"role": "user", "content": "warm-up"}], max_tokens=8, temperature=0)
-        for concurrency in args.concurrency:
-            settings = GenerationSettings(max_tokens=args.max_tokens, temperature=0.0, concurrency=concurrency)
-            run = generate(plan, provider, work / f"c{concurrency}" / "raw.jsonl", settings, progress=False)
-            results.append({"concurrency": concurrency, "conversations": len(run.rows),
-                            "requests": run.usage.requests, "completion_tokens": run.usage.completion_tokens,
-                            "seconds": round(run.seconds, 2),
-                            "conversations_per_s": round(len(run.rows) / run.seconds, 4),
-                            "tokens_per_s": round(run.usage.completion_tokens / run.seconds, 2)})
+        with transformers_serve(demo_model_path(), work, continuous_batching=args.continuous_batching) as (
+                base_url, model):
+            provider = OpenAICompatibleProvider(base_url, model, timeout=600)
+            provider.complete([{"role": "user", "content": "warm-up"}], max_tokens=8, temperature=0)
+            for concurrency in args.concurrency:
+                settings = GenerationSettings(max_tokens=args.max_tokens, temperature=0.0, concurrency=concurrency)
+                run = generate(plan, provider, work / f"c{concurrency}" / "raw.jsonl", settings, progress=False)
+                results.append({"concurrency": concurrency, "conversations": len(run.rows),
+                                "requests": run.usage.requests, "completion_tokens": run.usage.completion_tokens,
+                                "seconds": round(run.seconds, 2),
+                                "conversations_per_s": round(len(run.rows) / run.seconds, 4),
+                                "tokens_per_s": round(run.usage.completion_tokens / run.seconds, 2)})
+    except ServeError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(work, ignore_errors=True)
     base = results[0]["tokens_per_s"]
     mode = "continuous batching" if args.continuous_batching else "default (one request at a time)"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import serve
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -118,14 +120,6 @@ def short_demo_run(tmp_path_factory, demo_model_dir) -> Path:
     return cfg.run_dir()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float = 240):
     """Start `python app.py --config CONFIG` on a free port; returns (process, url) once it serves."""
     import os
@@ -135,7 +129,7 @@ def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float =
     import threading
     import time
 
-    port = free_port()
+    port = serve.free_port()
     proc = subprocess.Popen([sys.executable, "app.py", "--config", str(config), "--port", str(port)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
@@ -167,37 +161,7 @@ def stop_app(proc) -> None:
 @pytest.fixture(scope="session")
 def transformers_serve(demo_model_dir, tmp_path_factory):
     """A real OpenAI-compatible server: `transformers serve` on a local copy of the demo model, on 127.0.0.1,
-    offline. Yields (base_url, model_name); stopped by its PID at the end of the session."""
-    import shutil
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    model = tmp_path_factory.mktemp("served") / "smollm2-135m-instruct"
-    shutil.copytree(demo_model_dir, model)
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    cli = Path(sys.executable).with_name("transformers")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(cli), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-                                 "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 180
-    try:
-        while True:
-            assert proc.poll() is None, "transformers serve exited:\n" + log.read_text()
-            assert time.time() < deadline, "transformers serve did not start:\n" + log.read_text()
-            try:
-                urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(1)
-        yield base_url, str(model)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    offline (bench/serve.py, which the benchmarks use too). Yields (base_url, model_name); stopped by its PID at the
+    end of the session."""
+    with serve.transformers_serve(demo_model_dir, tmp_path_factory.mktemp("served")) as endpoint:
+        yield endpoint

@@ -80,6 +80,17 @@ def test_scaling_keeps_every_synthesised_row(tmp_path):
     assert "per-row cost, largest / smallest" in proc.stdout
 
 
+def test_synth_throughput_runs_against_transformers_serve(tmp_path):
+    out = tmp_path / "synth.jsonl"
+    proc = _run(["bench/synth_throughput.py", "--n", "1", "--max-tokens", "4", "--concurrency", "1",
+                 "--out", str(out)], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    (result,) = record["results"]
+    assert result["conversations"] == 1 and result["requests"] == 4 and result["completion_tokens"] > 0
+    assert "| 1 |" in proc.stdout
+
+
 @pytest.mark.skipif(data_module._orjson is None, reason="orjson not installed: ingestion uses json.dumps only")
 def test_fast_content_hash_is_the_canonical_json_hash():
     import hashlib

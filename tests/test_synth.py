@@ -240,6 +240,57 @@ def test_bad_exemplar_file_names_the_line(tmp_path):
         load_exemplars(bad)
 
 
+# The local provider's turn cache
+
+@pytest.fixture(scope="module")
+def local_provider(demo_model_dir):
+    from trainer.synth import LocalProvider
+
+    return LocalProvider()
+
+
+def test_cached_turns_say_what_whole_prompts_say(local_provider):
+    """Greedy decoding: a group continued on its KV cache answers token for token as re-sending every whole prompt
+    does, with prompts of different lengths in one batch, an answer that ends early and a conversation that ends
+    first, while computing only each turn's new tokens."""
+    from trainer.synth import TurnCache
+
+    system = {"role": "system", "content": "You are a careful study-abroad counsellor. Answer briefly."}
+    questions = {"a": ["Which documents do I need for a student visa to Germany?", "How long does it take?",
+                       "Is it expensive?"],
+                 "b": ["Reply with one word: yes or no. Is Berlin in Germany?",
+                       "Can I work part-time in Canada while I study there?"]}
+    computed = []
+    hook = local_provider.model.register_forward_pre_hook(
+        lambda module, args, kwargs: computed.append(kwargs["input_ids"].numel()), with_kwargs=True)
+
+    def converse(cache):
+        computed.clear()
+        talks, lengths = {k: [] for k in questions}, []
+        for turn in range(3):
+            keys = [k for k in questions if turn < len(questions[k])]
+            for k in keys:
+                talks[k].append({"role": "user", "content": questions[k][turn]})
+            reuse = {"cache": cache, "keys": keys} if cache is not None else {}
+            answers = local_provider.complete_batch([[system, *talks[k]] for k in keys], max_tokens=16,
+                                                    temperature=0, **reuse)
+            for k, (text, usage) in zip(keys, answers):
+                talks[k].append({"role": "assistant", "content": text})
+                lengths.append(usage.completion_tokens)
+        return talks, lengths, sum(computed)
+
+    try:
+        whole, lengths, whole_tokens = converse(None)
+        cache = TurnCache()
+        cached, cached_lengths, cached_tokens = converse(cache)
+    finally:
+        hook.remove()
+    assert cached == whole and cached_lengths == lengths
+    assert min(lengths) < 16 and max(lengths) == 16  # one answer ended early, the batch went on
+    assert cache.keys == ["a"]  # b left the batch after its second turn
+    assert cached_tokens < whole_tokens * 0.75
+
+
 # End to end through the CLI
 
 def _check_output(out: Path, n: int) -> dict:

@@ -455,6 +455,51 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _growing_kv_cache(config):
+    """A DynamicCache whose layers write into buffers with room to spare. DynamicLayer concatenates the whole cache
+    with each new token: at batch 8 and ~1,800 cached tokens that copy is as much memory traffic as reading the
+    weights, and decoding measured ~30% faster without it. Models with sliding-window layers keep DynamicCache."""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self.held, self.key_buffer, self.value_buffer = 0, None, None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.held + key_states.shape[-2]
+            if self.key_buffer is None or end > self.key_buffer.shape[-2]:
+                size = (*key_states.shape[:2], max(end + 256, end * 3 // 2), key_states.shape[-1])
+                keys, values = key_states.new_empty(size), value_states.new_empty(size)
+                if self.held:
+                    keys[..., :self.held, :] = self.keys
+                    values[..., :self.held, :] = self.values
+                self.key_buffer, self.value_buffer = keys, values
+            self.key_buffer[..., self.held:end, :] = key_states
+            self.value_buffer[..., self.held:end, :] = value_states
+            self.held = end
+            self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.get_seq_length() > 0:
+                self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+                self.keys = self.key_buffer[..., :self.held, :]
+                self.values = self.value_buffer[..., :self.held, :]
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("a turn cache only grows")
+
+    cache = DynamicCache(config=config)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [GrowingLayer() for _ in cache.layers]
+    return cache
+
+
 class LocalProvider:
     """An in-process transformers model (default: the embedded demo model), for offline generation."""
 
@@ -493,15 +538,12 @@ class LocalProvider:
 
         texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
         prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        keys = list(range(len(batch)) if keys is None else keys)
         if cache is None or cache.keys is None:
             width = max(len(p) for p in prompts)
             ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            kv = None
-            if cache is not None:
-                from transformers import DynamicCache
-
-                kv = DynamicCache(config=self.model.config)
+            kv = _growing_kv_cache(self.model.config) if cache is not None else None
         else:
             cache.select(keys)
             ids, mask = self._extend(cache, prompts)
@@ -516,7 +558,7 @@ class LocalProvider:
         width = ids.shape[1]
         new = sequences[:, width:]
         if cache is not None:
-            self._keep(cache, list(keys), kv, sequences, mask, width)
+            self._keep(cache, keys, kv, sequences, mask, width)
         results = []
         for i, row in enumerate(new):
             text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
@@ -665,16 +707,16 @@ def _generate_one(item: PlanItem, provider, settings: GenerationSettings):
 
 
 def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) -> None:
-    """A local model answers many conversations' next turn in one batch. Conversations with as many turns go
-    together, so a batch does not shrink halfway; each group keeps its KV cache from turn to turn when the provider
-    offers one (`TurnCache`), so a turn computes only the new answer and question, not the whole prompt again."""
+    """A local model answers many conversations' next turn in one batch. Conversations with as many turns and
+    similar prompt lengths go together, so a batch neither shrinks halfway nor pads much; with a `LocalProvider` each
+    group keeps its KV cache from turn to turn (`TurnCache`), so a turn computes only the new answer and question
+    rather than the whole grounded prompt again."""
     size = max(1, settings.concurrency)
-    todo = sorted(todo, key=lambda item: -len(_conversation_turns(item)))  # stable: plan order within a length
-    cached = isinstance(provider, LocalProvider)
+    todo = sorted(todo, key=lambda item: (-len(_conversation_turns(item)), len(system_prompt(item))))
     for start in range(0, len(todo), size):
         group = todo[start:start + size]
         states = [([], Usage()) for _ in group]
-        cache = {"cache": TurnCache()} if cached else {}
+        cache = TurnCache() if isinstance(provider, LocalProvider) else None
         for turn in range(max(len(_conversation_turns(i)) for i in group)):
             active = [k for k, item in enumerate(group) if turn < len(_conversation_turns(item))]
             prompts = []
@@ -682,9 +724,9 @@ def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) ->
                 messages, _ = states[k]
                 messages.append({"role": "user", "content": _conversation_turns(group[k])[turn]})
                 prompts.append([{"role": "system", "content": system_prompt(group[k])}, *messages])
+            reuse = {"cache": cache, "keys": active} if cache is not None else {}
             answers = provider.complete_batch(prompts, max_tokens=settings.max_tokens,
-                                              temperature=settings.temperature, **cache,
-                                              **({"keys": active} if cached else {}))
+                                              temperature=settings.temperature, **reuse)
             for k, (answer, used) in zip(active, answers):
                 states[k][0].append({"role": "assistant", "content": answer})
                 states[k][1].add(used)
