@@ -260,7 +260,7 @@ def test_cached_turns_say_what_whole_prompts_say(local_provider):
                        "Is it expensive?"],
                  "b": ["Reply with one word: yes or no. Is Berlin in Germany?",
                        "Can I work part-time in Canada while I study there?"]}
-    computed = []
+    tokenizer, computed = local_provider.tokenizer, []
     hook = local_provider.model.register_forward_pre_hook(
         lambda module, args, kwargs: computed.append(kwargs["input_ids"].numel()), with_kwargs=True)
 
@@ -277,6 +277,14 @@ def test_cached_turns_say_what_whole_prompts_say(local_provider):
             for k, (text, usage) in zip(keys, answers):
                 talks[k].append({"role": "assistant", "content": text})
                 lengths.append(usage.completion_tokens)
+            if cache is not None:
+                # Each row attends to its own conversation so far and nothing else (no padding, nothing generated
+                # after its answer ended): all of it but the last token sampled and the template's end of message.
+                for row, k in enumerate(keys):
+                    seen = cache.ids[row][cache.mask[row] == 1].tolist()
+                    text = tokenizer.apply_chat_template([system, *talks[k]], tokenize=False)
+                    so_far = tokenizer(text, add_special_tokens=False)["input_ids"]
+                    assert seen == so_far[:len(seen)] and len(seen) >= len(so_far) - 3, (turn, k)
         return talks, lengths, sum(computed)
 
     try:
