@@ -196,4 +196,7 @@ def test_paper_pipeline_runs_end_to_end_on_a_tiny_mistral(tiny_mistral_dir, stag
                                   "compute_dtype": "bfloat16"}
     resolved = load_config(cfg.run_dir() / "stage2" / "resolved_config.yaml")
     assert resolved.stages["stage2"].optim == "adamw_8bit"
-    assert resolved.stages["stage2"].gradient_accumulation_steps == 8
+    st2 = resolved.stages["stage2"]
+    assert (st2.per_device_train_batch_size, st2.gradient_accumulation_steps) == (8, 2)  # the paper's 2 x 8, packed
+    assert st2.padding_free and st2.use_liger_kernel == "auto"
+    assert read(cfg.run_dir() / "stage2" / "metrics.json")["liger_kernel"] is False  # no CUDA here
