@@ -589,7 +589,9 @@ class LocalProvider:
 
         held = kv.get_seq_length()
         new = sequences[:, width:]
-        ended = (new == self.pad_id).int().cumsum(1) > 0
+        eos = self.model.generation_config.eos_token_id
+        stops = torch.tensor([self.pad_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])])
+        ended = torch.isin(new, stops).int().cumsum(1) > 0
         after_end = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], 1)  # the end token itself stays
         new_mask = (~after_end).long()
         ids = torch.where(after_end, torch.full_like(new, self.pad_id), new)
