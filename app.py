@@ -91,7 +91,7 @@ def build_app(registry, engine, store=None, cfg=None):
     import gradio as gr
 
     from space.engine import BASE, GenerationSettings
-    from trainer.config import SpaceConfig
+    from trainer.space_settings import SpaceConfig
 
     cfg = cfg or SpaceConfig()
     limits, defaults = cfg.limits, cfg.generation
@@ -177,7 +177,7 @@ def build_app(registry, engine, store=None, cfg=None):
     def submit_feedback(history, ratings, comment_text, better_answer, consented, adapter, system_prompt,
                         temperature, top_p, max_new_tokens, request_id, request: gr.Request):
         """Store one consented snapshot of the dialogue with its ratings; acknowledged once durable."""
-        from space.feedback import FeedbackError, FeedbackRecord
+        from trainer.feedback import FeedbackError, FeedbackRecord
         from space.privacy import redact, redact_many
 
         if not consented:
@@ -260,7 +260,7 @@ def build_app(registry, engine, store=None, cfg=None):
             record.topic or None
 
     def label_decide(record_id, decision, turn, corrected, topic, established, request: gr.Request):
-        from space.feedback import FeedbackError
+        from trainer.feedback import FeedbackError
         from space.privacy import redact
 
         reviewer = require_reviewer(request, established)
@@ -391,7 +391,7 @@ def open_feedback_store(cfg):
     """The SQLite store, plus (with `feedback.hub_dataset`) a CommitScheduler pushing its JSONL copy."""
     from pathlib import Path
 
-    from space.feedback import FeedbackStore
+    from trainer.feedback import FeedbackStore
 
     settings = cfg.feedback
     store_path = Path(settings.store)
@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from space.engine import InferenceEngine, choose_base_model
     from space.registry import AdapterRegistry
-    from trainer.config import ConfigError, load_space_config
+    from trainer.space_settings import ConfigError, load_space_config
     from trainer.demo_model import DemoModelError
     from trainer.modeling import ModelError
 

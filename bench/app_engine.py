@@ -36,7 +36,7 @@ QUESTION = [
 def build_engine(runs_dir: Path, load_in_4bit: bool, extra_adapter: Path | None):
     from space.engine import InferenceEngine
     from space.registry import AdapterRegistry
-    from trainer.config import load_space_config
+    from trainer.space_settings import load_space_config
 
     overrides = [f"runs_dir={runs_dir}", f"load_in_4bit={str(load_in_4bit).lower()}"]
     if extra_adapter is not None:

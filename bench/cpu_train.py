@@ -71,7 +71,8 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
     import torch
 
     from trainer.config import load_config
-    from trainer.modeling import load_tokenizer, resolve_base_model, select_training_template
+    from trainer.modeling import load_tokenizer, resolve_base_model
+    from trainer.templates import select_training_template
 
     base = [
         f"max_length={max_length}", "name=bench-" + side, f"output_dir={workdir}",

@@ -31,8 +31,9 @@ sys.path.insert(0, str(REPO))
 
 def answer_rate(stages, load_in_4bit: bool, questions, settings) -> list[dict]:
     """Questions per minute and tokens per second for each model, on one loaded PeftModel."""
-    from trainer.config import DEFAULT_SYSTEM_PROMPT
-    from trainer.evaluate import BASE, GenerationConfig, active, generate_answers, load_models
+    from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
+    from trainer.eval import BASE
+    from trainer.eval.run import GenerationConfig, active, generate_answers, load_models
 
     started = time.perf_counter()
     model, tokenizer, _, _ = load_models(stages, load_in_4bit)
@@ -59,7 +60,7 @@ def answer_rate(stages, load_in_4bit: bool, questions, settings) -> list[dict]:
 
 def whole_evaluation(run: Path, load_in_4bit: bool, limit: int, settings, threads: int) -> dict:
     """Wall time of `run_evaluation --limit N` on a copy of the run."""
-    from trainer.evaluate import run_evaluation
+    from trainer.eval.run import run_evaluation
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / run.name
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from trainer.evaluate import GenerationConfig, load_questions, read_run, select_questions
+    from trainer.eval.rubric import load_questions, select_questions
+    from trainer.eval.run import GenerationConfig, read_run
 
     stages = read_run(args.run)
     questions = select_questions(load_questions(REPO / "data" / "eval" / "questions.yaml"), args.questions)

@@ -320,7 +320,7 @@ def child_baseline(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.modeling import select_training_template
+    from trainer.templates import select_training_template
 
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])

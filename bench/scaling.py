@@ -152,7 +152,8 @@ def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: in
                       eval=len(data.eval))
     elif task == "length":
         from trainer.data import check_lengths
-        from trainer.modeling import load_tokenizer, resolve_base_model, select_training_template
+        from trainer.modeling import load_tokenizer, resolve_base_model
+        from trainer.templates import select_training_template
 
         tokenizer = load_tokenizer(resolve_base_model("smollm2-135m-instruct"))
         template = select_training_template(tokenizer, "auto")

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from bench.serve import ServeError, transformers_serve
     from trainer.demo_model import demo_model_path
     from trainer.kb import load_kb
-    from trainer.synth import GenerationSettings, OpenAICompatibleProvider, build_plan, generate
+    from trainer.providers import OpenAICompatibleProvider
+    from trainer.synth import GenerationSettings, build_plan, generate
 
     kb = load_kb(REPO / "data" / "kb")
     plan = build_plan(kb, args.n, seed=11, false_premise_share=0.1, turns=(8, 8))

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import AdapterEntry, ConfigError, SpaceConfig
+from trainer.space_settings import AdapterEntry, ConfigError, SpaceConfig
 
 
 @dataclass(frozen=True)

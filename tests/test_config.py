@@ -17,8 +17,8 @@ from trainer.config import (
     build_sft_config,
     dump_config,
     load_config,
-    parse_override,
 )
+from trainer.typed_yaml import parse_override
 
 SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 ALL_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

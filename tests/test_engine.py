@@ -10,7 +10,7 @@ import pytest
 
 from space.engine import BASE, GenerationSettings, InferenceEngine, StreamStats, same_base
 from space.registry import AdapterRegistry
-from trainer.config import ConfigError, load_space_config
+from trainer.space_settings import ConfigError, load_space_config
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
 QUESTION = [{"role": "user", "content": "How do I apply for a student visa?"}]

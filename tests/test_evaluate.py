@@ -13,11 +13,13 @@ import yaml
 from conftest import REPO
 
 from trainer.__main__ import main
-from trainer.evaluate import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, EvalError, JudgeSettings,
-                              PairwiseJudge, bleu_from_statistics, bleu_statistics, bootstrap_ci, combine_orders,
-                              gate_decision, is_markdown, judge_pairs, load_questions, markdown_rate, parse_question,
-                              parse_verdict, rouge_l, rubric_rates, score_answer, select_questions,
-                              summarize_judgements)
+from trainer.eval import EvalError
+from trainer.eval.gate import gate_decision
+from trainer.eval.judge import (JudgeSettings, PairwiseJudge, combine_orders, judge_pairs, parse_verdict,
+                                summarize_judgements)
+from trainer.eval.rubric import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, is_markdown, load_questions,
+                                 markdown_rate, parse_question, rubric_rates, score_answer, select_questions)
+from trainer.eval.stats import bleu_from_statistics, bleu_statistics, bootstrap_ci, rouge_l
 
 QUESTION = {
     "id": "work-canada", "topic": "work rights", "false_premise": True, "source": "https://www.canada.ca/",

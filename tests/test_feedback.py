@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from space.feedback import FeedbackError, FeedbackRecord, FeedbackStore
+from trainer.feedback import FeedbackError, FeedbackRecord, FeedbackStore
 
 DIALOGUE = [{"role": "user", "content": "Do I need IELTS 7.0 for Edinburgh?"},
             {"role": "assistant", "content": "It depends on the programme; check its page."},
@@ -88,7 +88,7 @@ def test_32_concurrent_writers_store_every_record_once(tmp_path):
 WRITER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from space.feedback import FeedbackRecord, FeedbackStore
+from trainer.feedback import FeedbackRecord, FeedbackStore
 store = FeedbackStore({path!r})
 i = 0
 while True:

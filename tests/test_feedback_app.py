@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import launch_app, stop_app
 
-from space.feedback import FeedbackStore
+from trainer.feedback import FeedbackStore
 
 TOKEN = "local-reviewer-token-8c1f"
 SYSTEM = "You are a careful counsellor."

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from trainer.synth import (GenerationError, GenerationSettings, OpenAICompatibleProvider, PlanItem, build_plan,
+from trainer.providers import OpenAICompatibleProvider, ProviderError
+from trainer.synth import (GenerationError, GenerationSettings, PlanItem, build_plan,
                            generate, load_exemplars, read_done, system_prompt)
 
 SEED = REPO / "data" / "seed" / "stage1_grounded.jsonl"
@@ -116,13 +117,13 @@ def test_retries_429_then_500_then_answers(scripted):
 def test_gives_up_after_max_retries_and_fails_fast_on_401(scripted):
     server = scripted([500] * 10)
     provider = OpenAICompatibleProvider(server.base_url, "m", max_retries=3, sleep=lambda s: None)
-    with pytest.raises(GenerationError, match="HTTP 500"):
+    with pytest.raises(ProviderError, match="HTTP 500"):
         provider.complete([{"role": "user", "content": "q"}], max_tokens=5, temperature=0)
     assert len(server.requests) == 4
 
     server = scripted([401])
     provider = OpenAICompatibleProvider(server.base_url, "m", api_key="sk-wrong", sleep=lambda s: None)
-    with pytest.raises(GenerationError, match="HTTP 401") as info:
+    with pytest.raises(ProviderError, match="HTTP 401") as info:
         provider.complete([{"role": "user", "content": "q"}], max_tokens=5, temperature=0)
     assert len(server.requests) == 1 and "sk-wrong" not in str(info.value)
 
@@ -130,7 +131,7 @@ def test_gives_up_after_max_retries_and_fails_fast_on_401(scripted):
 def test_connection_refused_is_retried_then_reported():
     waits = []
     provider = OpenAICompatibleProvider("http://127.0.0.1:9/v1", "m", max_retries=2, timeout=2, sleep=waits.append)
-    with pytest.raises(GenerationError, match="127.0.0.1:9"):
+    with pytest.raises(ProviderError, match="127.0.0.1:9"):
         provider.complete([{"role": "user", "content": "q"}], max_tokens=5, temperature=0)
     assert waits == [0.5, 1.0]
 
@@ -141,7 +142,7 @@ def test_generation_resumes_without_duplicates(scripted, tmp_path):
     # First run: the server fails every request about conversation 5, the run stops with an error.
     broken = scripted(fail_when=lambda q: q.startswith(("Question 5?", "Follow-up 5.")))
     provider = OpenAICompatibleProvider(broken.base_url, "m", max_retries=1, sleep=lambda s: None)
-    with pytest.raises(GenerationError):
+    with pytest.raises(ProviderError):
         generate(plan, provider, raw, GenerationSettings(concurrency=1, max_tokens=16), progress=False)
     first = read_done(raw)
     assert first and "plan-005" not in first and len(first) < 8
@@ -169,7 +170,7 @@ def test_ctrl_c_keeps_finished_conversations(tmp_path):
             self.calls = 0
 
         def complete(self, messages, *, max_tokens, temperature):
-            from trainer.synth import Usage
+            from trainer.providers import Usage
 
             self.calls += 1
             if self.calls == 7:
@@ -359,7 +360,8 @@ def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
     """All rows fail the audit: train and eval are empty, and the dataset still loads with its schema."""
     import datasets
 
-    from trainer.synth import GenerationRun, Usage, finish
+    from trainer.providers import Usage
+    from trainer.synth import GenerationRun, finish
 
     rows = [{"plan_id": f"p{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
                                                {"role": "assistant", "content": "Too short."}],

@@ -113,7 +113,7 @@ def test_lineage_links_stage2_to_stage1_and_the_data(demo_run, stage_files):
 def test_adapter_carries_the_trained_template_and_names_its_base(demo_run, demo_tokenizer):
     from transformers import AutoTokenizer
 
-    from trainer.modeling import select_training_template
+    from trainer.templates import select_training_template
 
     cfg, _, _ = demo_run
     adapter = cfg.run_dir() / "stage2" / "adapter"

@@ -110,8 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from trainer.config import build_lora_config, build_quantization_config, build_sft_config, load_config
     from trainer.data import DataError, prepare_stage_data, resolve_source
-    from trainer.modeling import (ModelError, load_tokenizer, resolve_base_model, select_training_template,
-                                  verify_training_template)
+    from trainer.modeling import ModelError, load_tokenizer, resolve_base_model
+    from trainer.templates import select_training_template, verify_training_template
     from trainer.train import config_base_dir
 
     cfg = load_config(args.config, args.overrides)
@@ -202,7 +202,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainer.kb import load_kb
-    from trainer.synth import (GenerationError, GenerationSettings, LocalProvider, OpenAICompatibleProvider,
+    from trainer.providers import OpenAICompatibleProvider
+    from trainer.synth import (GenerationError, GenerationSettings, LocalProvider,
                                build_plan, finish, generate, llm_judge, load_exemplars)
 
     kb = load_kb(args.kb)
@@ -247,7 +248,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # PyTorch's and bitsandbytes' OpenMP pools spin against each other on a small CPU: with idle threads sleeping,
     # 2-thread decoding measured ~3x faster (bench/eval_throughput.py). It must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from trainer.evaluate import GenerationConfig, JudgeSettings, run_evaluation
+    from trainer.eval.judge import JudgeSettings
+    from trainer.eval.run import GenerationConfig, run_evaluation
 
     judge = None
     if args.judge_base_url:
@@ -276,17 +278,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.config import ConfigError
     from trainer.data import DataError
     from trainer.demo_model import DemoModelError
-    from trainer.evaluate import EvalError
+    from trainer.eval import EvalError
     from trainer.export import ExportError
     from trainer.hub import HubError
     from trainer.kb import KBError
     from trainer.modeling import ModelError
+    from trainer.providers import ProviderError
+    from trainer.rundir import RunError
     from trainer.synth import GenerationError
 
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError, KBError,
-            GenerationError, EvalError) as exc:
+            GenerationError, ProviderError, EvalError, RunError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,28 +1,30 @@
-"""Pipeline configuration: the only place YAML meets code.
+"""Pipeline configuration: the typed settings of one pipeline YAML (both stages) and the objects built from them.
 
 One YAML file describes a whole pipeline (both stages). `model`, `quantization` and `lora` are defined once and
 shared by every stage, so stage 2 can never drift from stage 1. `training` holds the defaults every stage inherits;
-a stage block overrides any of them. `load_config(path, overrides)` returns frozen dataclasses and rejects unknown
-keys by their dotted name; `build_sft_config` / `build_lora_config` / `build_quantization_config` turn them into the
-TRL, PEFT and transformers objects (imported lazily so `--help` stays instant).
+a stage block overrides any of them. `load_config(path, overrides)` reads it through `trainer.typed_yaml` (the one
+YAML loader), returns frozen dataclasses and rejects unknown keys by their dotted name; `build_sft_config` /
+`build_lora_config` / `build_quantization_config` turn them into the TRL, PEFT and transformers objects (imported
+lazily so `--help` stays instant). This module imports no other module of the tool: data, training and the app
+depend on it, never the reverse.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from trainer.typed_yaml import ConfigError, coerce, dump_yaml, load_typed, suggest, to_plain
 
-
-class ConfigError(ValueError):
-    """A configuration a user wrote is invalid; the message names the file, key and rule."""
+SCHEMAS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+"""The conversation schemas `trainer.data` reads (`dataset.schema`, besides `auto`)."""
+DATASET_KINDS = ("synthetic", "real", "audit")
+TOPICS = ("admissions", "sop", "documents", "tests", "scholarships", "visas", "costs", "housing",
+          "health insurance", "work rights", "culture", "careers", "language", "other")
+"""Counselling topics: the labelling tab's tags, the rubric's topics (all but `other`) and the generator's plan."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready form of the resolved config (every stage fully expanded)."""
-        out = _to_plain(self)
+        out = to_plain(self)
         out.pop("source", None)
         return out
 
@@ -185,126 +187,18 @@ class PipelineConfig:
 _SHARED_STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings) if f.name not in ("dataset", "init_from"))
 
 
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
 
 
-def _item_where(where: str, index: int, value: Any) -> str:
-    """`adapters[2] (stage2)`: list items are named by position and, when they have one, by name."""
-    name = value.get("name") if isinstance(value, Mapping) else None
-    return f"{where}[{index}]" + (f" ({name})" if isinstance(name, str) and name else "")
 
 
-def _suggest(key: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise a ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is collections.abc.Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _key_type, item_type = typing.get_args(tp)
-        return types.MappingProxyType({str(k): _coerce(v, item_type, f"{where}.{k}") for k, v in value.items()})
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_type, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(v, item_type, _item_where(where, i, v)) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-            is_integral = as_float == int(as_float)
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if not is_integral:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(as_float)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            # PyYAML reads `1e-4` (no dot) as a string; accept it as the number users mean.
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - schema bug, not user input
 
 
-def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key{_suggest(str(key), names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where + '.' if where else ''}{f.name}: required key is missing")
-            continue
-        kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{where + '.' if where else ''}{f.name}")
-    return cls(**kwargs)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split a dotted `key=value` override; the value is read as YAML (`true`, `3`, `[a, b]`)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. stages.stage2.learning_rate=1e-4")
-    key, value = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"--set {text!r}: empty key")
-    return parts, yaml.safe_load(value) if value.strip() else ""
 
 
-def _apply_override(raw: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {text!r}: {part!r} is not a section")
-        node = child
-    node[parts[-1]] = value
 
 
 def _validate_values(cfg: PipelineConfig) -> None:
@@ -327,8 +221,6 @@ def _validate_values(cfg: PipelineConfig) -> None:
         raise ConfigError(f"max_length: must be at least 16, got {cfg.max_length}")
     if not cfg.stages:
         raise ConfigError("stages: at least one stage is required")
-    from trainer.data import SCHEMAS  # local import: data.py imports this module
-
     seen: list[str] = []
     for name, st in cfg.stages.items():
         where = f"stages.{name}"
@@ -338,7 +230,7 @@ def _validate_values(cfg: PipelineConfig) -> None:
             )
         if not 0 <= st.dataset.eval_fraction < 1:
             raise ConfigError(f"{where}.dataset.eval_fraction: must be in [0, 1), got {st.dataset.eval_fraction}")
-        if st.dataset.kind not in ("synthetic", "real", "audit"):
+        if st.dataset.kind not in DATASET_KINDS:
             raise ConfigError(f"{where}.dataset.kind: must be synthetic, real or audit, got {st.dataset.kind!r}")
         if not 0 <= st.dataset.max_bad_fraction <= 1:
             raise ConfigError(f"{where}.dataset.max_bad_fraction: must be in [0, 1]")
@@ -365,52 +257,38 @@ def _validate_values(cfg: PipelineConfig) -> None:
         seen.append(name)
 
 
+def _merge_training_defaults(raw: dict[str, Any]) -> None:
+    """Fold the shared `training:` block into every stage (a stage's own keys win), type-checking it first so an
+    error names the key the user wrote, not the stage that inherited it."""
+    shared = raw.pop("training", None) or {}
+    if not isinstance(shared, dict):
+        raise ConfigError("training: expected a mapping")
+    stage_hints = typing.get_type_hints(StageSettings)
+    for key in shared:
+        if key not in _SHARED_STAGE_KEYS:
+            raise ConfigError(f"training.{key}: unknown key{suggest(key, _SHARED_STAGE_KEYS)}")
+        shared[key] = coerce(shared[key], stage_hints[key], f"training.{key}")
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        raise ConfigError("stages: expected a mapping of stage names to settings")
+    merged = {}
+    for name, block in stages_raw.items():
+        if not isinstance(block, dict):
+            raise ConfigError(f"stages.{name}: expected a mapping")
+        merged[name] = {**shared, **block}
+    raw["stages"] = merged
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
     """Read a pipeline YAML, apply dotted `key=value` overrides, and return the validated, frozen config."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for text in overrides:
-        parts, value = parse_override(text)
-        _apply_override(raw, parts, value, text)
-
-    try:
-        shared = raw.pop("training", None) or {}
-        if not isinstance(shared, dict):
-            raise ConfigError("training: expected a mapping")
-        stage_hints = typing.get_type_hints(StageSettings)
-        for key in shared:
-            if key not in _SHARED_STAGE_KEYS:
-                raise ConfigError(f"training.{key}: unknown key{_suggest(key, _SHARED_STAGE_KEYS)}")
-            # Check types here, so an error names the key the user wrote, not the stage that inherited it.
-            shared[key] = _coerce(shared[key], stage_hints[key], f"training.{key}")
-        stages_raw = raw.get("stages")
-        if not isinstance(stages_raw, dict) or not stages_raw:
-            raise ConfigError("stages: expected a mapping of stage names to settings")
-        merged = {}
-        for name, block in stages_raw.items():
-            if not isinstance(block, dict):
-                raise ConfigError(f"stages.{name}: expected a mapping")
-            merged[name] = {**shared, **block}
-        raw["stages"] = merged
-        cfg = dataclasses.replace(_build(PipelineConfig, raw, ""), source=str(path))
-        _validate_values(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return cfg
+    return load_typed(PipelineConfig, Path(path), overrides, prepare=_merge_training_defaults,
+                      validate=_validate_values)
 
 
 def dump_config(cfg: PipelineConfig, path: str | Path, stage: str | None = None) -> None:
     """Write the resolved config (optionally naming the stage it produced) as YAML."""
     header = f"# resolved config, as trained for stage {stage}\n" if stage is not None else ""
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
-    Path(path).write_text(header + text, encoding="utf-8")
+    Path(path).write_text(dump_yaml(cfg.to_dict(), header), encoding="utf-8")
 
 
 # Builders: the TRL / PEFT / transformers objects each stage trains with.
@@ -515,176 +393,3 @@ def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{cfg.source}: stages.{stage}: TRL rejected the settings: {exc}") from None
-
-
-# The Space: which base to serve, which adapters, and the limits a public demo needs.
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a careful study-abroad counsellor for international students. Answer in clear markdown with short "
-    "sections and concrete next steps. Say when something depends on the country, the university or the year, point "
-    "to the official source (university admissions pages, government visa and immigration sites) and never invent "
-    "deadlines, fees or requirements. If a question rests on a false premise (for example a programme a university "
-    "does not offer), say so politely and suggest what does exist."
-)
-
-
-DEFAULT_EXAMPLES = (
-    "Which documents do I need for a student visa application?",
-    "How do I write a strong statement of purpose for a master's in data science?",
-    "What scholarships can an international undergraduate apply for, and when?",
-    "How much should I budget per month for living costs as a student in Germany?",
-    "How do I find safe student housing before I arrive?",
-    "Is health insurance compulsory for international students in Australia?",
-    "How many hours can I work per week on a student visa in Canada?",
-    "Which admission tests do US graduate programmes usually ask for?",
-    "Will a degree from abroad help my career when I return home?",
-)
-
-
-@dataclass(frozen=True)
-class AdapterEntry:
-    name: str
-    """Label shown in the app; letters, digits, `-`, `_`, `.` and `/`."""
-    path: str | None = None
-    """Local adapter folder (e.g. runs/demo/stage2/adapter)."""
-    repo: str | None = None
-    """Hub model repo holding the adapter."""
-    revision: str | None = None
-    """Branch, tag or commit of `repo`."""
-    subfolder: str | None = None
-    """Folder inside `repo` that holds the adapter files."""
-    description: str = ""
-    """One line shown next to the adapter in the app."""
-
-
-@dataclass(frozen=True)
-class LimitSettings:
-    max_input_chars: int = 2000
-    """Longest question accepted; longer ones get a message, not a truncated answer."""
-    max_history_turns: int = 6
-    """Earlier question/answer pairs kept in the prompt; older ones are dropped with a notice."""
-    concurrency: int = 1
-    """Generations running at once (they share one base model, so 1 is right for one GPU or CPU)."""
-    queue_size: int = 32
-    """Visitors waiting beyond the running ones; more are turned away with a message."""
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    max_new_tokens: int = 384
-    """Default answer length cap (visitors can lower or raise it up to `max_new_tokens_limit`)."""
-    max_new_tokens_limit: int = 1024
-    """Upper bound of the answer-length slider."""
-    temperature: float = 0.7
-    """0 means greedy decoding."""
-    top_p: float = 0.9
-    """Nucleus sampling cut-off."""
-    repetition_penalty: float = 1.1
-    """Above 1 discourages repeating the same phrases (small models loop without it)."""
-
-
-DEFAULT_CONSENT = (
-    "I agree that this conversation, with personal details such as emails, phone numbers, ID numbers and addresses "
-    "removed, may be stored and reviewed to improve this counsellor. No name or account is attached to it."
-)
-TOPICS = ("admissions", "sop", "documents", "tests", "scholarships", "visas", "costs", "housing",
-          "health insurance", "work rights", "culture", "careers", "language", "other")
-
-
-@dataclass(frozen=True)
-class FeedbackSettings:
-    enabled: bool = True
-    """Offer ratings, comments and suggested answers (stored only with consent)."""
-    store: str = "data/feedback/feedback.sqlite"
-    """SQLite file on local disk (on a Space with persistent storage, put it under /data)."""
-    consent_text: str = DEFAULT_CONSENT
-    """The consent checkbox's text; nothing is stored unless it is ticked."""
-    hub_dataset: str | None = None
-    """Private Hub dataset that receives every record as JSONL (via CommitScheduler), e.g. my-org/feedback."""
-    every_minutes: float = 10.0
-    """How often the JSONL files are committed to `hub_dataset`."""
-    reviewers: tuple[str, ...] = ()
-    """Hugging Face usernames allowed into the labelling tab (on a Space, through OAuth)."""
-    token_env: str = "LABELLING_TOKEN"
-    """Environment variable holding the local reviewer token (open the app with ?token=...)."""
-    topics: tuple[str, ...] = TOPICS
-    """Topic tags offered to reviewers."""
-
-
-@dataclass(frozen=True)
-class SpaceConfig:
-    base_model: str = "auto"
-    """`auto` (Mistral-7B-Instruct-v0.3 on a GPU, the embedded demo model on a CPU), a Hub id, folder or demo name."""
-    base_revision: str | None = None
-    """Hub revision of the base model."""
-    load_in_4bit: bool = True
-    """Serve the base in 4-bit NF4 (GPU or CPU); false loads bf16 on a GPU, fp32 on a CPU."""
-    runs_dir: str = "runs"
-    """Folder searched for trained adapters (`<run>/<stage>/adapter`), offered as `<run>/<stage>`."""
-    discover_runs: bool = True
-    """Offer the adapters found in `runs_dir` too."""
-    adapters: tuple[AdapterEntry, ...] = ()
-    """Adapters to offer, from a local folder or a Hub repo."""
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    """Counselling system prompt (visitors can edit their own copy)."""
-    examples: tuple[str, ...] = DEFAULT_EXAMPLES
-    """Example questions offered under the chat box."""
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
-    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
-    source: str | None = None
-    """File the settings were read from."""
-
-
-_ADAPTER_NAME = __import__("re").compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
-
-
-def load_space_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> SpaceConfig:
-    """Read `space_config/space.yaml` (or defaults when `path` is None), with dotted overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    for text in overrides:
-        parts, value = parse_override(text)
-        _apply_override(raw, parts, value, text)
-    try:
-        cfg = dataclasses.replace(_build(SpaceConfig, raw, ""), source=str(path) if path else None)
-        seen: set[str] = set()
-        for i, entry in enumerate(cfg.adapters):
-            where = _item_where("adapters", i, {"name": entry.name})
-            if not _ADAPTER_NAME.match(entry.name) or entry.name.lower() == "base":
-                raise ConfigError(f"{where}.name: {entry.name!r} must be 1-64 letters, digits, - _ . / "
-                                  "and not 'base' (the base model's own entry)")
-            if entry.name in seen:
-                raise ConfigError(f"{where}.name: {entry.name!r} is used twice")
-            seen.add(entry.name)
-            if (entry.path is None) == (entry.repo is None):
-                raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)")
-            if entry.path is not None and (entry.revision or entry.subfolder):
-                raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
-        lim = cfg.limits
-        for key in ("max_input_chars", "concurrency", "queue_size"):
-            if getattr(lim, key) < 1:
-                raise ConfigError(f"limits.{key}: must be at least 1")
-        if lim.max_history_turns < 0:
-            raise ConfigError("limits.max_history_turns: must be 0 or more")
-        if cfg.feedback.every_minutes <= 0:
-            raise ConfigError("feedback.every_minutes: must be positive")
-        if cfg.feedback.hub_dataset is not None and cfg.feedback.hub_dataset.count("/") != 1:
-            raise ConfigError(f"feedback.hub_dataset: {cfg.feedback.hub_dataset!r} is not a Hub repo id (owner/name)")
-        gen = cfg.generation
-        if not 0 <= gen.temperature <= 2 or not 0 < gen.top_p <= 1:
-            raise ConfigError("generation: temperature must be in [0, 2] and top_p in (0, 1]")
-        if not 1 <= gen.max_new_tokens <= gen.max_new_tokens_limit:
-            raise ConfigError("generation.max_new_tokens: must be between 1 and max_new_tokens_limit")
-    except ConfigError as exc:
-        raise ConfigError(f"{path or 'space config'}: {exc}") from None
-    return cfg

@@ -33,7 +33,6 @@ try:  # ships with gradio (a pinned requirement); plain json is used without it
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 
-SCHEMAS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 # The rules a row can break; each message starts with one of these.

@@ -82,7 +82,7 @@ def dpo_rows(record, with_system: bool = True) -> Iterable[dict[str, Any]]:
 
 def read_jsonl_records(folder: Path) -> list:
     """Replay the JSONL copy (records and later decisions, in file order) into records."""
-    from space.feedback import FeedbackRecord
+    from trainer.feedback import FeedbackRecord
 
     records: dict[str, FeedbackRecord] = {}
     files = sorted(folder.rglob("*.jsonl"))
@@ -121,7 +121,7 @@ def export_feedback(source: str | Path, out_dir: str | Path, *, system_prompt: b
     if source.is_dir():
         records = read_jsonl_records(source)
     elif source.is_file():
-        from space.feedback import FeedbackStore
+        from trainer.feedback import FeedbackStore
 
         store = FeedbackStore(source)
         try:

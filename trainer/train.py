@@ -28,9 +28,9 @@ from trainer.data import StageData, prepare_stage_data, to_dataset
 from trainer.lm_head import install_compact_lm_head
 from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
                              write_json)
-from trainer.modeling import (BaseModelRef, ModelError, TrainingTemplate, attach_adapter, load_base_model,
-                              load_tokenizer, name_base_in_adapter, resolve_base_model, select_training_template,
-                              verify_training_template)
+from trainer.modeling import (BaseModelRef, ModelError, attach_adapter, load_base_model, load_tokenizer,
+                              name_base_in_adapter, resolve_base_model)
+from trainer.templates import TrainingTemplate, select_training_template, verify_training_template
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TEMPLATE_CHECK_ROWS = 64

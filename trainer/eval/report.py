@@ -1,0 +1,236 @@
+"""The report: results.json as markdown, the metric and loss charts, and the verdict in each stage's lineage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainer.eval import BASE
+from trainer.eval.gate import GATE_RULE
+from trainer.eval.rubric import MARKDOWN_RULE, PASS_THRESHOLD
+
+# Report
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _with_ci(value: Any, ci: Sequence[float] | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return _fmt(value, digits) + (f" [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]" if ci else "")
+
+
+TABLE_COLUMNS = (
+    ("eval_loss", "eval loss", 3), ("eval_perplexity", "perplexity", 2), ("rouge_l", "ROUGE-L", 3),
+    ("bleu", "BLEU", 2), ("markdown_rate", "markdown rate", 2), ("rubric_accuracy", "rubric accuracy", 2),
+    ("false_premise_correction", "false-premise correction", 2), ("judge_win_rate", "judge win rate", 2),
+)
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """results.json as a markdown report, with the paper-style table first."""
+    models = [(BASE, results["base"])] + list(results["adapters"].items())
+    n = results["n"]
+    ns = {"eval_loss": f"n={n['eval_conversations']} conv.", "eval_perplexity": "",
+          "rouge_l": f"n={n['reference_prompts']}", "bleu": f"n={n['reference_prompts']}",
+          "markdown_rate": f"n={n['answers_per_model']}", "rubric_accuracy": f"n={n['questions']}",
+          "false_premise_correction": f"n={n['false_premise_questions']}",
+          "judge_win_rate": f"n={n.get('judged_questions', 0)}"}
+    q = results["quantization"]
+    precision = f"4-bit {q.get('quant_type', '')}" if q.get("load_in_4bit") else "unquantized"
+    lines = [f"# Evaluation of run `{results['run']}`", "",
+             f"{results['created']} · base `{results['base_model']}` ({precision}) · {results['device']}", "",
+             "## Verdict", ""]
+    for stage, gate in results["gate"].items():
+        lines.append(f"- **{stage}: {'PASSED' if gate['passed'] else 'FAILED'}** — {gate['summary']}")
+    lines += ["", f"Gate rule: {GATE_RULE}", "", "## Base vs adapters", "",
+              "Point estimates with 95% percentile-bootstrap intervals "
+              f"({results['settings']['bootstrap']['resamples']} resamples, seed {results['settings']['seed']}); "
+              "n is the number of items resampled.", ""]
+    columns = [c for c in TABLE_COLUMNS if c[0] != "judge_win_rate" or results.get("judge")]
+    header = ["model"] + [f"{label} ({ns[key]})" if ns[key] else label for key, label, _ in columns]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for name, entry in models:
+        m, ci = entry["metrics"], entry.get("intervals", {})
+        cells = [name] + [_with_ci(m.get(key), ci.get(key), digits) if key != "judge_win_rate" or name != BASE
+                          else "—" for key, _, digits in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "- eval loss: assistant-token cross-entropy over every stage's held-out conversations, pooled "
+              "by token; perplexity = exp(eval loss).",
+              "- ROUGE-L: F1, rouge-score with stemming; BLEU: corpus SacreBLEU (13a tokenizer); both against the "
+              "held-out answers, one prompt per assistant turn.",
+              f"- markdown rate: {MARKDOWN_RULE}.",
+              f"- rubric accuracy: share of questions scoring >= {PASS_THRESHOLD} (score = share of `must_mention` "
+              "points matched, the correction counting as one point on false-premise questions; 0 when a "
+              "`must_not_claim` error fires and its `unless` cue is absent).",
+              "- false-premise correction: share of false-premise questions whose answer has a correction cue and "
+              "no listed error.",
+              "- judge win rate: share of questions the adapter won against the base (both orders combined)."
+              if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
+
+    lines += ["## Held-out loss per split", "", "| model | " + " | ".join(
+        f"{s} split (n={d['conversations']}, {d['tokens']} tok.)" for s, d in results["splits"].items()) + " |",
+        "|---|" + "---|" * len(results["splits"])]
+    for name, entry in models:
+        cells = [name]
+        for split in results["splits"]:
+            d = entry.get("eval_loss_by_split", {}).get(split)
+            cells.append(f"{_fmt(d['loss'])} (ppl {_fmt(d['perplexity'], 2)})" if d else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    recorded = [f"{s}: {_fmt(results['adapters'][s]['loss_reduction'].get('eval_loss_last'))}"
+                for s in results["adapters"]]
+    lines += ["", "Recorded at the end of training (own split, TRL): " + ", ".join(recorded) + "."]
+    lines += [f"\n**{s} split not measured**: {d['unavailable']}" for s, d in results["splits"].items()
+              if d.get("unavailable")]
+    lines.append("")
+
+    lines += ["## Loss reduction per stage", "",
+              "| stage | train loss first → last | train reduction | eval loss first → last | eval reduction | "
+              "steps | source |", "|---|---|---|---|---|---|---|"]
+    for stage, entry in results["adapters"].items():
+        r = entry["loss_reduction"]
+        lines.append(f"| {stage} | {_fmt(r['train_loss_first'])} → {_fmt(r['train_loss_last'])} | "
+                     f"{_fmt(r['train_loss_reduction_pct'], 1)}% | {_fmt(r['eval_loss_first'])} → "
+                     f"{_fmt(r['eval_loss_last'])} | {_fmt(r['eval_loss_reduction_pct'], 1)}% | "
+                     f"{r['optimizer_steps']} | {r['source']} |")
+    lines += ["", "A falling training loss shows that an adapter fits its training data; it says nothing about the "
+              "quality of its answers (the paper's 52.7% reduction came with an adapter that lost to its base).",
+              "", "![metrics](metrics.png)", "", "![loss curves](loss_curves.png)", ""]
+
+    if results.get("judge"):
+        j = results["judge"]
+        lines += ["## Pairwise judge", "", f"Endpoint `{j['settings']['base_url']}`, model "
+                  f"`{j['settings']['model'] or 'default'}`, temperature 0, each pair judged twice with the answers "
+                  "swapped; agreeing verdicts stand, a tie and a preference give the preference, opposite "
+                  "preferences give a tie.", "",
+                  "| adapter | n | wins | ties | losses | unparseable | win rate | loss rate | net (win − loss) | "
+                  "position consistency |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for stage, s in j["per_adapter"].items():
+            lines.append(f"| {stage} | {s['n']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['invalid']} | "
+                         f"{_with_ci(s['win_rate'], s['win_rate_ci'], 2)} | "
+                         f"{_with_ci(s['loss_rate'], s['loss_rate_ci'], 2)} | "
+                         f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['position_consistency'], 2)} |")
+        lines.append("")
+
+    lines += ["## Throughput", "", "| model | answers | new tokens | seconds | answers/s | tokens/s |",
+              "|---|---|---|---|---|---|"]
+    for name, entry in models:
+        t = entry["throughput"]
+        lines.append(f"| {name} | {t['samples']} | {t['new_tokens']} | {t['seconds']} | {t['samples_per_second']} | "
+                     f"{t['tokens_per_second']} |")
+
+    lines += ["", "## Rubric by question", "", "Score per question (✓ passes at >= 0.5; ✗ a listed false claim "
+              "fired).", "", "| question | topic | false premise | " + " | ".join(name for name, _ in models) + " |",
+              "|---|---|---|" + "---|" * len(models)]
+    for row in results["rubric_by_question"]:
+        cells = []
+        for name, _ in models:
+            s = row["scores"][name]
+            cells.append(f"{s['score']:.2f} {'✓' if s['passed'] else ''}{'✗' if s['claims'] else ''}".strip())
+        lines.append(f"| {row['id']} | {row['topic']} | {'yes' if row['false_premise'] else ''} | "
+                     + " | ".join(cells) + " |")
+
+    s = results["settings"]
+    lines += ["", "## Settings", "",
+              f"- generation: {json.dumps(s['generation'])}",
+              f"- seed: {s['seed']}; bootstrap: {s['bootstrap']['resamples']} resamples, percentile, "
+              f"{int(s['bootstrap']['confidence'] * 100)}%",
+              f"- questions: `{s['questions_file']}` (sha256 `{s['questions_sha256']}`), {n['questions']} used"
+              + (f" (--limit {s['limit']})" if s["limit"] else ""),
+              f"- rubric system prompt (sha256 `{s['system_prompt_sha256']}`): {s['system_prompt']}",
+              "- chat templates (sha256): " + ", ".join(f"{name} `{entry['chat_template_sha256']}`"
+                                                        for name, entry in models),
+              f"- load: {results['load_seconds']} s; total: {results['wall_seconds']} s", ""]
+    return "\n".join(lines)
+
+
+def plot_metrics(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [(BASE, results["base"])] + list(results["adapters"].items())
+    colors = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    rates = [("rouge_l", "ROUGE-L", 1), ("bleu", "BLEU/100", 100), ("markdown_rate", "markdown", 1),
+             ("rubric_accuracy", "rubric acc.", 1), ("false_premise_correction", "false-premise corr.", 1),
+             ("judge_win_rate", "judge win", 1)]
+    rates = [r for r in rates if any(r[0] in entry["metrics"] for _, entry in models)]
+    fig, (ax_loss, ax_rates) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 3.2]})
+    for k, (name, entry) in enumerate(models):
+        value = entry["metrics"].get("eval_loss")
+        ci = entry.get("intervals", {}).get("eval_loss")
+        if value is not None:
+            err = [[value - ci[0]], [ci[1] - value]] if ci else None
+            ax_loss.bar(k, value, color=colors[k % len(colors)], yerr=err, capsize=3, label=name)
+    ax_loss.set_xticks(range(len(models)), [name for name, _ in models])
+    ax_loss.set_title("held-out loss (lower is better)")
+    width = 0.8 / len(models)
+    for k, (name, entry) in enumerate(models):
+        xs, ys, errs = [], [[], []], []
+        for j, (key, _, scale) in enumerate(rates):
+            value = entry["metrics"].get(key)
+            if value is None:
+                continue
+            ci = entry.get("intervals", {}).get(key)
+            xs.append(j + (k - (len(models) - 1) / 2) * width)
+            errs.append(value / scale)
+            ys[0].append(value / scale - ci[0] / scale if ci else 0)
+            ys[1].append(ci[1] / scale - value / scale if ci else 0)
+        if xs:
+            ax_rates.bar(xs, errs, width=width, color=colors[k % len(colors)], yerr=ys, capsize=2, label=name)
+    ax_rates.set_xticks(range(len(rates)), [label for _, label, _ in rates])
+    ax_rates.set_ylim(0, 1.05)
+    ax_rates.set_title("answer metrics with 95% bootstrap intervals (higher is better)")
+    ax_rates.legend(loc="upper right")
+    ax_rates.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{results['run']}: base vs adapters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss_curves(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = list(results["adapters"].items())
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.8), squeeze=False)
+    for ax, (stage, entry) in zip(axes[0], stages):
+        r = entry["loss_reduction"]
+        if r["train_curve"]:
+            ax.plot(*zip(*r["train_curve"]), ".-", label="train loss", color="#1f77b4")
+        if r["eval_curve"]:
+            ax.plot(*zip(*r["eval_curve"]), "o-", label="eval loss", color="#d62728")
+        ax.set_title(f"{stage}: train {_fmt(r['train_loss_reduction_pct'], 1)}%, eval "
+                     f"{_fmt(r['eval_loss_reduction_pct'], 1)}%")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (assistant tokens)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def record_in_lineage(stage, gate: dict[str, Any], results_path: Path, created: str) -> None:
+    """Write the verdict into the stage's lineage.json under `evaluation` (replacing an earlier one). Dropping that
+    key and re-serialising gives back the file as trained, byte for byte, so its recorded sha256 stays checkable."""
+    from trainer.lineage import write_json
+
+    path = stage.dir / "lineage.json"
+    lineage = json.loads(path.read_text(encoding="utf-8"))
+    lineage["evaluation"] = {"passed": gate["passed"], "summary": gate["summary"],
+                             "results": os.path.relpath(results_path, stage.dir), "date": created}
+    write_json(path, lineage)

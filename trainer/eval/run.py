@@ -1,0 +1,624 @@
+"""The whole evaluation: read the run, plan, generate, score, judge, gate, and write the outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from trainer.eval import BASE, EvalError
+from trainer.eval.gate import GATE_RULE, gate_decision
+from trainer.eval.judge import JudgeSettings, PairwiseJudge, judge_pairs
+from trainer.eval.report import plot_loss_curves, plot_metrics, record_in_lineage, render_report
+from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, QuestionScore,
+                                 is_markdown, load_questions, markdown_rate, rubric_rates, score_answer,
+                                 select_questions)
+from trainer.eval.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, bleu_from_statistics, bleu_statistics, bootstrap_ci,
+                                pooled_loss, rouge_l)
+from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# The run
+
+@dataclass
+class StageInfo:
+    name: str
+    dir: Path
+    adapter_dir: Path
+    cfg: Any
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    split: dict[str, Any]
+    template: str = ""
+    eval_rows: list = field(default_factory=list)
+    split_problem: str | None = None
+    """Why the held-out rows could not be re-read (data moved or changed since training), if so."""
+
+
+def read_run(run_dir: Path) -> list[StageInfo]:
+    """The run's finished stages, in pipeline order, with their config, metrics, lineage, split and template."""
+    from trainer.rundir import RunError, finished_stages, read_stage
+
+    if not run_dir.is_dir():
+        raise EvalError(f"{run_dir}: no such run directory")
+    try:
+        names = finished_stages(run_dir)
+        runs = [read_stage(run_dir, s) for s in names]
+    except RunError as exc:
+        raise EvalError(str(exc).replace("no finished stage", "no adapters to evaluate")) from None
+    stages = []
+    for r in runs:
+        info = StageInfo(r.name, r.dir, r.dir / "adapter", r.cfg, r.metrics, r.lineage, r.split)
+        info.template = adapter_template(info.adapter_dir)
+        stages.append(info)
+    base = {s.cfg.model.name for s in stages}
+    if len(base) > 1:
+        raise EvalError(f"{run_dir}: stages were trained on different base models ({', '.join(sorted(base))}); "
+                        "evaluate them separately")
+    return stages
+
+
+def adapter_template(adapter_dir: Path) -> str:
+    """The chat template saved with an adapter (the one it was trained with)."""
+    path = adapter_dir / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    config = adapter_dir / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    raise EvalError(f"{adapter_dir}: no chat template saved with the adapter (chat_template.jinja)")
+
+
+def eval_split(stage: StageInfo) -> list:
+    """Exactly the conversations the stage held out: its data re-read with trainer.data and selected by the
+    content hashes in split.json (the seeded hash split is recomputed when split.json lists none)."""
+    import dataclasses
+
+    from trainer.data import DataError, load_conversations, split_train_eval
+
+    spec = dataclasses.replace(stage.cfg.stages[stage.name].dataset, max_bad_fraction=1.0, strict=False)
+    try:
+        conversations, _ = load_conversations(spec, REPO_ROOT)
+        if spec.eval_path:
+            held, _ = load_conversations(spec, REPO_ROOT, path=spec.eval_path)
+            conversations = conversations + held
+    except DataError as exc:
+        raise EvalError(f"{stage.dir}: cannot re-read the stage's data: {exc}") from None
+    wanted = [r["sha256"] for r in stage.split.get("eval", [])]
+    if not wanted and not spec.eval_path:
+        _, held = split_train_eval(conversations, spec.eval_fraction, stage.cfg.seed)
+        return held
+    by_hash = {c.content_hash: c for c in conversations}
+    missing = [h for h in wanted if h not in by_hash]
+    if missing:
+        raise EvalError(f"{stage.dir / 'split.json'}: {len(missing)} held-out rows are no longer in {spec.path} "
+                        "(the data changed since training)")
+    return [by_hash[h] for h in wanted]
+
+
+def reference_prompts(conversations: Iterable) -> list[dict[str, Any]]:
+    """One prompt per assistant turn of each held-out conversation: the messages before it, and the answer.
+    Ordered first answers first (every conversation's first answer, then every second one ...), so a `--limit`
+    spreads over the conversations."""
+    out = []
+    for c, conv in enumerate(conversations):
+        messages = list(conv.messages)
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        for t, i in enumerate(turns):
+            out.append((t, c, {"id": f"{conv.content_hash[:12]}#{i}", "messages": messages[:i],
+                               "reference": messages[i]["content"]}))
+    return [item for _, _, item in sorted(out, key=lambda x: (x[0], x[1]))]
+
+
+def read_log_history(stage_dir: Path) -> list[dict[str, Any]]:
+    """The Trainer's log history from the stage's latest checkpoint, if any is left."""
+    def step(path: Path) -> int:
+        suffix = path.parent.name.rsplit("-", 1)[-1]
+        return int(suffix) if suffix.isdigit() else -1
+
+    states = sorted((stage_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"), key=step)
+    if not states:
+        return []
+    try:
+        return list(json.loads(states[-1].read_text(encoding="utf-8")).get("log_history", []))
+    except (OSError, ValueError):
+        return []
+
+
+def loss_reduction(stage: StageInfo) -> dict[str, Any]:
+    """First vs last logged loss, train and eval: from the log history where it is kept, else metrics.json."""
+    m = stage.metrics
+    history = read_log_history(stage.dir)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if m.get("eval_loss_first") is not None and not any(s == 0 for s, _ in evals):
+        evals.insert(0, (0, m["eval_loss_first"]))  # the pre-training eval is logged before train() starts
+    if not train and m.get("train_loss_first") is not None:
+        train = [(1, m["train_loss_first"]), (m.get("optimizer_steps") or 1, m["train_loss_last"])]
+    if m.get("eval_loss_last") is not None and (not evals or evals[-1][1] != m["eval_loss_last"]):
+        evals.append((m.get("optimizer_steps") or 1, m["eval_loss_last"]))  # the final eval, after the checkpoint
+
+    def pct(first, last):
+        return round((first - last) / first * 100, 2) if first and last is not None else None
+
+    tf, tl = (train[0][1], train[-1][1]) if train else (None, None)
+    ef, el = (evals[0][1], evals[-1][1]) if evals else (None, None)
+    return {"train_loss_first": tf, "train_loss_last": tl, "train_loss_reduction_pct": pct(tf, tl),
+            "eval_loss_first": ef, "eval_loss_last": el, "eval_loss_reduction_pct": pct(ef, el),
+            "optimizer_steps": m.get("optimizer_steps"), "source": "trainer log history" if history else
+            "metrics.json", "train_curve": train, "eval_curve": evals}
+
+
+# Models
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 384
+    """Answer length cap."""
+    repetition_penalty: float = 1.1
+    """As in the app; small models loop under plain greedy decoding. Deterministic either way."""
+    batch_size: int = 8
+    """Prompts per generate() call (left-padded)."""
+    seed: int = 3407
+
+    def describe(self) -> dict[str, Any]:
+        return {"decoding": "greedy (do_sample=False)", "max_new_tokens": self.max_new_tokens,
+                "repetition_penalty": self.repetition_penalty, "batch_size": self.batch_size,
+                "padding": "left", "seed": self.seed}
+
+
+@contextlib.contextmanager
+def active(model, name: str):
+    """Run the PeftModel as the base (adapters disabled) or with one adapter."""
+    if name == BASE:
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(name)
+        yield
+
+
+def conversation_losses(model, tokenizer, template: str, conversations: Sequence, batch_size: int = 2
+                        ) -> list[list[float]]:
+    """[nll_sum, tokens] per conversation over its assistant tokens (as trained: TRL's assistant-only loss),
+    rendered with `template`. Logits are computed only at the scored positions."""
+    import torch
+    import torch.nn.functional as F
+
+    encoded = []
+    for conv in conversations:
+        enc = tokenizer.apply_chat_template(list(conv.messages), chat_template=template, tokenize=True,
+                                            return_dict=True, return_assistant_tokens_mask=True)
+        encoded.append((list(enc["input_ids"]), list(enc["assistant_masks"])))
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[list[float]] = [[0.0, 0.0] for _ in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    for start in range(0, len(order), max(1, batch_size)):
+        chunk = order[start:start + batch_size]
+        width = max(len(encoded[i][0]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        targets = []
+        for row, i in enumerate(chunk):
+            tokens, mask = encoded[i]
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            attention[row, :len(tokens)] = 1
+            targets.append([t for t in range(1, len(tokens)) if mask[t]])
+        keep = sorted({t - 1 for ts in targets for t in ts})
+        if not keep:
+            continue
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device),
+                           logits_to_keep=torch.tensor(keep, device=device)).logits
+        column = {p: c for c, p in enumerate(keep)}
+        for row, i in enumerate(chunk):
+            if not targets[row]:
+                continue
+            cols = torch.tensor([column[t - 1] for t in targets[row]], device=logits.device)
+            gold = ids[row, targets[row]].to(logits.device)
+            nll = F.cross_entropy(logits[row, cols].float(), gold, reduction="sum")
+            out[i] = [float(nll), float(len(targets[row]))]
+    return out
+
+
+@dataclass
+class GenerationStats:
+    samples: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "new_tokens": self.new_tokens, "seconds": round(self.seconds, 2),
+                "samples_per_second": round(self.samples / self.seconds, 4) if self.seconds else None,
+                "tokens_per_second": round(self.new_tokens / self.seconds, 2) if self.seconds else None}
+
+
+def generate_answers(model, tokenizer, template: str, prompts: Sequence[Sequence[dict[str, str]]],
+                     settings: GenerationConfig, progress: Callable[[int, int], None] | None = None
+                     ) -> tuple[list[str], list[int], GenerationStats]:
+    """Greedy answers to each prompt, rendered with `template`, batched with left padding (longest prompts
+    first). Returns the answers, their new-token counts and throughput."""
+    import torch
+    from transformers import set_seed
+
+    set_seed(settings.seed)
+    encoded = [tokenizer.apply_chat_template(list(p), chat_template=template, add_generation_prompt=True,
+                                             tokenize=True, return_dict=False) for p in prompts]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
+        else tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    answers, counts = [""] * len(encoded), [0] * len(encoded)
+    stats = GenerationStats()
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    for start in range(0, len(order), settings.batch_size):
+        chunk = order[start:start + settings.batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            attention[row, width - len(encoded[i]):] = 1
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
+                                 max_new_tokens=settings.max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, repetition_penalty=settings.repetition_penalty,
+                                 pad_token_id=pad)
+        stats.seconds += time.perf_counter() - started
+        for row, i in enumerate(chunk):
+            new = out[row, width:].tolist()
+            end = next((k + 1 for k, t in enumerate(new) if t in eos_ids), len(new))
+            counts[i] = end
+            answers[i] = tokenizer.decode(new[:end], skip_special_tokens=True).strip()
+        stats.samples += len(chunk)
+        stats.new_tokens += sum(counts[i] for i in chunk)
+        if progress is not None:
+            progress(stats.samples, len(encoded))
+    return answers, counts, stats
+
+
+def load_models(stages: Sequence[StageInfo], load_in_4bit: bool | None):
+    """The base once (4-bit as the run trained, unless overridden) and every adapter in one PeftModel."""
+    import dataclasses
+
+    from peft import PeftModel
+
+    from trainer.modeling import (
+        ModelError,
+        load_base_model,
+        load_tokenizer,
+        read_adapter_config,
+        resolve_base_model,
+    )
+
+    cfg = stages[-1].cfg
+    quant = cfg.quantization if load_in_4bit is None else dataclasses.replace(cfg.quantization,
+                                                                               load_in_4bit=load_in_4bit)
+    ref = resolve_base_model(cfg.model.name, cfg.model.revision)
+    tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
+    if tokenizer.chat_template is None:
+        raise EvalError(f"{cfg.model.name}: the base tokenizer has no chat template")
+    for stage in stages:
+        trained_on = read_adapter_config(stage.adapter_dir).get("base_model_name_or_path")
+        if trained_on and trained_on != cfg.model.name:
+            raise ModelError(f"{stage.adapter_dir}: trained on {trained_on!r}, but the run's base is "
+                             f"{cfg.model.name!r}")
+    model = load_base_model(ref, quant, attn_implementation=cfg.model.attn_implementation,
+                            trust_remote_code=cfg.model.trust_remote_code, for_training=False)
+    model = PeftModel.from_pretrained(model, str(stages[0].adapter_dir), adapter_name=stages[0].name)
+    for stage in stages[1:]:
+        model.load_adapter(str(stage.adapter_dir), adapter_name=stage.name)
+    model.eval()
+    return model, tokenizer, ref, quant
+
+# The whole evaluation
+
+@dataclass
+class EvalPlan:
+    """Everything an evaluation needs, checked before any weights load."""
+
+    run_dir: Path
+    out: Path
+    stages: list[StageInfo]
+    questions: list[Question]
+    questions_path: Path
+    questions_in_file: int
+    held_out: list
+    references: list[dict[str, Any]]
+    limit: int | None
+    judge: JudgeSettings | None
+    generation: GenerationConfig
+    load_in_4bit: bool | None
+    system_prompt: str
+
+
+def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
+                    judge: JudgeSettings | None = None, generation: GenerationConfig = GenerationConfig(),
+                    load_in_4bit: bool | None = None, out_dir: str | Path | None = None,
+                    system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> EvalPlan:
+    """Read the rubric, the run and its held-out rows; raise EvalError for anything a user can fix."""
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit: must be at least 1, got {limit}")
+    if generation.max_new_tokens < 1 or generation.batch_size < 1:
+        raise EvalError("--max-new-tokens and --batch-size must be at least 1")
+    run_dir = Path(run_dir)
+    questions_path = Path(questions_path) if questions_path else DEFAULT_QUESTIONS
+    all_questions = load_questions(questions_path)
+    stages = read_run(run_dir)
+    for stage in stages:
+        try:
+            stage.eval_rows = eval_split(stage)
+        except EvalError as exc:  # the rubric and the judge need no training data: measure what still can be
+            stage.split_problem = str(exc)
+    seen, held_out = set(), []
+    for stage in stages:
+        for conv in stage.eval_rows:
+            if conv.content_hash not in seen:
+                seen.add(conv.content_hash)
+                held_out.append(conv)
+    references = reference_prompts(held_out)
+    return EvalPlan(run_dir=run_dir, out=Path(out_dir) if out_dir else run_dir / "eval", stages=stages,
+                    questions=select_questions(all_questions, limit), questions_path=questions_path,
+                    questions_in_file=len(all_questions), held_out=held_out,
+                    references=references[:limit] if limit is not None else references, limit=limit, judge=judge,
+                    generation=generation, load_in_4bit=load_in_4bit, system_prompt=system_prompt)
+
+
+def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
+                   judge: JudgeSettings | None = None, generation: GenerationConfig = GenerationConfig(),
+                   load_in_4bit: bool | None = None, out_dir: str | Path | None = None,
+                   system_prompt: str = DEFAULT_SYSTEM_PROMPT, threads: int | None = None,
+                   log: Callable[[str], None] = print) -> Path:
+    """Evaluate every adapter of a run and its base; write the report, results, answers and charts. Returns the
+    path of results.json."""
+    started = time.time()
+    if threads is not None and threads < 1:
+        raise EvalError(f"--threads: must be at least 1, got {threads}")
+    plan = plan_evaluation(run_dir, questions_path=questions_path, limit=limit, judge=judge, generation=generation,
+                           load_in_4bit=load_in_4bit, out_dir=out_dir, system_prompt=system_prompt)
+    judge_client = None
+    if judge is not None:
+        judge_client = PairwiseJudge(judge)
+        judge_client.ask("Is this endpoint reachable?", "Yes.", "No.")  # fail now, not after hours of generation
+    plan.out.mkdir(parents=True, exist_ok=True)
+    for stage in plan.stages:
+        if stage.split_problem:
+            log(f"[eval] warning: no held-out loss or reference answers for {stage.name}: {stage.split_problem}")
+    log(f"[eval] {plan.run_dir}: base + {', '.join(s.name for s in plan.stages)}; {len(plan.questions)} rubric "
+        f"questions ({sum(q.false_premise for q in plan.questions)} false premise), {len(plan.held_out)} held-out "
+        f"conversations ({len(plan.references)} reference answers)" + (f", judge {judge.base_url}" if judge else ""))
+
+    import torch
+
+    threads_before = torch.get_num_threads()
+    wanted = threads or plan.stages[-1].cfg.torch_threads
+    if wanted and not torch.cuda.is_available():
+        torch.set_num_threads(wanted)
+    try:
+        return _evaluate(plan, judge_client, started, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float, log: Callable[[str], None]
+              ) -> Path:
+    import torch
+
+    stages, questions, references, held_out = plan.stages, plan.questions, plan.references, plan.held_out
+    generation, judge, system_prompt, out = plan.generation, plan.judge, plan.system_prompt, plan.out
+    cfg = stages[-1].cfg
+    seed = generation.seed
+
+    # Load the base once and every adapter into the same PeftModel
+    load_started = time.time()
+    model, tokenizer, _, quant = load_models(stages, plan.load_in_4bit)
+    load_seconds = round(time.time() - load_started, 2)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+        f"cpu ({torch.get_num_threads()} threads)"
+    log(f"[eval] loaded {cfg.model.name} ({'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'}) "
+        f"and {len(stages)} adapters in {load_seconds:.1f}s on {device}")
+    templates = {BASE: tokenizer.chat_template, **{s.name: s.template for s in stages}}
+
+    rubric_prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q.question}]
+                      for q in questions]
+    prompts = rubric_prompts + [r["messages"] for r in references]
+    home = {}  # each held-out conversation is scored with the template of the (first) stage that held it out
+    for stage in stages:
+        for conv in stage.eval_rows:
+            home.setdefault(conv.content_hash, stage)
+    models: dict[str, dict[str, Any]] = {}
+    answers: dict[str, list[str]] = {}
+    for name in [BASE] + [s.name for s in stages]:
+        entry: dict[str, Any] = {"chat_template_sha256": hashlib.sha256(templates[name].encode()).hexdigest()}
+        with active(model, name):
+            loss_rows = []
+            for stage in stages:
+                mine = [c for c in held_out if home[c.content_hash] is stage]
+                batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
+                loss_rows.extend(zip([c.content_hash for c in mine],
+                                     conversation_losses(model, tokenizer, stage.template, mine, batch)))
+            rows_by_hash = dict(loss_rows)
+            entry["_loss_rows"] = [rows_by_hash[c.content_hash] for c in held_out]
+            entry["eval_loss_by_split"] = {}
+            for stage in stages:
+                rows = [rows_by_hash[c.content_hash] for c in stage.eval_rows]
+                if rows:
+                    loss = pooled_loss(rows)
+                    entry["eval_loss_by_split"][stage.name] = {
+                        "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
+                        "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
+            log(f"[eval] {name}: held-out loss " + (", ".join(
+                f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
+
+            def progress(done: int, total: int, name: str = name) -> None:
+                log(f"[eval] {name}: {done}/{total} answers")
+
+            texts, counts, stats = generate_answers(model, tokenizer, templates[name], prompts, generation, progress)
+        answers[name] = texts
+        entry["_new_tokens"] = counts
+        entry["throughput"] = stats.as_dict()
+        models[name] = entry
+        log(f"[eval] {name}: {stats.samples} answers in {stats.seconds:.1f}s "
+            f"({stats.as_dict()['tokens_per_second']} new tokens/s)")
+    del model
+
+    # Score the answers
+    n_q = len(questions)
+    scores: dict[str, list[QuestionScore]] = {}
+    for name, entry in models.items():
+        texts = answers[name]
+        scores[name] = [score_answer(q, a) for q, a in zip(questions, texts[:n_q])]
+        metrics, intervals = answer_metrics(questions, scores[name], texts, texts[n_q:],
+                                            [r["reference"] for r in references], entry.pop("_loss_rows"), seed)
+        entry["metrics"], entry["intervals"] = metrics, intervals
+
+    # The blind pairwise judge
+    judge_results = None
+    if judge_client is not None:
+        judge_results = {"settings": judge.describe(), "per_adapter": {}}
+        for stage in stages:
+            log(f"[eval] judge: base vs {stage.name}, {n_q} questions x 2 orders")
+            items = [(q.id, q.question, answers[BASE][i], answers[stage.name][i]) for i, q in enumerate(questions)]
+            summary = judge_pairs(judge_client, items, seed=seed)
+            judge_results["per_adapter"][stage.name] = summary
+            m, ci = models[stage.name]["metrics"], models[stage.name]["intervals"]
+            for key in ("win_rate", "loss_rate", "net"):
+                if summary[key] is not None:
+                    m[f"judge_{key}"] = summary[key]
+                    ci[f"judge_{key}"] = summary[f"{key}_ci"]
+            log(f"[eval] judge: {stage.name} {summary['wins']}-{summary['ties']}-{summary['losses']} "
+                f"(win-tie-loss), {summary['invalid']} unparseable")
+
+    # The gate, the lineage and the files
+    created = _now()
+    gates = {s.name: gate_decision(models[BASE]["metrics"], models[s.name]["metrics"],
+                                   judge_results["per_adapter"][s.name] if judge_results else None) for s in stages}
+    results_path = out / "results.json"
+    results = {
+        "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
+        "quantization": {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type,
+                         "double_quant": quant.double_quant, "compute_dtype": quant.compute_dtype}
+        if quant.load_in_4bit else {"load_in_4bit": False},
+        "device": device,
+        "gate": gates,
+        "base": models[BASE],
+        "adapters": {s.name: {**models[s.name], "adapter_sha256": s.lineage.get("adapter_sha256"),
+                              "loss_reduction": loss_reduction(s)} for s in stages},
+        "splits": {s.name: {"conversations": len(s.eval_rows),
+                            "tokens": models[BASE]["eval_loss_by_split"].get(s.name, {}).get("tokens", 0),
+                            "sha256": s.lineage.get("split", {}).get("eval_sha256"),
+                            "unavailable": s.split_problem} for s in stages},
+        "judge": judge_results,
+        "n": {"questions": n_q, "false_premise_questions": sum(q.false_premise for q in questions),
+              "eval_conversations": len(held_out), "reference_prompts": len(references),
+              "answers_per_model": len(prompts),
+              "judged_questions": max((j["n"] for j in judge_results["per_adapter"].values()), default=0)
+              if judge_results else 0},
+        "settings": {
+            "generation": generation.describe(), "seed": seed,
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
+            "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE, "gate_rule": GATE_RULE,
+            "questions_file": str(plan.questions_path), "questions_sha256": _file_sha256(plan.questions_path),
+            "questions_in_file": plan.questions_in_file, "limit": plan.limit,
+            "topics": sorted({q.topic for q in questions}),
+            "system_prompt": system_prompt,
+            "system_prompt_sha256": hashlib.sha256(system_prompt.encode()).hexdigest(),
+        },
+        "rubric_by_question": [
+            {"id": q.id, "topic": q.topic, "false_premise": q.false_premise,
+             "scores": {name: {"score": scores[name][i].score, "passed": scores[name][i].passed,
+                               "claims": list(scores[name][i].claims), "corrected": scores[name][i].corrected}
+                        for name in models}} for i, q in enumerate(questions)],
+        "load_seconds": load_seconds,
+    }
+    results["wall_seconds"] = round(time.time() - started, 2)
+    _write_answers(out / "answers.jsonl", questions, references, answers, models, scores)
+    from trainer.lineage import write_json
+
+    write_json(results_path, results)
+    plot_metrics(results, out / "metrics.png")
+    plot_loss_curves(results, out / "loss_curves.png")
+    (out / "report.md").write_text(render_report(results), encoding="utf-8")
+    for stage in stages:
+        record_in_lineage(stage, gates[stage.name], results_path, created)
+    for stage, gate in gates.items():
+        log(f"[eval] {stage}: {'PASSED' if gate['passed'] else 'FAILED'} — {gate['summary']}")
+    log(f"[eval] report: {out / 'report.md'} ({results['wall_seconds']:.0f}s)")
+    return results_path
+
+
+def answer_metrics(questions: Sequence[Question], scores: Sequence[QuestionScore], all_answers: Sequence[str],
+                   reference_answers: Sequence[str], references: Sequence[str], loss_rows: Sequence[Sequence[float]],
+                   seed: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """One model's metrics (numbers only, as the model card reads them) and their bootstrap intervals."""
+    metrics: dict[str, float] = {}
+    intervals: dict[str, list[float]] = {}
+
+    def put(key: str, value: float | None, ci: tuple[float, float] | None, digits: int = 4) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        metrics[key] = round(float(value), digits)
+        if ci is not None:
+            intervals[key] = [round(ci[0], digits), round(ci[1], digits)]
+
+    loss_rows = [r for r in loss_rows if r[1] > 0]
+    if loss_rows:
+        loss = pooled_loss(loss_rows)
+        loss_ci = bootstrap_ci(loss_rows, pooled_loss, seed=seed)
+        put("eval_loss", loss, loss_ci)
+        put("eval_perplexity", math.exp(loss), (math.exp(loss_ci[0]), math.exp(loss_ci[1])))
+    if references:
+        rouge = rouge_l(reference_answers, references)
+        put("rouge_l", sum(rouge) / len(rouge), bootstrap_ci(rouge, seed=seed))
+        stats = bleu_statistics(reference_answers, references)
+        put("bleu", bleu_from_statistics(stats), bootstrap_ci(stats, bleu_from_statistics, seed=seed), 2)
+    markdown = [1.0 if is_markdown(a) else 0.0 for a in all_answers]
+    put("markdown_rate", markdown_rate(all_answers), bootstrap_ci(markdown, seed=seed))
+    rates = rubric_rates(questions, scores)
+    put("rubric_accuracy", rates["rubric_accuracy"], bootstrap_ci(rates["passed"], seed=seed))
+    put("rubric_mean_score", rates["rubric_mean_score"],
+        bootstrap_ci([s.score for s in scores], seed=seed))
+    put("false_premise_correction", rates["false_premise_correction"], bootstrap_ci(rates["corrected"], seed=seed))
+    return metrics, intervals
+
+
+def _write_answers(path: Path, questions, references, answers, models, scores) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for name, texts in answers.items():
+            counts = models[name].pop("_new_tokens")
+            for i, q in enumerate(questions):
+                s = scores[name][i]
+                fh.write(json.dumps({"model": name, "kind": "rubric", "id": q.id, "question": q.question,
+                                     "answer": texts[i], "new_tokens": counts[i], "score": s.score,
+                                     "passed": s.passed, "claims": list(s.claims), "corrected": s.corrected},
+                                    ensure_ascii=False) + "\n")
+            for j, r in enumerate(references):
+                k = len(questions) + j
+                fh.write(json.dumps({"model": name, "kind": "reference", "id": r["id"],
+                                     "prompt": r["messages"][-1]["content"], "answer": texts[k],
+                                     "new_tokens": counts[k], "reference": r["reference"]},
+                                    ensure_ascii=False) + "\n")
+
+
+def _file_sha256(path: Path) -> str:
+    from trainer.data import file_sha256
+
+    return file_sha256(path)
+
+
+def _now() -> str:
+    from trainer.lineage import now_iso
+
+    return now_iso()

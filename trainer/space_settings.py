@@ -1,0 +1,174 @@
+"""The Space's settings (`space_config/space.yaml`): which base to serve, which adapters, the limits a public demo
+needs, and the feedback store. Read through `trainer.typed_yaml` like every other settings file; `push` writes the
+Space bundle's `space.yaml` from these same types (`space_config_yaml`), so what it writes always loads."""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import TOPICS
+from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful study-abroad counsellor for international students. Answer in clear markdown with short "
+    "sections and concrete next steps. Say when something depends on the country, the university or the year, point "
+    "to the official source (university admissions pages, government visa and immigration sites) and never invent "
+    "deadlines, fees or requirements. If a question rests on a false premise (for example a programme a university "
+    "does not offer), say so politely and suggest what does exist."
+)
+
+
+DEFAULT_EXAMPLES = (
+    "Which documents do I need for a student visa application?",
+    "How do I write a strong statement of purpose for a master's in data science?",
+    "What scholarships can an international undergraduate apply for, and when?",
+    "How much should I budget per month for living costs as a student in Germany?",
+    "How do I find safe student housing before I arrive?",
+    "Is health insurance compulsory for international students in Australia?",
+    "How many hours can I work per week on a student visa in Canada?",
+    "Which admission tests do US graduate programmes usually ask for?",
+    "Will a degree from abroad help my career when I return home?",
+)
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    name: str
+    """Label shown in the app; letters, digits, `-`, `_`, `.` and `/`."""
+    path: str | None = None
+    """Local adapter folder (e.g. runs/demo/stage2/adapter)."""
+    repo: str | None = None
+    """Hub model repo holding the adapter."""
+    revision: str | None = None
+    """Branch, tag or commit of `repo`."""
+    subfolder: str | None = None
+    """Folder inside `repo` that holds the adapter files."""
+    description: str = ""
+    """One line shown next to the adapter in the app."""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_input_chars: int = 2000
+    """Longest question accepted; longer ones get a message, not a truncated answer."""
+    max_history_turns: int = 6
+    """Earlier question/answer pairs kept in the prompt; older ones are dropped with a notice."""
+    concurrency: int = 1
+    """Generations running at once (they share one base model, so 1 is right for one GPU or CPU)."""
+    queue_size: int = 32
+    """Visitors waiting beyond the running ones; more are turned away with a message."""
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    max_new_tokens: int = 384
+    """Default answer length cap (visitors can lower or raise it up to `max_new_tokens_limit`)."""
+    max_new_tokens_limit: int = 1024
+    """Upper bound of the answer-length slider."""
+    temperature: float = 0.7
+    """0 means greedy decoding."""
+    top_p: float = 0.9
+    """Nucleus sampling cut-off."""
+    repetition_penalty: float = 1.1
+    """Above 1 discourages repeating the same phrases (small models loop without it)."""
+
+
+DEFAULT_CONSENT = (
+    "I agree that this conversation, with personal details such as emails, phone numbers, ID numbers and addresses "
+    "removed, may be stored and reviewed to improve this counsellor. No name or account is attached to it."
+)
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    enabled: bool = True
+    """Offer ratings, comments and suggested answers (stored only with consent)."""
+    store: str = "data/feedback/feedback.sqlite"
+    """SQLite file on local disk (on a Space with persistent storage, put it under /data)."""
+    consent_text: str = DEFAULT_CONSENT
+    """The consent checkbox's text; nothing is stored unless it is ticked."""
+    hub_dataset: str | None = None
+    """Private Hub dataset that receives every record as JSONL (via CommitScheduler), e.g. my-org/feedback."""
+    every_minutes: float = 10.0
+    """How often the JSONL files are committed to `hub_dataset`."""
+    reviewers: tuple[str, ...] = ()
+    """Hugging Face usernames allowed into the labelling tab (on a Space, through OAuth)."""
+    token_env: str = "LABELLING_TOKEN"
+    """Environment variable holding the local reviewer token (open the app with ?token=...)."""
+    topics: tuple[str, ...] = TOPICS
+    """Topic tags offered to reviewers."""
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    base_model: str = "auto"
+    """`auto` (Mistral-7B-Instruct-v0.3 on a GPU, the embedded demo model on a CPU), a Hub id, folder or demo name."""
+    base_revision: str | None = None
+    """Hub revision of the base model."""
+    load_in_4bit: bool = True
+    """Serve the base in 4-bit NF4 (GPU or CPU); false loads bf16 on a GPU, fp32 on a CPU."""
+    runs_dir: str = "runs"
+    """Folder searched for trained adapters (`<run>/<stage>/adapter`), offered as `<run>/<stage>`."""
+    discover_runs: bool = True
+    """Offer the adapters found in `runs_dir` too."""
+    adapters: tuple[AdapterEntry, ...] = ()
+    """Adapters to offer, from a local folder or a Hub repo."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    """Counselling system prompt (visitors can edit their own copy)."""
+    examples: tuple[str, ...] = DEFAULT_EXAMPLES
+    """Example questions offered under the chat box."""
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    source: str | None = None
+    """File the settings were read from."""
+
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
+
+
+def _validate_space(cfg: SpaceConfig) -> None:
+    """Rules a type check cannot express; each error names the key."""
+    seen: set[str] = set()
+    for i, entry in enumerate(cfg.adapters):
+        where = item_where("adapters", i, {"name": entry.name})
+        if not _ADAPTER_NAME.match(entry.name) or entry.name.lower() == "base":
+            raise ConfigError(f"{where}.name: {entry.name!r} must be 1-64 letters, digits, - _ . / "
+                              "and not 'base' (the base model's own entry)")
+        if entry.name in seen:
+            raise ConfigError(f"{where}.name: {entry.name!r} is used twice")
+        seen.add(entry.name)
+        if (entry.path is None) == (entry.repo is None):
+            raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)")
+        if entry.path is not None and (entry.revision or entry.subfolder):
+            raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
+    lim = cfg.limits
+    for key in ("max_input_chars", "concurrency", "queue_size"):
+        if getattr(lim, key) < 1:
+            raise ConfigError(f"limits.{key}: must be at least 1")
+    if lim.max_history_turns < 0:
+        raise ConfigError("limits.max_history_turns: must be 0 or more")
+    if cfg.feedback.every_minutes <= 0:
+        raise ConfigError("feedback.every_minutes: must be positive")
+    if cfg.feedback.hub_dataset is not None and cfg.feedback.hub_dataset.count("/") != 1:
+        raise ConfigError(f"feedback.hub_dataset: {cfg.feedback.hub_dataset!r} is not a Hub repo id (owner/name)")
+    gen = cfg.generation
+    if not 0 <= gen.temperature <= 2 or not 0 < gen.top_p <= 1:
+        raise ConfigError("generation: temperature must be in [0, 2] and top_p in (0, 1]")
+    if not 1 <= gen.max_new_tokens <= gen.max_new_tokens_limit:
+        raise ConfigError("generation.max_new_tokens: must be between 1 and max_new_tokens_limit")
+
+
+def load_space_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> SpaceConfig:
+    """Read `space_config/space.yaml` (or defaults when `path` is None), with dotted overrides."""
+    return load_typed(SpaceConfig, path, overrides, validate=_validate_space, what="space config")
+
+
+def space_config_yaml(cfg: SpaceConfig, header: str = "") -> str:
+    """The settings as a `space.yaml` that `load_space_config` reads back to an equal SpaceConfig."""
+    plain = to_plain(cfg)
+    plain.pop("source", None)
+    return dump_yaml(plain, header)
