@@ -19,6 +19,27 @@ class ModelError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class GenerationSettings:
+    """How an answer is decoded: the one generation-settings type of the app, the eval and the local generator."""
+
+    max_new_tokens: int = 384
+    """Answer length cap in new tokens."""
+    temperature: float = 0.7
+    """0 means greedy decoding (deterministic)."""
+    top_p: float = 0.9
+    """Nucleus sampling cut-off (ignored when greedy)."""
+    repetition_penalty: float = 1.1
+    """Above 1 discourages repeating the same phrases (small models loop without it)."""
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The matching `model.generate` arguments."""
+        sampling = self.temperature > 0
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": sampling,
+                "temperature": self.temperature if sampling else None, "top_p": self.top_p if sampling else None,
+                "top_k": None, "repetition_penalty": self.repetition_penalty}
+
+
+@dataclass(frozen=True)
 class BaseModelRef:
     """Where a configured base model really lives."""
 
