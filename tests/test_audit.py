@@ -276,3 +276,42 @@ def test_audit_cli_error_names_the_file(tmp_path, capsys):
 
     assert main(["audit", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+# The live check: the same KB rules on one served answer
+
+def test_check_answer_flags_the_last_answer_with_the_kb_fact_and_its_source(kb):
+    auditor = Auditor(kb)
+    messages = [{"role": "user", "content": "I'm from India and want a master's in the UK. Which scholarships?"},
+                {"role": "assistant", "content": "### Options\n\n- The Marshall Scholarship funds your master's."}]
+    flags = auditor.check_answer(messages)
+    assert [f.rule for f in flags] == ["scholarship_ineligible"]
+    assert flags[0].message == 1 and flags[0].source == kb.scholarship("marshall").source
+    # the same code as `trainer audit`: the audit finds the same flag on the same conversation
+    assert "scholarship_ineligible" in rules(auditor, messages)
+
+
+def test_check_answer_catches_an_uncorrected_programme_and_lets_a_correction_through(kb):
+    auditor = Auditor(kb)
+    asked = {"role": "user", "content": "How do I apply for the Bachelor of Medicine at Stanford?"}
+    wrong = auditor.check_answer([asked, {"role": "assistant", "content": "Apply through the Common App by January."}])
+    assert [f.rule for f in wrong] == ["programme_not_offered"] and wrong[0].source.startswith("https://")
+    right = auditor.check_answer([asked, {"role": "assistant", "content":
+                                          "Stanford does not offer an undergraduate medicine degree; in the US "
+                                          "medicine is a graduate MD after a bachelor's."}])
+    assert right == []
+
+
+def test_check_answer_looks_only_at_the_last_answer_and_needs_a_kb(kb):
+    earlier = [{"role": "user", "content": "Tell me about the Marshall Scholarship. I'm from India."},
+               {"role": "assistant", "content": "The Marshall Scholarship is a great fit for you."},
+               {"role": "user", "content": "What about housing in London?"},
+               {"role": "assistant", "content": "Look at university halls first and apply early."}]
+    assert Auditor(kb).check_answer(earlier) == []
+    assert Auditor(None).check_answer(earlier[:2]) == []
+    assert Auditor(kb).check_answer(earlier[:1]) == []
+
+
+def test_audit_output_keeps_its_shape_for_flags_without_a_source(kb):
+    row = Auditor(kb).audit([conv("too short")]).rows[0].to_dict()
+    assert all("source" not in f for f in row["flags"] if f["rule"] == "length")

@@ -158,6 +158,8 @@ AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "go
                    "research", "need-based", "these", "such", "other", "many", "some", "external", "internal",
                    "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
                    "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
+LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued")
+"""The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
 ENGLISH_WORDS = frozenset("the and to of a in is for you your that with are on be this or as can it".split())
 PLACEHOLDER_HINTS = ("[", "{", "<insert", "XYZ ", "ABC ", "orem ipsum")
 
@@ -168,6 +170,8 @@ class Flag:
     severity: str
     detail: str
     message: int | None = None
+    source: str | None = None
+    """The official page of the KB fact a KB flag rests on."""
 
     def __str__(self) -> str:
         where = f" (message {self.message})" if self.message is not None else ""
@@ -199,7 +203,8 @@ class RowAudit:
         return any(f.severity == FAIL for f in self.flags)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "failed": self.failed, "flags": [asdict(f) for f in self.flags]}
+        return {"index": self.index, "failed": self.failed,
+                "flags": [{k: v for k, v in asdict(f).items() if k != "source" or v is not None} for f in self.flags]}
 
 
 @dataclass
@@ -478,6 +483,22 @@ class Auditor:
             flags.extend(self._kb_flags(messages, answers))
         return flags
 
+    def check_answer(self, messages: Sequence[dict[str, str]]) -> list[Flag]:
+        """The audit's KB rules on the last answer of a conversation: the app's live check before an answer is shown
+        as final. The same code as `trainer audit` (a false claim a rule knows, a programme the university does not
+        offer left uncorrected, a scholarship the student's home country may not apply for, a discontinued scheme);
+        each flag names the KB fact and carries its source. Empty without a KB or an answer."""
+        if self.kb is None:
+            return []
+        answers = [(i, m["content"]) for i, m in enumerate(messages) if m.get("role") == "assistant"
+                   and isinstance(m.get("content"), str)]
+        if not answers:
+            return []
+        last = answers[-1][0]
+        asked = max((i for i, m in enumerate(messages[:last]) if m.get("role") == "user"), default=None)
+        return [f for f in self._kb_flags(list(messages[:last + 1]), answers[-1:])
+                if f.rule in LIVE_CHECK_RULES and f.message in (last, asked)]
+
     def _kb_flags(self, messages, answers) -> list[Flag]:
         kb, flags = self.kb, []
         user_text = kb.joined([m["content"] for m in messages if m["role"] == "user"])
@@ -495,7 +516,8 @@ class Auditor:
             for sentence in SENTENCE.split(answer):
                 for rule in candidates:
                     if rule.trigger.search(sentence) and not (rule.unless and rule.unless.search(sentence)):
-                        flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i))
+                        flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i,
+                                          rule.source))
         # Programmes a university does not offer, asked about in a user message that names the university: the
         # next answer must correct the premise. Each (university, programme) is checked at its first question.
         asked: set[tuple[str, str, str]] = set()
@@ -512,7 +534,8 @@ class Auditor:
                     if not _negated(reply):
                         flags.append(Flag("programme_not_offered", FAIL,
                                           f"{university.name} does not offer {negative.degree} {negative.field}; "
-                                          f"the answer does not say so ({negative.correction})", i))
+                                          f"the answer does not say so ({negative.correction})", i,
+                                          negative.source))
         # Scholarships: eligibility for the student's home country, discontinued schemes, unknown names.
         home = kb.home_country(user_text)
         for i, answer in answers:
@@ -524,10 +547,10 @@ class Auditor:
                 if home is not None and kb.eligible(scholarship.id, home.code) is False and not corrected:
                     flags.append(Flag("scholarship_ineligible", FAIL,
                                       f"{scholarship.name} recommended to a student from {home.name}, who is not "
-                                      "eligible", i))
+                                      "eligible", i, scholarship.source))
                 if getattr(scholarship, "discontinued", False) and not corrected:
                     flags.append(Flag("scholarship_discontinued", FAIL, f"{scholarship.name} has been discontinued",
-                                      i))
+                                      i, scholarship.source))
             if answer.isascii() and AWARD_TOKENS.isdisjoint(kb.words(answer)):
                 matches = ()  # no award word: skip the scan
             else:
