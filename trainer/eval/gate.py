@@ -1,53 +1,93 @@
-"""The gate: whether an adapter may be published, from its metrics, the base's and the judge's."""
+"""The gate: whether an adapter may be published, decided by paired non-inferiority against its base.
+
+The adapter and its base answer the same questions, so each gating metric is a paired difference (adapter - base)
+with an interval (`trainer.eval.stats.paired_outcomes`). With a margin m (a few points by default):
+
+- the metric **fails** when its whole interval lies below -m (the adapter is worse by more than the margin);
+- it **passes** when its whole interval lies above -m (the adapter is not worse by more than the margin);
+- otherwise it is **inconclusive at n = N**, with the number of questions that would decide it at the spread seen.
+
+The adapter fails if any metric fails, passes if every measured metric passes, and is inconclusive otherwise.
+`push` refuses only a failing adapter (without `--force`); an inconclusive one is published with that verdict in its
+card. Point estimates alone let one question decide the verdict at small n; this rule does not.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-# The gate
+DEFAULT_MARGIN = 0.05
+"""Non-inferiority margin on rates (0.05 = five points): how much worse than the base an adapter may be and pass."""
+GATED = (("rubric_accuracy", "rubric accuracy"), ("false_premise_correction", "false-premise correction"),
+         ("judge", "judge (adapter wins - base wins)"))
+VERDICTS = ("passed", "failed", "inconclusive")
 
 GATE_RULE = (
-    "An adapter passes when (1) its rubric accuracy is at least the base's, (2) its false-premise correction rate "
-    "is at least the base's, and (3) where a judge ran, the judge does not favour the base: the upper bound of the "
-    "95% bootstrap interval of `net` (share of questions the adapter won minus share the base won, both orders "
-    "combined) is not below 0. A criterion that could not be measured (no false-premise question, no parseable "
-    "verdict) is reported and does not decide."
+    "Paired non-inferiority with margin {margin:.2f}: for rubric accuracy, false-premise correction and, where a judge "
+    "ran, the judge's net preference, the difference adapter - base over the same questions gets a 95% interval "
+    "(Agresti-Min for paired proportions). A metric fails when its interval lies entirely below -{margin:.2f}, passes "
+    "when it lies entirely above, and is inconclusive otherwise. The adapter fails if any metric fails, passes if "
+    "every measured metric passes, and is inconclusive otherwise; a metric that could not be measured (no "
+    "false-premise question, no judge) is reported and does not decide."
 )
 
 
-def gate_decision(base: dict[str, Any], adapter: dict[str, Any], judge: dict[str, Any] | None) -> dict[str, Any]:
-    """The verdict for one adapter from its metrics, the base's and the judge's summary (see GATE_RULE)."""
-    checks: dict[str, Any] = {}
-    parts, failed = [], []
+def metric_verdict(comparison: dict[str, Any] | None, margin: float) -> str | None:
+    """`passed`, `failed` or `inconclusive` for one paired comparison; None when it was not measured."""
+    if not comparison or not comparison.get("n") or comparison.get("interval") is None:
+        return None
+    low, high = comparison["interval"]
+    if high < -margin:
+        return "failed"
+    if low > -margin:
+        return "passed"
+    return "inconclusive"
 
-    def compare(key: str, label: str) -> None:
-        a, b = adapter.get(key), base.get(key)
-        if a is None or b is None:
-            checks[key] = None
-            parts.append(f"{label} not measured")
-            return
-        ok = a >= b
-        checks[key] = ok
-        parts.append(f"{label} {a:.2f} vs base {b:.2f}" + ("" if ok else " (worse)"))
-        if not ok:
+
+def gate_decision(comparisons: dict[str, dict[str, Any] | None], margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
+    """The verdict for one adapter from its paired comparisons with the base (keys of GATED). `passed` is True,
+    False or None (inconclusive), so a reader that only knows pass/fail never mistakes inconclusive for either."""
+    checks: dict[str, str | None] = {}
+    parts, failed, open_ = [], [], []
+    needed: dict[str, int | None] = {}
+    for key, label in GATED:
+        comparison = comparisons.get(key)
+        verdict = metric_verdict(comparison, margin)
+        checks[key] = verdict
+        if verdict is None:
+            parts.append(f"{label}: not measured" if key != "judge" else "no judge")
+            continue
+        low, high = comparison["interval"]
+        text = (f"{label} {comparison['difference']:+.2f} [{low:+.2f}, {high:+.2f}] "
+                f"(n={comparison['n']}, {comparison['adapter_only']} better / {comparison['base_only']} worse, "
+                f"p={comparison['p_value']:.2g})")
+        if verdict == "failed":
             failed.append(label)
-
-    compare("rubric_accuracy", "rubric accuracy")
-    compare("false_premise_correction", "false-premise correction")
-    if judge is None:
-        checks["judge"] = None
-        parts.append("no judge configured")
-    elif not judge.get("n") or judge.get("net_ci") is None:
-        checks["judge"] = None
-        parts.append(f"judge gave no parseable verdict ({judge.get('invalid', 0)} unparseable)")
+            text += f": worse than the base by more than {margin:.2f}"
+        elif verdict == "inconclusive":
+            open_.append(label)
+            needed[key] = comparison.get("items_needed")
+            text += ": inconclusive" + (f", about {needed[key]} questions would decide it" if needed[key]
+                                        else ", no number of questions decides it at this spread")
+        parts.append(text)
+    measured = [v for v in checks.values() if v is not None]
+    if failed:
+        verdict = "failed"
+    elif measured and all(v == "passed" for v in measured):
+        verdict = "passed"
     else:
-        low, high = judge["net_ci"]
-        ok = high >= 0
-        checks["judge"] = ok
-        parts.append(f"judge {judge['wins']}-{judge['ties']}-{judge['losses']} (win-tie-loss, n={judge['n']}), "
-                     f"net {judge['net']:+.2f} [{low:+.2f}, {high:+.2f}]" + ("" if ok else " (favours the base)"))
-        if not ok:
-            failed.append("judge")
-    passed = not failed
-    summary = "; ".join(parts)
-    return {"passed": passed, "summary": summary, "failed": failed, "checks": checks}
+        verdict = "inconclusive"
+    n = max((c["n"] for c in comparisons.values() if c and c.get("n")), default=0)
+    return {"verdict": verdict, "passed": {"passed": True, "failed": False}.get(verdict),
+            "summary": (f"inconclusive at n = {n}: " if verdict == "inconclusive" else "") + "; ".join(parts),
+            "failed": failed, "inconclusive": open_, "checks": checks, "margin": margin, "n": n,
+            "items_needed": needed}
+
+
+def verdict_of(gate: dict[str, Any] | None) -> str | None:
+    """The verdict of a gate record, also for results written before inconclusive existed (`passed` only)."""
+    if gate is None:
+        return None
+    if gate.get("verdict") in VERDICTS:
+        return gate["verdict"]
+    return "passed" if gate.get("passed") else "failed"
