@@ -308,6 +308,42 @@ def _near_duplicates(sketches: Sequence[Any], threshold: float, k: int) -> dict[
     return found
 
 
+def near_copies(queries: Sequence[str], corpus: Sequence[str], threshold: float, k: int = 64
+                ) -> dict[int, tuple[int, float]]:
+    """Query index -> (corpus index, estimated Jaccard) for each query at least `threshold` similar to a corpus
+    text: the near-duplicate test of `near_duplicates`, between two sets (eval items against training rows)."""
+    import numpy as np
+
+    sketches = [_sketch(t, k) for t in corpus] + [_sketch(t, k) for t in queries]
+    if not queries or not corpus:
+        return {}
+    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
+    sentinel = values.size
+    sizes = np.array([s.size for s in sketches])
+    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
+    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
+    postings: dict[int, list[int]] = {}
+    for j in range(len(corpus)):
+        for v in ids[j, :sizes[j]].tolist():
+            postings.setdefault(v, []).append(j)
+    posting_arrays = {v: np.asarray(js, dtype=np.int64) for v, js in postings.items()}
+    need = max(threshold * k * 0.5, 1)
+    found: dict[int, tuple[int, float]] = {}
+    for q in range(len(queries)):
+        i = len(corpus) + q
+        parts = [posting_arrays[v] for v in ids[i, :sizes[i]].tolist() if v in posting_arrays]
+        if not parts:
+            continue
+        counts = np.bincount(np.concatenate(parts))
+        # a short query has a small sketch: it can share at most its own size
+        candidates = np.flatnonzero(counts >= min(need, max(1.0, sizes[i] * threshold * 0.5)))
+        if candidates.size:
+            best = _best_candidate(ids, i, candidates, counts[candidates], threshold, k, sentinel)
+            if best is not None:
+                found[q] = best
+    return found
+
+
 def _best_candidate(ids, i: int, candidates, shared, threshold: float, k: int,
                     sentinel: int) -> tuple[int, float] | None:
     """(j, estimate) for the most similar of the five candidates sharing most sketch values with text i, or None.
