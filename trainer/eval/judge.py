@@ -116,6 +116,11 @@ class PairwiseJudge:
         return reply
 
 
+MIN_AGREEMENT = 2 / 3
+"""A judge whose two orders (A/B swapped) agree on fewer than this share of items is reported as unreliable and does
+not decide the gate: it disagrees with itself on more than a third of the questions."""
+
+
 def judge_pairs(judge: PairwiseJudge, items: Sequence[tuple[str, str, str, str]], *,
                 seed: int = 3407, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """Judge (id, question, base answer, adapter answer) items blind in both orders: first with the base as A,
@@ -146,9 +151,12 @@ def judge_pairs(judge: PairwiseJudge, items: Sequence[tuple[str, str, str, str]]
         if first is not None and second is not None:
             both_valid += 1
             consistent += first == second
+    agreement = consistent / both_valid if both_valid else None
     return summarize_judgements(outcomes, seed=seed, resamples=resamples) | {
         "judgements": len(jobs), "verdict_letters": {str(k): v for k, v in letters.items()},
-        "position_consistency": consistent / both_valid if both_valid else None,
+        "agreement": agreement,
+        "reliable": agreement is not None and agreement >= MIN_AGREEMENT,
+        "outcomes": [{"adapter": 1, "base": -1, "tie": 0}.get(o) for o in outcomes],
         "per_question": list(per_question.values()),
     }
 

@@ -113,12 +113,12 @@ def render_report(results: dict[str, Any]) -> str:
                   "swapped; agreeing verdicts stand, a tie and a preference give the preference, opposite "
                   "preferences give a tie.", "",
                   "| adapter | n | wins | ties | losses | unparseable | win rate | loss rate | net (win − loss) | "
-                  "position consistency |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "agreement of both orders |", "|---|---|---|---|---|---|---|---|---|---|"]
         for stage, s in j["per_adapter"].items():
             lines.append(f"| {stage} | {s['n']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['invalid']} | "
                          f"{_with_ci(s['win_rate'], s['win_rate_ci'], 2)} | "
                          f"{_with_ci(s['loss_rate'], s['loss_rate_ci'], 2)} | "
-                         f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['position_consistency'], 2)} |")
+                         f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['agreement'], 2)} |")
         lines.append("")
 
     lines += ["## Throughput", "", "| model | answers | new tokens | seconds | answers/s | tokens/s |",
