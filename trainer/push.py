@@ -31,7 +31,7 @@ from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADAPTER_FILES_EXCLUDED = {"training_args.bin", "README.md"}  # pickled args and PEFT's stub card
-STAGE_FILES = ("loss.png", "metrics.json", "lineage.json", "resolved_config.yaml", "split.json")
+RECORD_FILES = ("loss.png", "metrics.json", "lineage.json", "resolved_config.yaml", "split.json")
 SPACE_FILES = ("app.py", "requirements.txt")
 SPACE_PACKAGES = ("trainer", "space")
 PLACEHOLDER_NAMESPACE = "your-namespace"
@@ -95,7 +95,7 @@ def stage_model_folder(stage: StageRun, ctx: PushContext, repo_id: str, dest: Pa
     for path in sorted(stage.adapter_dir.iterdir()):
         if path.is_file() and path.name not in ADAPTER_FILES_EXCLUDED:
             shutil.copy2(path, dest / path.name)
-    for name in STAGE_FILES:
+    for name in RECORD_FILES:
         if (stage.dir / name).is_file():
             shutil.copy2(stage.dir / name, dest / name)
     model_card(stage, ctx, repo_id, gate, forced).save(dest / "README.md")
