@@ -23,8 +23,6 @@ from trainer.eval.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, bleu_from_stati
 from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 # The run
 
