@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.rundir import adapter_dirs, describe_adapter, trained_base
 from trainer.space_settings import AdapterEntry, ConfigError, SpaceConfig
 
 
@@ -26,28 +26,6 @@ class RegisteredAdapter:
     """Base model named by the adapter's lineage (local adapters only; Hub adapters are checked when loaded)."""
 
 
-def _trained_base(adapter_dir: Path) -> str | None:
-    lineage = adapter_dir.parent / "lineage.json"
-    if lineage.is_file():
-        return json.loads(lineage.read_text(encoding="utf-8")).get("base_model", {}).get("name")
-    config = adapter_dir / "adapter_config.json"
-    if config.is_file():
-        return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    return None
-
-
-def _describe_run(adapter_dir: Path) -> str:
-    """`stage 2 of run demo, eval loss 1.98 -> 1.97` from the run's own files."""
-    stage_dir = adapter_dir.parent
-    text = f"{stage_dir.name} of run {stage_dir.parent.name}"
-    metrics = stage_dir / "metrics.json"
-    if metrics.is_file():
-        m = json.loads(metrics.read_text(encoding="utf-8"))
-        if m.get("eval_loss_first") is not None and m.get("eval_loss_last") is not None:
-            text += f", eval loss {m['eval_loss_first']:.3f} -> {m['eval_loss_last']:.3f}"
-    return text
-
-
 class AdapterRegistry:
     """The adapters to offer, validated at start-up (a wrong entry fails with its name)."""
 
@@ -64,12 +42,12 @@ class AdapterRegistry:
         adapters = [cls._from_entry(i, entry, cfg, base_dir) for i, entry in enumerate(cfg.adapters)]
         if cfg.discover_runs:
             listed = {Path(a.location).resolve() for a in adapters if a.is_local}
-            for adapter_dir in sorted((base_dir / cfg.runs_dir).glob("*/*/adapter")):
-                if (adapter_dir / "adapter_config.json").is_file() and adapter_dir.resolve() not in listed:
+            for adapter_dir in adapter_dirs(base_dir / cfg.runs_dir):
+                if adapter_dir.resolve() not in listed:
                     name = f"{adapter_dir.parent.parent.name}/{adapter_dir.parent.name}"
                     adapters.append(RegisteredAdapter(name=name, location=str(adapter_dir), is_local=True,
-                                                      description=_describe_run(adapter_dir), origin="runs",
-                                                      trained_base=_trained_base(adapter_dir)))
+                                                      description=describe_adapter(adapter_dir), origin="runs",
+                                                      trained_base=trained_base(adapter_dir)))
         return cls(adapters)
 
     @staticmethod
@@ -82,8 +60,8 @@ class AdapterRegistry:
             if not (path / "adapter_config.json").is_file():
                 raise ConfigError(f"{where}.path: {entry.path} is not an adapter folder (no adapter_config.json)")
             return RegisteredAdapter(name=entry.name, location=str(path), is_local=True,
-                                     description=entry.description or _describe_run(path),
-                                     trained_base=_trained_base(path))
+                                     description=entry.description or describe_adapter(path),
+                                     trained_base=trained_base(path))
         if entry.repo.count("/") != 1:
             raise ConfigError(f"{where}.repo: {entry.repo!r} is not a Hub repo id (owner/name)")
         return RegisteredAdapter(name=entry.name, location=entry.repo, is_local=False, revision=entry.revision,

@@ -270,6 +270,35 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {bad}: question work-canada: must_mention[0]")
 
 
+# The run as the evaluation reads it (no model: the plan is made before any weights load)
+
+def test_the_plan_holds_each_stages_held_out_rows_and_names_the_ones_it_cannot_reread(tmp_path):
+    from run_folder import data_files, write_stage
+
+    from trainer.data import content_hash
+    from trainer.eval.run import plan_evaluation
+
+    train, test = data_files(tmp_path / "data")
+    write_stage(tmp_path, f"stages.stage1.dataset.path={train}", "stages.stage1.dataset.eval_fraction=0.25")
+    write_stage(tmp_path, f"stages.stage2.dataset.path={train}", f"stages.stage2.dataset.eval_path={test}",
+                stage="stage2")
+    run_dir = tmp_path / "runs" / "demo"
+    plan = plan_evaluation(run_dir, limit=2)
+    assert [s.name for s in plan.stages] == ["stage1", "stage2"] and plan.split_problems == {}
+    for stage in plan.stages:
+        listed = [r["sha256"] for r in json.loads((stage.dir / "split.json").read_text())["eval"]]
+        assert [c.content_hash for c in plan.eval_rows[stage.name]] == listed
+    assert [c.content_hash for c in plan.eval_rows["stage2"]] == \
+        [content_hash(json.loads(line)["messages"]) for line in test.read_text().splitlines()]
+    assert len(plan.held_out) == 2 + 3  # stage 1's held-out quarter of the training file, and the eval file
+
+    test.write_text(test.read_text() + "\n")  # the rubric and the judge still run; the held-out loss cannot
+    plan = plan_evaluation(run_dir, limit=2)
+    assert plan.eval_rows["stage2"] == [] and list(plan.split_problems) == ["stage2"]
+    assert plan.split_problems["stage2"].startswith(f"{test}: changed since stage2 was trained")
+    assert len(plan.held_out) == 2
+
+
 # The judge against a real OpenAI-compatible server
 
 def test_judge_against_transformers_serve(transformers_serve, monkeypatch):

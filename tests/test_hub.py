@@ -95,20 +95,23 @@ def test_dry_run_exports_the_exact_training_rows_with_dataset_cards(run_copy):
 
 
 def test_dry_run_space_points_at_the_pushed_adapters(run_copy):
-    import yaml
+    from huggingface_hub import SpaceCard
+
+    from trainer.space_settings import load_space_config
 
     out = dry_run(run_copy)
     space = out / "spaces" / "acme" / "demo-space"
     for name in ("app.py", "requirements.txt", "space/engine.py", "trainer/modeling.py",
                  "trainer/chat_templates/chatml.jinja", "README.md"):
         assert (space / name).is_file(), name
-    settings = yaml.safe_load((space / "space_config" / "space.yaml").read_text())
-    assert settings["base_model"] == "smollm2-135m-instruct" and settings["discover_runs"] is False
-    assert [(a["name"], a["repo"]) for a in settings["adapters"]] == [("stage1", "acme/demo-stage1"),
-                                                                      ("stage2", "acme/demo-stage2")]
-    header = yaml.safe_load((space / "README.md").read_text().split("---")[1])
-    assert header["sdk"] == "gradio" and header["app_file"] == "app.py"
-    assert {"acme/demo-stage1", "acme/demo-stage2"} <= set(header["models"])
+    settings = load_space_config(space / "space_config" / "space.yaml")  # what the app will read
+    assert settings.base_model == "smollm2-135m-instruct" and settings.discover_runs is False
+    assert [(a.name, a.repo) for a in settings.adapters] == [("stage1", "acme/demo-stage1"),
+                                                             ("stage2", "acme/demo-stage2")]
+    header = SpaceCard.load(space / "README.md").data
+    assert header.sdk == "gradio" and header.app_file == "app.py"
+    assert {"acme/demo-stage1", "acme/demo-stage2"} <= set(header.models)
+    assert {"acme/demo-stage1-data", "acme/demo-stage2-data"} <= set(header.datasets)
 
 
 def test_gate_refuses_an_adapter_worse_than_its_base_unless_forced(run_copy, capsys):
@@ -131,18 +134,76 @@ def test_gate_refuses_an_adapter_worse_than_its_base_unless_forced(run_copy, cap
     assert "published anyway (`--force`)" in text
 
 
-def test_changed_training_data_is_not_exported_as_if_it_were_the_trained_data(run_copy, capsys):
+def test_changed_training_data_fails_the_push_instead_of_publishing_the_adapter_alone(run_copy, capsys):
     lineage = json.loads((run_copy / "stage1" / "lineage.json").read_text())
     data_file = Path(next(iter(lineage["datasets"][0]["file_sha256"])))
     original = data_file.read_bytes()
+    out = run_copy / "push"
     try:
         data_file.write_bytes(original + b"\n")
-        out = dry_run(run_copy)
-        assert f"{data_file}: changed since stage1 was trained" in capsys.readouterr().out
-        assert not (out / "datasets" / "acme" / "demo-stage1-data").exists()
-        assert (out / "models" / "acme" / "demo-stage1").exists()
+        assert main(["push", "--run", str(run_copy), "--dry-run", "--namespace", "acme", "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith(f"error: {data_file}: changed since stage1 was trained (sha256 differs from ")
+        assert err.endswith("or push without the data (--no-datasets)")
+        assert not out.exists() and "[push] staged" not in captured.out  # nothing half-staged
+
+        dry_run(run_copy, "--no-datasets")  # leaving the data out on purpose still publishes the adapter
+        assert (out / "models" / "acme" / "demo-stage1").is_dir() and not (out / "datasets").exists()
     finally:
         data_file.write_bytes(original)
+
+
+@pytest.fixture
+def eval_path_run(run_copy, tmp_path) -> tuple[Path, Path, Path]:
+    """The demo run with stage 1's records pointing at a training file and a separate eval file, as training on
+    them with `dataset.eval_path` writes them (tests/run_folder.py)."""
+    from run_folder import data_files, retarget_stage
+
+    train, test = data_files(tmp_path / "eval-path-data")
+    retarget_stage(run_copy / "stage1", train, test)
+    return run_copy, train, test
+
+
+def test_a_stage_with_an_eval_file_exports_the_rows_of_both_files(eval_path_run):
+    from trainer.data import content_hash
+
+    run_dir, train, test = eval_path_run
+    out = dry_run(run_dir, "--stage", "stage1", "--no-space")
+    folder = out / "datasets" / "acme" / "demo-stage1-data"
+    split = json.loads((run_dir / "stage1" / "split.json").read_text())
+    for name, key, source in (("train", "train", train), ("test", "eval", test)):
+        rows = [json.loads(line) for line in (folder / "data" / f"{name}.jsonl").read_text().splitlines()]
+        assert [content_hash(r["messages"]) for r in rows] == [r["sha256"] for r in split[key]] == \
+            [content_hash(json.loads(line)["messages"]) for line in source.read_text().splitlines()]
+    assert "acme/demo-stage1-data" in (out / "models" / "acme" / "demo-stage1" / "README.md").read_text()
+
+
+def test_a_changed_eval_file_fails_the_push_of_its_stage(eval_path_run, capsys):
+    run_dir, _, test = eval_path_run
+    test.write_text(test.read_text() + "\n")
+    out = run_dir / "push"
+    assert main(["push", "--run", str(run_dir), "--dry-run", "--namespace", "acme", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {test}: changed since stage1 was trained")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value, offline", [(None, False), ("", False), ("0", False), ("false", False),
+                                            ("1", True), ("on", True), ("Yes", True), ("TRUE", True)])
+def test_offline_mode_reads_the_variable_as_huggingface_hub_does(monkeypatch, value, offline):
+    from huggingface_hub.constants import _is_true
+
+    from trainer.hub import offline_mode
+
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    if value is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert offline_mode() is offline is _is_true(value or None)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # the fallback huggingface_hub reads when HF_HUB_OFFLINE is empty
+    assert offline_mode() is (offline or not value)
 
 
 def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):

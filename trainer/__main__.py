@@ -180,7 +180,7 @@ def _hub_reachable() -> bool:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from trainer.hub import run_push
+    from trainer.push import run_push
 
     plans = run_push(args.run, namespace=args.namespace, stages=args.stage, private=args.private,
                      revision=args.revision, dry_run=args.dry_run, out_dir=args.out, force=args.force,

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from trainer.cards import feedback_card
 from trainer.lineage import now_iso, write_json
-
-TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "feedback_card.md"
 
 
 class ExportError(ValueError):
@@ -156,30 +155,7 @@ def export_feedback(source: str | Path, out_dir: str | Path, *, system_prompt: b
         "last": max((r.created_at for r in records), default=None),
     }
     write_json(out / "manifest.json", manifest)
-    _card(manifest).save(out / "README.md")
+    feedback_card(manifest).save(out / "README.md")
     print(f"[export] {counts['records']} records -> {counts['sft']} SFT dialogues, {counts['kto']} KTO rows "
           f"({counts['kto_liked']} liked), {counts['dpo']} DPO pairs in {out}", flush=True)
     return ExportResult(out, counts)
-
-
-def _card(manifest: dict[str, Any]):
-    import datetime as dt
-
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    n = manifest["counts"]["records"]
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
-    card_data = DatasetCardData(
-        license="other", task_categories=["text-generation"], language=["en"], size_categories=[size],
-        annotations_creators=["crowdsourced", "expert-generated"], language_creators=["crowdsourced"],
-        source_datasets=["original"], pretty_name="Study-abroad counsellor: labelled real dialogues",
-        configs=[{"config_name": name, "data_files": [{"split": "train", "path": f"{name}.jsonl"}]}
-                 for name in ("sft", "kto", "dpo")],
-        tags=["study-abroad", "counselling", "feedback", "human-feedback", "real"],
-    )
-    when = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d") if t else "-"  # noqa: E731
-    return DatasetCard.from_template(
-        card_data, template_path=str(TEMPLATE), counts=manifest["counts"], redactions=manifest["redactions"],
-        adapters=manifest["adapters"], base_models=manifest["base_models"], reviewers=manifest["reviewers"],
-        first=when(manifest["first"]), last=when(manifest["last"]),
-    )

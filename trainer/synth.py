@@ -678,7 +678,9 @@ def finish(run: GenerationRun, kb, out: Path, *, eval_fraction: float = 0.1, see
                "usage": asdict(run.usage), "cost_estimate": round(cost, 4), "seconds": round(run.seconds, 1),
                "resumed_rows": run.skipped, "interrupted": run.interrupted}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    _card(summary, settings).save(out / "README.md")
+    from trainer.cards import synthetic_card
+
+    synthetic_card(summary, asdict(settings)).save(out / "README.md")
     return summary
 
 
@@ -691,26 +693,6 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return {"messages": row["messages"], "plan_id": row["plan_id"], "topic": row["topic"],
             "false_premise": json.dumps(row.get("false_premise")), "provenance": json.dumps(row["provenance"]),
             "flags": row.get("flags", [])}
-
-
-def _card(summary: dict[str, Any], settings: GenerationSettings):
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    counts = summary["counts"]
-    n = sum(counts.values())
-    card_data = DatasetCardData(
-        license="apache-2.0", task_categories=["text-generation"], language=["en"],
-        size_categories=["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
-        annotations_creators=["machine-generated"], language_creators=["machine-generated"],
-        source_datasets=["original"], pretty_name="Grounded synthetic study-abroad counselling dialogues",
-        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.jsonl"}
-                                                           for s in ("train", "eval", "audit")]}],
-        tags=["synthetic", "study-abroad", "counselling", "grounded", "audited"],
-    )
-    template = Path(__file__).resolve().parent.parent / "data_cards" / "synthetic_card.md"
-    return DatasetCard.from_template(card_data, template_path=str(template), summary=summary,
-                                     counts=counts, flags=summary["audit"]["conversations_per_flag"],
-                                     settings=asdict(settings))
 
 
 JUDGE_PROMPT = """You check counselling answers against verified facts. Facts:

@@ -22,7 +22,7 @@ honest way, by default:
 
 The base loads once (4-bit when the run trained in 4-bit); every adapter loads into the same PeftModel and is
 switched with `set_adapter` (the base: `disable_adapter()`). Output: `runs/<name>/eval/` with `report.md`,
-`results.json` (read by `trainer.hub` for the gate and the model card), `answers.jsonl`, `metrics.png` and
+`results.json` (read by `trainer.push` for the gate and the model card), `answers.jsonl`, `metrics.png` and
 `loss_curves.png`; the verdict is also written into each stage's `lineage.json` under `evaluation`.
 
 Modules: `rubric` (questions and their scoring), `stats` (bootstrap intervals, ROUGE, BLEU), `judge` (the blind

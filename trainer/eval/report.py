@@ -1,10 +1,10 @@
-"""The report: results.json as markdown, the metric and loss charts, and the verdict in each stage's lineage."""
+"""The report: results.json as markdown, and the metric and loss charts (the verdict goes into each stage's lineage
+through `trainer.rundir.StageRun.record_evaluation`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -222,15 +222,3 @@ def plot_loss_curves(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def record_in_lineage(stage, gate: dict[str, Any], results_path: Path, created: str) -> None:
-    """Write the verdict into the stage's lineage.json under `evaluation` (replacing an earlier one). Dropping that
-    key and re-serialising gives back the file as trained, byte for byte, so its recorded sha256 stays checkable."""
-    from trainer.lineage import write_json
-
-    path = stage.dir / "lineage.json"
-    lineage = json.loads(path.read_text(encoding="utf-8"))
-    lineage["evaluation"] = {"passed": gate["passed"], "summary": gate["summary"],
-                             "results": os.path.relpath(results_path, stage.dir), "date": created}
-    write_json(path, lineage)

@@ -14,95 +14,33 @@ from typing import Any, Callable, Iterable, Sequence
 from trainer.eval import BASE, EvalError
 from trainer.eval.gate import GATE_RULE, gate_decision
 from trainer.eval.judge import JudgeSettings, PairwiseJudge, judge_pairs
-from trainer.eval.report import plot_loss_curves, plot_metrics, record_in_lineage, render_report
+from trainer.eval.report import plot_loss_curves, plot_metrics, render_report
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, QuestionScore,
                                  is_markdown, load_questions, markdown_rate, rubric_rates, score_answer,
                                  select_questions)
 from trainer.eval.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, bleu_from_statistics, bleu_statistics, bootstrap_ci,
                                 pooled_loss, rouge_l)
+from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # The run
 
-@dataclass
-class StageInfo:
-    name: str
-    dir: Path
-    adapter_dir: Path
-    cfg: Any
-    metrics: dict[str, Any]
-    lineage: dict[str, Any]
-    split: dict[str, Any]
-    template: str = ""
-    eval_rows: list = field(default_factory=list)
-    split_problem: str | None = None
-    """Why the held-out rows could not be re-read (data moved or changed since training), if so."""
-
-
-def read_run(run_dir: Path) -> list[StageInfo]:
-    """The run's finished stages, in pipeline order, with their config, metrics, lineage, split and template."""
-    from trainer.rundir import RunError, finished_stages, read_stage
-
+def read_run(run_dir: Path) -> list[StageRun]:
+    """The run's finished stages, in pipeline order, each with the chat template saved with its adapter."""
     if not run_dir.is_dir():
         raise EvalError(f"{run_dir}: no such run directory")
     try:
-        names = finished_stages(run_dir)
-        runs = [read_stage(run_dir, s) for s in names]
+        stages = [read_stage(run_dir, s) for s in finished_stages(run_dir)]
+        for stage in stages:
+            _ = stage.template  # read now, so a missing one fails before any weights load
     except RunError as exc:
         raise EvalError(str(exc).replace("no finished stage", "no adapters to evaluate")) from None
-    stages = []
-    for r in runs:
-        info = StageInfo(r.name, r.dir, r.dir / "adapter", r.cfg, r.metrics, r.lineage, r.split)
-        info.template = adapter_template(info.adapter_dir)
-        stages.append(info)
     base = {s.cfg.model.name for s in stages}
     if len(base) > 1:
         raise EvalError(f"{run_dir}: stages were trained on different base models ({', '.join(sorted(base))}); "
                         "evaluate them separately")
     return stages
-
-
-def adapter_template(adapter_dir: Path) -> str:
-    """The chat template saved with an adapter (the one it was trained with)."""
-    path = adapter_dir / "chat_template.jinja"
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    config = adapter_dir / "tokenizer_config.json"
-    if config.is_file():
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        if isinstance(template, str):
-            return template
-    raise EvalError(f"{adapter_dir}: no chat template saved with the adapter (chat_template.jinja)")
-
-
-def eval_split(stage: StageInfo) -> list:
-    """Exactly the conversations the stage held out: its data re-read with trainer.data and selected by the
-    content hashes in split.json (the seeded hash split is recomputed when split.json lists none)."""
-    import dataclasses
-
-    from trainer.data import DataError, load_conversations, split_train_eval
-
-    spec = dataclasses.replace(stage.cfg.stages[stage.name].dataset, max_bad_fraction=1.0, strict=False)
-    try:
-        conversations, _ = load_conversations(spec, REPO_ROOT)
-        if spec.eval_path:
-            held, _ = load_conversations(spec, REPO_ROOT, path=spec.eval_path)
-            conversations = conversations + held
-    except DataError as exc:
-        raise EvalError(f"{stage.dir}: cannot re-read the stage's data: {exc}") from None
-    wanted = [r["sha256"] for r in stage.split.get("eval", [])]
-    if not wanted and not spec.eval_path:
-        _, held = split_train_eval(conversations, spec.eval_fraction, stage.cfg.seed)
-        return held
-    by_hash = {c.content_hash: c for c in conversations}
-    missing = [h for h in wanted if h not in by_hash]
-    if missing:
-        raise EvalError(f"{stage.dir / 'split.json'}: {len(missing)} held-out rows are no longer in {spec.path} "
-                        "(the data changed since training)")
-    return [by_hash[h] for h in wanted]
 
 
 def reference_prompts(conversations: Iterable) -> list[dict[str, Any]]:
@@ -119,25 +57,10 @@ def reference_prompts(conversations: Iterable) -> list[dict[str, Any]]:
     return [item for _, _, item in sorted(out, key=lambda x: (x[0], x[1]))]
 
 
-def read_log_history(stage_dir: Path) -> list[dict[str, Any]]:
-    """The Trainer's log history from the stage's latest checkpoint, if any is left."""
-    def step(path: Path) -> int:
-        suffix = path.parent.name.rsplit("-", 1)[-1]
-        return int(suffix) if suffix.isdigit() else -1
-
-    states = sorted((stage_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"), key=step)
-    if not states:
-        return []
-    try:
-        return list(json.loads(states[-1].read_text(encoding="utf-8")).get("log_history", []))
-    except (OSError, ValueError):
-        return []
-
-
-def loss_reduction(stage: StageInfo) -> dict[str, Any]:
+def loss_reduction(stage: StageRun) -> dict[str, Any]:
     """First vs last logged loss, train and eval: from the log history where it is kept, else metrics.json."""
     m = stage.metrics
-    history = read_log_history(stage.dir)
+    history = stage.log_history()
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     if m.get("eval_loss_first") is not None and not any(s == 0 for s, _ in evals):
@@ -289,7 +212,7 @@ def generate_answers(model, tokenizer, template: str, prompts: Sequence[Sequence
     return answers, counts, stats
 
 
-def load_models(stages: Sequence[StageInfo], load_in_4bit: bool | None):
+def load_models(stages: Sequence[StageRun], load_in_4bit: bool | None):
     """The base once (4-bit as the run trained, unless overridden) and every adapter in one PeftModel."""
     import dataclasses
 
@@ -331,7 +254,7 @@ class EvalPlan:
 
     run_dir: Path
     out: Path
-    stages: list[StageInfo]
+    stages: list[StageRun]
     questions: list[Question]
     questions_path: Path
     questions_in_file: int
@@ -342,6 +265,10 @@ class EvalPlan:
     generation: GenerationConfig
     load_in_4bit: bool | None
     system_prompt: str
+    eval_rows: dict[str, list] = field(default_factory=dict)
+    """Each stage's held-out conversations, as split.json lists them (empty when they could not be re-read)."""
+    split_problems: dict[str, str] = field(default_factory=dict)
+    """Why a stage's held-out rows could not be re-read (data moved or changed since training), by stage."""
 
 
 def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
@@ -357,14 +284,16 @@ def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = 
     questions_path = Path(questions_path) if questions_path else DEFAULT_QUESTIONS
     all_questions = load_questions(questions_path)
     stages = read_run(run_dir)
+    eval_rows: dict[str, list] = {}
+    split_problems: dict[str, str] = {}
     for stage in stages:
         try:
-            stage.eval_rows = eval_split(stage)
-        except EvalError as exc:  # the rubric and the judge need no training data: measure what still can be
-            stage.split_problem = str(exc)
+            eval_rows[stage.name] = stage.held_out_rows()
+        except RunError as exc:  # the rubric and the judge need no training data: measure what still can be
+            eval_rows[stage.name], split_problems[stage.name] = [], str(exc)
     seen, held_out = set(), []
     for stage in stages:
-        for conv in stage.eval_rows:
+        for conv in eval_rows[stage.name]:
             if conv.content_hash not in seen:
                 seen.add(conv.content_hash)
                 held_out.append(conv)
@@ -373,7 +302,8 @@ def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = 
                     questions=select_questions(all_questions, limit), questions_path=questions_path,
                     questions_in_file=len(all_questions), held_out=held_out,
                     references=references[:limit] if limit is not None else references, limit=limit, judge=judge,
-                    generation=generation, load_in_4bit=load_in_4bit, system_prompt=system_prompt)
+                    generation=generation, load_in_4bit=load_in_4bit, system_prompt=system_prompt,
+                    eval_rows=eval_rows, split_problems=split_problems)
 
 
 def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
@@ -393,9 +323,8 @@ def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = N
         judge_client = PairwiseJudge(judge)
         judge_client.ask("Is this endpoint reachable?", "Yes.", "No.")  # fail now, not after hours of generation
     plan.out.mkdir(parents=True, exist_ok=True)
-    for stage in plan.stages:
-        if stage.split_problem:
-            log(f"[eval] warning: no held-out loss or reference answers for {stage.name}: {stage.split_problem}")
+    for stage, problem in plan.split_problems.items():
+        log(f"[eval] warning: no held-out loss or reference answers for {stage}: {problem}")
     log(f"[eval] {plan.run_dir}: base + {', '.join(s.name for s in plan.stages)}; {len(plan.questions)} rubric "
         f"questions ({sum(q.false_premise for q in plan.questions)} false premise), {len(plan.held_out)} held-out "
         f"conversations ({len(plan.references)} reference answers)" + (f", judge {judge.base_url}" if judge else ""))
@@ -436,7 +365,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     prompts = rubric_prompts + [r["messages"] for r in references]
     home = {}  # each held-out conversation is scored with the template of the (first) stage that held it out
     for stage in stages:
-        for conv in stage.eval_rows:
+        for conv in plan.eval_rows[stage.name]:
             home.setdefault(conv.content_hash, stage)
     models: dict[str, dict[str, Any]] = {}
     answers: dict[str, list[str]] = {}
@@ -453,7 +382,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
             entry["_loss_rows"] = [rows_by_hash[c.content_hash] for c in held_out]
             entry["eval_loss_by_split"] = {}
             for stage in stages:
-                rows = [rows_by_hash[c.content_hash] for c in stage.eval_rows]
+                rows = [rows_by_hash[c.content_hash] for c in plan.eval_rows[stage.name]]
                 if rows:
                     loss = pooled_loss(rows)
                     entry["eval_loss_by_split"][stage.name] = {
@@ -516,10 +445,10 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         "base": models[BASE],
         "adapters": {s.name: {**models[s.name], "adapter_sha256": s.lineage.get("adapter_sha256"),
                               "loss_reduction": loss_reduction(s)} for s in stages},
-        "splits": {s.name: {"conversations": len(s.eval_rows),
+        "splits": {s.name: {"conversations": len(plan.eval_rows[s.name]),
                             "tokens": models[BASE]["eval_loss_by_split"].get(s.name, {}).get("tokens", 0),
                             "sha256": s.lineage.get("split", {}).get("eval_sha256"),
-                            "unavailable": s.split_problem} for s in stages},
+                            "unavailable": plan.split_problems.get(s.name)} for s in stages},
         "judge": judge_results,
         "n": {"questions": n_q, "false_premise_questions": sum(q.false_premise for q in questions),
               "eval_conversations": len(held_out), "reference_prompts": len(references),
@@ -552,7 +481,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     plot_loss_curves(results, out / "loss_curves.png")
     (out / "report.md").write_text(render_report(results), encoding="utf-8")
     for stage in stages:
-        record_in_lineage(stage, gates[stage.name], results_path, created)
+        stage.record_evaluation(gates[stage.name], results_path, created)
     for stage, gate in gates.items():
         log(f"[eval] {stage}: {'PASSED' if gate['passed'] else 'FAILED'} — {gate['summary']}")
     log(f"[eval] report: {out / 'report.md'} ({results['wall_seconds']:.0f}s)")

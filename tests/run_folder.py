@@ -1,0 +1,66 @@
+"""Stage folders written from the real config and data code, without training, for tests of what reads a run.
+
+`write_stage` writes what `trainer.train.run_stage` writes about the data (resolved_config.yaml, split.json and the
+lineage's `datasets` and `split`) from `prepare_stage_data`, the function training calls; the adapter files are
+placeholders, which the readers under test never load. `retarget_stage` points a trained stage at other data files
+the same way (for a push test of a stage with a separate eval file, which the shared demo run does not have).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import DATA, REPO, write_jsonl
+
+from trainer.config import PipelineConfig, dump_config, load_config
+from trainer.data import prepare_stage_data
+from trainer.lineage import combined_sha256, write_json
+
+
+def dialogues() -> list[dict]:
+    return [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def data_files(folder: Path) -> tuple[Path, Path]:
+    """A training file (8 dialogues) and a separate eval file (3 others)."""
+    rows = dialogues()
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_jsonl(folder / "train.jsonl", rows[:8]), write_jsonl(folder / "test.jsonl", rows[8:11])
+
+
+def _write_data_records(cfg: PipelineConfig, stage: str, stage_dir: Path) -> None:
+    data = prepare_stage_data(cfg.stage(stage).dataset, seed=cfg.seed, max_length=cfg.max_length)
+    dump_config(cfg, stage_dir / "resolved_config.yaml", stage=stage)
+    write_json(stage_dir / "split.json", data.split_record())
+    path = stage_dir / "lineage.json"
+    lineage = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+        "run": cfg.name, "stage": stage, "base_model": {"name": cfg.model.name}}
+    lineage["datasets"] = [r.to_dict() for r in data.reports]
+    lineage["split"] = {
+        "method": "separate eval file" if cfg.stage(stage).dataset.eval_path else "seeded content hash",
+        "seed": cfg.seed, "train_rows": len(data.train), "eval_rows": len(data.eval),
+        "train_sha256": combined_sha256([c.content_hash for c in data.train]),
+        "eval_sha256": combined_sha256([c.content_hash for c in data.eval])}
+    write_json(path, lineage)
+
+
+def write_stage(root: Path, *overrides: str, stage: str = "stage1") -> Path:
+    """A finished-looking stage of configs/demo.yaml under `root/runs`, with the given overrides."""
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"output_dir={root / 'runs'}", *overrides])
+    stage_dir = cfg.run_dir() / stage
+    adapter = stage_dir / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"placeholder")
+    write_json(adapter / "adapter_config.json", {"base_model_name_or_path": cfg.model.name})
+    (adapter / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    write_json(stage_dir / "metrics.json", {"eval_loss_first": 2.0, "eval_loss_last": 1.5})
+    _write_data_records(cfg, stage, stage_dir)
+    return stage_dir
+
+
+def retarget_stage(stage_dir: Path, train: Path, test: Path) -> None:
+    """Point a stage's records at `train` plus a separate eval file `test`, as training on them would have."""
+    cfg = load_config(stage_dir / "resolved_config.yaml", [f"stages.{stage_dir.name}.dataset.path={train}",
+                                                          f"stages.{stage_dir.name}.dataset.eval_path={test}"])
+    _write_data_records(cfg, stage_dir.name, stage_dir)

@@ -1,0 +1,83 @@
+"""trainer/cards.py and the Space bundle: what push writes for the Space loads back through the app's own settings
+loader and card class; the dataset cards count what every data file of a stage did."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import REPO
+from run_folder import data_files, write_stage
+
+from trainer.cards import dataset_card, feedback_card, size_category
+from trainer.push import PushContext, export_rows, space_settings, stage_space_folder
+from trainer.rundir import read_stage
+from trainer.space_settings import load_space_config
+
+
+@pytest.fixture
+def stages(tmp_path):
+    train, test = data_files(tmp_path / "data")
+    write_stage(tmp_path, f"stages.stage1.dataset.path={train}")
+    write_stage(tmp_path, f"stages.stage2.dataset.path={train}", f"stages.stage2.dataset.eval_path={test}",
+                "stages.stage2.dataset.kind=real", "stages.stage2.dataset.license=cc-by-4.0", stage="stage2")
+    return [read_stage(tmp_path / "runs" / "demo", s) for s in ("stage1", "stage2")]
+
+
+def context(revision=None) -> PushContext:
+    return PushContext(run="demo", namespace="acme", revision=revision,
+                       model_repos={"stage1": "acme/demo-stage1", "stage2": "acme/demo-stage2"},
+                       dataset_repos={"stage2": "acme/demo-stage2-data"})
+
+
+@pytest.mark.parametrize("revision", [None, "v1"])
+def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, tmp_path, revision):
+    from huggingface_hub import SpaceCard
+
+    dest = tmp_path / "space"
+    stage_space_folder(stages, context(revision), "acme/demo-space", dest)
+    loaded = load_space_config(dest / "space_config" / "space.yaml")
+    assert dataclasses.replace(loaded, source=None) == space_settings(stages, context(revision))
+    assert loaded.base_model == "smollm2-135m-instruct" and not loaded.discover_runs
+    assert [(a.name, a.repo, a.revision, a.path) for a in loaded.adapters] == [
+        ("stage1", "acme/demo-stage1", revision, None), ("stage2", "acme/demo-stage2", revision, None)]
+    assert (dest / "space_config" / "space.yaml").read_text().startswith("# Written by `python -m trainer push`")
+
+    shipped = SpaceCard.load(REPO / "space_config" / "README.md")
+    card = SpaceCard.load(dest / "README.md")
+    assert card.text == shipped.text
+    data, before = card.data.to_dict(), shipped.data.to_dict()
+    assert data["models"] == ["smollm2-135m-instruct", "acme/demo-stage1", "acme/demo-stage2"]  # base first
+    assert data["datasets"] == ["acme/demo-stage2-data", *before["datasets"]]
+    assert {k: v for k, v in data.items() if k not in ("models", "datasets")} == \
+        {k: v for k, v in before.items() if k not in ("models", "datasets")}
+    assert list(data) == list(before)  # the shipped key order is kept
+    for name in ("app.py", "requirements.txt", "trainer/push.py", "space/registry.py"):
+        assert (dest / name).is_file(), name
+
+
+def test_the_dataset_card_of_a_stage_with_an_eval_file_counts_both_files(stages, tmp_path):
+    stage = stages[1]
+    lineage = json.loads((stage.dir / "lineage.json").read_text())
+    lineage["datasets"][0].update(bad=1, bad_by_rule={"empty_content": 1}, duplicates_removed=2)
+    lineage["datasets"][1].update(bad=2, bad_by_rule={"empty_content": 1, "bad_role": 1}, duplicates_removed=1)
+    (stage.dir / "lineage.json").write_text(json.dumps(lineage))
+    stage = read_stage(stage.dir.parent, "stage2")
+    card = dataset_card(stage, context(), "acme/demo-stage2-data", export_rows(stage))
+    spec = stage.cfg.stage("stage2").dataset
+    assert f"- Source: `{spec.path}` (test rows: `{spec.eval_path}`)" in card.text
+    assert "3 rows rejected (empty_content: 2, bad_role: 1)" in card.text
+    assert "- Exact duplicates removed: 3" in card.text
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-4.0" and data["size_categories"] == ["n<1K"]
+    assert "| test | 3 |" in card.text.replace("  ", " ")
+
+
+@pytest.mark.parametrize("n, category", [(0, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"), (99_999, "10K<n<100K"),
+                                         (150_000, "100K<n<1M"), (2_000_000, "1M<n<10M")])
+def test_size_categories_are_the_hubs(n, category):
+    assert size_category(n) == category
+    manifest = {"counts": {"records": n}, "redactions": {}, "adapters": {}, "base_models": [], "reviewers": 0,
+                "first": None, "last": None}
+    assert feedback_card(manifest).data.to_dict()["size_categories"] == [category]

