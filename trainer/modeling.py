@@ -297,10 +297,12 @@ class BatchAnswers:
     new_tokens: list[int]
     """Tokens generated per answer, its end-of-sequence token included."""
     prompt_tokens: list[int]
+    """Tokens of each rendered prompt."""
     seconds: float
     """Time spent in `generate` (rendering and decoding excluded)."""
 
     def throughput(self) -> dict[str, Any]:
+        """Answers and new tokens, in all and per second (as the eval's results record them)."""
         samples, tokens = len(self.texts), sum(self.new_tokens)
         return {"samples": samples, "new_tokens": tokens, "seconds": round(self.seconds, 2),
                 "samples_per_second": round(samples / self.seconds, 4) if self.seconds else None,
@@ -326,11 +328,13 @@ class AdapterModel:
 
     @property
     def pad_id(self) -> int:
+        """The tokenizer's pad id, else its EOS id."""
         # `is not None`: a pad id of 0 is a real id (a falsy test would silently pad with the EOS instead)
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
     @property
     def eos_ids(self) -> set[int]:
+        """The ids `generate` stops at (the generation config's, else the tokenizer's EOS)."""
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         return set(eos if isinstance(eos, list) else [eos])
@@ -339,6 +343,7 @@ class AdapterModel:
         """Load one more adapter under `source.name` (the first one wraps the base in a PeftModel)."""
         from peft import PeftModel
 
+        self._active, self._tuner_layers = None, None  # the layers change (even if this fails): reset every switch
         kwargs = source.hub_kwargs()
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(source.location, adapter_name=source.name, **kwargs)
@@ -346,7 +351,6 @@ class AdapterModel:
             self.model = PeftModel.from_pretrained(self.model, source.location, adapter_name=source.name, **kwargs)
         self.model.eval()
         self.templates[source.name] = source.template or self._saved_template(source)
-        self._active, self._tuner_layers = None, None  # the layers changed: the next activate sets every switch
 
     def _saved_template(self, source: AdapterSource) -> str:
         """The chat template saved with the adapter (the one it was trained with), else the base's."""
@@ -489,6 +493,7 @@ class AnswerStream:
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        """Generate the answer; blocks until it ends (the caller's thread choice, the caller's lock)."""
         import torch
 
         try:

@@ -330,7 +330,7 @@ class LocalProvider:
         from trainer.modeling import load_adapter_model, resolve_base_model
 
         self.model_name = model
-        # Unquantized: fp32 on a CPU (bf16 on a GPU); a generator is small and its answers are the training data.
+        # Unquantized, as the local generator has always run: fp32 on a CPU (bf16 on a GPU, where it now goes).
         self.served = load_adapter_model(resolve_base_model(model, revision), QuantizationSettings(load_in_4bit=False))
         self._lock = threading.Lock()
         if threads:
