@@ -90,7 +90,7 @@ def build_app(registry, engine, store=None, cfg=None):
     """The Blocks app. `store` (feedback) is optional until the labelling tab uses it."""
     import gradio as gr
 
-    from space.engine import BASE, GenerationSettings
+    from trainer.modeling import BASE, GenerationSettings
     from trainer.space_settings import SpaceConfig
 
     cfg = cfg or SpaceConfig()

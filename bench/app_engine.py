@@ -5,8 +5,8 @@
 Needs the demo adapters (`python -m trainer train --config configs/demo.yaml`). Measures, each against its baseline
 in the same process:
 
-1. adapter switch latency with three adapters loaded (`set_adapter` / `disable_adapter`, as the engine switches)
-   against reloading the base plus one adapter from disk;
+1. adapter switch latency with three adapters loaded (`AdapterModel.activate`, as the engine switches) against
+   reloading the base plus one adapter from disk;
 2. streaming overhead: `engine.stream` (worker thread + TextIteratorStreamer + stop criterion) against a bare
    `model.generate` on the same prompt, model and adapter, greedy, same number of new tokens;
 3. time to first token and decode tokens/s through the engine, with the base in 4-bit NF4 and unquantized.
@@ -52,7 +52,7 @@ def switch_latency(engine, rounds: int) -> dict:
     samples = []
     for i in range(rounds):
         start = time.perf_counter()
-        engine._activate(order[i % len(order)])
+        engine.served.activate(order[i % len(order)])
         samples.append(time.perf_counter() - start)
     samples.sort()
     return {"adapters_loaded": len(engine.adapter_names), "switches": len(samples),
@@ -77,11 +77,12 @@ def reload_seconds(runs_dir: Path) -> float:
 def streaming_overhead(engine, adapter: str, new_tokens: int, repeats: int) -> dict:
     import torch
 
-    from space.engine import GenerationSettings, StreamStats
+    from space.engine import StreamStats
+    from trainer.modeling import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
     ids = torch.tensor([engine.prompt_ids(QUESTION, adapter)])
-    engine._activate(adapter)
+    engine.served.activate(adapter)
     bare, streamed, tokens = [], [], set()
     for i in range(repeats + 1):  # alternate, so drift on a shared machine hits both sides alike; 0 is warm-up
         start = time.perf_counter()
@@ -103,7 +104,8 @@ def streaming_overhead(engine, adapter: str, new_tokens: int, repeats: int) -> d
 
 
 def latency(engine, adapter: str, new_tokens: int, repeats: int) -> dict:
-    from space.engine import GenerationSettings, StreamStats
+    from space.engine import StreamStats
+    from trainer.modeling import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
     ttft, rate = [], []

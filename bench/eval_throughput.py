@@ -29,36 +29,35 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def answer_rate(stages, load_in_4bit: bool, questions, settings) -> list[dict]:
+def answer_rate(stages, load_in_4bit: bool, questions, settings, batch_size: int) -> list[dict]:
     """Questions per minute and tokens per second for each model, on one loaded PeftModel."""
+    from dataclasses import replace
+
+    from trainer.eval.run import GREEDY, load_models
     from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
-    from trainer.eval import BASE
-    from trainer.eval.run import GenerationConfig, active, generate_answers, load_models
 
     started = time.perf_counter()
-    model, tokenizer, _, _ = load_models(stages, load_in_4bit)
+    served, _ = load_models(stages, load_in_4bit)
     load_s = time.perf_counter() - started
-    templates = {BASE: tokenizer.chat_template, **{s.name: s.template for s in stages}}
     prompts = [[{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": q.question}]
                for q in questions]
-    for name in templates:  # warm-up: first calls pay one-off costs (bitsandbytes repacking, allocator)
-        with active(model, name):
-            generate_answers(model, tokenizer, templates[name], prompts[:2], GenerationConfig(max_new_tokens=4))
+    for name in served.templates:  # warm-up: first calls pay one-off costs (bitsandbytes repacking, allocator)
+        served.generate(prompts[:2], name, replace(GREEDY, max_new_tokens=4), batch_size=batch_size)
     rows = []
-    for name in templates:
-        with active(model, name):
-            _, counts, stats = generate_answers(model, tokenizer, templates[name], prompts, settings)
-        rows.append({"model": name, "load_s": round(load_s, 2), "questions": stats.samples,
-                     "seconds": round(stats.seconds, 2),
-                     "questions_per_min": round(stats.samples / stats.seconds * 60, 2),
-                     "new_tokens_per_s": round(stats.new_tokens / stats.seconds, 2),
-                     "mean_new_tokens": round(sum(counts) / len(counts), 1)})
-    del model
+    for name in served.templates:
+        answers = served.generate(prompts, name, settings, batch_size=batch_size)
+        samples, tokens = len(answers.texts), sum(answers.new_tokens)
+        rows.append({"model": name, "load_s": round(load_s, 2), "questions": samples,
+                     "seconds": round(answers.seconds, 2),
+                     "questions_per_min": round(samples / answers.seconds * 60, 2),
+                     "new_tokens_per_s": round(tokens / answers.seconds, 2),
+                     "mean_new_tokens": round(tokens / samples, 1)})
+    del served
     gc.collect()
     return rows
 
 
-def whole_evaluation(run: Path, load_in_4bit: bool, limit: int, settings, threads: int) -> dict:
+def whole_evaluation(run: Path, load_in_4bit: bool, limit: int, settings, batch_size: int, threads: int) -> dict:
     """Wall time of `run_evaluation --limit N` on a copy of the run."""
     from trainer.eval.run import run_evaluation
 
@@ -66,8 +65,8 @@ def whole_evaluation(run: Path, load_in_4bit: bool, limit: int, settings, thread
         copy = Path(tmp) / run.name
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "push", "eval"))
         started = time.perf_counter()
-        results_path = run_evaluation(copy, limit=limit, generation=settings, load_in_4bit=load_in_4bit,
-                                      threads=threads, log=lambda line: None)
+        results_path = run_evaluation(copy, limit=limit, generation=settings, batch_size=batch_size,
+                                      load_in_4bit=load_in_4bit, threads=threads, log=lambda line: None)
         wall = time.perf_counter() - started
         results = json.loads(results_path.read_text())
     answers = results["n"]["answers_per_model"] * (1 + len(results["adapters"]))
@@ -95,24 +94,27 @@ def main(argv=None) -> int:
     import torch
 
     from trainer.eval.rubric import load_questions, select_questions
-    from trainer.eval.run import GenerationConfig, read_run
+    from dataclasses import replace
+
+    from trainer.eval.run import GREEDY, read_run
 
     stages = read_run(args.run)
     questions = select_questions(load_questions(REPO / "data" / "eval" / "questions.yaml"), args.questions)
-    settings = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    settings = replace(GREEDY, max_new_tokens=args.max_new_tokens)
     command = "python bench/eval_throughput.py " + " ".join(sys.argv[1:])
     records = []
     for load_in_4bit in (True, False):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for row in answer_rate(stages, load_in_4bit, questions, settings):
+            for row in answer_rate(stages, load_in_4bit, questions, settings, args.batch_size):
                 records.append({"kind": "answers", "base": "4-bit NF4" if load_in_4bit else "fp32",
                                 "threads": threads, **row})
                 print(json.dumps(records[-1]), flush=True)
         if not args.no_whole:
             threads = min(args.threads)
             records.append({"kind": "whole", "base": "4-bit NF4" if load_in_4bit else "fp32", "threads": threads,
-                            **whole_evaluation(args.run, load_in_4bit, args.questions, settings, threads)})
+                            **whole_evaluation(args.run, load_in_4bit, args.questions, settings, args.batch_size,
+                                               threads)})
             print(json.dumps(records[-1]), flush=True)
 
     print(f"\n`{command}` — demo model, {len(questions)} rubric questions "

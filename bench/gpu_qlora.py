@@ -368,7 +368,8 @@ def measure_generation(spec: dict, adapter_dir: Path) -> dict:
 
     from safetensors.torch import load_file, save_file
 
-    from space.engine import GenerationSettings, InferenceEngine, StreamStats
+    from space.engine import InferenceEngine, StreamStats
+    from trainer.modeling import GenerationSettings
     from space.registry import AdapterRegistry, RegisteredAdapter
 
     # A second adapter with different weights: the trained one with its LoRA B matrices halved.

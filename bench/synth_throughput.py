@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     from trainer.demo_model import demo_model_path
     from trainer.kb import load_kb
     from trainer.providers import OpenAICompatibleProvider
-    from trainer.synth import GenerationSettings, build_plan, generate
+    from trainer.synth import LocalProvider, SynthSettings, build_plan, generate
 
     kb = load_kb(REPO / "data" / "kb")
     plan = build_plan(kb, args.n, seed=11, false_premise_share=0.1, turns=(8, 8))
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
             provider = OpenAICompatibleProvider(base_url, model, timeout=600)
             provider.complete([{"role": "user", "content": "warm-up"}], max_tokens=8, temperature=0)
             for concurrency in args.concurrency:
-                settings = GenerationSettings(max_tokens=args.max_tokens, temperature=0.0, concurrency=concurrency)
+                decoding = replace(LocalProvider.DECODING, max_new_tokens=args.max_tokens, temperature=0.0)
+                settings = SynthSettings(decoding=decoding, concurrency=concurrency)
                 run = generate(plan, provider, work / f"c{concurrency}" / "raw.jsonl", settings, progress=False)
                 results.append({"concurrency": concurrency, "conversations": len(run.rows),
                                 "requests": run.usage.requests, "completion_tokens": run.usage.completion_tokens,

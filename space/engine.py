@@ -1,9 +1,10 @@
-"""One base model, many adapters: load once, switch per request, stream answers.
+"""One base model, many adapters, many visitors: what the app adds to `trainer.modeling`'s inference path.
 
-The base loads once (4-bit NF4 by default, on GPU or CPU). Every registered adapter is loaded into the same
-PeftModel under its own name; a request switches with `set_adapter` (or `disable_adapter` for the base) while holding
-the engine's lock for the whole generation, so two visitors can never get each other's adapter. Prompts are rendered
-with the chat template stored with each adapter: the template it was trained with.
+`trainer.modeling.AdapterModel` loads the base once (4-bit NF4 by default, on GPU or CPU) with every adapter in one
+PeftModel, switches between them and streams answers rendered with each adapter's own chat template. The engine
+decides which registered adapters to serve (refusing one trained on another base, or unreadable), and serialises
+requests: a request switches adapters while holding the engine's lock for the whole generation, so two visitors can
+never get each other's adapter.
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ from typing import Iterator, Sequence
 
 from trainer.config import QuantizationSettings
 from trainer.demo_model import DEMO_MODEL_NAME, is_demo_model
-from trainer.modeling import BaseModelRef, ModelError, load_base_model, load_tokenizer, resolve_base_model
+from trainer.modeling import (BASE, AdapterModel, AdapterSource, BaseModelRef, GenerationSettings, ModelError,
+                              load_adapter_model, resolve_base_model)
 
 from space.registry import AdapterRegistry, RegisteredAdapter
 
-BASE = "base"
 GPU_DEFAULT_BASE = "mistralai/Mistral-7B-Instruct-v0.3"
 
 
 class AdapterRefused(ModelError):
     """An adapter that cannot be served on this base (or cannot be loaded at all)."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 384
-    temperature: float = 0.7
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
 
 
 @dataclass
@@ -68,18 +61,6 @@ def same_base(a: str | None, b: str) -> bool:
     return a.rstrip("/").lower() == b.rstrip("/").lower()
 
 
-class _StopOnEvent:
-    """A StoppingCriteria that ends generation when the visitor presses stop (or the stream is abandoned)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 @dataclass
 class InferenceEngine:
     """Serve a base model and its adapters. Construct cheaply; `load()` does the heavy work once."""
@@ -88,15 +69,10 @@ class InferenceEngine:
     registry: AdapterRegistry
     load_in_4bit: bool = True
     base_revision: str | None = None
-    model: object = field(default=None, init=False)
-    tokenizer: object = field(default=None, init=False)
+    served: AdapterModel | None = field(default=None, init=False)
     ref: BaseModelRef | None = field(default=None, init=False)
-    templates: dict[str, str] = field(default_factory=dict, init=False)
     refused: dict[str, str] = field(default_factory=dict, init=False)
     load_seconds: float = field(default=0.0, init=False)
-    _active: str = field(default=BASE, init=False)
-    _tuner_layers: list = field(default_factory=list, init=False)
-    _fast_switch: bool = field(default=False, init=False)
     _revisions: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self):
@@ -112,97 +88,52 @@ class InferenceEngine:
         return is_demo_model(self.base_model)
 
     @property
+    def model(self):
+        """The PeftModel (or the bare base when no adapter loaded)."""
+        return self.served.model
+
+    @property
+    def tokenizer(self):
+        return self.served.tokenizer
+
+    @property
+    def templates(self) -> dict[str, str]:
+        """The chat template of the base (`base`) and of each adapter ready to serve."""
+        return self.served.templates
+
+    @property
     def adapter_names(self) -> list[str]:
         """Adapters ready to serve, in registry order (the base is always available as `base`)."""
-        return [name for name in self.templates if name != BASE]
+        return self.served.adapter_names if self.served is not None else []
 
     def load(self) -> "InferenceEngine":
-        """Load the base once, then every registered adapter into the same PeftModel."""
+        """Load the base once, then every registered adapter this base can serve into the same PeftModel."""
         started = time.time()
         self.ref = resolve_base_model(self.base_model, self.base_revision)
-        self.tokenizer = load_tokenizer(self.ref)
-        if self.tokenizer.chat_template is None:
-            raise ModelError(f"{self.base_model}: the tokenizer has no chat template; serve an instruct model")
-        self.templates[BASE] = self.tokenizer.chat_template
-        quant = QuantizationSettings(load_in_4bit=self.load_in_4bit)
-        self.model = load_base_model(self.ref, quant, for_training=False)
-        self.model.eval()
+        self.served = load_adapter_model(self.ref, QuantizationSettings(load_in_4bit=self.load_in_4bit))
         for adapter in self.registry:
             try:
                 self._load_adapter(adapter)
             except (AdapterRefused, ModelError, OSError, ValueError) as exc:
                 self.refused[adapter.name] = str(exc).splitlines()[0]
                 print(f"[engine] adapter {adapter.name!r} refused: {self.refused[adapter.name]}", flush=True)
-        if self.adapter_names:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            self._tuner_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
-            self._fast_switch = all(isinstance(getattr(m, "_active_adapter", None), (str, list))
-                                    and isinstance(getattr(m, "_disable_adapters", None), bool)
-                                    for m in self._tuner_layers)
-            self._active = self.model.active_adapter
-            self._activate(BASE)
+        self.served.activate(BASE)
         self.load_seconds = time.time() - started
         return self
 
-    def _activate(self, adapter: str) -> None:
-        """Make `adapter` (or the base) what the next forward pass uses. Call with the lock held.
-
-        PEFT's model-wide `set_adapter` / `disable_adapter()` walk every module and reset `requires_grad` on every
-        adapter weight on each call: 10-45 ms for the demo model on a CPU. Serving never trains, so the LoRA layers
-        are collected once and only their two switches are set (the state PEFT's own `set_adapter` and
-        `enable_adapters` end by setting): about half a millisecond. Where a PEFT release renames them, the public
-        per-layer calls are used instead; tests/test_engine.py checks the answers either way."""
-        if adapter == self._active:
-            return
-        enabled = adapter != BASE
-        if self._fast_switch:
-            for layer in self._tuner_layers:
-                layer._disable_adapters = not enabled
-                if enabled:
-                    layer._active_adapter = adapter
-        else:
-            for layer in self._tuner_layers:
-                layer.enable_adapters(enabled)
-                if enabled:
-                    layer.set_adapter(adapter, inference_mode=True)
-        if enabled:
-            self.model.active_adapter = adapter
-        self._active = adapter
-
     def _load_adapter(self, adapter: RegisteredAdapter) -> None:
-        from peft import PeftConfig, PeftModel
+        """Refuse an adapter that is unreadable or trained on another base; load the others."""
+        from peft import PeftConfig
 
-        kwargs = {"revision": adapter.revision} if adapter.revision else {}
-        if adapter.subfolder:
-            kwargs["subfolder"] = adapter.subfolder
+        source = AdapterSource(adapter.name, adapter.location, adapter.revision, adapter.subfolder)
         try:
-            peft_config = PeftConfig.from_pretrained(adapter.location, **kwargs)
+            peft_config = PeftConfig.from_pretrained(adapter.location, **source.hub_kwargs())
         except Exception as exc:  # PEFT raises ValueError/OSError/HTTP errors for a missing or unreachable repo
             raise AdapterRefused(f"cannot read its adapter_config.json ({exc})") from None
         trained_on = adapter.trained_base or peft_config.base_model_name_or_path
         if not same_base(trained_on, self.base_model):
             raise AdapterRefused(f"it was trained on {trained_on!r}, but this app serves {self.base_model!r}")
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(adapter.location, adapter_name=adapter.name, **kwargs)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, adapter.location, adapter_name=adapter.name, **kwargs)
-        self.model.eval()
-        self.templates[adapter.name] = self._adapter_template(adapter, kwargs)
-
-    def _adapter_template(self, adapter: RegisteredAdapter, kwargs: dict) -> str:
-        """The chat template saved with the adapter (the one it was trained with), else the base's."""
-        if adapter.is_local:
-            path = Path(adapter.location) / "chat_template.jinja"
-            if path.is_file():
-                return path.read_text(encoding="utf-8")
-        try:
-            from transformers import AutoTokenizer
-
-            template = AutoTokenizer.from_pretrained(adapter.location, **kwargs).chat_template
-        except (OSError, ValueError):
-            template = None
-        return template or self.templates[BASE]
+        self.served.add_adapter(source)
 
     def adapter_revision(self, adapter: str) -> str | None:
         """What identifies the served weights: the Hub revision, or the sha256 of a local adapter file."""
@@ -222,50 +153,25 @@ class InferenceEngine:
 
     def prompt_ids(self, messages: Sequence[dict[str, str]], adapter: str = BASE) -> list[int]:
         """Token ids of the prompt for the next answer, rendered with the adapter's own chat template."""
-        if adapter not in self.templates:
-            raise KeyError(f"adapter {adapter!r} is not loaded; available: base, {', '.join(self.adapter_names)}")
-        return self.tokenizer.apply_chat_template(list(messages), chat_template=self.templates[adapter],
-                                                  add_generation_prompt=True, tokenize=True, return_dict=False)
+        return self.served.prompt_ids(messages, adapter)
 
     def stream(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                settings: GenerationSettings = GenerationSettings(), stop: threading.Event | None = None,
                stats: StreamStats | None = None) -> Iterator[str]:
         """Yield the answer as it grows (each item is the whole text so far). Closing the iterator, or setting
         `stop`, ends the generation early."""
-        import torch
-        from transformers import TextIteratorStreamer
-
         stop = stop or threading.Event()
         stats = stats if stats is not None else StreamStats()
-        ids = self.prompt_ids(messages, adapter)
-        stats.prompt_tokens = len(ids)
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = settings.temperature > 0
-        gen_kwargs = dict(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-            max_new_tokens=settings.max_new_tokens, do_sample=sampling,
-            temperature=settings.temperature if sampling else None, top_p=settings.top_p if sampling else None,
-            top_k=None, repetition_penalty=settings.repetition_penalty, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            stopping_criteria=[_StopOnEvent(stop)],
-        )
+        answer = self.served.stream(messages, adapter, settings, stop)
+        stats.prompt_tokens = answer.prompt_tokens
         waited = time.time()
         self._lock.acquire()  # held until this generation ends: the adapter choice is model-wide state
         stats.waited_s = time.time() - waited
         started = time.time()
-        error: list[BaseException] = []
 
         def run() -> None:
             try:
-                if self.adapter_names:
-                    self._activate(adapter)
-                with torch.inference_mode():
-                    out = self.model.generate(**gen_kwargs)
-                stats.new_tokens = int(out.shape[1] - input_ids.shape[1])
-            except BaseException as exc:  # surfaced to the consumer below
-                error.append(exc)
-                streamer.end()
+                answer.run()
             finally:
                 self._lock.release()
 
@@ -274,29 +180,25 @@ class InferenceEngine:
         except BaseException:
             self._lock.release()
             raise
-        text = ""
         finished = False
         try:
-            for piece in streamer:
-                if piece:
-                    if stats.first_token_s is None:
-                        stats.first_token_s = time.time() - started
-                    text += piece
-                    yield text
+            for text in answer:
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.time() - started
+                yield text
             finished = True
         finally:
             if not finished:  # the consumer left early (stop button, closed page): end the generation now
                 stop.set()
             stats.stopped = stop.is_set()
             done.result()
+            stats.new_tokens = answer.new_tokens
             stats.total_s = time.time() - started
-        if error:
-            raise error[0]
+        if answer.error is not None:
+            raise answer.error
 
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                  settings: GenerationSettings = GenerationSettings()) -> str:
-        """The whole answer at once."""
-        text = ""
-        for text in self.stream(messages, adapter, settings):
-            pass
-        return text
+        """The whole answer at once (the batch generator with one prompt, on the generation thread)."""
+        with self._lock:
+            return self._worker.submit(self.served.generate, [messages], adapter, settings).result().texts[0]

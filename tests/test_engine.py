@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from space.engine import BASE, GenerationSettings, InferenceEngine, StreamStats, same_base
+from space.engine import InferenceEngine, StreamStats, same_base
 from space.registry import AdapterRegistry
+from trainer.modeling import BASE, GenerationSettings
 from trainer.space_settings import ConfigError, load_space_config
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
@@ -70,13 +71,14 @@ def test_switching_changes_the_answer_and_base_is_unchanged_after_switching(engi
 
 
 def test_public_and_fast_switching_give_the_same_answers(engine):
-    assert engine._fast_switch  # PEFT 0.21's layer state is what the fast path sets
+    served = engine.served
+    assert served._fast_switch  # PEFT 0.21's layer state is what the fast path sets
     fast = {name: engine.generate(QUESTION, name, GREEDY) for name in ("stage2", BASE, "stage1", BASE)}
-    engine._fast_switch = False
+    served._fast_switch = False
     try:
         public = {name: engine.generate(QUESTION, name, GREEDY) for name in ("stage2", BASE, "stage1", BASE)}
     finally:
-        engine._fast_switch = True
+        served._fast_switch = True
     assert fast == public
 
 
@@ -117,6 +119,30 @@ def test_streaming_grows_and_stop_ends_early(engine):
     assert stats.stopped and stats.new_tokens < 40
     # the lock was released: another request runs
     assert engine.generate(QUESTION, BASE, GenerationSettings(max_new_tokens=2, temperature=0))
+
+
+def test_a_pad_id_of_zero_is_used_as_the_pad_id(engine, monkeypatch):
+    """A tokenizer whose pad id is 0 (here `<unk>`) and not its EOS: generation pads with 0, not with the EOS."""
+    tokenizer, model = engine.tokenizer, engine.model
+    seen = []
+    generate = model.generate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["pad_token_id"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    short = GenerationSettings(max_new_tokens=2, temperature=0)
+    before = tokenizer.pad_token
+    tokenizer.pad_token = "<unk>"
+    try:
+        assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id != 0
+        list(engine.stream(QUESTION, "stage1", short))
+        engine.generate(QUESTION, "stage1", short)
+    finally:
+        tokenizer.pad_token = before
+    assert tokenizer.pad_token_id is None  # as the fixture's tokenizer was
+    assert seen == [0, 0]
 
 
 def test_prompts_use_the_chat_template_of_the_adapter(engine):

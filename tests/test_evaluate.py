@@ -367,6 +367,13 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
         assert len(entry["chat_template_sha256"]) == 64
         assert entry["throughput"]["samples"] == 4 + results["n"]["reference_prompts"]
     assert results["n"]["questions"] == 4 and results["n"]["false_premise_questions"] == 2
+    # results.json and answers.jsonl are both complete: no internal field left in one, every count in the other
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    for name, entry in [("base", results["base"]), *results["adapters"].items()]:
+        assert not [key for key in entry if key.startswith("_")], name
+        mine = [row for row in answers if row["model"] == name]
+        assert len(mine) == results["n"]["answers_per_model"]
+        assert sum(row["new_tokens"] for row in mine) == entry["throughput"]["new_tokens"]
     held_out = {r["sha256"] for s in ("stage1", "stage2")
                 for r in json.loads((run_copy / s / "split.json").read_text())["eval"]}
     assert results["n"]["eval_conversations"] == len(held_out)

@@ -4,7 +4,9 @@ server for retries and resumption, the in-process demo model) and the audited da
 from __future__ import annotations
 
 import json
+import re
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -12,10 +14,14 @@ import pytest
 
 from conftest import REPO
 from trainer.providers import OpenAICompatibleProvider, ProviderError
-from trainer.synth import (GenerationError, GenerationSettings, PlanItem, build_plan,
-                           generate, load_exemplars, read_done, system_prompt)
+from trainer.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
+                           load_exemplars, read_done, system_prompt)
 
 SEED = REPO / "data" / "seed" / "stage1_grounded.jsonl"
+
+
+def short_answers(concurrency: int) -> SynthSettings:
+    return SynthSettings(replace(LocalProvider.DECODING, max_new_tokens=16), concurrency=concurrency)
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +149,14 @@ def test_generation_resumes_without_duplicates(scripted, tmp_path):
     broken = scripted(fail_when=lambda q: q.startswith(("Question 5?", "Follow-up 5.")))
     provider = OpenAICompatibleProvider(broken.base_url, "m", max_retries=1, sleep=lambda s: None)
     with pytest.raises(ProviderError):
-        generate(plan, provider, raw, GenerationSettings(concurrency=1, max_tokens=16), progress=False)
+        generate(plan, provider, raw, short_answers(concurrency=1), progress=False)
     first = read_done(raw)
     assert first and "plan-005" not in first and len(first) < 8
 
     # Second run against a healthy server: only the missing conversations are asked for.
     healthy = scripted()
     provider = OpenAICompatibleProvider(healthy.base_url, "m", sleep=lambda s: None)
-    run = generate(plan, provider, raw, GenerationSettings(concurrency=4, max_tokens=16), progress=False)
+    run = generate(plan, provider, raw, short_answers(concurrency=4), progress=False)
     ids = [json.loads(line)["plan_id"] for line in raw.read_text().splitlines()]
     assert sorted(ids) == [p.id for p in plan] and len(ids) == len(set(ids))
     assert run.skipped == len(first) and len(run.rows) == 8
@@ -179,12 +185,12 @@ def test_ctrl_c_keeps_finished_conversations(tmp_path):
 
     raw = tmp_path / "raw.jsonl"
     plan = plan_items(5, turns=2)
-    run = generate(plan, InterruptedProvider(), raw, GenerationSettings(concurrency=1), progress=False)
+    run = generate(plan, InterruptedProvider(), raw, SynthSettings(concurrency=1), progress=False)
     assert run.interrupted and len(run.rows) == 3  # calls 1-6 finished three two-turn conversations
     # A torn last line (a crash mid-write) is ignored, and the re-run completes the rest exactly once.
     with open(raw, "a") as fh:
         fh.write('{"plan_id": "plan-004", "messa')
-    again = generate(plan, InterruptedProvider(), raw, GenerationSettings(concurrency=1), progress=False)
+    again = generate(plan, InterruptedProvider(), raw, SynthSettings(concurrency=1), progress=False)
     assert not again.interrupted and [r["plan_id"] for r in again.rows] == [p.id for p in plan]
 
 
@@ -245,8 +251,6 @@ def test_bad_exemplar_file_names_the_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def local_provider(demo_model_dir):
-    from trainer.synth import LocalProvider
-
     return LocalProvider()
 
 
@@ -254,16 +258,18 @@ def test_cached_turns_say_what_whole_prompts_say(local_provider):
     """Greedy decoding: a group continued on its KV cache answers token for token as re-sending every whole prompt
     does, with prompts of different lengths in one batch, an answer that ends early and a conversation that ends
     first, while computing only each turn's new tokens."""
-    from trainer.synth import TurnCache
+    from trainer.modeling import TurnCache
 
     system = {"role": "system", "content": "You are a careful study-abroad counsellor. Answer briefly."}
     questions = {"a": ["Which documents do I need for a student visa to Germany?", "How long does it take?",
                        "Is it expensive?"],
                  "b": ["Reply with one word: yes or no. Is Berlin in Germany?",
                        "Can I work part-time in Canada while I study there?"]}
-    tokenizer, computed = local_provider.tokenizer, []
-    hook = local_provider.model.register_forward_pre_hook(
+    tokenizer, computed = local_provider.served.tokenizer, []
+    hook = local_provider.served.model.register_forward_pre_hook(
         lambda module, args, kwargs: computed.append(kwargs["input_ids"].numel()), with_kwargs=True)
+
+    greedy = replace(LocalProvider.DECODING, max_new_tokens=16, temperature=0)
 
     def converse(cache):
         computed.clear()
@@ -273,8 +279,7 @@ def test_cached_turns_say_what_whole_prompts_say(local_provider):
             for k in keys:
                 talks[k].append({"role": "user", "content": questions[k][turn]})
             reuse = {"cache": cache, "keys": keys} if cache is not None else {}
-            answers = local_provider.complete_batch([[system, *talks[k]] for k in keys], max_tokens=16,
-                                                    temperature=0, **reuse)
+            answers = local_provider.complete_batch([[system, *talks[k]] for k in keys], greedy, **reuse)
             for k, (text, usage) in zip(keys, answers):
                 talks[k].append({"role": "assistant", "content": text})
                 lengths.append(usage.completion_tokens)
@@ -332,6 +337,7 @@ def test_generate_offline_with_the_demo_model(tmp_path, capsys):
                  "--exchanges", "2", "2"]) == 0
     summary = _check_output(out, 4)
     assert summary["provider"].startswith("local transformers") and summary["usage"]["completion_tokens"] > 0
+    assert re.search(r"temperature 0\.7, at most\s+16 tokens per answer", (out / "README.md").read_text())
     # Running it again generates nothing new.
     assert main(["generate", "--n", "4", "--out", str(out), "--max-tokens", "16", "--exchanges", "2", "2"]) == 0
     assert json.loads((out / "summary.json").read_text())["resumed_rows"] == 4
@@ -369,7 +375,7 @@ def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
              "provenance": {"provider": "test", "model": "m", "kb_version": kb.version, "kb_facts": [],
                             "exemplar": None}, "usage": {}} for i in range(3)]
     summary = finish(GenerationRun(rows, Usage(), 0, 1.0), kb, tmp_path, provider_name="test",
-                     settings=GenerationSettings())
+                     settings=SynthSettings())
     assert summary["counts"] == {"train": 0, "eval": 0, "audit": 3}
     dataset = datasets.load_from_disk(str(tmp_path / "dataset"))
     assert {k: len(v) for k, v in dataset.items()} == {"train": 0, "eval": 0, "audit": 3}

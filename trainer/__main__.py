@@ -199,11 +199,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         # The local model decodes on the CPU: idle OpenMP threads sleep instead of spinning. On 2 cores shared with
         # other work, spinning threads made decoding 3-10x slower; alone, sleeping costs ~25%. Before torch loads.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from dataclasses import replace
     from pathlib import Path
 
     from trainer.kb import load_kb
     from trainer.providers import OpenAICompatibleProvider
-    from trainer.synth import (GenerationError, GenerationSettings, LocalProvider,
+    from trainer.synth import (GenerationError, LocalProvider, SynthSettings,
                                build_plan, finish, generate, llm_judge, load_exemplars)
 
     kb = load_kb(args.kb)
@@ -217,10 +218,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                             timeout=args.timeout)
     else:
         provider = LocalProvider(args.model or "smollm2-135m-instruct")
-    settings = GenerationSettings(max_tokens=args.max_tokens or (400 if args.base_url else 160),
-                                  temperature=args.temperature,
-                                  concurrency=args.concurrency or (4 if args.base_url else 8),
-                                  price_in_per_m=args.price_in, price_out_per_m=args.price_out)
+    decoding = replace(LocalProvider.DECODING, max_new_tokens=args.max_tokens or (400 if args.base_url else 160),
+                       temperature=args.temperature)
+    settings = SynthSettings(decoding=decoding, concurrency=args.concurrency or (4 if args.base_url else 8),
+                             price_in_per_m=args.price_in, price_out_per_m=args.price_out)
     out = Path(args.out)
     print(f"[generate] {len(plan)} conversations planned ({sum(1 for p in plan if p.false_premise)} false premise) "
           f"with {provider.name}; writing {out / 'raw.jsonl'}", flush=True)
@@ -248,15 +249,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # PyTorch's and bitsandbytes' OpenMP pools spin against each other on a small CPU: with idle threads sleeping,
     # 2-thread decoding measured ~3x faster (bench/eval_throughput.py). It must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from dataclasses import replace
+
     from trainer.eval.judge import JudgeSettings
-    from trainer.eval.run import GenerationConfig, run_evaluation
+    from trainer.eval.run import GREEDY, run_evaluation
 
     judge = None
     if args.judge_base_url:
         judge = JudgeSettings(base_url=args.judge_base_url, model=args.judge_model,
                               api_key_env=args.judge_api_key_env, max_tokens=args.judge_max_tokens)
     run_evaluation(args.run, questions_path=args.questions, limit=args.limit, judge=judge,
-                   generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+                   generation=replace(GREEDY, max_new_tokens=args.max_new_tokens), batch_size=args.batch_size,
                    load_in_4bit=False if args.no_4bit else None, out_dir=args.out, threads=args.threads)
     return 0
 

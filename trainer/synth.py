@@ -25,11 +25,12 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trainer.config import TOPICS as _ALL_TOPICS
+from trainer.modeling import BASE, GenerationSettings, TurnCache
 from trainer.providers import Usage
 
 TOPICS = tuple(t for t in _ALL_TOPICS if t != "other")
@@ -314,108 +315,23 @@ def system_prompt(item: PlanItem) -> str:
     return text
 
 
-class TurnCache:
-    """The KV cache of a batch of conversations that a local model continues turn by turn.
-
-    A conversation's prompt only grows: the next turn's prompt is the last one plus the answer and a new question.
-    So the cache keeps every row's tokens and their keys and values, and a turn computes only the tokens after the
-    longest prefix the cache already holds. Rows stay aligned in one batch: a turn's new tokens are left-padded to a
-    common width, and positions that no longer belong to a row's prompt (padding, tokens after an early end of
-    answer, cached tokens the re-rendered prompt does not repeat) are masked out, so each row attends to exactly
-    its own prompt, at the positions an uncached run would give it."""
-
-    def __init__(self):
-        self.keys: list[Any] | None = None
-        """The conversation each row belongs to, in row order; None before the first turn."""
-        self.cache = None
-        self.ids = None
-        """Token ids per row and position (padding id where masked); as long as the cache."""
-        self.mask = None
-
-    def select(self, keys: Sequence[Any]) -> None:
-        """Keep only the rows of `keys` (finished conversations leave the batch), in that order."""
-        if self.keys is None or list(keys) == self.keys:
-            return
-        rows = [self.keys.index(k) for k in keys]
-        import torch
-
-        index = torch.tensor(rows)
-        self.cache.batch_select_indices(index)
-        self.ids, self.mask, self.keys = self.ids[index], self.mask[index], list(keys)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def _growing_kv_cache(config):
-    """A DynamicCache whose layers write into buffers with room to spare. DynamicLayer concatenates the whole cache
-    with each new token: at batch 8 and ~1,800 cached tokens that copy is as much memory traffic as reading the
-    weights, and decoding measured ~30% faster without it. Models with sliding-window layers keep DynamicCache."""
-    import torch
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        def lazy_initialization(self, key_states, value_states) -> None:
-            super().lazy_initialization(key_states, value_states)
-            self.held, self.key_buffer, self.value_buffer = 0, None, None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.held + key_states.shape[-2]
-            if self.key_buffer is None or end > self.key_buffer.shape[-2]:
-                size = (*key_states.shape[:2], max(end + 256, end * 3 // 2), key_states.shape[-1])
-                keys, values = key_states.new_empty(size), value_states.new_empty(size)
-                if self.held:
-                    keys[..., :self.held, :] = self.keys
-                    values[..., :self.held, :] = self.values
-                self.key_buffer, self.value_buffer = keys, values
-            self.key_buffer[..., self.held:end, :] = key_states
-            self.value_buffer[..., self.held:end, :] = value_states
-            self.held = end
-            self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
-            return self.keys, self.values
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.get_seq_length() > 0:
-                self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-                self.keys = self.key_buffer[..., :self.held, :]
-                self.values = self.value_buffer[..., :self.held, :]
-
-        def crop(self, tokens_to_remove: int) -> None:
-            raise NotImplementedError("a turn cache only grows")
-
-    cache = DynamicCache(config=config)
-    if all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [GrowingLayer() for _ in cache.layers]
-    return cache
-
-
 class LocalProvider:
-    """An in-process transformers model (default: the embedded demo model), for offline generation."""
+    """An in-process transformers model (default: the embedded demo model), for offline generation: loaded through
+    `trainer.modeling` (revision, device) unquantized, answering through its batch generator."""
 
     kind = "local"
+    DECODING = GenerationSettings(max_new_tokens=400, temperature=0.7, top_p=0.95, repetition_penalty=1.1)
+    """How it decodes unless told otherwise; `complete` keeps all but the length and temperature."""
 
-    def __init__(self, model: str = "smollm2-135m-instruct", threads: int | None = None):
+    def __init__(self, model: str = "smollm2-135m-instruct", threads: int | None = None, revision: str | None = None):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from trainer.modeling import load_tokenizer, resolve_base_model
+        from trainer.config import QuantizationSettings
+        from trainer.modeling import load_adapter_model, resolve_base_model
 
         self.model_name = model
-        ref = resolve_base_model(model)
-        self.tokenizer = load_tokenizer(ref)
-        self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
-        self.model.eval()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
-            self.tokenizer.eos_token_id
+        # Unquantized, as the local generator has always run: fp32 on a CPU (bf16 on a GPU, where it now goes).
+        self.served = load_adapter_model(resolve_base_model(model, revision), QuantizationSettings(load_in_4bit=False))
         self._lock = threading.Lock()
         if threads:
             torch.set_num_threads(threads)
@@ -425,85 +341,30 @@ class LocalProvider:
         return f"local transformers ({self.model_name})"
 
     def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> tuple[str, Usage]:
-        return self.complete_batch([messages], max_tokens=max_tokens, temperature=temperature)[0]
+        settings = replace(self.DECODING, max_new_tokens=max_tokens, temperature=temperature)
+        return self.complete_batch([messages], settings)[0]
 
-    def complete_batch(self, batch: list[list[dict[str, str]]], *, max_tokens: int, temperature: float,
+    def complete_batch(self, batch: list[list[dict[str, str]]], settings: GenerationSettings,
                        cache: TurnCache | None = None, keys: Sequence[Any] | None = None) -> list[tuple[str, Usage]]:
-        """Answer each conversation in `batch`. With a `cache` (and each row's conversation in `keys`), the
-        conversations' earlier turns are not computed again: pass the same cache for every turn of a group."""
-        import torch
-
-        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
-        prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        keys = list(range(len(batch)) if keys is None else keys)
-        if cache is None or cache.keys is None:
-            width = max(len(p) for p in prompts)
-            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            kv = _growing_kv_cache(self.model.config) if cache is not None else None
-        else:
-            cache.select(keys)
-            ids, mask = self._extend(cache, prompts)
-            kv = cache.cache
-        extra = {"cache": kv, "return_dict_in_generate": True} if kv is not None else {}
-        with self._lock, torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
-                                      do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                                      top_p=0.95 if temperature > 0 else None, top_k=None, repetition_penalty=1.1,
-                                      pad_token_id=self.pad_id, **extra)
-        sequences = out.sequences if kv is not None else out
-        width = ids.shape[1]
-        new = sequences[:, width:]
-        if cache is not None:
-            self._keep(cache, keys, kv, sequences, mask, width)
-        results = []
-        for i, row in enumerate(new):
-            text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-            results.append((text, Usage(len(prompts[i]), int((row != self.pad_id).sum()), 1, 0)))
-        return results
-
-    def _extend(self, cache: TurnCache, prompts: list[list[int]]):
-        """The cached rows plus each prompt's tokens after what the cache holds, left-padded to one width."""
-        import torch
-
-        ids, mask = cache.ids.clone(), cache.mask.clone()
-        suffixes = []
-        for i, prompt in enumerate(prompts):
-            held = mask[i].nonzero().squeeze(1)
-            have = ids[i, held].tolist()
-            keep = min(_common_prefix(have, prompt), len(prompt) - 1)  # at least one token to compute
-            ids[i, held[keep:]], mask[i, held[keep:]] = self.pad_id, 0
-            suffixes.append(prompt[keep:])
-        width = max(len(s) for s in suffixes)
-        block = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in suffixes])
-        block_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes])
-        return torch.cat([ids, block], 1), torch.cat([mask, block_mask], 1)
-
-    def _keep(self, cache: TurnCache, keys: list[Any], kv, sequences, mask, width: int) -> None:
-        """Remember what the cache now holds: every position but the last token sampled, which it never saw.
-        Positions after a row's end of answer (the batch went on for other rows) are masked out."""
-        import torch
-
-        held = kv.get_seq_length()
-        new = sequences[:, width:]
-        eos = self.model.generation_config.eos_token_id
-        stops = torch.tensor([self.pad_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])])
-        ended = torch.isin(new, stops).int().cumsum(1) > 0
-        after_end = torch.cat([torch.zeros_like(ended[:, :1]), ended[:, :-1]], 1)  # the end token itself stays
-        new_mask = (~after_end).long()
-        ids = torch.where(after_end, torch.full_like(new, self.pad_id), new)
-        cache.ids = torch.cat([sequences[:, :width], ids], 1)[:, :held]
-        cache.mask = torch.cat([mask, new_mask], 1)[:, :held]
-        cache.cache, cache.keys = kv, keys
+        """Answer each conversation in `batch`, all in one batch. With a `cache` (and each row's conversation in
+        `keys`), the conversations' earlier turns are not computed again: pass the same cache for every turn of a
+        group."""
+        with self._lock:
+            answers = self.served.generate(batch, BASE, settings, batch_size=len(batch), cache=cache, keys=keys)
+        return [(text, Usage(n_prompt, n_new, 1, 0))
+                for text, n_new, n_prompt in zip(answers.texts, answers.new_tokens, answers.prompt_tokens)]
 
 
 # Generating
 
-@dataclass
-class GenerationSettings:
-    max_tokens: int = 400
-    temperature: float = 0.7
+@dataclass(frozen=True)
+class SynthSettings:
+    """How a generation run goes: its decoding, how many conversations at once, and the prices for the estimate."""
+
+    decoding: GenerationSettings = LocalProvider.DECODING
+    """An OpenAI-compatible endpoint receives its length and temperature; the local model all of it."""
     concurrency: int = 4
+    """Conversations in flight: parallel requests to an endpoint, or the local model's batch size."""
     price_in_per_m: float = 0.0
     """Price per million prompt tokens, for the cost estimate."""
     price_out_per_m: float = 0.0
@@ -532,7 +393,7 @@ def read_done(raw: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def generate(plan: Sequence[PlanItem], provider, raw: Path, settings: GenerationSettings = GenerationSettings(),
+def generate(plan: Sequence[PlanItem], provider, raw: Path, settings: SynthSettings = SynthSettings(),
              kb_version: dict[str, str] | None = None, progress: bool = True) -> GenerationRun:
     """Generate every plan item not yet in `raw` (append-only JSONL) and return all rows, old and new."""
     raw.parent.mkdir(parents=True, exist_ok=True)
@@ -592,14 +453,14 @@ def _conversation_turns(item: PlanItem) -> list[str]:
     return [item.question, *item.followups]
 
 
-def _generate_one(item: PlanItem, provider, settings: GenerationSettings):
+def _generate_one(item: PlanItem, provider, settings: SynthSettings):
     usage = Usage()
     messages: list[dict[str, str]] = []
     system = {"role": "system", "content": system_prompt(item)}
     for question in _conversation_turns(item):
         messages.append({"role": "user", "content": question})
-        answer, used = provider.complete([system, *messages], max_tokens=settings.max_tokens,
-                                         temperature=settings.temperature)
+        answer, used = provider.complete([system, *messages], max_tokens=settings.decoding.max_new_tokens,
+                                         temperature=settings.decoding.temperature)
         usage.add(used)
         messages.append({"role": "assistant", "content": answer.strip()})
     return item, messages, usage
@@ -624,8 +485,7 @@ def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) ->
                 messages.append({"role": "user", "content": _conversation_turns(group[k])[turn]})
                 prompts.append([{"role": "system", "content": system_prompt(group[k])}, *messages])
             reuse = {"cache": cache, "keys": active} if cache is not None else {}
-            answers = provider.complete_batch(prompts, max_tokens=settings.max_tokens,
-                                              temperature=settings.temperature, **reuse)
+            answers = provider.complete_batch(prompts, settings.decoding, **reuse)
             for k, (answer, used) in zip(active, answers):
                 states[k][0].append({"role": "assistant", "content": answer})
                 states[k][1].add(used)
@@ -637,7 +497,7 @@ def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) ->
 # Output: audit, split, save, card
 
 def finish(run: GenerationRun, kb, out: Path, *, eval_fraction: float = 0.1, seed: int = 3407,
-           provider_name: str, settings: GenerationSettings, judge=None) -> dict[str, Any]:
+           provider_name: str, settings: SynthSettings, judge=None) -> dict[str, Any]:
     """Audit every row, split train / eval / audit, save a DatasetDict and JSONL, write the card."""
     import datasets
 

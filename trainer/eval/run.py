@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -20,6 +19,7 @@ from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOL
                                  select_questions)
 from trainer.eval.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, bleu_from_statistics, bleu_statistics, bootstrap_ci,
                                 pooled_loss, rouge_l)
+from trainer.modeling import AdapterModel, BatchAnswers, GenerationSettings
 from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
 
@@ -83,31 +83,18 @@ def loss_reduction(stage: StageRun) -> dict[str, Any]:
 
 # Models
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 384
-    """Answer length cap."""
-    repetition_penalty: float = 1.1
-    """As in the app; small models loop under plain greedy decoding. Deterministic either way."""
-    batch_size: int = 8
-    """Prompts per generate() call (left-padded)."""
-    seed: int = 3407
-
-    def describe(self) -> dict[str, Any]:
-        return {"decoding": "greedy (do_sample=False)", "max_new_tokens": self.max_new_tokens,
-                "repetition_penalty": self.repetition_penalty, "batch_size": self.batch_size,
-                "padding": "left", "seed": self.seed}
+GREEDY = GenerationSettings(temperature=0)
+"""The eval's decoding: greedy, so answers are reproducible (the repetition penalty is the app's, since small models
+loop under plain greedy decoding)."""
 
 
-@contextlib.contextmanager
-def active(model, name: str):
-    """Run the PeftModel as the base (adapters disabled) or with one adapter."""
-    if name == BASE:
-        with model.disable_adapter():
-            yield
-    else:
-        model.set_adapter(name)
-        yield
+def describe_generation(generation: GenerationSettings, batch_size: int, seed: int) -> dict[str, Any]:
+    """How the answers were generated, as results.json records it."""
+    decoding = "greedy (do_sample=False)" if generation.temperature <= 0 else \
+        f"sampling (temperature={generation.temperature}, top_p={generation.top_p})"
+    return {"decoding": decoding, "max_new_tokens": generation.max_new_tokens,
+            "repetition_penalty": generation.repetition_penalty, "batch_size": batch_size, "padding": "left",
+            "seed": seed}
 
 
 def conversation_losses(model, tokenizer, template: str, conversations: Sequence, batch_size: int = 2
@@ -154,97 +141,28 @@ def conversation_losses(model, tokenizer, template: str, conversations: Sequence
     return out
 
 
-@dataclass
-class GenerationStats:
-    samples: int = 0
-    new_tokens: int = 0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "new_tokens": self.new_tokens, "seconds": round(self.seconds, 2),
-                "samples_per_second": round(self.samples / self.seconds, 4) if self.seconds else None,
-                "tokens_per_second": round(self.new_tokens / self.seconds, 2) if self.seconds else None}
-
-
-def generate_answers(model, tokenizer, template: str, prompts: Sequence[Sequence[dict[str, str]]],
-                     settings: GenerationConfig, progress: Callable[[int, int], None] | None = None
-                     ) -> tuple[list[str], list[int], GenerationStats]:
-    """Greedy answers to each prompt, rendered with `template`, batched with left padding (longest prompts
-    first). Returns the answers, their new-token counts and throughput."""
-    import torch
-    from transformers import set_seed
-
-    set_seed(settings.seed)
-    encoded = [tokenizer.apply_chat_template(list(p), chat_template=template, add_generation_prompt=True,
-                                             tokenize=True, return_dict=False) for p in prompts]
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
-        else tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos])
-    answers, counts = [""] * len(encoded), [0] * len(encoded)
-    stats = GenerationStats()
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    for start in range(0, len(order), settings.batch_size):
-        chunk = order[start:start + settings.batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            attention[row, width - len(encoded[i]):] = 1
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
-                                 max_new_tokens=settings.max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, repetition_penalty=settings.repetition_penalty,
-                                 pad_token_id=pad)
-        stats.seconds += time.perf_counter() - started
-        for row, i in enumerate(chunk):
-            new = out[row, width:].tolist()
-            end = next((k + 1 for k, t in enumerate(new) if t in eos_ids), len(new))
-            counts[i] = end
-            answers[i] = tokenizer.decode(new[:end], skip_special_tokens=True).strip()
-        stats.samples += len(chunk)
-        stats.new_tokens += sum(counts[i] for i in chunk)
-        if progress is not None:
-            progress(stats.samples, len(encoded))
-    return answers, counts, stats
-
-
-def load_models(stages: Sequence[StageRun], load_in_4bit: bool | None):
-    """The base once (4-bit as the run trained, unless overridden) and every adapter in one PeftModel."""
+def load_models(stages: Sequence[StageRun], load_in_4bit: bool | None) -> tuple[AdapterModel, Any]:
+    """The base once (4-bit as the run trained, unless overridden) and every stage's adapter, with the template it
+    was trained with, in one model. Returns it and the quantization used."""
     import dataclasses
 
-    from peft import PeftModel
-
-    from trainer.modeling import (
-        ModelError,
-        load_base_model,
-        load_tokenizer,
-        read_adapter_config,
-        resolve_base_model,
-    )
+    from trainer.modeling import (AdapterSource, ModelError, load_adapter_model, read_adapter_config,
+                                  resolve_base_model)
 
     cfg = stages[-1].cfg
     quant = cfg.quantization if load_in_4bit is None else dataclasses.replace(cfg.quantization,
                                                                                load_in_4bit=load_in_4bit)
-    ref = resolve_base_model(cfg.model.name, cfg.model.revision)
-    tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
-    if tokenizer.chat_template is None:
-        raise EvalError(f"{cfg.model.name}: the base tokenizer has no chat template")
     for stage in stages:
         trained_on = read_adapter_config(stage.adapter_dir).get("base_model_name_or_path")
         if trained_on and trained_on != cfg.model.name:
             raise ModelError(f"{stage.adapter_dir}: trained on {trained_on!r}, but the run's base is "
                              f"{cfg.model.name!r}")
-    model = load_base_model(ref, quant, attn_implementation=cfg.model.attn_implementation,
-                            trust_remote_code=cfg.model.trust_remote_code, for_training=False)
-    model = PeftModel.from_pretrained(model, str(stages[0].adapter_dir), adapter_name=stages[0].name)
-    for stage in stages[1:]:
-        model.load_adapter(str(stage.adapter_dir), adapter_name=stage.name)
-    model.eval()
-    return model, tokenizer, ref, quant
+    served = load_adapter_model(resolve_base_model(cfg.model.name, cfg.model.revision), quant,
+                                [AdapterSource(s.name, str(s.adapter_dir), template=s.template) for s in stages],
+                                attn_implementation=cfg.model.attn_implementation,
+                                trust_remote_code=cfg.model.trust_remote_code)
+    return served, quant
+
 
 # The whole evaluation
 
@@ -262,7 +180,11 @@ class EvalPlan:
     references: list[dict[str, Any]]
     limit: int | None
     judge: JudgeSettings | None
-    generation: GenerationConfig
+    generation: GenerationSettings
+    batch_size: int
+    """Prompts per generate() call (left-padded)."""
+    seed: int
+    """Seeds generation and the bootstrap."""
     load_in_4bit: bool | None
     system_prompt: str
     eval_rows: dict[str, list] = field(default_factory=dict)
@@ -272,13 +194,13 @@ class EvalPlan:
 
 
 def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
-                    judge: JudgeSettings | None = None, generation: GenerationConfig = GenerationConfig(),
-                    load_in_4bit: bool | None = None, out_dir: str | Path | None = None,
-                    system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> EvalPlan:
+                    judge: JudgeSettings | None = None, generation: GenerationSettings = GREEDY,
+                    batch_size: int = 8, seed: int = 3407, load_in_4bit: bool | None = None,
+                    out_dir: str | Path | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> EvalPlan:
     """Read the rubric, the run and its held-out rows; raise EvalError for anything a user can fix."""
     if limit is not None and limit < 1:
         raise EvalError(f"--limit: must be at least 1, got {limit}")
-    if generation.max_new_tokens < 1 or generation.batch_size < 1:
+    if generation.max_new_tokens < 1 or batch_size < 1:
         raise EvalError("--max-new-tokens and --batch-size must be at least 1")
     run_dir = Path(run_dir)
     questions_path = Path(questions_path) if questions_path else DEFAULT_QUESTIONS
@@ -302,14 +224,15 @@ def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = 
                     questions=select_questions(all_questions, limit), questions_path=questions_path,
                     questions_in_file=len(all_questions), held_out=held_out,
                     references=references[:limit] if limit is not None else references, limit=limit, judge=judge,
-                    generation=generation, load_in_4bit=load_in_4bit, system_prompt=system_prompt,
-                    eval_rows=eval_rows, split_problems=split_problems)
+                    generation=generation, batch_size=batch_size, seed=seed, load_in_4bit=load_in_4bit,
+                    system_prompt=system_prompt, eval_rows=eval_rows, split_problems=split_problems)
 
 
 def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
-                   judge: JudgeSettings | None = None, generation: GenerationConfig = GenerationConfig(),
-                   load_in_4bit: bool | None = None, out_dir: str | Path | None = None,
-                   system_prompt: str = DEFAULT_SYSTEM_PROMPT, threads: int | None = None,
+                   judge: JudgeSettings | None = None, generation: GenerationSettings = GREEDY,
+                   batch_size: int = 8, seed: int = 3407, load_in_4bit: bool | None = None,
+                   out_dir: str | Path | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                   threads: int | None = None,
                    log: Callable[[str], None] = print) -> Path:
     """Evaluate every adapter of a run and its base; write the report, results, answers and charts. Returns the
     path of results.json."""
@@ -317,7 +240,8 @@ def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = N
     if threads is not None and threads < 1:
         raise EvalError(f"--threads: must be at least 1, got {threads}")
     plan = plan_evaluation(run_dir, questions_path=questions_path, limit=limit, judge=judge, generation=generation,
-                           load_in_4bit=load_in_4bit, out_dir=out_dir, system_prompt=system_prompt)
+                           batch_size=batch_size, seed=seed, load_in_4bit=load_in_4bit, out_dir=out_dir,
+                           system_prompt=system_prompt)
     judge_client = None
     if judge is not None:
         judge_client = PairwiseJudge(judge)
@@ -345,20 +269,21 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
               ) -> Path:
     import torch
 
+    from transformers import set_seed
+
     stages, questions, references, held_out = plan.stages, plan.questions, plan.references, plan.held_out
     generation, judge, system_prompt, out = plan.generation, plan.judge, plan.system_prompt, plan.out
     cfg = stages[-1].cfg
-    seed = generation.seed
+    seed = plan.seed
 
     # Load the base once and every adapter into the same PeftModel
     load_started = time.time()
-    model, tokenizer, _, quant = load_models(stages, plan.load_in_4bit)
+    served, quant = load_models(stages, plan.load_in_4bit)
     load_seconds = round(time.time() - load_started, 2)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"cpu ({torch.get_num_threads()} threads)"
     log(f"[eval] loaded {cfg.model.name} ({'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'}) "
         f"and {len(stages)} adapters in {load_seconds:.1f}s on {device}")
-    templates = {BASE: tokenizer.chat_template, **{s.name: s.template for s in stages}}
 
     rubric_prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q.question}]
                       for q in questions]
@@ -367,50 +292,52 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     for stage in stages:
         for conv in plan.eval_rows[stage.name]:
             home.setdefault(conv.content_hash, stage)
+    # What goes into results.json (`models`) and what only the answers file and the scoring need (`answers`,
+    # `losses`) are kept apart, so neither output depends on the other being written first.
     models: dict[str, dict[str, Any]] = {}
-    answers: dict[str, list[str]] = {}
+    answers: dict[str, BatchAnswers] = {}
+    losses: dict[str, list[list[float]]] = {}
     for name in [BASE] + [s.name for s in stages]:
-        entry: dict[str, Any] = {"chat_template_sha256": hashlib.sha256(templates[name].encode()).hexdigest()}
-        with active(model, name):
-            loss_rows = []
-            for stage in stages:
-                mine = [c for c in held_out if home[c.content_hash] is stage]
-                batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
-                loss_rows.extend(zip([c.content_hash for c in mine],
-                                     conversation_losses(model, tokenizer, stage.template, mine, batch)))
-            rows_by_hash = dict(loss_rows)
-            entry["_loss_rows"] = [rows_by_hash[c.content_hash] for c in held_out]
-            entry["eval_loss_by_split"] = {}
-            for stage in stages:
-                rows = [rows_by_hash[c.content_hash] for c in plan.eval_rows[stage.name]]
-                if rows:
-                    loss = pooled_loss(rows)
-                    entry["eval_loss_by_split"][stage.name] = {
-                        "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
-                        "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
-            log(f"[eval] {name}: held-out loss " + (", ".join(
-                f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
+        entry: dict[str, Any] = {"chat_template_sha256": hashlib.sha256(served.templates[name].encode()).hexdigest()}
+        served.activate(name)
+        loss_rows = []
+        for stage in stages:
+            mine = [c for c in held_out if home[c.content_hash] is stage]
+            batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
+            loss_rows.extend(zip([c.content_hash for c in mine],
+                                 conversation_losses(served.model, served.tokenizer, stage.template, mine, batch)))
+        rows_by_hash = dict(loss_rows)
+        losses[name] = [rows_by_hash[c.content_hash] for c in held_out]
+        entry["eval_loss_by_split"] = {}
+        for stage in stages:
+            rows = [rows_by_hash[c.content_hash] for c in plan.eval_rows[stage.name]]
+            if rows:
+                loss = pooled_loss(rows)
+                entry["eval_loss_by_split"][stage.name] = {
+                    "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
+                    "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
+        log(f"[eval] {name}: held-out loss " + (", ".join(
+            f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
 
-            def progress(done: int, total: int, name: str = name) -> None:
-                log(f"[eval] {name}: {done}/{total} answers")
+        def progress(done: int, total: int, name: str = name) -> None:
+            log(f"[eval] {name}: {done}/{total} answers")
 
-            texts, counts, stats = generate_answers(model, tokenizer, templates[name], prompts, generation, progress)
-        answers[name] = texts
-        entry["_new_tokens"] = counts
-        entry["throughput"] = stats.as_dict()
+        set_seed(seed)
+        answers[name] = served.generate(prompts, name, generation, batch_size=plan.batch_size, progress=progress)
+        entry["throughput"] = answers[name].throughput()
         models[name] = entry
-        log(f"[eval] {name}: {stats.samples} answers in {stats.seconds:.1f}s "
-            f"({stats.as_dict()['tokens_per_second']} new tokens/s)")
-    del model
+        log(f"[eval] {name}: {entry['throughput']['samples']} answers in {answers[name].seconds:.1f}s "
+            f"({entry['throughput']['tokens_per_second']} new tokens/s)")
+    del served
 
     # Score the answers
     n_q = len(questions)
     scores: dict[str, list[QuestionScore]] = {}
     for name, entry in models.items():
-        texts = answers[name]
+        texts = answers[name].texts
         scores[name] = [score_answer(q, a) for q, a in zip(questions, texts[:n_q])]
         metrics, intervals = answer_metrics(questions, scores[name], texts, texts[n_q:],
-                                            [r["reference"] for r in references], entry.pop("_loss_rows"), seed)
+                                            [r["reference"] for r in references], losses[name], seed)
         entry["metrics"], entry["intervals"] = metrics, intervals
 
     # The blind pairwise judge
@@ -419,7 +346,8 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         judge_results = {"settings": judge.describe(), "per_adapter": {}}
         for stage in stages:
             log(f"[eval] judge: base vs {stage.name}, {n_q} questions x 2 orders")
-            items = [(q.id, q.question, answers[BASE][i], answers[stage.name][i]) for i, q in enumerate(questions)]
+            items = [(q.id, q.question, answers[BASE].texts[i], answers[stage.name].texts[i])
+                     for i, q in enumerate(questions)]
             summary = judge_pairs(judge_client, items, seed=seed)
             judge_results["per_adapter"][stage.name] = summary
             m, ci = models[stage.name]["metrics"], models[stage.name]["intervals"]
@@ -456,7 +384,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
               "judged_questions": max((j["n"] for j in judge_results["per_adapter"].values()), default=0)
               if judge_results else 0},
         "settings": {
-            "generation": generation.describe(), "seed": seed,
+            "generation": describe_generation(generation, plan.batch_size, seed), "seed": seed,
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
             "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE, "gate_rule": GATE_RULE,
             "questions_file": str(plan.questions_path), "questions_sha256": _file_sha256(plan.questions_path),
@@ -473,7 +401,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         "load_seconds": load_seconds,
     }
     results["wall_seconds"] = round(time.time() - started, 2)
-    _write_answers(out / "answers.jsonl", questions, references, answers, models, scores)
+    _write_answers(out / "answers.jsonl", questions, references, answers, scores)
     from trainer.lineage import write_json
 
     write_json(results_path, results)
@@ -523,10 +451,12 @@ def answer_metrics(questions: Sequence[Question], scores: Sequence[QuestionScore
     return metrics, intervals
 
 
-def _write_answers(path: Path, questions, references, answers, models, scores) -> None:
+def _write_answers(path: Path, questions: Sequence[Question], references: Sequence[dict[str, Any]],
+                   answers: dict[str, BatchAnswers], scores: dict[str, list[QuestionScore]]) -> None:
+    """answers.jsonl: every answer of every model, with its new-token count and, for rubric questions, its score."""
     with open(path, "w", encoding="utf-8") as fh:
-        for name, texts in answers.items():
-            counts = models[name].pop("_new_tokens")
+        for name, generated in answers.items():
+            texts, counts = generated.texts, generated.new_tokens
             for i, q in enumerate(questions):
                 s = scores[name][i]
                 fh.write(json.dumps({"model": name, "kind": "rubric", "id": q.id, "question": q.question,
