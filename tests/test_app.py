@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, launch_app, stop_app
 
-from app import message_text, safe_text, trim_history
+from space.display import message_text, safe_text, trim_history
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
