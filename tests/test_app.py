@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, launch_app, stop_app
 
-from space.display import message_text, safe_text, trim_history
+from space.display import message_text
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -110,26 +110,6 @@ def test_two_visitors_at_once_keep_their_own_adapter_and_history(app_url):
     for adapter, history in results.items():
         assert message_text(history[0]) == f"Visa for {adapter}?"
         assert message_text(history[1]) == expected[adapter]
-
-
-def test_history_is_trimmed_to_the_newest_turns():
-    history = []
-    for i in range(5):
-        history += [{"role": "user", "content": f"q{i} &lt;b&gt;"}, {"role": "assistant", "content": [
-            {"type": "text", "text": f"a{i}"}]}]
-    kept, dropped = trim_history(history, 2)
-    assert dropped == 3
-    assert kept == [{"role": "user", "content": "q3 <b>"}, {"role": "assistant", "content": "a3"},
-                    {"role": "user", "content": "q4 <b>"}, {"role": "assistant", "content": "a4"}]
-    assert trim_history(history, 0) == ([], 5)
-
-
-def test_safe_text_disarms_html_and_script_links():
-    assert safe_text("<script>alert(1)</script>") == "&lt;script&gt;alert(1)&lt;/script&gt;"
-    assert safe_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
-    assert safe_text("[click](javascript:alert(1))") == "[click](#blocked:alert(1))"
-    assert safe_text("[ok](JavaScript :alert(1))") == "[ok](JavaScript :alert(1))"  # not a scheme: harmless
-    assert safe_text("## Heading\n- **bold** & more") == "## Heading\n- **bold** &amp; more"
 
 
 def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
