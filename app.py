@@ -86,6 +86,7 @@ def open_feedback_store(cfg):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Load the settings, the base and its adapters, open the feedback store, then serve until stopped."""
     parser = argparse.ArgumentParser(description="Serve the study-abroad counsellor app.")
     parser.add_argument("--config", default="space_config/space.yaml", help="Space settings YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
