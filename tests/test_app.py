@@ -3,8 +3,6 @@ with gradio_client and in headless Chromium."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, launch_app, stop_app
 
-from app import message_text, safe_text, trim_history
+from space.display import message_text
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -114,26 +112,6 @@ def test_two_visitors_at_once_keep_their_own_adapter_and_history(app_url):
         assert message_text(history[1]) == expected[adapter]
 
 
-def test_history_is_trimmed_to_the_newest_turns():
-    history = []
-    for i in range(5):
-        history += [{"role": "user", "content": f"q{i} &lt;b&gt;"}, {"role": "assistant", "content": [
-            {"type": "text", "text": f"a{i}"}]}]
-    kept, dropped = trim_history(history, 2)
-    assert dropped == 3
-    assert kept == [{"role": "user", "content": "q3 <b>"}, {"role": "assistant", "content": "a3"},
-                    {"role": "user", "content": "q4 <b>"}, {"role": "assistant", "content": "a4"}]
-    assert trim_history(history, 0) == ([], 5)
-
-
-def test_safe_text_disarms_html_and_script_links():
-    assert safe_text("<script>alert(1)</script>") == "&lt;script&gt;alert(1)&lt;/script&gt;"
-    assert safe_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
-    assert safe_text("[click](javascript:alert(1))") == "[click](#blocked:alert(1))"
-    assert safe_text("[ok](JavaScript :alert(1))") == "[ok](JavaScript :alert(1))"  # not a scheme: harmless
-    assert safe_text("## Heading\n- **bold** & more") == "## Heading\n- **bold** &amp; more"
-
-
 def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -157,7 +135,9 @@ def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
             deadline = time.time() + 90
             while time.time() < deadline:
                 lengths.append(len(bot.inner_text()))
-                if len(lengths) > 3 and lengths[-1] == lengths[-2] == lengths[-3] and lengths[-1] > 0:
+                # Gradio marks a streaming event's outputs `generating` until the event ends. A pause between
+                # tokens on a busy machine is no end: a second Send while the first answer streams is ignored.
+                if lengths[-1] > 0 and page.locator('[data-testid="status-tracker"].generating').count() == 0:
                     break
                 time.sleep(0.2)
             growth = sorted(set(lengths))
@@ -198,10 +178,3 @@ def test_space_header_matches_the_pinned_gradio_and_files():
     assert header["suggested_hardware"] and header["models"] and header["datasets"] and header["short_description"]
     assert len(header["short_description"]) <= 60
 
-
-def test_importing_the_app_loads_no_model_and_no_heavy_library():
-    code = ("import sys, app, space.engine, space.registry\n"
-            "print([m for m in ('torch', 'transformers', 'peft', 'gradio') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"

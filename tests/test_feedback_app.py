@@ -200,7 +200,10 @@ def test_in_a_browser_rate_correct_and_review(feedback_app):
             visitor.wait_for_function(
                 "(() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
                 " return b.length && b[b.length-1].innerText.length > 10; })()", timeout=90_000)
-            visitor.wait_for_timeout(2000)  # let the answer finish streaming
+            # Gradio marks a streaming event's outputs `generating` until it ends: rate the finished answer.
+            visitor.wait_for_function(
+                "document.querySelectorAll('[data-testid=\"status-tracker\"].generating').length === 0",
+                timeout=90_000)
             visitor.locator("#chatbot button[aria-label='Like']").last.click()
             visitor.get_by_text("Feedback: rate answers").click()
             visitor.locator("#consent input").check()

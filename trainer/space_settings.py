@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.config import TOPICS
+from trainer.modeling import GenerationSettings
 from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -36,6 +37,8 @@ DEFAULT_EXAMPLES = (
 
 @dataclass(frozen=True)
 class AdapterEntry:
+    """One adapter to offer, from a local folder or a Hub repo."""
+
     name: str
     """Label shown in the app; letters, digits, `-`, `_`, `.` and `/`."""
     path: str | None = None
@@ -52,6 +55,8 @@ class AdapterEntry:
 
 @dataclass(frozen=True)
 class LimitSettings:
+    """What a public demo bounds: question length, history, concurrency, answer length."""
+
     max_input_chars: int = 2000
     """Longest question accepted; longer ones get a message, not a truncated answer."""
     max_history_turns: int = 6
@@ -60,20 +65,8 @@ class LimitSettings:
     """Generations running at once (they share one base model, so 1 is right for one GPU or CPU)."""
     queue_size: int = 32
     """Visitors waiting beyond the running ones; more are turned away with a message."""
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    max_new_tokens: int = 384
-    """Default answer length cap (visitors can lower or raise it up to `max_new_tokens_limit`)."""
     max_new_tokens_limit: int = 1024
-    """Upper bound of the answer-length slider."""
-    temperature: float = 0.7
-    """0 means greedy decoding."""
-    top_p: float = 0.9
-    """Nucleus sampling cut-off."""
-    repetition_penalty: float = 1.1
-    """Above 1 discourages repeating the same phrases (small models loop without it)."""
+    """Upper bound of the answer-length slider (`generation.max_new_tokens` is where it starts)."""
 
 
 DEFAULT_CONSENT = (
@@ -84,6 +77,8 @@ DEFAULT_CONSENT = (
 
 @dataclass(frozen=True)
 class FeedbackSettings:
+    """Ratings and corrections from visitors: consent, where they are stored, who reviews them."""
+
     enabled: bool = True
     """Offer ratings, comments and suggested answers (stored only with consent)."""
     store: str = "data/feedback/feedback.sqlite"
@@ -104,6 +99,8 @@ class FeedbackSettings:
 
 @dataclass(frozen=True)
 class SpaceConfig:
+    """Everything the app reads from `space_config/space.yaml`."""
+
     base_model: str = "auto"
     """`auto` (Mistral-7B-Instruct-v0.3 on a GPU, the embedded demo model on a CPU), a Hub id, folder or demo name."""
     base_revision: str | None = None
@@ -121,7 +118,8 @@ class SpaceConfig:
     examples: tuple[str, ...] = DEFAULT_EXAMPLES
     """Example questions offered under the chat box."""
     limits: LimitSettings = field(default_factory=LimitSettings)
-    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """Default decoding settings; visitors move temperature, top-p and the answer length within `limits`."""
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
     source: str | None = None
     """File the settings were read from."""
@@ -146,7 +144,7 @@ def _validate_space(cfg: SpaceConfig) -> None:
         if entry.path is not None and (entry.revision or entry.subfolder):
             raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
     lim = cfg.limits
-    for key in ("max_input_chars", "concurrency", "queue_size"):
+    for key in ("max_input_chars", "concurrency", "queue_size", "max_new_tokens_limit"):
         if getattr(lim, key) < 1:
             raise ConfigError(f"limits.{key}: must be at least 1")
     if lim.max_history_turns < 0:
@@ -156,15 +154,27 @@ def _validate_space(cfg: SpaceConfig) -> None:
     if cfg.feedback.hub_dataset is not None and cfg.feedback.hub_dataset.count("/") != 1:
         raise ConfigError(f"feedback.hub_dataset: {cfg.feedback.hub_dataset!r} is not a Hub repo id (owner/name)")
     gen = cfg.generation
-    if not 0 <= gen.temperature <= 2 or not 0 < gen.top_p <= 1:
-        raise ConfigError("generation: temperature must be in [0, 2] and top_p in (0, 1]")
-    if not 1 <= gen.max_new_tokens <= gen.max_new_tokens_limit:
-        raise ConfigError("generation.max_new_tokens: must be between 1 and max_new_tokens_limit")
+    if not 0 <= gen.temperature <= 2:
+        raise ConfigError(f"generation.temperature: {gen.temperature:g} must be in [0, 2] (0 is greedy)")
+    if not 0 < gen.top_p <= 1:
+        raise ConfigError(f"generation.top_p: {gen.top_p:g} must be in (0, 1]")
+    if not 1 <= gen.max_new_tokens <= lim.max_new_tokens_limit:
+        raise ConfigError(f"generation.max_new_tokens: {gen.max_new_tokens} must be between 1 and "
+                          f"limits.max_new_tokens_limit ({lim.max_new_tokens_limit})")
+
+
+def _moved_keys(raw: dict[str, typing.Any]) -> None:
+    """Name the new place of a key that moved, instead of a did-you-mean pointing at a different key."""
+    generation = raw.get("generation")
+    if isinstance(generation, dict) and "max_new_tokens_limit" in generation:
+        raise ConfigError("generation.max_new_tokens_limit: moved to limits.max_new_tokens_limit (the answer-length "
+                          "slider's upper bound)")
 
 
 def load_space_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> SpaceConfig:
     """Read `space_config/space.yaml` (or defaults when `path` is None), with dotted overrides."""
-    return load_typed(SpaceConfig, path, overrides, validate=_validate_space, what="space config")
+    return load_typed(SpaceConfig, path, overrides, prepare=_moved_keys, validate=_validate_space,
+                      what="space config")
 
 
 def space_config_yaml(cfg: SpaceConfig, header: str = "") -> str:

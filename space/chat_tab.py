@@ -1,0 +1,169 @@
+"""The Chat tab: one adapter answers, streamed; retry, stop and clear; ratings and, with consent, feedback.
+
+Also what the Compare tab shares with it: the checks on a visitor's question and adapter, the prompt, and the
+decoding settings built from the shared sliders. `build_chat_tab` is called inside `app.build_app`'s Blocks.
+"""
+
+# No `from __future__ import annotations`: Gradio reads the handlers' `gr.Request` / `gr.LikeData` hints at
+# run time to pass the request and the like event, and a string annotation would hide them.
+
+import dataclasses
+from typing import Any, Sequence
+
+from space.display import message_text, safe_text, trim_history
+from trainer.modeling import BASE
+from trainer.modeling import GenerationSettings
+from trainer.space_settings import LimitSettings, SpaceConfig
+
+
+def check_question(message: str, limits: LimitSettings) -> str:
+    """The question, stripped; an empty or over-long one is refused with a message the visitor sees."""
+    import gradio as gr
+
+    message = (message or "").strip()
+    if not message:
+        raise gr.Error("Type a question first.")
+    if len(message) > limits.max_input_chars:
+        raise gr.Error(f"Your message is {len(message):,} characters long; the limit is "
+                       f"{limits.max_input_chars:,}. Please shorten it.")
+    return message
+
+
+def check_adapter(adapter: str, engine) -> str:
+    """The adapter, if the engine serves it (API callers can send any name)."""
+    import gradio as gr
+
+    if adapter != BASE and adapter not in engine.adapter_names:
+        raise gr.Error(f"Unknown adapter {adapter!r}.")
+    return adapter
+
+
+def decoding(defaults: GenerationSettings, temperature, top_p, max_new_tokens) -> GenerationSettings:
+    """The configured settings with the visitor's sliders applied (the repetition penalty has no slider)."""
+    return dataclasses.replace(defaults, temperature=float(temperature), top_p=float(top_p),
+                               max_new_tokens=int(max_new_tokens))
+
+
+def prompt_messages(system_prompt: str, turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """The model's messages: the system prompt (when not blank), then the conversation."""
+    return ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + list(turns)
+
+
+def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str]], default_adapter: str,
+                   gen_inputs: list[Any]) -> None:
+    """The Chat tab with its `chat`, `retry`, `clear` and (when feedback is on) `feedback` endpoints.
+    `gen_inputs` are the shared system prompt, temperature, top-p and max-new-tokens components."""
+    import gradio as gr
+
+    limits = cfg.limits
+
+    def respond(message, history, adapter, system_prompt, temperature, top_p, max_new_tokens):
+        message, adapter = check_question(message, limits), check_adapter(adapter, engine)
+        history = list(history or [])
+        earlier, dropped = trim_history(history, limits.max_history_turns)
+        if dropped:
+            gr.Info(f"Only the last {limits.max_history_turns} exchanges are sent to the model; "
+                    f"{dropped} earlier one(s) were left out.")
+        messages = prompt_messages(system_prompt, [*earlier, {"role": "user", "content": message}])
+        history += [{"role": "user", "content": safe_text(message)}, {"role": "assistant", "content": ""}]
+        yield history, ""
+        settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
+        for text in engine.stream(messages, adapter, settings):
+            history[-1] = {"role": "assistant", "content": safe_text(text)}
+            yield history, ""
+
+    def retry(history, adapter, system_prompt, temperature, top_p, max_new_tokens):
+        history = list(history or [])
+        while history and history[-1].get("role") == "assistant":
+            history.pop()
+        if not history:
+            raise gr.Error("Nothing to retry yet.")
+        last = message_text(history.pop())
+        yield from respond(last, history, adapter, system_prompt, temperature, top_p, max_new_tokens)
+
+    def on_like(ratings, data: gr.LikeData):
+        ratings = dict(ratings or {})
+        index = str(data.index[0] if isinstance(data.index, (list, tuple)) else data.index)  # JSON keys are text
+        if data.liked is True or data.liked == "like":
+            ratings[index] = 1
+        elif data.liked is False or data.liked == "dislike":
+            ratings[index] = -1
+        else:
+            ratings.pop(index, None)
+        return ratings
+
+    def submit_feedback(history, ratings, comment_text, better_answer, consented, adapter, system_prompt,
+                        temperature, top_p, max_new_tokens, request_id, request: gr.Request):
+        """Store one consented snapshot of the dialogue with its ratings; acknowledged once durable."""
+        from space.privacy import redact, redact_many
+        from trainer.feedback import FeedbackError, FeedbackRecord
+
+        if not consented:
+            raise gr.Error("Tick the consent box first: nothing is stored without it.")
+        messages = [{"role": m["role"], "content": message_text(m)} for m in (history or [])
+                    if m.get("role") in ("user", "assistant")]
+        texts, counts = redact_many([system_prompt] + [m["content"] for m in messages])
+        system_text = texts[0]
+        for m, text in zip(messages, texts[1:]):
+            m["content"] = text
+        extra = {}
+        for key, value in (("comment", comment_text), ("edited_answer", better_answer)):
+            if value and value.strip():
+                extra[key], found = redact(value.strip())
+                counts = {k: counts[k] + found[k] for k in counts}
+        last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        record = FeedbackRecord(
+            session_id=getattr(request, "session_hash", None) or "api", base_model=engine.base_model,
+            adapter=adapter, adapter_revision=engine.adapter_revision(adapter), system_prompt=system_text,
+            messages=messages, consent=True, ratings={int(k): int(v) for k, v in (ratings or {}).items()},
+            settings={"temperature": float(temperature), "top_p": float(top_p),
+                      "max_new_tokens": int(max_new_tokens)},
+            edited_index=last_answer if "edited_answer" in extra else None, redactions=counts,
+            request_id=(request_id or "").strip()[:128] or None, **extra)
+        try:
+            record_id = store.add(record)
+        except FeedbackError as exc:
+            raise gr.Error(str(exc)) from None
+        removed = sum(counts.values())
+        return (f"Saved, thank you (reference `{record_id[:12]}`)."
+                + (f" {removed} personal detail(s) were removed before saving." if removed else "")), "", ""
+
+    with gr.Tab("Chat"):
+        adapter = gr.Dropdown(choices, value=default_adapter, label="Adapter", elem_id="adapter")
+        chatbot = gr.Chatbot(label="Counsellor", height=480, sanitize_html=True, render_markdown=True,
+                             buttons=["copy"], elem_id="chatbot")
+        with gr.Row():
+            question = gr.Textbox(placeholder="Ask about admissions, visas, scholarships, costs ...",
+                                  show_label=False, scale=6, elem_id="question", max_lines=8)
+            send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
+        with gr.Row():
+            retry_btn = gr.Button("Retry", size="sm", elem_id="retry")
+            clear = gr.Button("Clear", size="sm", elem_id="clear")
+        gr.Examples(list(cfg.examples), inputs=question, label="Example questions")
+        # Likes per answer index; a (hidden) component rather than State, so API clients can send ratings too.
+        ratings = gr.JSON({}, visible=False)
+        feedback_on = store is not None and cfg.feedback.enabled
+        with gr.Accordion("Feedback: rate answers with the thumbs, correct the last one, send it to us",
+                          open=False, visible=feedback_on):
+            consent = gr.Checkbox(False, label=cfg.feedback.consent_text, elem_id="consent")
+            comment = gr.Textbox(label="Comment (optional)", lines=2, elem_id="comment")
+            better = gr.Textbox(label="Suggest a better answer to the last reply (optional)", lines=4,
+                                elem_id="better-answer")
+            send_feedback = gr.Button("Send feedback", elem_id="send-feedback")
+            # API callers may pass an idempotency key so a retried call is not stored twice.
+            feedback_request = gr.Textbox("", visible=False)
+            feedback_status = gr.Markdown(elem_id="feedback-status")
+        chat_inputs = [question, chatbot, adapter, *gen_inputs]
+        sent = send.click(respond, chat_inputs, [chatbot, question], api_name="chat")
+        submitted = question.submit(respond, chat_inputs, [chatbot, question], api_name=False)
+        retried = retry_btn.click(retry, [chatbot, adapter, *gen_inputs], [chatbot, question], api_name="retry")
+        stop.click(None, None, None, cancels=[sent, submitted, retried], api_name=False)
+        clear.click(lambda: ([], "", {}), None, [chatbot, question, ratings], api_name="clear")
+        if feedback_on:
+            chatbot.like(on_like, [ratings], [ratings], api_name=False)
+            send_feedback.click(
+                submit_feedback, [chatbot, ratings, comment, better, consent, adapter, *gen_inputs,
+                                  feedback_request],
+                [feedback_status, comment, better], api_name="feedback",
+                concurrency_limit=64, concurrency_id="feedback")

@@ -1,0 +1,88 @@
+"""What the app shows and to whom: escaping for display, the model's view of a chat, reviewer access, dates.
+
+Standard library only, so every tab (and a test) can use these without Gradio or a model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import html
+import os
+import re
+from typing import Any, Sequence
+
+_JS_LINK = re.compile(r"\]\(\s*(?:javascript|vbscript|data):", re.IGNORECASE)
+
+
+def safe_text(text: str) -> str:
+    """Display form of a message: HTML escaped (markdown still renders) and script links disarmed."""
+    return _JS_LINK.sub("](#blocked:", html.escape(text, quote=False))
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a chat message as Gradio hands it back (a string, or a list of typed parts), unescaped."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return html.unescape(content) if isinstance(content, str) else ""
+
+
+def trim_history(history: Sequence[dict[str, Any]], max_turns: int) -> tuple[list[dict[str, str]], int]:
+    """The last `max_turns` question/answer pairs as model messages (display escaping undone), and how many
+    earlier pairs were left out."""
+    pairs: list[list[dict[str, str]]] = []
+    for message in history:
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            continue
+        turn = {"role": role, "content": message_text(message)}
+        if role == "user" or not pairs:
+            pairs.append([turn])
+        else:
+            pairs[-1].append(turn)
+    complete = [p for p in pairs if len(p) == 2 and p[0]["role"] == "user" and p[1]["content"].strip()]
+    kept = complete[-max_turns:] if max_turns else []
+    return [m for pair in kept for m in pair], len(complete) - len(kept)
+
+
+def oauth_username(request) -> str | None:
+    """The Hugging Face username of a visitor logged in through the Space's OAuth, if any."""
+    try:
+        info = request.session.get("oauth_info") if request is not None else None
+    except (AssertionError, AttributeError, KeyError):  # no session middleware: OAuth is not enabled
+        return None
+    return ((info or {}).get("userinfo") or {}).get("preferred_username")
+
+
+def reviewer_of(request, feedback_cfg, established: str | None = None) -> str | None:
+    """Who may use the labelling tab: an allow-listed OAuth user on a Space, or the holder of the local token
+    (sent as the `X-Labelling-Token` header, or `?token=` in the page URL). None means no access."""
+    if established:
+        return established
+    username = oauth_username(request)
+    if username and username in feedback_cfg.reviewers:
+        return username
+    expected = os.environ.get(feedback_cfg.token_env, "")
+    if request is not None and expected:
+        given = request.headers.get("x-labelling-token") or dict(request.query_params).get("token") or ""
+        if given and hmac.compare_digest(given.encode(), expected.encode()):
+            return (request.headers.get("x-reviewer") or "local reviewer")[:64]
+    return None
+
+
+def format_when(timestamp: float) -> str:
+    """A stored timestamp as `YYYY-MM-DD HH:MM` in UTC."""
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def parse_day(text: str, end: bool = False) -> float | None:
+    """A `YYYY-MM-DD` filter as a UTC timestamp: the day's start, or with `end` the next day's start; blank is None."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise ValueError(f"dates are YYYY-MM-DD, got {text!r}") from None
+    return (day + dt.timedelta(days=1 if end else 0)).timestamp()

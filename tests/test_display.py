@@ -1,0 +1,85 @@
+"""What the app shows and to whom (space/display.py), without a model: escaping, the model's view of the chat,
+reviewer access from a real Starlette request, and the labelling queue's dates."""
+
+from __future__ import annotations
+
+import pytest
+
+from space.display import format_when, message_text, parse_day, reviewer_of, safe_text, trim_history
+from trainer.space_settings import FeedbackSettings
+
+TOKEN = "display-test-token-51c2"
+
+
+def test_history_is_trimmed_to_the_newest_turns():
+    history = []
+    for i in range(5):
+        history += [{"role": "user", "content": f"q{i} &lt;b&gt;"}, {"role": "assistant", "content": [
+            {"type": "text", "text": f"a{i}"}]}]
+    kept, dropped = trim_history(history, 2)
+    assert dropped == 3
+    assert kept == [{"role": "user", "content": "q3 <b>"}, {"role": "assistant", "content": "a3"},
+                    {"role": "user", "content": "q4 <b>"}, {"role": "assistant", "content": "a4"}]
+    assert trim_history(history, 0) == ([], 5)
+
+
+def test_an_unanswered_or_empty_turn_is_not_sent_to_the_model():
+    history = [{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
+               {"role": "user", "content": "q1"}, {"role": "assistant", "content": "  "},
+               {"role": "user", "content": "q2"}]
+    assert trim_history(history, 6) == ([{"role": "user", "content": "q0"},
+                                         {"role": "assistant", "content": "a0"}], 0)
+    assert message_text({"role": "assistant", "content": None}) == ""
+
+
+def test_safe_text_disarms_html_and_script_links():
+    assert safe_text("<script>alert(1)</script>") == "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert safe_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
+    assert safe_text("[click](javascript:alert(1))") == "[click](#blocked:alert(1))"
+    assert safe_text("[ok](JavaScript :alert(1))") == "[ok](JavaScript :alert(1))"  # not a scheme: harmless
+    assert safe_text("## Heading\n- **bold** & more") == "## Heading\n- **bold** &amp; more"
+    assert message_text({"content": safe_text("a < b & c")}) == "a < b & c"  # what the model gets back
+
+
+def request(query: str = "", headers: dict[str, str] | None = None, session: dict | None = None):
+    """A real Starlette request as the app receives it; `session` is set only when OAuth's middleware runs."""
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": "/", "query_string": query.encode(),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    if session is not None:
+        scope["session"] = session
+    return Request(scope)
+
+
+def test_reviewer_access_by_token_header_or_url(monkeypatch):
+    feedback = FeedbackSettings(token_env="DISPLAY_TEST_TOKEN")
+    monkeypatch.delenv("DISPLAY_TEST_TOKEN", raising=False)
+    assert reviewer_of(request(f"token={TOKEN}"), feedback) is None  # no token configured: nobody gets in
+    monkeypatch.setenv("DISPLAY_TEST_TOKEN", TOKEN)
+    assert reviewer_of(request(f"token={TOKEN}"), feedback) == "local reviewer"
+    assert reviewer_of(request(headers={"X-Labelling-Token": TOKEN, "X-Reviewer": "ana"}), feedback) == "ana"
+    assert reviewer_of(request("token=guess"), feedback) is None
+    assert reviewer_of(request(), feedback) is None
+    assert reviewer_of(None, feedback) is None
+    assert reviewer_of(request(), feedback, established="ana") == "ana"  # decided at page load
+
+
+def test_reviewer_access_by_an_allow_listed_hugging_face_login(monkeypatch):
+    monkeypatch.delenv("LABELLING_TOKEN", raising=False)
+    feedback = FeedbackSettings(reviewers=("ana",))
+    login = {"oauth_info": {"userinfo": {"preferred_username": "ana"}}}
+    assert reviewer_of(request(session=login), feedback) == "ana"
+    other = {"oauth_info": {"userinfo": {"preferred_username": "bob"}}}
+    assert reviewer_of(request(session=other), feedback) is None
+    assert reviewer_of(request(session={}), feedback) is None
+    assert reviewer_of(request(), feedback) is None  # OAuth not enabled: no session middleware at all
+
+
+def test_queue_dates_are_utc_days_and_a_bad_one_says_the_format():
+    start, end = parse_day("2024-03-01"), parse_day(" 2024-03-01 ", end=True)
+    assert end - start == 24 * 3600
+    assert format_when(start) == "2024-03-01 00:00"
+    assert parse_day("") is None and parse_day(None) is None
+    with pytest.raises(ValueError, match=r"dates are YYYY-MM-DD, got '01/03/2024'"):
+        parse_day("01/03/2024")

@@ -1,0 +1,130 @@
+"""The layout's promises, checked without a model: the headless trainer never depends on the app, importing any
+module loads nothing heavy, and the shipped Space settings load through the real loader."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+APP_PACKAGES = ("gradio", "app", "space")
+HEAVY = ("torch", "transformers", "gradio", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
+
+
+def module_names(package: str) -> list[str]:
+    """Every module of a package folder under the repo, as an import name (`trainer.eval.judge`)."""
+    names = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def imported_names(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) for every import in a file: top level or inside a function, `import x`, `from x import y`,
+    and `importlib.import_module("x")` / `__import__("x")` with a literal name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__"):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def test_the_import_scan_sees_every_kind_of_import():
+    source = ("import gradio as gr\nfrom space.engine import BASE\n"
+              "def f():\n    import app\n    from space import privacy\n"
+              "    importlib.import_module('space.registry')\n    return __import__('gradio.themes')\n"
+              "from . import sibling\nimport trainer.config\n")
+    assert [name for _, name in imported_names(ast.parse(source))] == [
+        "gradio", "space.engine", "trainer.config", "app", "space", "space.registry", "gradio.themes"]
+
+
+def test_nothing_under_trainer_imports_the_app_or_gradio():
+    offending = []
+    for path in sorted((REPO / "trainer").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for line, name in imported_names(tree):
+            if name.split(".")[0] in APP_PACKAGES:
+                offending.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    assert not offending, "the headless trainer must not depend on the app:\n" + "\n".join(offending)
+
+
+def import_in_fresh_python(modules: list[str], watch: tuple[str, ...]) -> dict[str, list[str]]:
+    """Import `modules` one after another in a new interpreter; for each, the watched top-level packages its
+    import brought into sys.modules (attributed to the first module that pulled them in)."""
+    code = (
+        "import importlib, json, sys\n"
+        f"watch, modules, brought = {list(watch)!r}, {modules!r}, {{}}\n"
+        "for name in modules:\n"
+        "    before = {m for m in watch if m in sys.modules}\n"
+        "    importlib.import_module(name)\n"
+        "    new = sorted(m for m in watch if m in sys.modules and m not in before)\n"
+        "    if new:\n"
+        "        brought[name] = new\n"
+        "print(json.dumps(brought))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_every_trainer_module_leaves_the_app_unloaded():
+    modules = module_names("trainer")
+    assert {"trainer.config", "trainer.eval.run", "trainer.__main__"} <= set(modules)
+    brought = import_in_fresh_python(modules, APP_PACKAGES)
+    assert brought == {}, f"importing these trainer modules (or one they import) loaded the app: {brought}"
+
+
+def test_importing_any_module_loads_no_heavy_library():
+    modules = module_names("trainer") + module_names("space") + ["app"]
+    assert {"space.engine", "space.chat_tab", "trainer.modeling"} <= set(modules)
+    brought = import_in_fresh_python(modules, HEAVY)
+    assert brought == {}, f"heavy imports belong inside functions; at import time these loaded them: {brought}"
+
+
+def test_the_shipped_space_settings_load_through_the_real_loader(tmp_path):
+    from trainer.modeling import GenerationSettings
+    from trainer.space_settings import load_space_config, space_config_yaml
+
+    shipped = REPO / "space_config" / "space.yaml"
+    cfg = load_space_config(shipped)
+    assert cfg.source == str(shipped)
+    assert cfg.base_model == "auto" and cfg.load_in_4bit and cfg.discover_runs and cfg.runs_dir == "runs"
+    assert cfg.adapters == ()  # adapters come from runs/ unless listed; the file shows an example in comments
+    assert (cfg.limits.max_input_chars, cfg.limits.max_history_turns, cfg.limits.concurrency,
+            cfg.limits.queue_size, cfg.limits.max_new_tokens_limit) == (2000, 6, 1, 32, 1024)
+    assert cfg.generation == GenerationSettings(max_new_tokens=384, temperature=0.7, top_p=0.9,
+                                                repetition_penalty=1.1)
+    feedback = cfg.feedback
+    assert feedback.enabled and feedback.store == "data/feedback/feedback.sqlite" and feedback.hub_dataset is None
+    assert feedback.token_env == "LABELLING_TOKEN" and feedback.reviewers == ()
+
+    written = tmp_path / "space.yaml"
+    written.write_text(space_config_yaml(cfg, "# written back\n"), encoding="utf-8")
+    assert load_space_config(written) == dataclasses.replace(cfg, source=str(written))
+
+
+def test_the_commented_adapter_example_in_the_shipped_settings_loads(tmp_path):
+    from trainer.space_settings import load_space_config
+
+    lines = (REPO / "space_config" / "space.yaml").read_text(encoding="utf-8").splitlines()
+    start = lines.index("adapters: []") + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
+    example = [line[1:] for line in lines[start:end]]
+    assert example, "space.yaml lost its commented adapter example"
+    uncommented = "\n".join(lines[:start - 1] + ["adapters:"] + example + lines[end:])
+    (tmp_path / "space.yaml").write_text(uncommented, encoding="utf-8")
+    (entry,) = load_space_config(tmp_path / "space.yaml").adapters
+    assert entry.name == "stage2" and entry.repo and entry.revision and entry.path is None
+
