@@ -20,7 +20,7 @@ SEED = REPO / "data" / "seed" / "stage1_grounded.jsonl"
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 

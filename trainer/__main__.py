@@ -201,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pathlib import Path
 
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
     from trainer.providers import OpenAICompatibleProvider
     from trainer.synth import (GenerationError, GenerationSettings, LocalProvider,
                                build_plan, finish, generate, llm_judge, load_exemplars)
