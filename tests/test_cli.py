@@ -74,3 +74,81 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
 def test_missing_config_file(capsys):
     assert main(["validate", "--config", "configs/nope.yaml"]) == 2
     assert "configs/nope.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_stage2_alone_checks_its_parent_when_it_starts(tmp_path, capsys, demo_model_dir):
+    code = main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--stage", "stage2",
+                 "--set", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (f"error: stages.stage2.init_from is 'stage1', but {tmp_path / 'demo' / 'stage1' / 'adapter'} "
+                           "holds no finished adapter; train it first (--stage stage1)")
+
+
+# validate and HF_HUB_OFFLINE
+
+class _Reachable:
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("value, offline", [("0", False), ("false", False), ("", False), ("1", True),
+                                            ("ON", True), ("yes", True), ("True", True)])
+def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, monkeypatch, capsys,
+                                                               tiny_mistral_dir):
+    """HF_HUB_OFFLINE=0 means online: with the Hub reachable, validate checks the Hub dataset instead of skipping
+    it. (The Hub itself is stood in for: the socket probe answers, and the dataset rows come from the sample.)"""
+    import socket
+
+    import trainer.data
+
+    sample = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
+    asked = []
+
+    def read_hub(spec):
+        asked.append(spec.path)
+        for i, row in enumerate(sample[:4], start=1):
+            yield f"{spec.path}[{spec.split}]: row {i}", row
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: _Reachable())
+    monkeypatch.setattr(trainer.data, "_read_hub", read_hub)
+    code = main(["validate", "--config", str(REPO / "configs" / "paper.yaml"), "--set", f"model.name={tiny_mistral_dir}",
+                 "--set", "max_length=100000", "--set", f"stages.stage2.dataset.path={DATA / 'short_dialogues.jsonl'}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    skipped = "not checked: stages.stage1.dataset millat/StudyAbroadGPT-Dataset (Hub dataset, offline)"
+    if offline:
+        assert skipped in out and not asked
+    else:
+        assert skipped not in out and asked == ["millat/StudyAbroadGPT-Dataset"]
+        assert "stage stage1: millat/StudyAbroadGPT-Dataset: 4 rows read (sharegpt), 4 kept" in out
+        assert out.strip().endswith("valid")
+
+
+def test_offline_mode_matches_huggingface_hub(monkeypatch):
+    from huggingface_hub.constants import _is_true
+
+    from trainer.__main__ import offline_mode
+
+    for value in ("0", "1", "", "on", "ON", "yes", "TRUE", "true", "false", "no", "2", " 1"):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert offline_mode() == _is_true(value), value
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert offline_mode()
+
+
+# One typed loader for the configs and the rest; the import circle is gone
+
+def test_config_imports_no_module_of_the_tool_but_typed_yaml():
+    import ast
+
+    tree = ast.parse((REPO / "trainer" / "config.py").read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {m for m in imported if m and m.split(".")[0] == "trainer"} == {"trainer.typed_yaml"}
+    out = subprocess.run([sys.executable, "-c", "import trainer.config, trainer.data"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -146,68 +146,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from trainer.config import build_lora_config, build_quantization_config, build_sft_config, load_config
-    from trainer.data import DataError, prepare_stage_data, resolve_source
-    from trainer.modeling import ModelError, load_tokenizer, resolve_base_model
-    from trainer.templates import select_training_template, verify_training_template
-    from trainer.train import config_base_dir
+    from trainer.config import load_config
+    from trainer.train import plan_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    build_lora_config(cfg)
-    build_quantization_config(cfg.quantization)
-    for name in cfg.stages:
-        build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints")
+    # The planner `train` runs, offline when the Hub is: what it cannot reach is listed, not pretended.
+    plan = plan_pipeline(cfg, offline=offline_mode() or not hub_reachable(), keep_going=True)
     print(f"config {cfg.source}: ok ({', '.join(cfg.stages)}; base {cfg.model.name}; "
           f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha}; max_length {cfg.max_length})")
-
-    unchecked: list[str] = []
-    tokenizer = template = None
-    offline = bool(os.environ.get("HF_HUB_OFFLINE")) or not _hub_reachable()
-    ref = resolve_base_model(cfg.model.name, cfg.model.revision)
-    if ref.is_local or not offline:
-        tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
-    else:
-        # Offline, a Hub tokenizer can still be checked if it is in the local cache.
-        try:
-            tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code, local_files_only=True)
-        except ModelError:
-            unchecked.append(f"chat template and token lengths: the tokenizer of {cfg.model.name} is not cached "
-                             "and the Hub is not reachable")
-    if tokenizer is not None:
-        template = select_training_template(tokenizer, cfg.model.chat_template)
-        checked = verify_training_template(tokenizer, template)
-        print(f"chat template: {template.family} training template renders identically to the model's own "
-              f"({checked} renderings compared)")
-
-    failed = False
-    for name, stage in cfg.stages.items():
-        kind, _ = resolve_source(stage.dataset.path, config_base_dir(cfg))
-        if kind == "hub" and offline:
-            unchecked.append(f"stages.{name}.dataset {stage.dataset.path} (Hub dataset, offline)")
-            continue
-        try:
-            data = prepare_stage_data(stage.dataset, seed=cfg.seed, max_length=cfg.max_length, tokenizer=tokenizer,
-                                      chat_template=template.text if template else None,
-                                      base_dir=config_base_dir(cfg))
-        except DataError as exc:
-            print(f"stage {name}: FAILED\n  {exc}", file=sys.stderr)
-            failed = True
-            continue
-        if template is not None:
-            verify_training_template(tokenizer, template, [c.messages for c in data.train[:64]])
-        print(f"stage {name}: {data.summary()}")
-        for report in data.reports:
-            for error in report.errors[:20]:
-                print(f"  skipped {error}")
-    for item in unchecked:
+    if plan.template is not None:
+        print(f"chat template: {plan.template.family} training template renders identically to the model's own "
+              f"({plan.renderings} renderings compared)")
+    for name in cfg.stages:
+        if name in plan.failed:
+            print(f"stage {name}: FAILED\n  {plan.failed[name]}", file=sys.stderr)
+        elif name in plan.stages:
+            data = plan.stages[name].data
+            print(f"stage {name}: {data.summary()}")
+            for report in data.reports:
+                for error in report.errors[:20]:
+                    print(f"  skipped {error}")
+    for item in plan.unchecked:
         print(f"not checked: {item}")
-    if failed:
+    if plan.failed:
         return 1
-    print("valid" + (" (with the items above not checked)" if unchecked else ""))
+    print("valid" + (" (with the items above not checked)" if plan.unchecked else ""))
     return 0
 
 
-def _hub_reachable() -> bool:
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) read as huggingface_hub reads it: "1", "ON", "YES" or "TRUE", in
+    any case, mean offline; anything else, "0" included, does not."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return value is not None and value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable() -> bool:
+    """Whether huggingface.co answers on its HTTPS port within 3 seconds."""
     import socket
 
     try:
