@@ -152,3 +152,45 @@ def test_config_imports_no_module_of_the_tool_but_typed_yaml():
     out = subprocess.run([sys.executable, "-c", "import trainer.config, trainer.data"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+# generate and eval: a YAML file, then --set, then the flags typed on the command line
+
+def test_generate_reads_its_file_then_set_then_typed_flags(tmp_path, capsys):
+    settings = tmp_path / "synth.yaml"
+    settings.write_text(f"n: 0\nkb: {tmp_path / 'kb-from-file'}\n", encoding="utf-8")
+
+    def error(*argv: str) -> str:
+        assert main(["generate", "--config", str(settings), *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return err.strip()
+
+    assert error() == f"error: {settings}: n: must be at least 1, got 0"
+    # --n wins over the file; the file's kb is used (the command stops there, before any model loads)
+    assert error("--n", "3") == f"error: {tmp_path / 'kb-from-file'}: knowledge base folder not found"
+    assert error("--n", "3", "--set", f"kb={tmp_path / 'kb-from-set'}") == \
+        f"error: {tmp_path / 'kb-from-set'}: knowledge base folder not found"
+    assert error("--set", "n=0", "--n", "3", "--kb", str(tmp_path / "kb-from-flag")) == \
+        f"error: {tmp_path / 'kb-from-flag'}: knowledge base folder not found"
+    settings.write_text("nn: 3\n", encoding="utf-8")
+    assert error() == f"error: {settings}: nn: unknown key (did you mean 'n'?)"
+    settings.write_text("exchanges: [5, 3]\n", encoding="utf-8")
+    assert error() == f"error: {settings}: exchanges: need 1 <= MIN <= MAX <= 6, got --exchanges 5 3"
+    assert main(["generate", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: generate settings not found"
+
+
+def test_eval_reads_its_file_and_an_untyped_flag_does_not_mask_it(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("limit: 5\nbatch_size: 0\n", encoding="utf-8")
+    run = ["eval", "--run", str(tmp_path / "empty"), "--config", str(settings)]
+    assert main(run) == 2  # --batch-size's default (8) does not hide the file's 0
+    assert capsys.readouterr().err.strip() == f"error: {settings}: batch_size: must be at least 1, got 0"
+    assert main(run + ["--batch-size", "4", "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {settings}: limit: must be at least 1 (or null for all), got 0"
+    assert main(run + ["--batch-size", "4"]) == 2  # settings accepted: the run is what is missing
+    assert "no adapters to evaluate" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path / "empty"), "--config", str(REPO / "configs" / "eval" / "quick.yaml")]) == 2
+    assert "no adapters to evaluate" in capsys.readouterr().err
