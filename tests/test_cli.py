@@ -81,8 +81,9 @@ def test_stage2_alone_checks_its_parent_when_it_starts(tmp_path, capsys, demo_mo
                  "--set", f"output_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip() == (f"error: stages.stage2.init_from is 'stage1', but {tmp_path / 'demo' / 'stage1' / 'adapter'} "
-                           "holds no finished adapter; train it first (--stage stage1)")
+    adapter = tmp_path / "demo" / "stage1" / "adapter"
+    assert err.strip() == (f"error: stages.stage2.init_from is 'stage1', but {adapter} holds no finished adapter; "
+                           "train it first (--stage stage1)")
 
 
 # validate and HF_HUB_OFFLINE
@@ -114,8 +115,9 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: _Reachable())
     monkeypatch.setattr(trainer.data, "_read_hub", read_hub)
-    code = main(["validate", "--config", str(REPO / "configs" / "paper.yaml"), "--set", f"model.name={tiny_mistral_dir}",
-                 "--set", "max_length=100000", "--set", f"stages.stage2.dataset.path={DATA / 'short_dialogues.jsonl'}"])
+    code = main(["validate", "--config", str(REPO / "configs" / "paper.yaml"),
+                 "--set", f"model.name={tiny_mistral_dir}", "--set", "max_length=100000",
+                 "--set", f"stages.stage2.dataset.path={DATA / 'short_dialogues.jsonl'}"])
     out = capsys.readouterr().out
     assert code == 0, out
     skipped = "not checked: stages.stage1.dataset millat/StudyAbroadGPT-Dataset (Hub dataset, offline)"
@@ -192,5 +194,6 @@ def test_eval_reads_its_file_and_an_untyped_flag_does_not_mask_it(tmp_path, caps
     assert capsys.readouterr().err.strip() == f"error: {settings}: limit: must be at least 1 (or null for all), got 0"
     assert main(run + ["--batch-size", "4"]) == 2  # settings accepted: the run is what is missing
     assert "no adapters to evaluate" in capsys.readouterr().err
-    assert main(["eval", "--run", str(tmp_path / "empty"), "--config", str(REPO / "configs" / "eval" / "quick.yaml")]) == 2
+    quick = REPO / "configs" / "eval" / "quick.yaml"
+    assert main(["eval", "--run", str(tmp_path / "empty"), "--config", str(quick)]) == 2
     assert "no adapters to evaluate" in capsys.readouterr().err

@@ -393,7 +393,8 @@ def _shipped_yaml_loaders():
             "accelerate": load_config_from_file}
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.relative_to(REPO).as_posix())
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.relative_to(REPO).as_posix())
 def test_every_shipped_yaml_loads_through_its_real_loader(path):
     loaders = _shipped_yaml_loaders()
     assert path.parent.name in loaders, f"{path}: no loader is known for configs/{path.parent.name}/"
