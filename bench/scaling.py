@@ -11,7 +11,7 @@ the imports, and is repeated on the smaller sizes (the fastest run counts).
   (`check_lengths`, demo model's tokenizer). It runs only where a tokenizer is loaded and costs per token, so it is
   reported separately and only on the smaller sizes.
 - `audit`: `trainer.audit.Auditor().audit(...)`: structure, length, language, placeholder, markdown, MinHash
-  near-duplicates; `audit+kb` adds the knowledge-base rules (`trainer.kb.load_kb("data/kb")`) when that module
+  near-duplicates; `audit+kb` adds the knowledge-base rules (`trainer.kb_loader.load_kb("data/kb")`) when that module
   and folder exist.
 - `audit-2676`: the audit on 2,676 conversations (the size of the full StudyAbroadGPT dataset), in two shapes:
   `suffix` (copies: every row a near-duplicate of one of 13) and `mixed` (each row recombines question/answer pairs
@@ -128,9 +128,9 @@ def first_touch_seconds_per_gb(gb: float = 1.5) -> float:
 
 def _load_kb():
     try:
-        from trainer.kb import load_kb
+        from trainer.kb_loader import load_kb
     except ImportError:
-        return None, "trainer.kb not available"
+        return None, "trainer.kb_loader not available"
     kb_dir = REPO / "data" / "kb"
     if not kb_dir.exists():
         return None, "data/kb not found"

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     from bench.serve import ServeError, transformers_serve
     from trainer.demo_model import demo_model_path
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
     from trainer.providers import OpenAICompatibleProvider
     from trainer.synth import LocalProvider, SynthSettings, build_plan, generate
 

@@ -19,7 +19,7 @@ GOOD = ("### Your next steps\n\n- Check the official admissions page of each uni
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 
@@ -136,7 +136,7 @@ def test_kb_contradiction_medicare(kb):
 
 
 def _shipped_rules():
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
 
     return load_kb(REPO / "data" / "kb").rules
 

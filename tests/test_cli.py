@@ -74,3 +74,113 @@ def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
 def test_missing_config_file(capsys):
     assert main(["validate", "--config", "configs/nope.yaml"]) == 2
     assert "configs/nope.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_stage2_alone_checks_its_parent_when_it_starts(tmp_path, capsys, demo_model_dir):
+    code = main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--stage", "stage2",
+                 "--set", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    adapter = tmp_path / "demo" / "stage1" / "adapter"
+    assert err.strip() == (f"error: stages.stage2.init_from is 'stage1', but {adapter} holds no finished adapter; "
+                           "train it first (--stage stage1)")
+
+
+# validate and HF_HUB_OFFLINE
+
+class _Reachable:
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("value, offline", [("0", False), ("false", False), ("", False), ("1", True),
+                                            ("ON", True), ("yes", True), ("True", True)])
+def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, monkeypatch, capsys,
+                                                               tiny_mistral_dir):
+    """HF_HUB_OFFLINE=0 means online: with the Hub reachable, validate checks the Hub dataset instead of skipping
+    it. (The Hub itself is stood in for: the socket probe answers, and the dataset rows come from the sample.)"""
+    import socket
+
+    import trainer.data
+
+    sample = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
+    asked = []
+
+    def read_hub(spec):
+        asked.append(spec.path)
+        for i, row in enumerate(sample[:4], start=1):
+            yield f"{spec.path}[{spec.split}]: row {i}", row
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: _Reachable())
+    monkeypatch.setattr(trainer.data, "_read_hub", read_hub)
+    code = main(["validate", "--config", str(REPO / "configs" / "paper.yaml"),
+                 "--set", f"model.name={tiny_mistral_dir}", "--set", "max_length=100000",
+                 "--set", f"stages.stage2.dataset.path={DATA / 'short_dialogues.jsonl'}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    skipped = "not checked: stages.stage1.dataset millat/StudyAbroadGPT-Dataset (Hub dataset, offline)"
+    if offline:
+        assert skipped in out and not asked
+    else:
+        assert skipped not in out and asked == ["millat/StudyAbroadGPT-Dataset"]
+        assert "stage stage1: millat/StudyAbroadGPT-Dataset: 4 rows read (sharegpt), 4 kept" in out
+        assert out.strip().endswith("valid")
+
+
+# One typed loader for the configs and the rest; the import circle is gone
+
+def test_config_imports_no_module_of_the_tool_but_typed_yaml():
+    import ast
+
+    tree = ast.parse((REPO / "trainer" / "config.py").read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {m for m in imported if m and m.split(".")[0] == "trainer"} == {"trainer.typed_yaml"}
+    out = subprocess.run([sys.executable, "-c", "import trainer.config, trainer.data"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+# generate and eval: a YAML file, then --set, then the flags typed on the command line
+
+def test_generate_reads_its_file_then_set_then_typed_flags(tmp_path, capsys):
+    settings = tmp_path / "synth.yaml"
+    settings.write_text(f"n: 0\nkb: {tmp_path / 'kb-from-file'}\n", encoding="utf-8")
+
+    def error(*argv: str) -> str:
+        assert main(["generate", "--config", str(settings), *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return err.strip()
+
+    assert error() == f"error: {settings}: n: must be at least 1, got 0"
+    # --n wins over the file; the file's kb is used (the command stops there, before any model loads)
+    assert error("--n", "3") == f"error: {tmp_path / 'kb-from-file'}: knowledge base folder not found"
+    assert error("--n", "3", "--set", f"kb={tmp_path / 'kb-from-set'}") == \
+        f"error: {tmp_path / 'kb-from-set'}: knowledge base folder not found"
+    assert error("--set", "n=0", "--n", "3", "--kb", str(tmp_path / "kb-from-flag")) == \
+        f"error: {tmp_path / 'kb-from-flag'}: knowledge base folder not found"
+    settings.write_text("nn: 3\n", encoding="utf-8")
+    assert error() == f"error: {settings}: nn: unknown key (did you mean 'n'?)"
+    settings.write_text("exchanges: [5, 3]\n", encoding="utf-8")
+    assert error() == f"error: {settings}: exchanges: need 1 <= MIN <= MAX <= 6, got --exchanges 5 3"
+    assert main(["generate", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.yaml'}: generate settings not found"
+
+
+def test_eval_reads_its_file_and_an_untyped_flag_does_not_mask_it(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("limit: 5\nbatch_size: 0\n", encoding="utf-8")
+    run = ["eval", "--run", str(tmp_path / "empty"), "--config", str(settings)]
+    assert main(run) == 2  # --batch-size's default (8) does not hide the file's 0
+    assert capsys.readouterr().err.strip() == f"error: {settings}: batch_size: must be at least 1, got 0"
+    assert main(run + ["--batch-size", "4", "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {settings}: limit: must be at least 1 (or null for all), got 0"
+    assert main(run + ["--batch-size", "4"]) == 2  # settings accepted: the run is what is missing
+    assert "no adapters to evaluate" in capsys.readouterr().err
+    quick = REPO / "configs" / "eval" / "quick.yaml"
+    assert main(["eval", "--run", str(tmp_path / "empty"), "--config", str(quick)]) == 2
+    assert "no adapters to evaluate" in capsys.readouterr().err

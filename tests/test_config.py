@@ -380,3 +380,135 @@ def test_dump_config_for_a_stage_records_the_stage(tmp_path):
 def test_integer_overflow_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"lora\.r: expected an integer"):
         load_config(write_config(tmp_path), ["lora.r=.inf"])
+
+
+# Every shipped YAML under configs/, through the loader that reads it
+
+def _shipped_yaml_loaders():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from trainer.jobs import load_eval_job, load_synth_job
+
+    return {"configs": load_config, "synth": load_synth_job, "eval": load_eval_job,
+            "accelerate": load_config_from_file}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_shipped_yaml_loads_through_its_real_loader(path):
+    loaders = _shipped_yaml_loaders()
+    assert path.parent.name in loaders, f"{path}: no loader is known for configs/{path.parent.name}/"
+    assert loaders[path.parent.name](str(path)) is not None
+
+
+def test_shipped_job_files_say_what_they_are():
+    from trainer.jobs import load_eval_job, load_synth_job
+
+    demo, gemini = (load_synth_job(REPO / "configs" / "synth" / f"{n}.yaml") for n in ("demo", "gemini"))
+    assert dataclasses.replace(demo, source=None) == load_synth_job(None)  # the offline defaults, spelled out
+    assert gemini.base_url.startswith("https://generativelanguage.googleapis.com/")
+    assert gemini.api_key_env == "GEMINI_API_KEY"  # the variable's name: SynthJob has no field for a key itself
+    default, quick = (load_eval_job(REPO / "configs" / "eval" / f"{n}.yaml") for n in ("default", "quick"))
+    assert dataclasses.replace(default, source=None) == load_eval_job(None)
+    assert dataclasses.replace(quick, source=None) == dataclasses.replace(load_eval_job(None), limit=5)
+
+
+def test_every_generate_and_eval_setting_has_a_docstring_that_its_flag_shows(capsys):
+    from trainer.__main__ import main
+    from trainer.jobs import EvalJob, SynthJob
+    from trainer.typed_yaml import field_docs
+
+    for cls, command in ((SynthJob, ["generate"]), (EvalJob, ["eval", "--run", "x"])):
+        docs = field_docs(cls)
+        assert {f.name for f in dataclasses.fields(cls)} == set(docs), cls.__name__
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        assert all(docs[name] in shown for name in docs if name != "source"), cls.__name__
+
+
+# One loader, one error shape: the pipeline config, the Space settings, the knowledge base and the eval rubric
+
+KB_WITH_A_TYPO = """\
+version: {version: "1", as_of: "2026-11"}
+countries:
+  - code: GB
+    name: United Kingdom
+    region: europe
+    commonwealth_member: true
+    aliasses: [UK]
+"""
+RUBRIC_WITH_A_TYPO = """\
+questions:
+  - id: docs-uk
+    topic: documents
+    question: Which documents do I need for a UK Student visa?
+    false_premise: false
+    must_mention: [passport]
+    sorce: https://www.gov.uk/student-visa
+"""
+
+
+def _error(load, path) -> str:
+    with pytest.raises(Exception) as info:
+        load(path)
+    return str(info.value)
+
+
+def test_all_four_loaders_name_an_unknown_key_the_same_way(tmp_path):
+    from trainer.eval import EvalError
+    from trainer.eval.rubric import load_questions
+    from trainer.kb import KBError
+    from trainer.kb_loader import load_kb
+    from trainer.space_settings import load_space_config
+
+    pipeline = write_config(tmp_path, TWO_STAGES.replace("  alpha: 16\n", "  alpah: 16\n"))
+    space = write_config(tmp_path, "adapters:\n  - name: demo\n    pth: runs/demo/stage2/adapter\n", "space.yaml")
+    (tmp_path / "kb").mkdir()
+    kb = tmp_path / "kb" / "countries.yaml"
+    kb.write_text(KB_WITH_A_TYPO, encoding="utf-8")
+    rubric = write_config(tmp_path, RUBRIC_WITH_A_TYPO, "questions.yaml")
+
+    messages = {
+        ConfigError: _error(load_config, pipeline),
+        "space": _error(load_space_config, space),
+        KBError: _error(load_kb, tmp_path / "kb"),
+        EvalError: _error(load_questions, rubric),
+    }
+    assert messages == {
+        ConfigError: f"{pipeline}: lora.alpah: unknown key (did you mean 'alpha'?)",
+        "space": f"{space}: adapters[0] (demo).pth: unknown key (did you mean 'path'?)",
+        KBError: f"{kb}: countries[0] (GB).aliasses: unknown key (did you mean 'aliases'?)",
+        EvalError: f"{rubric}: questions[0] (docs-uk).sorce: unknown key (did you mean 'source'?)",
+    }
+    # each keeps its own error type, so the command line still says which part of the tool refused the file
+    with pytest.raises(KBError):
+        load_kb(tmp_path / "kb")
+    with pytest.raises(EvalError):
+        load_questions(rubric)
+
+
+def test_all_four_loaders_name_a_wrong_type_and_a_missing_file_the_same_way(tmp_path):
+    from trainer.eval.rubric import load_questions
+    from trainer.kb_loader import load_kb
+    from trainer.space_settings import load_space_config
+
+    pipeline = write_config(tmp_path, TWO_STAGES.replace("  r: 8\n", "  r: many\n"))
+    space = write_config(tmp_path, "limits:\n  concurrency: many\n", "space.yaml")
+    (tmp_path / "kb").mkdir()
+    kb = tmp_path / "kb" / "countries.yaml"
+    kb.write_text(KB_WITH_A_TYPO.replace("aliasses", "aliases").replace("true", "many"), encoding="utf-8")
+    rubric = write_config(tmp_path, RUBRIC_WITH_A_TYPO.replace("sorce", "source").replace(
+        "false_premise: false", "false_premise: many"), "questions.yaml")
+    assert _error(load_config, pipeline) == f"{pipeline}: lora.r: expected an integer, got 'many'"
+    assert _error(load_space_config, space) == f"{space}: limits.concurrency: expected an integer, got 'many'"
+    assert _error(load_kb, tmp_path / "kb") == \
+        f"{kb}: countries[0] (GB).commonwealth_member: expected true or false, got 'many'"
+    assert _error(load_questions, rubric) == \
+        f"{rubric}: questions[0] (docs-uk).false_premise: expected true or false, got 'many'"
+
+    absent = tmp_path / "absent.yaml"
+    assert _error(load_config, absent) == f"{absent}: config file not found"
+    assert _error(load_space_config, absent) == f"{absent}: space config not found"
+    assert _error(load_questions, absent) == f"{absent}: questions file not found"
+    assert _error(load_kb, tmp_path / "absent") == f"{tmp_path / 'absent'}: knowledge base folder not found"

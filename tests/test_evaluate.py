@@ -38,7 +38,7 @@ ORDINARY = {
 
 
 def question(raw=QUESTION):
-    return parse_question(raw, "questions.yaml", 1)
+    return parse_question(raw, "questions.yaml", 0)
 
 
 # Metrics on hand-made answers
@@ -225,17 +225,22 @@ def test_shipped_questions_cover_the_taxonomy_and_validate():
 
 
 @pytest.mark.parametrize("change, rule", [
-    (lambda q: q.pop("source"), "question work-canada: source: required key is missing"),
-    (lambda q: q.update(source="see the website"), "question work-canada: source: must be an http(s) URL"),
-    (lambda q: q.update(topic="visa"), "question work-canada: topic: 'visa' is not one of"),
-    (lambda q: q.update(must_mention=["(unclosed"]), "question work-canada: must_mention[0]: regex '(unclosed' "
+    (lambda q: q.pop("source"), "questions[0] (work-canada).source: required key is missing"),
+    (lambda q: q.update(source="see the website"), "questions[0] (work-canada).source: must be an http(s) URL"),
+    (lambda q: q.update(topic="visa"), "questions[0] (work-canada).topic: 'visa' is not one of"),
+    (lambda q: q.update(false_premise="perhaps"),
+     "questions[0] (work-canada).false_premise: expected true or false, got 'perhaps'"),
+    (lambda q: q.update(must_mention=["(unclosed"]), "questions[0] (work-canada).must_mention[0]: regex '(unclosed' "
                                                      "does not compile"),
-    (lambda q: q.update(must_mention=["x|"]), "must_mention[0]: regex 'x|' matches the empty string"),
-    (lambda q: q.update(must_mention=["unlimited"]), "must_mention[0]: the question itself satisfies this point"),
-    (lambda q: q.pop("correction"), "question work-canada: correction: a false-premise question needs"),
-    (lambda q: q.update(must_not_claim=[{"claim": "x", "otherwise": "y"}]), "must_not_claim[0]: expected a regex"),
-    (lambda q: q.update(typo=1), "question work-canada: typo: unknown key"),
-    (lambda q: q.update(id="Work Canada"), "question #1: id: must be"),
+    (lambda q: q.update(must_mention=["x|"]), ".must_mention[0]: regex 'x|' matches the empty string"),
+    (lambda q: q.update(must_mention=["unlimited"]), ".must_mention[0]: the question itself satisfies this point"),
+    (lambda q: q.pop("correction"), "questions[0] (work-canada).correction: a false-premise question needs"),
+    (lambda q: q.update(must_not_claim=[{"claim": "x", "unles": "y"}]),
+     ".must_not_claim[0].unles: unknown key (did you mean 'unless'?)"),
+    (lambda q: q.update(must_not_claim=[3]), ".must_not_claim[0]: expected a regex or a mapping"),
+    (lambda q: q.update(sorce="x"), "questions[0] (work-canada).sorce: unknown key (did you mean 'source'?)"),
+    (lambda q: q.update(id="Work Canada"), "questions[0] (Work Canada).id: must be"),
+    (lambda q: q.pop("id"), "questions[0].id: required key is missing"),
 ])
 def test_bad_questions_fail_with_file_id_and_rule(tmp_path, change, rule):
     broken = json.loads(json.dumps(QUESTION))
@@ -250,11 +255,17 @@ def test_bad_questions_fail_with_file_id_and_rule(tmp_path, change, rule):
 def test_duplicate_ids_and_empty_files_are_refused(tmp_path):
     path = tmp_path / "questions.yaml"
     path.write_text(yaml.safe_dump({"questions": [QUESTION, QUESTION]}), encoding="utf-8")
-    with pytest.raises(EvalError, match="question work-canada: id: used twice"):
+    with pytest.raises(EvalError, match=r"questions\[1\] \(work-canada\)\.id: 'work-canada' is used twice "
+                                        r"\(first at questions\[0\]\)$"):
         load_questions(path)
     path.write_text("questions: []\n", encoding="utf-8")
-    with pytest.raises(EvalError, match="expected a `questions:` list"):
+    with pytest.raises(EvalError, match="questions: expected a non-empty list of questions"):
         load_questions(path)
+    path.write_text("question: []\n", encoding="utf-8")
+    with pytest.raises(EvalError, match=r"question: unknown key \(did you mean 'questions'\?\)$"):
+        load_questions(path)
+    with pytest.raises(EvalError, match="questions file not found"):
+        load_questions(tmp_path / "absent.yaml")
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
@@ -267,7 +278,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"questions": [{**QUESTION, "must_mention": ["(oops"]}]}), encoding="utf-8")
     assert main(["eval", "--run", str(tmp_path / "empty"), "--questions", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"error: {bad}: question work-canada: must_mention[0]")
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {bad}: questions[0] (work-canada).must_mention[0]")
 
 
 # The run as the evaluation reads it (no model: the plan is made before any weights load)

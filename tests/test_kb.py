@@ -9,7 +9,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from trainer.kb import AS_OF, URL, KBError, KnowledgeBase, load_kb
+from trainer.kb import KBError, KnowledgeBase
+from trainer.kb_loader import AS_OF, URL, load_kb
 
 KB_DIR = REPO / "data" / "kb"
 
@@ -242,34 +243,47 @@ def entry(data, section, ident):
 
 @pytest.mark.parametrize(("file", "change", "message"), [
     ("universities.yaml", lambda d: entry(d, "universities", "stanford")["not_offered"][0].pop("source"),
-     r"universities\.yaml: universities\[0\] \(id=stanford\): not_offered\[0\] has no source"),
+     r"universities\.yaml: universities\[0\] \(stanford\)\.not_offered\[0\]\.source: required key is missing$"),
     ("universities.yaml", lambda d: entry(d, "universities", "mit").update(source="www.mit.edu"),
-     r"universities\.yaml: universities\[\d+\] \(id=mit\).*'www\.mit\.edu' is not an http\(s\) URL"),
+     r"universities\.yaml: universities\[\d+\] \(mit\)\.source: 'www\.mit\.edu' is not an http\(s\) URL$"),
+    ("universities.yaml", lambda d: entry(d, "universities", "mit").update(source=""),
+     r"universities\.yaml: universities\[\d+\] \(mit\)\.source: is empty; every fact needs the official"),
     ("tests.yaml", lambda d: entry(d, "tests", "ielts").update(as_of="Nov 2026"),
-     r"tests\.yaml: tests\[0\] \(id=ielts\): as_of 'Nov 2026' is not a YYYY-MM or YYYY-MM-DD date"),
+     r"tests\.yaml: tests\[0\] \(ielts\)\.as_of: 'Nov 2026' is not a YYYY-MM or YYYY-MM-DD date$"),
     ("tests.yaml", lambda d: entry(d, "tests", "gre").update(as_of="2026-13"),
-     r"tests\.yaml: tests\[\d+\] \(id=gre\): as_of '2026-13'"),
+     r"tests\.yaml: tests\[\d+\] \(gre\)\.as_of: '2026-13'"),
     ("countries.yaml", lambda d: entry(d, "countries", "AU")["work_rights"].update(as_of="2023-02-30"),
-     r"countries\.yaml: countries\[\d+\] \(code=AU\): work_rights: as_of '2023-02-30' is not a real date"),
+     r"countries\.yaml: countries\[\d+\] \(AU\)\.work_rights\.as_of: '2023-02-30' is not a real date$"),
+    ("countries.yaml", lambda d: entry(d, "countries", "AU").update(destination="maybe"),
+     r"countries\.yaml: countries\[\d+\] \(AU\)\.destination: expected true or false, got 'maybe'$"),
     ("universities.yaml", lambda d: entry(d, "universities", "tum").update(country="XX"),
-     r"universities\.yaml: universities\[\d+\] \(id=tum\): country 'XX' is not a country in the knowledge base"),
+     r"universities\.yaml: universities\[\d+\] \(tum\)\.country: 'XX' is not a country in the knowledge base$"),
+    ("universities.yaml", lambda d: entry(d, "universities", "tum").update(aliases={"TUM": 1}),
+     r"universities\.yaml: universities\[\d+\] \(tum\)\.aliases: expected a list, got \{'TUM': 1\}$"),
     ("scholarships.yaml", lambda d: entry(d, "scholarships", "chevening")["eligibility"]["countries"].append("QQ"),
-     r"scholarships\.yaml: scholarships\[0\] \(id=chevening\): eligibility\.countries: 'QQ' is neither a country"),
+     r"scholarships\.yaml: scholarships\[0\] \(chevening\)\.eligibility\.countries\[\d+\]: 'QQ' is neither a country"),
     ("scholarships.yaml", lambda d: d["scholarships"].append(dict(entry(d, "scholarships", "rhodes"))),
-     r"scholarships\.yaml: scholarships\[\d+\] \(id=rhodes\): duplicate id 'rhodes'"),
+     r"scholarships\.yaml: scholarships\[\d+\] \(rhodes\)\.id: 'rhodes' is used twice \(first at "
+     r".*scholarships\.yaml: scholarships\[\d+\] \(rhodes\)\)$"),
     ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(trigger=r"Tier (4"),
-     r"rules\.yaml: rules\[\d+\] \(id=uk-tier-4-visa\): trigger: not a valid regex"),
+     r"rules\.yaml: rules\[\d+\] \(uk-tier-4-visa\)\.trigger: not a valid regex"),
     ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(trigger=r"\bTier 5\b"),
-     r"rules\.yaml: rules\[\d+\] \(id=uk-tier-4-visa\): examples\.false: the trigger does not match"),
+     r"rules\.yaml: rules\[\d+\] \(uk-tier-4-visa\)\.examples\.false: the trigger does not match"),
     ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(trigger=r"(?i)tier[\s-]?4"),
      r"rules: the triggers do not combine into one regex"),
+    ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(examples={"flase": ["x"]}),
+     r"rules\.yaml: rules\[\d+\] \(uk-tier-4-visa\)\.examples\.flase: unknown key \(did you mean 'false'\?\)$"),
     ("universities.yaml", lambda d: entry(d, "universities", "caltech").update(programs=[]),
-     (r"universities\.yaml: universities\[\d+\] \(id=caltech\): unknown key 'programs' "
-      r"\(did you mean 'programmes'\?\)")),
+     (r"universities\.yaml: universities\[\d+\] \(caltech\)\.programs: unknown key "
+      r"\(did you mean 'programmes'\?\)$")),
+    ("universities.yaml", lambda d: entry(d, "universities", "caltech").pop("country"),
+     r"universities\.yaml: universities\[\d+\] \(caltech\)\.country: required key is missing$"),
+    ("universities.yaml", lambda d: entry(d, "universities", "caltech")["programmes"].append("BS Physics"),
+     r"universities\.yaml: universities\[\d+\] \(caltech\)\.programmes\[\d+\]: expected a mapping, got 'BS Physics'$"),
     ("universities.yaml", lambda d: entry(d, "universities", "yale")["aliases"].append("Stanford"),
-     r"universities\.yaml: universities\[\d+\] \(id=yale\): aliases: 'Stanford' already names stanford"),
+     r"universities\.yaml: universities\[\d+\] \(yale\)\.aliases: 'Stanford' already names stanford$"),
     ("version.yaml", lambda d: d.update(versions={}),
-     r"version\.yaml: versions: unknown section \(did you mean 'version'\?\)"),
+     r"version\.yaml: versions: unknown key \(did you mean 'version'\?\)$"),
 ])
 def test_broken_kb_names_file_entry_and_rule(tmp_path, file, change, message):
     folder = broken_copy(tmp_path, file, change)

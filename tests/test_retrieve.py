@@ -12,7 +12,7 @@ from trainer.retrieve import Retriever, grounded_messages, grounding_text, kb_pa
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 

@@ -139,7 +139,7 @@ def test_trainer_ingests_without_a_bad_row(path):
 
 @pytest.fixture(scope="module")
 def kb():
-    kb_module = pytest.importorskip("trainer.kb")
+    kb_module = pytest.importorskip("trainer.kb_loader")
     if not KB.is_dir():
         pytest.skip("no knowledge base at data/kb")
     return kb_module.load_kb(KB)

@@ -26,7 +26,7 @@ def short_answers(concurrency: int) -> SynthSettings:
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 

@@ -8,14 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import DATA, REPO, write_jsonl
 
-from trainer.config import load_config
+from trainer.config import PipelineConfig, load_config
 from trainer.data import file_sha256
 from trainer.train import run_pipeline, run_stage
+
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -27,25 +31,60 @@ def stage_files(tmp_path_factory) -> tuple[Path, Path]:
     return write_jsonl(folder / "stage1.jsonl", rows[:10]), write_jsonl(folder / "stage2.jsonl", rows[10:])
 
 
-def demo_config(out: Path, stage_files, *extra: str):
+def demo_overrides(out: Path, stage_files, *extra: str) -> list[str]:
     stage1, stage2 = stage_files
-    return load_config(REPO / "configs" / "demo.yaml", [
+    return [
         f"output_dir={out}", "max_length=512",
         f"stages.stage1.dataset.path={stage1}", "stages.stage1.dataset.eval_fraction=0.2",
         "stages.stage1.max_steps=5", "stages.stage1.learning_rate=1e-3",
         f"stages.stage2.dataset.path={stage2}", "stages.stage2.dataset.eval_fraction=0.25",
         "stages.stage2.max_steps=2", *extra,
-    ])
+    ]
+
+
+def demo_config(out: Path, stage_files, *extra: str):
+    return load_config(DEMO_CONFIG, demo_overrides(out, stage_files, *extra))
+
+
+@dataclass
+class DemoRun:
+    cfg: PipelineConfig
+    weights_before: str
+    weights_after: str
+    reads: Counter
+    """Data files read, and how often, during the run."""
+    tokenizer_loads: int
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, stage_files, demo_model_dir):
+def demo_run(tmp_path_factory, stage_files, demo_model_dir) -> DemoRun:
+    """`python -m trainer train --config configs/demo.yaml` (both stages), counting what it reads."""
+    import trainer.data
+    import trainer.train
+    from trainer.__main__ import main
+
     out = tmp_path_factory.mktemp("runs")
-    cfg = demo_config(out, stage_files)
+    overrides = demo_overrides(out, stage_files)
     weights = demo_model_dir / "model.safetensors"
     before = file_sha256(weights)
-    run_pipeline(cfg, "all")
-    return cfg, before, file_sha256(weights)
+    reads: Counter = Counter()
+    tokenizer_loads = []
+    real_load_conversations, real_load_tokenizer = trainer.data.load_conversations, trainer.train.load_tokenizer
+
+    def load_conversations(spec, base_dir=None, path=None):
+        reads[path or spec.path] += 1
+        return real_load_conversations(spec, base_dir, path)
+
+    def load_tokenizer(*args, **kwargs):
+        tokenizer_loads.append(args)
+        return real_load_tokenizer(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.data, "load_conversations", load_conversations)
+        patch.setattr(trainer.train, "load_tokenizer", load_tokenizer)
+        argv = ["train", "--config", str(DEMO_CONFIG), "--stage", "all"]
+        assert main(argv + [arg for o in overrides for arg in ("--set", o)]) == 0
+    return DemoRun(load_config(DEMO_CONFIG, overrides), before, file_sha256(weights), reads, len(tokenizer_loads))
 
 
 def read(path: Path):
@@ -53,7 +92,7 @@ def read(path: Path):
 
 
 def test_both_stages_leave_the_run_directory(demo_run):
-    cfg, _, _ = demo_run
+    cfg = demo_run.cfg
     for stage in ("stage1", "stage2"):
         d = cfg.run_dir() / stage
         for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer.json",
@@ -70,8 +109,15 @@ def test_both_stages_leave_the_run_directory(demo_run):
         assert load_config(d / "resolved_config.yaml").to_dict() == cfg.to_dict()
 
 
+def test_each_stage_is_planned_once(demo_run, stage_files):
+    """`train --stage all` checks every stage before training any, and reads each stage's data and the tokenizer
+    once: the plan it checked is the plan it trains."""
+    assert demo_run.reads == {str(stage_files[0]): 1, str(stage_files[1]): 1}
+    assert demo_run.tokenizer_loads == 1
+
+
 def test_stage1_learns_on_assistant_tokens(demo_run):
-    cfg, _, _ = demo_run
+    cfg = demo_run.cfg
     metrics = read(cfg.run_dir() / "stage1" / "metrics.json")
     assert metrics["eval_loss_last"] < metrics["eval_loss_first"]
 
@@ -80,7 +126,7 @@ def test_base_weights_unchanged_and_lora_weights_changed(demo_run):
     import torch
     from safetensors.torch import load_file
 
-    cfg, before, after = demo_run
+    cfg, before, after = demo_run.cfg, demo_run.weights_before, demo_run.weights_after
     assert before == after  # the 4-bit base is frozen; nothing is ever merged into it
     s1 = load_file(cfg.run_dir() / "stage1" / "adapter" / "adapter_model.safetensors")
     s2 = load_file(cfg.run_dir() / "stage2" / "adapter" / "adapter_model.safetensors")
@@ -91,7 +137,7 @@ def test_base_weights_unchanged_and_lora_weights_changed(demo_run):
 
 
 def test_lineage_links_stage2_to_stage1_and_the_data(demo_run, stage_files):
-    cfg, before, _ = demo_run
+    cfg, before = demo_run.cfg, demo_run.weights_before
     s1 = read(cfg.run_dir() / "stage1" / "lineage.json")
     s2 = read(cfg.run_dir() / "stage2" / "lineage.json")
     assert s1["parent_adapter"] is None
@@ -115,7 +161,7 @@ def test_adapter_carries_the_trained_template_and_names_its_base(demo_run, demo_
 
     from trainer.templates import select_training_template
 
-    cfg, _, _ = demo_run
+    cfg = demo_run.cfg
     adapter = cfg.run_dir() / "stage2" / "adapter"
     tok = AutoTokenizer.from_pretrained(adapter)
     assert tok.chat_template == select_training_template(demo_tokenizer).text
@@ -124,7 +170,7 @@ def test_adapter_carries_the_trained_template_and_names_its_base(demo_run, demo_
 
 def test_stage2_starts_from_stage1(demo_run, stage_files, tmp_path):
     """Stage 2's first-batch loss with the stage-1 adapter is below a fresh adapter's on the same batch."""
-    cfg, _, _ = demo_run
+    cfg = demo_run.cfg
     continued = read(cfg.run_dir() / "stage2" / "metrics.json")["train_loss_first"]
     fresh_cfg = demo_config(tmp_path, stage_files, "stages.stage2.init_from=null", "stages.stage2.max_steps=1")
     fresh = read(run_stage(fresh_cfg, "stage2") / "metrics.json")["train_loss_first"]

@@ -14,7 +14,46 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted override, repeatable: --set stages.stage2.learning_rate=1e-4")
 
 
+def _add_job_args(parser: argparse.ArgumentParser, example: str, override: str) -> None:
+    parser.add_argument("--config", help=f"settings YAML, e.g. {example}; the flags below override it")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override of a settings key, repeatable: --set {override}")
+
+
+def _job_option(parser: argparse.ArgumentParser, settings: type):
+    """`option(flag, field, ...)` adds a flag that sets one field of a command's settings type. Its help is the
+    field's docstring and default; it stays out of the parsed arguments unless typed (argparse.SUPPRESS), so a
+    flag overrides the --config file only when the user gave it."""
+    import dataclasses
+
+    from trainer.typed_yaml import field_docs
+
+    docs = field_docs(settings)
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+
+    def option(flag: str, field: str, **kwargs) -> None:
+        default = defaults[field]
+        help_text = docs.get(field, "")
+        if kwargs.get("action") == "store_false":
+            help_text += " This flag sets it to false."
+        elif default is not None and kwargs.get("action") != "store_true":  # a null default is explained above
+            help_text += f" Default: {' '.join(map(str, default)) if isinstance(default, tuple) else default}."
+        parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
+                            **kwargs)
+    return option
+
+
+def _typed_flags(args: argparse.Namespace, settings: type) -> dict:
+    """The flags of a settings type that were given on this command line (the others are absent)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(settings)}
+    return {key: value for key, value in vars(args).items() if key in names}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from trainer.jobs import EvalJob, SynthJob
+
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Two-stage QLoRA fine-tuning of an open LLM into a study-abroad counsellor.",
@@ -44,28 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
 
     generate = sub.add_parser("generate", help="generate grounded, audited synthetic dialogues for stage 1")
-    generate.add_argument("--n", type=int, default=50, help="conversations to generate")
-    generate.add_argument("--out", default="data/synth/run", help="output folder (resumable)")
-    generate.add_argument("--kb", default="data/kb", help="knowledge base folder")
-    generate.add_argument("--base-url", help="OpenAI-compatible endpoint (default: the local demo model, offline)")
-    generate.add_argument("--model", help="model name at the endpoint, or a local model for the offline provider")
-    generate.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                          help="environment variable holding the endpoint's API key (never written anywhere)")
-    generate.add_argument("--concurrency", type=int, default=None,
-                          help="parallel requests (default 4); local: conversations per batch (default 8)")
-    generate.add_argument("--false-premise-share", type=float, default=0.1)
-    generate.add_argument("--exchanges", type=int, nargs=2, default=(4, 6), metavar=("MIN", "MAX"),
-                          help="question-answer exchanges per conversation (default 4 6, like StudyAbroadGPT)")
-    generate.add_argument("--max-tokens", type=int, default=None, help="per answer (default 400; local 160)")
-    generate.add_argument("--temperature", type=float, default=0.7)
-    generate.add_argument("--eval-fraction", type=float, default=0.1)
-    generate.add_argument("--seed", type=int, default=3407)
-    generate.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    generate.add_argument("--price-in", type=float, default=0.0, help="price per million prompt tokens")
-    generate.add_argument("--price-out", type=float, default=0.0, help="price per million completion tokens")
-    generate.add_argument("--judge", action="store_true", help="also ask the provider to judge each answer")
-    generate.add_argument("--exemplars", default="data/seed/stage1_grounded.jsonl",
-                          help="hand-written seed dialogues shown as few-shot style examples ('' for none)")
+    _add_job_args(generate, "configs/synth/gemini.yaml", "n=20")
+    option = _job_option(generate, SynthJob)
+    option("--n", "n", type=int)
+    option("--out", "out")
+    option("--kb", "kb")
+    option("--exemplars", "exemplars")
+    option("--base-url", "base_url")
+    option("--model", "model")
+    option("--api-key-env", "api_key_env")
+    option("--timeout", "timeout", type=float)
+    option("--concurrency", "concurrency", type=int)
+    option("--max-tokens", "max_tokens", type=int)
+    option("--temperature", "temperature", type=float)
+    option("--exchanges", "exchanges", type=int, nargs=2, metavar=("MIN", "MAX"))
+    option("--false-premise-share", "false_premise_share", type=float)
+    option("--eval-fraction", "eval_fraction", type=float)
+    option("--seed", "seed", type=int)
+    option("--price-in", "price_in", type=float)
+    option("--price-out", "price_out", type=float)
+    option("--judge", "judge", action="store_true")
 
     audit = sub.add_parser("audit", help="audit a dataset file against the rules and the knowledge base")
     audit.add_argument("file", help="JSONL/JSON/Parquet/CSV file or folder, any supported schema")
@@ -75,18 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="compare every adapter of a run with its base: metrics, rubric, judge, gate")
     ev.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
-    ev.add_argument("--questions", help="rubric YAML (default: data/eval/questions.yaml)")
-    ev.add_argument("--limit", type=int, help="use at most N rubric questions and N held-out prompts (a quick check)")
-    ev.add_argument("--judge-base-url", help="OpenAI-compatible endpoint for the blind pairwise judge (optional)")
-    ev.add_argument("--judge-model", help="model name at the judge endpoint")
-    ev.add_argument("--judge-api-key-env", default="JUDGE_API_KEY",
-                    help="environment variable holding the judge's API key (never written anywhere)")
-    ev.add_argument("--judge-max-tokens", type=int, default=96, help="room for the judge's verdict and reason")
-    ev.add_argument("--max-new-tokens", type=int, default=384, help="answer length cap (greedy decoding)")
-    ev.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call, left-padded")
-    ev.add_argument("--no-4bit", action="store_true", help="load the base unquantized even if the run trained in 4-bit")
-    ev.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: the run's torch_threads)")
-    ev.add_argument("--out", help="output folder (default: <run>/eval)")
+    _add_job_args(ev, "configs/eval/quick.yaml", "limit=10")
+    option = _job_option(ev, EvalJob)
+    option("--questions", "questions")
+    option("--limit", "limit", type=int)
+    option("--max-new-tokens", "max_new_tokens", type=int)
+    option("--batch-size", "batch_size", type=int)
+    option("--no-4bit", "load_in_4bit", action="store_false")
+    option("--threads", "threads", type=int)
+    option("--out", "out")
+    option("--judge-base-url", "judge_base_url")
+    option("--judge-model", "judge_model")
+    option("--judge-api-key-env", "judge_api_key_env")
+    option("--judge-max-tokens", "judge_max_tokens", type=int)
 
     export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
     export.add_argument("--store", default="data/feedback/feedback.sqlite",
@@ -108,68 +146,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from trainer.config import build_lora_config, build_quantization_config, build_sft_config, load_config
-    from trainer.data import DataError, prepare_stage_data, resolve_source
-    from trainer.modeling import ModelError, load_tokenizer, resolve_base_model
-    from trainer.templates import select_training_template, verify_training_template
-    from trainer.train import config_base_dir
+    from trainer.config import load_config
+    from trainer.hub import offline_mode
+    from trainer.train import plan_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    build_lora_config(cfg)
-    build_quantization_config(cfg.quantization)
-    for name in cfg.stages:
-        build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints")
+    # The planner `train` runs, offline when the Hub is: what it cannot reach is listed, not pretended.
+    plan = plan_pipeline(cfg, offline=offline_mode() or not hub_reachable(), keep_going=True)
     print(f"config {cfg.source}: ok ({', '.join(cfg.stages)}; base {cfg.model.name}; "
           f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha}; max_length {cfg.max_length})")
-
-    unchecked: list[str] = []
-    tokenizer = template = None
-    offline = bool(os.environ.get("HF_HUB_OFFLINE")) or not _hub_reachable()
-    ref = resolve_base_model(cfg.model.name, cfg.model.revision)
-    if ref.is_local or not offline:
-        tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
-    else:
-        # Offline, a Hub tokenizer can still be checked if it is in the local cache.
-        try:
-            tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code, local_files_only=True)
-        except ModelError:
-            unchecked.append(f"chat template and token lengths: the tokenizer of {cfg.model.name} is not cached "
-                             "and the Hub is not reachable")
-    if tokenizer is not None:
-        template = select_training_template(tokenizer, cfg.model.chat_template)
-        checked = verify_training_template(tokenizer, template)
-        print(f"chat template: {template.family} training template renders identically to the model's own "
-              f"({checked} renderings compared)")
-
-    failed = False
-    for name, stage in cfg.stages.items():
-        kind, _ = resolve_source(stage.dataset.path, config_base_dir(cfg))
-        if kind == "hub" and offline:
-            unchecked.append(f"stages.{name}.dataset {stage.dataset.path} (Hub dataset, offline)")
-            continue
-        try:
-            data = prepare_stage_data(stage.dataset, seed=cfg.seed, max_length=cfg.max_length, tokenizer=tokenizer,
-                                      chat_template=template.text if template else None,
-                                      base_dir=config_base_dir(cfg))
-        except DataError as exc:
-            print(f"stage {name}: FAILED\n  {exc}", file=sys.stderr)
-            failed = True
-            continue
-        if template is not None:
-            verify_training_template(tokenizer, template, [c.messages for c in data.train[:64]])
-        print(f"stage {name}: {data.summary()}")
-        for report in data.reports:
-            for error in report.errors[:20]:
-                print(f"  skipped {error}")
-    for item in unchecked:
+    if plan.template is not None:
+        print(f"chat template: {plan.template.family} training template renders identically to the model's own "
+              f"({plan.renderings} renderings compared)")
+    for name in cfg.stages:
+        if name in plan.failed:
+            print(f"stage {name}: FAILED\n  {plan.failed[name]}", file=sys.stderr)
+        elif name in plan.stages:
+            data = plan.stages[name].data
+            print(f"stage {name}: {data.summary()}")
+            for report in data.reports:
+                for error in report.errors[:20]:
+                    print(f"  skipped {error}")
+    for item in plan.unchecked:
         print(f"not checked: {item}")
-    if failed:
+    if plan.failed:
         return 1
-    print("valid" + (" (with the items above not checked)" if unchecked else ""))
+    print("valid" + (" (with the items above not checked)" if plan.unchecked else ""))
     return 0
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
+    """Whether huggingface.co answers on its HTTPS port within 3 seconds."""
     import socket
 
     try:
@@ -195,34 +202,34 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if not args.base_url:
+    from trainer.jobs import SynthJob, load_synth_job
+
+    job = load_synth_job(args.config, args.overrides, _typed_flags(args, SynthJob))
+    if not job.base_url:
         # The local model decodes on the CPU: idle OpenMP threads sleep instead of spinning. On 2 cores shared with
         # other work, spinning threads made decoding 3-10x slower; alone, sleeping costs ~25%. Before torch loads.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dataclasses import replace
     from pathlib import Path
 
-    from trainer.kb import load_kb
+    from trainer.kb_loader import load_kb
     from trainer.providers import OpenAICompatibleProvider
-    from trainer.synth import (GenerationError, LocalProvider, SynthSettings,
-                               build_plan, finish, generate, llm_judge, load_exemplars)
+    from trainer.synth import LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge, load_exemplars
 
-    kb = load_kb(args.kb)
-    exemplars = load_exemplars(args.exemplars) if args.exemplars else []
-    if not 1 <= args.exchanges[0] <= args.exchanges[1] <= 6:
-        raise GenerationError(f"--exchanges {args.exchanges[0]} {args.exchanges[1]}: need 1 <= MIN <= MAX <= 6")
-    plan = build_plan(kb, args.n, seed=args.seed, false_premise_share=args.false_premise_share, exemplars=exemplars,
-                      turns=(2 * args.exchanges[0], 2 * args.exchanges[1]))
-    if args.base_url:
-        provider = OpenAICompatibleProvider(args.base_url, args.model, os.environ.get(args.api_key_env),
-                                            timeout=args.timeout)
+    kb = load_kb(job.kb)
+    exemplars = load_exemplars(job.exemplars) if job.exemplars else []
+    plan = build_plan(kb, job.n, seed=job.seed, false_premise_share=job.false_premise_share, exemplars=exemplars,
+                      turns=(2 * job.exchanges[0], 2 * job.exchanges[1]))
+    if job.base_url:
+        provider = OpenAICompatibleProvider(job.base_url, job.model, os.environ.get(job.api_key_env),
+                                            timeout=job.timeout)
     else:
-        provider = LocalProvider(args.model or "smollm2-135m-instruct")
-    decoding = replace(LocalProvider.DECODING, max_new_tokens=args.max_tokens or (400 if args.base_url else 160),
-                       temperature=args.temperature)
-    settings = SynthSettings(decoding=decoding, concurrency=args.concurrency or (4 if args.base_url else 8),
-                             price_in_per_m=args.price_in, price_out_per_m=args.price_out)
-    out = Path(args.out)
+        provider = LocalProvider(job.model or "smollm2-135m-instruct")
+    decoding = replace(LocalProvider.DECODING, max_new_tokens=job.max_tokens or (400 if job.base_url else 160),
+                       temperature=job.temperature)
+    settings = SynthSettings(decoding=decoding, concurrency=job.concurrency or (4 if job.base_url else 8),
+                             price_in_per_m=job.price_in, price_out_per_m=job.price_out)
+    out = Path(job.out)
     print(f"[generate] {len(plan)} conversations planned ({sum(1 for p in plan if p.false_premise)} false premise) "
           f"with {provider.name}; writing {out / 'raw.jsonl'}", flush=True)
     run = generate(plan, provider, out / "raw.jsonl", settings, kb_version=kb.version)
@@ -230,8 +237,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"[generate] interrupted: {len(run.rows)} of {len(plan)} conversations are saved; run the same "
               "command again to continue", flush=True)
         return 130
-    summary = finish(run, kb, out, eval_fraction=args.eval_fraction, seed=args.seed, provider_name=provider.name,
-                     settings=settings, judge=llm_judge(provider) if args.judge else None)
+    summary = finish(run, kb, out, eval_fraction=job.eval_fraction, seed=job.seed, provider_name=provider.name,
+                     settings=settings, judge=llm_judge(provider) if job.judge else None)
     print(f"[generate] {summary['counts']} (train / eval / audit), {summary['usage']['completion_tokens']} "
           f"completion tokens, {summary['seconds']} s; dataset and card in {out}", flush=True)
     return 0
@@ -246,6 +253,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from trainer.jobs import EvalJob, load_eval_job
+
+    job = load_eval_job(args.config, args.overrides, _typed_flags(args, EvalJob))
     # PyTorch's and bitsandbytes' OpenMP pools spin against each other on a small CPU: with idle threads sleeping,
     # 2-thread decoding measured ~3x faster (bench/eval_throughput.py). It must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -255,12 +265,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.eval.run import GREEDY, run_evaluation
 
     judge = None
-    if args.judge_base_url:
-        judge = JudgeSettings(base_url=args.judge_base_url, model=args.judge_model,
-                              api_key_env=args.judge_api_key_env, max_tokens=args.judge_max_tokens)
-    run_evaluation(args.run, questions_path=args.questions, limit=args.limit, judge=judge,
-                   generation=replace(GREEDY, max_new_tokens=args.max_new_tokens), batch_size=args.batch_size,
-                   load_in_4bit=False if args.no_4bit else None, out_dir=args.out, threads=args.threads)
+    if job.judge_base_url:
+        judge = JudgeSettings(base_url=job.judge_base_url, model=job.judge_model,
+                              api_key_env=job.judge_api_key_env, max_tokens=job.judge_max_tokens)
+    run_evaluation(args.run, questions_path=job.questions, limit=job.limit, judge=judge,
+                   generation=replace(GREEDY, max_new_tokens=job.max_new_tokens), batch_size=job.batch_size,
+                   load_in_4bit=job.load_in_4bit, out_dir=job.out, threads=job.threads)
     return 0
 
 

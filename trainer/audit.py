@@ -679,7 +679,7 @@ def audit_file(path: str | Path, kb_path: str | Path | None = "data/kb", setting
                                                                     eval_fraction=0))
     kb = None
     if kb_path is not None and Path(kb_path).exists():
-        from trainer.kb import load_kb
+        from trainer.kb_loader import load_kb
 
         kb = load_kb(kb_path)
     report = Auditor(kb, settings).audit([list(c.messages) for c in conversations])

@@ -187,20 +187,6 @@ class PipelineConfig:
 _SHARED_STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings) if f.name not in ("dataset", "init_from"))
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _validate_values(cfg: PipelineConfig) -> None:
     """Rules a type check cannot express; each error names the key."""
     q = cfg.quantization

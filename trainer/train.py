@@ -21,10 +21,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from trainer.config import ConfigError, PipelineConfig, build_sft_config, dump_config
-from trainer.data import StageData, prepare_stage_data, to_dataset
+from trainer.config import (ConfigError, PipelineConfig, build_lora_config, build_quantization_config,
+                            build_sft_config, dump_config)
+from trainer.data import DataError, StageData, prepare_stage_data, resolve_source, to_dataset
 from trainer.lm_head import install_compact_lm_head
 from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
                              write_json)
@@ -38,21 +39,37 @@ TEMPLATE_CHECK_ROWS = 64
 
 @dataclass(frozen=True)
 class StagePlan:
-    """Everything a stage needs, resolved and checked before any model weights load."""
+    """One stage, resolved and checked before any model weights load. `tokenizer` and `template` are None only in
+    an offline check (`validate`) that could not get the tokenizer."""
 
     cfg: PipelineConfig
     stage: str
     ref: BaseModelRef
     tokenizer: Any
-    template: TrainingTemplate
+    template: TrainingTemplate | None
     data: StageData
-    init_from: Path | None
-    parent_stage: str | None
     sft_config: Any
 
     @property
     def stage_dir(self) -> Path:
         return self.cfg.run_dir() / self.stage
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """Every stage of a pipeline planned once, with the one tokenizer they share: what `train` runs and what
+    `validate` reports."""
+
+    ref: BaseModelRef
+    tokenizer: Any
+    template: TrainingTemplate | None
+    renderings: int
+    """Renderings of the probe conversations compared when the template was checked (0 without a tokenizer)."""
+    stages: Mapping[str, StagePlan]
+    failed: Mapping[str, str]
+    """Stage -> why its data was refused (only with `keep_going`; otherwise the DataError is raised)."""
+    unchecked: tuple[str, ...]
+    """What an offline check could not reach (a Hub tokenizer not cached, a Hub dataset)."""
 
 
 def config_base_dir(cfg: PipelineConfig) -> Path | None:
@@ -81,23 +98,66 @@ def resolve_init(cfg: PipelineConfig, stage: str) -> tuple[Path | None, str | No
     return path, None
 
 
-def plan_stage(cfg: PipelineConfig, stage: str, *, check_parent: bool = True) -> StagePlan:
-    """Resolve the model, template, data and TRL config of a stage; raise before any weights load."""
-    st = cfg.stage(stage)
-    stage_dir = cfg.run_dir() / stage
-    sft_config = build_sft_config(cfg, stage, stage_dir / "checkpoints")
+def plan_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None, *, offline: bool = False,
+                  keep_going: bool = False) -> PipelinePlan:
+    """Resolve and check every stage before any weights load: the TRL, PEFT and bitsandbytes configs, the base
+    model, its tokenizer (loaded once), the training template, and each stage's data (read once, length-checked
+    and rendered with both templates). Stage 2's parent adapter is not checked here: stage 1 may not have run yet.
+
+    `offline` (for `validate`): a Hub tokenizer comes only from the local cache and Hub datasets are skipped; what
+    could not be checked is listed in `unchecked`, not pretended. `keep_going` records a stage whose data is
+    refused in `failed` and plans the others."""
+    names = list(cfg.stages) if stages is None else list(stages)
+    build_lora_config(cfg)
+    build_quantization_config(cfg.quantization)
+    sft_configs = {name: build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints") for name in names}
+
+    # The tokenizer and template, once for the whole pipeline
+    unchecked: list[str] = []
     ref = resolve_base_model(cfg.model.name, cfg.model.revision)
-    tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
-    template = select_training_template(tokenizer, cfg.model.chat_template)
-    data = prepare_stage_data(st.dataset, seed=cfg.seed, max_length=cfg.max_length, tokenizer=tokenizer,
-                              chat_template=template.text, base_dir=config_base_dir(cfg))
-    sample = [c.messages for c in (data.train + data.eval)[:TEMPLATE_CHECK_ROWS]]
-    verify_training_template(tokenizer, template, sample)
-    tokenizer.chat_template = template.text
-    init_from, parent = resolve_init(cfg, stage) if check_parent else (None, None)
-    if not data.eval and sft_config.eval_strategy != "no":
-        sft_config = build_sft_config(cfg, stage, stage_dir / "checkpoints", eval_enabled=False)
-    return StagePlan(cfg, stage, ref, tokenizer, template, data, init_from, parent, sft_config)
+    tokenizer = template = None
+    renderings = 0
+    if offline and not ref.is_local:
+        try:  # offline, a Hub tokenizer can still be checked if it is in the local cache
+            tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code, local_files_only=True)
+        except ModelError:
+            unchecked.append(f"chat template and token lengths: the tokenizer of {cfg.model.name} is not cached "
+                             "and the Hub is not reachable")
+    else:
+        tokenizer = load_tokenizer(ref, cfg.model.trust_remote_code)
+    if tokenizer is not None:
+        template = select_training_template(tokenizer, cfg.model.chat_template)
+        renderings = verify_training_template(tokenizer, template)
+
+    # Each stage's data, once
+    plans: dict[str, StagePlan] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        dataset = cfg.stage(name).dataset
+        kind, _ = resolve_source(dataset.path, config_base_dir(cfg))
+        if kind == "hub" and offline:
+            unchecked.append(f"stages.{name}.dataset {dataset.path} (Hub dataset, offline)")
+            continue
+        try:
+            data = prepare_stage_data(dataset, seed=cfg.seed, max_length=cfg.max_length, tokenizer=tokenizer,
+                                      chat_template=template.text if template else None,
+                                      base_dir=config_base_dir(cfg))
+        except DataError as exc:
+            if not keep_going:
+                raise
+            failed[name] = str(exc)
+            continue
+        if template is not None:
+            sample = [c.messages for c in (data.train + data.eval)[:TEMPLATE_CHECK_ROWS]]
+            verify_training_template(tokenizer, template, sample)
+        sft_config = sft_configs[name]
+        if not data.eval and sft_config.eval_strategy != "no":
+            sft_config = build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints", eval_enabled=False)
+        plans[name] = StagePlan(cfg, name, ref, tokenizer, template, data, sft_config)
+    if tokenizer is not None:
+        # Only now: every check above compared the training template with the model's own one.
+        tokenizer.chat_template = template.text
+    return PipelinePlan(ref, tokenizer, template, renderings, plans, failed, tuple(unchecked))
 
 
 def _peak_memory() -> dict[str, float | None]:
@@ -163,8 +223,9 @@ def _adapter_record(adapter_dir: Path, stage: str | None) -> dict[str, Any]:
     return record
 
 
-def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
-    """Train one stage and write its run directory. Returns the stage directory."""
+def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: StagePlan | None = None) -> Path:
+    """Train one stage and write its run directory. Returns the stage directory. `plan` is the stage's plan from
+    `plan_pipeline` (made here when not given)."""
     started = time.time()
     st = cfg.stage(stage)
     stage_dir = cfg.run_dir() / stage
@@ -173,7 +234,10 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
         return stage_dir
 
     # Plan: config, tokenizer, template and data are all checked before any weights load
-    plan = plan_stage(cfg, stage)
+    if plan is None:
+        plan = plan_pipeline(cfg, [stage]).stages[stage]
+    # The parent adapter exists only once its stage has finished: checked when this stage starts, not up front.
+    init_from, parent_stage = resolve_init(cfg, stage)
     print(f"[{stage}] {plan.data.summary()}", flush=True)
     for report in plan.data.reports:
         for error in report.errors[:10]:
@@ -213,11 +277,11 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
                             trust_remote_code=cfg.model.trust_remote_code, bf16=st.bf16,
                             padding_free=st.padding_free)
     base_record = _base_model_record(plan.ref, model)
-    model = attach_adapter(model, cfg, plan.init_from)
+    model = attach_adapter(model, cfg, init_from)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"[{stage}] base {cfg.model.name} ({'4-bit ' + cfg.quantization.quant_type if cfg.quantization.load_in_4bit else 'unquantized'}), "
           f"LoRA r={cfg.lora.r}: {trainable:,} trainable of {total:,} parameters"
-          + (f", continuing {plan.init_from}" if plan.init_from else ""), flush=True)
+          + (f", continuing {init_from}" if init_from else ""), flush=True)
 
     # Train
     from trl import SFTTrainer
@@ -299,7 +363,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False) -> Path:
                           "double_quant": cfg.quantization.double_quant,
                           "compute_dtype": cfg.quantization.compute_dtype}
                          if cfg.quantization.load_in_4bit else {"load_in_4bit": False}),
-        "parent_adapter": _adapter_record(plan.init_from, plan.parent_stage) if plan.init_from else None,
+        "parent_adapter": _adapter_record(init_from, parent_stage) if init_from else None,
         "adapter_sha256": _adapter_record(adapter_dir, stage)["adapter_sha256"],
         "chat_template": {"family": plan.template.family, "sha256": plan.template.sha256},
         "datasets": [r.to_dict() for r in plan.data.reports],
@@ -332,11 +396,11 @@ def run_pipeline(cfg: PipelineConfig, stage: str = "all", *, resume: bool = Fals
     names = list(cfg.stages) if stage == "all" else [stage]
     for name in names:
         cfg.stage(name)  # unknown names fail before anything runs
-    if stage == "all":
-        # Check every stage's data up front, so a typo in stage 2 does not surface after stage 1's hours.
-        for name in names:
-            plan_stage(cfg, name, check_parent=False)
-    return [run_stage(cfg, name, resume=resume) for name in names]
+    # Plan every stage that will run before any trains, so a typo in stage 2 does not surface after stage 1's
+    # hours; each stage then trains on exactly what was checked.
+    todo = [name for name in names if not (resume and stage_is_complete(cfg.run_dir() / name))]
+    plans = plan_pipeline(cfg, todo).stages if todo else {}
+    return [run_stage(cfg, name, resume=resume, plan=plans.get(name)) for name in names]
 
 
-__all__ = ["run_stage", "run_pipeline", "plan_stage", "ConfigError"]
+__all__ = ["run_stage", "run_pipeline", "plan_pipeline", "ConfigError"]

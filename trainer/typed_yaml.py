@@ -10,15 +10,20 @@ names the file, the dotted key (list items by position and name) and the rule, w
   `X | None`, `tuple[X, ...]`, `Mapping[str, X]`, nested dataclasses); unknown keys and missing required keys are
   named. `1e-4` (which PyYAML reads as text) is accepted as the number users mean.
 - `load_typed(cls, path, overrides)`: both, plus `--set key=value` overrides and a `source` field set to the file.
-- `check_keys(raw, where, required, optional)`: the same unknown-key / missing-key errors for hand-built loaders
-  (the knowledge base), with the caller's error type.
+- `check_keys(raw, where, required, optional)` and `convert(value, tp, where)`: the same unknown-key, missing-key
+  and wrong-type errors for loaders that build by hand (the knowledge base, the eval rubric), raised as the
+  caller's error type.
+- `field_docs(cls)`: the one-line docstring under each field, so a command's `--help` quotes its settings type.
 """
 
 from __future__ import annotations
 
+import ast
 import collections.abc
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -59,28 +64,38 @@ def suggest(key: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def item_where(where: str, index: int, value: Any) -> str:
-    """`adapters[2] (stage2)`: list items are named by position and, when they have one, by name."""
-    name = value.get("name") if isinstance(value, Mapping) else None
+def item_where(where: str, index: int, value: Any, key: str = "name") -> str:
+    """`adapters[2] (stage2)`: list items are named by position and, when they have one, by their `key` (the
+    knowledge base and the rubric name entries by `id` or `code`)."""
+    name = value.get(key) if isinstance(value, Mapping) else None
     return f"{where}[{index}]" + (f" ({name})" if isinstance(name, str) and name else "")
-
-
-def check_keys(raw: Any, where: str, required: Sequence[str] = (), optional: Sequence[str] = (),
-               error: type[Exception] = ConfigError) -> None:
-    """The unknown-key (with did-you-mean) and missing-key errors of `build`, for loaders that build by hand."""
-    if not isinstance(raw, Mapping):
-        raise error(f"{where}: expected a mapping, got {raw!r}")
-    allowed = (*required, *optional)
-    for key in raw:
-        if key not in allowed:
-            raise error(f"{where}.{key}: unknown key{suggest(str(key), allowed)}")
-    for key in required:
-        if key not in raw:
-            raise error(f"{where}.{key}: required key is missing")
 
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+def check_keys(raw: Any, where: str, required: Sequence[str] = (), optional: Sequence[str] = (),
+               error: type[Exception] = ConfigError) -> None:
+    """The unknown-key (with did-you-mean) and missing-key errors of `build`, for loaders that build by hand.
+    `where` is the dotted path of `raw` ("" for the top level of a file)."""
+    if not isinstance(raw, Mapping):
+        raise error(f"{where or 'top level'}: expected a mapping, got {raw!r}")
+    allowed = (*required, *optional)
+    for key in raw:
+        if key not in allowed:
+            raise error(f"{_join(where, str(key))}: unknown key{suggest(str(key), allowed)}")
+    for key in required:
+        if key not in raw:
+            raise error(f"{_join(where, key)}: required key is missing")
+
+
+def convert(value: Any, tp: Any, where: str, error: type[Exception] = ConfigError) -> Any:
+    """`coerce` for loaders that build by hand: the same conversions and type errors, raised as `error`."""
+    try:
+        return coerce(value, tp, where)
+    except ConfigError as exc:
+        raise error(str(exc)) from None
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
@@ -222,6 +237,23 @@ def load_typed(cls: type[T], path: str | Path | None, overrides: Sequence[str] =
     except ConfigError as exc:
         raise error(f"{label}: {exc}") from None
     return value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: the docstring written under it} for a settings dataclass (Python keeps no such docstrings at run
+    time, so they are read from the source; {} when the source is not available)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # pragma: no cover - an install without sources
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for field_node, doc_node in zip(body, body[1:]):
+        if isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name) \
+                and isinstance(doc_node, ast.Expr) and isinstance(doc_node.value, ast.Constant) \
+                and isinstance(doc_node.value.value, str):
+            docs[field_node.target.id] = " ".join(doc_node.value.value.split())
+    return docs
 
 
 def to_plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """The domain rubric: questions with deterministic rules (must mention, must not claim, a false premise's
-correction), their loading and scoring, and the markdown rate."""
+correction), their loading and scoring, and the markdown rate. The file is read through `trainer.typed_yaml`, so a
+mistake fails like one in any settings file: `<file>: questions[<index>] (<id>).<key>: <rule>`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from trainer.config import TOPICS
 from trainer.eval import EvalError
+from trainer.typed_yaml import check_keys, convert, item_where, read_yaml
 
 DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "eval" / "questions.yaml"
 RUBRIC_TOPICS = tuple(t for t in TOPICS if t != "other")
@@ -23,8 +23,8 @@ MARKDOWN_RULE = ("an answer counts as markdown-formatted when it has at least on
                  "then text) or at least two list-item lines (`-`, `*`, `+` or `1.` / `1)` then text)")
 _HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+\S", re.MULTILINE)
 _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+\S", re.MULTILINE)
-_QUESTION_KEYS = ("id", "topic", "question", "false_premise", "must_mention", "must_not_claim", "correction",
-                  "source", "kb", "notes")
+_REQUIRED_KEYS = ("id", "topic", "question", "false_premise", "must_mention", "source")
+_OPTIONAL_KEYS = ("must_not_claim", "correction", "kb", "notes")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
 
 # The rubric
@@ -112,92 +112,99 @@ def _alternatives(value: Any, where: str) -> tuple[re.Pattern, ...]:
     return tuple(_compile(p, f"{where}[{i}]" if isinstance(value, list) else where) for i, p in enumerate(items))
 
 
-def parse_question(raw: Any, path: str | Path, index: int) -> Question:
-    """One question from YAML (the `index`-th in `path`); raises EvalError naming the file, the question id (or
-    its position, before an id is known) and the rule broken."""
-    if not isinstance(raw, dict):
-        raise EvalError(f"{path}: question #{index}: expected a mapping with id, topic, question, ...")
-    qid = raw.get("id")
-    if not isinstance(qid, str) or not _ID.match(qid):
-        raise EvalError(f"{path}: question #{index}: id: must be 1-80 lowercase letters, digits, - _ . "
-                        f"(got {qid!r})")
-    where = f"{path}: question {qid}"
-    unknown = [k for k in raw if k not in _QUESTION_KEYS]
-    if unknown:
-        raise EvalError(f"{where}: {unknown[0]}: unknown key (allowed: {', '.join(_QUESTION_KEYS)})")
-    for key in ("topic", "question", "false_premise", "must_mention", "source"):
-        if key not in raw:
-            raise EvalError(f"{where}: {key}: required key is missing")
-    if raw["topic"] not in RUBRIC_TOPICS:
-        raise EvalError(f"{where}: topic: {raw['topic']!r} is not one of {', '.join(RUBRIC_TOPICS)}")
-    if not isinstance(raw["question"], str) or not raw["question"].strip():
-        raise EvalError(f"{where}: question: must be non-empty text")
-    if not isinstance(raw["false_premise"], bool):
-        raise EvalError(f"{where}: false_premise: must be true or false")
-    kb = raw.get("kb") or []
-    if not isinstance(kb, list) or not all(isinstance(k, str) and k for k in kb):
-        raise EvalError(f"{where}: kb: expected a list of knowledge-base ids (data/kb)")
+def _text(value: Any, where: str) -> str:
+    text = convert(value, str, where, EvalError).strip()
+    if not text:
+        raise EvalError(f"{where}: must be non-empty text")
+    return text
+
+
+def _parse(raw: Any, where: str) -> Question:
+    check_keys(raw, where, required=_REQUIRED_KEYS, optional=_OPTIONAL_KEYS, error=EvalError)
+    qid = _text(raw["id"], f"{where}.id")
+    if not _ID.match(qid):
+        raise EvalError(f"{where}.id: must be 1-80 lowercase letters, digits, - _ . (got {qid!r})")
+    topic = _text(raw["topic"], f"{where}.topic")
+    if topic not in RUBRIC_TOPICS:
+        raise EvalError(f"{where}.topic: {topic!r} is not one of {', '.join(RUBRIC_TOPICS)}")
+    question = _text(raw["question"], f"{where}.question")
+    false_premise = convert(raw["false_premise"], bool, f"{where}.false_premise", EvalError)
+    kb = convert(raw.get("kb") or (), tuple[str, ...], f"{where}.kb", EvalError)
+    if not all(kb):
+        raise EvalError(f"{where}.kb: expected a list of knowledge-base ids (data/kb)")
     source = raw["source"]
     if not isinstance(source, str) or not re.match(r"^https?://[^\s/]+\.[^\s]+$", source):
-        raise EvalError(f"{where}: source: must be an http(s) URL of the official page, got {source!r}")
+        raise EvalError(f"{where}.source: must be an http(s) URL of the official page, got {source!r}")
     mentions = raw["must_mention"]
     if not isinstance(mentions, list) or not mentions:
-        raise EvalError(f"{where}: must_mention: expected a non-empty list of points")
-    points = tuple(_alternatives(p, f"{where}: must_mention[{i}]") for i, p in enumerate(mentions))
+        raise EvalError(f"{where}.must_mention: expected a non-empty list of points, got {mentions!r}")
+    points = tuple(_alternatives(p, f"{where}.must_mention[{i}]") for i, p in enumerate(mentions))
     claims_raw = raw.get("must_not_claim") or []
     if not isinstance(claims_raw, list):
-        raise EvalError(f"{where}: must_not_claim: expected a list")
+        raise EvalError(f"{where}.must_not_claim: expected a list, got {claims_raw!r}")
     claims = []
     for i, c in enumerate(claims_raw):
-        cw = f"{where}: must_not_claim[{i}]"
+        cw = f"{where}.must_not_claim[{i}]"
         if isinstance(c, str):
             claims.append(Claim(_compile(c, cw)))
             continue
-        if not isinstance(c, dict) or "claim" not in c or set(c) - {"claim", "unless"}:
-            raise EvalError(f"{cw}: expected a regex or a mapping with `claim` and optional `unless`")
+        if not isinstance(c, dict):
+            raise EvalError(f"{cw}: expected a regex or a mapping with `claim` and optional `unless`, got {c!r}")
+        check_keys(c, cw, required=("claim",), optional=("unless",), error=EvalError)
         claims.append(Claim(_compile(c["claim"], f"{cw}.claim"),
                             _compile(c["unless"], f"{cw}.unless") if c.get("unless") is not None else None))
-    question_text = _normalise(raw["question"])
+    question_text = _normalise(question)
     for i, alternatives in enumerate(points):
         if any(p.search(question_text) for p in alternatives):
-            raise EvalError(f"{where}: must_mention[{i}]: the question itself satisfies this point, so it cannot "
+            raise EvalError(f"{where}.must_mention[{i}]: the question itself satisfies this point, so it cannot "
                             "tell an answer from an echo of the question")
     correction_raw = raw.get("correction")
-    if raw["false_premise"]:
+    if false_premise:
         if not correction_raw:
-            raise EvalError(f"{where}: correction: a false-premise question needs correction patterns")
-        correction = _alternatives(correction_raw, f"{where}: correction")
+            raise EvalError(f"{where}.correction: a false-premise question needs correction patterns")
+        correction = _alternatives(correction_raw, f"{where}.correction")
         if any(p.search(question_text) for p in correction):
-            raise EvalError(f"{where}: correction: the question itself matches a correction cue, so it cannot tell "
+            raise EvalError(f"{where}.correction: the question itself matches a correction cue, so it cannot tell "
                             "a correction from an echo of the question")
         if not claims:
-            raise EvalError(f"{where}: must_not_claim: a false-premise question must list the false claim")
+            raise EvalError(f"{where}.must_not_claim: a false-premise question must list the false claim")
     else:
         if correction_raw:
-            raise EvalError(f"{where}: correction: only false-premise questions take correction patterns")
+            raise EvalError(f"{where}.correction: only false-premise questions take correction patterns")
         correction = ()
-    return Question(qid, raw["topic"], raw["question"].strip(), raw["false_premise"], points, tuple(claims),
-                    correction, source, tuple(kb))
+    return Question(qid, topic, question, false_premise, points, tuple(claims), correction, source, kb)
+
+
+def parse_question(raw: Any, path: str | Path, index: int) -> Question:
+    """One question from YAML (item `index` of the `questions:` list in `path`); raises EvalError in the shape of
+    every settings error: `<path>: questions[<index>] (<id>).<key>: <rule>`."""
+    try:
+        return _parse(raw, item_where("questions", index, raw, key="id"))
+    except EvalError as exc:
+        raise EvalError(f"{path}: {exc}") from None
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    """Read and validate a rubric file. Every error names the file, the question id and the rule."""
+    """Read and validate a rubric file (a `questions:` list, or a bare list). Every error names the file, the
+    question and the rule."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalError(f"{path}: questions file not found") from None
-    except yaml.YAMLError as exc:
-        raise EvalError(f"{path}: not valid YAML: {exc}") from None
-    items = raw.get("questions") if isinstance(raw, dict) else raw
-    if not isinstance(items, list) or not items:
-        raise EvalError(f"{path}: expected a `questions:` list")
-    questions, seen = [], set()
-    for i, item in enumerate(items, start=1):
+    raw = read_yaml(path, what="questions file", error=EvalError, mapping=False)
+    if isinstance(raw, dict):
+        try:
+            check_keys(raw, "", required=("questions",), error=EvalError)
+        except EvalError as exc:
+            raise EvalError(f"{path}: {exc}") from None
+        raw = raw["questions"]
+    if not isinstance(raw, list) or not raw:
+        raise EvalError(f"{path}: questions: expected a non-empty list of questions, got {raw!r}")
+    questions: list[Question] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(raw):
         question = parse_question(item, path, i)
-        if question.id in seen:
-            raise EvalError(f"{path}: question {question.id}: id: used twice")
-        seen.add(question.id)
+        if question.id in first:
+            raise EvalError(f"{path}: {item_where('questions', i, item, key='id')}.id: {question.id!r} is used "
+                            f"twice (first at questions[{first[question.id]}])")
+        first[question.id] = i
         questions.append(question)
     return questions
 

@@ -1,0 +1,421 @@
+"""Loading the knowledge base: `load_kb(path)` reads every `data/kb/*.yaml`, validates it and returns a frozen
+`trainer.kb.KnowledgeBase`.
+
+Files are read and their keys checked through `trainer.typed_yaml`, so a mistake fails like one in any other
+settings file: one `KBError` line, `<file>: <section>[<index>] (<id>).<key>: <rule>`, with a did-you-mean for an
+unknown key. On top of the shapes, the KB's own rules: every fact has an official http(s) `source` and an `as_of`
+date, ids and country codes are well formed and unique, references name countries the KB has, regexes compile,
+each rule flags its own false examples and spares its corrected ones, and no two entities share a name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from trainer.kb import (AdmissionTest, Country, Eligibility, Fact, KBError, KnowledgeBase, NotOffered, Programme,
+                        Rule, Scholarship, University, case_sensitive, degree_family, field_key, name_tokens,
+                        normalise_name)
+from trainer.typed_yaml import check_keys, convert, item_where, read_yaml, suggest
+
+LEVELS = ("bachelor", "master", "phd")
+REGIONS = ("africa", "americas", "asia", "europe", "oceania")
+GROUPS = ("all", "commonwealth", "non_commonwealth", "eea", "non_eea") + REGIONS
+"""Named country groups an eligibility list may use; the loader expands them to the KB's own countries."""
+SECTIONS = ("version", "countries", "universities", "scholarships", "tests", "rules")
+
+AS_OF = re.compile(r"^\d{4}-(0[1-9]|1[0-2])(-\d{2})?$")
+URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
+ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+CODE = re.compile(r"^[A-Z]{2}$")
+
+_CACHE: dict[tuple[str, tuple[tuple[str, float], ...]], KnowledgeBase] = {}
+
+
+def load_kb(path: str | Path = "data/kb") -> KnowledgeBase:
+    """Read and validate every `*.yaml` in the KB folder; cached until a file changes."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise KBError(f"{folder}: knowledge base folder not found")
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        raise KBError(f"{folder}: no .yaml files in the knowledge base folder")
+    key = (str(folder.resolve()), tuple((f.name, f.stat().st_mtime) for f in files))
+    if key not in _CACHE:
+        _CACHE.clear()  # one KB at a time is plenty; old versions only waste memory
+        _CACHE[key] = _Loader(folder, files).build()
+    return _CACHE[key]
+
+
+@contextlib.contextmanager
+def _in_file(file: Path) -> Iterator[None]:
+    """Put the file in front of a KBError raised inside, so every message reads `<file>: <key>: <rule>`."""
+    try:
+        yield
+    except KBError as exc:
+        raise KBError(f"{file}: {exc}") from None
+
+
+class _Loader:
+    def __init__(self, folder: Path, files: Sequence[Path]):
+        self.folder = folder
+        self.sections: dict[str, list[tuple[Path, int, Any]]] = {s: [] for s in SECTIONS if s != "version"}
+        self.version: tuple[Path, Any] | None = None
+        self.wheres: dict[str, dict[str, str]] = {}
+        for file in files:
+            raw = read_yaml(file, what="knowledge base file", error=KBError, mapping=False)
+            if raw is None:
+                continue
+            with _in_file(file):
+                check_keys(raw, "", optional=SECTIONS, error=KBError)
+                for section, value in raw.items():
+                    if section == "version":
+                        if self.version is not None:
+                            raise KBError(f"version: already given in {self.version[0]}")
+                        self.version = (file, value)
+                        continue
+                    self.sections[section].extend((file, i, item) for i, item in enumerate(_list(value, section)))
+
+    def build(self) -> KnowledgeBase:
+        version = self._version()
+        countries = self._all("countries", self._country, key="code")
+        self.codes = {c.code: c for c in countries}
+        kb = KnowledgeBase(
+            version=version,
+            countries=countries,
+            universities=self._all("universities", self._university),
+            scholarships=self._all("scholarships", self._scholarship),
+            tests=self._all("tests", self._test),
+            rules=self._all("rules", self._rule),
+            path=str(self.folder),
+        )
+        self._check_names(kb)
+        combined = "|".join(f"(?:{r.trigger.pattern})" for r in kb.rules)
+        try:  # the audit joins every trigger into one regex: named groups or backreferences would break it
+            re.compile(combined, re.IGNORECASE)
+        except re.error as exc:
+            raise KBError(f"{self.folder}: rules: the triggers do not combine into one regex ({exc}); avoid inline "
+                          "global flags such as (?i), named groups and backreferences") from None
+        return kb
+
+    # Generic helpers
+
+    def _all(self, section: str, build, key: str = "id") -> tuple:
+        seen = self.wheres.setdefault(section, {})
+        out = []
+        for file, index, raw in self.sections[section]:
+            where = item_where(section, index, raw, key)
+            with _in_file(file):
+                entity = build(raw, where)  # each builder checks the entry's keys first
+                ident = getattr(entity, key)
+                if ident in seen:
+                    raise KBError(f"{where}.{key}: {ident!r} is used twice (first at {seen[ident]})")
+            seen[ident] = f"{file}: {where}"
+            out.append(entity)
+        return tuple(out)
+
+    def _version(self) -> dict[str, str]:
+        if self.version is None:
+            raise KBError(f"{self.folder}: no `version` block (version, as_of) in any file")
+        file, raw = self.version
+        with _in_file(file):
+            check_keys(raw, "version", required=("version", "as_of"), optional=("author", "note", "license"),
+                       error=KBError)
+            out = {str(k): _text(v, f"version.{k}") for k, v in raw.items()}
+            _as_of(out["as_of"], "version.as_of")
+        return out
+
+    # Entities
+
+    def _country(self, raw: dict, where: str) -> Country:
+        check_keys(raw, where, required=("code", "name", "region", "commonwealth_member"),
+                   optional=("aliases", "demonyms", "eea_member", "destination", "student_visa", "visa_portal",
+                             "study_portal", "health_insurance", "work_rights", "notes", "not_mentions"),
+                   error=KBError)
+        code = _text(raw["code"], f"{where}.code")
+        if not CODE.match(code):
+            raise KBError(f"{where}.code: {code!r} is not an ISO 3166-1 alpha-2 code (two capital letters)")
+        region = _text(raw["region"], f"{where}.region")
+        if region not in REGIONS:
+            raise KBError(f"{where}.region: {region!r} is not one of {', '.join(REGIONS)}")
+        destination = _bool(raw.get("destination", False), f"{where}.destination")
+        visa = _fact(raw["student_visa"], f"{where}.student_visa", named=True) if raw.get("student_visa") else None
+        if destination and visa is None:
+            raise KBError(f"{where}.student_visa: required for a destination (destination: true)")
+        return Country(
+            code=code, name=_text(raw["name"], f"{where}.name"),
+            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"),
+            demonyms=_texts(raw.get("demonyms", []), f"{where}.demonyms"), region=region,
+            commonwealth_member=_bool(raw["commonwealth_member"], f"{where}.commonwealth_member"),
+            eea_member=_bool(raw.get("eea_member", False), f"{where}.eea_member"), destination=destination,
+            student_visa=visa,
+            visa_portal=_url(raw["visa_portal"], f"{where}.visa_portal") if raw.get("visa_portal") else None,
+            study_portal=_url(raw["study_portal"], f"{where}.study_portal") if raw.get("study_portal") else None,
+            health_insurance=_fact(raw["health_insurance"], f"{where}.health_insurance")
+            if raw.get("health_insurance") else None,
+            work_rights=_fact(raw["work_rights"], f"{where}.work_rights") if raw.get("work_rights") else None,
+            notes=_facts(raw.get("notes", []), f"{where}.notes"),
+            not_mentions=_texts(raw.get("not_mentions", []), f"{where}.not_mentions"),
+        )
+
+    def _university(self, raw: dict, where: str) -> University:
+        check_keys(raw, where, required=("id", "name", "country", "source", "as_of"),
+                   optional=("aliases", "programmes", "not_offered", "notes"), error=KBError)
+        programmes = []
+        for i, p in enumerate(_list(raw.get("programmes", []), f"{where}.programmes")):
+            at = f"{where}.programmes[{i}]"
+            check_keys(p, at, required=("degree", "field"), error=KBError)
+            programmes.append(Programme(_text(p["degree"], f"{at}.degree"), _text(p["field"], f"{at}.field")))
+        negatives = []
+        for i, n in enumerate(_list(raw.get("not_offered", []), f"{where}.not_offered")):
+            at = f"{where}.not_offered[{i}]"
+            check_keys(n, at, required=("degree", "field", "correction", "source", "as_of"), error=KBError)
+            negatives.append(NotOffered(_text(n["degree"], f"{at}.degree"), _text(n["field"], f"{at}.field"),
+                                        _text(n["correction"], f"{at}.correction"), _url(n["source"], f"{at}.source"),
+                                        _as_of(n["as_of"], f"{at}.as_of")))
+        for i, n in enumerate(negatives):
+            if any(degree_family(p.degree, p.field) == degree_family(n.degree, n.field)
+                   and field_key(p.field) == field_key(n.field) for p in programmes):
+                raise KBError(f"{where}.not_offered[{i}]: {n.degree} in {n.field} is also listed in programmes")
+        return University(
+            id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
+            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"),
+            country=self._code(raw["country"], f"{where}.country"),
+            programmes=tuple(programmes), not_offered=tuple(negatives), source=_url(raw["source"], f"{where}.source"),
+            as_of=_as_of(raw["as_of"], f"{where}.as_of"), notes=_facts(raw.get("notes", []), f"{where}.notes"),
+        )
+
+    def _scholarship(self, raw: dict, where: str) -> Scholarship:
+        check_keys(raw, where, required=("id", "name", "host_country", "levels", "about", "eligibility", "source",
+                                         "as_of"), optional=("aliases", "discontinued"), error=KBError)
+        host = _text(raw["host_country"], f"{where}.host_country")
+        levels = _texts(raw["levels"], f"{where}.levels")
+        for i, level in enumerate(levels):
+            if level not in LEVELS:
+                raise KBError(f"{where}.levels[{i}]: {level!r} is not one of {', '.join(LEVELS)}")
+        return Scholarship(
+            id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
+            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"),
+            host_country=None if host == "any" else self._code(host, f"{where}.host_country"), levels=levels,
+            about=_text(raw["about"], f"{where}.about"),
+            eligibility=self._eligibility(raw["eligibility"], f"{where}.eligibility"),
+            discontinued=_bool(raw.get("discontinued", False), f"{where}.discontinued"),
+            source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+        )
+
+    def _eligibility(self, raw: Any, at: str) -> Eligibility:
+        check_keys(raw, at, required=("text", "countries"), optional=("excluded", "undecided"), error=KBError)
+        lists: dict[str, list[str] | None] = {}
+        for name in ("countries", "excluded", "undecided"):
+            value = raw.get(name, [])
+            if name == "countries" and value is None:
+                lists[name] = None
+                continue
+            lists[name] = [self._code_or_group(c, f"{at}.{name}[{i}]")
+                           for i, c in enumerate(_texts(value, f"{at}.{name}"))]
+        explicit: dict[str, str] = {}
+        for name, entries in lists.items():
+            for entry in entries or ():
+                if entry in self.codes:
+                    if entry in explicit:
+                        raise KBError(f"{at}.{name}: {entry} is also listed in {explicit[entry]}")
+                    explicit[entry] = name
+        # An explicit code beats a group; among groups, excluded beats countries beats undecided.
+        verdict: dict[str, str] = dict(explicit)
+        for name in ("excluded", "countries", "undecided"):
+            for entry in lists[name] or ():
+                if entry not in self.codes:
+                    for code in self._group(entry):
+                        verdict.setdefault(code, name)
+        return Eligibility(
+            text=_text(raw["text"], f"{at}.text"),
+            countries=None if lists["countries"] is None else
+            frozenset(c for c, v in verdict.items() if v == "countries"),
+            excluded=frozenset(c for c, v in verdict.items() if v == "excluded"),
+            undecided=frozenset(c for c, v in verdict.items() if v == "undecided"),
+        )
+
+    def _test(self, raw: dict, where: str) -> AdmissionTest:
+        check_keys(raw, where, required=("id", "name", "kind", "about", "score_range", "source", "as_of"),
+                   optional=("aliases", "validity"), error=KBError)
+        kind = _text(raw["kind"], f"{where}.kind")
+        if kind not in ("language", "aptitude"):
+            raise KBError(f"{where}.kind: {kind!r} is not language or aptitude")
+        return AdmissionTest(
+            id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
+            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"), kind=kind,
+            about=_text(raw["about"], f"{where}.about"), score_range=_text(raw["score_range"], f"{where}.score_range"),
+            validity=_text(raw["validity"], f"{where}.validity") if raw.get("validity") else None,
+            source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+        )
+
+    def _rule(self, raw: dict, where: str) -> Rule:
+        check_keys(raw, where, required=("id", "topic", "country", "keywords", "trigger", "claim", "fact", "source",
+                                         "as_of", "examples"), optional=("unless",), error=KBError)
+        keywords = _texts(raw["keywords"], f"{where}.keywords")
+        for i, keyword in enumerate(keywords):
+            if len(name_tokens(keyword)) != 1:
+                raise KBError(f"{where}.keywords[{i}]: {keyword!r} must be one word (letters and digits only)")
+        trigger = _regex(raw["trigger"], f"{where}.trigger")
+        unless = _regex(raw["unless"], f"{where}.unless") if raw.get("unless") else None
+        at = f"{where}.examples"
+        examples = raw["examples"]
+        if isinstance(examples, dict):
+            examples = {"false" if k is False else k: v for k, v in examples.items()}  # YAML reads `false:` as False
+        check_keys(examples, at, required=("false",), optional=("corrected",), error=KBError)
+        false = _texts(examples["false"], f"{at}.false")
+        corrected = _texts(examples.get("corrected", []), f"{at}.corrected")
+        if not false:
+            raise KBError(f"{at}.false: give at least one sentence stating the false claim")
+        if unless is not None and not corrected:
+            raise KBError(f"{at}.corrected: a rule with `unless` needs at least one corrected sentence")
+        gate = {k.lower().encode("utf-8") for k in keywords}
+        for sentence in false:
+            if not gate & set(name_tokens(sentence)):
+                raise KBError(f"{at}.false: none of the keywords ({', '.join(keywords)}) is in {sentence!r}")
+            if not trigger.search(sentence):
+                raise KBError(f"{at}.false: the trigger does not match {sentence!r}")
+            if unless is not None and unless.search(sentence):
+                raise KBError(f"{at}.false: `unless` excuses the false sentence {sentence!r}")
+        for sentence in corrected:
+            if trigger.search(sentence) and not (unless is not None and unless.search(sentence)):
+                raise KBError(f"{at}.corrected: the rule would flag the corrected sentence {sentence!r}")
+        country = raw["country"]
+        return Rule(
+            id=self._id(raw, where), topic=_text(raw["topic"], f"{where}.topic"),
+            country=None if country is None else self._code(country, f"{where}.country"), trigger=trigger,
+            unless=unless, claim=_text(raw["claim"], f"{where}.claim"), fact=_text(raw["fact"], f"{where}.fact"),
+            source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+            keywords=keywords, examples_false=false, examples_corrected=corrected,
+        )
+
+    # References
+
+    def _id(self, raw: dict, where: str) -> str:
+        ident = _text(raw["id"], f"{where}.id")
+        if not ID.match(ident):
+            raise KBError(f"{where}.id: {ident!r} must be lowercase letters, digits and hyphens")
+        return ident
+
+    def _code(self, value: Any, where: str) -> str:
+        code = _text(value, where)
+        if code not in self.codes:
+            raise KBError(f"{where}: {code!r} is not a country in the knowledge base{suggest(code, self.codes)}")
+        return code
+
+    def _code_or_group(self, value: str, where: str) -> str:
+        if value in self.codes or value in GROUPS:
+            return value
+        raise KBError(f"{where}: {value!r} is neither a country code in the knowledge base nor a group "
+                      f"({', '.join(GROUPS)})")
+
+    def _group(self, group: str) -> list[str]:
+        tests = {
+            "all": lambda c: True,
+            "commonwealth": lambda c: c.commonwealth_member,
+            "non_commonwealth": lambda c: not c.commonwealth_member,
+            "eea": lambda c: c.eea_member,
+            "non_eea": lambda c: not c.eea_member,
+        }
+        test = tests.get(group, lambda c: c.region == group)
+        return [code for code, c in self.codes.items() if test(c)]
+
+    def _check_names(self, kb: KnowledgeBase) -> None:
+        """Two entities of one kind may not share a name or alias: a mention must map to one of them."""
+        for section, entities, fields in (
+            ("countries", kb.countries, ("name", "aliases", "demonyms")),
+            ("universities", kb.universities, ("name", "aliases")),
+            ("scholarships", kb.scholarships, ("name", "aliases")),
+            ("tests", kb.tests, ("name", "aliases")),
+        ):
+            owner: dict[str, str] = {}
+            for entity in entities:
+                ident = getattr(entity, "id", None) or entity.code
+                for f in fields:
+                    value = getattr(entity, f)
+                    for name in (value,) if isinstance(value, str) else value:
+                        tokens = name_tokens(name)
+                        if not tokens:
+                            raise KBError(f"{self.wheres[section][ident]}.{f}: {name!r} has no letters or digits")
+                        # names match by their word tokens, so "U.S." and "U S" are the same name
+                        key = normalise_name(name) if case_sensitive(name) else b" ".join(tokens).decode()
+                        if owner.get(key, ident) != ident:
+                            raise KBError(f"{self.wheres[section][ident]}.{f}: {name!r} already names "
+                                          f"{owner[key]}")
+                        owner[key] = ident
+
+
+# Values: each error names the dotted key it is about.
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, bool):  # the Norway problem: YAML reads an unquoted NO (or yes, on, off) as a boolean
+        raise KBError(f"{where}: expected text, got {value!r}; quote it (\"NO\") so YAML does not read a boolean")
+    text = convert(value, str, where, KBError).strip()
+    if not text:
+        raise KBError(f"{where}: must be non-empty text")
+    return text
+
+
+def _texts(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    return tuple(_text(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where)))
+
+
+def _list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise KBError(f"{where}: expected a list, got {value!r}")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    return convert(value, bool, where, KBError)
+
+
+def _url(value: Any, where: str) -> str:
+    if value is None or value == "":
+        raise KBError(f"{where}: is empty; every fact needs the official http(s) page it was checked against")
+    if not isinstance(value, str) or not URL.match(value):
+        raise KBError(f"{where}: {value!r} is not an http(s) URL")
+    return value
+
+
+def _as_of(value: Any, where: str) -> str:
+    if value is None or value == "":
+        raise KBError(f"{where}: is empty; every fact needs the date (YYYY-MM or YYYY-MM-DD) it was checked")
+    if isinstance(value, datetime.date):  # YAML reads an unquoted 2026-11-01 as a date
+        value = value.isoformat()
+    text = str(value)
+    if not AS_OF.match(text):
+        raise KBError(f"{where}: {value!r} is not a YYYY-MM or YYYY-MM-DD date")
+    if len(text) == 10:
+        try:
+            datetime.date.fromisoformat(text)
+        except ValueError:
+            raise KBError(f"{where}: {value!r} is not a real date") from None
+    return text
+
+
+def _fact(raw: Any, where: str, named: bool = False) -> Fact:
+    check_keys(raw, where, required=("name", "text", "source", "as_of") if named else ("text", "source", "as_of"),
+               error=KBError)
+    return Fact(text=_text(raw["text"], f"{where}.text"), source=_url(raw["source"], f"{where}.source"),
+                as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+                name=_text(raw["name"], f"{where}.name") if named else None)
+
+
+def _facts(value: Any, where: str) -> tuple[Fact, ...]:
+    return tuple(_fact(f, f"{where}[{i}]") for i, f in enumerate(_list(value, where)))
+
+
+def _regex(value: Any, where: str) -> re.Pattern:
+    text = _text(value, where)
+    try:
+        return re.compile(text, re.IGNORECASE)
+    except re.error as exc:
+        raise KBError(f"{where}: not a valid regex: {exc}") from None
