@@ -355,8 +355,8 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
         paired = results["adapters"][stage]["paired"]
         assert paired["rubric_accuracy"]["n"] == 4 and "p_value" in paired["rubric_accuracy"]
         assert paired["eval_loss"]["method"].startswith("paired percentile bootstrap")
-        assert set(paired["judge"]) >= {"difference", "interval", "adapter_only", "base_only"} or \
-            not results["judge"]["per_adapter"][stage]["reliable"]
+        # the judge gates only when its two orders agree often enough to be trusted
+        assert ("judge" in paired) == results["judge"]["per_adapter"][stage]["reliable"]
     assert results["contamination"]["checked"] and results["contamination"]["matches"] == []
     assert results["settings"]["gate"]["margin"] == 0.05
     for entry in [results["base"], *results["adapters"].values()]:

@@ -195,22 +195,6 @@ class EvalPlan:
     """Why a stage's held-out rows could not be re-read (data moved or changed since training), by stage."""
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_kb_path(path: str | Path) -> Path:
-    """A KB folder as given, else relative to the tool's own folder (so the default works from any directory)."""
-    from trainer.kb import KBError
-
-    given = Path(path)
-    if given.is_dir():
-        return given
-    packaged = REPO_ROOT / given
-    if not given.is_absolute() and packaged.is_dir():
-        return packaged
-    raise KBError(f"{path}: knowledge base folder not found")
-
-
 def _check_kb_ids(questions: Sequence[Question], path: Path, kb) -> None:
     """Every KB id a rubric question names (its `kb` list) must exist, so recall@k measures what it claims."""
     from trainer.typed_yaml import suggest
@@ -230,14 +214,14 @@ def plan_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation
     EvalError (or KBError) for anything a user can fix, before any weights load."""
     from dataclasses import replace
 
-    from trainer.kb_loader import load_kb
+    from trainer.kb_loader import load_kb, resolve_kb_folder
 
     generation = generation or replace(GREEDY, max_new_tokens=job.max_new_tokens)
     if generation.max_new_tokens < 1 or job.batch_size < 1:
         raise EvalError("--max-new-tokens and --batch-size must be at least 1")
     run_dir = Path(run_dir)
     questions_path = Path(job.questions) if job.questions else DEFAULT_QUESTIONS
-    kb_path = resolve_kb_path(job.kb)
+    kb_path = resolve_kb_folder(job.kb)
     kb = load_kb(kb_path)
     prompt_set, all_questions = None, []
     if is_prompt_file(questions_path):
