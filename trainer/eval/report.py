@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainer.eval import BASE
+from trainer.modeling import BASE
 from trainer.eval.rubric import MARKDOWN_RULE, PASS_THRESHOLD
 
 # Report
@@ -323,6 +323,7 @@ def _grounded_section(results: dict[str, Any]) -> list[str]:
         c = entry["vs_ungrounded"].get("rubric_accuracy")
         if c and c.get("interval"):
             low, high = c["interval"]
-            verdicts.append(f"{name}: " + ("grounding helped" if low > 0 else "grounding hurt" if high < 0 else
-                                           "no clear difference") + f" on rubric accuracy ({_paired_cell(c)})")
+            verdicts.append(f"{name}: grounding " + ("helped" if low > 0 else "hurt" if high < 0 else
+                                                     "made no clear difference")
+                            + f" on rubric accuracy ({_paired_cell(c)})")
     return lines + ["", *[f"- {v}" for v in verdicts], ""]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from trainer.eval import BASE, EvalError
+from trainer.eval import EvalError
 from trainer.eval.gate import GATE_RULE, gate_decision
 from trainer.eval.items import AnswerItem, answer_items, check_contamination, keep_masks, measure
 from trainer.eval.judge import JudgeSettings, PairwiseJudge, judge_pairs
@@ -21,7 +21,7 @@ from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOL
                                  select_questions)
 from trainer.eval.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, pooled_loss
 from trainer.jobs import EvalJob
-from trainer.modeling import AdapterModel, GenerationSettings
+from trainer.modeling import BASE, AdapterModel, GenerationSettings
 from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
 
