@@ -95,7 +95,7 @@ def test_the_demo_model_answers_grounded_with_numbered_sources(client):
                       ground=True)
     assert [m["role"] for m in turns(history)] == ["user", "assistant"]
     sources = {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}["Sources from the knowledge base"]
-    assert sources.startswith("1. [Germany: health insurance](http") and "— as of " in sources
+    assert sources.startswith("1. [") and "[Germany: health insurance](http" in sources and "— as of " in sources
 
 
 def test_an_over_long_question_gets_a_clear_message_and_the_app_keeps_serving(client):

@@ -107,7 +107,9 @@ def test_a_grounded_answer_shows_numbered_sources_and_the_prompt_carries_them(cl
     history = chat(client, "Is health insurance compulsory for students in Germany?")
     assert [m["role"] for m in history if not is_note(m)] == ["user", "assistant"]
     sources = notes(history)["Sources from the knowledge base"]
-    assert sources.startswith("1. [Germany: health insurance](") and "— as of 20" in sources
+    assert sources.startswith("1. [") and "[Germany: health insurance](" in sources and "— as of 20" in sources
+    # a KB rule is listed as the correction it is, never with its false claim as a heading
+    assert all("optional" not in line or "correction of “" in line for line in sources.splitlines())
     assert len([line for line in sources.splitlines() if line[:2] in ("1.", "2.", "3.")]) == 3
     adapter, prompt = engine.prompts[-1]
     system = prompt[0]["content"]
@@ -171,6 +173,9 @@ def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path
             page = browser.new_page()
             page.goto(url, wait_until="load")
             page.wait_for_selector("#question textarea")
+            # the default adapter is listed with `ground: false`, so the box starts unticked; ticking grounds it
+            assert not page.is_checked("#ground input")
+            page.check("#ground input")
             assert page.is_checked("#ground input")
             assert "Knowledge base" in page.inner_text("body")
             page.fill("#question textarea", "Am I covered by Medicare as an international student in Australia?")

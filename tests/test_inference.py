@@ -91,35 +91,45 @@ def test_batch_sizes_and_activation_order_do_not_change_the_answers(both_paths):
 def test_results_and_answers_are_written_from_separate_data(tmp_path):
     """results.json's model entries and answers.jsonl are built from separate data: writing either first leaves the
     other complete, and no private field reaches results.json."""
+    from trainer.audit import Flag
+    from trainer.eval.items import AnswerItem
     from trainer.eval.rubric import Question, QuestionScore
     from trainer.eval.run import _write_answers
     from trainer.lineage import write_json
-    from trainer.modeling import BatchAnswers
 
     question = Question(id="q1", topic="visas", question="Which visa?", source="https://example.org",
                         false_premise=False, must_mention=(), must_not_claim=(), correction=(), kb=())
-    references = [{"id": "abc#1", "messages": [{"role": "user", "content": "Hi?"}], "reference": "Hello."}]
-    answers = {name: BatchAnswers([f"{name} answer", f"{name} reply"], [5, 3], [20, 9], 1.0) for name in
-               (BASE, "stage1")}
-    scores = {name: [QuestionScore(id="q1", score=1.0, passed=True, points=(True,), claims=(), corrected=None)]
-              for name in answers}
+    items = [AnswerItem("rubric", "q1", ({"role": "user", "content": "Which visa?"},), "Which visa?", question),
+             AnswerItem("reference", "abc#1", ({"role": "user", "content": "Hi?"},), "Hi?", reference="Hello.",
+                        conversation="abc")]
+    texts = {name: [f"{name} answer", f"{name} reply"] for name in (BASE, "stage1")}
+    new_tokens = {name: [5, 3] for name in texts}
+    scores = {name: [QuestionScore(id="q1", score=1.0, passed=True, points=(True,), claims=(), corrected=None),
+                     None] for name in texts}
+    flags = {name: [[], [Flag("kb_contradiction", "error", "a detail", source="https://example.org/kb")]] for name in texts}
     written = []
     for order in ("answers first", "results first"):
-        models = {name: {"chat_template_sha256": "0" * 64, "throughput": answers[name].throughput()}
-                  for name in answers}
-        results = {"base": models[BASE], "adapters": {"stage1": {**models["stage1"], "adapter_sha256": None}}}
+        models = {name: {"chat_template_sha256": "0" * 64, "new_tokens": sum(new_tokens[name]),
+                         "_private": object()} for name in texts}
+        results = {"base": {k: v for k, v in models[BASE].items() if not k.startswith("_")},
+                   "adapters": {"stage1": {k: v for k, v in models["stage1"].items() if not k.startswith("_")}}}
         out = tmp_path / order.replace(" ", "-")
         out.mkdir()
-        steps = [lambda: _write_answers(out / "answers.jsonl", [question], references, answers, scores),
+        steps = [lambda: _write_answers(out / "answers.jsonl", items, texts, new_tokens, scores, flags,
+                                        [True, False], {}, None),
                  lambda: write_json(out / "results.json", results)]
         for step in steps if order == "answers first" else reversed(steps):
             step()
         rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
         saved = json.loads((out / "results.json").read_text())
-        assert [(r["model"], r["kind"], r["new_tokens"]) for r in rows] == [
-            (BASE, "rubric", 5), (BASE, "reference", 3), ("stage1", "rubric", 5), ("stage1", "reference", 3)]
+        assert [(r["model"], r["kind"], r["new_tokens"], r["contaminated"]) for r in rows] == [
+            (BASE, "rubric", 5, False), (BASE, "reference", 3, True),
+            ("stage1", "rubric", 5, False), ("stage1", "reference", 3, True)]
+        assert rows[0]["passed"] is True and "score" not in rows[1] and rows[1]["reference"] == "Hello."
+        assert rows[1]["kb_flags"] == [{"rule": "kb_contradiction", "detail": "a detail",
+                                        "source": "https://example.org/kb"}]
         for entry in (saved["base"], saved["adapters"]["stage1"]):
             assert not [key for key in entry if key.startswith("_")]
-            assert entry["throughput"]["new_tokens"] == 8
+            assert entry["new_tokens"] == 8
         written.append(((out / "answers.jsonl").read_text(), saved))
     assert written[0] == written[1]

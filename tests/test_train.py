@@ -253,8 +253,14 @@ def test_paper_pipeline_runs_end_to_end_on_a_tiny_mistral(tiny_mistral_dir, stag
 def test_grounded_planning_adds_kb_passages_without_changing_the_split(tmp_path, stage_files, demo_model_dir):
     from trainer.train import plan_pipeline
 
-    plain = plan_pipeline(demo_config(tmp_path, stage_files), ["stage1"]).stages["stage1"]
-    plan = plan_pipeline(demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=kb",
+    from trainer.data import DataError
+
+    # the passages lengthen every row: at max_length 512 most grounded rows no longer fit, and they are rejected
+    # (named, with their length), never cut
+    with pytest.raises(DataError, match=r"stage1\.jsonl:\d+: too long after templating: \d+ tokens > max_length 512"):
+        plan_pipeline(demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=kb"), ["stage1"])
+    plain = plan_pipeline(demo_config(tmp_path, stage_files, "max_length=1536"), ["stage1"]).stages["stage1"]
+    plan = plan_pipeline(demo_config(tmp_path, stage_files, "max_length=1536", "stages.stage1.dataset.grounding=kb",
                                      "stages.stage1.dataset.grounding_k=3"), ["stage1"]).stages["stage1"]
     assert plain.grounded is None and plain.training_rows("train") == plain.data.train
     assert plan.data.split_record() == plain.data.split_record()  # the rows as written decide the split
@@ -275,14 +281,15 @@ def test_grounded_planning_adds_kb_passages_without_changing_the_split(tmp_path,
 def test_grounding_settings_are_validated(tmp_path, stage_files):
     from trainer.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"stages.stage1.dataset.grounding: must be none or kb, got 'yes'"):
-        demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=yes")
+    with pytest.raises(ConfigError, match=r"stages.stage1.dataset.grounding: must be none or kb, got 'sometimes'"):
+        demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=sometimes")
     with pytest.raises(ConfigError, match=r"stages.stage1.dataset.grounding_k: must be between 1 and 20"):
         demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding_k=0")
 
 
 def test_a_grounded_stage_trains_and_its_lineage_records_the_kb(tmp_path, stage_files, demo_model_dir):
-    cfg = demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=kb", "stages.stage1.max_steps=1")
+    cfg = demo_config(tmp_path, stage_files, "max_length=1024", "stages.stage1.dataset.grounding=kb",
+                      "stages.stage1.dataset.grounding_k=2", "stages.stage1.max_steps=1")
     stage_dir = run_stage(cfg, "stage1")
     lineage = json.loads((stage_dir / "lineage.json").read_text())
     assert lineage["grounding"]["method"] == "kb" and lineage["grounding"]["kb_version"]["version"]

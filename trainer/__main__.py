@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("--judge-max-tokens", "judge_max_tokens", type=int)
     option("--margin", "margin", type=float)
     option("--no-contamination", "contamination", action="store_false")
+    option("--contamination-threshold", "contamination_threshold", type=float)
     option("--grounded", "grounded", action="store_true")
     option("--retrieval-k", "retrieval_k", type=int)
     option("--kb", "kb")

@@ -139,7 +139,9 @@ def kb_passages(kb) -> list[Passage]:
     for r in kb.rules:
         ids = tuple(dict.fromkeys((r.id, *((r.country,) if r.country else ()), *named_in(f"{r.claim} {r.fact}"))))
         where = f"{names[r.country]}: " if r.country in names else ""
-        out.append(Passage(f"rule:{r.id}", "rule", ids, f"{where}{r.claim}", f"{where}{r.fact}", r.source, r.as_of))
+        # The title names the mistake as one: a list of sources must never show the false claim as a heading.
+        out.append(Passage(f"rule:{r.id}", "rule", ids, f"{where}correction of “{r.claim.rstrip('.')}”",
+                           f"{where}{r.fact}", r.source, r.as_of))
     return out
 
 
