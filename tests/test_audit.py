@@ -10,7 +10,8 @@ import random
 import pytest
 
 from conftest import DATA, REPO
-from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor, _sketch, near_duplicates
+from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor
+from trainer.near_dup import near_duplicates, sketch
 
 GOOD = ("### Your next steps\n\n- Check the official admissions page of each university for its requirements.\n"
         "- Prepare your transcripts and a statement of purpose well ahead of the deadline.\n"
@@ -72,7 +73,7 @@ def test_near_duplicates_minhash():
 
 def _near_duplicates_brute_force(texts, threshold, k=64):
     """The near-duplicate rule in plain Python sets: each text against every earlier one in the index."""
-    sketches = [set(_sketch(t, k).tolist()) for t in texts]
+    sketches = [set(sketch(t, k).tolist()) for t in texts]
     index, found = [], {}
     for i, mine in enumerate(sketches):
         shared = [(len(mine & sketches[j]), min(mine & sketches[j], default=0), j) for j in index]
