@@ -158,7 +158,8 @@ def test_every_kb_rule_fires_on_its_false_example_only(kb, rule):
 
 
 def test_lowercase_twins_find_what_the_case_insensitive_patterns_find(kb):
-    from trainer.audit import NEGATION, PLACEHOLDER, _lowered, _Twin
+    from trainer.audit import NEGATION, PLACEHOLDER
+    from trainer.caseless import CaselessPattern as _Twin, lowered as _lowered
 
     patterns = [NEGATION, PLACEHOLDER] + [p for r in kb.rules for p in (r.trigger, r.unless) if p is not None]
     sentences = [s for r in kb.rules for s in r.examples_false + r.examples_corrected]

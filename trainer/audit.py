@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from trainer.caseless import CaselessPattern, lowered
+
 FAIL, VERIFY = "fail", "verify"
 
 PLACEHOLDER = re.compile(
@@ -46,106 +48,13 @@ NEGATION = re.compile(
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
-# Case-insensitive matching is slow in `re`. For every character but three, matching a case-insensitive pattern
-# written in ASCII is the same as matching its lowercased twin case-sensitively against `text.lower()` (checked
-# against every code point: `re` folds "İ", "ı" and "ſ" onto ASCII letters, `str.lower` does not), and the
-# lowercased text keeps every position. So a text without those three is lowercased once and matched by twins.
-_FOLDED_APART = ("\u0130", "\u0131", "\u017f")
-_CASELESS = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00a0\u00ab\u00bb\u2022\u00a3\u20ac"
-                      "\u20b9\u00a5")
-"""Dashes, quotes, spaces and currency signs a pattern may hold beside ASCII: each matches only itself, in any case,
-and no character lowercases to it (checked against every code point)."""
-
-
-def _lowered(text: str) -> str | None:
-    """`text.lower()`, or None where the twins of case-insensitive patterns would not match like the patterns."""
-    if text.isascii() or not any(ch in text for ch in _FOLDED_APART):
-        return text.lower()
-    return None
-
-
-def _lowercase_twin(pattern: re.Pattern) -> re.Pattern | None:
-    """The case-sensitive twin of a case-insensitive pattern (see above), or None when the pattern has characters
-    or escapes that lowercasing its source would change the meaning of (`\\S`, `\\x41`, inline flags, "ü")."""
-    source = pattern.pattern
-    if not pattern.flags & re.IGNORECASE or not all(ch.isascii() or ch in _CASELESS for ch in source) or \
-            re.search(r"\\[^bswdntrfv\W]|\(\?[a-zA-Z-]", source):
-        return None
-    return re.compile(source.lower(), pattern.flags & ~re.IGNORECASE)
-
-
-def _leading_literals(pattern: re.Pattern) -> frozenset[str] | None:
-    """Strings one of which every match of a case-sensitive `pattern` starts with (after a leading \\b), or None.
-    `re` skips ahead by a literal prefix by itself, but not after \\b nor across alternatives."""
-    try:
-        from re import _constants as sre, _parser as parser
-    except ImportError:  # Python < 3.11
-        import sre_constants as sre
-        import sre_parse as parser
-
-    def starts(items) -> frozenset[str] | None:
-        items, prefix = list(items), ""
-        while items and items[0] == (sre.AT, sre.AT_BOUNDARY):
-            items = items[1:]
-        for op, av in items:
-            if op is sre.LITERAL:
-                prefix += chr(av)
-                continue
-            if prefix:
-                break
-            if op is sre.BRANCH:
-                branches = [starts(branch) for branch in av[1]]
-                return None if None in branches else frozenset().union(*branches)
-            if op is sre.SUBPATTERN and not (av[1] or av[2]):  # a group without inline flags
-                return starts(av[3])
-            return None
-        return frozenset([prefix]) if prefix else None
-
-    if pattern.flags & re.IGNORECASE:
-        return None
-    try:
-        return starts(parser.parse(pattern.pattern, pattern.flags))
-    except Exception:  # a private module that changed shape: search as usual
-        return None
-
-
-class _Twin:
-    """A case-insensitive pattern, searched through its lowercase twin where it has one, and then only at the places
-    where one of the literals every match starts with occurs (`str.find` is ~20x faster than `re` trying each
-    position)."""
-
-    def __init__(self, pattern: re.Pattern):
-        self.pattern = pattern
-        self.twin = _lowercase_twin(pattern)
-        self.starts = sorted(_leading_literals(self.twin) or ()) if self.twin is not None else []
-
-    def span(self, text: str, lowered: str | None) -> tuple[int, int] | None:
-        """The span of `pattern.search(text)`, or None; `lowered` is `_lowered(text)`."""
-        if self.twin is None or lowered is None:
-            found = self.pattern.search(text)
-        elif not self.starts:
-            found = self.twin.search(lowered)
-        else:  # the leftmost match starts at the leftmost place where the twin matches
-            found, at = None, {s: lowered.find(s) for s in self.starts}
-            while found is None:
-                places = [i for i in at.values() if i >= 0]
-                if not places:
-                    break
-                place = min(places)
-                found = self.twin.match(lowered, place)
-                for s, i in at.items():
-                    if i == place:
-                        at[s] = lowered.find(s, place + 1)
-        return found.span() if found is not None else None
-
-
 def _negated(text: str) -> bool:
     """Whether NEGATION occurs in `text`."""
-    return _NEGATION.span(text, _lowered(text)) is not None
+    return _NEGATION.span(text, lowered(text)) is not None
 
 
-_NEGATION = _Twin(NEGATION)
-_PLACEHOLDER = _Twin(PLACEHOLDER)
+_NEGATION = CaselessPattern(NEGATION)
+_PLACEHOLDER = CaselessPattern(PLACEHOLDER)
 # A named award is one to five capitalised words before "Scholarship", "Fellowship", ...: found in two steps, the
 # award word first, then the words just before it (one pattern tried at every position cost a third of the audit).
 AWARD_WORD = re.compile(r"(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries)\b")
@@ -276,7 +185,7 @@ class Auditor:
                 self._kb_numbers.update(_numbers_in(fact.text))
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
-            self._triggers = {r.id: _Twin(r.trigger) for r in kb.rules}
+            self._triggers = {r.id: CaselessPattern(r.trigger) for r in kb.rules}
 
     def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
         started = time.perf_counter()
@@ -372,7 +281,7 @@ class Auditor:
             words = answer[:1200].lower().split()  # the opening is enough to tell the language
             if len(words) >= 20 and sum(map(ENGLISH_WORDS.__contains__, words)) / len(words) < 0.08:
                 flags.append(Flag("language", FAIL, "the answer does not read as English", i))
-            if any(h in answer for h in PLACEHOLDER_HINTS) and (at := _PLACEHOLDER.span(answer, _lowered(answer))):
+            if any(h in answer for h in PLACEHOLDER_HINTS) and (at := _PLACEHOLDER.span(answer, lowered(answer))):
                 flags.append(Flag("placeholder", FAIL, f"template slot left in: {answer[at[0]:at[1]]!r}", i))
         if answers and not any(MARKDOWN.search(a) for _, a in answers):
             flags.append(Flag("no_markdown", VERIFY, "no heading, list or bold text in any answer"))
@@ -405,9 +314,9 @@ class Auditor:
         # occur in the answer (a set lookup on words split once) and whose country is mentioned can match, so only
         # those triggers run.
         for i, answer in answers:
-            lowered = _lowered(answer)
+            low = lowered(answer)
             candidates = [r for r in kb.rules_in(answer) if (not r.country or r.country in countries)
-                          and self._triggers[r.id].span(answer, lowered) is not None]
+                          and self._triggers[r.id].span(answer, low) is not None]
             if not candidates:
                 continue
             for sentence in SENTENCE.split(answer):
