@@ -55,6 +55,11 @@ def test_structure_length_language_placeholder_markdown():
     assert rules(auditor, conv(GOOD + "\n- Apply to [University Name] before the deadline."))["placeholder"] == FAIL
     assert rules(auditor, conv(GOOD + "\n- XYZ University is a good choice."))["placeholder"] == FAIL
     assert "placeholder" not in rules(auditor, conv(GOOD + "\n- See [the official page](https://www.gov.uk)."))
+    for slot in ("[Your University]", "[your country]", "[Insert University Name]", "[Target University]",
+                 "[Student's Name]"):
+        assert rules(auditor, conv(GOOD + f"\n- Write to {slot} today."))["placeholder"] == FAIL, slot
+    assert "placeholder" not in rules(auditor, conv(GOOD + "\n- Read [the university's admissions page]"
+                                                           "(https://www.ox.ac.uk/admissions)."))
     plain = "Check the official admissions page of each university for its requirements, and prepare early."
     assert rules(auditor, conv(plain)) == {"no_markdown": VERIFY}
 
@@ -317,3 +322,111 @@ def test_check_answer_looks_only_at_the_last_answer_and_needs_a_kb(kb):
 def test_audit_output_keeps_its_shape_for_flags_without_a_source(kb):
     row = Auditor(kb).audit([conv("too short")]).rows[0].to_dict()
     assert all("source" not in f for f in row["flags"] if f["rule"] == "length")
+
+
+# `trainer audit` on files nobody here wrote: the KB it used, what ingestion dropped, other files
+
+MEDICARE = ("### Health cover\n\n- As an international student in Australia you can use Medicare for your doctor "
+            "visits, so budget nothing for insurance.")
+
+
+def _short_rows() -> list[dict]:
+    return [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text().splitlines()]
+
+
+def test_a_kb_folder_that_does_not_exist_is_an_error_naming_it(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    sample = str(DATA / "studyabroadgpt_sample.jsonl")
+    assert main(["audit", sample, "--kb", str(tmp_path / "data" / "kbb")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'data' / 'kbb'}: knowledge base folder not found"
+    assert main(["audit", sample, "--kb", ""]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--kb ''" in err and "--no-kb" in err
+
+
+def test_the_default_kb_is_the_shipped_one_from_any_folder_and_the_report_names_it(tmp_path, capsys, monkeypatch):
+    from trainer.__main__ import main
+    from trainer.kb_loader import SHIPPED_KB
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Do I need insurance in Australia?"},
+                                             {"role": "assistant", "content": MEDICARE}]}) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # data/kb is not here
+    assert main(["audit", str(data), "--out", "out"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["kb"]["path"] == str(SHIPPED_KB) and summary["kb"]["version"]["version"]
+    assert summary["conversations_per_flag"].get("kb_contradiction") == 1
+    version = summary["kb"]["version"]["version"]
+    assert f"Knowledge base: version {version} (as of " in capsys.readouterr().out
+    assert main(["audit", str(data), "--no-kb", "--out", "plain"]) == 0
+    assert "Knowledge base: none (--no-kb): the KB rules did not run." in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert plain["kb"] is None and "kb_contradiction" not in plain["conversations_per_flag"]
+
+
+def test_the_report_lists_what_ingestion_dropped_by_file_line_and_names_rows_by_file_line(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    rows = _short_rows()
+    lines = [json.dumps(rows[0]), '{"messages": [', json.dumps(rows[1]) + json.dumps(rows[2]),
+             json.dumps(rows[3]), json.dumps(rows[0]),
+             json.dumps({"messages": [{"role": "user", "content": "Visa?"},
+                                      {"role": "assistant", "content": GOOD + "\n- Apply at [Your University]."}]})]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["audit", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Rows ingestion rejected (2)" in printed
+    assert f"- {data}:2: invalid JSON: Expecting value at column 15" in printed
+    assert f"- {data}:3: invalid JSON: Extra data at column " in printed  # two objects on one line
+    assert f"## Exact duplicates removed (1)\n\n- {data}:5: same as {data}:1" in printed
+    assert f"- {data}:6: fail:placeholder (message 2): template slot left in: '[Your University]'" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["location"], r["rule"]) for r in summary["ingestion"]["rejected"]] == [
+        (f"{data}:2", "invalid JSON"), (f"{data}:3", "invalid JSON")]
+    assert summary["ingestion"]["duplicate_rows"] == [{"location": f"{data}:5", "same_as": f"{data}:1"}]
+    assert summary["rows_per_flag"]["placeholder"] == [f"{data}:6"]
+    audited = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in audited] == [f"{data}:{n}" for n in (1, 4, 6)]
+    assert audited[2]["flags"][0]["message"] == 2  # numbered from 1, as ingestion numbers messages
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    assert main(["audit", str(DATA / "short_dialogues.jsonl"), "--out", str(blocker / "audit")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {blocker / 'audit'}: cannot write the audit report there (")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_against_lists_rows_found_in_another_file_with_locations_on_both_sides(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    rows = _short_rows()
+    other = tmp_path / "train.json"  # any file ingestion reads: here a JSON array
+    question = ("I am from Nigeria and I want to study a master's in public health in the UK next year; which "
+                "scholarships can I apply for, and when are the deadlines?")
+    other.write_text(json.dumps(rows[:4] + [{"messages": [{"role": "user", "content": question},
+                                                          {"role": "assistant", "content": GOOD}]}], indent=1),
+                     encoding="utf-8")
+    near = {"messages": [{"role": "user", "content": question.replace("; which", ", which")},
+                         {"role": "assistant", "content": rows[5]["messages"][1]["content"]}]}
+    mine = tmp_path / "eval.jsonl"
+    mine.write_text("".join(json.dumps(r) + "\n" for r in [rows[10], rows[2], near]), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["audit", str(mine), "--against", str(other), "--out", str(out)]) == 0
+    against = json.loads((out / "summary.json").read_text())["against"]
+    found = {(m["row"], m["what"], m["how"]) for m in against["matches"]}
+    assert (f"{mine}:2", "conversation", "exact") in found and (f"{mine}:2", "message 1", "exact") in found
+    assert (f"{mine}:3", "message 1", "near") in found
+    assert not any(m["row"] == f"{mine}:1" for m in against["matches"]) and against["rows"] == 2
+    by_row = {(m["row"], m["what"]): m["other"] for m in against["matches"]}
+    assert by_row[(f"{mine}:2", "conversation")].startswith(f"{other}:") and "(item 3)" in by_row[
+        (f"{mine}:2", "conversation")]
+    assert "(item 5)" in by_row[(f"{mine}:3", "message 1")]
+    assert f"## Rows also in {other} (2 rows)" in capsys.readouterr().out

@@ -5,7 +5,7 @@ but mark what a person should check. Rules:
 
 - structure: roles, turn order, turn count; an answer without markdown structure is `verify` (`no_markdown`)
 - length: answers too short or too long
-- language: answers that are not English
+- language: answers that are not English, by script, then by a language identifier (`trainer/language.py`)
 - placeholder: template slots left in the text ("[University Name]", "{program}", "XYZ University")
 - near_duplicate: MinHash (bottom-k over byte 8-grams, `trainer/near_dup.py`) similarity with an earlier conversation
 - kb_contradiction: a knowledge-base rule's false claim stated without correction (Medicare for international
@@ -33,13 +33,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from trainer.caseless import CaselessPattern, lowered
+from trainer.kb_loader import SHIPPED_KB
+from trainer.language import answer_language
 
 FAIL, VERIFY = "fail", "verify"
 
 PLACEHOLDER = re.compile(
-    r"\[(?:university|college|program(?:me)?|course|country|city|name|your name|insert|field|degree|company|"
-    r"school|scholarship|amount|date|deadline)[^\]]{0,30}\]|\{[a-z_]{2,30}\}|<insert[^>]*>|\bXYZ (?:University|"
+    r"\[(?:(?:your|the|insert|enter|add|target|chosen|preferred|selected|student'?s?|applicant'?s?|full)\s+)?"
+    r"(?:university|college|program(?:me)?|course|country|city|name|insert|field|degree|company|school|scholarship|"
+    r"amount|date|deadline)[^\]]{0,30}\](?!\()|\{[a-z_]{2,30}\}|<insert[^>]*>|\bXYZ (?:University|"
     r"College|Scholarship)\b|\bABC (?:University|College)\b|\blorem ipsum\b", re.IGNORECASE)
+"""Template slots: "[University Name]", "[Your University]", "{program}", "XYZ University"; a markdown link's text
+("[the university's admissions page](https://...)") is not one."""
 MARKDOWN = re.compile(r"^\s{0,3}(?:#{1,6}\s|[-*+]\s|\d+[.)]\s)|\*\*[^*]+\*\*", re.MULTILINE)
 NEGATION = re.compile(
     r"\b(?:not|no|never|isn't|aren't|doesn't|don't|didn't|cannot|can't|won't|wasn't|unavailable|ineligible|"
@@ -69,26 +74,35 @@ AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "go
                    "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
 LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued")
 """The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
-ENGLISH_WORDS = frozenset("the and to of a in is for you your that with are on be this or as can it".split())
 PLACEHOLDER_HINTS = ("[", "{", "<insert", "XYZ ", "ABC ", "orem ipsum")
+
+
+class AuditError(ValueError):
+    """The audit cannot run or write its report; the message names the path and why."""
 
 
 @dataclass(frozen=True)
 class Flag:
+    """One finding on one conversation."""
+
     rule: str
     severity: str
     detail: str
     message: int | None = None
+    """Index of the message in the conversation (0-based); reports and audit.jsonl number messages from 1, as
+    ingestion's messages do."""
     source: str | None = None
     """The official page of the KB fact a KB flag rests on."""
 
     def __str__(self) -> str:
-        where = f" (message {self.message})" if self.message is not None else ""
+        where = f" (message {self.message + 1})" if self.message is not None else ""
         return f"{self.severity}:{self.rule}{where}: {self.detail}"
 
 
 @dataclass(frozen=True)
 class AuditSettings:
+    """The audit's thresholds; `trainer audit` and `generate` each set their own."""
+
     min_messages: int = 2
     max_messages: int = 12
     min_answer_chars: int = 80
@@ -100,47 +114,131 @@ class AuditSettings:
     workers: int = 0
     """Processes for the per-row rules (forked; the near-duplicate pass stays in one): 0 = 2 from 1,000 conversations
     up where `fork` exists, 2 CPUs are free to this process and no other thread runs, else 1; 1 = never fork."""
+    judge_all: bool = False
+    """Ask the judge about every row, also those the rules failed (`trainer audit --judge`, to report where judge and
+    rules disagree); `generate` asks only about rows that pass, to save requests."""
 
 
 @dataclass
 class RowAudit:
+    """The flags of one conversation, where it came from, and the judge's verdict when one was asked."""
+
     index: int
     flags: list[Flag] = field(default_factory=list)
+    location: str | None = None
+    """file:line as ingestion names it; None for rows that come from no file (generated ones)."""
+    judge: dict[str, str] | None = None
+    """{"verdict": "ok" | "error" | "no verdict", "reason": ...} when a judge was asked."""
 
     @property
     def failed(self) -> bool:
         return any(f.severity == FAIL for f in self.flags)
 
+    @property
+    def where(self) -> str:
+        return self.location or f"row {self.index + 1}"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "failed": self.failed,
-                "flags": [{k: v for k, v in asdict(f).items() if k != "source" or v is not None} for f in self.flags]}
+        flags = [{k: (v + 1 if k == "message" and v is not None else v) for k, v in asdict(f).items()
+                  if k != "source" or v is not None} for f in self.flags]
+        return {"index": self.index, "failed": self.failed, "flags": flags,
+                **({"judge": self.judge} if self.judge is not None else {})}
+
+    def disagreement(self) -> str | None:
+        """Where the judge and the KB rules disagree on this row: `judge only` (a rule to write?), `rules only` (a
+        false alarm, or a judge that missed it), or None."""
+        verdict = (self.judge or {}).get("verdict")
+        ruled = any(f.rule in LIVE_CHECK_RULES for f in self.flags)
+        if verdict == "error" and not ruled:
+            return "judge only"
+        if verdict == "ok" and ruled:
+            return "rules only"
+        return None
 
 
 @dataclass
 class AuditReport:
+    """Every row's flags, with what the audit ran against: the KB (or none), the ingestion report, other files."""
+
     rows: list[RowAudit]
     seconds: float
     kb_version: dict[str, str] | None
+    kb_path: str | None = None
+    ingestion: Any = None
+    """The `trainer.data.DataReport` of the file audited: rows rejected, duplicates removed, files skipped."""
+    against: dict[str, Any] | None = None
+    """`--against OTHER`: {"file": OTHER, "matches": [...]} for the rows also found in OTHER."""
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(f.rule for r in self.rows for f in {x.rule: x for x in r.flags}.values()).items()))
 
+    def kb_line(self) -> str:
+        if self.kb_version is None:
+            return "Knowledge base: none (--no-kb): the KB rules did not run."
+        return (f"Knowledge base: version {self.kb_version.get('version')} (as of {self.kb_version.get('as_of')}), "
+                f"{self.kb_path}.")
+
     def summary(self) -> dict[str, Any]:
         failed = sum(r.failed for r in self.rows)
-        return {"conversations": len(self.rows), "failed": failed, "passed": len(self.rows) - failed,
-                "flagged_for_verification": sum(1 for r in self.rows if not r.failed and r.flags),
-                "conversations_per_flag": self.counts(), "seconds": round(self.seconds, 3),
-                "kb_version": self.kb_version}
+        out = {"conversations": len(self.rows), "failed": failed, "passed": len(self.rows) - failed,
+               "flagged_for_verification": sum(1 for r in self.rows if not r.failed and r.flags),
+               "conversations_per_flag": self.counts(), "seconds": round(self.seconds, 3),
+               "kb_version": self.kb_version, "kb": None if self.kb_version is None else
+               {"version": self.kb_version, "path": self.kb_path}}
+        if any(r.location for r in self.rows):
+            where: dict[str, list[str]] = {}
+            for r in self.rows:
+                for rule in dict.fromkeys(f.rule for f in r.flags):
+                    where.setdefault(rule, []).append(r.where)
+            out["rows_per_flag"] = dict(sorted(where.items()))
+        if self.ingestion is not None:
+            data = self.ingestion
+            out["ingestion"] = {**data.to_dict(), "rejected": [
+                {"location": e.location, "rule": e.rule, "detail": e.detail} for e in data.errors],
+                "duplicate_rows": [{"location": at, "same_as": first} for at, first in data.duplicate_rows]}
+        judged = [r for r in self.rows if r.judge is not None]
+        if judged:
+            out["judge"] = {"asked": len(judged), **Counter(r.judge["verdict"] for r in judged),
+                            "disagreements": [{"row": r.where, "kind": r.disagreement(), **r.judge,
+                                               "rules": [str(f) for f in r.flags if f.rule in LIVE_CHECK_RULES]}
+                                              for r in judged if r.disagreement()]}
+        if self.against is not None:
+            out["against"] = self.against
+        return out
 
     def markdown(self, title: str) -> str:
         s = self.summary()
-        lines = [f"# Audit of {title}", "", f"{s['conversations']} conversations: {s['passed']} pass, "
-                 f"{s['failed']} fail (audit split), {s['flagged_for_verification']} pass with flags to verify; "
-                 f"{s['seconds']} s.", "", "| flag | conversations |", "|---|---|"]
+        lines = [f"# Audit of {title}", "", self.kb_line(), ""]
+        if self.ingestion is not None:
+            lines += [f"Ingestion: {self.ingestion.summary()}.", ""]
+        lines += [f"{s['conversations']} conversations: {s['passed']} pass, {s['failed']} fail (audit split), "
+                  f"{s['flagged_for_verification']} pass with flags to verify; {s['seconds']} s.", "",
+                  "| flag | conversations |", "|---|---|"]
         lines += [f"| {rule} | {n} |" for rule, n in s["conversations_per_flag"].items()]
-        examples = [(r.index, f) for r in self.rows for f in r.flags][:40]
+        ingestion = s.get("ingestion")
+        if ingestion and ingestion["rejected"]:
+            lines += ["", f"## Rows ingestion rejected ({len(ingestion['rejected'])})", ""]
+            lines += [f"- {e}" for e in self.ingestion.errors]
+        if ingestion and ingestion["duplicate_rows"]:
+            lines += ["", f"## Exact duplicates removed ({len(ingestion['duplicate_rows'])})", ""]
+            lines += [f"- {d['location']}: same as {d['same_as']}" for d in ingestion["duplicate_rows"]]
+        if ingestion and ingestion["skipped_files"]:
+            lines += ["", "## Files not read", ""] + [f"- {f['path']}: {f['why']}" for f in ingestion["skipped_files"]]
+        if "judge" in s:
+            judge = s["judge"]
+            lines += ["", f"## Judge and rules disagree ({len(judge['disagreements'])} of {judge['asked']} rows)", "",
+                      "`judge only`: the judge found an error no KB rule caught (a rule to write?); `rules only`: a "
+                      "KB rule fired and the judge saw no error (a false alarm, or a judge that missed it).", ""]
+            lines += [f"- {d['row']}: {d['kind']}: judge {d['verdict']} ({d['reason'][:200]!r})"
+                      + (f"; rules: {'; '.join(d['rules'])}" if d["rules"] else "") for d in judge["disagreements"]]
+        if self.against is not None:
+            matches = self.against["matches"]
+            lines += ["", f"## Rows also in {self.against['file']} ({len({m['row'] for m in matches})} rows)", ""]
+            lines += [f"- {m['row']} ({m['what']}): {m['how']} ({m['similarity']:.0%}) at {m['other']}"
+                      for m in matches]
+        examples = [(r.where, f) for r in self.rows for f in r.flags][:40]
         if examples:
-            lines += ["", "## First flags", ""] + [f"- row {i}: {f}" for i, f in examples]
+            lines += ["", "## First flags", ""] + [f"- {where}: {f}" for where, f in examples]
         return "\n".join(lines) + "\n"
 
 
@@ -187,23 +285,27 @@ class Auditor:
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
             self._triggers = {r.id: CaselessPattern(r.trigger) for r in kb.rules}
 
-    def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
+    def audit(self, conversations: Sequence[Sequence[dict[str, str]]],
+              locations: Sequence[str] | None = None) -> AuditReport:
+        """Flag every conversation; `locations` (file:line, as ingestion names rows) name them in the report."""
         started = time.perf_counter()
         per_row = self._per_row(conversations)
-        rows = [RowAudit(i, flags) for i, (flags, _) in enumerate(per_row)]
+        rows = [RowAudit(i, flags, locations[i] if locations else None) for i, (flags, _) in enumerate(per_row)]
         from trainer.near_dup import SKETCH_SIZE, near_duplicates_of_sketches
 
         found = near_duplicates_of_sketches([sketch for _, sketch in per_row], self.settings.near_duplicate,
                                             SKETCH_SIZE)
         for i, (j, similarity) in found.items():
-            rows[i].flags.append(Flag("near_duplicate", FAIL, f"{similarity:.0%} similar to row {j}"))
+            rows[i].flags.append(Flag("near_duplicate", FAIL, f"{similarity:.0%} similar to {rows[j].where}"))
         if self.judge is not None:
             for row, messages in zip(rows, conversations):
-                if not row.failed:
+                if self.settings.judge_all or not row.failed:
                     ok, reason = self.judge(list(messages), self._facts(messages))
-                    if not ok:
+                    row.judge = {"verdict": {True: "ok", False: "error"}.get(ok, "no verdict"), "reason": reason}
+                    if ok is False:
                         row.flags.append(Flag("llm_judge", FAIL, reason[:300]))
-        return AuditReport(rows, time.perf_counter() - started, getattr(self.kb, "version", None))
+        return AuditReport(rows, time.perf_counter() - started, getattr(self.kb, "version", None),
+                           getattr(self.kb, "path", None))
 
     def _per_row(self, conversations: Sequence[Sequence[dict[str, str]]]) -> list[tuple[list[Flag], Any]]:
         """(flags, MinHash sketch) per conversation, in order; split over forked processes on large inputs."""
@@ -278,9 +380,8 @@ class Auditor:
                 flags.append(Flag("length", FAIL, f"answer of {len(answer)} characters", i))
             elif len(answer) > s.max_answer_chars:
                 flags.append(Flag("length", FAIL, f"answer of {len(answer):,} characters", i))
-            words = answer[:1200].lower().split()  # the opening is enough to tell the language
-            if len(words) >= 20 and sum(map(ENGLISH_WORDS.__contains__, words)) / len(words) < 0.08:
-                flags.append(Flag("language", FAIL, "the answer does not read as English", i))
+            if (language := answer_language(answer)) is not None:
+                flags.append(Flag("language", FAIL, f"the answer reads as {language}, not English", i))
             if any(h in answer for h in PLACEHOLDER_HINTS) and (at := _PLACEHOLDER.span(answer, lowered(answer))):
                 flags.append(Flag("placeholder", FAIL, f"template slot left in: {answer[at[0]:at[1]]!r}", i))
         if answers and not any(MARKDOWN.search(a) for _, a in answers):
@@ -439,30 +540,66 @@ def _programme_pattern(degree: str, field: str) -> re.Pattern:
     return _PROGRAMME_CACHE[key]
 
 
-def audit_file(path: str | Path, kb_path: str | Path | None = "data/kb", settings: AuditSettings = AuditSettings(),
-               out_dir: str | Path | None = None) -> AuditReport:
-    """Audit a dataset file (any schema `trainer.data` reads); write `audit.jsonl` and `audit.md` to `out_dir`."""
+def audit_file(path: str | Path, kb_path: str | Path | None = SHIPPED_KB, settings: AuditSettings = AuditSettings(),
+               out_dir: str | Path | None = None, *, against: str | Path | None = None, judge=None) -> AuditReport:
+    """Audit a dataset file (any schema `trainer.data` reads) against the KB at `kb_path` (None: without a KB, which
+    the report says); with `against`, list its rows also found in that file; write `audit.jsonl`, `audit.md` and
+    `summary.json` to `out_dir`. A KB folder that does not exist is an error, never a silent skip."""
     from trainer.config import DatasetSettings
     from trainer.data import load_conversations
 
-    conversations, data_report = load_conversations(DatasetSettings(path=str(path), max_bad_fraction=1.0,
-                                                                    eval_fraction=0))
     kb = None
-    if kb_path is not None and Path(kb_path).exists():
+    if kb_path is not None:
         from trainer.kb_loader import load_kb
 
         kb = load_kb(kb_path)
-    report = Auditor(kb, settings).audit([list(c.messages) for c in conversations])
+    conversations, data_report = load_conversations(DatasetSettings(path=str(path), max_bad_fraction=1.0,
+                                                                    eval_fraction=0))
+    report = Auditor(kb, settings, judge).audit([list(c.messages) for c in conversations],
+                                                [c.location for c in conversations])
+    report.ingestion = data_report
+    if against is not None:
+        report.against = rows_also_in(conversations, against)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "audit.jsonl", "w", encoding="utf-8") as fh:
-            for conv, row in zip(conversations, report.rows):
-                fh.write(json.dumps({"source": conv.location, **row.to_dict()}, ensure_ascii=False) + "\n")
-        (out / "audit.md").write_text(report.markdown(str(path)), encoding="utf-8")
-        (out / "summary.json").write_text(json.dumps({**report.summary(), "ingestion": data_report.to_dict()},
-                                                     indent=2) + "\n", encoding="utf-8")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "audit.jsonl", "w", encoding="utf-8") as fh:
+                for conv, row in zip(conversations, report.rows):
+                    fh.write(json.dumps({"source": conv.location, **row.to_dict()}, ensure_ascii=False) + "\n")
+            (out / "audit.md").write_text(report.markdown(str(path)), encoding="utf-8")
+            (out / "summary.json").write_text(json.dumps(report.summary(), indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+        except OSError as exc:
+            raise AuditError(f"{out}: cannot write the audit report there ({exc.strerror or exc})") from None
     return report
+
+
+MIN_QUESTION_CHARS = 40
+"""`--against` compares user messages from this length up: "Thanks!" or "And for Canada?" in both files says
+nothing about overlap."""
+
+
+def rows_also_in(conversations: Sequence[Any], other: str | Path) -> dict[str, Any]:
+    """The rows of `conversations` (ingested `Conversation`s) whose whole conversation or a user message also occurs,
+    exactly or nearly, in the file `other` (any file ingestion reads): `trainer.contamination` on both sides."""
+    from trainer.config import DatasetSettings
+    from trainer.contamination import EvalItem, TrainingRow, conversation_text, find_contamination
+    from trainer.data import load_conversations
+
+    theirs, _ = load_conversations(DatasetSettings(path=str(other), max_bad_fraction=1.0, eval_fraction=0))
+    training = [TrainingRow(c.location, str(other), c.messages) for c in theirs]
+    items, where = [], {}
+    for conv in conversations:
+        items.append(EvalItem(f"{conv.location}#conversation", "conversation", conversation_text(conv.messages)))
+        where[items[-1].id] = (conv.location, "conversation")
+        for k, m in enumerate(conv.messages, start=1):
+            if m["role"] == "user" and len(m["content"].strip()) >= MIN_QUESTION_CHARS:
+                items.append(EvalItem(f"{conv.location}#{k}", "question", m["content"]))
+                where[items[-1].id] = (conv.location, f"message {k}")
+    matches = [{"row": where[m.item][0], "what": where[m.item][1], "how": m.how, "similarity": m.similarity,
+                "other": m.location} for m in find_contamination(items, training)]
+    return {"file": str(other), "rows": len({m["row"] for m in matches}), "matches": matches}
 
 
 def split_by_audit(rows: Iterable[Any], report: AuditReport) -> tuple[list[Any], list[Any]]:

@@ -213,10 +213,10 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[str, Any]]:
             except UnicodeDecodeError as exc:
                 yield loc, RowError(loc, RULE_ENCODING, f"byte {exc.start + 1} is not UTF-8 ({exc.reason})")
                 continue
-            try:
-                yield loc, json.loads(text)
+            try:  # without its line break, so an error at the line's end is placed there, not on a next line
+                yield loc, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                yield loc, RowError(loc, RULE_INVALID_JSON, f"{exc.msg} at column {exc.colno}")
+                yield loc, RowError(loc, RULE_INVALID_JSON, f"{exc.msg} at column {exc.pos + 1}")
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:

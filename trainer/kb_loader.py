@@ -32,10 +32,13 @@ URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 CODE = re.compile(r"^[A-Z]{2}$")
 
+SHIPPED_KB = Path(__file__).resolve().parent.parent / "data" / "kb"
+"""The knowledge base shipped with the tool, found from the package, not from the working directory."""
+
 _CACHE: dict[tuple[str, tuple[tuple[str, float], ...]], KnowledgeBase] = {}
 
 
-def load_kb(path: str | Path = "data/kb") -> KnowledgeBase:
+def load_kb(path: str | Path = SHIPPED_KB) -> KnowledgeBase:
     """Read and validate every `*.yaml` in the KB folder; cached until a file changes."""
     folder = Path(path)
     if not folder.is_dir():
