@@ -166,7 +166,7 @@ def test_lowercase_twins_find_what_the_case_insensitive_patterns_find(kb):
     from trainer.audit import NEGATION, PLACEHOLDER
     from trainer.caseless import CaselessPattern as _Twin, lowered as _lowered
 
-    patterns = [NEGATION, PLACEHOLDER] + [p for r in kb.rules for p in (r.trigger, r.unless) if p is not None]
+    patterns = [NEGATION, PLACEHOLDER] + [p for r in kb.rules for p in (*r.patterns, r.unless) if p is not None]
     sentences = [s for r in kb.rules for s in r.examples_false + r.examples_corrected]
     sentences += ["Apply to [University Name] by {deadline}.", "See [the page](https://x.org) <insert date>.",
                   "XYZ College and abc university, Lorem Ipsum; it is not free, but no longer closed."]
@@ -244,10 +244,53 @@ def test_unverified_numbers(kb):
     flags = auditor.audit([conv(GOOD + "\n- Tuition is about £23,456 a year and you may work 37 hours per week.")])
     detail = next(f.detail for f in flags.rows[0].flags if f.rule == "unverified_number")
     assert "23456" in detail and "37h" in detail
-    known = next(f for f in kb.facts_for(countries=kb.countries) if " hours" in f.text)
-    number = next(w for w in known.text.split() if w.isdigit())
-    ok = auditor.audit([conv(GOOD + f"\n- You may work up to {number} hours during term (check the rules).")])
-    assert not any(f.rule == "unverified_number" for f in ok.rows[0].flags), known.text
+    country = next(c for c in kb.countries if c.work_rights is not None and " hours" in c.work_rights.text)
+    number = next(w for w in country.work_rights.text.split() if w.isdigit())
+    ok = auditor.audit([conv(GOOD + f"\n- In {country.name} you may work up to {number} hours during term.")])
+    assert not any(f.rule == "unverified_number" for f in ok.rows[0].flags), country.work_rights.text
+
+
+def numbers_flagged(auditor, answer: str, question: str = "How do I prepare my application?") -> str:
+    flags = auditor.audit([conv(GOOD + "\n- " + answer, question=question)]).rows[0].flags
+    return next((f.detail for f in flags if f.rule == "unverified_number"), "")
+
+
+def test_a_number_is_verified_only_by_facts_of_the_same_entity(kb):
+    auditor = Auditor(kb, AuditSettings())
+    # Japan's insurance fact carries 70%: it verifies a Japanese sentence, not one about Indian universities
+    assert "70%" in numbers_flagged(auditor, "About 70% of Indian universities are accredited by the UGC.")
+    assert numbers_flagged(auditor, "In Japan, National Health Insurance covers 70% of most medical costs.") == ""
+    # a sentence naming nothing is checked against what the conversation is about
+    plain = "Insurance covers 70% of most medical costs."
+    assert numbers_flagged(auditor, plain, question="I will study in Japan next year.") == ""
+    assert "70%" in numbers_flagged(auditor, plain, question="I will study in the UK next year.")
+    # the same kind only: 20 hours (UK work) is not 20% or £20
+    assert numbers_flagged(auditor, "In the UK you can work 20 hours a week in term.") == ""
+    assert "20%" in numbers_flagged(auditor, "In the UK, 20% of your time goes to work.")
+    # a university's facts count with its country's: Oxford students work under UK rules
+    assert numbers_flagged(auditor, "Oxford students can work 20 hours a week in term.") == ""
+
+
+def test_rules_apply_to_a_country_named_only_by_its_own_terms(kb):
+    auditor = Auditor(kb, AuditSettings())
+    answer = GOOD + "\n- On an F-1 visa you can work unlimited hours off campus."
+    flags = auditor.audit([conv(answer, question="Can I work while I study?")]).rows[0].flags
+    assert [f.detail.split(":")[0] for f in flags if f.rule == "kb_contradiction"] == ["us-f1-unlimited-hours"]
+
+
+def test_a_negation_in_another_clause_does_not_correct_the_claim(kb):
+    auditor = Auditor(kb, AuditSettings())
+    question = "Do I need health insurance in Australia?"
+    wrong = GOOD + "\n- International students can use Medicare for free, so you do not need any insurance."
+    right = GOOD + "\n- International students cannot use Medicare, so you need OSHC."
+    assert rules(auditor, conv(wrong, question=question)).get("kb_contradiction") == FAIL
+    assert "kb_contradiction" not in rules(auditor, conv(right, question=question))
+    hospitals = GOOD + ("\n- Public hospitals treat emergencies free of charge for all residents, including "
+                        "international students.")
+    assert rules(auditor, conv(hospitals, question=question)).get("kb_contradiction") == FAIL
+    # the live check sees it too
+    messages = conv(hospitals, question=question)
+    assert [f.rule for f in auditor.check_answer(messages)] == ["kb_contradiction"]
 
 
 def test_judge_runs_only_on_rows_that_pass_the_rules(kb):

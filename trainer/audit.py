@@ -15,7 +15,9 @@ but mark what a person should check. Rules:
 - scholarship_discontinued: a discontinued scholarship presented as open
 - unknown_scholarship: a named scholarship, fellowship or award that is not in the KB (`verify`, or `fail` for
   generated data, where every name should come from the KB)
-- unverified_number: money amounts, hour limits and percentages that no KB fact carries (`verify`)
+- unverified_number: money amounts, hour limits and percentages that no KB fact about the same entity carries
+  (`verify`): the entities its sentence names (a university's or scholarship's country too), else the
+  conversation's
 - llm_judge: optional, a model asked through the same provider whether the answer contradicts the KB facts
 
 Rules are compiled once and triggered by keyword, so the audit stays linear in the data; from 1,000 conversations
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from trainer.caseless import CaselessPattern, lowered
+from trainer.kb import SENTENCE
 from trainer.kb_loader import SHIPPED_KB
 from trainer.language import answer_language
 
@@ -50,7 +53,6 @@ NEGATION = re.compile(
     r"\b(?:not|no|never|isn't|aren't|doesn't|don't|didn't|cannot|can't|won't|wasn't|unavailable|ineligible|"
     r"discontinued|replaced|retired|closed|ended|no longer|only (?:as|after|for)|instead|however|but)\b",
     re.IGNORECASE)
-SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def _negated(text: str) -> bool:
@@ -275,15 +277,12 @@ class Auditor:
     def __init__(self, kb=None, settings: AuditSettings = AuditSettings(),
                  judge: Callable[[list[dict[str, str]], list[Any]], tuple[bool, str]] | None = None):
         self.kb, self.settings, self.judge = kb, settings, judge
-        self._kb_numbers: set[str] = set()
         self._known_awards: set[str] = set()
         if kb is not None:
-            for fact in kb.facts_for(countries=kb.countries, scholarships=kb.scholarships, tests=kb.tests,
-                                     universities=kb.universities):
-                self._kb_numbers.update(_numbers_in(fact.text))
+            self._numbers_of = _numbers_by_entity(kb)
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
-            self._triggers = {r.id: CaselessPattern(r.trigger) for r in kb.rules}
+            self._gates = {r.id: [CaselessPattern(p) for p in r.patterns] for r in kb.rules}
 
     def audit(self, conversations: Sequence[Sequence[dict[str, str]]],
               locations: Sequence[str] | None = None) -> AuditReport:
@@ -359,7 +358,7 @@ class Auditor:
         if self.kb is None:
             return []
         text = " ".join(m["content"] for m in messages)
-        return self.kb.facts_for(countries=self.kb.find_countries(text), universities=self.kb.find_universities(text),
+        return self.kb.facts_for(countries=self.kb.find_destinations(text), universities=self.kb.find_universities(text),
                                  scholarships=self.kb.find_scholarships(text), tests=self.kb.find_tests(text))
 
     def _row_flags(self, messages: Sequence[dict[str, str]]) -> list[Flag]:
@@ -410,19 +409,19 @@ class Auditor:
         kb, flags = self.kb, []
         user_text = kb.joined([m["content"] for m in messages if m["role"] == "user"])
         all_text = kb.joined([m["content"] for m in messages])
-        countries = {c.code for c in kb.find_countries(all_text)}
-        # Rules: a false claim stated in an answer sentence without a correcting cue. Only rules whose keywords
-        # occur in the answer (a set lookup on words split once) and whose country is mentioned can match, so only
-        # those triggers run.
+        countries = {c.code for c in kb.find_destinations(all_text)}
+        # Rules: a false claim stated in an answer sentence without a correction. Only rules whose keywords occur in
+        # the answer (a set lookup on words split once), whose country the conversation is about and whose patterns
+        # all occur in the answer can match, so only those are tried sentence by sentence.
         for i, answer in answers:
             low = lowered(answer)
             candidates = [r for r in kb.rules_in(answer) if (not r.country or r.country in countries)
-                          and self._triggers[r.id].span(answer, low) is not None]
+                          and all(gate.span(answer, low) is not None for gate in self._gates[r.id])]
             if not candidates:
                 continue
             for sentence in SENTENCE.split(answer):
                 for rule in candidates:
-                    if rule.trigger.search(sentence) and not (rule.unless and rule.unless.search(sentence)):
+                    if rule.in_sentence(sentence):
                         flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i,
                                           rule.source))
         # Programmes a university does not offer, asked about in a user message that names the university: the
@@ -476,11 +475,64 @@ class Auditor:
                 if not any(known in name.lower() or name.lower() in known for known in self._known_awards):
                     flags.append(Flag("unknown_scholarship", self.settings.unknown_scholarship,
                                       f"{name!r} is not in the knowledge base", i))
-            unverified = [n for n in _numbers_in(answer) if n not in self._kb_numbers]
+            unverified = self._unverified_numbers(answer, split, all_text)
             if unverified:
                 flags.append(Flag("unverified_number", VERIFY,
-                                  "not in the KB: " + ", ".join(sorted(set(unverified))[:5]), i))
+                                  "not in the KB: " + ", ".join(sorted(unverified)[:5]), i))
         return flags
+
+
+    def _unverified_numbers(self, answer: str, split: list[str] | None, all_text: str) -> set[str]:
+        """The answer's numbers that no KB fact of the same entity carries: the entities its sentence is about, or,
+        for a sentence about none, the conversation's. A 70% about Indian universities is not verified by a Japanese
+        insurance fact."""
+        if not _numbers_in(answer):
+            return set()
+        unverified: set[str] = set()
+        everywhere = None
+        for sentence in SENTENCE.split(answer) if split is None else split:
+            numbers = _numbers_in(sentence) if any(ch.isdigit() for ch in sentence) else None
+            if not numbers:
+                continue
+            keys = self._entity_keys(sentence)
+            if not keys:
+                everywhere = self._entity_keys(all_text) if everywhere is None else everywhere
+                keys = everywhere
+            unverified |= numbers.difference(*(self._numbers_of.get(k, ()) for k in keys))
+        return unverified
+
+    def _entity_keys(self, text: str) -> set[tuple[str, str]]:
+        """The KB entities `text` is about, as `_entity_key`s: destinations, universities, scholarships and tests it
+        names, and the countries of the universities and scholarships."""
+        kb = self.kb
+        keys = {_entity_key(e) for e in (*kb.find_destinations(text), *kb.find_tests(text))}
+        for entity in (*kb.find_universities(text), *kb.find_scholarships(text)):
+            keys.add(_entity_key(entity))
+            home = getattr(entity, "country", None) or getattr(entity, "host_country", None)
+            if home is not None:
+                keys.add(("Country", home))
+        return keys
+
+
+def _entity_key(entity) -> tuple[str, str]:
+    return type(entity).__name__, getattr(entity, "id", None) or entity.code
+
+
+def _numbers_by_entity(kb) -> dict[tuple[str, str], frozenset[str]]:
+    """`_entity_key` -> the money amounts, hour limits and percentages of the KB facts about that entity (a country's
+    include its rules'; a rule about no country counts for the entities its fact names)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    groups = [("countries", c) for c in kb.countries] + [("universities", u) for u in kb.universities] + \
+        [("scholarships", s) for s in kb.scholarships] + [("tests", t) for t in kb.tests]
+    for kind, entity in groups:
+        out[_entity_key(entity)] = set().union(*(_numbers_in(f.text) for f in kb.facts_for(**{kind: [entity]})))
+    for rule in kb.rules:
+        if rule.country is None and (numbers := _numbers_in(rule.fact)):
+            text = f"{rule.claim} {rule.fact}"
+            for entity in (*kb.find_countries(text), *kb.find_universities(text), *kb.find_scholarships(text),
+                           *kb.find_tests(text)):
+                out.setdefault(_entity_key(entity), set()).update(numbers)
+    return {key: frozenset(numbers) for key, numbers in out.items()}
 
 
 def _mentions(sentence: str, scholarship) -> bool:
