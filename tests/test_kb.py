@@ -42,7 +42,7 @@ def all_facts(kb):
 # The shipped KB
 
 def test_shipped_kb_loads_with_enough_of_everything(kb):
-    assert kb.version["version"] == "2026.11" and kb.version["as_of"] == "2026-11"
+    assert kb.version["version"] == "2026.12" and kb.version["as_of"] == "2026-12"
     destinations = [c for c in kb.countries if c.destination]
     assert len(destinations) >= 15
     assert len([c for c in kb.countries if not c.destination]) >= 15
@@ -388,11 +388,11 @@ def test_load_is_cached_until_a_file_changes(tmp_path):
     first = load_kb(folder)
     assert load_kb(folder) is first
     version = folder / "version.yaml"
-    version.write_text(version.read_text(encoding="utf-8").replace('"2026.11"', '"2026.12"'), encoding="utf-8")
+    version.write_text(version.read_text(encoding="utf-8").replace('"2026.12"', '"2027.01"'), encoding="utf-8")
     import os
 
     os.utime(version, (version.stat().st_atime, version.stat().st_mtime + 5))
-    assert load_kb(folder).version["version"] == "2026.12"
+    assert load_kb(folder).version["version"] == "2027.01"
 
 
 def test_cli_audit_uses_the_kb(capsys):
