@@ -171,9 +171,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"chat template: {plan.template.family} training template renders identically to the model's own "
               f"({plan.renderings} renderings compared)")
     for name in cfg.stages:
-        if name in plan.failed:
-            print(f"stage {name}: FAILED\n  {plan.failed[name]}", file=sys.stderr)
-        elif name in plan.stages:
+        if name in plan.stages:
             data = plan.stages[name].data
             print(f"stage {name}: {data.summary()}")
             for report in data.reports:
@@ -182,7 +180,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for item in plan.unchecked:
         print(f"not checked: {item}")
     if plan.failed:
-        return 1
+        # A data failure is an error the user can fix, as everywhere else: one line saying what failed (the rows'
+        # summary), then the rows it lists, and exit code 2.
+        for name, problem in plan.failed.items():
+            print(f"error: stage {name}: {problem}", file=sys.stderr)
+        return 2
     print("valid" + (" (with the items above not checked)" if plan.unchecked else ""))
     return 0
 
@@ -314,6 +316,9 @@ COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "exp
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code. User errors print one clear line, not a traceback."""
     args = build_parser().parse_args(argv)
+    from trainer.modeling import quiet_bitsandbytes_kernel_notice
+
+    quiet_bitsandbytes_kernel_notice()  # before any command imports bitsandbytes (peft and trl do)
     from trainer.audit import AuditError
     from trainer.config import ConfigError
     from trainer.data import DataError
