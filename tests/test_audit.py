@@ -473,3 +473,64 @@ def test_against_lists_rows_found_in_another_file_with_locations_on_both_sides(t
         (f"{mine}:2", "conversation")]
     assert "(item 5)" in by_row[(f"{mine}:3", "message 1")]
     assert f"## Rows also in {other} (2 rows)" in capsys.readouterr().out
+
+
+# The judge beside the rules: where they disagree, per row
+
+def test_the_judge_is_asked_about_every_row_and_disagreements_are_listed(kb, tmp_path):
+    from trainer.audit import audit_file
+
+    rows = [{"messages": conv(MEDICARE, question="Do I need insurance in Australia?")},  # a rule fires
+            {"messages": conv(GOOD)},                                                     # no rule fires
+            {"messages": conv(GOOD.replace("early", "soon"), question="When should I start?")}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    verdicts = iter([(True, "looks fine"), (False, "claims a deadline the facts do not give"),
+                     (None, "judge reply held no verdict: 'Sure!'")])
+    asked = []
+
+    def judge(messages, facts):
+        asked.append(messages[0]["content"])
+        return next(verdicts)
+
+    report = audit_file(data, settings=AuditSettings(judge_all=True), out_dir=tmp_path / "out", judge=judge)
+    assert len(asked) == 3  # the row the rules failed too
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["judge"]
+    assert (summary["asked"], summary["ok"], summary["error"], summary["no verdict"]) == (3, 1, 1, 1)
+    assert [(d["row"], d["kind"], d["verdict"]) for d in summary["disagreements"]] == [
+        (f"{data}:1", "rules only", "ok"), (f"{data}:2", "judge only", "error")]
+    assert summary["disagreements"][0]["rules"][0].startswith("fail:kb_contradiction (message 2): au-medicare")
+    markdown = (tmp_path / "out" / "audit.md").read_text()
+    assert "## Judge and rules disagree (2 of 3 rows)" in markdown
+    assert f"- {data}:2: judge only: judge error ('claims a deadline the facts do not give')" in markdown
+    assert [r.judge["verdict"] for r in report.rows] == ["ok", "error", "no verdict"]
+    assert [f.rule for f in report.rows[2].flags] == []  # no verdict flags nothing
+
+
+def test_audit_with_a_judge_against_transformers_serve(transformers_serve, tmp_path, monkeypatch, capsys):
+    """`trainer audit --judge` against a real OpenAI-compatible server: every row judged, each verdict recorded,
+    and the disagreements are exactly the rows where the verdict and the KB rules differ."""
+    from trainer.__main__ import main
+
+    url, model = transformers_serve
+    monkeypatch.setenv("AUDIT_TEST_JUDGE_KEY", "sk-never-written")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"messages": conv(MEDICARE, question="Do I need insurance in Australia?")}) + "\n"
+                    + json.dumps({"messages": conv(GOOD)}) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["audit", str(data), "--judge", url, "--judge-model", model, "--judge-api-key-env",
+                 "AUDIT_TEST_JUDGE_KEY", "--judge-max-tokens", "24", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert summary["judge"]["asked"] == 2 and all(r["judge"]["verdict"] in ("ok", "error", "no verdict")
+                                                  for r in rows)
+    expected = []
+    for r in rows:
+        ruled = any(f["rule"] == "kb_contradiction" for f in r["flags"])
+        kind = {("error", False): "judge only", ("ok", True): "rules only"}.get((r["judge"]["verdict"], ruled))
+        if kind:
+            expected.append((r["source"], kind))
+    assert [(d["row"], d["kind"]) for d in summary["judge"]["disagreements"]] == expected
+    assert "## Judge and rules disagree" in capsys.readouterr().out
+    for path in out.iterdir():
+        assert "sk-never-written" not in path.read_text()
