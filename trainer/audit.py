@@ -8,8 +8,9 @@ but mark what a person should check. Rules:
 - language: answers that are not English, by script, then by a language identifier (`trainer/language.py`)
 - placeholder: template slots left in the text ("[University Name]", "{program}", "XYZ University")
 - near_duplicate: MinHash (bottom-k over byte 8-grams, `trainer/near_dup.py`) similarity with an earlier conversation
-- kb_contradiction: a knowledge-base rule's false claim stated without correction (Medicare for international
-  students in Australia, the retired "Tier 4" visa name, ...)
+- kb_contradiction: a knowledge-base rule's false claim stated in a sentence without correction (Medicare for
+  international students in Australia, the retired "Tier 4" visa name, ...), matched by meaning (`Rule.in_sentence`)
+  in conversations about the rule's country (named, or known by its own terms: F-1, CAS, OSHC)
 - programme_not_offered: a programme the KB says a university does not offer, asked about and not corrected
 - scholarship_ineligible: a scholarship recommended to a student from a country the KB says is not eligible
 - scholarship_discontinued: a discontinued scholarship presented as open
@@ -18,7 +19,8 @@ but mark what a person should check. Rules:
 - unverified_number: money amounts, hour limits and percentages that no KB fact about the same entity carries
   (`verify`): the entities its sentence names (a university's or scholarship's country too), else the
   conversation's
-- llm_judge: optional, a model asked through the same provider whether the answer contradicts the KB facts
+- llm_judge: optional, a model asked whether the answer contradicts the KB facts (`generate --judge`: rows that pass
+  the rules; `trainer audit --judge URL`: every row, and the report lists where the judge and the KB rules disagree)
 
 Rules are compiled once and triggered by keyword, so the audit stays linear in the data; from 1,000 conversations
 up the per-row rules run in 2 forked processes, and near-duplicates are counted with numpy (BENCHMARKS.md).
