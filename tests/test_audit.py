@@ -288,6 +288,9 @@ def test_a_negation_in_another_clause_does_not_correct_the_claim(kb):
     hospitals = GOOD + ("\n- Public hospitals treat emergencies free of charge for all residents, including "
                         "international students.")
     assert rules(auditor, conv(hospitals, question=question)).get("kb_contradiction") == FAIL
+    nhs = GOOD + ("\n- The NHS provides free or low-cost healthcare to all UK residents, including international "
+                  "students.")
+    assert rules(auditor, conv(nhs, question="Is healthcare free in the UK?")).get("kb_contradiction") == FAIL
     # the live check sees it too
     messages = conv(hospitals, question=question)
     assert [f.rule for f in auditor.check_answer(messages)] == ["kb_contradiction"]
