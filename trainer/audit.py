@@ -477,26 +477,27 @@ class Auditor:
                 if not any(known in name.lower() or name.lower() in known for known in self._known_awards):
                     flags.append(Flag("unknown_scholarship", self.settings.unknown_scholarship,
                                       f"{name!r} is not in the knowledge base", i))
-            unverified = self._unverified_numbers(answer, split, all_text)
+            unverified = self._unverified_numbers(answer, all_text)
             if unverified:
                 flags.append(Flag("unverified_number", VERIFY,
                                   "not in the KB: " + ", ".join(sorted(unverified)[:5]), i))
         return flags
 
 
-    def _unverified_numbers(self, answer: str, split: list[str] | None, all_text: str) -> set[str]:
+    def _unverified_numbers(self, answer: str, all_text: str) -> set[str]:
         """The answer's numbers that no KB fact of the same entity carries: the entities its sentence is about, or,
         for a sentence about none, the conversation's. A 70% about Indian universities is not verified by a Japanese
         insurance fact."""
-        if not _numbers_in(answer):
+        found = _numbers_at(answer)
+        if not found:
             return set()
+        by_sentence: dict[tuple[int, int], set[str]] = {}
+        for at, number in found:
+            by_sentence.setdefault(_sentence_at(answer, at), set()).add(number)
         unverified: set[str] = set()
         everywhere = None
-        for sentence in SENTENCE.split(answer) if split is None else split:
-            numbers = _numbers_in(sentence) if any(ch.isdigit() for ch in sentence) else None
-            if not numbers:
-                continue
-            keys = self._entity_keys(sentence)
+        for (start, end), numbers in by_sentence.items():
+            keys = self._entity_keys(answer[start:end])
             if not keys:
                 everywhere = self._entity_keys(all_text) if everywhere is None else everywhere
                 keys = everywhere
@@ -514,6 +515,21 @@ class Auditor:
             if home is not None:
                 keys.add(("Country", home))
         return keys
+
+
+_MID_LINE_BREAK = re.compile(r"[.!?]\s+")
+
+
+def _sentence_at(text: str, at: int) -> tuple[int, int]:
+    """The span of the sentence (as SENTENCE splits `text`, give or take leading spaces) that holds position `at`,
+    found within its line: splitting every answer into sentences cost more than all the numbers' checks together."""
+    start = text.rfind("\n", 0, at) + 1
+    line_end = text.find("\n", at)
+    line_end = len(text) if line_end < 0 else line_end
+    for match in _MID_LINE_BREAK.finditer(text, start, at):
+        start = match.end()
+    match = _MID_LINE_BREAK.search(text, at, line_end)
+    return start, match.start() + 1 if match else line_end
 
 
 def _entity_key(entity) -> tuple[str, str]:
@@ -551,9 +567,14 @@ _UNIT_AFTER = re.compile(r"\s?(?:(hours?|hrs)\b|%)", re.IGNORECASE)
 
 def _numbers_in(text: str) -> set[str]:
     """Normalised money amounts, hour limits and percentages: '£9,250' -> '9250', '20 hours per week' -> '20h',
-    '5%' -> '5%'. Bare numbers (years, counts, list numbering) are not checked. Scans digit runs and looks at a
-    few characters either side, instead of running one alternation at every position (4x faster)."""
-    out = set()
+    '5%' -> '5%'. Bare numbers (years, counts, list numbering) are not checked."""
+    return {number for _, number in _numbers_at(text)}
+
+
+def _numbers_at(text: str) -> list[tuple[int, str]]:
+    """(position, normalised number) for each number `_numbers_in` reads. Scans digit runs and looks at a few
+    characters either side, instead of running one alternation at every position (4x faster)."""
+    out = []
     for match in (_ASCII_DIGITS if text.isascii() else _DIGITS).finditer(text):
         start, end = match.span()
         if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
@@ -561,9 +582,9 @@ def _numbers_in(text: str) -> set[str]:
         digits = match.group(0).replace(",", "").rstrip(".")  # never empty: it starts with a digit
         unit = _UNIT_AFTER.match(text, end)
         if unit is not None:
-            out.add(f"{digits}h" if unit.group(1) else f"{digits}%")
+            out.append((start, f"{digits}h" if unit.group(1) else f"{digits}%"))
         elif _CURRENCY_BEFORE.search(text, max(0, start - 5), start):
-            out.add(digits)
+            out.append((start, digits))
     return out
 
 
