@@ -281,7 +281,7 @@ class Auditor:
         self.kb, self.settings, self.judge = kb, settings, judge
         self._known_awards: set[str] = set()
         if kb is not None:
-            self._numbers_of = _numbers_by_entity(kb)
+            self._owners = _entities_by_number(kb)
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
             self._gates = {r.id: [CaselessPattern(p) for p in r.patterns] for r in kb.rules}
@@ -488,20 +488,21 @@ class Auditor:
         """The answer's numbers that no KB fact of the same entity carries: the entities its sentence is about, or,
         for a sentence about none, the conversation's. A 70% about Indian universities is not verified by a Japanese
         insurance fact."""
-        found = _numbers_at(answer)
-        if not found:
-            return set()
-        by_sentence: dict[tuple[int, int], set[str]] = {}
-        for at, number in found:
-            by_sentence.setdefault(_sentence_at(answer, at), set()).add(number)
         unverified: set[str] = set()
+        # Most numbers are in no KB fact at all: only those some fact carries need their sentence's entities.
+        by_sentence: dict[tuple[int, int], set[str]] = {}
+        for at, number in _numbers_at(answer):
+            if number in self._owners:
+                by_sentence.setdefault(_sentence_at(answer, at), set()).add(number)
+            else:
+                unverified.add(number)
         everywhere = None
         for (start, end), numbers in by_sentence.items():
             keys = self._entity_keys(answer[start:end])
             if not keys:
                 everywhere = self._entity_keys(all_text) if everywhere is None else everywhere
                 keys = everywhere
-            unverified |= numbers.difference(*(self._numbers_of.get(k, ()) for k in keys))
+            unverified.update(n for n in numbers if self._owners[n].isdisjoint(keys))
         return unverified
 
     def _entity_keys(self, text: str) -> set[tuple[str, str]]:
@@ -536,21 +537,24 @@ def _entity_key(entity) -> tuple[str, str]:
     return type(entity).__name__, getattr(entity, "id", None) or entity.code
 
 
-def _numbers_by_entity(kb) -> dict[tuple[str, str], frozenset[str]]:
-    """`_entity_key` -> the money amounts, hour limits and percentages of the KB facts about that entity (a country's
-    include its rules'; a rule about no country counts for the entities its fact names)."""
-    out: dict[tuple[str, str], set[str]] = {}
+def _entities_by_number(kb) -> dict[str, frozenset[tuple[str, str]]]:
+    """Each money amount, hour limit and percentage in the KB -> the `_entity_key`s of the entities whose facts carry
+    it (a country's facts include its rules'; a rule about no country counts for the entities its fact names)."""
+    out: dict[str, set[tuple[str, str]]] = {}
     groups = [("countries", c) for c in kb.countries] + [("universities", u) for u in kb.universities] + \
         [("scholarships", s) for s in kb.scholarships] + [("tests", t) for t in kb.tests]
     for kind, entity in groups:
-        out[_entity_key(entity)] = set().union(*(_numbers_in(f.text) for f in kb.facts_for(**{kind: [entity]})))
+        for fact in kb.facts_for(**{kind: [entity]}):
+            for number in _numbers_in(fact.text):
+                out.setdefault(number, set()).add(_entity_key(entity))
     for rule in kb.rules:
         if rule.country is None and (numbers := _numbers_in(rule.fact)):
             text = f"{rule.claim} {rule.fact}"
             for entity in (*kb.find_countries(text), *kb.find_universities(text), *kb.find_scholarships(text),
                            *kb.find_tests(text)):
-                out.setdefault(_entity_key(entity), set()).update(numbers)
-    return {key: frozenset(numbers) for key, numbers in out.items()}
+                for number in numbers:
+                    out.setdefault(number, set()).add(_entity_key(entity))
+    return {number: frozenset(keys) for number, keys in out.items()}
 
 
 def _mentions(sentence: str, scholarship) -> bool:

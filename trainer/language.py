@@ -59,7 +59,8 @@ def answer_language(text: str) -> str | None:
     words = sample.lower().split()
     if len(words) < MIN_WORDS:
         return None
-    if sum(map(HINDI_LATIN_WORDS.__contains__, words)) >= HINDI_SHARE * len(words):
+    if not HINDI_LATIN_WORDS.isdisjoint(words) and \
+            sum(map(HINDI_LATIN_WORDS.__contains__, words)) >= HINDI_SHARE * len(words):
         return "Hindi in Latin script"
     if sum(map(ENGLISH_WORDS.__contains__, words)) >= ENGLISH_SHARE * len(words):
         return None
