@@ -26,8 +26,8 @@ ENGLISH_QUOTING_BENGALI = ("In Bengali, thank you is ধন্যবাদ. For 
                            "with a white background; book the appointment early.")
 HINDI_LATIN = ("Aapko visa ke liye apply karna hoga. Pehle admission letter lo, phir bank statement aur passport ready "
                "rakho. Fees ka payment online hota hai, aur interview ke liye appointment book karo.")
-HINDI_DEVANAGARI = ("वीज़ा के लिए आवेदन करने से पहले आपको विश्वविद्यालय से प्रवेश पत्र लेना होगा। फिर बैंक स्टेटमेंट और "
-                    "पासपोर्ट तैयार रखें।")
+HINDI_DEVANAGARI = ("वीज़ा के लिए आवेदन करने से पहले आपको विश्वविद्यालय से प्रवेश पत्र लेना होगा। "
+                    "फिर बैंक स्टेटमेंट और पासपोर्ट तैयार रखें।")
 GERMAN = ("Prüfen Sie die Zulassungsvoraussetzungen der Hochschule sorgfältig und bereiten Sie Ihre Zeugnisse, Ihren "
           "Lebenslauf sowie Ihr Motivationsschreiben rechtzeitig vor, damit Ihre Bewerbung vollständig ist.")
 SPANISH = ("Para solicitar la visa de estudiante necesitas la carta de admisión de la universidad, un pasaporte "
@@ -60,5 +60,6 @@ def test_the_audit_fails_only_the_answers_that_are_not_english():
         return [str(f) for f in Auditor().audit([messages]).rows[0].flags if f.rule == "language"]
 
     assert [flags(t) for t in TERSE_ENGLISH] == [[], [], []]
-    assert flags(MIXED_ENGLISH_BENGALI) == ["fail:language (message 2): the answer reads as Bengali script, not English"]
+    assert flags(MIXED_ENGLISH_BENGALI) == [
+        "fail:language (message 2): the answer reads as Bengali script, not English"]
     assert flags(HINDI_LATIN) == ["fail:language (message 2): the answer reads as Hindi in Latin script, not English"]

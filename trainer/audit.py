@@ -360,8 +360,9 @@ class Auditor:
         if self.kb is None:
             return []
         text = " ".join(m["content"] for m in messages)
-        return self.kb.facts_for(countries=self.kb.find_destinations(text), universities=self.kb.find_universities(text),
-                                 scholarships=self.kb.find_scholarships(text), tests=self.kb.find_tests(text))
+        kb = self.kb
+        return kb.facts_for(countries=kb.find_destinations(text), universities=kb.find_universities(text),
+                            scholarships=kb.find_scholarships(text), tests=kb.find_tests(text))
 
     def _row_flags(self, messages: Sequence[dict[str, str]]) -> list[Flag]:
         from trainer.data import _RowProblem, check_turns
