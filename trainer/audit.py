@@ -202,7 +202,8 @@ class AuditReport:
                 "duplicate_rows": [{"location": at, "same_as": first} for at, first in data.duplicate_rows]}
         judged = [r for r in self.rows if r.judge is not None]
         if judged:
-            out["judge"] = {"asked": len(judged), **Counter(r.judge["verdict"] for r in judged),
+            verdicts = Counter(r.judge["verdict"] for r in judged)
+            out["judge"] = {"asked": len(judged), **{v: verdicts[v] for v in ("ok", "error", "no verdict")},
                             "disagreements": [{"row": r.where, "kind": r.disagreement(), **r.judge,
                                                "rules": [str(f) for f in r.flags if f.rule in LIVE_CHECK_RULES]}
                                               for r in judged if r.disagreement()]}
