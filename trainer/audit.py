@@ -640,6 +640,8 @@ def audit_file(path: str | Path, kb_path: str | Path | None = SHIPPED_KB, settin
                                                 [c.location for c in conversations])
     report.ingestion = data_report
     if against is not None:
+        from trainer.contamination import rows_also_in
+
         report.against = rows_also_in(conversations, against)
     if out_dir is not None:
         out = Path(out_dir)
@@ -654,33 +656,6 @@ def audit_file(path: str | Path, kb_path: str | Path | None = SHIPPED_KB, settin
         except OSError as exc:
             raise AuditError(f"{out}: cannot write the audit report there ({exc.strerror or exc})") from None
     return report
-
-
-MIN_QUESTION_CHARS = 40
-"""`--against` compares user messages from this length up: "Thanks!" or "And for Canada?" in both files says
-nothing about overlap."""
-
-
-def rows_also_in(conversations: Sequence[Any], other: str | Path) -> dict[str, Any]:
-    """The rows of `conversations` (ingested `Conversation`s) whose whole conversation or a user message also occurs,
-    exactly or nearly, in the file `other` (any file ingestion reads): `trainer.contamination` on both sides."""
-    from trainer.config import DatasetSettings
-    from trainer.contamination import EvalItem, TrainingRow, conversation_text, find_contamination
-    from trainer.data import load_conversations
-
-    theirs, _ = load_conversations(DatasetSettings(path=str(other), max_bad_fraction=1.0, eval_fraction=0))
-    training = [TrainingRow(c.location, str(other), c.messages) for c in theirs]
-    items, where = [], {}
-    for conv in conversations:
-        items.append(EvalItem(f"{conv.location}#conversation", "conversation", conversation_text(conv.messages)))
-        where[items[-1].id] = (conv.location, "conversation")
-        for k, m in enumerate(conv.messages, start=1):
-            if m["role"] == "user" and len(m["content"].strip()) >= MIN_QUESTION_CHARS:
-                items.append(EvalItem(f"{conv.location}#{k}", "question", m["content"]))
-                where[items[-1].id] = (conv.location, f"message {k}")
-    matches = [{"row": where[m.item][0], "what": where[m.item][1], "how": m.how, "similarity": m.similarity,
-                "other": m.location} for m in find_contamination(items, training)]
-    return {"file": str(other), "rows": len({m["row"] for m in matches}), "matches": matches}
 
 
 def split_by_audit(rows: Iterable[Any], report: AuditReport) -> tuple[list[Any], list[Any]]:
