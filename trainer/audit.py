@@ -278,7 +278,7 @@ class Auditor:
     """Audit conversations (lists of messages) against the rules and, when given, a knowledge base."""
 
     def __init__(self, kb=None, settings: AuditSettings = AuditSettings(),
-                 judge: Callable[[list[dict[str, str]], list[Any]], tuple[bool, str]] | None = None):
+                 judge: Callable[[list[dict[str, str]], list[Any]], tuple[bool | None, str]] | None = None):
         self.kb, self.settings, self.judge = kb, settings, judge
         self._known_awards: set[str] = set()
         if kb is not None:
