@@ -14,9 +14,10 @@ NOTICE = ("Answers come from a language model and can be wrong or out of date. C
           "deadline with the university and the official government sources before you act on it.")
 
 
-def build_app(registry, engine, store=None, cfg=None):
+def build_app(registry, engine, store=None, cfg=None, grounding=None):
     """The Blocks app: banner, shared settings, then the Chat, Compare and Labelling tabs (`space/*_tab.py`).
-    `store` (feedback) is optional: without it there is no feedback form and no labelling."""
+    `store` (feedback) is optional: without it there is no feedback form and no labelling. `grounding`
+    (space.grounding.Grounding) adds answers grounded in the knowledge base, their sources and the live check."""
     import gradio as gr
 
     from space.chat_tab import build_chat_tab
@@ -41,6 +42,9 @@ def build_app(registry, engine, store=None, cfg=None):
                       "on the CPU. It shows how the pipeline works; its answers are not counselling.")
     for name, reason in engine.refused.items():
         banner.append(f"Adapter `{name}` was not loaded: {safe_text(reason)}")
+    if grounding is not None:
+        banner.append(f"**Knowledge base** {safe_text(grounding.kb_version)}: answers can be grounded in its facts "
+                      "(numbered sources under each answer), and every answer is checked against it.")
 
     with gr.Blocks(title="Study-abroad counsellor") as demo:
         gr.Markdown("# Study-abroad counsellor\n" + "\n\n".join(banner))
@@ -55,8 +59,8 @@ def build_app(registry, engine, store=None, cfg=None):
                                            label="Max new tokens")
         gen_inputs = [system_prompt, temperature, top_p, max_new_tokens]
 
-        build_chat_tab(engine, store, cfg, choices, default_adapter, gen_inputs)
-        build_compare_tab(engine, cfg, choices, default_adapter, gen_inputs)
+        build_chat_tab(engine, store, cfg, choices, default_adapter, gen_inputs, grounding)
+        build_compare_tab(engine, cfg, choices, default_adapter, gen_inputs, grounding)
         build_labelling_tab(demo, engine, store, cfg)
 
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
@@ -101,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from space.engine import InferenceEngine, choose_base_model
     from space.registry import AdapterRegistry
     from trainer.space_settings import ConfigError, load_space_config
+    from space.grounding import Grounding
     from trainer.demo_model import DemoModelError
+    from trainer.kb import KBError
     from trainer.modeling import ModelError
 
     try:
@@ -109,11 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing_default = args.config == parser.get_default("config") and not os.path.exists(args.config)
         cfg = load_space_config(None if missing_default else args.config, args.overrides)
         registry = AdapterRegistry.from_config(cfg, ".")
+        grounding = None
+        if cfg.grounding.enabled or cfg.grounding.check_answers or any(a.ground for a in registry):
+            grounding = Grounding.load(cfg.grounding, registry)  # a broken KB stops here, before the model loads
+            print(f"[app] knowledge base {grounding.kb_version}: {len(grounding.retriever.passages)} passages "
+                  f"indexed in {grounding.retriever.build_seconds:.2f}s", flush=True)
         engine = InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
                                  base_revision=cfg.base_revision)
         print(f"[app] loading {engine.base_model} and {len(registry)} adapter(s) ...", flush=True)
         engine.load()
-    except (ConfigError, ModelError, DemoModelError) as exc:
+    except (ConfigError, ModelError, DemoModelError, KBError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"[app] ready in {engine.load_seconds:.1f}s: base + {', '.join(engine.adapter_names) or 'no adapters'}",
@@ -125,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the Hub dataset could not be created or reached: say so in one line
         print(f"error: feedback store: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    demo = build_app(registry, engine, store, cfg)
+    demo = build_app(registry, engine, store, cfg, grounding)
     _, url, _ = demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(),
                             prevent_thread_lock=True, quiet=True)
     print(f"[app] running on {url}", flush=True)

@@ -10,7 +10,7 @@ decoding settings built from the shared sliders. `build_chat_tab` is called insi
 import dataclasses
 from typing import Any, Sequence
 
-from space.display import message_text, safe_text, trim_history
+from space.display import check_note, is_note, message_text, safe_text, sources_note, trim_history
 from trainer.modeling import BASE
 from trainer.modeling import GenerationSettings
 from trainer.space_settings import LimitSettings, SpaceConfig
@@ -49,15 +49,39 @@ def prompt_messages(system_prompt: str, turns: Sequence[dict[str, str]]) -> list
     return ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + list(turns)
 
 
+def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter: str, ground: bool,
+                      settings: GenerationSettings):
+    """Stream an answer, then its notes: yields (answer so far, None) while it grows, then (answer, notes) once it is
+    final. With `ground`, the KB passages retrieved for the question go into the system message (rendered by the
+    adapter's own chat template, like any system message) and become the numbered sources; the finished answer is
+    then checked against the KB, and a contradiction becomes a warning naming the fact and its source."""
+    from trainer.retrieve import grounded_messages
+
+    hits = grounding.search(messages[-1]["content"]) if (grounding is not None and ground) else None
+    prompt = grounded_messages(messages, hits) if hits is not None else messages
+    text = ""
+    for text in engine.stream(prompt, adapter, settings):
+        yield text, None
+    notes = []
+    if grounding is not None:
+        flags = grounding.check([*messages, {"role": "assistant", "content": text}])
+        if flags:
+            notes.append(check_note(flags))
+    if hits is not None:
+        notes.append(sources_note(hits))
+    yield text, notes
+
+
 def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str]], default_adapter: str,
-                   gen_inputs: list[Any]) -> None:
+                   gen_inputs: list[Any], grounding=None) -> None:
     """The Chat tab with its `chat`, `retry`, `clear` and (when feedback is on) `feedback` endpoints.
-    `gen_inputs` are the shared system prompt, temperature, top-p and max-new-tokens components."""
+    `gen_inputs` are the shared system prompt, temperature, top-p and max-new-tokens components; `grounding`
+    (space.grounding.Grounding) adds grounded answers with sources and the live KB check."""
     import gradio as gr
 
     limits = cfg.limits
 
-    def respond(message, history, adapter, system_prompt, temperature, top_p, max_new_tokens):
+    def respond(message, history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens):
         message, adapter = check_question(message, limits), check_adapter(adapter, engine)
         history = list(history or [])
         earlier, dropped = trim_history(history, limits.max_history_turns)
@@ -68,18 +92,18 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
         history += [{"role": "user", "content": safe_text(message)}, {"role": "assistant", "content": ""}]
         yield history, ""
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
-        for text in engine.stream(messages, adapter, settings):
+        for text, notes in answer_with_notes(engine, grounding, messages, adapter, bool(ground), settings):
             history[-1] = {"role": "assistant", "content": safe_text(text)}
-            yield history, ""
+            yield history + (notes or []), ""
 
-    def retry(history, adapter, system_prompt, temperature, top_p, max_new_tokens):
+    def retry(history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens):
         history = list(history or [])
-        while history and history[-1].get("role") == "assistant":
+        while history and history[-1].get("role") == "assistant":  # the answer and its notes
             history.pop()
         if not history:
             raise gr.Error("Nothing to retry yet.")
         last = message_text(history.pop())
-        yield from respond(last, history, adapter, system_prompt, temperature, top_p, max_new_tokens)
+        yield from respond(last, history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens)
 
     def on_like(ratings, data: gr.LikeData):
         ratings = dict(ratings or {})
@@ -100,8 +124,12 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
 
         if not consented:
             raise gr.Error("Tick the consent box first: nothing is stored without it.")
-        messages = [{"role": m["role"], "content": message_text(m)} for m in (history or [])
-                    if m.get("role") in ("user", "assistant")]
+        # The stored dialogue leaves out the app's notes (sources, KB warnings); ratings follow the turns they rate.
+        kept = [(i, m) for i, m in enumerate(history or []) if m.get("role") in ("user", "assistant")
+                and not is_note(m)]
+        position = {i: n for n, (i, _) in enumerate(kept)}
+        ratings = {position[int(k)]: v for k, v in (ratings or {}).items() if int(k) in position}
+        messages = [{"role": m["role"], "content": message_text(m)} for _, m in kept]
         texts, counts = redact_many([system_prompt] + [m["content"] for m in messages])
         system_text = texts[0]
         for m, text in zip(messages, texts[1:]):
@@ -119,7 +147,8 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
             settings={"temperature": float(temperature), "top_p": float(top_p),
                       "max_new_tokens": int(max_new_tokens)},
             edited_index=last_answer if "edited_answer" in extra else None, redactions=counts,
-            request_id=(request_id or "").strip()[:128] or None, **extra)
+            request_id=(request_id or "").strip()[:128] or None,
+            kb_flags=grounding.flags_per_answer(messages) if grounding is not None else [], **extra)
         try:
             record_id = store.add(record)
         except FeedbackError as exc:
@@ -129,7 +158,11 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
                 + (f" {removed} personal detail(s) were removed before saving." if removed else "")), "", ""
 
     with gr.Tab("Chat"):
-        adapter = gr.Dropdown(choices, value=default_adapter, label="Adapter", elem_id="adapter")
+        with gr.Row():
+            adapter = gr.Dropdown(choices, value=default_adapter, label="Adapter", elem_id="adapter", scale=4)
+            ground = gr.Checkbox(grounding.default_for(default_adapter) if grounding else False,
+                                 label="Ground answers in the knowledge base (sources shown under each answer)",
+                                 interactive=grounding is not None, elem_id="ground", scale=2)
         chatbot = gr.Chatbot(label="Counsellor", height=480, sanitize_html=True, render_markdown=True,
                              buttons=["copy"], elem_id="chatbot")
         with gr.Row():
@@ -154,10 +187,13 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
             # API callers may pass an idempotency key so a retried call is not stored twice.
             feedback_request = gr.Textbox("", visible=False)
             feedback_status = gr.Markdown(elem_id="feedback-status")
-        chat_inputs = [question, chatbot, adapter, *gen_inputs]
+        if grounding is not None:  # each adapter brings its own default (space.yaml `ground`)
+            adapter.change(grounding.default_for, adapter, ground, api_name=False)
+        chat_inputs = [question, chatbot, adapter, ground, *gen_inputs]
         sent = send.click(respond, chat_inputs, [chatbot, question], api_name="chat")
         submitted = question.submit(respond, chat_inputs, [chatbot, question], api_name=False)
-        retried = retry_btn.click(retry, [chatbot, adapter, *gen_inputs], [chatbot, question], api_name="retry")
+        retried = retry_btn.click(retry, [chatbot, adapter, ground, *gen_inputs], [chatbot, question],
+                                  api_name="retry")
         stop.click(None, None, None, cancels=[sent, submitted, retried], api_name=False)
         clear.click(lambda: ([], "", {}), None, [chatbot, question, ratings], api_name="clear")
         if feedback_on:

@@ -2,28 +2,37 @@
 
 from typing import Any
 
-from space.chat_tab import check_adapter, check_question, decoding, prompt_messages
+from space.chat_tab import answer_with_notes, check_adapter, check_question, decoding, prompt_messages
 from space.display import safe_text
 from trainer.modeling import BASE
 from trainer.space_settings import SpaceConfig
 
 
+def with_notes(text: str, notes) -> str:
+    """An answer with its notes (warning, sources) under it, as one markdown block."""
+    shown = safe_text(text)
+    for note in notes or []:
+        shown += f"\n\n---\n**{note['metadata']['title']}**\n\n{note['content']}"
+    return shown
+
+
 def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], default_adapter: str,
-                      gen_inputs: list[Any]) -> None:
+                      gen_inputs: list[Any], grounding=None) -> None:
     """The Compare tab with its `compare` endpoint (base on the left, the default adapter on the right).
     `gen_inputs` are the shared system prompt, temperature, top-p and max-new-tokens components."""
     import gradio as gr
 
-    def compare(question, adapter_a, adapter_b, system_prompt, temperature, top_p, max_new_tokens):
+    def compare(question, adapter_a, adapter_b, ground, system_prompt, temperature, top_p, max_new_tokens):
         question = check_question(question, cfg.limits)
         adapter_a, adapter_b = check_adapter(adapter_a, engine), check_adapter(adapter_b, engine)
         messages = prompt_messages(system_prompt, [{"role": "user", "content": question}])
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
-        answer_a = ""
-        for answer_a in engine.stream(messages, adapter_a, settings):
-            yield safe_text(answer_a), ""
-        for answer_b in engine.stream(messages, adapter_b, settings):
-            yield safe_text(answer_a), safe_text(answer_b)
+        shown_a = ""
+        for text, notes in answer_with_notes(engine, grounding, messages, adapter_a, bool(ground), settings):
+            shown_a = with_notes(text, notes)
+            yield shown_a, ""
+        for text, notes in answer_with_notes(engine, grounding, messages, adapter_b, bool(ground), settings):
+            yield shown_a, with_notes(text, notes)
 
     with gr.Tab("Compare"):
         gr.Markdown("The same question answered by two adapters on the same base, one after the other.")
@@ -31,9 +40,11 @@ def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], 
         with gr.Row():
             adapter_a = gr.Dropdown(choices, value=BASE, label="Left", elem_id="adapter-a")
             adapter_b = gr.Dropdown(choices, value=default_adapter, label="Right", elem_id="adapter-b")
+        ground = gr.Checkbox(grounding.settings.enabled if grounding else False, interactive=grounding is not None,
+                             label="Ground both answers in the knowledge base", elem_id="compare-ground")
         compare_btn = gr.Button("Compare", variant="primary", elem_id="compare")
         with gr.Row():
             answer_a = gr.Markdown(sanitize_html=True, elem_id="answer-a")
             answer_b = gr.Markdown(sanitize_html=True, elem_id="answer-b")
-        compare_btn.click(compare, [compare_question, adapter_a, adapter_b, *gen_inputs], [answer_a, answer_b],
-                          api_name="compare")
+        compare_btn.click(compare, [compare_question, adapter_a, adapter_b, ground, *gen_inputs],
+                          [answer_a, answer_b], api_name="compare")

@@ -28,13 +28,45 @@ def message_text(message: dict[str, Any]) -> str:
     return html.unescape(content) if isinstance(content, str) else ""
 
 
+def is_note(message: dict[str, Any]) -> bool:
+    """A message the app added under an answer (its sources, a KB warning): shown to the visitor, never sent to the
+    model or stored as a turn of the dialogue. Gradio shows such messages as titled boxes (`metadata.title`)."""
+    metadata = message.get("metadata")
+    return bool(metadata.get("title")) if isinstance(metadata, dict) else False
+
+
+def sources_note(hits: Sequence[Any]) -> dict[str, Any]:
+    """The retrieved KB passages as a titled message of numbered links with their as-of dates, or a note that the
+    knowledge base has nothing on the question. KB text is escaped, so HTML in it stays inert."""
+    if not hits:
+        text = ("No entry of the knowledge base matches this question, so this answer cites no source. Check the "
+                "university's and the government's official pages.")
+    else:
+        text = "\n".join(f"{n}. [{safe_text(h.passage.title)}]({_link(h.passage.source)}) — as of "
+                         f"{safe_text(h.passage.as_of)}" for n, h in enumerate(hits, 1))
+    return {"role": "assistant", "content": text, "metadata": {"title": "Sources from the knowledge base"}}
+
+
+def check_note(flags: Sequence[Any]) -> dict[str, Any]:
+    """The live answer check's findings as a titled warning under the answer: each names the KB fact it
+    contradicts and links its official source."""
+    lines = [f"- {safe_text(f.detail)}" + (f" ([source]({_link(f.source)}))" if f.source else "") for f in flags]
+    return {"role": "assistant", "content": "\n".join(lines),
+            "metadata": {"title": "⚠ Check this answer: it contradicts the knowledge base"}}
+
+
+def _link(url: str) -> str:
+    """A KB URL (http(s), checked by the KB loader) safe inside a markdown link."""
+    return url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")
+
+
 def trim_history(history: Sequence[dict[str, Any]], max_turns: int) -> tuple[list[dict[str, str]], int]:
-    """The last `max_turns` question/answer pairs as model messages (display escaping undone), and how many
-    earlier pairs were left out."""
+    """The last `max_turns` question/answer pairs as model messages (display escaping undone; the app's notes
+    left out), and how many earlier pairs were left out."""
     pairs: list[list[dict[str, str]]] = []
     for message in history:
         role = message.get("role")
-        if role not in ("user", "assistant"):
+        if role not in ("user", "assistant") or is_note(message):
             continue
         turn = {"role": role, "content": message_text(message)}
         if role == "user" or not pairs:

@@ -34,7 +34,7 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
             raise gr.Error("The labelling tab is for reviewers: log in with an allowed account or use the token.")
         return reviewer
 
-    def label_queue(status, rating, adapter_filter, topic, since, until, search, established,
+    def label_queue(status, rating, adapter_filter, topic, since, until, search, kb_check, established,
                     request: gr.Request):
         require_reviewer(request, established)
         try:
@@ -42,7 +42,7 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
                                  rating=None if rating == "all" else rating,
                                  adapter=None if adapter_filter == "all" else adapter_filter,
                                  topic=None if topic == "all" else topic, since=parse_day(since),
-                                 until=parse_day(until, True))
+                                 until=parse_day(until, True), kb_check=None if kb_check == "all" else kb_check)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         needle = (search or "").strip().lower()
@@ -50,6 +50,7 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
             rows = [r for r in rows if any(needle in m["content"].lower() for m in r.messages)]
         shown = rows[:QUEUE_PAGE]
         table = [[r.id, format_when(r.created_at), r.adapter, rating_label(r), r.topic or "", r.status,
+                  f"{len(r.kb_flags)} warning(s)" if r.kb_flags else "",
                   next((m["content"][:80] for m in r.messages if m["role"] == "user"), "")] for r in shown]
         count = f"{len(rows)} dialogue(s)" + (f", showing the oldest {QUEUE_PAGE}" if len(rows) > QUEUE_PAGE else "")
         return table, gr.Dropdown(choices=[r.id for r in shown], value=shown[0].id if shown else None), count
@@ -69,6 +70,9 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
         if record.edited_answer:
             details.append(f"**Suggested answer for message {record.edited_index}:**\n\n"
                            f"{safe_text(record.edited_answer)}")
+        for flag in record.kb_flags:
+            details.append(f"**⚠ KB check, message {flag['message']}:** {safe_text(flag['detail'])}"
+                           + (f" ([source]({flag['source']}))" if flag.get("source") else ""))
         if record.reviewer:
             details.append(f"Decided by {safe_text(record.reviewer)} on {format_when(record.decided_at)}")
         return shown, "\n\n".join(details), gr.Dropdown(choices=turns, value=turns[-1] if turns else None), \
@@ -105,13 +109,15 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
             rating_filter = gr.Dropdown(["all", "liked", "disliked", "unrated"], value="all", label="Rating")
             adapter_filter = gr.Dropdown(["all", BASE, *engine.adapter_names], value="all", label="Adapter")
             topic_filter = gr.Dropdown(["all", *cfg.feedback.topics], value="all", label="Topic")
+            kb_filter = gr.Dropdown(["all", "flagged", "clean"], value="all", label="KB check",
+                                    elem_id="kb-filter")
             since = gr.Textbox(label="From (YYYY-MM-DD)")
             until = gr.Textbox(label="To (YYYY-MM-DD)")
         search = gr.Textbox(label="Containing (any message)", elem_id="queue-search")
         load_queue = gr.Button("Load queue", elem_id="load-queue")
         queue_count = gr.Markdown()
         queue_table = gr.Dataframe(headers=["id", "created (UTC)", "adapter", "ratings", "topic", "status",
-                                            "first question"], interactive=False, wrap=True)
+                                            "KB check", "first question"], interactive=False, wrap=True)
         record_id = gr.Dropdown([], label="Dialogue", elem_id="record-id", allow_custom_value=True)
         open_btn = gr.Button("Open", elem_id="open-record")
         dialogue = gr.Chatbot(label="Dialogue under review", height=360, sanitize_html=True)
@@ -124,7 +130,7 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
             accept = gr.Button("Accept", variant="primary", elem_id="accept")
             reject = gr.Button("Reject", variant="stop", elem_id="reject")
         decision_status = gr.Markdown()
-        filters = [status_filter, rating_filter, adapter_filter, topic_filter, since, until, search,
+        filters = [status_filter, rating_filter, adapter_filter, topic_filter, since, until, search, kb_filter,
                    reviewer_state]
         load_queue.click(label_queue, filters, [queue_table, record_id, queue_count], api_name="label_queue")
         open_btn.click(label_open, [record_id, reviewer_state], [dialogue, record_details, turn, topic_tag],

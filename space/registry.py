@@ -24,6 +24,8 @@ class RegisteredAdapter:
     """`config` (listed in space.yaml) or `runs` (discovered)."""
     trained_base: str | None = None
     """Base model named by the adapter's lineage (local adapters only; Hub adapters are checked when loaded)."""
+    ground: bool | None = None
+    """Whether its answers are grounded in the knowledge base by default (None: the Space's `grounding.enabled`)."""
 
 
 class AdapterRegistry:
@@ -61,11 +63,11 @@ class AdapterRegistry:
                 raise ConfigError(f"{where}.path: {entry.path} is not an adapter folder (no adapter_config.json)")
             return RegisteredAdapter(name=entry.name, location=str(path), is_local=True,
                                      description=entry.description or describe_adapter(path),
-                                     trained_base=trained_base(path))
+                                     trained_base=trained_base(path), ground=entry.ground)
         if entry.repo.count("/") != 1:
             raise ConfigError(f"{where}.repo: {entry.repo!r} is not a Hub repo id (owner/name)")
         return RegisteredAdapter(name=entry.name, location=entry.repo, is_local=False, revision=entry.revision,
-                                 subfolder=entry.subfolder, description=entry.description)
+                                 subfolder=entry.subfolder, description=entry.description, ground=entry.ground)
 
     def __iter__(self):
         return iter(self._adapters.values())

@@ -20,6 +20,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ("hub_emulator",)  # the `hub` fixture: a local server speaking the Hub's HTTP API
 
+SLOW_FIXTURES = {"demo_model_dir", "demo_tokenizer", "short_demo_run", "transformers_serve", "hub"}
+"""A test that needs one of these (a model converted or trained, a server started) is slow wherever it is; tests
+that are slow for another reason carry `@pytest.mark.slow` themselves."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 # Mistral-7B-Instruct-v0.3's own chat template (from its tokenizer_config.json), used as the reference the

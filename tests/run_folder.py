@@ -59,8 +59,10 @@ def write_stage(root: Path, *overrides: str, stage: str = "stage1") -> Path:
     return stage_dir
 
 
-def retarget_stage(stage_dir: Path, train: Path, test: Path) -> None:
-    """Point a stage's records at `train` plus a separate eval file `test`, as training on them would have."""
+def retarget_stage(stage_dir: Path, train: Path, test: Path | None = None) -> None:
+    """Point a stage's records at `train` (plus a separate eval file `test`, when given), as training on them
+    would have."""
     cfg = load_config(stage_dir / "resolved_config.yaml", [f"stages.{stage_dir.name}.dataset.path={train}",
-                                                          f"stages.{stage_dir.name}.dataset.eval_path={test}"])
+                                                          f"stages.{stage_dir.name}.dataset.eval_path="
+                                                          + (str(test) if test else "null")])
     _write_data_records(cfg, stage_dir.name, stage_dir)

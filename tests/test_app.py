@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, launch_app, stop_app
 
-from space.display import message_text
+from space.display import is_note, message_text
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -40,16 +40,24 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def chat(client, question, adapter, history=(), max_new_tokens=24):
-    return client.predict(question, list(history), adapter, SYSTEM, 0, 0.9, max_new_tokens, api_name="/chat")
+def chat(client, question, adapter, history=(), max_new_tokens=24, ground=False):
+    return client.predict(question, list(history), adapter, ground, SYSTEM, 0, 0.9, max_new_tokens,
+                          api_name="/chat")
+
+
+def turns(history):
+    """The dialogue without the app's notes (sources, KB warnings) under the answers."""
+    return [m for m in history if not is_note(m)]
 
 
 @pytest.mark.parametrize("adapter", ["base", "demo/stage1", "demo/stage2"])
 def test_chat_with_each_adapter_streams_an_answer(client, adapter):
-    job = client.submit("How do I open a bank account abroad?", [], adapter, SYSTEM, 0, 0.9, 24, api_name="/chat")
+    job = client.submit("How do I open a bank account abroad?", [], adapter, False, SYSTEM, 0, 0.9, 24,
+                        api_name="/chat")
     updates = [out for out in job]
     history, textbox = job.result()
     assert textbox == ""
+    history = turns(history)
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert message_text(history[0]) == "How do I open a bank account abroad?"
     assert message_text(history[1]).strip()
@@ -60,23 +68,34 @@ def test_adapters_are_selectable_and_differ_from_the_base(client):
     info = client.view_api(return_format="dict")["named_endpoints"]["/chat"]["parameters"]
     adapter_param = next(p for p in info if p["parameter_name"] == "adapter")
     assert set(adapter_param["type"]["enum"]) == {"base", "demo/stage1", "demo/stage2"}
-    answers = {a: message_text(chat(client, "What is a CAS number?", a, max_new_tokens=16)[0][1])
+    answers = {a: message_text(turns(chat(client, "What is a CAS number?", a, max_new_tokens=16)[0])[1])
                for a in ("base", "demo/stage2")}
     assert answers["base"] != answers["demo/stage2"]
 
 
 def test_compare_streams_both_answers(client):
-    left, right = client.predict("Is the GRE required?", "base", "demo/stage1", SYSTEM, 0, 0.9, 16,
+    left, right = client.predict("Is the GRE required?", "base", "demo/stage1", True, SYSTEM, 0, 0.9, 16,
                                  api_name="/compare")
     assert left.strip() and right.strip()
+    for side in (left, right):  # grounded: each answer carries its sources under it
+        assert "**Sources from the knowledge base**" in side and "1. [" in side
 
 
 def test_multi_turn_history_and_retry(client):
-    history, _ = chat(client, "Where should I live in my first year?", "demo/stage1")
+    history, _ = chat(client, "Where should I live in my first year?", "demo/stage1", ground=True)
     history, _ = chat(client, "And how much does it cost?", "demo/stage1", history)
-    assert [m["role"] for m in history] == ["user", "assistant"] * 2
-    retried, _ = client.predict(history, "demo/stage1", SYSTEM, 0, 0.9, 24, api_name="/retry")
+    assert [m["role"] for m in turns(history)] == ["user", "assistant"] * 2
+    retried, _ = client.predict(history, "demo/stage1", False, SYSTEM, 0, 0.9, 24, api_name="/retry")
+    retried = turns(retried)
     assert len(retried) == 4 and message_text(retried[2]) == "And how much does it cost?"
+
+
+def test_the_demo_model_answers_grounded_with_numbered_sources(client):
+    history, _ = chat(client, "Is health insurance compulsory for international students in Germany?", "demo/stage2",
+                      ground=True)
+    assert [m["role"] for m in turns(history)] == ["user", "assistant"]
+    sources = {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}["Sources from the knowledge base"]
+    assert sources.startswith("1. [Germany: health insurance](http") and "— as of " in sources
 
 
 def test_an_over_long_question_gets_a_clear_message_and_the_app_keeps_serving(client):
@@ -89,18 +108,18 @@ def test_an_over_long_question_gets_a_clear_message_and_the_app_keeps_serving(cl
     with pytest.raises(AppError, match="demo/stage9 is not in the list of choices"):
         chat(client, "Hello", "demo/stage9")
     history, _ = chat(client, "Still there?", "base")
-    assert message_text(history[-1]).strip()
+    assert message_text(turns(history)[-1]).strip()
 
 
 def test_two_visitors_at_once_keep_their_own_adapter_and_history(app_url):
     from gradio_client import Client
 
-    expected = {a: message_text(chat(Client(app_url, verbose=False), f"Visa for {a}?", a)[0][1])
+    expected = {a: message_text(turns(chat(Client(app_url, verbose=False), f"Visa for {a}?", a)[0])[1])
                 for a in ("base", "demo/stage2")}
     results: dict[str, list] = {}
 
     def visitor(adapter):
-        results[adapter] = chat(Client(app_url, verbose=False), f"Visa for {adapter}?", adapter)[0]
+        results[adapter] = turns(chat(Client(app_url, verbose=False), f"Visa for {adapter}?", adapter)[0])
 
     threads = [threading.Thread(target=visitor, args=(a,)) for a in expected]
     for t in threads:
@@ -126,6 +145,8 @@ def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
             page.wait_for_selector("#question textarea")
             assert "Demo mode" in page.inner_text("body")
             assert "Check every requirement" in page.inner_text("#notice")
+            assert page.is_checked("#ground input")  # grounded by default (test_grounding_app.py covers it)
+            page.uncheck("#ground input")
 
             page.fill("#question textarea", attack)
             page.click("#send")

@@ -14,12 +14,14 @@ from conftest import REPO
 
 from trainer.__main__ import main
 from trainer.eval import EvalError
-from trainer.eval.gate import gate_decision
+from trainer.eval.gate import gate_decision, verdict_of
 from trainer.eval.judge import (JudgeSettings, PairwiseJudge, combine_orders, judge_pairs, parse_verdict,
                                 summarize_judgements)
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, is_markdown, load_questions,
                                  markdown_rate, parse_question, rubric_rates, score_answer, select_questions)
+from trainer.eval.metrics import judge_comparison
 from trainer.eval.stats import bleu_from_statistics, bleu_statistics, bootstrap_ci, rouge_l
+from trainer.jobs import EvalJob
 
 QUESTION = {
     "id": "work-canada", "topic": "work rights", "false_premise": True, "source": "https://www.canada.ca/",
@@ -158,43 +160,24 @@ def test_verdict_parsing(reply, verdict):
 
 # The gate
 
-BASE = {"rubric_accuracy": 0.5, "false_premise_correction": 0.4}
+def judge_summary(wins, ties, losses, agreement=1.0):
+    outcomes = ["adapter"] * wins + ["tie"] * ties + ["base"] * losses
+    return summarize_judgements(outcomes) | {
+        "agreement": agreement, "reliable": agreement >= 2 / 3,
+        "outcomes": [{"adapter": 1, "base": -1, "tie": 0}[o] for o in outcomes],
+        "per_question": [{"id": f"q{i}"} for i in range(len(outcomes))]}
 
 
-def judge_summary(wins, ties, losses):
-    return summarize_judgements(["adapter"] * wins + ["tie"] * ties + ["base"] * losses)
-
-
-def test_gate_passes_an_adapter_at_least_as_good_as_its_base():
-    gate = gate_decision(BASE, {"rubric_accuracy": 0.5, "false_premise_correction": 0.6}, None)
-    assert gate["passed"] and gate["failed"] == []
-    assert "rubric accuracy 0.50 vs base 0.50" in gate["summary"] and "no judge configured" in gate["summary"]
-
-
-def test_gate_fails_on_rubric_or_false_premise_rate():
-    gate = gate_decision(BASE, {"rubric_accuracy": 0.45, "false_premise_correction": 0.6}, None)
-    assert not gate["passed"] and gate["failed"] == ["rubric accuracy"] and "(worse)" in gate["summary"]
-    gate = gate_decision(BASE, {"rubric_accuracy": 0.9, "false_premise_correction": 0.3}, None)
-    assert not gate["passed"] and gate["failed"] == ["false-premise correction"]
-
-
-def test_gate_fails_when_the_judge_interval_favours_the_base():
-    better = {"rubric_accuracy": 0.6, "false_premise_correction": 0.6}
-    lost = gate_decision(BASE, better, judge_summary(1, 3, 16))
-    assert lost["summary"].endswith("(favours the base)")
-    assert not lost["passed"] and lost["failed"] == ["judge"] and lost["checks"]["judge"] is False
-    close = gate_decision(BASE, better, judge_summary(5, 4, 7))  # interval straddles 0: not significant
-    assert close["passed"] and close["checks"]["judge"] is True
-    assert "judge 5-4-7 (win-tie-loss, n=16)" in close["summary"]
-
-
-def test_gate_reports_what_it_could_not_measure():
-    gate = gate_decision({"rubric_accuracy": 0.5, "false_premise_correction": None},
-                         {"rubric_accuracy": 0.5, "false_premise_correction": None},
-                         summarize_judgements([None, None]))
-    assert gate["passed"]
-    assert "false-premise correction not measured" in gate["summary"]
-    assert "judge gave no parseable verdict (2 unparseable)" in gate["summary"]
+def test_a_judge_that_prefers_the_base_fails_the_gate_and_an_unreliable_one_is_not_used():
+    lost = judge_comparison(judge_summary(1, 3, 16), margin=0.05)
+    gate = gate_decision({"judge": lost})
+    assert gate["verdict"] == "failed" and gate["checks"]["judge"] == "failed"
+    close = gate_decision({"judge": judge_comparison(judge_summary(5, 4, 7), margin=0.05)})
+    assert close["verdict"] == "inconclusive" and "judge (adapter wins - base wins) -0.12" in close["summary"]
+    assert judge_comparison(judge_summary(1, 3, 16, agreement=0.6), margin=0.05) is None
+    # only the kept (uncontaminated) questions count
+    kept = judge_comparison(judge_summary(3, 0, 17), {"q0", "q1", "q2"}, margin=0.05)
+    assert (kept["n"], kept["adapter_only"], kept["base_only"]) == (3, 3, 0)
 
 
 # The rubric file
@@ -294,7 +277,7 @@ def test_the_plan_holds_each_stages_held_out_rows_and_names_the_ones_it_cannot_r
     write_stage(tmp_path, f"stages.stage2.dataset.path={train}", f"stages.stage2.dataset.eval_path={test}",
                 stage="stage2")
     run_dir = tmp_path / "runs" / "demo"
-    plan = plan_evaluation(run_dir, limit=2)
+    plan = plan_evaluation(run_dir, EvalJob(limit=2))
     assert [s.name for s in plan.stages] == ["stage1", "stage2"] and plan.split_problems == {}
     for stage in plan.stages:
         listed = [r["sha256"] for r in json.loads((stage.dir / "split.json").read_text())["eval"]]
@@ -304,7 +287,7 @@ def test_the_plan_holds_each_stages_held_out_rows_and_names_the_ones_it_cannot_r
     assert len(plan.held_out) == 2 + 3  # stage 1's held-out quarter of the training file, and the eval file
 
     test.write_text(test.read_text() + "\n")  # the rubric and the judge still run; the held-out loss cannot
-    plan = plan_evaluation(run_dir, limit=2)
+    plan = plan_evaluation(run_dir, EvalJob(limit=2))
     assert plan.eval_rows["stage2"] == [] and list(plan.split_problems) == ["stage2"]
     assert plan.split_problems["stage2"].startswith(f"{test}: changed since stage2 was trained")
     assert len(plan.held_out) == 2
@@ -366,8 +349,16 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
     results = json.loads((out / "results.json").read_text())
     assert set(results["gate"]) == set(results["adapters"]) == {"stage1", "stage2"}
     for stage, gate in results["gate"].items():
-        assert isinstance(gate["passed"], bool) and "rubric accuracy" in gate["summary"]
-        assert gate["passed"] == (not gate["failed"])
+        assert gate["verdict"] in ("passed", "failed", "inconclusive") and "rubric accuracy" in gate["summary"]
+        assert gate["passed"] == {"passed": True, "failed": False}.get(gate["verdict"])
+        assert (gate["verdict"] == "failed") == bool(gate["failed"])
+        paired = results["adapters"][stage]["paired"]
+        assert paired["rubric_accuracy"]["n"] == 4 and "p_value" in paired["rubric_accuracy"]
+        assert paired["eval_loss"]["method"].startswith("paired percentile bootstrap")
+        # the judge gates only when its two orders agree often enough to be trusted
+        assert ("judge" in paired) == results["judge"]["per_adapter"][stage]["reliable"]
+    assert results["contamination"]["checked"] and results["contamination"]["matches"] == []
+    assert results["settings"]["gate"]["margin"] == 0.05
     for entry in [results["base"], *results["adapters"].values()]:
         metrics = entry["metrics"]
         for key in ("eval_loss", "eval_perplexity", "rouge_l", "bleu", "markdown_rate", "rubric_accuracy",
@@ -405,11 +396,14 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
     assert "rubric accuracy (n=4)" in report and "judge win rate" in report and "## Pairwise judge" in report
     assert results["base"]["chat_template_sha256"] in report
     for stage, gate in results["gate"].items():
-        assert f"**{stage}: {'PASSED' if gate['passed'] else 'FAILED'}** — {gate['summary']}" in report
+        assert f"**{stage}: {gate['verdict'].upper()}** — {gate['summary']}" in report
+    assert "## Adapter − base, question by question" in report and "No contaminated item." in report
+    assert "agreement of both orders" in report
 
     # the verdict is in each stage's lineage, and the lineage as trained is still recoverable byte for byte
     s1_lineage = json.loads((run_copy / "stage1" / "lineage.json").read_text())
     assert s1_lineage["evaluation"]["passed"] == results["gate"]["stage1"]["passed"]
+    assert s1_lineage["evaluation"]["verdict"] == results["gate"]["stage1"]["verdict"]
     assert (run_copy / "stage1" / s1_lineage["evaluation"]["results"]).resolve() == (out / "results.json").resolve()
     del s1_lineage["evaluation"]
     write_json(run_copy / "as_trained.json", s1_lineage)
@@ -423,12 +417,98 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
     printed = capsys.readouterr().out
     for stage, gate in results["gate"].items():
         card = ModelCard.load(push_out / "models" / "acme" / f"demo-{stage}" / "README.md")
-        verdict = "**Passed**" if gate["passed"] else "**Failed**"
-        assert f"{verdict} the comparison with its base model: {gate['summary']}" in card.text
+        verdict = {"passed": "**Passed** the comparison", "failed": "**Failed** the comparison",
+                   "inconclusive": "**Inconclusive** comparison"}[gate["verdict"]]
+        assert f"{verdict} with its base model: {gate['summary']}" in card.text
         metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
         assert metrics["rubric_accuracy"] == round(results["adapters"][stage]["metrics"]["rubric_accuracy"], 4)
     assert main(["push", "--run", str(run_copy), "--dry-run", "--namespace", "acme", "--out", str(push_out),
                  "--no-datasets", "--no-space"]) in (0, 2)
     printed = capsys.readouterr().out
     for stage, gate in results["gate"].items():
-        assert (f"refused {stage}" in printed) == (not gate["passed"])
+        assert (f"refused {stage}" in printed) == (verdict_of(gate) == "failed")
+
+
+# Contamination, grounding and outside prompt sets, on the trained demo run
+
+def test_three_copied_rubric_questions_are_contaminated_and_excluded_and_grounding_is_measured(run_copy, capsys):
+    from run_folder import retarget_stage
+
+    from trainer.config import DatasetSettings
+    from trainer.data import load_conversations
+
+    questions = select_questions(load_questions(DEFAULT_QUESTIONS), 4)
+    copied = questions[:3]
+    lineage = json.loads((run_copy / "stage1" / "lineage.json").read_text())
+    original = Path(next(iter(lineage["datasets"][0]["file_sha256"])))
+    rows = [json.loads(line) for line in original.read_text(encoding="utf-8").splitlines()]
+    rows += [{"messages": [{"role": "user", "content": q.question},
+                           {"role": "assistant", "content": f"### Answer\n\n- A copied answer to {q.id}."}]}
+             for q in copied]
+    train = run_copy / "stage1_with_copies.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    retarget_stage(run_copy / "stage1", train)
+    spec = json.loads((run_copy / "stage1" / "split.json").read_text())
+    trained = {r["sha256"] for r in spec["train"]}
+    convs, _ = load_conversations(DatasetSettings(path=str(train)))
+    assert sum(c.content_hash in trained for c in convs[-3:]) == 3  # the copies really are training rows
+
+    assert main(["eval", "--run", str(run_copy), "--limit", "4", "--max-new-tokens", "8", "--threads", "1",
+                 "--grounded", "--retrieval-k", "3"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((run_copy / "eval" / "results.json").read_text())
+    c = results["contamination"]
+    assert c["items"] == sorted(q.id for q in copied)
+    assert {(m["item"], m["how"], m["stage"]) for m in c["matches"] if m["kind"] == "question"} == \
+        {(q.id, "exact", "stage1") for q in copied}
+    assert all(m["location"].startswith(str(train)) for m in c["matches"] if m["kind"] == "question")
+    assert results["n"]["contaminated_items"] >= 3
+    for entry in [results["base"], *results["adapters"].values()]:
+        assert "metrics_uncontaminated" in entry
+    for stage, entry in results["adapters"].items():
+        assert entry["paired_uncontaminated"]["rubric_accuracy"]["n"] == 1  # four questions, three excluded
+        assert entry["paired"]["rubric_accuracy"]["n"] == 4
+        assert results["gate"][stage]["summary"].endswith("(decided on the uncontaminated items)")
+    rubric = {row["id"]: row["contaminated"] for row in results["rubric_by_question"]}
+    assert rubric == {q.id: q in copied for q in questions}
+    report = (run_copy / "eval" / "report.md").read_text()
+    assert "### Metrics without the" in report and "### Adapter − base without them" in report
+    for q in copied:
+        assert f"| {q.id[:40]} | question | exact |" in report
+
+    g = results["grounded"]
+    assert g["settings"]["k"] == 3 and g["recall"]["k"] == 3
+    assert set(g["models"]) == {"base", "stage1", "stage2"}
+    for name, entry in g["models"].items():
+        assert "rubric_accuracy" in entry["metrics"] and entry["vs_ungrounded"]["rubric_accuracy"]["n"] == 4
+    assert "## Grounded in the knowledge base" in report and "grounding" in report
+    answers = [json.loads(line) for line in (run_copy / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert sum(1 for a in answers if a.get("grounded")) == 3 * 4
+    assert all("kb_flags" in a and "contaminated" in a for a in answers)
+    assert "contamination: 3 questions" in printed
+
+
+def test_an_outside_csv_of_50_prompts_is_evaluated_without_a_rubric(run_copy, tmp_path, capsys):
+    prompts = tmp_path / "my_prompts.csv"
+    lines = ["prompt,reference"]
+    for i in range(50):
+        reference = "Check the university's official admissions page." if i % 5 == 0 else ""
+        lines.append(f'"Question {i}: which documents do I need to study in Canada?",{reference}')
+    lines.append('"",missing prompt')  # a malformed row: named, skipped, the rest evaluated
+    prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["eval", "--run", str(run_copy), "--questions", str(prompts), "--max-new-tokens", "4",
+                 "--threads", "1", "--no-contamination"]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped {prompts}:52 (row 51): empty content: prompt is empty" in printed
+    results = json.loads((run_copy / "eval" / "results.json").read_text())
+    assert results["n"]["prompts"] == 50 and results["n"]["questions"] == 0
+    assert results["n"]["prompts_with_reference"] == 10
+    assert results["settings"]["questions_kind"] == "prompts" and len(results["settings"]["skipped_prompt_rows"]) == 1
+    assert results["rubric_by_question"] == [] and results["contamination"] is None
+    for entry in [results["base"], *results["adapters"].values()]:
+        assert "rubric_accuracy" not in entry["metrics"]
+        assert {"markdown_rate", "kb_contradiction_rate", "rouge_l", "bleu"} <= set(entry["metrics"])
+    for gate in results["gate"].values():  # nothing that gates was measured: no verdict either way
+        assert gate["verdict"] == "inconclusive" and "rubric accuracy: not measured" in gate["summary"]
+    report = (run_copy / "eval" / "report.md").read_text()
+    assert "50 prompts used (10 with a reference answer; no rubric score), 1 rows skipped" in report

@@ -153,21 +153,21 @@ def test_labelling_endpoints_refuse_without_the_token_and_work_with_it(feedback_
     send(Client(url, verbose=False), "for-review", history=review_me, ratings={"1": -1},
          better="Either IELTS or TOEFL; check the page.")
     stranger = Client(url, verbose=False)
-    for api_name, args in (("/label_queue", ("unreviewed", "all", "all", "all", "", "", "")),
+    for api_name, args in (("/label_queue", ("unreviewed", "all", "all", "all", "", "", "", "all")),
                            ("/label_open", ("anything",)),
                            ("/label_accept", ("anything", None, "", None))):
         with pytest.raises(AppError, match="The labelling tab is for reviewers"):
             stranger.predict(*args, api_name=api_name)
     wrong = Client(url, verbose=False, headers={"x-labelling-token": "guess"})
     with pytest.raises(AppError, match="for reviewers"):
-        wrong.predict("unreviewed", "disliked", "all", "all", "", "", "", api_name="/label_queue")
+        wrong.predict("unreviewed", "disliked", "all", "all", "", "", "", "all", api_name="/label_queue")
 
     reviewer = Client(url, verbose=False, headers={"x-labelling-token": TOKEN, "x-reviewer": "ana"})
     table, picked, count = reviewer.predict("unreviewed", "disliked", "demo/stage2", "all", "", "",
-                                            "UK master", api_name="/label_queue")
+                                            "UK master", "all", api_name="/label_queue")
     rows = table["data"]
     assert len(rows) == 1 and count == "1 dialogue(s)"
-    record_id = next(r[0] for r in rows if r[6] == review_me[0]["content"])
+    record_id = next(r[0] for r in rows if r[7] == review_me[0]["content"])
     dialogue, details, turn, topic = reviewer.predict(record_id, api_name="/label_open")
     assert "Either IELTS or TOEFL" in details and turn["value"] == 1 and turn["choices"] == [["1", 1]]
     status = reviewer.predict(record_id, 1, "Both IELTS Academic and TOEFL iBT are widely accepted.", "tests",
@@ -195,6 +195,7 @@ def test_in_a_browser_rate_correct_and_review(feedback_app):
             visitor.goto(url, wait_until="load")
             visitor.wait_for_selector("#question textarea")
             assert visitor.get_by_role("tab", name="Labelling").count() == 0  # hidden without access
+            visitor.uncheck("#ground input")  # the answer is then the last message (no sources under it)
             visitor.fill("#question textarea", "How do I find student housing?")
             visitor.click("#send")
             visitor.wait_for_function(

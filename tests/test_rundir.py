@@ -131,14 +131,14 @@ def test_the_verdict_is_read_and_recorded_without_losing_the_lineage_as_trained(
     trained = (stage_dir / "lineage.json").read_bytes()
     results = run_dir / "eval" / "results.json"
     results.parent.mkdir()
-    write_json(results, {"gate": {"stage1": {"passed": True, "summary": "rubric 0.6 vs 0.5"}},
+    write_json(results, {"gate": {"stage1": {"verdict": "passed", "passed": True, "summary": "rubric 0.6 vs 0.5"}},
                          "adapters": {"stage1": {"metrics": {"rubric_accuracy": 0.6, "note": "text"}}}})
-    assert stage.gate() == {"passed": True, "summary": "rubric 0.6 vs 0.5"}
+    assert stage.gate() == {"verdict": "passed", "passed": True, "summary": "rubric 0.6 vs 0.5"}
     assert stage.eval_metrics() == {"rubric_accuracy": 0.6}
 
     stage.record_evaluation(stage.gate(), results, "2025-01-01T00:00:00+00:00")
     lineage = json.loads((stage_dir / "lineage.json").read_text())
-    assert lineage.pop("evaluation") == {"passed": True, "summary": "rubric 0.6 vs 0.5",
+    assert lineage.pop("evaluation") == {"verdict": "passed", "passed": True, "summary": "rubric 0.6 vs 0.5",
                                          "results": "../eval/results.json", "date": "2025-01-01T00:00:00+00:00"}
     write_json(stage_dir / "as_trained.json", lineage)
     assert (stage_dir / "as_trained.json").read_bytes() == trained

@@ -246,3 +246,49 @@ def test_paper_pipeline_runs_end_to_end_on_a_tiny_mistral(tiny_mistral_dir, stag
     assert (st2.per_device_train_batch_size, st2.gradient_accumulation_steps) == (8, 2)  # the paper's 2 x 8, packed
     assert st2.padding_free and st2.use_liger_kernel == "auto"
     assert read(cfg.run_dir() / "stage2" / "metrics.json")["liger_kernel"] is False  # no CUDA here
+
+
+# Training with grounding: the same retrieved KB passages the app serves with, in each row's system prompt
+
+def test_grounded_planning_adds_kb_passages_without_changing_the_split(tmp_path, stage_files, demo_model_dir):
+    from trainer.train import plan_pipeline
+
+    plain = plan_pipeline(demo_config(tmp_path, stage_files), ["stage1"]).stages["stage1"]
+    plan = plan_pipeline(demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=kb",
+                                     "stages.stage1.dataset.grounding_k=3"), ["stage1"]).stages["stage1"]
+    assert plain.grounded is None and plain.training_rows("train") == plain.data.train
+    assert plan.data.split_record() == plain.data.split_record()  # the rows as written decide the split
+    rows = plan.training_rows("train")
+    assert len(rows) == len(plan.data.train) and [r.location for r in rows] == [c.location for c in plan.data.train]
+    for grounded, written in zip(rows, plan.data.train):
+        system = grounded.messages[0]
+        assert system["role"] == "system" and ("[1] " in system["content"] or "No entry of the knowledge base"
+                                               in system["content"])
+        assert grounded.messages[1:] == written.messages[1:] if written.messages[0]["role"] == "system" else \
+            grounded.messages[1:] == written.messages
+    assert any("(source: https://" in r.messages[0]["content"] for r in rows)
+    assert sum(plan.data.train_lengths) > sum(plain.data.train_lengths)  # the passages are trained on
+    record = plan.grounded["record"]
+    assert record["kb_version"]["version"] and record["retrieval"]["k"] == 3 and record["kb_path"].endswith("kb")
+
+
+def test_grounding_settings_are_validated(tmp_path, stage_files):
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages.stage1.dataset.grounding: must be none or kb, got 'yes'"):
+        demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=yes")
+    with pytest.raises(ConfigError, match=r"stages.stage1.dataset.grounding_k: must be between 1 and 20"):
+        demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding_k=0")
+
+
+def test_a_grounded_stage_trains_and_its_lineage_records_the_kb(tmp_path, stage_files, demo_model_dir):
+    cfg = demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=kb", "stages.stage1.max_steps=1")
+    stage_dir = run_stage(cfg, "stage1")
+    lineage = json.loads((stage_dir / "lineage.json").read_text())
+    assert lineage["grounding"]["method"] == "kb" and lineage["grounding"]["kb_version"]["version"]
+    split = json.loads((stage_dir / "split.json").read_text())
+    written = {r["sha256"] for r in split["train"]}
+    from trainer.rundir import read_stage
+
+    rows = read_stage(cfg.run_dir(), "stage1").train_rows()  # the data files' rows, unchanged, still found
+    assert {c.content_hash for c in rows} == written

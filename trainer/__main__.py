@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     option("--judge-model", "judge_model")
     option("--judge-api-key-env", "judge_api_key_env")
     option("--judge-max-tokens", "judge_max_tokens", type=int)
+    option("--margin", "margin", type=float)
+    option("--no-contamination", "contamination", action="store_false")
+    option("--grounded", "grounded", action="store_true")
+    option("--retrieval-k", "retrieval_k", type=int)
+    option("--kb", "kb")
+    option("--seed", "seed", type=int)
 
     export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
     export.add_argument("--store", default="data/feedback/feedback.sqlite",
@@ -287,18 +293,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # PyTorch's and bitsandbytes' OpenMP pools spin against each other on a small CPU: with idle threads sleeping,
     # 2-thread decoding measured ~3x faster (bench/eval_throughput.py). It must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from dataclasses import replace
+    from trainer.eval.run import run_evaluation
 
-    from trainer.eval.judge import JudgeSettings
-    from trainer.eval.run import GREEDY, run_evaluation
-
-    judge = None
-    if job.judge_base_url:
-        judge = JudgeSettings(base_url=job.judge_base_url, model=job.judge_model,
-                              api_key_env=job.judge_api_key_env, max_tokens=job.judge_max_tokens)
-    run_evaluation(args.run, questions_path=job.questions, limit=job.limit, judge=judge,
-                   generation=replace(GREEDY, max_new_tokens=job.max_new_tokens), batch_size=job.batch_size,
-                   load_in_4bit=job.load_in_4bit, out_dir=job.out, threads=job.threads)
+    run_evaluation(args.run, job)
     return 0
 
 

@@ -41,8 +41,15 @@ def verdict_text(gate: dict[str, Any] | None, forced: bool) -> str:
     if gate is None:
         return ("**Not evaluated.** This adapter has not been compared with its base model (rubric, false-premise "
                 "questions, blind judge). Run `python -m trainer eval --run runs/<name>` before relying on it.")
-    if gate.get("passed"):
+    from trainer.eval.gate import verdict_of
+
+    verdict = verdict_of(gate)
+    if verdict == "passed":
         return f"**Passed** the comparison with its base model: {gate.get('summary', '')}"
+    if verdict == "inconclusive":
+        return (f"**Inconclusive** comparison with its base model: {gate.get('summary', '')}. The evaluation could "
+                "not tell whether this adapter is better or worse than its base at this number of questions; "
+                "treat it as unproven.")
     return (f"**Failed** the comparison with its base model: {gate.get('summary', '')}. "
             + ("It was published anyway (`--force`); prefer the base model." if forced else ""))
 

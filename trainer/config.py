@@ -95,6 +95,13 @@ class DatasetSettings:
     """Licence of the data (an SPDX-style id as the Hub uses, e.g. mit, cc-by-4.0), for the dataset card."""
     source_datasets: tuple[str, ...] = ()
     """Hub datasets this data was derived from, for the cards."""
+    grounding: str = "none"
+    """`kb`: train with the knowledge-base passages retrieved for each conversation in its system prompt (as the app
+    serves grounded answers), so the adapter learns to use them; the data files are not changed. `none`: as written."""
+    kb: str = "data/kb"
+    """Knowledge base for `grounding: kb` (relative paths: the working directory, then the tool's folder)."""
+    grounding_k: int = 5
+    """Passages per conversation with `grounding: kb`: more context, longer rows (rows over max_length are rejected)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,10 @@ def _validate_values(cfg: PipelineConfig) -> None:
             raise ConfigError(f"{where}.dataset.eval_fraction: must be in [0, 1), got {st.dataset.eval_fraction}")
         if st.dataset.kind not in DATASET_KINDS:
             raise ConfigError(f"{where}.dataset.kind: must be synthetic, real or audit, got {st.dataset.kind!r}")
+        if st.dataset.grounding not in ("none", "kb"):
+            raise ConfigError(f"{where}.dataset.grounding: must be none or kb, got {st.dataset.grounding!r}")
+        if not 1 <= st.dataset.grounding_k <= 20:
+            raise ConfigError(f"{where}.dataset.grounding_k: must be between 1 and 20, got {st.dataset.grounding_k}")
         if not 0 <= st.dataset.max_bad_fraction <= 1:
             raise ConfigError(f"{where}.dataset.max_bad_fraction: must be in [0, 1]")
         if st.learning_rate <= 0:

@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS records (
     decided_at REAL,
     review_edits TEXT NOT NULL DEFAULT '{}',
     synced INTEGER NOT NULL DEFAULT 0,
-    decision_synced INTEGER NOT NULL DEFAULT 1
+    decision_synced INTEGER NOT NULL DEFAULT 1,
+    kb_flags TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS records_status ON records(status, created_at);
 """
@@ -88,6 +89,8 @@ class FeedbackRecord:
     decided_at: float | None = None
     review_edits: dict[int, str] = field(default_factory=dict)
     """Assistant message index -> the reviewer's corrected text."""
+    kb_flags: list[dict[str, Any]] = field(default_factory=list)
+    """The live KB check's findings on the answers: {message, rule, detail, source} each (reviewers filter on it)."""
 
     def validate(self) -> None:
         if not self.consent:
@@ -126,6 +129,7 @@ class FeedbackRecord:
             consent=bool(row["consent"]), redactions=json.loads(row["redactions"]), status=row["status"],
             topic=row["topic"], reviewer=row["reviewer"], decided_at=row["decided_at"],
             review_edits={int(k): v for k, v in json.loads(row["review_edits"]).items()},
+            kb_flags=json.loads(row["kb_flags"]),
         )
 
 
@@ -165,6 +169,12 @@ class FeedbackStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # the WAL is synced at every commit: durable once acknowledged
         conn.executescript(SCHEMA)
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(records)")}
+        if "kb_flags" not in columns:  # a store written before the live KB check: add the column, keep every row
+            try:
+                conn.execute("ALTER TABLE records ADD COLUMN kb_flags TEXT NOT NULL DEFAULT '[]'")
+            except sqlite3.OperationalError:  # another connection added it first
+                pass
         return conn
 
     # Writing
@@ -225,13 +235,14 @@ class FeedbackStore:
         conn.execute(
             "INSERT INTO records (id, request_id, session_id, created_at, base_model, adapter, adapter_revision,"
             " system_prompt, settings, messages, ratings, edited_index, edited_answer, comment, consent, redactions,"
-            " status, topic, reviewer, decided_at, review_edits) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " status, topic, reviewer, decided_at, review_edits, kb_flags) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (r.id, r.request_id, r.session_id, r.created_at, r.base_model, r.adapter, r.adapter_revision,
              r.system_prompt, json.dumps(r.settings), json.dumps(r.messages, ensure_ascii=False),
              json.dumps({str(k): v for k, v in r.ratings.items()}), r.edited_index, r.edited_answer, r.comment,
              int(r.consent), json.dumps(r.redactions), r.status, r.topic, r.reviewer, r.decided_at,
-             json.dumps({str(k): v for k, v in r.review_edits.items()}, ensure_ascii=False)))
+             json.dumps({str(k): v for k, v in r.review_edits.items()}, ensure_ascii=False),
+             json.dumps(r.kb_flags, ensure_ascii=False)))
         return r.id
 
     # The Hub copy: JSONL files pushed by CommitScheduler
@@ -304,13 +315,18 @@ class FeedbackStore:
 
     def records(self, *, status: str | None = None, adapter: str | None = None, rating: str | None = None,
                 topic: str | None = None, since: float | None = None, until: float | None = None,
-                limit: int | None = None) -> list[FeedbackRecord]:
-        """Records, oldest first, filtered. `rating` is `liked`, `disliked`, `unrated` or None for all."""
+                kb_check: str | None = None, limit: int | None = None) -> list[FeedbackRecord]:
+        """Records, oldest first, filtered. `rating` is `liked`, `disliked`, `unrated` or None for all; `kb_check`
+        is `flagged` (an answer contradicted the KB), `clean` or None for all."""
         sql, args = "SELECT * FROM records WHERE 1=1", []
         for column, value in (("status", status), ("adapter", adapter), ("topic", topic)):
             if value:
                 sql += f" AND {column} = ?"
                 args.append(value)
+        if kb_check == "flagged":
+            sql += " AND kb_flags != '[]'"
+        elif kb_check == "clean":
+            sql += " AND kb_flags = '[]'"
         if since is not None:
             sql += " AND created_at >= ?"
             args.append(since)

@@ -86,6 +86,24 @@ class EvalJob:
     """Environment variable holding the judge's API key (only its name is ever written)."""
     judge_max_tokens: int = 96
     """Room for the judge's verdict and reason."""
+    margin: float = 0.05
+    """Non-inferiority margin of the gate: how much worse than the base (on rates, 0.05 = five points) an adapter
+    may be and still pass."""
+    contamination: bool = True
+    """Check every eval question and held-out conversation against every stage's training rows, and report the
+    metrics with the contaminated ones excluded too."""
+    contamination_threshold: float = 0.8
+    """Estimated Jaccard similarity (byte 8-grams) from which an item counts as a near-copy of a training row."""
+    grounded: bool = False
+    """Also answer every question with the knowledge base's retrieved passages in the prompt, for base and every
+    adapter, and report whether grounding helped (and retrieval recall@k)."""
+    retrieval_k: int = 5
+    """Passages retrieved per question when grounded."""
+    kb: str = "data/kb"
+    """Knowledge base for the live answer check (and retrieval); relative paths are tried from the working
+    directory, then from the tool's own folder."""
+    seed: int = 3407
+    """Seeds generation and the bootstrap."""
     source: str | None = None
     """File the settings were read from (set by the loader, not by YAML)."""
 
@@ -116,9 +134,13 @@ def _validate_eval(job: EvalJob) -> None:
     for key in ("limit", "threads"):
         if getattr(job, key) is not None and getattr(job, key) < 1:
             raise ConfigError(f"{key}: must be at least 1 (or null for all), got {getattr(job, key)}")
-    for key in ("max_new_tokens", "batch_size", "judge_max_tokens"):
+    for key in ("max_new_tokens", "batch_size", "judge_max_tokens", "retrieval_k"):
         if getattr(job, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(job, key)}")
+    if not 0 <= job.margin < 1:
+        raise ConfigError(f"margin: must be in [0, 1), got {job.margin}")
+    if not 0 < job.contamination_threshold <= 1:
+        raise ConfigError(f"contamination_threshold: must be in (0, 1], got {job.contamination_threshold}")
 
 
 def _then(flags: Mapping[str, Any] | None):

@@ -39,6 +39,21 @@ SHIPPED_KB = Path(__file__).resolve().parent.parent / "data" / "kb"
 _CACHE: dict[tuple[str, tuple[tuple[str, float], ...]], KnowledgeBase] = {}
 
 
+PACKAGE_ROOT = SHIPPED_KB.parent.parent
+
+
+def resolve_kb_folder(path: str | Path) -> Path:
+    """A KB folder named in a settings file, as given, else relative to the tool's own folder, so the default
+    `data/kb` works from any working directory; a folder found in neither place is a KBError naming it."""
+    given = Path(path)
+    if given.is_dir():
+        return given
+    packaged = PACKAGE_ROOT / given
+    if str(path).strip() and not given.is_absolute() and packaged.is_dir():
+        return packaged
+    raise KBError(f"{path or repr(path)}: knowledge base folder not found")
+
+
 def load_kb(path: str | Path = SHIPPED_KB) -> KnowledgeBase:
     """Read and validate every `*.yaml` in the KB folder; cached until a file changes."""
     folder = Path(path)

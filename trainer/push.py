@@ -13,8 +13,9 @@ anything is staged (`--no-datasets` leaves the data out on purpose; data read fr
 card, not re-published). Each repo gets one commit per push with all its files; a repo whose files are already
 identical gets none.
 
-Gate: when `runs/<name>/eval/results.json` holds `{"gate": {"<stage>": {"passed": bool, "summary": str}}}`
-(written by the evaluation), a failed adapter is refused unless `--force`; the card states the verdict either way.
+Gate: when `runs/<name>/eval/results.json` holds `{"gate": {"<stage>": {"verdict": "passed" | "failed" |
+"inconclusive", "summary": str}}}` (written by the evaluation), a failed adapter is refused unless `--force`; an
+inconclusive one is published with that verdict in its card; the card states the verdict either way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.cards import base_hub_id, dataset_card, model_card, space_card
+from trainer.eval.gate import verdict_of
 from trainer.hub import HubError, connect, push_folder, whoami
 from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 
@@ -155,8 +157,7 @@ def run_push(run_dir: str | Path, *, namespace: str | None = None, stages: list[
     stage_runs = [read_stage(run_dir, s) for s in names]
     run = stage_runs[0].cfg.name
     gates = {s.name: s.gate() for s in stage_runs}
-    refused = [s.name for s in stage_runs if gates[s.name] is not None and not gates[s.name].get("passed")
-               and not force]
+    refused = [s.name for s in stage_runs if verdict_of(gates[s.name]) == "failed" and not force]
 
     # Every published stage's rows, read and checked before anything is staged or pushed: an adapter does not go
     # out without the data it names.

@@ -303,6 +303,11 @@ def grounding_text(hits: Sequence[Hit]) -> str:
     return "\n".join(lines)
 
 
+def conversation_query(messages: Sequence[dict[str, str]]) -> str:
+    """What a whole conversation asks: its user turns, joined (the retriever reads the first MAX_QUERY_CHARS)."""
+    return "\n".join(m["content"] for m in messages if m["role"] == "user")
+
+
 def grounded_messages(messages: Sequence[dict[str, str]], hits: Sequence[Hit]) -> list[dict[str, str]]:
     """`messages` with the retrieved facts appended to the system message (one is added when there is none)."""
     facts = grounding_text(hits)

@@ -137,7 +137,7 @@ class StageRun:
             return []
 
     def gate(self) -> dict[str, Any] | None:
-        """The evaluation's verdict on this stage (`{"passed", "summary", ...}`), or None when none ran."""
+        """The evaluation's verdict on this stage (`{"verdict", "passed", "summary", ...}`), or None when none ran."""
         return _eval_results(self.run_dir).get("gate", {}).get(self.name)
 
     def eval_metrics(self) -> dict[str, float]:
@@ -152,7 +152,9 @@ class StageRun:
 
         path = self.dir / "lineage.json"
         lineage = json.loads(path.read_text(encoding="utf-8"))
-        lineage["evaluation"] = {"passed": gate["passed"], "summary": gate["summary"],
+        from trainer.eval.gate import verdict_of
+
+        lineage["evaluation"] = {"verdict": verdict_of(gate), "passed": gate["passed"], "summary": gate["summary"],
                                  "results": os.path.relpath(results_path, self.dir), "date": created}
         write_json(path, lineage)
 

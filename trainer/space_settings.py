@@ -51,6 +51,8 @@ class AdapterEntry:
     """Folder inside `repo` that holds the adapter files."""
     description: str = ""
     """One line shown next to the adapter in the app."""
+    ground: bool | None = None
+    """Ground this adapter's answers in the knowledge base by default (null: `grounding.enabled`)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,21 @@ class FeedbackSettings:
 
 
 @dataclass(frozen=True)
+class GroundingSettings:
+    """Answers grounded in the knowledge base, with their sources, and checked against it before they are final."""
+
+    enabled: bool = True
+    """Put the KB passages retrieved for each question into the prompt and show them as numbered sources (visitors
+    can switch it off; each adapter may set its own default with `ground`)."""
+    kb: str = "data/kb"
+    """Knowledge base folder; relative paths are tried from the working directory, then from the app's folder."""
+    k: int = 5
+    """Passages per question: more context and sources, longer prompts (slower first token)."""
+    check_answers: bool = True
+    """Run the audit's KB rules on every finished answer and show a warning naming the contradicted fact."""
+
+
+@dataclass(frozen=True)
 class SpaceConfig:
     """Everything the app reads from `space_config/space.yaml`."""
 
@@ -121,6 +138,7 @@ class SpaceConfig:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     """Default decoding settings; visitors move temperature, top-p and the answer length within `limits`."""
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    grounding: GroundingSettings = field(default_factory=GroundingSettings)
     source: str | None = None
     """File the settings were read from."""
 
@@ -143,6 +161,8 @@ def _validate_space(cfg: SpaceConfig) -> None:
             raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)")
         if entry.path is not None and (entry.revision or entry.subfolder):
             raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
+    if not 1 <= cfg.grounding.k <= 20:
+        raise ConfigError(f"grounding.k: must be between 1 and 20, got {cfg.grounding.k}")
     lim = cfg.limits
     for key in ("max_input_chars", "concurrency", "queue_size", "max_new_tokens_limit"):
         if getattr(lim, key) < 1:

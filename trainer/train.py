@@ -49,6 +49,13 @@ class StagePlan:
     template: TrainingTemplate | None
     data: StageData
     sft_config: Any
+    grounded: dict[str, Any] | None = None
+    """With `dataset.grounding: kb`: the rows as trained (`train`, `eval`: the same conversations with the retrieved
+    KB passages in their system prompt) and the `record` the lineage keeps; `data` keeps the rows as written."""
+
+    def training_rows(self, split: str) -> list:
+        """What the trainer sees for `train` or `eval`: the grounded rows when grounding is on."""
+        return self.grounded[split] if self.grounded else getattr(self.data, split)
 
     @property
     def stage_dir(self) -> Path:
@@ -147,17 +154,57 @@ def plan_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None, *, o
                 raise
             failed[name] = str(exc)
             continue
+        grounded = None
+        if dataset.grounding == "kb":
+            data, grounded = ground_stage_data(data, dataset, tokenizer, template, cfg.max_length)
         if template is not None:
-            sample = [c.messages for c in (data.train + data.eval)[:TEMPLATE_CHECK_ROWS]]
-            verify_training_template(tokenizer, template, sample)
+            rows = grounded["train"] + grounded["eval"] if grounded else data.train + data.eval
+            verify_training_template(tokenizer, template, [c.messages for c in rows[:TEMPLATE_CHECK_ROWS]])
         sft_config = sft_configs[name]
         if not data.eval and sft_config.eval_strategy != "no":
             sft_config = build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints", eval_enabled=False)
-        plans[name] = StagePlan(cfg, name, ref, tokenizer, template, data, sft_config)
+        plans[name] = StagePlan(cfg, name, ref, tokenizer, template, data, sft_config, grounded)
     if tokenizer is not None:
         # Only now: every check above compared the training template with the model's own one.
         tokenizer.chat_template = template.text
     return PipelinePlan(ref, tokenizer, template, renderings, plans, failed, tuple(unchecked))
+
+
+def ground_stage_data(data: StageData, dataset, tokenizer, template: TrainingTemplate | None, max_length: int
+                      ) -> tuple[StageData, dict[str, Any]]:
+    """The stage's rows with the KB passages retrieved for each conversation (its user turns) added to its system
+    prompt, as the app and `eval --grounded` add them. The split stays that of the rows as written (content hashes
+    of the data files); a row that grows past `max_length` is rejected like any too-long row, never cut."""
+    from trainer.data import Conversation, check_lengths, enforce_bad_share
+    from trainer.kb_loader import load_kb, resolve_kb_folder
+    from trainer.retrieve import RetrievalSettings, Retriever, conversation_query, grounded_messages
+
+    kb_path = resolve_kb_folder(dataset.kb)
+    retriever = Retriever(load_kb(kb_path), RetrievalSettings(k=dataset.grounding_k))
+
+    def ground(rows):
+        return [Conversation(tuple(grounded_messages(c.messages, retriever.search(conversation_query(c.messages)))),
+                             c.location) for c in rows]
+
+    train, held = ground(data.train), ground(data.eval)
+    originals = {id(g): c for g, c in zip(train + held, data.train + data.eval)}
+    lengths = data.train_lengths
+    if tokenizer is not None:
+        train, lengths = check_lengths(train, tokenizer, template.text, max_length, data.reports[0], dataset)
+        held, _ = check_lengths(held, tokenizer, template.text, max_length, data.reports[-1], dataset)
+        if len(data.reports) == 2:  # a separate eval file: each report counts its own rows
+            data.reports[0].kept, data.reports[1].kept = len(train), len(held)
+        else:
+            data.reports[0].kept = len(train) + len(held)
+        for report in data.reports:
+            enforce_bad_share(report, dataset)
+    kept = StageData(train=[originals[id(g)] for g in train], eval=[originals[id(g)] for g in held],
+                     train_lengths=lengths, reports=data.reports)
+    record = {"method": "kb", "kb_path": str(kb_path), "kb_version": retriever.kb.version,
+              "retrieval": retriever.settings.describe(), "query": "the conversation's user turns",
+              "passages_per_conversation": round(sum(len(retriever.search(conversation_query(c.messages)))
+                                                     for c in kept.train) / max(1, len(kept.train)), 2)}
+    return kept, {"train": train, "eval": held, "record": record}
 
 
 def _peak_memory() -> dict[str, float | None]:
@@ -244,7 +291,12 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
             print(f"[{stage}]   skipped {error}", flush=True)
         if report.bad > 10:
             print(f"[{stage}]   ... {report.bad - 10} more skipped rows (see lineage.json)", flush=True)
-    if plan.template.family == "mistral" and any(c.messages[0]["role"] == "system" for c in plan.data.train):
+    if plan.grounded:
+        g = plan.grounded["record"]
+        print(f"[{stage}] grounded in the knowledge base {g['kb_version'].get('version')} ({g['kb_path']}): "
+              f"{g['passages_per_conversation']} passages per conversation in its system prompt", flush=True)
+    if plan.template.family == "mistral" and any(c.messages[0]["role"] == "system"
+                                                 for c in plan.training_rows("train")):
         print(f"[{stage}] note: Mistral's template shows a system prompt only with the final user turn, so "
               "training conversations (which end with an answer) render without it", flush=True)
 
@@ -289,8 +341,8 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
     trainer = SFTTrainer(
         model=model,
         args=plan.sft_config,
-        train_dataset=to_dataset(plan.data.train),
-        eval_dataset=to_dataset(plan.data.eval) if plan.data.eval else None,
+        train_dataset=to_dataset(plan.training_rows("train")),
+        eval_dataset=to_dataset(plan.training_rows("eval")) if plan.data.eval else None,
         processing_class=plan.tokenizer,
     )
     install_compact_lm_head(trainer.model.get_base_model())  # no-op on GPUs, where TRL's Triton kernels run
@@ -376,6 +428,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
             "eval_sha256": combined_sha256([c.content_hash for c in plan.data.eval]),
         },
         "bad_rows": [str(e) for r in plan.data.reports for e in r.errors],
+        "grounding": plan.grounded["record"] if plan.grounded else None,
         "seed": cfg.seed,
         "libraries": library_versions(),
         "git": git_state(Path(__file__).parent),

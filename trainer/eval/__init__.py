@@ -15,24 +15,32 @@ honest way, by default:
 - **Rubric**: per question, the share of `must_mention` points an answer satisfies, zeroed when a `must_not_claim`
   error fires; it passes at >= 0.5. False-premise questions count their `correction` as one more point, and the
   false-premise correction rate is the share of them whose answer corrects the premise without a listed error.
+- **Live KB check**: the share of answers the audit's KB rules flag (`Auditor.check_answer`, as the app runs it).
 - **Blind pairwise judge** (optional): any OpenAI-compatible endpoint compares base and adapter answers in both
-  orders; win/tie/loss with 95% percentile-bootstrap intervals.
-- **Gate**: an adapter passes when its rubric accuracy and false-premise correction rate are at least the base's
-  and, where a judge ran, the judge's interval does not favour the base (`gate_decision`).
+  orders; win/tie/loss with 95% percentile-bootstrap intervals, and the share of items where both orders agree (a
+  judge that disagrees with itself on more than a third is reported as unreliable and does not gate).
+- **Paired comparisons**: the adapter and its base answer the same items, so every metric is also reported as the
+  difference adapter - base with a paired interval (and the exact McNemar / sign test for rates).
+- **Gate**: paired non-inferiority with a margin (`trainer.eval.gate`): passed, failed or inconclusive at n = N,
+  with the number of questions that would decide it.
+- **Contamination** (by default): every question and held-out conversation against every stage's training rows,
+  exactly or nearly; the report lists them and gives every metric without them (the gate decides on those).
+- **Outside prompt sets** (`--questions my_prompts.csv`): judge, references, markdown and the KB check, no rubric.
+- **Grounded** (`--grounded`): every model also answers with the KB passages retrieved for each question, compared
+  with its own ungrounded answers, with retrieval recall@k on the rubric's questions.
 
-The base loads once (4-bit when the run trained in 4-bit); every adapter loads into the same PeftModel and is
-switched with `set_adapter` (the base: `disable_adapter()`). Output: `runs/<name>/eval/` with `report.md`,
+The base loads once (4-bit when the run trained in 4-bit); every adapter loads into the same model
+(`trainer.modeling.AdapterModel`) and is activated in turn. Output: `runs/<name>/eval/` with `report.md`,
 `results.json` (read by `trainer.push` for the gate and the model card), `answers.jsonl`, `metrics.png` and
 `loss_curves.png`; the verdict is also written into each stage's `lineage.json` under `evaluation`.
 
-Modules: `rubric` (questions and their scoring), `stats` (bootstrap intervals, ROUGE, BLEU), `judge` (the blind
-pairwise judge), `gate` (the verdict), `report` (report.md and charts), `run` (the whole evaluation).
+Modules: `rubric` (questions and their scoring), `prompts` (outside prompt sets), `items` (what every model answers,
+contamination, per-item measures), `metrics` (rates and paired comparisons from the measures), `stats` (bootstrap
+and paired intervals, McNemar, ROUGE, BLEU), `judge` (the blind pairwise judge), `gate` (the verdict), `report`
+(report.md and charts), `run` (the whole evaluation).
 """
 
 from __future__ import annotations
-
-BASE = "base"
-"""The name the base model (every adapter disabled) goes by in results, reports and answers."""
 
 
 class EvalError(RuntimeError):

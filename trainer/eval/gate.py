@@ -77,7 +77,8 @@ def gate_decision(comparisons: dict[str, dict[str, Any] | None], margin: float =
         verdict = "passed"
     else:
         verdict = "inconclusive"
-    n = max((c["n"] for c in comparisons.values() if c and c.get("n")), default=0)
+    n = max((comparisons[key]["n"] for key, _ in GATED if comparisons.get(key) and comparisons[key].get("n")),
+            default=0)
     return {"verdict": verdict, "passed": {"passed": True, "failed": False}.get(verdict),
             "summary": (f"inconclusive at n = {n}: " if verdict == "inconclusive" else "") + "; ".join(parts),
             "failed": failed, "inconclusive": open_, "checks": checks, "margin": margin, "n": n,

@@ -8,8 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainer.eval import BASE
-from trainer.eval.gate import GATE_RULE
+from trainer.modeling import BASE
 from trainer.eval.rubric import MARKDOWN_RULE, PASS_THRESHOLD
 
 # Report
@@ -31,8 +30,48 @@ def _with_ci(value: Any, ci: Sequence[float] | None, digits: int = 3) -> str:
 TABLE_COLUMNS = (
     ("eval_loss", "eval loss", 3), ("eval_perplexity", "perplexity", 2), ("rouge_l", "ROUGE-L", 3),
     ("bleu", "BLEU", 2), ("markdown_rate", "markdown rate", 2), ("rubric_accuracy", "rubric accuracy", 2),
-    ("false_premise_correction", "false-premise correction", 2), ("judge_win_rate", "judge win rate", 2),
+    ("false_premise_correction", "false-premise correction", 2), ("kb_contradiction_rate", "KB contradictions", 2),
+    ("judge_win_rate", "judge win rate", 2),
 )
+PAIRED_ROWS = (("rubric_accuracy", "rubric accuracy"), ("false_premise_correction", "false-premise correction"),
+               ("judge", "judge (wins − losses)"), ("markdown_rate", "markdown rate"),
+               ("kb_contradiction_rate", "KB contradictions (lower is better)"),
+               ("rubric_mean_score", "rubric mean score"), ("rouge_l", "ROUGE-L"), ("bleu", "BLEU"),
+               ("eval_loss", "eval loss (lower is better)"))
+
+
+def _paired_cell(c: dict[str, Any] | None) -> str:
+    if not c or c.get("difference") is None:
+        return "n/a"
+    low, high = c["interval"]
+    text = f"{c['difference']:+.3f} [{low:+.3f}, {high:+.3f}] (n={c['n']}"
+    if "p_value" in c:
+        text += f", {c['adapter_only']} better / {c['base_only']} worse, p={c['p_value']:.2g}"
+    return text + ")"
+
+
+def _paired_table(title: str, results: dict[str, Any], key: str, note: str) -> list[str]:
+    adapters = [(stage, entry[key]) for stage, entry in results["adapters"].items() if entry.get(key)]
+    if not adapters:
+        return []
+    lines = [title, "", note, "", "| metric | " + " | ".join(f"{s} − base" for s, _ in adapters) + " |",
+             "|---|" + "---|" * len(adapters)]
+    for metric, label in PAIRED_ROWS:
+        if any(metric in paired for _, paired in adapters):
+            lines.append(f"| {label} | " + " | ".join(_paired_cell(paired.get(metric)) for _, paired in adapters)
+                         + " |")
+    return lines + [""]
+
+
+def _metrics_table(models, columns, ns, metrics_key: str = "metrics", intervals_key: str = "intervals") -> list[str]:
+    header = ["model"] + [f"{label} ({ns[key]})" if ns.get(key) else label for key, label, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in models:
+        m, ci = entry.get(metrics_key, {}), entry.get(intervals_key, {})
+        cells = [name] + [_with_ci(m.get(key), ci.get(key), digits) if key != "judge_win_rate" or name != BASE
+                          else "—" for key, _, digits in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -40,6 +79,7 @@ def render_report(results: dict[str, Any]) -> str:
     models = [(BASE, results["base"])] + list(results["adapters"].items())
     n = results["n"]
     ns = {"eval_loss": f"n={n['eval_conversations']} conv.", "eval_perplexity": "",
+          "kb_contradiction_rate": f"n={n['answers_per_model']}",
           "rouge_l": f"n={n['reference_prompts']}", "bleu": f"n={n['reference_prompts']}",
           "markdown_rate": f"n={n['answers_per_model']}", "rubric_accuracy": f"n={n['questions']}",
           "false_premise_correction": f"n={n['false_premise_questions']}",
@@ -50,20 +90,20 @@ def render_report(results: dict[str, Any]) -> str:
              f"{results['created']} · base `{results['base_model']}` ({precision}) · {results['device']}", "",
              "## Verdict", ""]
     for stage, gate in results["gate"].items():
-        lines.append(f"- **{stage}: {'PASSED' if gate['passed'] else 'FAILED'}** — {gate['summary']}")
-    lines += ["", f"Gate rule: {GATE_RULE}", "", "## Base vs adapters", "",
+        lines.append(f"- **{stage}: {gate['verdict'].upper()}** — {gate['summary']}")
+    settings = results["settings"]
+    lines += ["", f"Gate rule: {settings['gate']['rule']}", ""]
+    lines += _paired_table("## Adapter − base, question by question", results, "paired",
+                           "Each adapter against its base on the same items: rates with the paired-proportion "
+                           "interval and the exact McNemar (sign) test; means, BLEU and loss with the paired "
+                           "bootstrap. `n` is the number of items both answered.")
+    lines += ["## Base vs adapters", "",
               "Point estimates with 95% percentile-bootstrap intervals "
-              f"({results['settings']['bootstrap']['resamples']} resamples, seed {results['settings']['seed']}); "
+              f"({settings['bootstrap']['resamples']} resamples, seed {settings['seed']}); "
               "n is the number of items resampled.", ""]
-    columns = [c for c in TABLE_COLUMNS if c[0] != "judge_win_rate" or results.get("judge")]
-    header = ["model"] + [f"{label} ({ns[key]})" if ns[key] else label for key, label, _ in columns]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for name, entry in models:
-        m, ci = entry["metrics"], entry.get("intervals", {})
-        cells = [name] + [_with_ci(m.get(key), ci.get(key), digits) if key != "judge_win_rate" or name != BASE
-                          else "—" for key, _, digits in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    columns = [c for c in TABLE_COLUMNS if (c[0] != "judge_win_rate" or results.get("judge"))
+               and any(c[0] in entry["metrics"] for _, entry in models)]
+    lines += _metrics_table(models, columns, ns)
     lines += ["", "- eval loss: assistant-token cross-entropy over every stage's held-out conversations, pooled "
               "by token; perplexity = exp(eval loss).",
               "- ROUGE-L: F1, rouge-score with stemming; BLEU: corpus SacreBLEU (13a tokenizer); both against the "
@@ -74,8 +114,13 @@ def render_report(results: dict[str, Any]) -> str:
               "`must_not_claim` error fires and its `unless` cue is absent).",
               "- false-premise correction: share of false-premise questions whose answer has a correction cue and "
               "no listed error.",
+              "- KB contradictions: share of answers the live KB check flags (the audit's rules: a false claim "
+              "a rule knows, a programme the university does not offer, a scholarship the student cannot get, a "
+              "discontinued scheme).",
               "- judge win rate: share of questions the adapter won against the base (both orders combined)."
               if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
+    lines += _contamination_section(results, models, columns, ns)
+    lines += _grounded_section(results)
 
     lines += ["## Held-out loss per split", "", "| model | " + " | ".join(
         f"{s} split (n={d['conversations']}, {d['tokens']} tok.)" for s, d in results["splits"].items()) + " |",
@@ -118,8 +163,10 @@ def render_report(results: dict[str, Any]) -> str:
             lines.append(f"| {stage} | {s['n']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['invalid']} | "
                          f"{_with_ci(s['win_rate'], s['win_rate_ci'], 2)} | "
                          f"{_with_ci(s['loss_rate'], s['loss_rate_ci'], 2)} | "
-                         f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['agreement'], 2)} |")
-        lines.append("")
+                         f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['agreement'], 2)}"
+                         + ("" if s.get("reliable") else " (unreliable)") + " |")
+        lines += ["", "A judge whose two orders agree on fewer than two thirds of the items disagrees with itself "
+                  "too often to be trusted: it is reported as unreliable and the gate does not use it.", ""]
 
     lines += ["## Throughput", "", "| model | answers | new tokens | seconds | answers/s | tokens/s |",
               "|---|---|---|---|---|---|"]
@@ -144,8 +191,13 @@ def render_report(results: dict[str, Any]) -> str:
               f"- generation: {json.dumps(s['generation'])}",
               f"- seed: {s['seed']}; bootstrap: {s['bootstrap']['resamples']} resamples, percentile, "
               f"{int(s['bootstrap']['confidence'] * 100)}%",
-              f"- questions: `{s['questions_file']}` (sha256 `{s['questions_sha256']}`), {n['questions']} used"
+              f"- questions: `{s['questions_file']}` (sha256 `{s['questions_sha256']}`), "
+              + (f"{n['questions']} rubric questions used" if s["questions_kind"] == "rubric" else
+                 f"{n['prompts']} prompts used ({n['prompts_with_reference']} with a reference answer; no rubric "
+                 f"score), {len(s['skipped_prompt_rows'])} rows skipped")
               + (f" (--limit {s['limit']})" if s["limit"] else ""),
+              *[f"  - skipped {row}" for row in s["skipped_prompt_rows"][:20]],
+              f"- knowledge base: `{s['kb']['path']}`, version {s['kb']['version'].get('version')}",
               f"- rubric system prompt (sha256 `{s['system_prompt_sha256']}`): {s['system_prompt']}",
               "- chat templates (sha256): " + ", ".join(f"{name} `{entry['chat_template_sha256']}`"
                                                         for name, entry in models),
@@ -222,3 +274,56 @@ def plot_loss_curves(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _contamination_section(results: dict[str, Any], models, columns, ns) -> list[str]:
+    c = results.get("contamination")
+    if c is None:
+        return ["## Contamination", "", "Not checked (`--no-contamination`).", ""]
+    lines = ["## Contamination", "",
+             f"Every question and held-out conversation compared with the {c['training_rows']} training rows of "
+             f"every stage (re-read through the run's lineage): exact after normalising case and spaces, or near "
+             f"(estimated Jaccard of byte 8-grams >= {c['threshold']})."]
+    for stage, problem in c["unchecked_stages"].items():
+        lines.append(f"**{stage} not checked**: {problem}")
+    if not c["matches"]:
+        return lines + ["", "No contaminated item.", ""]
+    lines += ["", "| item | kind | how | similarity | training row | stage |", "|---|---|---|---|---|---|"]
+    for m in c["matches"]:
+        lines.append(f"| {m['item'][:40]} | {m['kind']} | {m['how']} | {m['similarity']:.2f} | {m['location']} | "
+                     f"{m['stage']} |")
+    lines += ["", f"### Metrics without the {results['n']['contaminated_items']} contaminated answer items", ""]
+    lines += _metrics_table(models, columns, {}, "metrics_uncontaminated", "intervals_uncontaminated")
+    lines += [""] + _paired_table("### Adapter − base without them", results, "paired_uncontaminated",
+                                  "The gate decides on these.")
+    return lines
+
+
+def _grounded_section(results: dict[str, Any]) -> list[str]:
+    g = results.get("grounded")
+    if g is None:
+        return []
+    recall = g["recall"]
+    lines = ["## Grounded in the knowledge base", "",
+             f"Every model also answered each question with the KB passages retrieved for it in its system prompt "
+             f"({g['settings']['method']}, k={g['settings']['k']}, KB {g['kb_version'].get('version')}; index built "
+             f"in {g['index_seconds']} s). Retrieval recall@{recall['k']} on the {recall['n']} rubric questions "
+             f"that name KB entries: {_fmt(recall['recall'], 3)}.", "",
+             "| model | rubric accuracy: without → with | grounded − without | false-premise correction: without → "
+             "with | grounded − without | KB contradictions: without → with | grounded − without |",
+             "|---|---|---|---|---|---|---|"]
+    plain = {BASE: results["base"], **results["adapters"]}
+    verdicts = []
+    for name, entry in g["models"].items():
+        cells = [name]
+        for metric in ("rubric_accuracy", "false_premise_correction", "kb_contradiction_rate"):
+            cells.append(f"{_fmt(plain[name]['metrics'].get(metric), 2)} → {_fmt(entry['metrics'].get(metric), 2)}")
+            cells.append(_paired_cell(entry["vs_ungrounded"].get(metric)))
+        lines.append("| " + " | ".join(cells) + " |")
+        c = entry["vs_ungrounded"].get("rubric_accuracy")
+        if c and c.get("interval"):
+            low, high = c["interval"]
+            verdicts.append(f"{name}: grounding " + ("helped" if low > 0 else "hurt" if high < 0 else
+                                                     "made no clear difference")
+                            + f" on rubric accuracy ({_paired_cell(c)})")
+    return lines + ["", *[f"- {v}" for v in verdicts], ""]

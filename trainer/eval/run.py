@@ -10,16 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from trainer.eval import BASE, EvalError
+from trainer.eval import EvalError
 from trainer.eval.gate import GATE_RULE, gate_decision
+from trainer.eval.items import AnswerItem, answer_items, check_contamination, keep_masks, measure
 from trainer.eval.judge import JudgeSettings, PairwiseJudge, judge_pairs
+from trainer.eval.metrics import Measures, judge_comparison, model_metrics, paired_metrics
+from trainer.eval.prompts import PromptSet, is_prompt_file, load_prompt_set
 from trainer.eval.report import plot_loss_curves, plot_metrics, render_report
-from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, QuestionScore,
-                                 is_markdown, load_questions, markdown_rate, rubric_rates, score_answer,
+from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, load_questions,
                                  select_questions)
-from trainer.eval.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, bleu_from_statistics, bleu_statistics, bootstrap_ci,
-                                pooled_loss, rouge_l)
-from trainer.modeling import AdapterModel, BatchAnswers, GenerationSettings
+from trainer.eval.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, pooled_loss
+from trainer.jobs import EvalJob
+from trainer.modeling import BASE, AdapterModel, GenerationSettings
 from trainer.rundir import RunError, StageRun, finished_stages, read_stage
 from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
 
@@ -172,39 +174,63 @@ class EvalPlan:
 
     run_dir: Path
     out: Path
+    job: EvalJob
     stages: list[StageRun]
     questions: list[Question]
+    """Rubric questions (empty when an outside prompt set is evaluated instead)."""
+    prompt_set: PromptSet | None
     questions_path: Path
     questions_in_file: int
     held_out: list
     references: list[dict[str, Any]]
-    limit: int | None
-    judge: JudgeSettings | None
+    items: list[AnswerItem]
     generation: GenerationSettings
-    batch_size: int
-    """Prompts per generate() call (left-padded)."""
-    seed: int
-    """Seeds generation and the bootstrap."""
-    load_in_4bit: bool | None
+    judge: JudgeSettings | None
     system_prompt: str
+    kb: Any
+    kb_path: Path
     eval_rows: dict[str, list] = field(default_factory=dict)
     """Each stage's held-out conversations, as split.json lists them (empty when they could not be re-read)."""
     split_problems: dict[str, str] = field(default_factory=dict)
     """Why a stage's held-out rows could not be re-read (data moved or changed since training), by stage."""
 
 
-def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
-                    judge: JudgeSettings | None = None, generation: GenerationSettings = GREEDY,
-                    batch_size: int = 8, seed: int = 3407, load_in_4bit: bool | None = None,
-                    out_dir: str | Path | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> EvalPlan:
-    """Read the rubric, the run and its held-out rows; raise EvalError for anything a user can fix."""
-    if limit is not None and limit < 1:
-        raise EvalError(f"--limit: must be at least 1, got {limit}")
-    if generation.max_new_tokens < 1 or batch_size < 1:
+def _check_kb_ids(questions: Sequence[Question], path: Path, kb) -> None:
+    """Every KB id a rubric question names (its `kb` list) must exist, so recall@k measures what it claims."""
+    from trainer.typed_yaml import suggest
+
+    known = {c.code for c in kb.countries} | {u.id for u in kb.universities} | {s.id for s in kb.scholarships} \
+        | {t.id for t in kb.tests} | {r.id for r in kb.rules}
+    for i, q in enumerate(questions):
+        for entry in q.kb:
+            if entry not in known:
+                raise EvalError(f"{path}: questions[{i}] ({q.id}).kb: {entry!r} is not a knowledge-base id (a "
+                                f"country code or a university, scholarship, test or rule id){suggest(entry, known)}")
+
+
+def plan_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation: GenerationSettings | None = None,
+                    system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> EvalPlan:
+    """Read the questions (a rubric or an outside prompt set), the run, its held-out rows and the KB; raise
+    EvalError (or KBError) for anything a user can fix, before any weights load."""
+    from dataclasses import replace
+
+    from trainer.kb_loader import load_kb, resolve_kb_folder
+
+    generation = generation or replace(GREEDY, max_new_tokens=job.max_new_tokens)
+    if generation.max_new_tokens < 1 or job.batch_size < 1:
         raise EvalError("--max-new-tokens and --batch-size must be at least 1")
     run_dir = Path(run_dir)
-    questions_path = Path(questions_path) if questions_path else DEFAULT_QUESTIONS
-    all_questions = load_questions(questions_path)
+    questions_path = Path(job.questions) if job.questions else DEFAULT_QUESTIONS
+    kb_path = resolve_kb_folder(job.kb)
+    kb = load_kb(kb_path)
+    prompt_set, all_questions = None, []
+    if is_prompt_file(questions_path):
+        prompt_set = load_prompt_set(questions_path)
+        in_file = len(prompt_set.items)
+    else:
+        all_questions = load_questions(questions_path)
+        _check_kb_ids(all_questions, questions_path, kb)
+        in_file = len(all_questions)
     stages = read_run(run_dir)
     eval_rows: dict[str, list] = {}
     split_problems: dict[str, str] = {}
@@ -220,43 +246,48 @@ def plan_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = 
                 seen.add(conv.content_hash)
                 held_out.append(conv)
     references = reference_prompts(held_out)
-    return EvalPlan(run_dir=run_dir, out=Path(out_dir) if out_dir else run_dir / "eval", stages=stages,
-                    questions=select_questions(all_questions, limit), questions_path=questions_path,
-                    questions_in_file=len(all_questions), held_out=held_out,
-                    references=references[:limit] if limit is not None else references, limit=limit, judge=judge,
-                    generation=generation, batch_size=batch_size, seed=seed, load_in_4bit=load_in_4bit,
-                    system_prompt=system_prompt, eval_rows=eval_rows, split_problems=split_problems)
+    limit = job.limit
+    questions = select_questions(all_questions, limit)
+    prompts = prompt_set.items[:limit] if prompt_set is not None else []
+    references = references[:limit] if limit is not None else references
+    judge = None
+    if job.judge_base_url:
+        judge = JudgeSettings(base_url=job.judge_base_url, model=job.judge_model, api_key_env=job.judge_api_key_env,
+                              max_tokens=job.judge_max_tokens)
+    return EvalPlan(run_dir=run_dir, out=Path(job.out) if job.out else run_dir / "eval", job=job, stages=stages,
+                    questions=questions, prompt_set=prompt_set, questions_path=questions_path,
+                    questions_in_file=in_file, held_out=held_out, references=references,
+                    items=answer_items(questions, prompts, references, system_prompt), generation=generation,
+                    judge=judge, system_prompt=system_prompt, kb=kb, kb_path=kb_path, eval_rows=eval_rows,
+                    split_problems=split_problems)
 
 
-def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = None, limit: int | None = None,
-                   judge: JudgeSettings | None = None, generation: GenerationSettings = GREEDY,
-                   batch_size: int = 8, seed: int = 3407, load_in_4bit: bool | None = None,
-                   out_dir: str | Path | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                   threads: int | None = None,
-                   log: Callable[[str], None] = print) -> Path:
+def run_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation: GenerationSettings | None = None,
+                   system_prompt: str = DEFAULT_SYSTEM_PROMPT, log: Callable[[str], None] = print) -> Path:
     """Evaluate every adapter of a run and its base; write the report, results, answers and charts. Returns the
     path of results.json."""
     started = time.time()
-    if threads is not None and threads < 1:
-        raise EvalError(f"--threads: must be at least 1, got {threads}")
-    plan = plan_evaluation(run_dir, questions_path=questions_path, limit=limit, judge=judge, generation=generation,
-                           batch_size=batch_size, seed=seed, load_in_4bit=load_in_4bit, out_dir=out_dir,
-                           system_prompt=system_prompt)
+    plan = plan_evaluation(run_dir, job, generation=generation, system_prompt=system_prompt)
     judge_client = None
-    if judge is not None:
-        judge_client = PairwiseJudge(judge)
+    if plan.judge is not None:
+        judge_client = PairwiseJudge(plan.judge)
         judge_client.ask("Is this endpoint reachable?", "Yes.", "No.")  # fail now, not after hours of generation
     plan.out.mkdir(parents=True, exist_ok=True)
     for stage, problem in plan.split_problems.items():
         log(f"[eval] warning: no held-out loss or reference answers for {stage}: {problem}")
-    log(f"[eval] {plan.run_dir}: base + {', '.join(s.name for s in plan.stages)}; {len(plan.questions)} rubric "
-        f"questions ({sum(q.false_premise for q in plan.questions)} false premise), {len(plan.held_out)} held-out "
-        f"conversations ({len(plan.references)} reference answers)" + (f", judge {judge.base_url}" if judge else ""))
+    asked = (f"{len(plan.questions)} rubric questions ({sum(q.false_premise for q in plan.questions)} false premise)"
+             if plan.prompt_set is None else f"{sum(i.kind == 'prompt' for i in plan.items)} prompts from "
+             f"{plan.questions_path} ({len(plan.prompt_set.skipped)} rows skipped)")
+    log(f"[eval] {plan.run_dir}: base + {', '.join(s.name for s in plan.stages)}; {asked}, {len(plan.held_out)} "
+        f"held-out conversations ({len(plan.references)} reference answers)"
+        + (f", judge {plan.judge.base_url}" if plan.judge else "") + (", grounded too" if job.grounded else ""))
+    for skipped in (plan.prompt_set.skipped if plan.prompt_set else [])[:20]:
+        log(f"[eval]   skipped {skipped}")
 
     import torch
 
     threads_before = torch.get_num_threads()
-    wanted = threads or plan.stages[-1].cfg.torch_threads
+    wanted = job.threads or plan.stages[-1].cfg.torch_threads
     if wanted and not torch.cuda.is_available():
         torch.set_num_threads(wanted)
     try:
@@ -268,36 +299,53 @@ def run_evaluation(run_dir: str | Path, *, questions_path: str | Path | None = N
 def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float, log: Callable[[str], None]
               ) -> Path:
     import torch
-
     from transformers import set_seed
 
-    stages, questions, references, held_out = plan.stages, plan.questions, plan.references, plan.held_out
-    generation, judge, system_prompt, out = plan.generation, plan.judge, plan.system_prompt, plan.out
-    cfg = stages[-1].cfg
-    seed = plan.seed
+    from trainer.audit import Auditor
+
+    job, stages, items, held_out, out = plan.job, plan.stages, plan.items, plan.held_out, plan.out
+    cfg, seed, names = stages[-1].cfg, job.seed, [BASE] + [s.name for s in stages]
+    auditor = Auditor(plan.kb)
+
+    # Contamination: checked before any weights load, against exactly what each stage trained on
+    contamination = None
+    if job.contamination:
+        contamination = check_contamination(items, held_out, stages, job.contamination_threshold)
+        log(f"[eval] contamination: {len(contamination['items'])} questions and {len(contamination['conversations'])}"
+            f" held-out conversations found in {contamination['training_rows']} training rows"
+            + "".join(f"; {s} not checked: {p}" for s, p in contamination["unchecked_stages"].items()))
+    keep, keep_conversations = keep_masks(items, held_out, contamination)
+    clean = not all(keep) or not all(keep_conversations)  # some items were seen in training
+
+    retriever, grounded_prompts = None, None
+    if job.grounded:
+        from trainer.retrieve import RetrievalSettings, Retriever, grounded_messages
+
+        retriever = Retriever(plan.kb, RetrievalSettings(k=job.retrieval_k))
+        grounded_prompts = [grounded_messages(item.messages, retriever.search(item.text)) if item.judged else None
+                            for item in items]
 
     # Load the base once and every adapter into the same PeftModel
     load_started = time.time()
-    served, quant = load_models(stages, plan.load_in_4bit)
+    served, quant = load_models(stages, job.load_in_4bit)
     load_seconds = round(time.time() - load_started, 2)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"cpu ({torch.get_num_threads()} threads)"
     log(f"[eval] loaded {cfg.model.name} ({'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'}) "
         f"and {len(stages)} adapters in {load_seconds:.1f}s on {device}")
 
-    rubric_prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": q.question}]
-                      for q in questions]
-    prompts = rubric_prompts + [r["messages"] for r in references]
     home = {}  # each held-out conversation is scored with the template of the (first) stage that held it out
     for stage in stages:
         for conv in plan.eval_rows[stage.name]:
             home.setdefault(conv.content_hash, stage)
-    # What goes into results.json (`models`) and what only the answers file and the scoring need (`answers`,
-    # `losses`) are kept apart, so neither output depends on the other being written first.
+    # What goes into results.json (`models`) and what only the answers file and the scoring need are kept apart,
+    # so neither output depends on the other being written first.
     models: dict[str, dict[str, Any]] = {}
-    answers: dict[str, BatchAnswers] = {}
+    texts: dict[str, list[str]] = {}
+    grounded_texts: dict[str, list[str | None]] = {}
+    new_tokens: dict[str, list[int]] = {}
     losses: dict[str, list[list[float]]] = {}
-    for name in [BASE] + [s.name for s in stages]:
+    for name in names:
         entry: dict[str, Any] = {"chat_template_sha256": hashlib.sha256(served.templates[name].encode()).hexdigest()}
         served.activate(name)
         loss_rows = []
@@ -323,46 +371,95 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
             log(f"[eval] {name}: {done}/{total} answers")
 
         set_seed(seed)
-        answers[name] = served.generate(prompts, name, generation, batch_size=plan.batch_size, progress=progress)
-        entry["throughput"] = answers[name].throughput()
-        models[name] = entry
-        log(f"[eval] {name}: {entry['throughput']['samples']} answers in {answers[name].seconds:.1f}s "
+        generated = served.generate([list(i.messages) for i in items], name, plan.generation,
+                                    batch_size=job.batch_size, progress=progress)
+        texts[name], new_tokens[name] = list(generated.texts), list(generated.new_tokens)
+        entry["throughput"] = generated.throughput()
+        log(f"[eval] {name}: {entry['throughput']['samples']} answers in {generated.seconds:.1f}s "
             f"({entry['throughput']['tokens_per_second']} new tokens/s)")
+        if grounded_prompts is not None:
+            asked = [i for i, p in enumerate(grounded_prompts) if p is not None]
+            set_seed(seed)
+            grounded = served.generate([grounded_prompts[i] for i in asked], name, plan.generation,
+                                       batch_size=job.batch_size)
+            grounded_texts[name] = [None] * len(items)
+            for i, text in zip(asked, grounded.texts):
+                grounded_texts[name][i] = text
+            entry["throughput_grounded"] = grounded.throughput()
+        models[name] = entry
     del served
 
-    # Score the answers
-    n_q = len(questions)
-    scores: dict[str, list[QuestionScore]] = {}
+    # Score: per-item measures, then metrics on all items and, where some were seen in training, on the clean ones
+    measures: dict[str, Measures] = {}
+    flags: dict[str, list] = {}
+    scores: dict[str, list] = {}
     for name, entry in models.items():
-        texts = answers[name].texts
-        scores[name] = [score_answer(q, a) for q, a in zip(questions, texts[:n_q])]
-        metrics, intervals = answer_metrics(questions, scores[name], texts, texts[n_q:],
-                                            [r["reference"] for r in references], losses[name], seed)
-        entry["metrics"], entry["intervals"] = metrics, intervals
+        measures[name], flags[name], scores[name] = measure(items, texts[name], auditor, losses[name])
+        entry["metrics"], entry["intervals"] = model_metrics(measures[name], seed=seed)
+        if clean:
+            entry["metrics_uncontaminated"], entry["intervals_uncontaminated"] = model_metrics(
+                measures[name], keep, keep_conversations, seed=seed)
+    grounded_results = None
+    if grounded_prompts is not None:
+        from trainer.retrieve import recall_at_k
 
-    # The blind pairwise judge
+        grounded_results = {"settings": retriever.settings.describe(), "kb_version": plan.kb.version,
+                            "index_seconds": round(retriever.build_seconds, 4), "models": {},
+                            "recall": recall_at_k(retriever, [(q.question, q.kb) for q in plan.questions],
+                                                  job.retrieval_k)}
+        for name in names:
+            g, g_flags, g_scores = measure(items, grounded_texts[name], auditor)
+            metrics, intervals = model_metrics(g, seed=seed)
+            grounded_results["models"][name] = {
+                "metrics": metrics, "intervals": intervals, "_flags": g_flags, "_scores": g_scores,
+                "vs_ungrounded": paired_metrics(g, measures[name], margin=job.margin, seed=seed)}
+
+    # The blind pairwise judge, on the questions (or prompts); held-out turns have references instead
     judge_results = None
+    judged = [i for i, item in enumerate(items) if item.judged]
     if judge_client is not None:
-        judge_results = {"settings": judge.describe(), "per_adapter": {}}
+        judge_results = {"settings": plan.judge.describe(), "per_adapter": {}}
         for stage in stages:
-            log(f"[eval] judge: base vs {stage.name}, {n_q} questions x 2 orders")
-            items = [(q.id, q.question, answers[BASE].texts[i], answers[stage.name].texts[i])
-                     for i, q in enumerate(questions)]
-            summary = judge_pairs(judge_client, items, seed=seed)
+            log(f"[eval] judge: base vs {stage.name}, {len(judged)} questions x 2 orders")
+            pairs = [(items[i].id, items[i].text, texts[BASE][i], texts[stage.name][i]) for i in judged]
+            summary = judge_pairs(judge_client, pairs, seed=seed)
             judge_results["per_adapter"][stage.name] = summary
             m, ci = models[stage.name]["metrics"], models[stage.name]["intervals"]
             for key in ("win_rate", "loss_rate", "net"):
                 if summary[key] is not None:
                     m[f"judge_{key}"] = summary[key]
                     ci[f"judge_{key}"] = summary[f"{key}_ci"]
-            log(f"[eval] judge: {stage.name} {summary['wins']}-{summary['ties']}-{summary['losses']} "
-                f"(win-tie-loss), {summary['invalid']} unparseable")
+            log(f"[eval] judge: {stage.name} {summary['wins']}-{summary['ties']}-{summary['losses']} (win-tie-loss),"
+                f" {summary['invalid']} unparseable, both orders agree on {_pct(summary['agreement'])}"
+                + ("" if summary["reliable"] else ": UNRELIABLE, not used by the gate"))
 
-    # The gate, the lineage and the files
+    # Paired comparisons with the base and the gate (on the clean items when some were seen in training)
+    gates = {}
+    clean_ids = {items[i].id for i in judged if keep[i]}
+    for stage in stages:
+        entry = models[stage.name]
+        entry["paired"] = paired_metrics(measures[stage.name], measures[BASE], margin=job.margin, seed=seed)
+        if clean:
+            entry["paired_uncontaminated"] = paired_metrics(measures[stage.name], measures[BASE], margin=job.margin,
+                                                            keep=keep, keep_conversations=keep_conversations,
+                                                            seed=seed)
+        judge_summary = judge_results["per_adapter"][stage.name] if judge_results else None
+        for key, ids in (("paired", None), ("paired_uncontaminated", clean_ids if clean else None)):
+            comparison = judge_comparison(judge_summary, ids, margin=job.margin)
+            if comparison is not None and key in entry:
+                entry[key]["judge"] = comparison
+        decided_on = entry["paired_uncontaminated"] if clean else entry["paired"]
+        gates[stage.name] = gate_decision(decided_on, job.margin)
+        if judge_summary is not None and not judge_summary["reliable"]:
+            gates[stage.name]["summary"] += (f"; judge unreliable (both orders agree on "
+                                             f"{_pct(judge_summary['agreement'])}), not used")
+        if clean:
+            gates[stage.name]["summary"] += " (decided on the uncontaminated items)"
+
+    # The lineage and the files
     created = _now()
-    gates = {s.name: gate_decision(models[BASE]["metrics"], models[s.name]["metrics"],
-                                   judge_results["per_adapter"][s.name] if judge_results else None) for s in stages}
     results_path = out / "results.json"
+    n_prompts = sum(i.kind == "prompt" for i in items)
     results = {
         "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
         "quantization": {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type,
@@ -378,30 +475,44 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
                             "sha256": s.lineage.get("split", {}).get("eval_sha256"),
                             "unavailable": plan.split_problems.get(s.name)} for s in stages},
         "judge": judge_results,
-        "n": {"questions": n_q, "false_premise_questions": sum(q.false_premise for q in questions),
-              "eval_conversations": len(held_out), "reference_prompts": len(references),
-              "answers_per_model": len(prompts),
+        "contamination": contamination,
+        "grounded": None if grounded_results is None else
+        {**grounded_results, "models": {k: {x: y for x, y in v.items() if not x.startswith("_")}
+                                        for k, v in grounded_results["models"].items()}},
+        "kb_check": {name: sum(1 for f in flags[name] if f) for name in names},
+        "n": {"questions": len(plan.questions), "false_premise_questions": sum(q.false_premise for q in plan.questions),
+              "prompts": n_prompts, "prompts_with_reference": sum(1 for i in items if i.kind == "prompt"
+                                                                  and i.reference),
+              "eval_conversations": len(held_out), "reference_prompts": len(plan.references),
+              "answers_per_model": len(items), "contaminated_items": keep.count(False),
               "judged_questions": max((j["n"] for j in judge_results["per_adapter"].values()), default=0)
               if judge_results else 0},
         "settings": {
-            "generation": describe_generation(generation, plan.batch_size, seed), "seed": seed,
+            "generation": describe_generation(plan.generation, job.batch_size, seed), "seed": seed,
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
-            "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE, "gate_rule": GATE_RULE,
+            "gate": {"margin": job.margin, "rule": GATE_RULE.format(margin=job.margin)},
+            "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE,
             "questions_file": str(plan.questions_path), "questions_sha256": _file_sha256(plan.questions_path),
-            "questions_in_file": plan.questions_in_file, "limit": plan.limit,
-            "topics": sorted({q.topic for q in questions}),
-            "system_prompt": system_prompt,
-            "system_prompt_sha256": hashlib.sha256(system_prompt.encode()).hexdigest(),
+            "questions_kind": "prompts" if plan.prompt_set is not None else "rubric",
+            "questions_in_file": plan.questions_in_file, "limit": job.limit,
+            "skipped_prompt_rows": plan.prompt_set.skipped if plan.prompt_set else [],
+            "topics": sorted({q.topic for q in plan.questions}),
+            "kb": {"path": str(plan.kb_path), "version": plan.kb.version},
+            "system_prompt": plan.system_prompt,
+            "system_prompt_sha256": hashlib.sha256(plan.system_prompt.encode()).hexdigest(),
+            "job": {k: v for k, v in vars(job).items() if k != "source"},
         },
         "rubric_by_question": [
-            {"id": q.id, "topic": q.topic, "false_premise": q.false_premise,
+            {"id": item.id, "topic": item.question.topic, "false_premise": item.question.false_premise,
+             "contaminated": not keep[i],
              "scores": {name: {"score": scores[name][i].score, "passed": scores[name][i].passed,
                                "claims": list(scores[name][i].claims), "corrected": scores[name][i].corrected}
-                        for name in models}} for i, q in enumerate(questions)],
+                        for name in models}} for i, item in enumerate(items) if item.kind == "rubric"],
         "load_seconds": load_seconds,
     }
     results["wall_seconds"] = round(time.time() - started, 2)
-    _write_answers(out / "answers.jsonl", questions, references, answers, scores)
+    _write_answers(out / "answers.jsonl", items, texts, new_tokens, scores, flags, keep,
+                   grounded_texts, grounded_results)
     from trainer.lineage import write_json
 
     write_json(results_path, results)
@@ -411,64 +522,42 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     for stage in stages:
         stage.record_evaluation(gates[stage.name], results_path, created)
     for stage, gate in gates.items():
-        log(f"[eval] {stage}: {'PASSED' if gate['passed'] else 'FAILED'} — {gate['summary']}")
+        log(f"[eval] {stage}: {gate['verdict'].upper()} — {gate['summary']}")
     log(f"[eval] report: {out / 'report.md'} ({results['wall_seconds']:.0f}s)")
     return results_path
 
 
-def answer_metrics(questions: Sequence[Question], scores: Sequence[QuestionScore], all_answers: Sequence[str],
-                   reference_answers: Sequence[str], references: Sequence[str], loss_rows: Sequence[Sequence[float]],
-                   seed: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """One model's metrics (numbers only, as the model card reads them) and their bootstrap intervals."""
-    metrics: dict[str, float] = {}
-    intervals: dict[str, list[float]] = {}
-
-    def put(key: str, value: float | None, ci: tuple[float, float] | None, digits: int = 4) -> None:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return
-        metrics[key] = round(float(value), digits)
-        if ci is not None:
-            intervals[key] = [round(ci[0], digits), round(ci[1], digits)]
-
-    loss_rows = [r for r in loss_rows if r[1] > 0]
-    if loss_rows:
-        loss = pooled_loss(loss_rows)
-        loss_ci = bootstrap_ci(loss_rows, pooled_loss, seed=seed)
-        put("eval_loss", loss, loss_ci)
-        put("eval_perplexity", math.exp(loss), (math.exp(loss_ci[0]), math.exp(loss_ci[1])))
-    if references:
-        rouge = rouge_l(reference_answers, references)
-        put("rouge_l", sum(rouge) / len(rouge), bootstrap_ci(rouge, seed=seed))
-        stats = bleu_statistics(reference_answers, references)
-        put("bleu", bleu_from_statistics(stats), bootstrap_ci(stats, bleu_from_statistics, seed=seed), 2)
-    markdown = [1.0 if is_markdown(a) else 0.0 for a in all_answers]
-    put("markdown_rate", markdown_rate(all_answers), bootstrap_ci(markdown, seed=seed))
-    rates = rubric_rates(questions, scores)
-    put("rubric_accuracy", rates["rubric_accuracy"], bootstrap_ci(rates["passed"], seed=seed))
-    put("rubric_mean_score", rates["rubric_mean_score"],
-        bootstrap_ci([s.score for s in scores], seed=seed))
-    put("false_premise_correction", rates["false_premise_correction"], bootstrap_ci(rates["corrected"], seed=seed))
-    return metrics, intervals
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
-def _write_answers(path: Path, questions: Sequence[Question], references: Sequence[dict[str, Any]],
-                   answers: dict[str, BatchAnswers], scores: dict[str, list[QuestionScore]]) -> None:
-    """answers.jsonl: every answer of every model, with its new-token count and, for rubric questions, its score."""
+def _write_answers(path: Path, items: Sequence[AnswerItem], texts: dict[str, list[str]],
+                   new_tokens: dict[str, list[int]], scores: dict[str, list], flags: dict[str, list],
+                   keep: Sequence[bool], grounded_texts: dict[str, list[str | None]],
+                   grounded: dict[str, Any] | None) -> None:
+    """answers.jsonl: every answer of every model (and, with --grounded, every grounded answer), with its new-token
+    count, its rubric score where it has one, the live KB check's flags and whether the item was seen in training."""
+    def record(name: str, i: int, text: str, score, kb_flags, **extra) -> str:
+        item = items[i]
+        row: dict[str, Any] = {"model": name, "kind": item.kind, "id": item.id, "prompt": item.text, "answer": text,
+                               **extra}
+        if score is not None:
+            row.update(score=score.score, passed=score.passed, claims=list(score.claims), corrected=score.corrected)
+        if item.reference:
+            row["reference"] = item.reference
+        row["kb_flags"] = [{"rule": f.rule, "detail": f.detail, "source": f.source} for f in kb_flags]
+        row["contaminated"] = not keep[i]
+        return json.dumps(row, ensure_ascii=False) + "\n"
+
     with open(path, "w", encoding="utf-8") as fh:
-        for name, generated in answers.items():
-            texts, counts = generated.texts, generated.new_tokens
-            for i, q in enumerate(questions):
-                s = scores[name][i]
-                fh.write(json.dumps({"model": name, "kind": "rubric", "id": q.id, "question": q.question,
-                                     "answer": texts[i], "new_tokens": counts[i], "score": s.score,
-                                     "passed": s.passed, "claims": list(s.claims), "corrected": s.corrected},
-                                    ensure_ascii=False) + "\n")
-            for j, r in enumerate(references):
-                k = len(questions) + j
-                fh.write(json.dumps({"model": name, "kind": "reference", "id": r["id"],
-                                     "prompt": r["messages"][-1]["content"], "answer": texts[k],
-                                     "new_tokens": counts[k], "reference": r["reference"]},
-                                    ensure_ascii=False) + "\n")
+        for name in texts:
+            for i, text in enumerate(texts[name]):
+                fh.write(record(name, i, text, scores[name][i], flags[name][i], new_tokens=new_tokens[name][i]))
+            if grounded is not None:
+                g = grounded["models"][name]
+                for i, text in enumerate(grounded_texts[name]):
+                    if text is not None:
+                        fh.write(record(name, i, text, g["_scores"][i], g["_flags"][i], grounded=True))
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,0 +1,200 @@
+"""Answers grounded in the knowledge base, their sources and the live answer check, in the real Gradio app driven
+over HTTP and in headless Chromium. The model is a stand-in that answers with fixed text: the demo model will not
+reliably repeat a false claim on cue, and the check is what is under test (the real model's grounded answers are
+tested in test_app.py)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from space.display import is_note, message_text
+from trainer.modeling import BASE
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SYSTEM = "You are a careful study-abroad counsellor."
+MEDICARE = "As an international student in Australia, you will be covered by Medicare for doctor visits."
+INJECTED = "<img src=x onerror=\"window.__kbxss=1\"><script>window.__kbxss=2</script>"
+
+
+class ScriptedEngine:
+    """Streams a fixed answer per question word by word, and records the prompts it was given."""
+
+    adapter_names = ["demo/stage2"]
+    base_model = "smollm2-135m-instruct"
+    load_in_4bit = True
+    is_demo = True
+    refused: dict[str, str] = {}
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers, self.prompts = answers, []
+
+    def adapter_revision(self, adapter):
+        return None
+
+    def stream(self, messages, adapter=BASE, settings=None, stop=None, stats=None):
+        self.prompts.append((adapter, [dict(m) for m in messages]))
+        question = messages[-1]["content"]
+        answer = next((a for key, a in self.answers.items() if key in question), "Please check the official page.")
+        text = ""
+        for word in answer.split(" "):
+            text += ("" if not text else " ") + word
+            yield text
+
+
+@pytest.fixture(scope="module")
+def kb_with_html(tmp_path_factory) -> Path:
+    """The shipped KB with HTML injected into the Medicare rule's fact: what the warning shows must stay inert."""
+    folder = tmp_path_factory.mktemp("kb") / "kb"
+    shutil.copytree(REPO / "data" / "kb", folder)
+    rules = yaml.safe_load((folder / "rules.yaml").read_text(encoding="utf-8"))
+    for rule in rules["rules"]:
+        if rule["id"] == "au-medicare-international-students":
+            rule["fact"] = rule["fact"].rstrip() + " " + INJECTED
+    (folder / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, kb_with_html):
+    """The app built by `app.build_app` around the scripted engine, launched on a free port."""
+    from app import build_app
+    from space.grounding import Grounding
+    from space.registry import AdapterRegistry, RegisteredAdapter
+    from trainer.feedback import FeedbackStore
+    from trainer.space_settings import load_space_config
+
+    root = tmp_path_factory.mktemp("grounded-app")
+    cfg = load_space_config(None, [f"feedback.store={root / 'feedback.sqlite'}", f"grounding.kb={kb_with_html}",
+                                   "grounding.k=3"])
+    registry = AdapterRegistry([RegisteredAdapter("demo/stage2", str(root), True, ground=False)])
+    engine = ScriptedEngine({"Medicare": MEDICARE, "Stanford": "Apply through the Common App by January.",
+                             "Germany": "Yes: you need health insurance to enrol [1]."})
+    store = FeedbackStore(root / "feedback.sqlite")
+    demo = build_app(registry, engine, store, cfg, Grounding.load(cfg.grounding, registry))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield url, engine, store
+    finally:
+        demo.close()
+        store.close()
+
+
+@pytest.fixture
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[0], verbose=False)
+
+
+def chat(client, question, adapter=BASE, ground=True, history=()):
+    return client.predict(question, list(history), adapter, ground, SYSTEM, 0, 0.9, 64, api_name="/chat")[0]
+
+
+def notes(history) -> dict[str, str]:
+    return {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}
+
+
+def test_a_grounded_answer_shows_numbered_sources_and_the_prompt_carries_them(client, served):
+    _, engine, _ = served
+    history = chat(client, "Is health insurance compulsory for students in Germany?")
+    assert [m["role"] for m in history if not is_note(m)] == ["user", "assistant"]
+    sources = notes(history)["Sources from the knowledge base"]
+    assert sources.startswith("1. [Germany: health insurance](") and "— as of 20" in sources
+    assert len([line for line in sources.splitlines() if line[:2] in ("1.", "2.", "3.")]) == 3
+    adapter, prompt = engine.prompts[-1]
+    system = prompt[0]["content"]
+    assert prompt[0]["role"] == "system" and system.startswith(SYSTEM) and "[1] Germany:" in system
+    assert prompt[-1] == {"role": "user", "content": "Is health insurance compulsory for students in Germany?"}
+
+
+def test_ungrounded_answers_carry_no_sources_and_each_adapter_has_its_default(client, served):
+    _, engine, _ = served
+    history = chat(client, "Is health insurance compulsory for students in Germany?", ground=False)
+    assert "Sources from the knowledge base" not in notes(history)
+    assert engine.prompts[-1][1][0]["content"] == SYSTEM  # no KB text in the prompt
+    from gradio_client import Client
+
+    info = Client(served[0], verbose=False).view_api(return_format="dict")["named_endpoints"]["/chat"]["parameters"]
+    assert next(p for p in info if p["parameter_name"] == "ground")["type"]["type"] == "boolean"
+
+
+def test_a_question_that_touches_no_kb_entry_says_so_instead_of_inventing_a_source(client):
+    history = chat(client, "What is the best way to make friends in a new city?")
+    assert "No entry of the knowledge base matches this question" in notes(history)["Sources from the knowledge base"]
+
+
+def test_a_repeated_false_claim_gets_a_warning_naming_the_fact_and_its_source(client, served):
+    history = chat(client, "Am I covered by Medicare as an international student in Australia?")
+    warning = notes(history)["⚠ Check this answer: it contradicts the knowledge base"]
+    assert "au-medicare-international-students" in warning and "Overseas Student Health Cover" in warning
+    assert "([source](https://" in warning
+    history = chat(client, "How do I apply for the Bachelor of Medicine at Stanford?", ground=False)
+    warning = notes(history)["⚠ Check this answer: it contradicts the knowledge base"]
+    assert "Stanford University does not offer" in warning
+
+
+def test_the_warning_is_stored_with_the_feedback_and_reviewers_can_filter_for_it(client, served, monkeypatch):
+    _, _, store = served
+    clean = chat(client, "Is health insurance compulsory for students in Germany?", ground=False)
+    flagged = chat(client, "Am I covered by Medicare as an international student in Australia?", ground=False)
+    ids = []
+    for history in (clean, flagged):
+        status, _, _ = client.predict(history, {}, "", "", True, BASE, SYSTEM, 0, 0.9, 64, "",
+                                      api_name="/feedback")
+        assert status.startswith("Saved")
+        ids.append(status.split("`")[1])
+    records = {r.id[:12]: r for r in store.records()}
+    assert records[ids[0]].kb_flags == []
+    stored = records[ids[1]].kb_flags
+    assert [f["rule"] for f in stored] == ["kb_contradiction"] and stored[0]["message"] == 1
+    assert stored[0]["source"].startswith("https://")
+    assert [r.id[:12] for r in store.records(kb_check="flagged")] == [ids[1]]
+    assert ids[0] in [r.id[:12] for r in store.records(kb_check="clean")]
+
+
+def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _, _ = served
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url, wait_until="load")
+            page.wait_for_selector("#question textarea")
+            assert page.is_checked("#ground input")
+            assert "Knowledge base" in page.inner_text("body")
+            page.fill("#question textarea", "Am I covered by Medicare as an international student in Australia?")
+            page.click("#send")
+            page.wait_for_function("document.querySelector('#chatbot').innerText.includes('Sources from the "
+                                   "knowledge base')", timeout=60_000)
+            deadline = time.time() + 30
+            while page.locator('[data-testid="status-tracker"].generating').count() and time.time() < deadline:
+                time.sleep(0.2)
+            body = page.inner_text("#chatbot")
+            assert "Check this answer: it contradicts the knowledge base" in body
+            assert "<script>window.__kbxss=2</script>" in body  # shown as text
+            assert page.evaluate("window.__kbxss") is None
+            assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
+            # the notes are collapsible boxes; open them and check the numbered links point at the KB's sources
+            for title in page.locator("#chatbot button:has-text('Sources from the knowledge base'), "
+                                      "#chatbot span:has-text('Sources from the knowledge base')").all()[:1]:
+                title.click()
+            links = page.locator("#chatbot a[href^='https://']")
+            links.first.wait_for(timeout=10_000)
+            hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+            assert any("homeaffairs.gov.au" in h or "studyaustralia.gov.au" in h or ".gov.au" in h for h in hrefs)
+            shot = tmp_path / "grounded.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
