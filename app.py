@@ -99,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args(argv)
 
+    from trainer.modeling import quiet_bitsandbytes_kernel_notice
+
+    quiet_bitsandbytes_kernel_notice()  # before the engine brings in bitsandbytes
     from space.engine import InferenceEngine, choose_base_model
     from space.registry import AdapterRegistry
     from trainer.space_settings import ConfigError, load_space_config

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from conftest import DATA, REPO
-from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor, _sketch, near_duplicates
+from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor
+from trainer.near_dup import near_duplicates, sketch
 
 GOOD = ("### Your next steps\n\n- Check the official admissions page of each university for its requirements.\n"
         "- Prepare your transcripts and a statement of purpose well ahead of the deadline.\n"
@@ -54,6 +55,11 @@ def test_structure_length_language_placeholder_markdown():
     assert rules(auditor, conv(GOOD + "\n- Apply to [University Name] before the deadline."))["placeholder"] == FAIL
     assert rules(auditor, conv(GOOD + "\n- XYZ University is a good choice."))["placeholder"] == FAIL
     assert "placeholder" not in rules(auditor, conv(GOOD + "\n- See [the official page](https://www.gov.uk)."))
+    for slot in ("[Your University]", "[your country]", "[Insert University Name]", "[Target University]",
+                 "[Student's Name]"):
+        assert rules(auditor, conv(GOOD + f"\n- Write to {slot} today."))["placeholder"] == FAIL, slot
+    assert "placeholder" not in rules(auditor, conv(GOOD + "\n- Read [the university's admissions page]"
+                                                           "(https://www.ox.ac.uk/admissions)."))
     plain = "Check the official admissions page of each university for its requirements, and prepare early."
     assert rules(auditor, conv(plain)) == {"no_markdown": VERIFY}
 
@@ -72,7 +78,7 @@ def test_near_duplicates_minhash():
 
 def _near_duplicates_brute_force(texts, threshold, k=64):
     """The near-duplicate rule in plain Python sets: each text against every earlier one in the index."""
-    sketches = [set(_sketch(t, k).tolist()) for t in texts]
+    sketches = [set(sketch(t, k).tolist()) for t in texts]
     index, found = [], {}
     for i, mine in enumerate(sketches):
         shared = [(len(mine & sketches[j]), min(mine & sketches[j], default=0), j) for j in index]
@@ -157,9 +163,10 @@ def test_every_kb_rule_fires_on_its_false_example_only(kb, rule):
 
 
 def test_lowercase_twins_find_what_the_case_insensitive_patterns_find(kb):
-    from trainer.audit import NEGATION, PLACEHOLDER, _lowered, _Twin
+    from trainer.audit import NEGATION, PLACEHOLDER
+    from trainer.caseless import CaselessPattern as _Twin, lowered as _lowered
 
-    patterns = [NEGATION, PLACEHOLDER] + [p for r in kb.rules for p in (r.trigger, r.unless) if p is not None]
+    patterns = [NEGATION, PLACEHOLDER] + [p for r in kb.rules for p in (*r.patterns, r.unless) if p is not None]
     sentences = [s for r in kb.rules for s in r.examples_false + r.examples_corrected]
     sentences += ["Apply to [University Name] by {deadline}.", "See [the page](https://x.org) <insert date>.",
                   "XYZ College and abc university, Lorem Ipsum; it is not free, but no longer closed."]
@@ -237,10 +244,56 @@ def test_unverified_numbers(kb):
     flags = auditor.audit([conv(GOOD + "\n- Tuition is about £23,456 a year and you may work 37 hours per week.")])
     detail = next(f.detail for f in flags.rows[0].flags if f.rule == "unverified_number")
     assert "23456" in detail and "37h" in detail
-    known = next(f for f in kb.facts_for(countries=kb.countries) if " hours" in f.text)
-    number = next(w for w in known.text.split() if w.isdigit())
-    ok = auditor.audit([conv(GOOD + f"\n- You may work up to {number} hours during term (check the rules).")])
-    assert not any(f.rule == "unverified_number" for f in ok.rows[0].flags), known.text
+    country = next(c for c in kb.countries if c.work_rights is not None and " hours" in c.work_rights.text)
+    number = next(w for w in country.work_rights.text.split() if w.isdigit())
+    ok = auditor.audit([conv(GOOD + f"\n- In {country.name} you may work up to {number} hours during term.")])
+    assert not any(f.rule == "unverified_number" for f in ok.rows[0].flags), country.work_rights.text
+
+
+def numbers_flagged(auditor, answer: str, question: str = "How do I prepare my application?") -> str:
+    flags = auditor.audit([conv(GOOD + "\n- " + answer, question=question)]).rows[0].flags
+    return next((f.detail for f in flags if f.rule == "unverified_number"), "")
+
+
+def test_a_number_is_verified_only_by_facts_of_the_same_entity(kb):
+    auditor = Auditor(kb, AuditSettings())
+    # Japan's insurance fact carries 70%: it verifies a Japanese sentence, not one about Indian universities
+    assert "70%" in numbers_flagged(auditor, "About 70% of Indian universities are accredited by the UGC.")
+    assert numbers_flagged(auditor, "In Japan, National Health Insurance covers 70% of most medical costs.") == ""
+    # a sentence naming nothing is checked against what the conversation is about
+    plain = "Insurance covers 70% of most medical costs."
+    assert numbers_flagged(auditor, plain, question="I will study in Japan next year.") == ""
+    assert "70%" in numbers_flagged(auditor, plain, question="I will study in the UK next year.")
+    # the same kind only: 20 hours (UK work) is not 20% or £20
+    assert numbers_flagged(auditor, "In the UK you can work 20 hours a week in term.") == ""
+    assert "20%" in numbers_flagged(auditor, "In the UK, 20% of your time goes to work.")
+    # a university's facts count with its country's: Oxford students work under UK rules
+    assert numbers_flagged(auditor, "Oxford students can work 20 hours a week in term.") == ""
+
+
+def test_rules_apply_to_a_country_named_only_by_its_own_terms(kb):
+    auditor = Auditor(kb, AuditSettings())
+    answer = GOOD + "\n- On an F-1 visa you can work unlimited hours off campus."
+    flags = auditor.audit([conv(answer, question="Can I work while I study?")]).rows[0].flags
+    assert [f.detail.split(":")[0] for f in flags if f.rule == "kb_contradiction"] == ["us-f1-unlimited-hours"]
+
+
+def test_a_negation_in_another_clause_does_not_correct_the_claim(kb):
+    auditor = Auditor(kb, AuditSettings())
+    question = "Do I need health insurance in Australia?"
+    wrong = GOOD + "\n- International students can use Medicare for free, so you do not need any insurance."
+    right = GOOD + "\n- International students cannot use Medicare, so you need OSHC."
+    assert rules(auditor, conv(wrong, question=question)).get("kb_contradiction") == FAIL
+    assert "kb_contradiction" not in rules(auditor, conv(right, question=question))
+    hospitals = GOOD + ("\n- Public hospitals treat emergencies free of charge for all residents, including "
+                        "international students.")
+    assert rules(auditor, conv(hospitals, question=question)).get("kb_contradiction") == FAIL
+    nhs = GOOD + ("\n- The NHS provides free or low-cost healthcare to all UK residents, including international "
+                  "students.")
+    assert rules(auditor, conv(nhs, question="Is healthcare free in the UK?")).get("kb_contradiction") == FAIL
+    # the live check sees it too
+    messages = conv(hospitals, question=question)
+    assert [f.rule for f in auditor.check_answer(messages)] == ["kb_contradiction"]
 
 
 def test_judge_runs_only_on_rows_that_pass_the_rules(kb):
@@ -315,3 +368,172 @@ def test_check_answer_looks_only_at_the_last_answer_and_needs_a_kb(kb):
 def test_audit_output_keeps_its_shape_for_flags_without_a_source(kb):
     row = Auditor(kb).audit([conv("too short")]).rows[0].to_dict()
     assert all("source" not in f for f in row["flags"] if f["rule"] == "length")
+
+
+# `trainer audit` on files nobody here wrote: the KB it used, what ingestion dropped, other files
+
+MEDICARE = ("### Health cover\n\n- As an international student in Australia you can use Medicare for your doctor "
+            "visits, so budget nothing for insurance.")
+
+
+def _short_rows() -> list[dict]:
+    return [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text().splitlines()]
+
+
+def test_a_kb_folder_that_does_not_exist_is_an_error_naming_it(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    sample = str(DATA / "studyabroadgpt_sample.jsonl")
+    assert main(["audit", sample, "--kb", str(tmp_path / "data" / "kbb")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'data' / 'kbb'}: knowledge base folder not found"
+    assert main(["audit", sample, "--kb", ""]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--kb ''" in err and "--no-kb" in err
+
+
+def test_the_default_kb_is_the_shipped_one_from_any_folder_and_the_report_names_it(tmp_path, capsys, monkeypatch):
+    from trainer.__main__ import main
+    from trainer.kb_loader import SHIPPED_KB
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Do I need insurance in Australia?"},
+                                             {"role": "assistant", "content": MEDICARE}]}) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # data/kb is not here
+    assert main(["audit", str(data), "--out", "out"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["kb"]["path"] == str(SHIPPED_KB) and summary["kb"]["version"]["version"]
+    assert summary["conversations_per_flag"].get("kb_contradiction") == 1
+    version = summary["kb"]["version"]["version"]
+    assert f"Knowledge base: version {version} (as of " in capsys.readouterr().out
+    assert main(["audit", str(data), "--no-kb", "--out", "plain"]) == 0
+    assert "Knowledge base: none (--no-kb): the KB rules did not run." in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert plain["kb"] is None and "kb_contradiction" not in plain["conversations_per_flag"]
+
+
+def test_the_report_lists_what_ingestion_dropped_by_file_line_and_names_rows_by_file_line(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    rows = _short_rows()
+    lines = [json.dumps(rows[0]), '{"messages": [', json.dumps(rows[1]) + json.dumps(rows[2]),
+             json.dumps(rows[3]), json.dumps(rows[0]),
+             json.dumps({"messages": [{"role": "user", "content": "Visa?"},
+                                      {"role": "assistant", "content": GOOD + "\n- Apply at [Your University]."}]})]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["audit", str(data), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Rows ingestion rejected (2)" in printed
+    assert f"- {data}:2: invalid JSON: Expecting value at column 15" in printed
+    assert f"- {data}:3: invalid JSON: Extra data at column " in printed  # two objects on one line
+    assert f"## Exact duplicates removed (1)\n\n- {data}:5: same as {data}:1" in printed
+    assert f"- {data}:6: fail:placeholder (message 2): template slot left in: '[Your University]'" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["location"], r["rule"]) for r in summary["ingestion"]["rejected"]] == [
+        (f"{data}:2", "invalid JSON"), (f"{data}:3", "invalid JSON")]
+    assert summary["ingestion"]["duplicate_rows"] == [{"location": f"{data}:5", "same_as": f"{data}:1"}]
+    assert summary["rows_per_flag"]["placeholder"] == [f"{data}:6"]
+    audited = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in audited] == [f"{data}:{n}" for n in (1, 4, 6)]
+    assert audited[2]["flags"][0]["message"] == 2  # numbered from 1, as ingestion numbers messages
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    assert main(["audit", str(DATA / "short_dialogues.jsonl"), "--out", str(blocker / "audit")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {blocker / 'audit'}: cannot write the audit report there (")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_against_lists_rows_found_in_another_file_with_locations_on_both_sides(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    rows = _short_rows()
+    other = tmp_path / "train.json"  # any file ingestion reads: here a JSON array
+    question = ("I am from Nigeria and I want to study a master's in public health in the UK next year; which "
+                "scholarships can I apply for, and when are the deadlines?")
+    other.write_text(json.dumps(rows[:4] + [{"messages": [{"role": "user", "content": question},
+                                                          {"role": "assistant", "content": GOOD}]}], indent=1),
+                     encoding="utf-8")
+    near = {"messages": [{"role": "user", "content": question.replace("; which", ", which")},
+                         {"role": "assistant", "content": rows[5]["messages"][1]["content"]}]}
+    mine = tmp_path / "eval.jsonl"
+    mine.write_text("".join(json.dumps(r) + "\n" for r in [rows[10], rows[2], near]), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["audit", str(mine), "--against", str(other), "--out", str(out)]) == 0
+    against = json.loads((out / "summary.json").read_text())["against"]
+    found = {(m["row"], m["what"], m["how"]) for m in against["matches"]}
+    assert (f"{mine}:2", "conversation", "exact") in found and (f"{mine}:2", "message 1", "exact") in found
+    assert (f"{mine}:3", "message 1", "near") in found
+    assert not any(m["row"] == f"{mine}:1" for m in against["matches"]) and against["rows"] == 2
+    by_row = {(m["row"], m["what"]): m["other"] for m in against["matches"]}
+    assert by_row[(f"{mine}:2", "conversation")].startswith(f"{other}:") and "(item 3)" in by_row[
+        (f"{mine}:2", "conversation")]
+    assert "(item 5)" in by_row[(f"{mine}:3", "message 1")]
+    assert f"## Rows also in {other} (2 rows)" in capsys.readouterr().out
+
+
+# The judge beside the rules: where they disagree, per row
+
+def test_the_judge_is_asked_about_every_row_and_disagreements_are_listed(kb, tmp_path):
+    from trainer.audit import audit_file
+
+    rows = [{"messages": conv(MEDICARE, question="Do I need insurance in Australia?")},  # a rule fires
+            {"messages": conv(GOOD)},                                                     # no rule fires
+            {"messages": conv(GOOD.replace("early", "soon"), question="When should I start?")}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    verdicts = iter([(True, "looks fine"), (False, "claims a deadline the facts do not give"),
+                     (None, "judge reply held no verdict: 'Sure!'")])
+    asked = []
+
+    def judge(messages, facts):
+        asked.append(messages[0]["content"])
+        return next(verdicts)
+
+    report = audit_file(data, settings=AuditSettings(judge_all=True), out_dir=tmp_path / "out", judge=judge)
+    assert len(asked) == 3  # the row the rules failed too
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["judge"]
+    assert (summary["asked"], summary["ok"], summary["error"], summary["no verdict"]) == (3, 1, 1, 1)
+    assert [(d["row"], d["kind"], d["verdict"]) for d in summary["disagreements"]] == [
+        (f"{data}:1", "rules only", "ok"), (f"{data}:2", "judge only", "error")]
+    assert summary["disagreements"][0]["rules"][0].startswith("fail:kb_contradiction (message 2): au-medicare")
+    markdown = (tmp_path / "out" / "audit.md").read_text()
+    assert "## Judge and rules disagree (2 of 3 rows)" in markdown
+    assert f"- {data}:2: judge only: judge error ('claims a deadline the facts do not give')" in markdown
+    assert [r.judge["verdict"] for r in report.rows] == ["ok", "error", "no verdict"]
+    assert [f.rule for f in report.rows[2].flags] == []  # no verdict flags nothing
+
+
+def test_audit_with_a_judge_against_transformers_serve(transformers_serve, tmp_path, monkeypatch, capsys):
+    """`trainer audit --judge` against a real OpenAI-compatible server: every row judged, each verdict recorded,
+    and the disagreements are exactly the rows where the verdict and the KB rules differ."""
+    from trainer.__main__ import main
+
+    url, model = transformers_serve
+    monkeypatch.setenv("AUDIT_TEST_JUDGE_KEY", "sk-never-written")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"messages": conv(MEDICARE, question="Do I need insurance in Australia?")}) + "\n"
+                    + json.dumps({"messages": conv(GOOD)}) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["audit", str(data), "--judge", url, "--judge-model", model, "--judge-api-key-env",
+                 "AUDIT_TEST_JUDGE_KEY", "--judge-max-tokens", "24", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert summary["judge"]["asked"] == 2 and all(r["judge"]["verdict"] in ("ok", "error", "no verdict")
+                                                  for r in rows)
+    expected = []
+    for r in rows:
+        ruled = any(f["rule"] == "kb_contradiction" for f in r["flags"])
+        kind = {("error", False): "judge only", ("ok", True): "rules only"}.get((r["judge"]["verdict"], ruled))
+        if kind:
+            expected.append((r["source"], kind))
+    assert [(d["row"], d["kind"]) for d in summary["judge"]["disagreements"]] == expected
+    assert "## Judge and rules disagree" in capsys.readouterr().out
+    for path in out.iterdir():
+        assert "sk-never-written" not in path.read_text()

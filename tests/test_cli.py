@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -52,9 +53,10 @@ def test_validate_reports_bad_rows_by_file_line_and_rule(tmp_path, capsys, demo_
     code = main(["validate", "--config", str(REPO / "configs" / "demo.yaml"),
                  "--set", f"stages.stage1.dataset.path={data}"])
     captured = capsys.readouterr()
-    assert code == 1
-    assert "1 of 9 rows are bad (11%, limit 10%)" in captured.err
-    assert f"{data}:9: no assistant turn" in captured.err
+    assert code == 2  # a data failure is a user error: exit 2, one summary line, the rows below it
+    assert captured.err.splitlines() == [f"error: stage stage1: {data}: 1 of 9 rows are bad (11%, limit 10%):",
+                                         f"  {data}:9: no assistant turn: the conversation has no answer to learn from"]
+    assert "stage stage2: data/seed/stage2_student.jsonl: 39 rows read" in captured.out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -184,3 +186,20 @@ def test_eval_reads_its_file_and_an_untyped_flag_does_not_mask_it(tmp_path, caps
     quick = REPO / "configs" / "eval" / "quick.yaml"
     assert main(["eval", "--run", str(tmp_path / "empty"), "--config", str(quick)]) == 2
     assert "no adapters to evaluate" in capsys.readouterr().err
+
+
+def test_the_bitsandbytes_kernel_notice_is_silenced_and_other_warnings_are_not(tmp_path):
+    """bitsandbytes logs, at every import on CPUs with AVX512-BF16, that it could not fetch an optional Hub kernel.
+    This machine's CPU does not make it log, so the test logs the same record the way bitsandbytes does."""
+    code = ("import logging, sys\n"
+            "from trainer.__main__ import main\n"
+            f"main(['audit', {str(DATA / 'short_dialogues.jsonl')!r}, '--no-kb'])\n"
+            "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
+            "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you '\n"
+            "            'already `pip install kernels` and the kernels >= 0.11.1', \"No module named 'kernels'\")\n"
+            "log.warning('another bitsandbytes warning')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "another bitsandbytes warning" in out.stderr
+    assert "gemm_4bit_forward" not in out.stderr and "kernels" not in out.stderr

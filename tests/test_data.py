@@ -14,10 +14,13 @@ from conftest import DATA, build_mistral_tokenizer, write_jsonl
 from trainer.config import DatasetSettings
 from trainer.data import (
     RULE_EMPTY,
+    RULE_EMPTY_CONVERSATION,
     RULE_ENCODING,
     RULE_INVALID_JSON,
+    RULE_MISSING_FIELD,
     RULE_NO_ASSISTANT,
     RULE_NON_STRING,
+    RULE_NON_TEXT,
     RULE_NOT_OBJECT,
     RULE_ORDER,
     RULE_ROLE,
@@ -158,11 +161,45 @@ def test_forced_schema_overrides_detection(tmp_path):
     assert "expected messages fields, found sharegpt" in str(report.errors[0])
 
 
-def test_forced_alpaca_reads_rows_without_output_key_as_bad(tmp_path):
-    path = write_jsonl(tmp_path / "rows.jsonl", [{"instruction": "Q", "output": "A"}, {"instruction": "Q2"}])
-    conversations, report = load(path, schema="alpaca", max_bad_fraction=1.0)
+@pytest.mark.parametrize("schema", ["alpaca", "auto"])
+def test_alpaca_row_without_output_is_named_missing_field_output(tmp_path, schema):
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"instruction": "Q", "output": "A"}, {"instruction": "Q2"},
+                                                 {"instruction": "Q3", "output": None}])
+    conversations, report = load(path, schema=schema, max_bad_fraction=1.0)
     assert messages_of(conversations) == [[user("Q"), assistant("A")]]
-    assert locations(report) == {(f"{path}:2", RULE_NON_STRING)}
+    assert locations(report) == {(f"{path}:2", RULE_MISSING_FIELD), (f"{path}:3", RULE_MISSING_FIELD)}
+    assert str(report.errors[0]) == f"{path}:2: missing field: output (an alpaca row needs instruction and output)"
+
+
+def test_an_empty_conversation_is_named_as_such(tmp_path):
+    rows = [chat(1), {"messages": []}, {"conversations": []}]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    _conversations, report = load(path, max_bad_fraction=1.0, system_prompt="You are a counsellor.")
+    assert locations(report) == {(f"{path}:2", RULE_EMPTY_CONVERSATION), (f"{path}:3", RULE_SCHEMA)}
+    sharegpt = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": []}, {"conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}])
+    _conversations, report = load(sharegpt, max_bad_fraction=1.0)
+    assert [str(e) for e in report.errors] == [f"{sharegpt}:1: {RULE_EMPTY_CONVERSATION}: the row holds no messages"]
+
+
+def test_openai_and_gradio_content_parts_are_read_and_a_non_text_part_is_named(tmp_path):
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Which visa do I need"},
+                                                       {"type": "text", "text": "for Canada?"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "A study permit."}],
+                           "metadata": None}]}
+    image = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this form?"},
+                                                       {"type": "image_url", "image_url": {"url": "x.png"}}]},
+                          assistant("It is a CAS.")]}
+    untyped = {"messages": [{"role": "user", "content": [{"text": "Hi"}]}, assistant("Hello")]}
+    path = write_jsonl(tmp_path / "rows.jsonl", [parts, image, untyped])
+    conversations, report = load(path, max_bad_fraction=1.0)
+    assert messages_of(conversations) == [[user("Which visa do I need\nfor Canada?"), assistant("A study permit.")]]
+    assert [str(e) for e in report.errors] == [
+        f"{path}:2: {RULE_NON_TEXT}: message 1 (user) part 2 is 'image_url'; only text parts can be trained on",
+        f"{path}:3: {RULE_SCHEMA}: message 1 (user) part 1 needs a 'type' (e.g. {{\"type\": \"text\", \"text\": ...}})"]
+    # the prompt/completion schema takes the same lists of messages
+    assert normalize_row({"prompt": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                          "completion": [assistant("Hello")]}, "prompt_completion") == [user("Hi"), assistant("Hello")]
 
 
 # File formats
@@ -188,9 +225,56 @@ def test_json_array_with_multiline_items_keeps_line_numbers(tmp_path):
 
 def test_json_invalid_file_is_one_error_with_its_line(tmp_path):
     path = tmp_path / "rows.json"
-    path.write_text('[\n{"messages": []},\n{"messages": [}\n]\n', encoding="utf-8")
+    path.write_text('{"messages": [\n  {"role": "user"}\n}\n', encoding="utf-8")
     with pytest.raises(DataError, match=rf"^{path}:3: {RULE_INVALID_JSON}"):
         load(path)
+
+
+def test_a_bad_item_in_a_json_array_is_named_and_the_others_are_kept(tmp_path):
+    good = [json.dumps(chat(i)) for i in range(1, 6)]
+    path = tmp_path / "rows.json"
+    # one item per line: a missing value, a stray quote that leaves a string open, a double comma
+    path.write_text("[\n" + ",\n".join([good[0], '{"messages": [1,}', good[1], '{"messages": "x}', good[2]])
+                    + ",,\n" + good[3] + "\n]\n", encoding="utf-8")
+    conversations, report = load(path, max_bad_fraction=1.0)
+    assert messages_of(conversations) == [chat(i)["messages"] for i in (1, 2, 3, 4)]
+    assert [(e.location, e.rule) for e in report.errors] == [
+        (f"{path}:3 (item 2)", RULE_INVALID_JSON), (f"{path}:5 (item 4)", RULE_INVALID_JSON),
+        (f"{path}:6 (item 6)", RULE_INVALID_JSON)]
+    assert "the rest of the file" not in str(report.errors[0])
+    # indented, with an item cut short: the next item in the same column is found again
+    items = [json.dumps(chat(1), indent=2), json.dumps(chat(2), indent=2)[:-12], json.dumps(chat(3), indent=2)]
+    path.write_text("[\n" + ",\n".join("\n".join("  " + line for line in item.splitlines()) for item in items)
+                    + "\n]\n", encoding="utf-8")
+    conversations, report = load(path, max_bad_fraction=1.0)
+    assert messages_of(conversations) == [chat(1)["messages"], chat(3)["messages"]]
+    assert [(e.location, e.rule) for e in report.errors] == [(f"{path}:14 (item 2)", RULE_INVALID_JSON)]
+    # nothing to resynchronise on: the item says so, the rows before it stay
+    path.write_text("[\n" + good[0] + ',\n{"messages": [{"role": "user", "content": "cut', encoding="utf-8")
+    conversations, report = load(path, max_bad_fraction=1.0)
+    assert messages_of(conversations) == [chat(1)["messages"]]
+    assert str(report.errors[0]).endswith("; the rest of the file cannot be read")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".json.gz", ".csv.gz"])
+def test_gzipped_files_are_read_as_datasets_reads_them(tmp_path, suffix):
+    import gzip
+
+    rows = [chat(1), chat(2)]
+    if suffix == ".jsonl.gz":
+        data = "".join(json.dumps(r) + "\n" for r in rows)
+    elif suffix == ".json.gz":
+        data = "[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n"
+    else:
+        data = "messages\n" + "".join('"' + json.dumps(r["messages"]).replace('"', '""') + '"\n' for r in rows)
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(gzip.compress(data.encode()))
+    conversations, report = load(path)
+    assert messages_of(conversations) == [r["messages"] for r in rows] and report.schema == "messages"
+    assert conversations[1].location.startswith(f"{path}:")
+    path.write_bytes(gzip.compress(data.encode())[:-20])  # cut short: one line naming the file
+    with pytest.raises(DataError, match=rf"^{path}: cannot read the file"):
+        load(path, max_bad_fraction=1.0)
 
 
 def test_parquet(tmp_path):
@@ -309,8 +393,9 @@ def test_every_rule_names_file_line_and_rule(tmp_path):
     bad(RULE_ORDER, {"messages": [user("Hi"), system("Be kind."), assistant("Hello")]})
     bad(RULE_ORDER, {"messages": [user("Hi"), assistant("Hello"), user("And?")]})
     bad(RULE_NO_ASSISTANT, {"messages": [system("Be kind."), user("Hi")]})
-    bad(RULE_NON_STRING, {"messages": [user([{"type": "text", "text": "Hi"}]), assistant("Hello")]})
+    bad(RULE_NON_TEXT, {"messages": [user([{"type": "input_audio", "input_audio": {}}]), assistant("Hello")]})
     bad(RULE_NON_STRING, {"messages": [user("Hi"), assistant(42)]})
+    bad(RULE_EMPTY_CONVERSATION, {"messages": []})
     good(3)
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -319,13 +404,14 @@ def test_every_rule_names_file_line_and_rule(tmp_path):
 
     assert messages_of(conversations) == [chat(1)["messages"], chat(2)["messages"], chat(3)["messages"]]
     assert [c.location for c in conversations] == [f"{path}:1", f"{path}:2", f"{path}:{len(lines)}"]
+    assert len(report.rule_counts()) == 11  # every rule but missing field (alpaca) and too long (a tokenizer)
     assert sorted((e.location, e.rule) for e in report.errors) == sorted(
         (f"{path}:{line}", rule) for line, rule in expected.items())
     for error in report.errors:
         assert str(error).startswith(f"{error.location}: {error.rule}: ")
     assert (report.rows_read, report.kept, report.bad) == (len(lines) - 1, 3, len(expected))
     assert report.rule_counts()[RULE_ORDER] == 4
-    assert report.rule_counts()[RULE_NON_STRING] == 2
+    assert report.rule_counts()[RULE_NON_STRING] == 1
 
 
 def test_order_rule_details_name_the_turn():
@@ -406,6 +492,7 @@ def test_exact_duplicates_are_removed_and_counted(tmp_path):
     assert conversations[0].location == f"{path}:1"  # the first copy is the one kept
     assert (report.rows_read, report.kept, report.duplicates, report.bad) == (5, 3, 2, 0)
     assert "2 exact duplicates removed" in report.summary()
+    assert report.duplicate_rows == [(f"{path}:3", f"{path}:1"), (f"{path}:5", f"{path}:1")]
 
 
 def test_duplicates_across_schemas_in_one_folder(tmp_path):
@@ -415,11 +502,19 @@ def test_duplicates_across_schemas_in_one_folder(tmp_path):
                                                         {"from": "gpt", "value": "Answer 1."}]}])
     write_jsonl(folder / "b.jsonl", [chat(1), chat(2)])
     (folder / "notes.txt").write_text("not data", encoding="utf-8")
+    (folder / "old").mkdir()
     conversations, report = load(folder)
     assert messages_of(conversations) == [chat(1)["messages"], chat(2)["messages"]]
     assert conversations[0].location == f"{folder / 'a.jsonl'}:1"
     assert (report.rows_read, report.kept, report.duplicates) == (3, 2, 1)
     assert set(report.file_hashes) == {str(folder / "a.jsonl"), str(folder / "b.jsonl")}
+    # every file's schema, and every entry not read, with the reason
+    assert report.file_schemas == {str(folder / "a.jsonl"): "sharegpt", str(folder / "b.jsonl"): "messages"}
+    assert [(Path(f).name, why.split(";")[0]) for f, why in report.skipped_files] == [
+        ("notes.txt", "unsupported file type"), ("old", "a folder (folders inside the data folder are not read)")]
+    assert report.summary().startswith(f"{folder}: 3 rows read (a.jsonl: sharegpt; b.jsonl: messages), 2 kept")
+    assert "2 skipped (notes.txt: unsupported file type" in report.summary()
+    assert report.to_dict()["skipped_files"][0]["path"] == str(folder / "notes.txt")
 
 
 def test_system_prompt_is_added_only_when_missing(tmp_path):
@@ -525,7 +620,7 @@ def test_relative_path_is_tried_from_base_dir(tmp_path, monkeypatch):
 def test_too_long_rows_are_rejected_after_templating(tmp_path):
     tokenizer = build_mistral_tokenizer()
     short = many_rows(9)
-    long = {"messages": [user("Tell me everything."), assistant("Study abroad visa " * 200)]}
+    long = {"messages": [user("Tell me everything."), assistant("Study abroad visa " * 30)]}
     rows = short[:4] + [long] + short[4:]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
 
@@ -553,3 +648,24 @@ def test_too_long_rows_are_rejected_after_templating(tmp_path):
         prepare_stage_data(DatasetSettings(path=str(few), eval_fraction=0.2), seed=3407, max_length=max_length,
                            tokenizer=tokenizer, chat_template=tokenizer.chat_template)
     assert str(info.value).startswith(f"{few}: 1 of 5 rows are bad (20%, limit 10%):\n  {few}:1: {RULE_TOO_LONG}")
+
+
+def test_a_huge_line_is_rejected_by_its_characters_before_it_is_tokenized(tmp_path):
+    tokenizer = build_mistral_tokenizer()
+    huge = {"messages": [user("Tell me everything."), assistant("visa " * 1_000_000)]}  # a 5 MB line
+    path = write_jsonl(tmp_path / "rows.jsonl", [huge] + many_rows(19))
+    handed: list[int] = []
+    rendered = tokenizer.apply_chat_template
+
+    def apply_chat_template(conversations, **kwargs):
+        handed.extend(sum(len(m["content"]) for m in c) for c in conversations)
+        return rendered(conversations, **kwargs)
+
+    tokenizer.apply_chat_template = apply_chat_template
+    data = prepare_stage_data(DatasetSettings(path=str(path), eval_fraction=0.1), seed=3407, max_length=2048,
+                              tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    (report,) = data.reports
+    assert [(e.location, e.rule) for e in report.errors] == [(f"{path}:1", RULE_TOO_LONG)]
+    assert str(report.errors[0]).startswith(f"{path}:1: {RULE_TOO_LONG}: 5,000,019 characters, more than "
+                                            "max_length 2048 tokens can hold")
+    assert len(handed) == 19 and max(handed) < 100  # the huge row was never rendered nor tokenized

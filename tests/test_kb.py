@@ -42,7 +42,7 @@ def all_facts(kb):
 # The shipped KB
 
 def test_shipped_kb_loads_with_enough_of_everything(kb):
-    assert kb.version["version"] == "2026.11" and kb.version["as_of"] == "2026-11"
+    assert kb.version["version"] == "2026.12" and kb.version["as_of"] == "2026-12"
     destinations = [c for c in kb.countries if c.destination]
     assert len(destinations) >= 15
     assert len([c for c in kb.countries if not c.destination]) >= 15
@@ -205,23 +205,87 @@ def test_entities_are_hashable(kb):
 @pytest.mark.parametrize("rule_id", [r.id for r in load_kb(KB_DIR).rules])
 def test_rule_flags_its_false_examples_and_spares_corrected_ones(kb, rule_id):
     rule = next(r for r in kb.rules if r.id == rule_id)
-    assert rule.examples_false and rule.keywords
+    assert rule.examples_false and rule.keywords and (rule.trigger is None) == bool(rule.terms)
     for sentence in rule.examples_false:
-        assert rule.trigger.search(sentence), sentence
-        assert not (rule.unless and rule.unless.search(sentence)), sentence
+        assert rule.states(sentence) and rule.claim_spans(sentence), sentence
         assert rule in kb.rules_in(sentence), sentence
     for sentence in rule.examples_corrected:
-        assert not rule.trigger.search(sentence) or (rule.unless and rule.unless.search(sentence)), sentence
-    if rule.unless is not None:
-        assert any(rule.unless.search(s) for s in rule.examples_corrected)
+        assert not rule.states(sentence), sentence
     assert rule.country is None or kb.country(rule.country)
 
 
 def test_rule_triggers_join_into_one_regex(kb):
-    joined = re.compile("|".join(f"(?:{r.trigger.pattern})" for r in kb.rules), re.IGNORECASE)
-    for rule in kb.rules:
+    triggered = [r for r in kb.rules if r.trigger is not None]
+    joined = re.compile("|".join(f"(?:{r.trigger.pattern})" for r in triggered), re.IGNORECASE)
+    for rule in triggered:
         for sentence in rule.examples_false:
             assert joined.search(sentence)
+
+
+# Rules by meaning: an entity and a claim in one sentence, in any wording; a negation only in the claim's clauses
+
+@pytest.mark.parametrize(("rule_id", "sentence"), [
+    # a negation in another clause used to excuse the claim
+    ("au-medicare-international-students",
+     "International students can use Medicare for free, so you do not need any insurance."),
+    # "or low-cost" used to excuse it ("cost" was a correcting cue)
+    ("uk-nhs-free-without-surcharge",
+     "The NHS provides free or low-cost healthcare to all UK residents, including international students."),
+    # no rule caught it: the Medicare rule needs the word "Medicare"
+    ("au-public-health-free-for-international-students",
+     "Public hospitals treat emergencies free of charge for all residents, including international students."),
+    ("au-public-health-free-for-international-students",
+     "Overseas students are treated at no cost in public hospitals."),
+])
+def test_rules_flag_paraphrases_and_claims_negated_only_elsewhere(kb, rule_id, sentence):
+    rule = next(r for r in kb.rules if r.id == rule_id)
+    assert rule.states(sentence)
+
+
+@pytest.mark.parametrize(("rule_id", "sentence"), [
+    ("au-medicare-international-students", "Medicare, the public scheme, does not cover international students."),
+    ("au-medicare-international-students", "You do not need Medicare: international students buy OSHC instead."),
+    ("uk-nhs-free-without-surcharge", "NHS treatment is free at the point of use once you have paid the IHS."),
+    ("uk-nhs-free-without-surcharge", "The NHS is not free for international students."),
+    ("au-public-health-free-for-international-students",
+     "Public hospitals do not treat international students free of charge; OSHC pays part of the bill."),
+    ("au-public-health-free-for-international-students",
+     "Public hospitals treat everyone in an emergency. International students pay, and it is not free."),
+])
+def test_rules_spare_corrections_in_the_claims_own_clause(kb, rule_id, sentence):
+    rule = next(r for r in kb.rules if r.id == rule_id)
+    assert not rule.states(sentence)
+
+
+def test_a_negation_in_the_claims_clause_still_corrects_a_trigger_rule(kb):
+    medicare_like = next(r for r in kb.rules if r.id == "uk-tier-4-visa")
+    assert not medicare_like.states("You will not apply for a Tier 4 visa; it was replaced in 2020.")
+    erasmus = next(r for r in kb.rules if r.id == "erasmus-mundus-eu-only")
+    assert erasmus.states("Erasmus Mundus scholarships are only available to EU citizens, so do not apply.")
+    assert not erasmus.states("Erasmus Mundus scholarships are not only available to EU citizens.")
+
+
+# Destinations named by their own terms
+
+@pytest.mark.parametrize(("text", "code"), [
+    ("On an F-1 visa you can work unlimited hours off campus.", "US"),
+    ("Your school issues the I-20 and you pay the SEVIS fee.", "US"),
+    ("Wait for your CAS before applying; the BRP comes later.", "GB"),
+    ("OSHC is a condition of the subclass 500 visa.", "AU"),
+    ("After graduating you can apply for a PGWP.", "CA"),
+    ("Apply for the D-2 visa at the embassy.", "KR"),
+    ("ICA issues the Student's Pass.", "SG"),
+    ("You may need an MVV before you travel.", "NL"),
+    ("Open a blocked account (Sperrkonto) first.", "DE"),
+])
+def test_find_destinations_knows_each_countrys_own_terms(kb, text, code):
+    assert [c.code for c in kb.find_destinations(text)] == [code]
+    assert kb.find_countries(text) == []  # names only: the markers are a sibling's business
+
+
+def test_find_destinations_lists_named_countries_first_and_ignores_ordinary_words(kb):
+    assert [c.code for c in kb.find_destinations("Canada or the UK? With a CAS and OPT...")] == ["CA", "GB", "US"]
+    assert kb.find_destinations("You can opt out, or pass the test, and keep the account blocked.") == []
 
 
 # Validation: broken copies of the shipped KB
@@ -271,6 +335,15 @@ def entry(data, section, ident):
      r"rules\.yaml: rules\[\d+\] \(uk-tier-4-visa\)\.examples\.false: the trigger does not match"),
     ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(trigger=r"(?i)tier[\s-]?4"),
      r"rules: the triggers do not combine into one regex"),
+    ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(terms=["Tier 4"]),
+     r"rules\.yaml: rules\[\d+\] \(uk-tier-4-visa\): give either `trigger` \(one regex\) or `terms`"),
+    ("rules.yaml", lambda d: entry(d, "rules", "uk-nhs-free-without-surcharge")["terms"].append(r"\bsurcharge\b"),
+     r"rules\.yaml: rules\[\d+\] \(uk-nhs-free-without-surcharge\)\.examples\.false: not every term occurs in"),
+    ("rules.yaml", lambda d: entry(d, "rules", "au-medicare-international-students")["examples"]["corrected"].append(
+        "International students can use Medicare, so they do not buy insurance."),
+     r"\(au-medicare-international-students\)\.examples\.corrected: the rule would flag the corrected sentence"),
+    ("countries.yaml", lambda d: entry(d, "countries", "CA")["markers"].append("OSHC"),
+     r"countries\.yaml: countries\[\d+\] \(AU\)\.markers: 'OSHC' already names CA$"),
     ("rules.yaml", lambda d: entry(d, "rules", "uk-tier-4-visa").update(examples={"flase": ["x"]}),
      r"rules\.yaml: rules\[\d+\] \(uk-tier-4-visa\)\.examples\.flase: unknown key \(did you mean 'false'\?\)$"),
     ("universities.yaml", lambda d: entry(d, "universities", "caltech").update(programs=[]),
@@ -315,11 +388,11 @@ def test_load_is_cached_until_a_file_changes(tmp_path):
     first = load_kb(folder)
     assert load_kb(folder) is first
     version = folder / "version.yaml"
-    version.write_text(version.read_text(encoding="utf-8").replace('"2026.11"', '"2026.12"'), encoding="utf-8")
+    version.write_text(version.read_text(encoding="utf-8").replace('"2026.12"', '"2027.01"'), encoding="utf-8")
     import os
 
     os.utime(version, (version.stat().st_atime, version.stat().st_mtime + 5))
-    assert load_kb(folder).version["version"] == "2026.12"
+    assert load_kb(folder).version["version"] == "2027.01"
 
 
 def test_cli_audit_uses_the_kb(capsys):

@@ -105,10 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     option("--judge", "judge", action="store_true")
 
     audit = sub.add_parser("audit", help="audit a dataset file against the rules and the knowledge base")
-    audit.add_argument("file", help="JSONL/JSON/Parquet/CSV file or folder, any supported schema")
-    audit.add_argument("--kb", default="data/kb", help="knowledge base folder ('' to skip the KB rules)")
+    audit.add_argument("file", help="JSONL/JSON/Parquet/CSV file (or .gz) or folder, any supported schema")
+    kb = audit.add_mutually_exclusive_group()
+    kb.add_argument("--kb", help="knowledge base folder (default: the one shipped with the tool, data/kb)")
+    kb.add_argument("--no-kb", action="store_true", help="audit without the knowledge base (the report says so)")
     audit.add_argument("--out", help="write audit.jsonl, audit.md and summary.json here")
     audit.add_argument("--near-duplicate", type=float, default=0.8, help="similarity threshold")
+    audit.add_argument("--against", metavar="OTHER", help="also list the rows found, exactly or nearly, in OTHER "
+                                                          "(any data file or folder): whole conversations and user "
+                                                          "messages, with file:line on both sides")
+    audit.add_argument("--judge", "--judge-base-url", dest="judge_base_url", metavar="URL",
+                       help="ask an LLM judge at this OpenAI-compatible endpoint about every row, and report where "
+                            "it and the KB rules disagree")
+    audit.add_argument("--judge-model", help="the judge's model name at that endpoint")
+    audit.add_argument("--judge-api-key-env", default="JUDGE_API_KEY",
+                       help="environment variable holding the judge's API key (default: JUDGE_API_KEY)")
+    audit.add_argument("--judge-max-tokens", type=int, default=120, help="tokens the judge may answer with")
 
     ev = sub.add_parser("eval", help="compare every adapter of a run with its base: metrics, rubric, judge, gate")
     ev.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
@@ -166,9 +178,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"chat template: {plan.template.family} training template renders identically to the model's own "
               f"({plan.renderings} renderings compared)")
     for name in cfg.stages:
-        if name in plan.failed:
-            print(f"stage {name}: FAILED\n  {plan.failed[name]}", file=sys.stderr)
-        elif name in plan.stages:
+        if name in plan.stages:
             data = plan.stages[name].data
             print(f"stage {name}: {data.summary()}")
             for report in data.reports:
@@ -177,7 +187,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for item in plan.unchecked:
         print(f"not checked: {item}")
     if plan.failed:
-        return 1
+        # A data failure is an error the user can fix, as everywhere else: one line saying what failed (the rows'
+        # summary), then the rows it lists, and exit code 2.
+        for name, problem in plan.failed.items():
+            print(f"error: stage {name}: {problem}", file=sys.stderr)
+        return 2
     print("valid" + (" (with the items above not checked)" if plan.unchecked else ""))
     return 0
 
@@ -253,8 +267,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from trainer.audit import AuditSettings, audit_file
+    from trainer.kb import KBError
+    from trainer.kb_loader import SHIPPED_KB
 
-    report = audit_file(args.file, args.kb or None, AuditSettings(near_duplicate=args.near_duplicate), args.out)
+    if args.kb is not None and not args.kb.strip():
+        raise KBError("--kb '': no folder given; name the knowledge base folder, or use --no-kb to audit without it")
+    judge = None
+    if args.judge_base_url:
+        from trainer.providers import OpenAICompatibleProvider
+        from trainer.synth import llm_judge
+
+        provider = OpenAICompatibleProvider(args.judge_base_url, args.judge_model,
+                                            os.environ.get(args.judge_api_key_env))
+        judge = llm_judge(provider, max_tokens=args.judge_max_tokens)
+    kb = None if args.no_kb else (args.kb or SHIPPED_KB)
+    report = audit_file(args.file, kb, AuditSettings(near_duplicate=args.near_duplicate, judge_all=True),
+                        args.out, against=args.against, judge=judge)
     print(report.markdown(args.file))
     return 0
 
@@ -286,6 +314,10 @@ COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "exp
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code. User errors print one clear line, not a traceback."""
     args = build_parser().parse_args(argv)
+    from trainer.modeling import quiet_bitsandbytes_kernel_notice
+
+    quiet_bitsandbytes_kernel_notice()  # before any command imports bitsandbytes (peft and trl do)
+    from trainer.audit import AuditError
     from trainer.config import ConfigError
     from trainer.data import DataError
     from trainer.demo_model import DemoModelError
@@ -301,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError, KBError,
-            GenerationError, ProviderError, EvalError, RunError) as exc:
+            GenerationError, ProviderError, EvalError, RunError, AuditError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,18 +5,22 @@ but mark what a person should check. Rules:
 
 - structure: roles, turn order, turn count; an answer without markdown structure is `verify` (`no_markdown`)
 - length: answers too short or too long
-- language: answers that are not English
+- language: answers that are not English, by script, then by a language identifier (`trainer/language.py`)
 - placeholder: template slots left in the text ("[University Name]", "{program}", "XYZ University")
-- near_duplicate: MinHash (bottom-k over byte 8-grams) similarity with an earlier conversation
-- kb_contradiction: a knowledge-base rule's false claim stated without correction (Medicare for international
-  students in Australia, the retired "Tier 4" visa name, ...)
+- near_duplicate: MinHash (bottom-k over byte 8-grams, `trainer/near_dup.py`) similarity with an earlier conversation
+- kb_contradiction: a knowledge-base rule's false claim stated in a sentence without correction (Medicare for
+  international students in Australia, the retired "Tier 4" visa name, ...), matched by meaning (`Rule.in_sentence`)
+  in conversations about the rule's country (named, or known by its own terms: F-1, CAS, OSHC)
 - programme_not_offered: a programme the KB says a university does not offer, asked about and not corrected
 - scholarship_ineligible: a scholarship recommended to a student from a country the KB says is not eligible
 - scholarship_discontinued: a discontinued scholarship presented as open
 - unknown_scholarship: a named scholarship, fellowship or award that is not in the KB (`verify`, or `fail` for
   generated data, where every name should come from the KB)
-- unverified_number: money amounts, hour limits and percentages that no KB fact carries (`verify`)
-- llm_judge: optional, a model asked through the same provider whether the answer contradicts the KB facts
+- unverified_number: money amounts, hour limits and percentages that no KB fact about the same entity carries
+  (`verify`): the entities its sentence names (a university's or scholarship's country too), else the
+  conversation's
+- llm_judge: optional, a model asked whether the answer contradicts the KB facts (`generate --judge`: rows that pass
+  the rules; `trainer audit --judge URL`: every row, and the report lists where the judge and the KB rules disagree)
 
 Rules are compiled once and triggered by keyword, so the audit stays linear in the data; from 1,000 conversations
 up the per-row rules run in 2 forked processes, and near-duplicates are counted with numpy (BENCHMARKS.md).
@@ -32,120 +36,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from trainer.caseless import CaselessPattern, lowered
+from trainer.kb import SENTENCE
+from trainer.kb_loader import SHIPPED_KB
+from trainer.language import answer_language
+
 FAIL, VERIFY = "fail", "verify"
 
 PLACEHOLDER = re.compile(
-    r"\[(?:university|college|program(?:me)?|course|country|city|name|your name|insert|field|degree|company|"
-    r"school|scholarship|amount|date|deadline)[^\]]{0,30}\]|\{[a-z_]{2,30}\}|<insert[^>]*>|\bXYZ (?:University|"
+    r"\[(?:(?:your|the|insert|enter|add|target|chosen|preferred|selected|student'?s?|applicant'?s?|full)\s+)?"
+    r"(?:university|college|program(?:me)?|course|country|city|name|insert|field|degree|company|school|scholarship|"
+    r"amount|date|deadline)[^\]]{0,30}\](?!\()|\{[a-z_]{2,30}\}|<insert[^>]*>|\bXYZ (?:University|"
     r"College|Scholarship)\b|\bABC (?:University|College)\b|\blorem ipsum\b", re.IGNORECASE)
+"""Template slots: "[University Name]", "[Your University]", "{program}", "XYZ University"; a markdown link's text
+("[the university's admissions page](https://...)") is not one."""
 MARKDOWN = re.compile(r"^\s{0,3}(?:#{1,6}\s|[-*+]\s|\d+[.)]\s)|\*\*[^*]+\*\*", re.MULTILINE)
 NEGATION = re.compile(
     r"\b(?:not|no|never|isn't|aren't|doesn't|don't|didn't|cannot|can't|won't|wasn't|unavailable|ineligible|"
     r"discontinued|replaced|retired|closed|ended|no longer|only (?:as|after|for)|instead|however|but)\b",
     re.IGNORECASE)
-SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-
-
-# Case-insensitive matching is slow in `re`. For every character but three, matching a case-insensitive pattern
-# written in ASCII is the same as matching its lowercased twin case-sensitively against `text.lower()` (checked
-# against every code point: `re` folds "İ", "ı" and "ſ" onto ASCII letters, `str.lower` does not), and the
-# lowercased text keeps every position. So a text without those three is lowercased once and matched by twins.
-_FOLDED_APART = ("\u0130", "\u0131", "\u017f")
-_CASELESS = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00a0\u00ab\u00bb\u2022\u00a3\u20ac"
-                      "\u20b9\u00a5")
-"""Dashes, quotes, spaces and currency signs a pattern may hold beside ASCII: each matches only itself, in any case,
-and no character lowercases to it (checked against every code point)."""
-
-
-def _lowered(text: str) -> str | None:
-    """`text.lower()`, or None where the twins of case-insensitive patterns would not match like the patterns."""
-    if text.isascii() or not any(ch in text for ch in _FOLDED_APART):
-        return text.lower()
-    return None
-
-
-def _lowercase_twin(pattern: re.Pattern) -> re.Pattern | None:
-    """The case-sensitive twin of a case-insensitive pattern (see above), or None when the pattern has characters
-    or escapes that lowercasing its source would change the meaning of (`\\S`, `\\x41`, inline flags, "ü")."""
-    source = pattern.pattern
-    if not pattern.flags & re.IGNORECASE or not all(ch.isascii() or ch in _CASELESS for ch in source) or \
-            re.search(r"\\[^bswdntrfv\W]|\(\?[a-zA-Z-]", source):
-        return None
-    return re.compile(source.lower(), pattern.flags & ~re.IGNORECASE)
-
-
-def _leading_literals(pattern: re.Pattern) -> frozenset[str] | None:
-    """Strings one of which every match of a case-sensitive `pattern` starts with (after a leading \\b), or None.
-    `re` skips ahead by a literal prefix by itself, but not after \\b nor across alternatives."""
-    try:
-        from re import _constants as sre, _parser as parser
-    except ImportError:  # Python < 3.11
-        import sre_constants as sre
-        import sre_parse as parser
-
-    def starts(items) -> frozenset[str] | None:
-        items, prefix = list(items), ""
-        while items and items[0] == (sre.AT, sre.AT_BOUNDARY):
-            items = items[1:]
-        for op, av in items:
-            if op is sre.LITERAL:
-                prefix += chr(av)
-                continue
-            if prefix:
-                break
-            if op is sre.BRANCH:
-                branches = [starts(branch) for branch in av[1]]
-                return None if None in branches else frozenset().union(*branches)
-            if op is sre.SUBPATTERN and not (av[1] or av[2]):  # a group without inline flags
-                return starts(av[3])
-            return None
-        return frozenset([prefix]) if prefix else None
-
-    if pattern.flags & re.IGNORECASE:
-        return None
-    try:
-        return starts(parser.parse(pattern.pattern, pattern.flags))
-    except Exception:  # a private module that changed shape: search as usual
-        return None
-
-
-class _Twin:
-    """A case-insensitive pattern, searched through its lowercase twin where it has one, and then only at the places
-    where one of the literals every match starts with occurs (`str.find` is ~20x faster than `re` trying each
-    position)."""
-
-    def __init__(self, pattern: re.Pattern):
-        self.pattern = pattern
-        self.twin = _lowercase_twin(pattern)
-        self.starts = sorted(_leading_literals(self.twin) or ()) if self.twin is not None else []
-
-    def span(self, text: str, lowered: str | None) -> tuple[int, int] | None:
-        """The span of `pattern.search(text)`, or None; `lowered` is `_lowered(text)`."""
-        if self.twin is None or lowered is None:
-            found = self.pattern.search(text)
-        elif not self.starts:
-            found = self.twin.search(lowered)
-        else:  # the leftmost match starts at the leftmost place where the twin matches
-            found, at = None, {s: lowered.find(s) for s in self.starts}
-            while found is None:
-                places = [i for i in at.values() if i >= 0]
-                if not places:
-                    break
-                place = min(places)
-                found = self.twin.match(lowered, place)
-                for s, i in at.items():
-                    if i == place:
-                        at[s] = lowered.find(s, place + 1)
-        return found.span() if found is not None else None
 
 
 def _negated(text: str) -> bool:
     """Whether NEGATION occurs in `text`."""
-    return _NEGATION.span(text, _lowered(text)) is not None
+    return _NEGATION.span(text, lowered(text)) is not None
 
 
-_NEGATION = _Twin(NEGATION)
-_PLACEHOLDER = _Twin(PLACEHOLDER)
+_NEGATION = CaselessPattern(NEGATION)
+_PLACEHOLDER = CaselessPattern(PLACEHOLDER)
 # A named award is one to five capitalised words before "Scholarship", "Fellowship", ...: found in two steps, the
 # award word first, then the words just before it (one pattern tried at every position cost a third of the audit).
 AWARD_WORD = re.compile(r"(?:Scholarships?|Fellowships?|Awards?|Grants?|Bursary|Bursaries)\b")
@@ -160,26 +78,35 @@ AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "go
                    "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
 LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued")
 """The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
-ENGLISH_WORDS = frozenset("the and to of a in is for you your that with are on be this or as can it".split())
 PLACEHOLDER_HINTS = ("[", "{", "<insert", "XYZ ", "ABC ", "orem ipsum")
+
+
+class AuditError(ValueError):
+    """The audit cannot run or write its report; the message names the path and why."""
 
 
 @dataclass(frozen=True)
 class Flag:
+    """One finding on one conversation."""
+
     rule: str
     severity: str
     detail: str
     message: int | None = None
+    """Index of the message in the conversation (0-based); reports and audit.jsonl number messages from 1, as
+    ingestion's messages do."""
     source: str | None = None
     """The official page of the KB fact a KB flag rests on."""
 
     def __str__(self) -> str:
-        where = f" (message {self.message})" if self.message is not None else ""
+        where = f" (message {self.message + 1})" if self.message is not None else ""
         return f"{self.severity}:{self.rule}{where}: {self.detail}"
 
 
 @dataclass(frozen=True)
 class AuditSettings:
+    """The audit's thresholds; `trainer audit` and `generate` each set their own."""
+
     min_messages: int = 2
     max_messages: int = 12
     min_answer_chars: int = 80
@@ -191,196 +118,137 @@ class AuditSettings:
     workers: int = 0
     """Processes for the per-row rules (forked; the near-duplicate pass stays in one): 0 = 2 from 1,000 conversations
     up where `fork` exists, 2 CPUs are free to this process and no other thread runs, else 1; 1 = never fork."""
+    judge_all: bool = False
+    """Ask the judge about every row, also those the rules failed (`trainer audit --judge`, to report where judge and
+    rules disagree); `generate` asks only about rows that pass, to save requests."""
 
 
 @dataclass
 class RowAudit:
+    """The flags of one conversation, where it came from, and the judge's verdict when one was asked."""
+
     index: int
     flags: list[Flag] = field(default_factory=list)
+    location: str | None = None
+    """file:line as ingestion names it; None for rows that come from no file (generated ones)."""
+    judge: dict[str, str] | None = None
+    """{"verdict": "ok" | "error" | "no verdict", "reason": ...} when a judge was asked."""
 
     @property
     def failed(self) -> bool:
         return any(f.severity == FAIL for f in self.flags)
 
+    @property
+    def where(self) -> str:
+        return self.location or f"row {self.index + 1}"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "failed": self.failed,
-                "flags": [{k: v for k, v in asdict(f).items() if k != "source" or v is not None} for f in self.flags]}
+        flags = [{k: (v + 1 if k == "message" and v is not None else v) for k, v in asdict(f).items()
+                  if k != "source" or v is not None} for f in self.flags]
+        return {"index": self.index, "failed": self.failed, "flags": flags,
+                **({"judge": self.judge} if self.judge is not None else {})}
+
+    def disagreement(self) -> str | None:
+        """Where the judge and the KB rules disagree on this row: `judge only` (a rule to write?), `rules only` (a
+        false alarm, or a judge that missed it), or None."""
+        verdict = (self.judge or {}).get("verdict")
+        ruled = any(f.rule in LIVE_CHECK_RULES for f in self.flags)
+        if verdict == "error" and not ruled:
+            return "judge only"
+        if verdict == "ok" and ruled:
+            return "rules only"
+        return None
 
 
 @dataclass
 class AuditReport:
+    """Every row's flags, with what the audit ran against: the KB (or none), the ingestion report, other files."""
+
     rows: list[RowAudit]
     seconds: float
     kb_version: dict[str, str] | None
+    kb_path: str | None = None
+    ingestion: Any = None
+    """The `trainer.data.DataReport` of the file audited: rows rejected, duplicates removed, files skipped."""
+    against: dict[str, Any] | None = None
+    """`--against OTHER`: {"file": OTHER, "matches": [...]} for the rows also found in OTHER."""
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(f.rule for r in self.rows for f in {x.rule: x for x in r.flags}.values()).items()))
 
+    def kb_line(self) -> str:
+        if self.kb_version is None:
+            return "Knowledge base: none (--no-kb): the KB rules did not run."
+        return (f"Knowledge base: version {self.kb_version.get('version')} (as of {self.kb_version.get('as_of')}), "
+                f"{self.kb_path}.")
+
     def summary(self) -> dict[str, Any]:
         failed = sum(r.failed for r in self.rows)
-        return {"conversations": len(self.rows), "failed": failed, "passed": len(self.rows) - failed,
-                "flagged_for_verification": sum(1 for r in self.rows if not r.failed and r.flags),
-                "conversations_per_flag": self.counts(), "seconds": round(self.seconds, 3),
-                "kb_version": self.kb_version}
+        out = {"conversations": len(self.rows), "failed": failed, "passed": len(self.rows) - failed,
+               "flagged_for_verification": sum(1 for r in self.rows if not r.failed and r.flags),
+               "conversations_per_flag": self.counts(), "seconds": round(self.seconds, 3),
+               "kb_version": self.kb_version, "kb": None if self.kb_version is None else
+               {"version": self.kb_version, "path": self.kb_path}}
+        if any(r.location for r in self.rows):
+            where: dict[str, list[str]] = {}
+            for r in self.rows:
+                for rule in dict.fromkeys(f.rule for f in r.flags):
+                    where.setdefault(rule, []).append(r.where)
+            out["rows_per_flag"] = dict(sorted(where.items()))
+        if self.ingestion is not None:
+            data = self.ingestion
+            out["ingestion"] = {**data.to_dict(), "rejected": [
+                {"location": e.location, "rule": e.rule, "detail": e.detail} for e in data.errors],
+                "duplicate_rows": [{"location": at, "same_as": first} for at, first in data.duplicate_rows]}
+        judged = [r for r in self.rows if r.judge is not None]
+        if judged:
+            verdicts = Counter(r.judge["verdict"] for r in judged)
+            out["judge"] = {"asked": len(judged), **{v: verdicts[v] for v in ("ok", "error", "no verdict")},
+                            "disagreements": [{"row": r.where, "kind": r.disagreement(), **r.judge,
+                                               "rules": [str(f) for f in r.flags if f.rule in LIVE_CHECK_RULES]}
+                                              for r in judged if r.disagreement()]}
+        if self.against is not None:
+            out["against"] = self.against
+        return out
 
     def markdown(self, title: str) -> str:
         s = self.summary()
-        lines = [f"# Audit of {title}", "", f"{s['conversations']} conversations: {s['passed']} pass, "
-                 f"{s['failed']} fail (audit split), {s['flagged_for_verification']} pass with flags to verify; "
-                 f"{s['seconds']} s.", "", "| flag | conversations |", "|---|---|"]
+        lines = [f"# Audit of {title}", "", self.kb_line(), ""]
+        if self.ingestion is not None:
+            lines += [f"Ingestion: {self.ingestion.summary()}.", ""]
+        lines += [f"{s['conversations']} conversations: {s['passed']} pass, {s['failed']} fail (audit split), "
+                  f"{s['flagged_for_verification']} pass with flags to verify; {s['seconds']} s.", "",
+                  "| flag | conversations |", "|---|---|"]
         lines += [f"| {rule} | {n} |" for rule, n in s["conversations_per_flag"].items()]
-        examples = [(r.index, f) for r in self.rows for f in r.flags][:40]
+        ingestion = s.get("ingestion")
+        if ingestion and ingestion["rejected"]:
+            lines += ["", f"## Rows ingestion rejected ({len(ingestion['rejected'])})", ""]
+            lines += [f"- {e}" for e in self.ingestion.errors]
+        if ingestion and ingestion["duplicate_rows"]:
+            lines += ["", f"## Exact duplicates removed ({len(ingestion['duplicate_rows'])})", ""]
+            lines += [f"- {d['location']}: same as {d['same_as']}" for d in ingestion["duplicate_rows"]]
+        if ingestion and ingestion["skipped_files"]:
+            lines += ["", "## Files not read", ""] + [f"- {f['path']}: {f['why']}" for f in ingestion["skipped_files"]]
+        if "judge" in s:
+            judge = s["judge"]
+            lines += ["", f"## Judge and rules disagree ({len(judge['disagreements'])} of {judge['asked']} rows)", "",
+                      "`judge only`: the judge found an error no KB rule caught (a rule to write?); `rules only`: a "
+                      "KB rule fired and the judge saw no error (a false alarm, or a judge that missed it).", ""]
+            lines += [f"- {d['row']}: {d['kind']}: judge {d['verdict']} ({d['reason'][:200]!r})"
+                      + (f"; rules: {'; '.join(d['rules'])}" if d["rules"] else "") for d in judge["disagreements"]]
+        if self.against is not None:
+            matches = self.against["matches"]
+            lines += ["", f"## Rows also in {self.against['file']} ({len({m['row'] for m in matches})} rows)", ""]
+            lines += [f"- {m['row']} ({m['what']}): {m['how']} ({m['similarity']:.0%}) at {m['other']}"
+                      for m in matches]
+        examples = [(r.where, f) for r in self.rows for f in r.flags][:40]
         if examples:
-            lines += ["", "## First flags", ""] + [f"- row {i}: {f}" for i, f in examples]
+            lines += ["", "## First flags", ""] + [f"- {where}: {f}" for where, f in examples]
         return "\n".join(lines) + "\n"
-
-
-# Near-duplicates: bottom-k MinHash over byte 8-grams, vectorised with numpy
-
-def _sketch(text: str, k: int):
-    """The k smallest distinct hashes among the 4k smallest hashes of the text's byte 8-grams (sorted)."""
-    import numpy as np
-
-    data = text.lower().encode("utf-8").ljust(8, b"\0")
-    # Every 8-byte window read as one little-endian integer, without copying: a view with a stride of one byte.
-    grams = np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
-    mixed = grams * np.uint64(0x9E3779B97F4A7C15)
-    mixed ^= grams >> np.uint64(29)
-    mixed *= np.uint64(0xBF58476D1CE4E5B9)
-    keep = 4 * k
-    if mixed.size > keep:  # only the smallest values matter: avoid sorting them all
-        # The hashes are spread evenly over 64 bits, so a cut that about 1.5 * keep of them fall below usually
-        # holds the `keep` smallest; partitioning those few is much cheaper than partitioning them all.
-        low = mixed[mixed < np.uint64(min(2**64 - 1, int(2**64 * 1.5 * keep / mixed.size)))]
-        mixed = low if low.size >= keep else mixed
-        if mixed.size > keep:
-            mixed = np.partition(mixed, keep)[:keep]
-    return np.unique(mixed)[:k]
-
-
-def near_duplicates(texts: Sequence[str], threshold: float, k: int = 64) -> dict[int, tuple[int, float]]:
-    """Index -> (earlier index, estimated Jaccard) for conversations at least `threshold` similar to an earlier one.
-
-    Each conversation is compared with the earlier ones that are not near-duplicates themselves (the index). The
-    candidates are those sharing at least `threshold * k / 2` sketch values; the five sharing most are estimated
-    (ties: the one sharing the smallest value first, then the earlier one) and the most similar wins."""
-    return _near_duplicates([_sketch(t, k) for t in texts], threshold, k)
-
-
-def _near_duplicates(sketches: Sequence[Any], threshold: float, k: int) -> dict[int, tuple[int, float]]:
-    """`near_duplicates` on the texts' sketches (`_sketch(text, k)`)."""
-    import numpy as np
-
-    if not sketches:
-        return {}
-    # Sketch values as dense ids in value order, one padded row per text: the sentinel sorts after every id.
-    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
-    sentinel = values.size
-    sizes = np.array([s.size for s in sketches])
-    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
-    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
-    rows = [r[:n].tolist() for r, n in zip(ids, sizes.tolist())]
-    # Posting lists (texts in the index holding each id), numpy arrays grown by doubling, so counting the
-    # candidates of one text is a concatenate and a bincount, not a Python loop over every posting.
-    postings: list[Any] = [None] * sentinel
-    lengths = [0] * sentinel
-    need = max(threshold * k * 0.5, 1)
-    found: dict[int, tuple[int, float]] = {}
-    for i, row in enumerate(rows):
-        parts = [postings[v][:lengths[v]] for v in row if lengths[v]]
-        best = None
-        if parts:
-            counts = np.bincount(np.concatenate(parts))
-            candidates = np.flatnonzero(counts >= need)
-            if candidates.size:
-                best = _best_candidate(ids, i, candidates, counts[candidates], threshold, k, sentinel)
-        if best is not None:
-            found[i] = best
-            continue
-        for v in row:
-            posting, n = postings[v], lengths[v]
-            if posting is None:
-                posting = postings[v] = np.empty(4, dtype=np.int64)
-            elif n == posting.size:
-                posting = postings[v] = np.concatenate([posting, np.empty(n, dtype=np.int64)])
-            posting[n] = i
-            lengths[v] = n + 1
-    return found
-
-
-def near_copies(queries: Sequence[str], corpus: Sequence[str], threshold: float, k: int = 64
-                ) -> dict[int, tuple[int, float]]:
-    """Query index -> (corpus index, estimated Jaccard) for each query at least `threshold` similar to a corpus
-    text: the near-duplicate test of `near_duplicates`, between two sets (eval items against training rows)."""
-    import numpy as np
-
-    sketches = [_sketch(t, k) for t in corpus] + [_sketch(t, k) for t in queries]
-    if not queries or not corpus:
-        return {}
-    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
-    sentinel = values.size
-    sizes = np.array([s.size for s in sketches])
-    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
-    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
-    postings: dict[int, list[int]] = {}
-    for j in range(len(corpus)):
-        for v in ids[j, :sizes[j]].tolist():
-            postings.setdefault(v, []).append(j)
-    posting_arrays = {v: np.asarray(js, dtype=np.int64) for v, js in postings.items()}
-    need = max(threshold * k * 0.5, 1)
-    found: dict[int, tuple[int, float]] = {}
-    for q in range(len(queries)):
-        i = len(corpus) + q
-        parts = [posting_arrays[v] for v in ids[i, :sizes[i]].tolist() if v in posting_arrays]
-        if not parts:
-            continue
-        counts = np.bincount(np.concatenate(parts))
-        # a short query has a small sketch: it can share at most its own size
-        candidates = np.flatnonzero(counts >= min(need, max(1.0, sizes[i] * threshold * 0.5)))
-        if candidates.size:
-            best = _best_candidate(ids, i, candidates, counts[candidates], threshold, k, sentinel)
-            if best is not None:
-                found[q] = best
-    return found
-
-
-def _best_candidate(ids, i: int, candidates, shared, threshold: float, k: int,
-                    sentinel: int) -> tuple[int, float] | None:
-    """(j, estimate) for the most similar of the five candidates sharing most sketch values with text i, or None.
-
-    `ids` holds every text's sketch as sorted value ids padded with `sentinel`; `shared` the candidates' counts."""
-    import numpy as np
-
-    if candidates.size > 5:  # only those sharing at least as many values as the fifth can be among the five
-        keep = shared >= np.partition(shared, shared.size - 5)[shared.size - 5]
-        candidates, shared = candidates[keep], shared[keep]
-    mine = ids[i]
-    top = candidates
-    if candidates.size > 1:
-        # Order: most shared values first, then the one whose smallest shared value is smallest, then the earlier.
-        theirs = ids[candidates]
-        at = np.minimum(np.searchsorted(mine, theirs), k - 1)
-        first = np.where((mine[at] == theirs) & (theirs != sentinel), theirs, sentinel).min(axis=1)
-        top = candidates[np.lexsort((candidates, first, -shared))[:5]]
-    # Estimated Jaccard: values both sketches share among the k smallest of their union, over that union's size.
-    merged = np.concatenate([np.broadcast_to(mine, (top.size, k)), ids[top]], axis=1)
-    merged.sort(axis=1)
-    valid = merged < sentinel
-    distinct = valid.copy()
-    distinct[:, 1:] &= merged[:, 1:] != merged[:, :-1]
-    rank = np.cumsum(distinct, axis=1)
-    both = valid[:, 1:] & ~distinct[:, 1:] & (rank[:, 1:] <= k)
-    estimates = both.sum(axis=1) / np.minimum(k, rank[:, -1])
-    best = None
-    for j, estimate in zip(top.tolist(), estimates.tolist()):
-        if estimate >= threshold and (best is None or estimate > best[1]):
-            best = (j, round(estimate, 3))
-    return best
 
 
 # The auditor
 
-SKETCH_SIZE = 64
 PARALLEL_FROM_ROWS = 1000
 """From this many conversations up, the per-row rules run in 2 processes (forking costs ~20 ms)."""
 CHUNK_ROWS = 32
@@ -410,32 +278,36 @@ class Auditor:
     """Audit conversations (lists of messages) against the rules and, when given, a knowledge base."""
 
     def __init__(self, kb=None, settings: AuditSettings = AuditSettings(),
-                 judge: Callable[[list[dict[str, str]], list[Any]], tuple[bool, str]] | None = None):
+                 judge: Callable[[list[dict[str, str]], list[Any]], tuple[bool | None, str]] | None = None):
         self.kb, self.settings, self.judge = kb, settings, judge
-        self._kb_numbers: set[str] = set()
         self._known_awards: set[str] = set()
         if kb is not None:
-            for fact in kb.facts_for(countries=kb.countries, scholarships=kb.scholarships, tests=kb.tests,
-                                     universities=kb.universities):
-                self._kb_numbers.update(_numbers_in(fact.text))
+            self._owners = _entities_by_number(kb)
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
-            self._triggers = {r.id: _Twin(r.trigger) for r in kb.rules}
+            self._gates = {r.id: [CaselessPattern(p) for p in r.patterns] for r in kb.rules}
 
-    def audit(self, conversations: Sequence[Sequence[dict[str, str]]]) -> AuditReport:
+    def audit(self, conversations: Sequence[Sequence[dict[str, str]]],
+              locations: Sequence[str] | None = None) -> AuditReport:
+        """Flag every conversation; `locations` (file:line, as ingestion names rows) name them in the report."""
         started = time.perf_counter()
         per_row = self._per_row(conversations)
-        rows = [RowAudit(i, flags) for i, (flags, _) in enumerate(per_row)]
-        found = _near_duplicates([sketch for _, sketch in per_row], self.settings.near_duplicate, SKETCH_SIZE)
+        rows = [RowAudit(i, flags, locations[i] if locations else None) for i, (flags, _) in enumerate(per_row)]
+        from trainer.near_dup import SKETCH_SIZE, near_duplicates_of_sketches
+
+        found = near_duplicates_of_sketches([sketch for _, sketch in per_row], self.settings.near_duplicate,
+                                            SKETCH_SIZE)
         for i, (j, similarity) in found.items():
-            rows[i].flags.append(Flag("near_duplicate", FAIL, f"{similarity:.0%} similar to row {j}"))
+            rows[i].flags.append(Flag("near_duplicate", FAIL, f"{similarity:.0%} similar to {rows[j].where}"))
         if self.judge is not None:
             for row, messages in zip(rows, conversations):
-                if not row.failed:
+                if self.settings.judge_all or not row.failed:
                     ok, reason = self.judge(list(messages), self._facts(messages))
-                    if not ok:
+                    row.judge = {"verdict": {True: "ok", False: "error"}.get(ok, "no verdict"), "reason": reason}
+                    if ok is False:
                         row.flags.append(Flag("llm_judge", FAIL, reason[:300]))
-        return AuditReport(rows, time.perf_counter() - started, getattr(self.kb, "version", None))
+        return AuditReport(rows, time.perf_counter() - started, getattr(self.kb, "version", None),
+                           getattr(self.kb, "path", None))
 
     def _per_row(self, conversations: Sequence[Sequence[dict[str, str]]]) -> list[tuple[list[Flag], Any]]:
         """(flags, MinHash sketch) per conversation, in order; split over forked processes on large inputs."""
@@ -461,10 +333,12 @@ class Auditor:
         return [row for chunk in sorted(done) for row in done[chunk]]
 
     def _rows_between(self, conversations, start: int, end: int) -> list[tuple[list[Flag], Any]]:
+        from trainer.near_dup import sketch
+
         out = []
         for messages in conversations[start:end]:
             text = "\n".join([c for m in messages if isinstance(c := m.get("content"), str)])
-            out.append((self._row_flags(messages), _sketch(text, SKETCH_SIZE)))
+            out.append((self._row_flags(messages), sketch(text)))
         return out
 
     def _processes(self, rows: int) -> int:
@@ -487,8 +361,9 @@ class Auditor:
         if self.kb is None:
             return []
         text = " ".join(m["content"] for m in messages)
-        return self.kb.facts_for(countries=self.kb.find_countries(text), universities=self.kb.find_universities(text),
-                                 scholarships=self.kb.find_scholarships(text), tests=self.kb.find_tests(text))
+        kb = self.kb
+        return kb.facts_for(countries=kb.find_destinations(text), universities=kb.find_universities(text),
+                            scholarships=kb.find_scholarships(text), tests=kb.find_tests(text))
 
     def _row_flags(self, messages: Sequence[dict[str, str]]) -> list[Flag]:
         from trainer.data import _RowProblem, check_turns
@@ -508,10 +383,9 @@ class Auditor:
                 flags.append(Flag("length", FAIL, f"answer of {len(answer)} characters", i))
             elif len(answer) > s.max_answer_chars:
                 flags.append(Flag("length", FAIL, f"answer of {len(answer):,} characters", i))
-            words = answer[:1200].lower().split()  # the opening is enough to tell the language
-            if len(words) >= 20 and sum(map(ENGLISH_WORDS.__contains__, words)) / len(words) < 0.08:
-                flags.append(Flag("language", FAIL, "the answer does not read as English", i))
-            if any(h in answer for h in PLACEHOLDER_HINTS) and (at := _PLACEHOLDER.span(answer, _lowered(answer))):
+            if (language := answer_language(answer)) is not None:
+                flags.append(Flag("language", FAIL, f"the answer reads as {language}, not English", i))
+            if any(h in answer for h in PLACEHOLDER_HINTS) and (at := _PLACEHOLDER.span(answer, lowered(answer))):
                 flags.append(Flag("placeholder", FAIL, f"template slot left in: {answer[at[0]:at[1]]!r}", i))
         if answers and not any(MARKDOWN.search(a) for _, a in answers):
             flags.append(Flag("no_markdown", VERIFY, "no heading, list or bold text in any answer"))
@@ -539,19 +413,19 @@ class Auditor:
         kb, flags = self.kb, []
         user_text = kb.joined([m["content"] for m in messages if m["role"] == "user"])
         all_text = kb.joined([m["content"] for m in messages])
-        countries = {c.code for c in kb.find_countries(all_text)}
-        # Rules: a false claim stated in an answer sentence without a correcting cue. Only rules whose keywords
-        # occur in the answer (a set lookup on words split once) and whose country is mentioned can match, so only
-        # those triggers run.
+        countries = {c.code for c in kb.find_destinations(all_text)}
+        # Rules: a false claim stated in an answer sentence without a correction. Only rules whose keywords occur in
+        # the answer (a set lookup on words split once), whose country the conversation is about and whose patterns
+        # all occur in the answer can match, so only those are tried sentence by sentence.
         for i, answer in answers:
-            lowered = _lowered(answer)
+            low = lowered(answer)
             candidates = [r for r in kb.rules_in(answer) if (not r.country or r.country in countries)
-                          and self._triggers[r.id].span(answer, lowered) is not None]
+                          and all(gate.span(answer, low) is not None for gate in self._gates[r.id])]
             if not candidates:
                 continue
             for sentence in SENTENCE.split(answer):
                 for rule in candidates:
-                    if rule.trigger.search(sentence) and not (rule.unless and rule.unless.search(sentence)):
+                    if rule.in_sentence(sentence):
                         flags.append(Flag("kb_contradiction", FAIL, f"{rule.id}: {rule.claim} ({rule.fact})", i,
                                           rule.source))
         # Programmes a university does not offer, asked about in a user message that names the university: the
@@ -605,11 +479,84 @@ class Auditor:
                 if not any(known in name.lower() or name.lower() in known for known in self._known_awards):
                     flags.append(Flag("unknown_scholarship", self.settings.unknown_scholarship,
                                       f"{name!r} is not in the knowledge base", i))
-            unverified = [n for n in _numbers_in(answer) if n not in self._kb_numbers]
+            unverified = self._unverified_numbers(answer, all_text)
             if unverified:
                 flags.append(Flag("unverified_number", VERIFY,
-                                  "not in the KB: " + ", ".join(sorted(set(unverified))[:5]), i))
+                                  "not in the KB: " + ", ".join(sorted(unverified)[:5]), i))
         return flags
+
+
+    def _unverified_numbers(self, answer: str, all_text: str) -> set[str]:
+        """The answer's numbers that no KB fact of the same entity carries: the entities its sentence is about, or,
+        for a sentence about none, the conversation's. A 70% about Indian universities is not verified by a Japanese
+        insurance fact."""
+        unverified: set[str] = set()
+        # Most numbers are in no KB fact at all: only those some fact carries need their sentence's entities.
+        by_sentence: dict[tuple[int, int], set[str]] = {}
+        for at, number in _numbers_at(answer):
+            if number in self._owners:
+                by_sentence.setdefault(_sentence_at(answer, at), set()).add(number)
+            else:
+                unverified.add(number)
+        everywhere = None
+        for (start, end), numbers in by_sentence.items():
+            keys = self._entity_keys(answer[start:end])
+            if not keys:
+                everywhere = self._entity_keys(all_text) if everywhere is None else everywhere
+                keys = everywhere
+            unverified.update(n for n in numbers if self._owners[n].isdisjoint(keys))
+        return unverified
+
+    def _entity_keys(self, text: str) -> set[tuple[str, str]]:
+        """The KB entities `text` is about, as `_entity_key`s: destinations, universities, scholarships and tests it
+        names, and the countries of the universities and scholarships."""
+        kb = self.kb
+        keys = {_entity_key(e) for e in (*kb.find_destinations(text), *kb.find_tests(text))}
+        for entity in (*kb.find_universities(text), *kb.find_scholarships(text)):
+            keys.add(_entity_key(entity))
+            home = getattr(entity, "country", None) or getattr(entity, "host_country", None)
+            if home is not None:
+                keys.add(("Country", home))
+        return keys
+
+
+_MID_LINE_BREAK = re.compile(r"[.!?]\s+")
+
+
+def _sentence_at(text: str, at: int) -> tuple[int, int]:
+    """The span of the sentence (as SENTENCE splits `text`, give or take leading spaces) that holds position `at`,
+    found within its line: splitting every answer into sentences cost more than all the numbers' checks together."""
+    start = text.rfind("\n", 0, at) + 1
+    line_end = text.find("\n", at)
+    line_end = len(text) if line_end < 0 else line_end
+    for match in _MID_LINE_BREAK.finditer(text, start, at):
+        start = match.end()
+    match = _MID_LINE_BREAK.search(text, at, line_end)
+    return start, match.start() + 1 if match else line_end
+
+
+def _entity_key(entity) -> tuple[str, str]:
+    return type(entity).__name__, getattr(entity, "id", None) or entity.code
+
+
+def _entities_by_number(kb) -> dict[str, frozenset[tuple[str, str]]]:
+    """Each money amount, hour limit and percentage in the KB -> the `_entity_key`s of the entities whose facts carry
+    it (a country's facts include its rules'; a rule about no country counts for the entities its fact names)."""
+    out: dict[str, set[tuple[str, str]]] = {}
+    groups = [("countries", c) for c in kb.countries] + [("universities", u) for u in kb.universities] + \
+        [("scholarships", s) for s in kb.scholarships] + [("tests", t) for t in kb.tests]
+    for kind, entity in groups:
+        for fact in kb.facts_for(**{kind: [entity]}):
+            for number in _numbers_in(fact.text):
+                out.setdefault(number, set()).add(_entity_key(entity))
+    for rule in kb.rules:
+        if rule.country is None and (numbers := _numbers_in(rule.fact)):
+            text = f"{rule.claim} {rule.fact}"
+            for entity in (*kb.find_countries(text), *kb.find_universities(text), *kb.find_scholarships(text),
+                           *kb.find_tests(text)):
+                for number in numbers:
+                    out.setdefault(number, set()).add(_entity_key(entity))
+    return {number: frozenset(keys) for number, keys in out.items()}
 
 
 def _mentions(sentence: str, scholarship) -> bool:
@@ -626,9 +573,14 @@ _UNIT_AFTER = re.compile(r"\s?(?:(hours?|hrs)\b|%)", re.IGNORECASE)
 
 def _numbers_in(text: str) -> set[str]:
     """Normalised money amounts, hour limits and percentages: '£9,250' -> '9250', '20 hours per week' -> '20h',
-    '5%' -> '5%'. Bare numbers (years, counts, list numbering) are not checked. Scans digit runs and looks at a
-    few characters either side, instead of running one alternation at every position (4x faster)."""
-    out = set()
+    '5%' -> '5%'. Bare numbers (years, counts, list numbering) are not checked."""
+    return {number for _, number in _numbers_at(text)}
+
+
+def _numbers_at(text: str) -> list[tuple[int, str]]:
+    """(position, normalised number) for each number `_numbers_in` reads. Scans digit runs and looks at a few
+    characters either side, instead of running one alternation at every position (4x faster)."""
+    out = []
     for match in (_ASCII_DIGITS if text.isascii() else _DIGITS).finditer(text):
         start, end = match.span()
         if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
@@ -636,9 +588,9 @@ def _numbers_in(text: str) -> set[str]:
         digits = match.group(0).replace(",", "").rstrip(".")  # never empty: it starts with a digit
         unit = _UNIT_AFTER.match(text, end)
         if unit is not None:
-            out.add(f"{digits}h" if unit.group(1) else f"{digits}%")
+            out.append((start, f"{digits}h" if unit.group(1) else f"{digits}%"))
         elif _CURRENCY_BEFORE.search(text, max(0, start - 5), start):
-            out.add(digits)
+            out.append((start, digits))
     return out
 
 
@@ -669,29 +621,40 @@ def _programme_pattern(degree: str, field: str) -> re.Pattern:
     return _PROGRAMME_CACHE[key]
 
 
-def audit_file(path: str | Path, kb_path: str | Path | None = "data/kb", settings: AuditSettings = AuditSettings(),
-               out_dir: str | Path | None = None) -> AuditReport:
-    """Audit a dataset file (any schema `trainer.data` reads); write `audit.jsonl` and `audit.md` to `out_dir`."""
+def audit_file(path: str | Path, kb_path: str | Path | None = SHIPPED_KB, settings: AuditSettings = AuditSettings(),
+               out_dir: str | Path | None = None, *, against: str | Path | None = None, judge=None) -> AuditReport:
+    """Audit a dataset file (any schema `trainer.data` reads) against the KB at `kb_path` (None: without a KB, which
+    the report says); with `against`, list its rows also found in that file; write `audit.jsonl`, `audit.md` and
+    `summary.json` to `out_dir`. A KB folder that does not exist is an error, never a silent skip."""
     from trainer.config import DatasetSettings
     from trainer.data import load_conversations
 
-    conversations, data_report = load_conversations(DatasetSettings(path=str(path), max_bad_fraction=1.0,
-                                                                    eval_fraction=0))
     kb = None
-    if kb_path is not None and Path(kb_path).exists():
+    if kb_path is not None:
         from trainer.kb_loader import load_kb
 
         kb = load_kb(kb_path)
-    report = Auditor(kb, settings).audit([list(c.messages) for c in conversations])
+    conversations, data_report = load_conversations(DatasetSettings(path=str(path), max_bad_fraction=1.0,
+                                                                    eval_fraction=0))
+    report = Auditor(kb, settings, judge).audit([list(c.messages) for c in conversations],
+                                                [c.location for c in conversations])
+    report.ingestion = data_report
+    if against is not None:
+        from trainer.contamination import rows_also_in
+
+        report.against = rows_also_in(conversations, against)
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "audit.jsonl", "w", encoding="utf-8") as fh:
-            for conv, row in zip(conversations, report.rows):
-                fh.write(json.dumps({"source": conv.location, **row.to_dict()}, ensure_ascii=False) + "\n")
-        (out / "audit.md").write_text(report.markdown(str(path)), encoding="utf-8")
-        (out / "summary.json").write_text(json.dumps({**report.summary(), "ingestion": data_report.to_dict()},
-                                                     indent=2) + "\n", encoding="utf-8")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "audit.jsonl", "w", encoding="utf-8") as fh:
+                for conv, row in zip(conversations, report.rows):
+                    fh.write(json.dumps({"source": conv.location, **row.to_dict()}, ensure_ascii=False) + "\n")
+            (out / "audit.md").write_text(report.markdown(str(path)), encoding="utf-8")
+            (out / "summary.json").write_text(json.dumps(report.summary(), indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+        except OSError as exc:
+            raise AuditError(f"{out}: cannot write the audit report there ({exc.strerror or exc})") from None
     return report
 
 

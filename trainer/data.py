@@ -1,9 +1,11 @@
 """Where data enters: any supported file or Hub dataset -> validated `messages` conversations.
 
-Supported inputs: JSONL, JSON, Parquet and CSV files (or a folder of them), or a Hub dataset id. Supported schemas,
-auto-detected from each file's first row or forced with `dataset.schema`:
+Supported inputs: JSONL, JSON, Parquet and CSV files (JSONL, JSON and CSV also gzipped, `.jsonl.gz`), a folder of
+them, or a Hub dataset id. Supported schemas, auto-detected from each file's first row or forced with
+`dataset.schema`:
 
-- `messages`: OpenAI chat format, `{"messages": [{"role": ..., "content": ...}, ...]}`
+- `messages`: OpenAI chat format, `{"messages": [{"role": ..., "content": ...}, ...]}`; a content may be a list of
+  parts (`[{"type": "text", "text": ...}]`, the OpenAI and Gradio shape), whose text parts are joined
 - `sharegpt`: `{"conversations": [{"from": "human" | "gpt" | ..., "value": ...}, ...]}` (StudyAbroadGPT's schema)
 - `alpaca`: `{"instruction", "input", "output"}` with optional `system` and `history`
 - `prompt_completion`: `{"prompt", "completion"}`, each a string or a list of messages
@@ -16,6 +18,7 @@ are removed. The train/eval split is chosen by content hash, so it is the same o
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -33,7 +36,7 @@ try:  # ships with gradio (a pinned requirement); plain json is used without it
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
 
 # The rules a row can break; each message starts with one of these.
 RULE_INVALID_JSON = "invalid JSON"
@@ -46,6 +49,9 @@ RULE_ORDER = "turns out of order"
 RULE_NO_ASSISTANT = "no assistant turn"
 RULE_NON_STRING = "non-string content"
 RULE_TOO_LONG = "too long after templating"
+RULE_MISSING_FIELD = "missing field"
+RULE_EMPTY_CONVERSATION = "empty conversation"
+RULE_NON_TEXT = "non-text content"
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
@@ -106,6 +112,12 @@ class DataReport:
     errors: list[RowError] = field(default_factory=list)
     file_hashes: dict[str, str] = field(default_factory=dict)
     kept: int = 0
+    duplicate_rows: list[tuple[str, str]] = field(default_factory=list)
+    """(location, location of the first copy) for every exact duplicate removed."""
+    file_schemas: dict[str, str] = field(default_factory=dict)
+    """Each file read and the schema its rows were read as (a folder's files may differ)."""
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    """(path, why) for every entry of a folder that was not read."""
 
     @property
     def bad(self) -> int:
@@ -116,9 +128,16 @@ class DataReport:
 
     def summary(self) -> str:
         rules = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.rule_counts().items()))
+        schema = self.schema or "no rows"
+        if len(set(self.file_schemas.values())) > 1:  # a folder of files in different schemas: name each
+            schema = "; ".join(f"{Path(f).name}: {s}" for f, s in self.file_schemas.items())
+        skipped = ""
+        if self.skipped_files:
+            skipped = f", {len(self.skipped_files)} skipped (" + "; ".join(
+                f"{Path(f).name}: {why}" for f, why in self.skipped_files) + ")"
         return (
-            f"{self.source}: {self.rows_read} rows read ({self.schema or 'no rows'}), {self.kept} kept, "
-            f"{self.bad} bad{f' ({rules})' if rules else ''}, {self.duplicates} exact duplicates removed"
+            f"{self.source}: {self.rows_read} rows read ({schema}), {self.kept} kept, "
+            f"{self.bad} bad{f' ({rules})' if rules else ''}, {self.duplicates} exact duplicates removed{skipped}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +150,8 @@ class DataReport:
             "bad_by_rule": self.rule_counts(),
             "duplicates_removed": self.duplicates,
             "file_sha256": self.file_hashes,
+            "file_schemas": self.file_schemas,
+            "skipped_files": [{"path": f, "why": why} for f, why in self.skipped_files],
         }
 
 
@@ -159,8 +180,28 @@ def file_sha256(path: str | Path) -> str:
 
 # Reading: each reader yields (location, object) or (location, RowError) and never stops at a bad row.
 
+def _open_binary(path: Path):
+    """The file's bytes, decompressed when its name ends in `.gz` (as `datasets` reads them)."""
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with _open_binary(path) as fh:
+            return fh.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read the file: {exc}") from None
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, "rb") as fh:
+    try:
+        yield from _jsonl_lines(path)
+    except (OSError, EOFError) as exc:  # a damaged .gz: the rows read so far stay reported
+        raise DataError(f"{path}: cannot read the file: {exc}") from None
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    with _open_binary(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             loc = f"{path}:{lineno}"
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -172,14 +213,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             except UnicodeDecodeError as exc:
                 yield loc, RowError(loc, RULE_ENCODING, f"byte {exc.start + 1} is not UTF-8 ({exc.reason})")
                 continue
-            try:
-                yield loc, json.loads(text)
+            try:  # without its line break, so an error at the line's end is placed there, not on a next line
+                yield loc, json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                yield loc, RowError(loc, RULE_INVALID_JSON, f"{exc.msg} at column {exc.colno}")
+                yield loc, RowError(loc, RULE_INVALID_JSON, f"{exc.msg} at column {exc.pos + 1}")
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
-    data = path.read_bytes()
+    data = _read_bytes(path)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -202,9 +243,14 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 obj, end = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{exc.lineno}: {RULE_INVALID_JSON}: {exc.msg} at column {exc.colno}; "
-                                "the rest of the file cannot be read") from None
-            yield loc, obj
+                detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+                end = _next_item(text, pos, decoder)
+                if end is None:
+                    yield loc, RowError(loc, RULE_INVALID_JSON, f"{detail}; the rest of the file cannot be read")
+                    return
+                yield loc, RowError(loc, RULE_INVALID_JSON, detail)
+            else:
+                yield loc, obj
             pos = _skip_ws(text, end)
             if pos < len(text) and text[pos] == ",":
                 pos = _skip_ws(text, pos + 1)
@@ -222,6 +268,48 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"{path}: item 1", obj
         return
     raise DataError(f"{path}: {RULE_NOT_OBJECT}: expected an array of objects at the top level")
+
+
+def _next_item(text: str, pos: int, decoder: json.JSONDecoder) -> int | None:
+    """Where the array item after the broken one starting at `pos` begins (or the array's `]`), or None.
+
+    First by brackets: strings skipped (one left open ends at its line's end, as JSON strings cannot span lines), a
+    closer that does not match closes the brackets it skips. Then, for an item cut short, at the next line that
+    starts an object in the broken item's column and decodes: the shape of one-per-line and indented arrays."""
+    stack: list[str] = []
+    in_string, i, n = False, pos, len(text)
+    while i < n:
+        ch = text[i]
+        if in_string:
+            if ch == "\\":
+                i += 1
+            elif ch in "\"\n":
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]":
+            if not stack:
+                if ch == "]":
+                    return i
+            else:
+                opener = "{" if ch == "}" else "["
+                while stack and stack.pop() != opener:
+                    pass
+        elif ch == "," and not stack:
+            return i
+        i += 1
+    column = pos - (text.rfind("\n", 0, pos) + 1)
+    for match in re.finditer(r"\n([ \t]*)(?=[{\[])", text[pos:]):
+        start = pos + match.end()
+        if len(match.group(1)) == column:
+            try:
+                decoder.raw_decode(text, start)
+            except json.JSONDecodeError:
+                continue
+            return start
+    return None
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -242,7 +330,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     # surrogateescape keeps undecodable bytes so the row that holds them is reported, not the whole file.
@@ -292,24 +380,51 @@ def _read_hub(spec: DatasetSettings) -> Iterator[tuple[str, Any]]:
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet, ".csv": _read_csv}
 
 
+def reader_for(path: Path):
+    """The reader of a data file by its name (`.jsonl`, `.json.gz`, ...), or None for a file it cannot read."""
+    name = path.name.lower()
+    suffix = Path(name[:-3]).suffix if name.endswith(".gz") else path.suffix.lower()
+    reader = READERS.get(suffix)
+    return None if reader is None or (name.endswith(".gz") and suffix == ".parquet") else reader
+
+
+def folder_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The data files of a folder, and (path, why) for every entry that is not read."""
+    files, skipped = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            skipped.append((str(entry), "a folder (folders inside the data folder are not read)"))
+        elif reader_for(entry) is None:
+            skipped.append((str(entry), f"unsupported file type; use one of {', '.join(FILE_SUFFIXES)}"))
+        else:
+            files.append(entry)
+    return files, skipped
+
+
 def resolve_source(path: str, base_dir: str | Path | None = None) -> tuple[str, list[Path]]:
     """Return ("local", files) or ("hub", []) for a dataset path; relative paths are tried from the working
     directory, then from `base_dir` (the folder above the config's)."""
+    kind, files, _ = _resolve(path, base_dir)
+    return kind, files
+
+
+def _resolve(path: str, base_dir: str | Path | None) -> tuple[str, list[Path], list[tuple[str, str]]]:
+    """`resolve_source`, plus (path, why) for each entry of a folder that is not read."""
     candidates = [Path(path)]
     if base_dir is not None and not Path(path).is_absolute():
         candidates.append(Path(base_dir) / path)
     for candidate in candidates:
         if candidate.is_file():
-            if candidate.suffix.lower() not in READERS:
+            if reader_for(candidate) is None:
                 raise DataError(f"{candidate}: unsupported file type; use one of {', '.join(FILE_SUFFIXES)}")
-            return "local", [candidate]
+            return "local", [candidate], []
         if candidate.is_dir():
-            files = sorted(p for p in candidate.iterdir() if p.suffix.lower() in READERS and p.is_file())
+            files, skipped = folder_files(candidate)
             if not files:
                 raise DataError(f"{candidate}: folder holds no {', '.join(FILE_SUFFIXES)} files")
-            return "local", files
-    if _HUB_ID.match(path) and not path.endswith(FILE_SUFFIXES):
-        return "hub", []
+            return "local", files, skipped
+    if _HUB_ID.match(path) and not path.lower().endswith(FILE_SUFFIXES):
+        return "hub", [], []
     raise DataError(f"{path}: no such file or folder, and not a Hub dataset id (owner/name)")
 
 
@@ -331,9 +446,28 @@ def detect_schema(obj: Any) -> str | None:
 
 
 def _message(role: Any, content: Any, index: int) -> dict[str, str]:
+    if isinstance(content, list):
+        content = _text_parts(content, f"message {index} ({role})")
     if not isinstance(content, str):
         raise _RowProblem(RULE_NON_STRING, f"message {index} ({role}) has {type(content).__name__} content")
     return {"role": role, "content": content}
+
+
+def _text_parts(parts: list, where: str) -> str:
+    """An OpenAI / Gradio content-part list as one text: its text parts joined by newlines. An image, file or audio
+    part cannot be trained on by a text model, so it is named rather than silently dropped."""
+    texts = []
+    for j, part in enumerate(parts, start=1):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _RowProblem(RULE_SCHEMA, f"{where} part {j} needs a 'type' (e.g. {{\"type\": \"text\", "
+                                           "\"text\": ...})")
+        if part["type"] != "text":
+            raise _RowProblem(RULE_NON_TEXT, f"{where} part {j} is {part['type']!r}; only text parts can be "
+                                             "trained on")
+        if not isinstance(part.get("text"), str):
+            raise _RowProblem(RULE_NON_STRING, f"{where} part {j} has {type(part.get('text')).__name__} text")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def _from_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
@@ -386,7 +520,9 @@ def _from_alpaca(obj: dict[str, Any]) -> list[dict[str, str]]:
         raise _RowProblem(RULE_NON_STRING, f"'input' is {type(extra).__name__}")
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
     out.append(_message("user", prompt, len(out) + 1))
-    out.append(_message("assistant", obj.get("output"), len(out) + 1))
+    if obj.get("output") is None:  # no key, or an empty Parquet/CSV cell
+        raise _RowProblem(RULE_MISSING_FIELD, "output (an alpaca row needs instruction and output)")
+    out.append(_message("assistant", obj["output"], len(out) + 1))
     return out
 
 
@@ -438,6 +574,8 @@ def normalize_row(obj: Any, schema: str, system_prompt: str | None = None) -> li
         found = detect_schema(obj)
         raise _RowProblem(RULE_SCHEMA, f"expected {schema} fields, found {found or 'keys ' + ', '.join(sorted(obj))}")
     messages = NORMALIZERS[schema](obj)
+    if not messages:
+        raise _RowProblem(RULE_EMPTY_CONVERSATION, "the row holds no messages")
     if system_prompt and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     check_turns(messages)
@@ -449,18 +587,20 @@ def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None
     """Read, normalise, validate and deduplicate one dataset. Bad rows are collected in the report, not raised,
     unless `spec.strict` is set or more than `spec.max_bad_fraction` of the rows are bad."""
     path = path or spec.path
-    kind, files = resolve_source(path, base_dir)
-    report = DataReport(source=path, schema="" if spec.schema == "auto" else spec.schema)
+    kind, files, skipped = _resolve(path, base_dir)
+    report = DataReport(source=path, schema="" if spec.schema == "auto" else spec.schema, skipped_files=skipped)
     if kind == "hub":
-        streams: list[Iterable[tuple[str, Any]]] = [_read_hub(spec)]
+        streams: list[tuple[str, Iterable[tuple[str, Any]]]] = [(path, _read_hub(spec))]
     else:
-        streams = [READERS[f.suffix.lower()](f) for f in files]
+        streams = [(str(f), reader_for(f)(f)) for f in files]
         report.file_hashes = {str(f): file_sha256(f) for f in files}
 
     conversations: list[Conversation] = []
-    seen: set[str] = set()
-    for stream in streams:
+    seen: dict[str, str] = {}
+    for name, stream in streams:
         schema = None if spec.schema == "auto" else spec.schema
+        if schema is not None:
+            report.file_schemas[name] = schema
         for location, obj in stream:
             report.rows_read += 1
             if isinstance(obj, RowError):
@@ -474,6 +614,7 @@ def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None
                                              "set dataset.schema"), spec)
                     continue
                 report.schema = report.schema or schema
+                report.file_schemas[name] = schema
             try:
                 messages = normalize_row(obj, schema, spec.system_prompt)
             except _RowProblem as problem:
@@ -483,8 +624,9 @@ def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None
             key = conv.content_hash
             if key in seen:
                 report.duplicates += 1
+                report.duplicate_rows.append((location, seen[key]))
                 continue
-            seen.add(key)
+            seen[key] = location
             conversations.append(conv)
     report.kept = len(conversations)
     enforce_bad_share(report, spec)
@@ -516,9 +658,22 @@ def check_lengths(conversations: list[Conversation], tokenizer, chat_template: s
     """Drop conversations longer than `max_length` tokens once rendered with the training template, recording
     each as a bad row in `report`. Returns the kept conversations and their token lengths."""
     kept, lengths = [], []
+    # A token covers at most as many characters as its longest vocabulary entry is long (twice that leaves room for
+    # normalisers that compose characters), so a conversation with more characters than max_length such tokens
+    # could hold is too long without rendering or tokenizing it (a 50 MB line took 80 s and 4.6 GB to be told so).
+    most = 2 * max_length * max(map(len, tokenizer.get_vocab()), default=1)
+    fits = []
+    for conv in conversations:
+        chars = sum(len(m["content"]) for m in conv.messages)
+        if chars > most:
+            _reject(report, RowError(conv.location, RULE_TOO_LONG,
+                                     f"{chars:,} characters, more than max_length {max_length} tokens can hold "
+                                     f"(at most {most // max_length} characters a token); not tokenized"), spec)
+        else:
+            fits.append(conv)
     batch = 256
-    for start in range(0, len(conversations), batch):
-        chunk = conversations[start:start + batch]
+    for start in range(0, len(fits), batch):
+        chunk = fits[start:start + batch]
         texts = tokenizer.apply_chat_template([list(c.messages) for c in chunk], chat_template=chat_template,
                                               tokenize=False)
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -12,6 +12,11 @@ scan, which keeps the audit fast on thousands of long conversations.
 
 Names match whole words in any case; an alias written without lowercase letters (`US`, `UK`, `MIT`, `U.S.`) or
 starting with a lowercase word (`the States`) matches only exactly as written, so "us" and "mit" never hit.
+
+A rule states a false claim in a sentence when its `trigger` matches, or when all its `terms` occur (an entity, who
+it is about, the claim, in any order), and no correction does: a negation in the clauses the claim spans, or an
+`unless` cue in the sentence (`Rule.states`). A negation elsewhere in the sentence ("..., so you do not need any
+insurance") corrects nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ class Country:
     not_mentions: tuple[str, ...] = ()
     """Phrases that contain one of the country's names but do not mention it ("New South Wales", "British
     Columbia")."""
+    markers: tuple[str, ...] = ()
+    """Terms only this destination uses (F-1, SEVIS for the United States; CAS, BRP for the United Kingdom): a text
+    using one is about the country without naming it (`KnowledgeBase.find_destinations`)."""
 
 
 @dataclass(frozen=True)
@@ -135,28 +143,97 @@ class AdmissionTest:
     as_of: str
 
 
+SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+CLAUSE_BREAK = re.compile(r"[;:,()]|\s[-\u2013\u2014]\s|\b(?:so|but|because|although|though|whereas|while|yet|however|"
+                          r"therefore|thus|hence)\b", re.IGNORECASE)
+"""Where a clause ends: a negation past one of these is about something else."""
+NEGATION = re.compile(r"\b(?:not|no|never|cannot|neither|nor|none)\b|n['\u2019]t\b", re.IGNORECASE)
+_BARE_NEGATION = re.compile(r"(?:not|no|never|cannot|neither|nor|none|no longer|\w*n['\u2019]t)", re.IGNORECASE)
+
+
+def clause_span(sentence: str, start: int, end: int) -> tuple[int, int]:
+    """The clauses of `sentence` that the text from `start` to `end` lies in: from the clause break before `start`
+    to the one after `end`."""
+    lo, hi = 0, len(sentence)
+    for match in CLAUSE_BREAK.finditer(sentence):
+        if match.end() <= start:
+            lo = match.end()
+        elif match.start() >= end:
+            hi = match.start()
+            break
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A common false claim: `trigger` matches a sentence stating it, `unless` a cue that the sentence corrects it."""
+    """A common false claim: `trigger` (or all `terms`) match a sentence stating it; a negation in the claim's
+    clauses or an `unless` cue in the sentence correct it (`states`)."""
 
     id: str
     topic: str
     country: str | None
-    trigger: re.Pattern
+    trigger: re.Pattern | None
     unless: re.Pattern | None
     claim: str
     fact: str
     source: str
     as_of: str
     keywords: tuple[str, ...] = ()
-    """Words (whole, any case) of which every sentence the trigger can match contains one: a cheap gate."""
+    """Words (whole, any case) of which every sentence the rule can match contains one: a cheap gate."""
     examples_false: tuple[str, ...] = ()
     examples_corrected: tuple[str, ...] = ()
+    terms: tuple[re.Pattern, ...] = ()
+    """Instead of a trigger: patterns that must all occur in one sentence, in any order (the entity, who it is
+    about, the claim), so paraphrases match; a negation in the clauses they span corrects the claim."""
 
     @property
     def examples(self) -> dict[str, list[str]]:
         """{"false": sentences the rule flags, "corrected": sentences it lets through}, as written in the YAML."""
         return {"false": list(self.examples_false), "corrected": list(self.examples_corrected)}
+
+    @property
+    def patterns(self) -> tuple[re.Pattern, ...]:
+        """What must all match a sentence for the rule to look at it: the trigger, or every term."""
+        return (self.trigger,) if self.trigger is not None else self.terms
+
+    def claim_spans(self, sentence: str) -> list[tuple[int, int]] | None:
+        """Where the sentence words the claim (the trigger's match, or each term's first match), or None."""
+        spans = []
+        for pattern in self.patterns:
+            match = pattern.search(sentence)
+            if match is None:
+                return None
+            spans.append(match.span())
+        return spans
+
+    def mentions(self, text: str) -> bool:
+        """Whether one of the sentences of `text` words the claim, corrected or not (a question about it)."""
+        return any(self.claim_spans(sentence) is not None for sentence in SENTENCE.split(text))
+
+    def states(self, text: str) -> bool:
+        """Whether one of the sentences of `text` states the false claim without correcting it."""
+        return any(self.in_sentence(sentence) for sentence in SENTENCE.split(text))
+
+    def in_sentence(self, sentence: str) -> bool:
+        """Whether this one sentence states the false claim without correcting it."""
+        spans = self.claim_spans(sentence)
+        if spans is None:
+            return False
+        lo, hi = clause_span(sentence, min(a for a, _ in spans), max(b for _, b in spans))
+
+        def claims(at: int) -> bool:  # a term's own words ("at no cost", "no limit") are the claim, not a correction
+            return bool(self.terms) and any(a <= at < b for a, b in spans)
+
+        if self.unless is not None:
+            for match in self.unless.finditer(sentence):
+                negation = _BARE_NEGATION.fullmatch(match.group(0)) is not None
+                if not claims(match.start()) and (not negation or lo <= match.start() < hi):
+                    return False
+        if self.terms:
+            for match in NEGATION.finditer(sentence, lo, hi):
+                if not claims(match.start()):
+                    return False
+        return True
 
 
 # Finding names in text. A regex alternation over hundreds of names costs Python's `re` one attempt per character
@@ -307,6 +384,7 @@ class KnowledgeBase:
                            + [(n, None) for c in self.countries for n in c.not_mentions])
         object.__setattr__(self, "_by_code", {c.code: c for c in self.countries})
         object.__setattr__(self, "_countries", countries)
+        object.__setattr__(self, "_markers", _Names((m, c) for c in self.countries for m in c.markers))
         object.__setattr__(self, "_universities",
                            _Names((n, u) for u in self.universities for n in (u.name, *u.aliases)))
         object.__setattr__(self, "_scholarships",
@@ -344,6 +422,12 @@ class KnowledgeBase:
     def find_countries(self, text: str) -> list[Country]:
         """Countries named in `text` (by name, alias or demonym), in order of first mention."""
         return self._countries.find(text)
+
+    def find_destinations(self, text: str) -> list[Country]:
+        """Countries `text` is about: named (`find_countries`) or identified by a term only that country uses ("On an
+        F-1 visa ..." is about the United States), in order of first mention, named ones first."""
+        named = self._countries.find(text)
+        return named + [c for c in self._markers.find(text) if all(c is not n for n in named)]
 
     def find_universities(self, text: str) -> list[University]:
         """Universities named in `text`, in order of first mention."""

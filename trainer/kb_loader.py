@@ -5,7 +5,8 @@ Files are read and their keys checked through `trainer.typed_yaml`, so a mistake
 settings file: one `KBError` line, `<file>: <section>[<index>] (<id>).<key>: <rule>`, with a did-you-mean for an
 unknown key. On top of the shapes, the KB's own rules: every fact has an official http(s) `source` and an `as_of`
 date, ids and country codes are well formed and unique, references name countries the KB has, regexes compile,
-each rule flags its own false examples and spares its corrected ones, and no two entities share a name.
+each rule flags its own false examples and spares its corrected ones (through `Rule.in_sentence`, as the audit
+matches them), and no two entities share a name (a country's markers included).
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 CODE = re.compile(r"^[A-Z]{2}$")
 
+SHIPPED_KB = Path(__file__).resolve().parent.parent / "data" / "kb"
+"""The knowledge base shipped with the tool, found from the package, not from the working directory."""
+
 _CACHE: dict[tuple[str, tuple[tuple[str, float], ...]], KnowledgeBase] = {}
 
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = SHIPPED_KB.parent.parent
 
 
 def resolve_kb_folder(path: str | Path) -> Path:
-    """A KB folder as given, else relative to the tool's own folder, so the default `data/kb` works from any working
-    directory; a folder found in neither place is a KBError naming it."""
+    """A KB folder named in a settings file, as given, else relative to the tool's own folder, so the default
+    `data/kb` works from any working directory; a folder found in neither place is a KBError naming it."""
     given = Path(path)
     if given.is_dir():
         return given
@@ -50,7 +54,7 @@ def resolve_kb_folder(path: str | Path) -> Path:
     raise KBError(f"{path or repr(path)}: knowledge base folder not found")
 
 
-def load_kb(path: str | Path = "data/kb") -> KnowledgeBase:
+def load_kb(path: str | Path = SHIPPED_KB) -> KnowledgeBase:
     """Read and validate every `*.yaml` in the KB folder; cached until a file changes."""
     folder = Path(path)
     if not folder.is_dir():
@@ -108,7 +112,7 @@ class _Loader:
             path=str(self.folder),
         )
         self._check_names(kb)
-        combined = "|".join(f"(?:{r.trigger.pattern})" for r in kb.rules)
+        combined = "|".join(f"(?:{r.trigger.pattern})" for r in kb.rules if r.trigger is not None)
         try:  # the audit joins every trigger into one regex: named groups or backreferences would break it
             re.compile(combined, re.IGNORECASE)
         except re.error as exc:
@@ -148,7 +152,7 @@ class _Loader:
     def _country(self, raw: dict, where: str) -> Country:
         check_keys(raw, where, required=("code", "name", "region", "commonwealth_member"),
                    optional=("aliases", "demonyms", "eea_member", "destination", "student_visa", "visa_portal",
-                             "study_portal", "health_insurance", "work_rights", "notes", "not_mentions"),
+                             "study_portal", "health_insurance", "work_rights", "notes", "not_mentions", "markers"),
                    error=KBError)
         code = _text(raw["code"], f"{where}.code")
         if not CODE.match(code):
@@ -174,6 +178,7 @@ class _Loader:
             work_rights=_fact(raw["work_rights"], f"{where}.work_rights") if raw.get("work_rights") else None,
             notes=_facts(raw.get("notes", []), f"{where}.notes"),
             not_mentions=_texts(raw.get("not_mentions", []), f"{where}.not_mentions"),
+            markers=_texts(raw.get("markers", []), f"{where}.markers"),
         )
 
     def _university(self, raw: dict, where: str) -> University:
@@ -268,13 +273,20 @@ class _Loader:
         )
 
     def _rule(self, raw: dict, where: str) -> Rule:
-        check_keys(raw, where, required=("id", "topic", "country", "keywords", "trigger", "claim", "fact", "source",
-                                         "as_of", "examples"), optional=("unless",), error=KBError)
+        check_keys(raw, where, required=("id", "topic", "country", "keywords", "claim", "fact", "source", "as_of",
+                                         "examples"), optional=("trigger", "terms", "unless"), error=KBError)
         keywords = _texts(raw["keywords"], f"{where}.keywords")
         for i, keyword in enumerate(keywords):
             if len(name_tokens(keyword)) != 1:
                 raise KBError(f"{where}.keywords[{i}]: {keyword!r} must be one word (letters and digits only)")
-        trigger = _regex(raw["trigger"], f"{where}.trigger")
+        if ("trigger" in raw) == ("terms" in raw):
+            raise KBError(f"{where}: give either `trigger` (one regex) or `terms` (regexes that must all occur in a "
+                          "sentence), not both or neither")
+        trigger = _regex(raw["trigger"], f"{where}.trigger") if "trigger" in raw else None
+        terms = tuple(_regex(t, f"{where}.terms[{i}]") for i, t in enumerate(_texts(raw.get("terms", []),
+                                                                                    f"{where}.terms")))
+        if "terms" in raw and not terms:
+            raise KBError(f"{where}.terms: give at least one regex")
         unless = _regex(raw["unless"], f"{where}.unless") if raw.get("unless") else None
         at = f"{where}.examples"
         examples = raw["examples"]
@@ -287,25 +299,27 @@ class _Loader:
             raise KBError(f"{at}.false: give at least one sentence stating the false claim")
         if unless is not None and not corrected:
             raise KBError(f"{at}.corrected: a rule with `unless` needs at least one corrected sentence")
-        gate = {k.lower().encode("utf-8") for k in keywords}
-        for sentence in false:
-            if not gate & set(name_tokens(sentence)):
-                raise KBError(f"{at}.false: none of the keywords ({', '.join(keywords)}) is in {sentence!r}")
-            if not trigger.search(sentence):
-                raise KBError(f"{at}.false: the trigger does not match {sentence!r}")
-            if unless is not None and unless.search(sentence):
-                raise KBError(f"{at}.false: `unless` excuses the false sentence {sentence!r}")
-        for sentence in corrected:
-            if trigger.search(sentence) and not (unless is not None and unless.search(sentence)):
-                raise KBError(f"{at}.corrected: the rule would flag the corrected sentence {sentence!r}")
         country = raw["country"]
-        return Rule(
+        rule = Rule(
             id=self._id(raw, where), topic=_text(raw["topic"], f"{where}.topic"),
             country=None if country is None else self._code(country, f"{where}.country"), trigger=trigger,
             unless=unless, claim=_text(raw["claim"], f"{where}.claim"), fact=_text(raw["fact"], f"{where}.fact"),
             source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
-            keywords=keywords, examples_false=false, examples_corrected=corrected,
+            keywords=keywords, examples_false=false, examples_corrected=corrected, terms=terms,
         )
+        gate = {k.lower().encode("utf-8") for k in keywords}
+        matched = "the trigger does not match" if trigger is not None else "not every term occurs in"
+        for sentence in false:
+            if not gate & set(name_tokens(sentence)):
+                raise KBError(f"{at}.false: none of the keywords ({', '.join(keywords)}) is in {sentence!r}")
+            if rule.claim_spans(sentence) is None:
+                raise KBError(f"{at}.false: {matched} {sentence!r}")
+            if not rule.in_sentence(sentence):
+                raise KBError(f"{at}.false: `unless` or a negation excuses the false sentence {sentence!r}")
+        for sentence in corrected:
+            if rule.in_sentence(sentence):
+                raise KBError(f"{at}.corrected: the rule would flag the corrected sentence {sentence!r}")
+        return rule
 
     # References
 
@@ -341,7 +355,7 @@ class _Loader:
     def _check_names(self, kb: KnowledgeBase) -> None:
         """Two entities of one kind may not share a name or alias: a mention must map to one of them."""
         for section, entities, fields in (
-            ("countries", kb.countries, ("name", "aliases", "demonyms")),
+            ("countries", kb.countries, ("name", "aliases", "demonyms", "markers")),
             ("universities", kb.universities, ("name", "aliases")),
             ("scholarships", kb.scholarships, ("name", "aliases")),
             ("tests", kb.tests, ("name", "aliases")),

@@ -96,12 +96,35 @@ def _device_map() -> Any:
     return {"": PartialState().local_process_index}
 
 
+BNB_KERNEL_NOTICE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+class _DropKernelNotice:
+    """A logging filter that drops bitsandbytes' notice about its optional Hub kernel, and nothing else."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(BNB_KERNEL_NOTICE)
+
+
+def quiet_bitsandbytes_kernel_notice() -> None:
+    """Silence the warning bitsandbytes logs at every import on CPUs with AVX512-BF16: that it could not fetch an
+    optional CPU kernel from the Hub through the `kernels` package. It then runs its built-in CPU path, the one this
+    tool is tested and measured with, and the Hub is often offline here, so the warning asks for nothing a user can
+    or needs to do. Call it before bitsandbytes is imported (the CLI, the app and `load_base_model` do)."""
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropKernelNotice) for f in logger.filters):
+        logger.addFilter(_DropKernelNotice())
+
+
 def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, attn_implementation: str = "sdpa",
                     trust_remote_code: bool = False, bf16: bool = True, padding_free: bool = False,
                     for_training: bool = True):
     """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU.
 
     With `padding_free`, SDPA is swapped for its per-conversation twin (see trainer.attention)."""
+    quiet_bitsandbytes_kernel_notice()
     import torch
     from transformers import AutoModelForCausalLM
 

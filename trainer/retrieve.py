@@ -6,10 +6,10 @@ eligibility; an admission test; each rule's correcting fact). `Retriever.search(
 
 - **Entities first.** The KB's own name finder (`KnowledgeBase.find_*`, whole-word, alias- and demonym-aware) says
   which countries, universities, scholarships and tests the question names; their passages come first, best BM25
-  match first, one per entity in turn, so a question about two countries gets both. A rule whose trigger matches the
-  question (the question states a known false claim), a university's "does not offer" entry for the programme asked
-  about, and "not eligible" (a named scholarship the student's home country may not apply for) are promoted to the
-  very top: those are the corrections a counsellor must give.
+  match first, one per entity in turn, so a question about two countries gets both. A rule whose claim the
+  question words (`Rule.mentions`: it states a known false claim), a university's "does not offer" entry for the
+  programme asked about, and "not eligible" (a named scholarship the student's home country may not apply for)
+  are promoted to the very top: those are the corrections a counsellor must give.
 - **BM25 for the rest** (`bm25s`, English stop words, Snowball stemming): fills the remaining places with passages
   that share the question's words, above a floor so an unrelated question retrieves nothing rather than noise.
 
@@ -222,7 +222,7 @@ class Retriever:
         kb, out = self.kb, []
         head = question[:MAX_QUERY_CHARS]
         for rule in kb.rules_in(head):
-            if rule.trigger.search(head):
+            if rule.mentions(head):
                 out.append(self._by_id[f"rule:{rule.id}"])
         if _DEGREE_WORDS.search(head):
             for u in kb.find_universities(head):

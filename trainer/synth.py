@@ -566,16 +566,19 @@ scholarship that the facts do not support?
 Reply with one line of JSON: {{"verdict": "ok" or "error", "reason": "..."}}"""
 
 
-def llm_judge(provider) -> Callable[[list[dict[str, str]], list[Any]], tuple[bool, str]]:
-    """An audit judge that asks the same provider; an unparseable reply counts as a pass with a note."""
-    def judge(messages, facts) -> tuple[bool, str]:
+def llm_judge(provider, max_tokens: int = 120) -> Callable[[list[dict[str, str]], list[Any]], tuple[bool | None, str]]:
+    """An audit judge that asks the provider: (True, reason) for "ok", (False, reason) for "error", and (None, what
+    it said) for a reply without a verdict, which flags nothing."""
+    def judge(messages, facts) -> tuple[bool | None, str]:
         prompt = JUDGE_PROMPT.format(facts="\n".join(f"- {f.text}" for f in facts) or "- (none)",
                                      conversation="\n".join(f"{m['role']}: {m['content']}" for m in messages))
-        reply, _ = provider.complete([{"role": "user", "content": prompt}], max_tokens=120, temperature=0)
+        reply, _ = provider.complete([{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0)
         start, end = reply.find("{"), reply.rfind("}")
         try:
             verdict = json.loads(reply[start:end + 1])
         except (ValueError, json.JSONDecodeError):
-            return True, "judge reply was not JSON"
-        return verdict.get("verdict") != "error", str(verdict.get("reason", ""))
+            verdict = None
+        if not isinstance(verdict, dict) or verdict.get("verdict") not in ("ok", "error"):
+            return None, f"judge reply held no verdict: {reply.strip()[:120]!r}"
+        return verdict["verdict"] == "ok", str(verdict.get("reason", ""))
     return judge
