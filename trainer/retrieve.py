@@ -128,7 +128,7 @@ def kb_passages(kb) -> list[Passage]:
     def named_in(text: str) -> tuple[str, ...]:
         # Tests and rules are linked to the entities their text names ("French" -> France for DELF, "Marshall" for
         # a rule about who may apply), so a question naming those entities reaches them.
-        return tuple([c.code for c in kb.find_countries(text)] + [s.id for s in kb.find_scholarships(text)]
+        return tuple([c.code for c in kb.find_destinations(text)] + [s.id for s in kb.find_scholarships(text)]
                      + [u.id for u in kb.find_universities(text)] + [t.id for t in kb.find_tests(text)])
 
     for t in kb.tests:
@@ -196,9 +196,10 @@ class Retriever:
         self.build_seconds = time.perf_counter() - started
 
     def entities(self, question: str) -> list[str]:
-        """KB ids of the countries, universities, scholarships and tests `question` names, in order of mention."""
+        """KB ids of the countries, universities, scholarships and tests `question` names (a country also by a term only
+        it uses: F-1, CAS, OSHC), in order of mention."""
         kb = self.kb
-        found = [c.code for c in kb.find_countries(question)]
+        found = [c.code for c in kb.find_destinations(question)]  # named, or known by its own terms (F-1: the US)
         found += [u.id for u in kb.find_universities(question)]
         found += [s.id for s in kb.find_scholarships(question)]
         found += [t.id for t in kb.find_tests(question)]
