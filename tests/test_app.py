@@ -94,7 +94,8 @@ def test_the_demo_model_answers_grounded_with_numbered_sources(client):
     history, _ = chat(client, "Is health insurance compulsory for international students in Germany?", "demo/stage2",
                       ground=True)
     assert [m["role"] for m in turns(history)] == ["user", "assistant"]
-    sources = {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}["Sources from the knowledge base"]
+    titled = {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}
+    sources = titled["Sources from the knowledge base"]
     assert sources.startswith("1. [") and "[Germany: health insurance](http" in sources and "— as of " in sources
 
 

@@ -19,6 +19,7 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.slow
 def test_gpu_qlora_tiny_runs_both_sides_and_reports(tmp_path):
     proc = _run(["bench/gpu_qlora.py", "--tiny", "--mode", "both", "--steps", "2", "--quiet",
                  "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
@@ -63,6 +64,7 @@ def test_mfu_formula_and_peaks():
     assert gpu_qlora.peak_tflops("some new card") is None
 
 
+@pytest.mark.slow
 def test_scaling_keeps_every_synthesised_row(tmp_path):
     out = tmp_path / "scaling.jsonl"
     proc = _run(["bench/scaling.py", "--sizes", "100", "300", "--tasks", "ingest", "audit", "--no-memory-probe",
@@ -80,6 +82,7 @@ def test_scaling_keeps_every_synthesised_row(tmp_path):
     assert "per-row cost, largest / smallest" in proc.stdout
 
 
+@pytest.mark.slow
 def test_synth_throughput_runs_against_transformers_serve(tmp_path):
     out = tmp_path / "synth.jsonl"
     proc = _run(["bench/synth_throughput.py", "--n", "1", "--max-tokens", "4", "--concurrency", "1",

@@ -48,6 +48,7 @@ def both_paths(request, tiny_mistral_dir, tmp_path_factory):
     return engine, evaluated, request.param
 
 
+@pytest.mark.slow
 def test_greedy_answers_are_the_same_through_the_eval_and_the_engine(both_paths):
     """The eval answers a left-padded batch (longest prompt first); the app streams one prompt on its generation
     thread, or answers it whole. For each adapter and the base, every path gives the same greedy answer.
@@ -106,7 +107,8 @@ def test_results_and_answers_are_written_from_separate_data(tmp_path):
     new_tokens = {name: [5, 3] for name in texts}
     scores = {name: [QuestionScore(id="q1", score=1.0, passed=True, points=(True,), claims=(), corrected=None),
                      None] for name in texts}
-    flags = {name: [[], [Flag("kb_contradiction", "error", "a detail", source="https://example.org/kb")]] for name in texts}
+    flag = Flag("kb_contradiction", "error", "a detail", source="https://example.org/kb")
+    flags = {name: [[], [flag]] for name in texts}
     written = []
     for order in ("answers first", "results first"):
         models = {name: {"chat_template_sha256": "0" * 64, "new_tokens": sum(new_tokens[name]),

@@ -121,6 +121,7 @@ def test_padding_free_attention_matches_separate_forward_passes(tiny_mistral_dir
     assert not torch.allclose(leaky[lengths[0]:lengths[0] + lengths[1]], alone[1], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_evaluating_a_4bit_model_does_not_break_its_gradients(tiny_mistral_dir):
     """An eval pass (no grad) before training must not change what the backward pass computes."""
     import torch

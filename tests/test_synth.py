@@ -328,6 +328,7 @@ def _check_output(out: Path, n: int) -> dict:
     return summary
 
 
+@pytest.mark.slow
 def test_generate_offline_with_the_demo_model(tmp_path, capsys):
     """The default provider (the in-process demo model), shortened: 2 exchanges of 16 tokens."""
     from trainer.__main__ import main

@@ -177,6 +177,7 @@ def test_stage2_starts_from_stage1(demo_run, stage_files, tmp_path):
     assert continued < fresh
 
 
+@pytest.mark.slow
 def test_padding_free_gives_the_same_loss_as_padded_batches(stage_files, tmp_path):
     losses = {}
     for padding_free in ("false", "true"):
@@ -187,6 +188,7 @@ def test_padding_free_gives_the_same_loss_as_padded_batches(stage_files, tmp_pat
     assert losses["true"] == pytest.approx(losses["false"], rel=0.02)
 
 
+@pytest.mark.slow
 def test_resume_continues_an_interrupted_stage(stage_files, tmp_path):
     """Kill a training process after its first checkpoint, then `--resume` finishes the stage from there."""
     stage1, stage2 = stage_files

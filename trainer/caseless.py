@@ -13,8 +13,8 @@ import re
 # against every code point: `re` folds "İ", "ı" and "ſ" onto ASCII letters, `str.lower` does not), and the
 # lowercased text keeps every position. So a text without those three is lowercased once and matched by twins.
 _FOLDED_APART = ("\u0130", "\u0131", "\u017f")
-_CASELESS = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00a0\u00ab\u00bb\u2022\u00a3\u20ac"
-                      "\u20b9\u00a5")
+_CASELESS = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00a0\u00ab\u00bb"
+                      "\u2022\u00a3\u20ac\u20b9\u00a5")
 """Dashes, quotes, spaces and currency signs a pattern may hold beside ASCII: each matches only itself, in any case,
 and no character lowercases to it (checked against every code point)."""
 

@@ -132,7 +132,8 @@ def verify_training_template(tokenizer, template: TrainingTemplate,
                 got = _renders(tokenizer, template.text, msgs, gen_prompt)
                 checked += 1
                 if expected != got:
-                    at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+                    at = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b),
+                              min(len(expected), len(got)))
                     raise ModelError(
                         f"the {template.family} training template renders differently from the model's own template "
                         f"at character {at}: model {expected[max(0, at - 40):at + 40]!r} vs training "

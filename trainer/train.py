@@ -331,7 +331,8 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
     base_record = _base_model_record(plan.ref, model)
     model = attach_adapter(model, cfg, init_from)
     trainable, total = model.get_nb_trainable_parameters()
-    print(f"[{stage}] base {cfg.model.name} ({'4-bit ' + cfg.quantization.quant_type if cfg.quantization.load_in_4bit else 'unquantized'}), "
+    weights = "4-bit " + cfg.quantization.quant_type if cfg.quantization.load_in_4bit else "unquantized"
+    print(f"[{stage}] base {cfg.model.name} ({weights}), "
           f"LoRA r={cfg.lora.r}: {trainable:,} trainable of {total:,} parameters"
           + (f", continuing {init_from}" if init_from else ""), flush=True)
 
@@ -401,7 +402,8 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
         **_peak_memory(),
         "wall_seconds": round(time.time() - started, 2),
         "resumed_from": Path(checkpoint).name if checkpoint else None,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                   else f"cpu ({torch.get_num_threads()} threads)"),
         "liger_kernel": bool(plan.sft_config.use_liger_kernel),
     }
     write_json(stage_dir / "metrics.json", metrics)
