@@ -35,6 +35,19 @@ def sketch(text: str, k: int = SKETCH_SIZE):
     return np.unique(mixed)[:k]
 
 
+def _dense_ids(sketches: Sequence[Any], k: int) -> tuple[Any, Any, int]:
+    """Sketch values as dense ids in value order, one row of `k` per text padded with a sentinel that sorts after
+    every id: (ids, each row's size, sentinel)."""
+    import numpy as np
+
+    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
+    sentinel = values.size
+    sizes = np.array([s.size for s in sketches])
+    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
+    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
+    return ids, sizes, sentinel
+
+
 def near_duplicates(texts: Sequence[str], threshold: float, k: int = SKETCH_SIZE) -> dict[int, tuple[int, float]]:
     """Index -> (earlier index, estimated Jaccard) for conversations at least `threshold` similar to an earlier one.
 
@@ -50,12 +63,7 @@ def near_duplicates_of_sketches(sketches: Sequence[Any], threshold: float, k: in
 
     if not sketches:
         return {}
-    # Sketch values as dense ids in value order, one padded row per text: the sentinel sorts after every id.
-    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
-    sentinel = values.size
-    sizes = np.array([s.size for s in sketches])
-    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
-    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
+    ids, sizes, sentinel = _dense_ids(sketches, k)
     rows = [r[:n].tolist() for r, n in zip(ids, sizes.tolist())]
     # Posting lists (texts in the index holding each id), numpy arrays grown by doubling, so counting the
     # candidates of one text is a concatenate and a bincount, not a Python loop over every posting.
@@ -94,11 +102,7 @@ def near_copies(queries: Sequence[str], corpus: Sequence[str], threshold: float,
     sketches = [sketch(t, k) for t in corpus] + [sketch(t, k) for t in queries]
     if not queries or not corpus:
         return {}
-    values, inverse = np.unique(np.concatenate(sketches), return_inverse=True)
-    sentinel = values.size
-    sizes = np.array([s.size for s in sketches])
-    ids = np.full((len(sketches), k), sentinel, dtype=np.int64)
-    ids[np.arange(k) < sizes[:, None]] = inverse.ravel()
+    ids, sizes, sentinel = _dense_ids(sketches, k)
     postings: dict[int, list[int]] = {}
     for j in range(len(corpus)):
         for v in ids[j, :sizes[j]].tolist():
