@@ -130,7 +130,9 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
 
     quant = build_quantization_config(quantization)
     if quant is not None:
-        dtype = getattr(torch, quantization.compute_dtype)
+        from trainer.config import effective_dtype
+
+        dtype = getattr(torch, effective_dtype(quantization.compute_dtype))
     else:
         dtype = torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32
     attn = attn_implementation

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainer.config import (ConfigError, PipelineConfig, build_lora_config, build_quantization_config,
-                            build_sft_config, dump_config)
+                            build_sft_config, dump_config, effective_dtype)
 from trainer.data import DataError, StageData, prepare_stage_data, resolve_source, to_dataset
 from trainer.lm_head import install_compact_lm_head
 from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
@@ -415,7 +415,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
         "base_model": base_record,
         "quantization": ({"load_in_4bit": True, "quant_type": cfg.quantization.quant_type,
                           "double_quant": cfg.quantization.double_quant,
-                          "compute_dtype": cfg.quantization.compute_dtype}
+                          "compute_dtype": effective_dtype(cfg.quantization.compute_dtype)}
                          if cfg.quantization.load_in_4bit else {"load_in_4bit": False}),
         "parent_adapter": _adapter_record(init_from, parent_stage) if init_from else None,
         "adapter_sha256": _adapter_record(adapter_dir, stage)["adapter_sha256"],

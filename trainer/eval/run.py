@@ -463,7 +463,8 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     results = {
         "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
         "quantization": {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type,
-                         "double_quant": quant.double_quant, "compute_dtype": quant.compute_dtype}
+                         "double_quant": quant.double_quant,
+                         "compute_dtype": _effective_dtype(quant.compute_dtype)}
         if quant.load_in_4bit else {"load_in_4bit": False},
         "device": device,
         "gate": gates,
@@ -564,6 +565,12 @@ def _file_sha256(path: Path) -> str:
     from trainer.data import file_sha256
 
     return file_sha256(path)
+
+
+def _effective_dtype(name: str) -> str:
+    from trainer.config import effective_dtype
+
+    return effective_dtype(name)
 
 
 def _now() -> str:
