@@ -291,7 +291,7 @@ def openai_app(served_models, tmp_path_factory):
         f"engine: openai\nopenai:\n  base_url: {base_url}\n  base_served_name: {base}\n  timeout_s: 120\n"
         f"adapters:\n  - name: counsellor\n    served_name: {merged}\n    description: merged adapter\n"
         "  - name: missing\n    served_name: no-such-model\n"
-        "limits:\n  concurrency: 16\ngeneration:\n  temperature: 0\n  max_new_tokens: 8\n"
+        "limits:\n  concurrency: 16\ngeneration:\n  temperature: 0\n  max_new_tokens: 16\n"
         "grounding:\n  enabled: false\n  check_answers: false\n"
         f"feedback:\n  store: {root / 'feedback.sqlite'}\n", encoding="utf-8")
     proc, url = launch_app(root / "space.yaml", env={"HF_HUB_OFFLINE": "1"})
@@ -301,7 +301,7 @@ def openai_app(served_models, tmp_path_factory):
         stop_app(proc)
 
 
-def real_chat(client, question, adapter, history=(), max_new_tokens=8):
+def real_chat(client, question, adapter, history=(), max_new_tokens=16):
     return client.predict(question, list(history), adapter, False, SYSTEM, 0, 0.9, max_new_tokens, api_name="/chat")
 
 
@@ -311,7 +311,7 @@ def test_each_served_model_answers_through_the_app(openai_app):
     client = Client(openai_app, verbose=False)
     answers = {}
     for adapter in (BASE, "counsellor"):
-        job = client.submit("How do I open a bank account abroad?", [], adapter, False, SYSTEM, 0, 0.9, 8,
+        job = client.submit("How do I open a bank account abroad?", [], adapter, False, SYSTEM, 0, 0.9, 16,
                             api_name="/chat")
         updates = list(job)
         history, _ = job.result()
@@ -338,7 +338,7 @@ def test_eight_visitors_stream_at_once(openai_app):
             client = Client(openai_app, verbose=False)
             started = time.time()
             job = client.submit(f"Question {n}: how do I find housing?", [], "counsellor" if n % 2 else BASE,
-                                False, SYSTEM, 0, 0.9, 8, api_name="/chat")
+                                False, SYSTEM, 0, 0.9, 16, api_name="/chat")
             first = None
             for history, _ in job:
                 if first is None and history and message_text(history[-1]).strip():
