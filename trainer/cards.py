@@ -96,7 +96,7 @@ def serving_section(base_model: str, adapters: Sequence[tuple[str, str]], lora_r
         "## Serving on an engine\n\n"
         "Many visitors at once are an inference engine's job. Both commands below serve the adapters on the base "
         "behind an OpenAI-compatible API on port 8000; each adapter is chosen by the request's `model` field, and "
-        "the chat template is the one saved with the adapter.\n\n"
+        "the server renders the base's own chat template, which training verified identical to the adapter's.\n\n"
         f"vLLM (adapters named {', '.join(f'`{n}`' for n, _ in adapters)}):\n\n"
         f"```bash\n{commands['vllm']}\n```\n\n"
         f"TGI (adapters named {tgi_names}):\n\n"
