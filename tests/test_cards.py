@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from run_folder import data_files, write_stage
 
-from trainer.cards import dataset_card, engine_commands, feedback_card, model_card, size_category
+from trainer.cards import dataset_card, feedback_card, model_card, size_category
 from trainer.push import PushContext, export_rows, space_settings, stage_space_folder
 from trainer.rundir import read_stage
 from trainer.space_settings import load_space_config
@@ -56,7 +56,8 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
     else:  # the adapters at the pushed revision, downloaded first
         assert "hf download acme/demo-stage2 --revision v1 --local-dir adapters/stage2\n" in serving
         assert "--lora-modules stage1=adapters/stage1 stage2=adapters/stage2" in serving
-        assert "LORA_ADAPTERS=stage1=/data/adapters/stage1,stage2=/data/adapters/stage2" in serving
+        assert "-v $PWD/adapters/stage1:/data/stage1 " in serving
+        assert "LORA_ADAPTERS=stage1=/data/stage1,stage2=/data/stage2" in serving
     # the settings snippet in it loads as the app's settings and names the adapters the commands serve
     snippet = serving.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "engine.yaml").write_text(snippet, encoding="utf-8")
@@ -71,14 +72,6 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
     assert list(data) == list(before)  # the shipped key order is kept
     for name in ("app.py", "requirements.txt", "trainer/push.py", "space/registry.py"):
         assert (dest / name).is_file(), name
-
-
-def test_the_engine_commands_round_the_rank_up_to_one_vllm_accepts():
-    commands = engine_commands("mistralai/Mistral-7B-Instruct-v0.3", [("stage2", "acme/demo-stage2")], lora_rank=4)
-    assert commands["vllm"] == ("vllm serve mistralai/Mistral-7B-Instruct-v0.3 --port 8000 \\\n  --enable-lora "
-                                "--max-loras 1 --max-lora-rank 8 \\\n  --lora-modules stage2=acme/demo-stage2")
-    assert commands["tgi"].endswith("--model-id mistralai/Mistral-7B-Instruct-v0.3")
-    assert "--max-lora-rank 64" in engine_commands("b", [("a", "o/a")], lora_rank=33)["vllm"]
 
 
 def test_the_model_card_carries_the_commands_serving_its_adapter(stages):

@@ -289,8 +289,8 @@ def openai_app(served_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("openai-app")
     (root / "space.yaml").write_text(
         f"engine: openai\nopenai:\n  base_url: {base_url}\n  base_served_name: {base}\n  timeout_s: 120\n"
-        f"adapters:\n  - name: counsellor\n    served_name: {merged}\n    description: merged adapter\n"
-        "  - name: missing\n    served_name: no-such-model\n"
+        "adapters:\n  - name: missing\n    served_name: no-such-model\n"
+        f"  - name: counsellor\n    served_name: {merged}\n    description: merged adapter\n"  # the default: last
         "limits:\n  concurrency: 16\ngeneration:\n  temperature: 0\n  max_new_tokens: 16\n"
         "grounding:\n  enabled: false\n  check_answers: false\n"
         f"feedback:\n  store: {root / 'feedback.sqlite'}\n", encoding="utf-8")

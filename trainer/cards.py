@@ -56,50 +56,22 @@ def verdict_text(gate: dict[str, Any] | None, forced: bool) -> str:
 
 # Serving on an engine (model card and Space bundle)
 
-_VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM accepts only these as --max-lora-rank
-TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
-
-
-def engine_commands(base_model: str, adapters: Sequence[tuple[str, str]], lora_rank: int,
-                    revision: str | None = None) -> dict[str, str]:
-    """The shell commands that serve `adapters` ((name, repo) pairs) on `base_model` behind an OpenAI-compatible API,
-    keyed `vllm` and `tgi`. vLLM serves each adapter under its name (`--lora-modules name=repo`); TGI under its repo
-    id. With `revision`, the adapters are downloaded at that revision first and served from those folders."""
-    rank = next((r for r in _VLLM_LORA_RANKS if r >= lora_rank), lora_rank)
-    download = ""
-    sources = {name: repo for name, repo in adapters}
-    if revision:
-        download = "".join(f"hf download {repo} --revision {revision} --local-dir adapters/{name}\n"
-                           for name, repo in adapters)
-        sources = {name: f"adapters/{name}" for name, _ in adapters}
-    modules = " ".join(f"{name}={source}" for name, source in sources.items())
-    vllm = (f"{download}vllm serve {base_model} --port 8000 \\\n  --enable-lora --max-loras {len(adapters)} "
-            f"--max-lora-rank {rank} \\\n  --lora-modules {modules}")
-    if revision:
-        tgi_adapters = ",".join(f"{name}=/data/adapters/{name}" for name, _ in adapters)
-        mount = "-v $PWD/adapters:/data/adapters "
-    else:
-        tgi_adapters, mount = ",".join(repo for _, repo in adapters), ""
-    tgi = (f"{download}docker run --gpus all --shm-size 1g -p 8000:80 {mount}\\\n  -e LORA_ADAPTERS={tgi_adapters} "
-           f"\\\n  {TGI_IMAGE} --model-id {base_model}")
-    return {"vllm": vllm, "tgi": tgi}
-
-
 def serving_section(base_model: str, adapters: Sequence[tuple[str, str]], lora_rank: int,
                     revision: str | None = None) -> str:
-    """Markdown: the vLLM and TGI commands, and the Space settings that point the app at the server."""
-    commands = engine_commands(base_model, adapters, lora_rank, revision)
-    tgi_names = ", ".join(f"`{name if revision else repo}`" for name, repo in adapters)
-    entries = "".join(f"  - name: {name}\n    served_name: {name}   # TGI: {name if revision else repo}\n"
-                      for name, repo in adapters)
+    """Markdown: the vLLM and TGI commands serving the pushed adapters ((name, repo) pairs) on the base, and the
+    Space settings that point the app at the server."""
+    from trainer.serving import hub_commands
+
+    commands, served = hub_commands(base_model, adapters, lora_rank, revision)
+    entries = "".join(f"  - name: {a.name}\n    served_name: {a.name}   # TGI: {a.tgi_name}\n" for a in served)
     return (
         "## Serving on an engine\n\n"
         "Many visitors at once are an inference engine's job. Both commands below serve the adapters on the base "
         "behind an OpenAI-compatible API on port 8000; each adapter is chosen by the request's `model` field, and "
         "the server renders the base's own chat template, which training verified identical to the adapter's.\n\n"
-        f"vLLM (adapters named {', '.join(f'`{n}`' for n, _ in adapters)}):\n\n"
+        f"vLLM (adapters named {', '.join(f'`{a.name}`' for a in served)}):\n\n"
         f"```bash\n{commands['vllm']}\n```\n\n"
-        f"TGI (adapters named {tgi_names}):\n\n"
+        f"TGI (adapters named {', '.join(f'`{a.tgi_name}`' for a in served)}):\n\n"
         f"```bash\n{commands['tgi']}\n```\n\n"
         "Then point the Space at it in `space_config/space.yaml` (the key stays in the variable `api_key_env` "
         "names):\n\n"
