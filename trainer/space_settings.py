@@ -201,10 +201,10 @@ def _validate_space(cfg: SpaceConfig) -> None:
         if entry.name in seen:
             raise ConfigError(f"{where}.name: {entry.name!r} is used twice")
         seen.add(entry.name)
-        if entry.path is not None and entry.repo is not None:
-            raise ConfigError(f"{where}: set one of path (local folder) or repo (Hub repo), not both")
-        if entry.path is None and entry.repo is None and cfg.engine != "openai":
-            raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)")
+        both, neither = entry.path is not None and entry.repo is not None, entry.path is None and entry.repo is None
+        if both or (neither and cfg.engine != "openai"):
+            raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)" + (
+                ", or neither for an adapter that lives on the server only" if cfg.engine == "openai" else ""))
         if entry.served_name is not None and not entry.served_name.strip():
             raise ConfigError(f"{where}.served_name: must not be blank (null means the adapter's name)")
         if entry.path is not None and (entry.revision or entry.subfolder):
