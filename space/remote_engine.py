@@ -74,9 +74,6 @@ class OpenAIEngine:
 
     def load(self) -> "OpenAIEngine":
         """Nothing to load: the server may start after the app, and visitors are told while it is down."""
-        from trainer.providers import _allow_endpoint_when_offline
-
-        _allow_endpoint_when_offline(self.base_url)  # HF_HUB_OFFLINE blocks the Hub, not the server named here
         return self
 
     def model_name(self, adapter: str) -> str:
@@ -96,6 +93,9 @@ class OpenAIEngine:
         `stop`, closes the HTTP stream, which ends the generation on the server. Raises EngineUnavailable."""
         from huggingface_hub import InferenceClient
 
+        from trainer.providers import allow_endpoint_when_offline
+
+        allow_endpoint_when_offline(self.base_url)  # HF_HUB_OFFLINE blocks the Hub, not the server named here
         stats = stats if stats is not None else StreamStats()
         model = self.model_name(adapter)
         client = InferenceClient(base_url=self.base_url, api_key=self.api_key, timeout=self.settings.timeout_s)
