@@ -48,6 +48,7 @@ class OpenAIEngine:
     load_seconds: float = field(default=0.0, init=False)
     load_in_4bit: bool = field(default=False, init=False)
     """Unknown here: the server decides how the base is stored."""
+    _revisions: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: SpaceConfig, registry: AdapterRegistry) -> "OpenAIEngine":
@@ -82,7 +83,11 @@ class OpenAIEngine:
 
     def adapter_revision(self, adapter: str) -> str | None:
         """The Hub revision or local file hash when the settings name the adapter's weights, else None."""
-        return self.base_revision if adapter == BASE else self.registry.get(adapter).revision_id()
+        if adapter == BASE:
+            return self.base_revision
+        if adapter not in self._revisions:  # a local file is hashed once, not on every feedback record
+            self._revisions[adapter] = self.registry.get(adapter).revision_id()
+        return self._revisions[adapter]
 
     # Generation
 
