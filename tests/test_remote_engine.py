@@ -210,13 +210,26 @@ def test_many_streams_at_once_share_no_lock(stub):
     assert max(start for start, _ in spans) < min(end for _, end in spans)  # all eight were streaming together
 
 
-def test_the_app_shows_a_failure_as_a_note_and_answers_again_when_the_server_is_back(stub, tmp_path):
+def test_an_adapter_with_local_files_is_identified_by_their_hash_and_served_under_its_name(stub, tmp_path):
+    from trainer.data import file_sha256
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    engine = engine_for(url_of(stub), f"adapters=[{{name: local-one, path: {folder}}}]")
+    assert engine.adapter_revision("local-one") == "sha256:" + file_sha256(folder / "adapter_model.safetensors")
+    assert engine.generate(QUESTION, "local-one") == "Answer from local-one about your question"
+
+
+def test_the_app_shows_a_failure_as_a_note_and_answers_again_when_the_server_is_back(stub, tmp_path, monkeypatch):
     from gradio_client import Client
 
     from app import build_app
     from trainer.feedback import FeedbackStore
 
-    cfg = space_config(url_of(stub), f"feedback.store={tmp_path / 'feedback.sqlite'}")
+    monkeypatch.setenv("E16_SERVER_KEY", KEY)
+    cfg = space_config(url_of(stub), f"feedback.store={tmp_path / 'feedback.sqlite'}", api_key_env="E16_SERVER_KEY")
     registry = AdapterRegistry.from_config(cfg)
     engine = OpenAIEngine.from_config(cfg, registry).load()
     store = FeedbackStore(tmp_path / "feedback.sqlite")
@@ -246,9 +259,12 @@ def test_the_app_shows_a_failure_as_a_note_and_answers_again_when_the_server_is_
         record = store.records()[0]
         assert record.base_model == "served-base" and record.adapter == "counsellor"
         assert record.adapter_revision is None  # lives on the server only: nothing here identifies its weights
+        assert stub.requests[-1]["auth"] == f"Bearer {KEY}"
     finally:
         demo.close()
         store.close()
+    for path in tmp_path.rglob("*"):  # the store and its JSONL copy: no key anywhere
+        assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
 
 
 # A real server: `transformers serve`
