@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from trainer.demo_model import is_demo_model
 from trainer.modeling import BASE, GenerationSettings
 from trainer.space_settings import ConfigError, OpenAIEngineSettings, SpaceConfig
 
@@ -66,7 +65,8 @@ class OpenAIEngine:
 
     @property
     def is_demo(self) -> bool:
-        return is_demo_model(self.base_model)
+        """False: the app's demo banner speaks of the embedded model on this machine's CPU, not of a server."""
+        return False
 
     @property
     def adapter_names(self) -> list[str]:
