@@ -6,6 +6,7 @@ each tab from its builder in `space/` (`chat_tab`, `compare_tab`, `labelling_tab
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Sequence
@@ -34,8 +35,7 @@ def build_app(registry, engine, store=None, cfg=None, grounding=None):
         for name in engine.adapter_names
     ]
     default_adapter = engine.adapter_names[-1] if engine.adapter_names else BASE
-    quant = "4-bit NF4" if engine.load_in_4bit else "unquantized"
-    banner = [f"**Base model:** `{engine.base_model}` ({quant}), adapters: "
+    banner = [f"**Base model:** `{engine.base_model}` ({engine.serving}), adapters: "
               + (", ".join(f"`{n}`" for n in engine.adapter_names) or "none")]
     if engine.is_demo:
         banner.append("**Demo mode:** no GPU here, so this runs the embedded demo model (SmolLM2-135M-Instruct) "
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.modeling import quiet_bitsandbytes_kernel_notice
 
     quiet_bitsandbytes_kernel_notice()  # before the engine brings in bitsandbytes
-    from space.engine import InferenceEngine, choose_base_model
+    from space.engine import build_engine
     from space.registry import AdapterRegistry
     from trainer.space_settings import ConfigError, load_space_config
     from space.grounding import Grounding
@@ -114,15 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Without a settings file at the default place, the defaults apply; a file named explicitly must exist.
         missing_default = args.config == parser.get_default("config") and not os.path.exists(args.config)
         cfg = load_space_config(None if missing_default else args.config, args.overrides)
-        registry = AdapterRegistry.from_config(cfg, ".")
+        # a server serves the adapters listed for it; the runs/ folders here are not on it
+        registry = AdapterRegistry.from_config(
+            cfg if cfg.engine == "local" else dataclasses.replace(cfg, discover_runs=False), ".")
         grounding = None
         if cfg.grounding.enabled or cfg.grounding.check_answers or any(a.ground for a in registry):
             grounding = Grounding.load(cfg.grounding, registry)  # a broken KB stops here, before the model loads
             print(f"[app] knowledge base {grounding.kb_version}: {len(grounding.retriever.passages)} passages "
                   f"indexed in {grounding.retriever.build_seconds:.2f}s", flush=True)
-        engine = InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
-                                 base_revision=cfg.base_revision)
-        print(f"[app] loading {engine.base_model} and {len(registry)} adapter(s) ...", flush=True)
+        engine = build_engine(cfg, registry)
+        print(f"[app] {cfg.engine} engine: {engine.base_model} and {len(registry)} adapter(s) ...", flush=True)
         engine.load()
     except (ConfigError, ModelError, DemoModelError, KBError) as exc:
         print(f"error: {exc}", file=sys.stderr)

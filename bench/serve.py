@@ -31,18 +31,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def transformers_serve(model_dir: Path, work_dir: Path, *, continuous_batching: bool = False,
-                       timeout: float = 180) -> Iterator[tuple[str, str]]:
+def transformers_serve(model_dir: Path, work_dir: Path, *, continuous_batching: bool = False, pinned: bool = True,
+                       port: int | None = None, timeout: float = 180) -> Iterator[tuple[str, str]]:
     """Serve a copy of `model_dir` (under `work_dir`, whose path becomes the model name) until the block ends.
-    Yields (base_url, model_name) once `/v1/models` answers; the server's output goes to `work_dir/serve.log`."""
+    Yields (base_url, model_name) once `/v1/models` answers; the server's output goes to `work_dir/serve.log`.
+    `pinned=False` lets a request name any model folder (loaded on first use), so one server can answer under
+    several names; `port` fixes the port (a server stopped and started again at the same address)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     model = work_dir / Path(model_dir).name
     if not model.exists():
         shutil.copytree(model_dir, model)
-    port = free_port()
+    port = port or free_port()
     log = work_dir / "serve.log"
-    args = [str(Path(sys.executable).with_name("transformers")), "serve", str(model), "--host", "127.0.0.1",
-            "--port", str(port), "--device", "cpu"]
+    args = [str(Path(sys.executable).with_name("transformers")), "serve", *([str(model)] if pinned else []),
+            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     if continuous_batching:
         args.append("--continuous-batching")
     with open(log, "w") as out:

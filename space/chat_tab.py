@@ -10,7 +10,8 @@ decoding settings built from the shared sliders. `build_chat_tab` is called insi
 import dataclasses
 from typing import Any, Sequence
 
-from space.display import check_note, is_note, message_text, safe_text, sources_note, trim_history
+from space.display import (check_note, is_note, message_text, safe_text, sources_note, trim_history,
+                           unavailable_note)
 from trainer.modeling import BASE
 from trainer.modeling import GenerationSettings
 from trainer.space_settings import LimitSettings, SpaceConfig
@@ -55,13 +56,18 @@ def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter
     final. With `ground`, the KB passages retrieved for the question go into the system message (rendered by the
     adapter's own chat template, like any system message) and become the numbered sources; the finished answer is
     then checked against the KB, and a contradiction becomes a warning naming the fact and its source."""
+    from space.engine import EngineUnavailable
     from trainer.retrieve import grounded_messages
 
     hits = grounding.search(messages[-1]["content"]) if (grounding is not None and ground) else None
     prompt = grounded_messages(messages, hits) if hits is not None else messages
     text = ""
-    for text in engine.stream(prompt, adapter, settings):
-        yield text, None
+    try:
+        for text in engine.stream(prompt, adapter, settings):
+            yield text, None
+    except EngineUnavailable as exc:  # the server is down or busy: say so under what came, check nothing
+        yield text, [unavailable_note(str(exc))]
+        return
     notes = []
     if grounding is not None:
         flags = grounding.check([*messages, {"role": "assistant", "content": text}])

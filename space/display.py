@@ -55,6 +55,13 @@ def check_note(flags: Sequence[Any]) -> dict[str, Any]:
             "metadata": {"title": "⚠ Check this answer: it contradicts the knowledge base"}}
 
 
+def unavailable_note(message: str) -> dict[str, Any]:
+    """The engine's one-line failure (server down, busy, unknown model) as a titled box where the answer would be:
+    a note, so it is never sent back to the model or stored as the model's answer."""
+    return {"role": "assistant", "content": safe_text(message),
+            "metadata": {"title": "⚠ No answer: the model server did not respond"}}
+
+
 def _link(url: str) -> str:
     """A KB URL (http(s), checked by the KB loader) safe inside a markdown link."""
     return url.replace("(", "%28").replace(")", "%29").replace(" ", "%20")

@@ -1,5 +1,8 @@
 """One base model, many adapters, many visitors: what the app adds to `trainer.modeling`'s inference path.
 
+`Engine` is what the tabs use of an engine; `InferenceEngine` here is `engine: local`, and
+`space.remote_engine.OpenAIEngine` is `engine: openai` (an OpenAI-compatible server generates).
+
 `trainer.modeling.AdapterModel` loads the base once (4-bit NF4 by default, on GPU or CPU) with every adapter in one
 PeftModel, switches between them and streams answers rendered with each adapter's own chat template. The engine
 decides which registered adapters to serve (refusing one trained on another base, or unreadable), and serialises
@@ -14,8 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 from trainer.config import QuantizationSettings
 from trainer.demo_model import DEMO_MODEL_NAME, is_demo_model
@@ -31,6 +33,39 @@ class AdapterRefused(ModelError):
     """An adapter that cannot be served on this base (or cannot be loaded at all)."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot answer right now (its server is down, busy or failing); the message is for the visitor."""
+
+
+class Engine(Protocol):
+    """What the app and its tabs use of an engine (`engine: local` or `engine: openai`)."""
+
+    base_model: str
+    refused: dict[str, str]
+    load_in_4bit: bool
+    load_seconds: float
+
+    @property
+    def serving(self) -> str: ...
+
+    @property
+    def is_demo(self) -> bool: ...
+
+    @property
+    def adapter_names(self) -> list[str]: ...
+
+    def load(self) -> "Engine": ...
+
+    def adapter_revision(self, adapter: str) -> str | None: ...
+
+    def stream(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
+               settings: GenerationSettings = GenerationSettings(), stop: threading.Event | None = None,
+               stats: "StreamStats | None" = None) -> Iterator[str]: ...
+
+    def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
+                 settings: GenerationSettings = GenerationSettings()) -> str: ...
+
+
 @dataclass
 class StreamStats:
     """Filled in while a stream runs: what a benchmark or a log wants to know."""
@@ -41,6 +76,16 @@ class StreamStats:
     total_s: float = 0.0
     waited_s: float = 0.0
     stopped: bool = False
+
+
+def build_engine(cfg, registry: AdapterRegistry) -> Engine:
+    """The engine `cfg.engine` names, constructed cheaply (call `load()` next)."""
+    if cfg.engine == "openai":
+        from space.remote_engine import OpenAIEngine
+
+        return OpenAIEngine.from_config(cfg, registry)
+    return InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
+                           base_revision=cfg.base_revision)
 
 
 def choose_base_model(setting: str = "auto") -> str:
@@ -86,6 +131,11 @@ class InferenceEngine:
     @property
     def is_demo(self) -> bool:
         return is_demo_model(self.base_model)
+
+    @property
+    def serving(self) -> str:
+        """How the base is served, for the app's banner."""
+        return "4-bit NF4" if self.load_in_4bit else "unquantized"
 
     @property
     def model(self):
@@ -140,13 +190,7 @@ class InferenceEngine:
         if adapter == BASE:
             return self.base_revision
         if adapter not in self._revisions:
-            entry = self.registry.get(adapter)
-            if entry.is_local:
-                from trainer.data import file_sha256
-
-                self._revisions[adapter] = "sha256:" + file_sha256(Path(entry.location) / "adapter_model.safetensors")
-            else:
-                self._revisions[adapter] = entry.revision or "main"
+            self._revisions[adapter] = self.registry.get(adapter).revision_id()
         return self._revisions[adapter]
 
     # Generation

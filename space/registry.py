@@ -26,6 +26,24 @@ class RegisteredAdapter:
     """Base model named by the adapter's lineage (local adapters only; Hub adapters are checked when loaded)."""
     ground: bool | None = None
     """Whether its answers are grounded in the knowledge base by default (None: the Space's `grounding.enabled`)."""
+    served_name: str | None = None
+    """The `model` name an OpenAI-compatible server serves it under (`engine: openai`; None: `name`)."""
+
+    @property
+    def model_name(self) -> str:
+        """The request's `model` field for this adapter on an OpenAI-compatible server."""
+        return self.served_name or self.name
+
+    def revision_id(self) -> str | None:
+        """What identifies its weights: the sha256 of a local adapter file, the Hub revision, or None for an adapter
+        that lives on a server only."""
+        if not self.location:
+            return None
+        if self.is_local:
+            from trainer.data import file_sha256
+
+            return "sha256:" + file_sha256(Path(self.location) / "adapter_model.safetensors")
+        return self.revision or "main"
 
 
 class AdapterRegistry:
@@ -55,6 +73,9 @@ class AdapterRegistry:
     @staticmethod
     def _from_entry(index: int, entry: AdapterEntry, cfg: SpaceConfig, base_dir: Path) -> RegisteredAdapter:
         where = f"{cfg.source or 'space config'}: adapters[{index}] ({entry.name})"
+        if entry.path is None and entry.repo is None:  # `engine: openai` only: the server has it, we know its name
+            return RegisteredAdapter(name=entry.name, location="", is_local=False, description=entry.description,
+                                     ground=entry.ground, served_name=entry.served_name)
         if entry.path is not None:
             path = Path(entry.path)
             if not path.is_absolute():
@@ -63,11 +84,13 @@ class AdapterRegistry:
                 raise ConfigError(f"{where}.path: {entry.path} is not an adapter folder (no adapter_config.json)")
             return RegisteredAdapter(name=entry.name, location=str(path), is_local=True,
                                      description=entry.description or describe_adapter(path),
-                                     trained_base=trained_base(path), ground=entry.ground)
+                                     trained_base=trained_base(path), ground=entry.ground,
+                                     served_name=entry.served_name)
         if entry.repo.count("/") != 1:
             raise ConfigError(f"{where}.repo: {entry.repo!r} is not a Hub repo id (owner/name)")
         return RegisteredAdapter(name=entry.name, location=entry.repo, is_local=False, revision=entry.revision,
-                                 subfolder=entry.subfolder, description=entry.description, ground=entry.ground)
+                                 subfolder=entry.subfolder, description=entry.description, ground=entry.ground,
+                                 served_name=entry.served_name)
 
     def __iter__(self):
         return iter(self._adapters.values())

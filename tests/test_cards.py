@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from run_folder import data_files, write_stage
 
-from trainer.cards import dataset_card, feedback_card, size_category
+from trainer.cards import dataset_card, feedback_card, model_card, size_category
 from trainer.push import PushContext, export_rows, space_settings, stage_space_folder
 from trainer.rundir import read_stage
 from trainer.space_settings import load_space_config
@@ -46,7 +46,24 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
 
     shipped = SpaceCard.load(REPO / "space_config" / "README.md")
     card = SpaceCard.load(dest / "README.md")
-    assert card.text == shipped.text
+    assert card.text.startswith(shipped.text.rstrip("\n"))
+    serving = card.text[len(shipped.text.rstrip("\n")):]
+    assert serving.lstrip().startswith("## Serving on an engine")
+    if revision is None:
+        assert ("vllm serve smollm2-135m-instruct --port 8000 \\\n  --enable-lora --max-loras 2 "
+                "--max-lora-rank 16 \\\n  --lora-modules stage1=acme/demo-stage1 stage2=acme/demo-stage2") in serving
+        assert "-e LORA_ADAPTERS=acme/demo-stage1,acme/demo-stage2" in serving
+    else:  # the adapters at the pushed revision, downloaded first
+        assert "hf download acme/demo-stage2 --revision v1 --local-dir adapters/stage2\n" in serving
+        assert "--lora-modules stage1=adapters/stage1 stage2=adapters/stage2" in serving
+        assert "-v $PWD/adapters/stage1:/data/stage1 " in serving
+        assert "LORA_ADAPTERS=stage1=/data/stage1,stage2=/data/stage2" in serving
+    # the settings snippet in it loads as the app's settings and names the adapters the commands serve
+    snippet = serving.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "engine.yaml").write_text(snippet, encoding="utf-8")
+    engine_cfg = load_space_config(tmp_path / "engine.yaml")
+    assert engine_cfg.engine == "openai" and engine_cfg.openai.base_served_name == "smollm2-135m-instruct"
+    assert [(a.name, a.served_name) for a in engine_cfg.adapters] == [("stage1", "stage1"), ("stage2", "stage2")]
     data, before = card.data.to_dict(), shipped.data.to_dict()
     assert data["models"] == ["smollm2-135m-instruct", "acme/demo-stage1", "acme/demo-stage2"]  # base first
     assert data["datasets"] == ["acme/demo-stage2-data", *before["datasets"]]
@@ -55,6 +72,12 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
     assert list(data) == list(before)  # the shipped key order is kept
     for name in ("app.py", "requirements.txt", "trainer/push.py", "space/registry.py"):
         assert (dest / name).is_file(), name
+
+
+def test_the_model_card_carries_the_commands_serving_its_adapter(stages):
+    card = model_card(stages[1], context(), "acme/demo-stage2", None, False)
+    assert "## Serving on an engine" in card.text
+    assert "--lora-modules stage2=acme/demo-stage2" in card.text and "LORA_ADAPTERS=acme/demo-stage2 " in card.text
 
 
 def test_the_dataset_card_of_a_stage_with_an_eval_file_counts_both_files(stages, tmp_path):

@@ -30,6 +30,7 @@ class ScriptedEngine:
     adapter_names = ["demo/stage2"]
     base_model = "smollm2-135m-instruct"
     load_in_4bit = True
+    serving = "4-bit NF4"
     is_demo = True
     refused: dict[str, str] = {}
 

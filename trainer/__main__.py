@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     option("--kb", "kb")
     option("--seed", "seed", type=int)
 
+    serve = sub.add_parser("serve", help="print (or, where vLLM is installed, start) the command serving a run's "
+                           "adapters on an OpenAI-compatible engine")
+    serve.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
+    serve.add_argument("--stage", action="append", help="stage(s) to serve (default: every finished stage)")
+    serve.add_argument("--start", action="store_true", help="start `vllm serve` here instead of printing it")
+
     export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
     export.add_argument("--store", default="data/feedback/feedback.sqlite",
                         help="feedback SQLite file, or a folder of the JSONL records the Space pushed to the Hub")
@@ -219,6 +225,34 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"\n{plan.repo_type} {plan.repo_id} ({plan.title}):")
             for path in plan.files():
                 print(f"  {path.relative_to(plan.folder)}  ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The vLLM and TGI commands serving the run's adapter folders, and the app's settings for them."""
+    from pathlib import Path
+
+    from trainer.cards import base_hub_id
+    from trainer.rundir import finished_stages, read_stage
+    from trainer.serving import ServedAdapter, engine_commands, start_vllm
+
+    run_dir = Path(args.run)
+    stages = [read_stage(run_dir, s) for s in (args.stage or finished_stages(run_dir))]
+    base = base_hub_id(stages[-1])[0]
+    served = [ServedAdapter(s.name, str(s.adapter_dir.resolve()), local=True) for s in stages]
+    rank = max(s.cfg.lora.r for s in stages)
+    if args.start:
+        try:
+            return start_vllm(base, served, rank)
+        except FileNotFoundError:
+            print("error: vLLM is not installed here (`pip install vllm` on a machine with a GPU); without --start "
+                  "this prints the command to run where it is", file=sys.stderr)
+            return 2
+    commands = engine_commands(base, served, rank)
+    adapters = ", ".join(f"{{name: {a.name}, path: {a.source}}}" for a in served)
+    print(f"# vLLM\n{commands['vllm']}\n\n# TGI\n{commands['tgi']}\n\n# then the app, on the server above:\n"
+          f"python app.py --set engine=openai --set openai.base_url=http://127.0.0.1:8000/v1 \\\n"
+          f"  --set openai.base_served_name={base} --set limits.concurrency=16 --set 'adapters=[{adapters}]'")
     return 0
 
 
@@ -307,8 +341,8 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "export-feedback": cmd_export_feedback,
-            "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval}
+COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "serve": cmd_serve,
+            "export-feedback": cmd_export_feedback, "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

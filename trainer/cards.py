@@ -54,6 +54,31 @@ def verdict_text(gate: dict[str, Any] | None, forced: bool) -> str:
             + ("It was published anyway (`--force`); prefer the base model." if forced else ""))
 
 
+# Serving on an engine (model card and Space bundle)
+
+def serving_section(base_model: str, adapters: Sequence[tuple[str, str]], lora_rank: int,
+                    revision: str | None = None) -> str:
+    """Markdown: the vLLM and TGI commands serving the pushed adapters ((name, repo) pairs) on the base, and the
+    Space settings that point the app at the server."""
+    from trainer.serving import hub_commands
+
+    commands, served = hub_commands(base_model, adapters, lora_rank, revision)
+    entries = "".join(f"  - name: {a.name}\n    served_name: {a.name}   # TGI: {a.tgi_name}\n" for a in served)
+    return (
+        "## Serving on an engine\n\n"
+        "Many visitors at once are an inference engine's job. Both commands below serve the adapters on the base "
+        "behind an OpenAI-compatible API on port 8000; each adapter is chosen by the request's `model` field, and "
+        "the server renders the base's own chat template, which training verified identical to the adapter's.\n\n"
+        f"vLLM (adapters named {', '.join(f'`{a.name}`' for a in served)}):\n\n"
+        f"```bash\n{commands['vllm']}\n```\n\n"
+        f"TGI (adapters named {', '.join(f'`{a.tgi_name}`' for a in served)}):\n\n"
+        f"```bash\n{commands['tgi']}\n```\n\n"
+        "Then point the Space at it in `space_config/space.yaml` (the key stays in the variable `api_key_env` "
+        "names):\n\n"
+        f"```yaml\nengine: openai\nopenai:\n  base_url: http://127.0.0.1:8000/v1\n  base_served_name: {base_model}\n"
+        f"  api_key_env: null\nlimits:\n  concurrency: 16\nadapters:\n{entries}```\n")
+
+
 def base_hub_id(stage: StageRun) -> tuple[str, str]:
     """The base model's Hub id for cards and snippets, and a note when the trained weights differ from it."""
     base = stage.lineage.get("base_model", {})
@@ -160,6 +185,7 @@ def model_card(stage: StageRun, ctx: PushContext, repo_id: str, gate: dict | Non
         libraries=", ".join(f"{k} {v}" for k, v in libs.items() if v),
         training_rows=training_rows, metric_rows=metric_rows, loss_plot="loss.png",
         synthetic_caution=synthetic_caution,
+        serving=serving_section(base_id, [(stage.name, repo_id)], stage.cfg.lora.r, ctx.revision),
     )
 
 
@@ -222,12 +248,14 @@ def dataset_card(stage: StageRun, ctx: PushContext, repo_id: str, rows: dict[str
 
 # The Space (push)
 
-def space_card(base_model: str, model_repos: Sequence[str], dataset_repos: Sequence[str]):
+def space_card(base_model: str, model_repos: Sequence[str], dataset_repos: Sequence[str], serving: str = ""):
     """The Space's README: the shipped `space_config/README.md` with its `models` and `datasets` metadata pointing
-    at the base and the pushed repos (shipped entries kept after them)."""
+    at the base and the pushed repos (shipped entries kept after them), and `serving` (markdown) appended."""
     from huggingface_hub import SpaceCard
 
     card = SpaceCard.load(SPACE_README)
+    if serving:
+        card.text = card.text.rstrip("\n") + "\n\n" + serving
     card.data.models = list(dict.fromkeys([base_model, *model_repos]))
     card.data.datasets = list(dict.fromkeys([*dataset_repos, *(card.data.datasets or [])]))
     return card

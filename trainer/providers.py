@@ -35,7 +35,7 @@ _OFFLINE_ALLOWED: set[tuple[str, int | None]] = set()
 _OFFLINE_LOCK = threading.Lock()
 
 
-def _allow_endpoint_when_offline(base_url: str) -> None:
+def allow_endpoint_when_offline(base_url: str) -> None:
     """`HF_HUB_OFFLINE=1` makes huggingface_hub refuse every request, even to a local endpoint the user named
     (`transformers serve`, vLLM on 127.0.0.1). Keep the Hub blocked and let exactly this endpoint's host through."""
     import httpx2
@@ -68,7 +68,7 @@ class OpenAICompatibleProvider:
         from huggingface_hub import InferenceClient
 
         self.base_url, self.model = base_url.rstrip("/"), model
-        _allow_endpoint_when_offline(self.base_url)
+        allow_endpoint_when_offline(self.base_url)
         self.client = InferenceClient(base_url=self.base_url, api_key=api_key, timeout=timeout)
         self.max_retries, self.sleep = max_retries, sleep
 

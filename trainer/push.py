@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.cards import base_hub_id, dataset_card, model_card, space_card
+from trainer.cards import base_hub_id, dataset_card, model_card, serving_section, space_card
 from trainer.eval.gate import verdict_of
 from trainer.hub import HubError, connect, push_folder, whoami
 from trainer.rundir import RunError, StageRun, finished_stages, read_stage
@@ -141,8 +141,10 @@ def stage_space_folder(stages: list[StageRun], ctx: PushContext, repo_id: str, d
     (dest / "space_config" / "space.yaml").write_text(space_config_yaml(
         space_settings(stages, ctx), "# Written by `python -m trainer push`: the adapters this Space serves.\n"),
         encoding="utf-8")
-    space_card(base_hub_id(stages[-1])[0], list(ctx.model_repos.values()),
-               list(ctx.dataset_repos.values())).save(dest / "README.md")
+    base = base_hub_id(stages[-1])[0]
+    served = [(s.name, ctx.model_repos[s.name]) for s in stages if s.name in ctx.model_repos]
+    serving = serving_section(base, served, max(s.cfg.lora.r for s in stages), ctx.revision)
+    space_card(base, list(ctx.model_repos.values()), list(ctx.dataset_repos.values()), serving).save(dest / "README.md")
 
 
 # The push

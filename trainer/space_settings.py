@@ -53,6 +53,9 @@ class AdapterEntry:
     """One line shown next to the adapter in the app."""
     ground: bool | None = None
     """Ground this adapter's answers in the knowledge base by default (null: `grounding.enabled`)."""
+    served_name: str | None = None
+    """With `engine: openai`: the `model` name the server serves this adapter under (null: `name`), e.g. the name
+    in vLLM's `--lora-modules name=repo`. Without path and repo the adapter lives on the server only."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,34 @@ class GroundingSettings:
     """Run the audit's KB rules on every finished answer and show a warning naming the contradicted fact."""
 
 
+ENGINES = ("local", "openai")
+
+
+@dataclass(frozen=True)
+class OpenAIEngineSettings:
+    """`engine: openai`: answers stream from an OpenAI-compatible server (vLLM, TGI, `transformers serve`), the
+    adapter chosen by the request's `model` field. The chat template is the server's."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The server's OpenAI-compatible root (ending in /v1)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (null: no key). The key itself is never written to a
+    file, a log or a feedback record."""
+    base_served_name: str | None = None
+    """The `model` name of the base without adapter (null: `base_model`, which must then not be `auto`)."""
+    timeout_s: float = 60.0
+    """Longest wait for the server: to connect, and between two tokens. Past it the visitor gets a message."""
+
+
 @dataclass(frozen=True)
 class SpaceConfig:
     """Everything the app reads from `space_config/space.yaml`."""
 
+    engine: str = "local"
+    """`local`: the base and adapters load in this process (transformers + PEFT); `openai`: an OpenAI-compatible
+    server generates (settings under `openai`)."""
+    openai: OpenAIEngineSettings = field(default_factory=OpenAIEngineSettings)
+    """Where the `openai` engine's server is; ignored by `engine: local`."""
     base_model: str = "auto"
     """`auto` (Mistral-7B-Instruct-v0.3 on a GPU, the embedded demo model on a CPU), a Hub id, folder or demo name."""
     base_revision: str | None = None
@@ -144,6 +171,23 @@ class SpaceConfig:
 
 
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _validate_openai(cfg: SpaceConfig) -> None:
+    """The `openai` engine's rules; each error names the key."""
+    remote = cfg.openai
+    if not re.match(r"^https?://[^/\s]+", remote.base_url):
+        raise ConfigError(f"openai.base_url: {remote.base_url!r} is not an http(s) URL "
+                          "(e.g. http://127.0.0.1:8000/v1)")
+    if remote.api_key_env is not None and not _ENV_NAME.match(remote.api_key_env):
+        # the value is not echoed: a key pasted here by mistake must not reach a log
+        raise ConfigError("openai.api_key_env: must be the NAME of an environment variable (letters, digits, _; "
+                          "e.g. VLLM_API_KEY), never the key itself")
+    if remote.timeout_s <= 0:
+        raise ConfigError(f"openai.timeout_s: must be positive, got {remote.timeout_s:g}")
+    if remote.base_served_name is None and cfg.base_model == "auto":
+        raise ConfigError("openai.base_served_name: set it (or base_model) to the base model's name on the server")
 
 
 def _validate_space(cfg: SpaceConfig) -> None:
@@ -157,10 +201,18 @@ def _validate_space(cfg: SpaceConfig) -> None:
         if entry.name in seen:
             raise ConfigError(f"{where}.name: {entry.name!r} is used twice")
         seen.add(entry.name)
-        if (entry.path is None) == (entry.repo is None):
-            raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)")
+        both, neither = entry.path is not None and entry.repo is not None, entry.path is None and entry.repo is None
+        if both or (neither and cfg.engine != "openai"):
+            raise ConfigError(f"{where}: set exactly one of path (local folder) or repo (Hub repo)" + (
+                ", or neither for an adapter that lives on the server only" if cfg.engine == "openai" else ""))
+        if entry.served_name is not None and not entry.served_name.strip():
+            raise ConfigError(f"{where}.served_name: must not be blank (null means the adapter's name)")
         if entry.path is not None and (entry.revision or entry.subfolder):
             raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine: {cfg.engine!r} must be one of {', '.join(ENGINES)}")
+    if cfg.engine == "openai":
+        _validate_openai(cfg)
     if not 1 <= cfg.grounding.k <= 20:
         raise ConfigError(f"grounding.k: must be between 1 and 20, got {cfg.grounding.k}")
     lim = cfg.limits

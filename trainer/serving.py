@@ -1,0 +1,83 @@
+"""The commands that serve a run's adapters on an inference engine (vLLM, TGI) behind an OpenAI-compatible API:
+written into the model cards and the Space's README by `push`, printed (or started) by `python -m trainer serve`.
+
+Each adapter is served on the base it was trained on and chosen by the request's `model` field, which is what the
+app's `engine: openai` sends (`space/remote_engine.py`): vLLM names it as `--lora-modules name=source` says, TGI by
+its repo id (or by its name when served from a folder).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+"""vLLM accepts only these as `--max-lora-rank`; a run's rank is rounded up to the next one."""
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
+PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """An adapter as an engine loads it: its name and where its files are (a Hub repo, or a local folder)."""
+
+    name: str
+    source: str
+    local: bool = False
+
+    @property
+    def tgi_name(self) -> str:
+        """The `model` name TGI serves it under."""
+        return self.name if self.local else self.source
+
+
+def _rank(lora_rank: int) -> int:
+    return next((r for r in VLLM_LORA_RANKS if r >= lora_rank), lora_rank)
+
+
+def vllm_args(base_model: str, adapters: Sequence[ServedAdapter], lora_rank: int) -> list[str]:
+    """`vllm serve` with every adapter on the base, as an argument list."""
+    return ["vllm", "serve", base_model, "--port", str(PORT), "--enable-lora", "--max-loras", str(len(adapters)),
+            "--max-lora-rank", str(_rank(lora_rank)), "--lora-modules",
+            *(f"{a.name}={a.source}" for a in adapters)]
+
+
+def engine_commands(base_model: str, adapters: Sequence[ServedAdapter], lora_rank: int,
+                    downloads: Sequence[str] = ()) -> dict[str, str]:
+    """The shell commands (keyed `vllm` and `tgi`), each preceded by `downloads` (lines fetching the adapters)."""
+    before = "".join(line + "\n" for line in downloads)
+    modules = " ".join(shlex.quote(f"{a.name}={a.source}") for a in adapters)
+    vllm = (f"{before}vllm serve {shlex.quote(base_model)} --port {PORT} \\\n  --enable-lora --max-loras "
+            f"{len(adapters)} --max-lora-rank {_rank(lora_rank)} \\\n  --lora-modules {modules}")
+    mounts = "".join(f"-v {_host_path(a.source)}:/data/{a.name.replace('/', '-')} " for a in adapters if a.local)
+    tgi_adapters = ",".join(f"{a.name}=/data/{a.name.replace('/', '-')}" if a.local else a.source for a in adapters)
+    tgi = (f"{before}docker run --gpus all --shm-size 1g -p {PORT}:80 {mounts}\\\n  -e LORA_ADAPTERS={tgi_adapters} "
+           f"\\\n  {TGI_IMAGE} --model-id {shlex.quote(base_model)}")
+    return {"vllm": vllm, "tgi": tgi}
+
+
+def hub_commands(base_model: str, adapters: Sequence[tuple[str, str]], lora_rank: int,
+                 revision: str | None = None) -> tuple[dict[str, str], list[ServedAdapter]]:
+    """The commands serving pushed adapters ((name, repo) pairs), and the adapters as served. The engines fetch a
+    repo's main branch; with `revision`, each adapter is downloaded at it first and served from that folder."""
+    if not revision:
+        served = [ServedAdapter(name, repo) for name, repo in adapters]
+        return engine_commands(base_model, served, lora_rank), served
+    served = [ServedAdapter(name, f"adapters/{name}", local=True) for name, _ in adapters]
+    downloads = [f"hf download {repo} --revision {revision} --local-dir adapters/{name}" for name, repo in adapters]
+    return engine_commands(base_model, served, lora_rank, downloads), served
+
+
+def _host_path(source: str) -> str:
+    return source if Path(source).is_absolute() else f"$PWD/{source}"
+
+
+def start_vllm(base_model: str, adapters: Sequence[ServedAdapter], lora_rank: int) -> int:
+    """Run `vllm serve` here until it stops; its exit code. Raises FileNotFoundError where vLLM is not installed."""
+    if shutil.which("vllm") is None:
+        raise FileNotFoundError("vllm")
+    return subprocess.run(vllm_args(base_model, adapters, lora_rank)).returncode
