@@ -116,7 +116,7 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: _Reachable())
-    monkeypatch.setattr(trainer.data, "_read_hub", read_hub)
+    monkeypatch.setattr(trainer.data, "read_hub", read_hub)
     code = main(["validate", "--config", str(REPO / "configs" / "paper.yaml"),
                  "--set", f"model.name={tiny_mistral_dir}", "--set", "max_length=100000",
                  "--set", f"stages.stage2.dataset.path={DATA / 'short_dialogues.jsonl'}"])

@@ -16,6 +16,7 @@ from trainer.config import (
     build_quantization_config,
     build_sft_config,
     dump_config,
+    effective_dtype,
     load_config,
 )
 from trainer.typed_yaml import parse_override
@@ -72,6 +73,24 @@ def test_shipped_configs_are_found():
     assert REPO / "configs" / "demo.yaml" in SHIPPED_CONFIGS
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_runs_as_float32_where_the_cpu_has_no_native_bfloat16(monkeypatch, capsys, native):
+    import torch
+
+    import trainer.config as config
+
+    monkeypatch.setattr(config, "native_bf16", lambda: native)
+    monkeypatch.setattr(config, "_PRECISION_NOTICE", [])
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    bnb = config.build_quantization_config(cfg.quantization)
+    sft = config.build_sft_config(cfg, "stage1", None)
+    assert bnb.bnb_4bit_compute_dtype == (torch.bfloat16 if native else torch.float32)
+    assert sft.bf16 is native
+    assert config.effective_dtype("float16") == "float16"  # only bfloat16 is swapped
+    notice = capsys.readouterr().out
+    assert ("no native bfloat16" in notice) is (not native) and notice.count("[precision]") <= 1
+
+
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_builds_trl_peft_and_bnb_configs(path, tmp_path):
     import torch
@@ -113,7 +132,7 @@ def test_shipped_config_builds_trl_peft_and_bnb_configs(path, tmp_path):
         assert bnb.load_in_4bit is True
         assert bnb.bnb_4bit_quant_type == cfg.quantization.quant_type
         assert bnb.bnb_4bit_use_double_quant == cfg.quantization.double_quant
-        assert bnb.bnb_4bit_compute_dtype == getattr(torch, cfg.quantization.compute_dtype)
+        assert bnb.bnb_4bit_compute_dtype == getattr(torch, effective_dtype(cfg.quantization.compute_dtype))
     else:
         assert bnb is None
 
