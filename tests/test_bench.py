@@ -94,6 +94,19 @@ def test_synth_throughput_runs_against_transformers_serve(tmp_path):
     assert "| 1 |" in proc.stdout
 
 
+@pytest.mark.slow
+def test_serve_concurrency_runs_both_engines_side_by_side(tmp_path):
+    out = tmp_path / "serve.json"
+    proc = _run(["bench/serve_concurrency.py", "--visitors", "1", "2", "--new-tokens", "4", "--out", str(out)],
+                timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["engine"].split()[0], r["visitors"]) for r in rows] == [("local", 1), ("local", 2), ("openai", 1),
+                                                                      ("openai", 2)]
+    assert all(not r["errors"] and r["new_tokens"] > 0 and r["ttft_p95_s"] > 0 for r in rows), rows
+    assert "| local | 2 |" in proc.stdout
+
+
 @pytest.mark.skipif(data_module._orjson is None, reason="orjson not installed: ingestion uses json.dumps only")
 def test_fast_content_hash_is_the_canonical_json_hash():
     import hashlib

@@ -1,0 +1,132 @@
+"""Many visitors at once: the Space's `local` engine against `engine: openai` on `transformers serve`, side by side.
+
+    python bench/serve_concurrency.py [--visitors 1 4 16] [--new-tokens 48] [--out bench/results/serve.json]
+
+Both engines serve the embedded demo model's base on this machine's CPU, through the code the app runs
+(`space.engine.InferenceEngine`, `space.remote_engine.OpenAIEngine`). For each number of visitors, that many threads
+each stream one counselling question (greedy, the same `--new-tokens`) and time it as a visitor sees it: from the
+request to the first text (time to first token, queueing included) and to the end. Reported per engine and load:
+aggregate new tokens/s over the wall time of the whole burst (tokens counted with the demo tokenizer on the final
+texts, the same way for both engines) and the p50/p95 time to first token.
+
+The local engine holds one lock per generation (the adapter is model-wide state), so its visitors queue; the server
+decides for itself how it interleaves requests (`--continuous-batching` passes that flag to `transformers serve`).
+Run it on an otherwise idle machine: both engines share its cores with nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+QUESTIONS = [
+    "Which documents do I need for a German student visa?",
+    "How many hours may I work per week on a student visa in Australia?",
+    "Is health insurance compulsory for international students in Germany?",
+    "How do I write a strong statement of purpose for a master's in computer science?",
+]
+SYSTEM = "You are a careful study-abroad counsellor."
+
+
+def burst(engine, visitors: int, new_tokens: int, tokenizer) -> dict:
+    """`visitors` threads each stream one question at once; what each saw, and the burst's totals."""
+    from trainer.modeling import BASE, GenerationSettings
+
+    settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0.0)
+    barrier = threading.Barrier(visitors)
+    results: list[dict] = [{} for _ in range(visitors)]
+
+    def visitor(i: int) -> None:
+        messages = [{"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+        barrier.wait()
+        started = time.perf_counter()
+        first, text = None, ""
+        try:
+            for text in engine.stream(messages, BASE, settings):
+                if first is None and text:
+                    first = time.perf_counter() - started
+        except Exception as exc:  # recorded, not raised: one failed visitor must not hide the others' figures
+            results[i] = {"error": f"{type(exc).__name__}: {exc}"}
+            return
+        results[i] = {"ttft_s": first, "total_s": time.perf_counter() - started,
+                      "new_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])}
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(visitors)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ok = [r for r in results if "error" not in r]
+    ttfts = sorted(r["ttft_s"] for r in ok if r["ttft_s"] is not None)
+    tokens = sum(r["new_tokens"] for r in ok)
+    return {
+        "visitors": visitors, "wall_s": round(wall, 2), "new_tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 2) if wall else None,
+        "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))], 3) if ttfts else None,
+        "errors": [r["error"] for r in results if "error" in r],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--visitors", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--continuous-batching", action="store_true", help="pass it to transformers serve")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    from bench.serve import transformers_serve
+    from space.engine import InferenceEngine
+    from space.registry import AdapterRegistry
+    from space.remote_engine import OpenAIEngine
+    from trainer.demo_model import DEMO_MODEL_NAME, demo_model_path
+    from trainer.space_settings import load_space_config
+
+    model_dir = demo_model_path()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows: list[dict] = []
+    local = InferenceEngine(DEMO_MODEL_NAME, AdapterRegistry([]), load_in_4bit=True).load()
+    burst(local, 1, 4, tokenizer)  # warm-up: first-call costs are not what a visitor of a running Space sees
+    for n in args.visitors:
+        rows.append({"engine": "local", **burst(local, n, args.new_tokens, tokenizer)})
+        print(json.dumps(rows[-1]), flush=True)
+    del local
+    with tempfile.TemporaryDirectory() as tmp, \
+            transformers_serve(model_dir, Path(tmp), continuous_batching=args.continuous_batching) as (url, name):
+        cfg = load_space_config(None, ["engine=openai", f"openai.base_url={url}", f"openai.base_served_name={name}"])
+        remote = OpenAIEngine.from_config(cfg, AdapterRegistry([]))
+        burst(remote, 1, 4, tokenizer)
+        for n in args.visitors:
+            rows.append({"engine": "openai (transformers serve" + (", continuous batching)" if
+                                                                     args.continuous_batching else ")"),
+                         **burst(remote, n, args.new_tokens, tokenizer)})
+            print(json.dumps(rows[-1]), flush=True)
+
+    print("\n| engine | visitors | new tokens/s (all visitors) | TTFT p50 | TTFT p95 | errors |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['visitors']} | {r['tokens_per_s']} | {r['ttft_p50_s']} s | {r['ttft_p95_s']} s "
+              f"| {len(r['errors'])} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"new_tokens": args.new_tokens, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
