@@ -163,6 +163,7 @@ def test_the_warning_is_stored_with_the_feedback_and_reviewers_can_filter_for_it
     assert ids[0] in [r.id[:12] for r in store.records(kb_check="clean")]
 
 
+@pytest.mark.slow  # a browser
 def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path):
     from playwright.sync_api import sync_playwright
 
