@@ -28,9 +28,8 @@ from typing import Any, Iterable, Sequence
 
 from trainer.config import DatasetSettings
 # Reading lives in trainer.readers; its names stay importable from here, where callers look for them.
-from trainer.readers import (FILE_SUFFIXES, READERS, RULE_ENCODING, RULE_INVALID_JSON,  # noqa: F401
-                             RULE_NOT_OBJECT, DataError, RowError, folder_files, read_hub, reader_for, resolve_files,
-                             resolve_source)
+from trainer.readers import (RULE_ENCODING, RULE_INVALID_JSON, RULE_NOT_OBJECT,  # noqa: F401
+                             DataError, RowError, read_hub, reader_for, resolve_files, resolve_source)
 
 try:  # ships with gradio (a pinned requirement); plain json is used without it
     import orjson as _orjson

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from trainer.config import PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config
+from trainer.config import (PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config,
+                            effective_dtype)
 from trainer.demo_model import cache_root, demo_model_path, is_demo_model
 
 BASE = "base"
@@ -130,8 +131,6 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
 
     quant = build_quantization_config(quantization)
     if quant is not None:
-        from trainer.config import effective_dtype
-
         dtype = getattr(torch, effective_dtype(quantization.compute_dtype))
     else:
         dtype = torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32

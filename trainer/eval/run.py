@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from trainer.config import effective_dtype
 from trainer.eval import EvalError
 from trainer.eval.gate import GATE_RULE, gate_decision
 from trainer.eval.items import AnswerItem, answer_items, check_contamination, keep_masks, measure
@@ -464,7 +465,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
         "quantization": {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type,
                          "double_quant": quant.double_quant,
-                         "compute_dtype": _effective_dtype(quant.compute_dtype)}
+                         "compute_dtype": effective_dtype(quant.compute_dtype)}
         if quant.load_in_4bit else {"load_in_4bit": False},
         "device": device,
         "gate": gates,
@@ -565,12 +566,6 @@ def _file_sha256(path: Path) -> str:
     from trainer.data import file_sha256
 
     return file_sha256(path)
-
-
-def _effective_dtype(name: str) -> str:
-    from trainer.config import effective_dtype
-
-    return effective_dtype(name)
 
 
 def _now() -> str:
