@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,49 @@ from bench import serve
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium (scripts/test.sh installs it); never a downloaded browser."""
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium():
+    """Headless Debian chromium through Playwright, closed when the block ends."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_app(browser, url: str):
+    """A new page on the app at `url`, once its question box is there."""
+    page = browser.new_page()
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#question textarea")
+    return page
+
+
+def answer_lengths(page, bot, timeout: float) -> list[int]:
+    """The length of the answer `bot` at each look, until it has text and the streaming event has ended.
+
+    Gradio marks a streaming event's outputs `generating` until the event ends. A pause between tokens on a busy
+    machine is no end: a second Send while the first answer streams is ignored."""
+    lengths = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lengths.append(len(bot.inner_text()))
+        if lengths[-1] > 0 and page.locator('[data-testid="status-tracker"].generating').count() == 0:
+            break
+        time.sleep(0.2)
+    return lengths
+
 
 pytest_plugins = ("hub_emulator",)  # the `hub` fixture: a local server speaking the Hub's HTTP API
 

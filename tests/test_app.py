@@ -4,17 +4,12 @@ with gradio_client and in headless Chromium."""
 from __future__ import annotations
 
 import threading
-import time
-from pathlib import Path
 
 import pytest
-from conftest import REPO, launch_app, stop_app
+from conftest import REPO, answer_lengths, chromium, launch_app, open_app, stop_app
 
 from space.display import is_note, message_text
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SYSTEM = "You are a careful study-abroad counsellor."
 
 
@@ -133,59 +128,42 @@ def test_two_visitors_at_once_keep_their_own_adapter_and_history(app_url):
 
 
 def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
     attack = ("<script>window.__xss=1</script> <img src=x onerror=\"window.__xss=2\"> "
               "[prize](javascript:window.__xss=3) What is a CAS?")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(app_url, wait_until="load")
-            page.wait_for_selector("#question textarea")
-            assert "Demo mode" in page.inner_text("body")
-            assert "Check every requirement" in page.inner_text("#notice")
-            assert page.is_checked("#ground input")  # grounded by default (test_grounding_app.py covers it)
-            page.uncheck("#ground input")
+    with chromium() as browser:
+        page = open_app(browser, app_url)
+        assert "Demo mode" in page.inner_text("body")
+        assert "Check every requirement" in page.inner_text("#notice")
+        assert page.is_checked("#ground input")  # grounded by default (test_grounding_app.py covers it)
+        page.uncheck("#ground input")
 
-            page.fill("#question textarea", attack)
-            page.click("#send")
-            bot = page.locator('#chatbot [data-testid="bot"]').last
-            bot.wait_for(timeout=60_000)
-            lengths = []
-            deadline = time.time() + 90
-            while time.time() < deadline:
-                lengths.append(len(bot.inner_text()))
-                # Gradio marks a streaming event's outputs `generating` until the event ends. A pause between
-                # tokens on a busy machine is no end: a second Send while the first answer streams is ignored.
-                if lengths[-1] > 0 and page.locator('[data-testid="status-tracker"].generating').count() == 0:
-                    break
-                time.sleep(0.2)
-            growth = sorted(set(lengths))
-            assert len(growth) >= 3, f"answer did not stream: {lengths}: {bot.inner_text()!r}"
+        page.fill("#question textarea", attack)
+        page.click("#send")
+        bot = page.locator('#chatbot [data-testid="bot"]').last
+        bot.wait_for(timeout=60_000)
+        lengths = answer_lengths(page, bot, 90)
+        growth = sorted(set(lengths))
+        assert len(growth) >= 3, f"answer did not stream: {lengths}: {bot.inner_text()!r}"
 
-            user = page.locator('#chatbot [data-testid="user"]').last
-            assert "<script>window.__xss=1</script>" in user.inner_text()  # shown as text
-            assert "<img src=x" in user.inner_text()
-            assert page.evaluate("window.__xss") is None
-            assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
-            assert page.locator('#chatbot a[href^="javascript"]').count() == 0
+        user = page.locator('#chatbot [data-testid="user"]').last
+        assert "<script>window.__xss=1</script>" in user.inner_text()  # shown as text
+        assert "<img src=x" in user.inner_text()
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
+        assert page.locator('#chatbot a[href^="javascript"]').count() == 0
 
-            page.click("#adapter input")
-            page.get_by_role("option", name="base", exact=False).first.click()
-            assert page.input_value("#adapter input").startswith("Base model")
-            page.fill("#question textarea", "Which English test should I take?")
-            page.click("#send")
-            page.locator('#chatbot [data-testid="bot"]').nth(1).wait_for(timeout=60_000)
-            page.wait_for_function(
-                "document.querySelectorAll('#chatbot [data-testid=\"bot\"]')[1].innerText.length > 10",
-                timeout=60_000)
-            shot = tmp_path / "chat.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-        finally:
-            browser.close()
+        page.click("#adapter input")
+        page.get_by_role("option", name="base", exact=False).first.click()
+        assert page.input_value("#adapter input").startswith("Base model")
+        page.fill("#question textarea", "Which English test should I take?")
+        page.click("#send")
+        page.locator('#chatbot [data-testid="bot"]').nth(1).wait_for(timeout=60_000)
+        page.wait_for_function(
+            "document.querySelectorAll('#chatbot [data-testid=\"bot\"]')[1].innerText.length > 10",
+            timeout=60_000)
+        shot = tmp_path / "chat.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
 
 
 def test_space_header_matches_the_pinned_gradio_and_files():

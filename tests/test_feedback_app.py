@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import launch_app, stop_app
+from conftest import chromium, launch_app, open_app, stop_app
 
 from trainer.feedback import FeedbackStore
 
@@ -183,55 +183,43 @@ def test_labelling_endpoints_refuse_without_the_token_and_work_with_it(feedback_
 
 
 def test_in_a_browser_rate_correct_and_review(feedback_app):
-    from playwright.sync_api import sync_playwright
-
     url, store_path = feedback_app
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=flags)
+    with chromium() as browser:
+        visitor = open_app(browser, url)
+        assert visitor.get_by_role("tab", name="Labelling").count() == 0  # hidden without access
+        visitor.uncheck("#ground input")  # the answer is then the last message (no sources under it)
+        visitor.fill("#question textarea", "How do I find student housing?")
+        visitor.click("#send")
+        visitor.wait_for_function(
+            "(() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+            " return b.length && b[b.length-1].innerText.length > 10; })()", timeout=90_000)
+        # Gradio marks a streaming event's outputs `generating` until it ends: rate the finished answer.
+        visitor.wait_for_function(
+            "document.querySelectorAll('[data-testid=\"status-tracker\"].generating').length === 0",
+            timeout=90_000)
+        visitor.locator("#chatbot button[aria-label='Like']").last.click()
+        visitor.get_by_text("Feedback: rate answers").click()
+        visitor.locator("#consent input").check()
+        visitor.fill("#comment textarea", "Useful, but mention deposits.")
+        visitor.fill("#better-answer textarea", "Apply for university halls early and never pay a deposit "
+                                                "for a room you have not verified.")
+        visitor.click("#send-feedback")
+        visitor.wait_for_function("document.querySelector('#feedback-status').innerText.includes('Saved')",
+                                  timeout=30_000)
+
+        assert visitor.get_by_role("tab", name="Labelling").count() == 0  # still hidden after the load event
+        store = FeedbackStore(store_path)
         try:
-            visitor = browser.new_page()
-            visitor.goto(url, wait_until="load")
-            visitor.wait_for_selector("#question textarea")
-            assert visitor.get_by_role("tab", name="Labelling").count() == 0  # hidden without access
-            visitor.uncheck("#ground input")  # the answer is then the last message (no sources under it)
-            visitor.fill("#question textarea", "How do I find student housing?")
-            visitor.click("#send")
-            visitor.wait_for_function(
-                "(() => { const b = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
-                " return b.length && b[b.length-1].innerText.length > 10; })()", timeout=90_000)
-            # Gradio marks a streaming event's outputs `generating` until it ends: rate the finished answer.
-            visitor.wait_for_function(
-                "document.querySelectorAll('[data-testid=\"status-tracker\"].generating').length === 0",
-                timeout=90_000)
-            visitor.locator("#chatbot button[aria-label='Like']").last.click()
-            visitor.get_by_text("Feedback: rate answers").click()
-            visitor.locator("#consent input").check()
-            visitor.fill("#comment textarea", "Useful, but mention deposits.")
-            visitor.fill("#better-answer textarea", "Apply for university halls early and never pay a deposit "
-                                                    "for a room you have not verified.")
-            visitor.click("#send-feedback")
-            visitor.wait_for_function("document.querySelector('#feedback-status').innerText.includes('Saved')",
-                                      timeout=30_000)
-
-            assert visitor.get_by_role("tab", name="Labelling").count() == 0  # still hidden after the load event
-            store = FeedbackStore(store_path)
-            try:
-                mine = [r for r in store.records() if r.messages[0]["content"] == "How do I find student housing?"]
-            finally:
-                store.close()
-            assert len(mine) == 1 and mine[0].ratings == {1: 1}
-            assert mine[0].comment == "Useful, but mention deposits." and mine[0].edited_index == 1
-
-            reviewer = browser.new_page()
-            reviewer.goto(f"{url}?token={TOKEN}", wait_until="load")
-            reviewer.wait_for_selector("#question textarea")
-            reviewer.get_by_role("tab", name="Labelling").click()
-            reviewer.fill("#queue-search textarea", "student housing")
-            reviewer.click("#load-queue")
-            reviewer.wait_for_function("document.body.innerText.includes('How do I find student housing?')",
-                                       timeout=30_000)
-            reviewer.screenshot(path=str(store_path.parent / "labelling.png"), full_page=True)
+            mine = [r for r in store.records() if r.messages[0]["content"] == "How do I find student housing?"]
         finally:
-            browser.close()
+            store.close()
+        assert len(mine) == 1 and mine[0].ratings == {1: 1}
+        assert mine[0].comment == "Useful, but mention deposits." and mine[0].edited_index == 1
+
+        reviewer = open_app(browser, f"{url}?token={TOKEN}")
+        reviewer.get_by_role("tab", name="Labelling").click()
+        reviewer.fill("#queue-search textarea", "student housing")
+        reviewer.click("#load-queue")
+        reviewer.wait_for_function("document.body.innerText.includes('How do I find student housing?')",
+                                   timeout=30_000)
+        reviewer.screenshot(path=str(store_path.parent / "labelling.png"), full_page=True)

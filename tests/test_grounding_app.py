@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, chromium, open_app
 
 from space.display import is_note, message_text
 from trainer.modeling import BASE
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SYSTEM = "You are a careful study-abroad counsellor."
 MEDICARE = "As an international student in Australia, you will be covered by Medicare for doctor visits."
 INJECTED = "<img src=x onerror=\"window.__kbxss=1\"><script>window.__kbxss=2</script>"
@@ -165,43 +162,34 @@ def test_the_warning_is_stored_with_the_feedback_and_reviewers_can_filter_for_it
 
 @pytest.mark.slow  # a browser
 def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     url, _, _ = served
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(url, wait_until="load")
-            page.wait_for_selector("#question textarea")
-            # the default adapter is listed with `ground: false`, so the box starts unticked; ticking grounds it
-            assert not page.is_checked("#ground input")
-            page.check("#ground input")
-            assert page.is_checked("#ground input")
-            assert "Knowledge base" in page.inner_text("body")
-            page.fill("#question textarea", "Am I covered by Medicare as an international student in Australia?")
-            page.click("#send")
-            page.wait_for_function("document.querySelector('#chatbot').innerText.includes('Sources from the "
-                                   "knowledge base')", timeout=60_000)
-            deadline = time.time() + 30
-            while page.locator('[data-testid="status-tracker"].generating').count() and time.time() < deadline:
-                time.sleep(0.2)
-            body = page.inner_text("#chatbot")
-            assert "Check this answer: it contradicts the knowledge base" in body
-            assert "<script>window.__kbxss=2</script>" in body  # shown as text
-            assert page.evaluate("window.__kbxss") is None
-            assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
-            # the notes are collapsible boxes; open them and check the numbered links point at the KB's sources
-            for title in page.locator("#chatbot button:has-text('Sources from the knowledge base'), "
-                                      "#chatbot span:has-text('Sources from the knowledge base')").all()[:1]:
-                title.click()
-            links = page.locator("#chatbot a[href^='https://']")
-            links.first.wait_for(timeout=10_000)
-            hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
-            assert any("homeaffairs.gov.au" in h or "studyaustralia.gov.au" in h or ".gov.au" in h for h in hrefs)
-            shot = tmp_path / "grounded.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = open_app(browser, url)
+        # the default adapter is listed with `ground: false`, so the box starts unticked; ticking grounds it
+        assert not page.is_checked("#ground input")
+        page.check("#ground input")
+        assert page.is_checked("#ground input")
+        assert "Knowledge base" in page.inner_text("body")
+        page.fill("#question textarea", "Am I covered by Medicare as an international student in Australia?")
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#chatbot').innerText.includes('Sources from the "
+                               "knowledge base')", timeout=60_000)
+        deadline = time.time() + 30
+        while page.locator('[data-testid="status-tracker"].generating').count() and time.time() < deadline:
+            time.sleep(0.2)
+        body = page.inner_text("#chatbot")
+        assert "Check this answer: it contradicts the knowledge base" in body
+        assert "<script>window.__kbxss=2</script>" in body  # shown as text
+        assert page.evaluate("window.__kbxss") is None
+        assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
+        # the notes are collapsible boxes; open them and check the numbered links point at the KB's sources
+        for title in page.locator("#chatbot button:has-text('Sources from the knowledge base'), "
+                                  "#chatbot span:has-text('Sources from the knowledge base')").all()[:1]:
+            title.click()
+        links = page.locator("#chatbot a[href^='https://']")
+        links.first.wait_for(timeout=10_000)
+        hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+        assert any("homeaffairs.gov.au" in h or "studyaustralia.gov.au" in h or ".gov.au" in h for h in hrefs)
+        shot = tmp_path / "grounded.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000

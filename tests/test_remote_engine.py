@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import launch_app, stop_app
+from conftest import answer_lengths, chromium, launch_app, open_app, stop_app
 
 from bench import serve
 from space.display import is_note, message_text
@@ -26,9 +26,6 @@ from space.remote_engine import OpenAIEngine
 from trainer.modeling import BASE, GenerationSettings
 from trainer.space_settings import ConfigError, load_space_config
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SYSTEM = "You are a careful study-abroad counsellor."
 KEY = "sk-test-0123456789abcdef"
 UNAVAILABLE = "⚠ No answer: the model server did not respond"
@@ -404,28 +401,13 @@ def test_a_stopped_server_is_one_message_and_the_app_recovers_when_it_returns(de
 
 
 def test_in_a_browser_an_answer_streams_from_the_server(openai_app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(openai_app, wait_until="load")
-            page.wait_for_selector("#question textarea")
-            assert "on an OpenAI-compatible server" in page.inner_text("body")
-            page.fill("#question textarea", "How do I open a bank account abroad?")
-            page.click("#send")
-            bot = page.locator('#chatbot [data-testid="bot"]').last
-            bot.wait_for(timeout=120_000)
-            lengths = []
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                lengths.append(len(bot.inner_text()))
-                if lengths[-1] > 0 and page.locator('[data-testid="status-tracker"].generating').count() == 0:
-                    break
-                time.sleep(0.2)
-            assert len(set(lengths)) >= 3, f"answer did not stream: {lengths}: {bot.inner_text()!r}"
-            assert UNAVAILABLE not in page.inner_text("#chatbot")
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = open_app(browser, openai_app)
+        assert "on an OpenAI-compatible server" in page.inner_text("body")
+        page.fill("#question textarea", "How do I open a bank account abroad?")
+        page.click("#send")
+        bot = page.locator('#chatbot [data-testid="bot"]').last
+        bot.wait_for(timeout=120_000)
+        lengths = answer_lengths(page, bot, 120)
+        assert len(set(lengths)) >= 3, f"answer did not stream: {lengths}: {bot.inner_text()!r}"
+        assert UNAVAILABLE not in page.inner_text("#chatbot")
