@@ -6,7 +6,6 @@ each tab from its builder in `space/` (`chat_tab`, `compare_tab`, `labelling_tab
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Sequence
@@ -114,9 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Without a settings file at the default place, the defaults apply; a file named explicitly must exist.
         missing_default = args.config == parser.get_default("config") and not os.path.exists(args.config)
         cfg = load_space_config(None if missing_default else args.config, args.overrides)
-        # a server serves the adapters listed for it; the runs/ folders here are not on it
-        registry = AdapterRegistry.from_config(
-            cfg if cfg.engine == "local" else dataclasses.replace(cfg, discover_runs=False), ".")
+        registry = AdapterRegistry.from_config(cfg, ".")
         grounding = None
         if cfg.grounding.enabled or cfg.grounding.check_answers or any(a.ground for a in registry):
             grounding = Grounding.load(cfg.grounding, registry)  # a broken KB stops here, before the model loads

@@ -60,7 +60,7 @@ class AdapterRegistry:
     def from_config(cls, cfg: SpaceConfig, base_dir: str | Path = ".") -> "AdapterRegistry":
         base_dir = Path(base_dir)
         adapters = [cls._from_entry(i, entry, cfg, base_dir) for i, entry in enumerate(cfg.adapters)]
-        if cfg.discover_runs:
+        if cfg.discover_runs and cfg.engine == "local":  # a server has the adapters listed for it, not runs/ here
             listed = {Path(a.location).resolve() for a in adapters if a.is_local}
             for adapter_dir in adapter_dirs(base_dir / cfg.runs_dir):
                 if adapter_dir.resolve() not in listed:

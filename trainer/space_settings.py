@@ -154,7 +154,8 @@ class SpaceConfig:
     runs_dir: str = "runs"
     """Folder searched for trained adapters (`<run>/<stage>/adapter`), offered as `<run>/<stage>`."""
     discover_runs: bool = True
-    """Offer the adapters found in `runs_dir` too."""
+    """Offer the adapters found in `runs_dir` too (`engine: local` only: a server does not have this machine's
+    run folders)."""
     adapters: tuple[AdapterEntry, ...] = ()
     """Adapters to offer, from a local folder or a Hub repo."""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
