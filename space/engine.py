@@ -85,7 +85,7 @@ def build_engine(cfg, registry: AdapterRegistry) -> Engine:
 
         return OpenAIEngine.from_config(cfg, registry)
     return InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
-                           base_revision=cfg.base_revision)
+                           base_revision=cfg.base_revision, decode=cfg.decode, cache_tokens=cfg.decode_cache_tokens)
 
 
 def choose_base_model(setting: str = "auto") -> str:
@@ -114,6 +114,10 @@ class InferenceEngine:
     registry: AdapterRegistry
     load_in_4bit: bool = True
     base_revision: str | None = None
+    decode: str = "auto"
+    """`compiled`, `eager` or `auto` (compiled on a CUDA GPU): see `trainer.modeling.CompiledDecode`."""
+    cache_tokens: int = 2048
+    """The compiled decode's static KV cache length (prompt plus answer)."""
     served: AdapterModel | None = field(default=None, init=False)
     ref: BaseModelRef | None = field(default=None, init=False)
     refused: dict[str, str] = field(default_factory=dict, init=False)
@@ -135,7 +139,8 @@ class InferenceEngine:
     @property
     def serving(self) -> str:
         """How the base is served, for the app's banner."""
-        return "4-bit NF4" if self.load_in_4bit else "unquantized"
+        how = "4-bit NF4" if self.load_in_4bit else "unquantized"
+        return how + (", compiled decode" if self.served is not None and self.served.decode == "compiled" else "")
 
     @property
     def model(self):
@@ -160,7 +165,8 @@ class InferenceEngine:
         """Load the base once, then every registered adapter this base can serve into the same PeftModel."""
         started = time.time()
         self.ref = resolve_base_model(self.base_model, self.base_revision)
-        self.served = load_adapter_model(self.ref, QuantizationSettings(load_in_4bit=self.load_in_4bit))
+        self.served = load_adapter_model(self.ref, QuantizationSettings(load_in_4bit=self.load_in_4bit),
+                                         decode=self.decode, cache_tokens=self.cache_tokens)
         for adapter in self.registry:
             try:
                 self._load_adapter(adapter)
@@ -168,8 +174,19 @@ class InferenceEngine:
                 self.refused[adapter.name] = str(exc).splitlines()[0]
                 print(f"[engine] adapter {adapter.name!r} refused: {self.refused[adapter.name]}", flush=True)
         self.served.activate(BASE)
+        if self.served.decode == "compiled":
+            self._compile_now()
         self.load_seconds = time.time() - started
         return self
+
+    def _compile_now(self) -> None:
+        """Compile the decode graphs (the base's and the adapter slot's) before the first visitor waits for them."""
+        started = time.time()
+        short = GenerationSettings(max_new_tokens=4, temperature=0)
+        for name in [BASE, *self.adapter_names[:1]]:
+            for _ in self.stream([{"role": "user", "content": "Hello"}], name, short):
+                pass
+        print(f"[engine] compiled decode ready in {time.time() - started:.0f} s", flush=True)
 
     def _load_adapter(self, adapter: RegisteredAdapter) -> None:
         """Refuse an adapter that is unreadable or trained on another base; load the others."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
 QUESTION = [{"role": "user", "content": "How do I apply for a student visa?"}]
 
 
-def make_adapter(base_dir: Path, out: Path, seed: int, base_name: str | None = None) -> Path:
+def make_adapter(base_dir: Path, out: Path, seed: int, base_name: str | None = None, r: int = 8, alpha: int = 64,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")) -> Path:
     """A LoRA adapter with random (non-zero) weights, saved like the trainer saves one."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -25,7 +27,7 @@ def make_adapter(base_dir: Path, out: Path, seed: int, base_name: str | None = N
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
                                                   init_lora_weights=False))
     peft_model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
@@ -179,3 +181,96 @@ def test_same_base_treats_demo_aliases_as_one_model():
     assert same_base("demo", "smollm2-135m-instruct")
     assert same_base("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/mistral-7b-instruct-v0.3")
     assert not same_base("smollm2-135m-instruct", "mistralai/Mistral-7B-Instruct-v0.3")
+
+
+# Compiled decode (decode: compiled): a static KV cache, a torch.compile'd decode step, adapters hot-swapped into one
+# slot. Compiling takes tens of seconds on a CPU, so these tests are slow-marked.
+
+
+def compiled_engine(tiny_mistral_dir, root: Path, load_in_4bit: bool) -> InferenceEngine:
+    """Two adapters of different rank and alpha (the slot is padded, scalings swapped), plus one that targets other
+    modules (refused: it cannot share the slot)."""
+    make_adapter(tiny_mistral_dir, root / "a", seed=1)
+    make_adapter(tiny_mistral_dir, root / "b", seed=2, r=4, alpha=8)
+    make_adapter(tiny_mistral_dir, root / "c", seed=3, targets=("q_proj", "o_proj"))
+    (root / "space.yaml").write_text(
+        "discover_runs: false\nadapters:\n"
+        f"  - {{name: stage1, path: {root / 'a'}}}\n  - {{name: stage2, path: {root / 'b'}}}\n"
+        f"  - {{name: elsewhere, path: {root / 'c'}}}\n")
+    registry = AdapterRegistry.from_config(load_space_config(root / "space.yaml"), root)
+    return InferenceEngine(str(tiny_mistral_dir), registry, load_in_4bit=load_in_4bit, decode="compiled",
+                           cache_tokens=256)
+
+
+def streamed(engine, name, settings=GenerationSettings(max_new_tokens=24, temperature=0), question=QUESTION) -> str:
+    return list(engine.stream(question, name, settings))[-1]
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_eager_answers_and_switching_never_recompiles(tiny_mistral_dir, tmp_path):
+    from torch._dynamo.utils import counters
+
+    root = tmp_path / "compiled"
+    root.mkdir()
+    at_start = counters["stats"]["unique_graphs"]
+    compiled = compiled_engine(tiny_mistral_dir, root, load_in_4bit=False).load()  # compiles base + slot graphs
+    assert counters["stats"]["unique_graphs"] > at_start  # the decode step really was compiled
+    assert compiled.served.decode == "compiled" and "compiled decode" in compiled.serving
+    assert compiled.adapter_names == ["stage1", "stage2"]
+    assert "same target modules" in compiled.refused["elsewhere"]
+    eager = InferenceEngine(str(tiny_mistral_dir), compiled.registry, load_in_4bit=False, decode="eager").load()
+    assert eager.served.decode == "eager" and eager.adapter_names == ["stage1", "stage2", "elsewhere"]
+
+    graphs = counters["stats"]["unique_graphs"]
+    order = ("stage1", "stage2", BASE, "stage2", "stage1", BASE)
+    answers = [streamed(compiled, name) for name in order]
+    assert counters["stats"]["unique_graphs"] == graphs  # no adapter or base switch compiled anything new
+    assert answers == [streamed(eager, name) for name in order]
+    assert len(set(answers[:3])) == 3  # the adapters really differ, so the swap is what made them right
+    # batched answers (the eval's path) after the swaps: still each adapter's own
+    assert [compiled.generate(QUESTION, n, GREEDY) for n in order[:3]] == [eager.generate(QUESTION, n, GREEDY)
+                                                                          for n in order[:3]]
+
+    served = compiled.served
+    served.activate("stage1")
+    started = time.perf_counter()
+    for i in range(60):
+        served.activate(("stage2", BASE, "stage1")[i % 3])
+    assert (time.perf_counter() - started) / 60 < 0.05  # a copy of the LoRA tensors, not a reload or a recompile
+
+    # a conversation longer than the static cache decodes eagerly, with the same answer and no recompile
+    long_question = [{"role": "user", "content": "How do I apply for a student visa? " * 30}]
+    assert len(compiled.prompt_ids(long_question, "stage2")) + 24 > 256
+    assert streamed(compiled, "stage2", question=long_question) == streamed(eager, "stage2", question=long_question)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.slow
+def test_compiled_decode_on_the_4bit_base_gives_the_eager_answers(tiny_mistral_dir, tmp_path):
+    """transformers declines to compile bitsandbytes 4-bit models; CompiledDecode answers that check for its own
+    calls, so this is what shows the compiled 4-bit step computes the same tokens."""
+    root = tmp_path / "compiled4"
+    root.mkdir()
+    compiled = compiled_engine(tiny_mistral_dir, root, load_in_4bit=True).load()
+    eager = InferenceEngine(str(tiny_mistral_dir), compiled.registry, load_in_4bit=True, decode="eager").load()
+    for name in ("stage1", BASE, "stage2"):
+        assert streamed(compiled, name) == streamed(eager, name)
+
+
+def test_decode_modes_are_checked_and_auto_is_eager_on_a_cpu(tiny_mistral_dir):
+    from trainer.modeling import AdapterModel, ModelError
+
+    class Model:
+        def parameters(self):
+            import torch
+
+            yield torch.zeros(1)
+
+    class Tokenizer:
+        chat_template = "{{ messages }}"
+
+    assert AdapterModel(Model(), Tokenizer(), None, decode="auto").decode == "eager"
+    with pytest.raises(ModelError, match="decode: 'fast' must be one of auto, eager, compiled"):
+        AdapterModel(Model(), Tokenizer(), None, decode="fast")
+    with pytest.raises(ModelError, match="cache_tokens must be at least 16"):
+        AdapterModel(Model(), Tokenizer(), None, decode="compiled", cache_tokens=8)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.config import TOPICS
-from trainer.modeling import GenerationSettings
+from trainer.modeling import DECODE_MODES, GenerationSettings
 from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -151,6 +151,13 @@ class SpaceConfig:
     """Hub revision of the base model."""
     load_in_4bit: bool = True
     """Serve the base in 4-bit NF4 (GPU or CPU); false loads bf16 on a GPU, fp32 on a CPU."""
+    decode: str = "auto"
+    """`engine: local`: `compiled` decodes with a static KV cache and a torch.compile'd step, adapters hot-swapped into
+    one compiled slot (faster tokens; compiling adds a minute or two to start-up); `eager` op by op; `auto` compiled
+    on a CUDA GPU, eager on a CPU."""
+    decode_cache_tokens: int = 2048
+    """`decode: compiled`: prompt plus answer tokens the static KV cache holds; longer conversations decode eagerly
+    (more memory per visitor on one side, more eager fallbacks on the other)."""
     runs_dir: str = "runs"
     """Folder searched for trained adapters (`<run>/<stage>/adapter`), offered as `<run>/<stage>`."""
     discover_runs: bool = True
@@ -214,6 +221,12 @@ def _validate_space(cfg: SpaceConfig) -> None:
         raise ConfigError(f"engine: {cfg.engine!r} must be one of {', '.join(ENGINES)}")
     if cfg.engine == "openai":
         _validate_openai(cfg)
+    if cfg.decode not in DECODE_MODES:
+        raise ConfigError(f"decode: {cfg.decode!r} must be one of {', '.join(DECODE_MODES)}")
+    if cfg.decode == "compiled" and cfg.decode_cache_tokens <= cfg.limits.max_new_tokens_limit:
+        raise ConfigError(f"decode_cache_tokens: {cfg.decode_cache_tokens} must be larger than "
+                          f"limits.max_new_tokens_limit ({cfg.limits.max_new_tokens_limit}): the cache holds the "
+                          "prompt and the answer")
     if not 1 <= cfg.grounding.k <= 20:
         raise ConfigError(f"grounding.k: must be between 1 and 20, got {cfg.grounding.k}")
     lim = cfg.limits
