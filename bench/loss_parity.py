@@ -75,8 +75,8 @@ def markdown(results: dict) -> str:
               f"same conversations in every step: {'yes' if v['same_batches'] else 'NO'}.", "",
               "| step | ours loss | plain TRL loss | relative difference |", "|---|---|---|---|"]
     for r in v["steps"]:
-        lines.append(f"| {r["step"]} | {r["ours"]:.5f} | {r["baseline"]:.5f} | {r["rel_diff"]:.2e} |")
-    lines += ["", f"Max relative difference {v["max_rel_diff"]:.2e} against a tolerance of {v['tolerance']:.0%}: "
+        lines.append(f"| {r['step']} | {r['ours']:.5f} | {r['baseline']:.5f} | {r['rel_diff']:.2e} |")
+    lines += ["", f"Max relative difference {v['max_rel_diff']:.2e} against a tolerance of {v['tolerance']:.0%}: "
                   f"**{v['verdict']}**" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + "."]
     return "\n".join(lines) + "\n"
 
