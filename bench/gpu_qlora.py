@@ -326,18 +326,22 @@ def child_baseline(spec: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     # TRL needs {% generation %} markers for the assistant-only loss; this is the same twin template ours uses.
     tokenizer.chat_template = select_training_template(tokenizer, "mistral").text
+    # `baseline_dtype` / `baseline_args` (bench/loss_parity.py): the same precision and optimizer settings as ours,
+    # so a loss comparison measures the execution path only; unset, TRL's defaults as a user would have them.
+    dtype = getattr(torch, spec.get("baseline_dtype", "bfloat16"))
     model = AutoModelForCausalLM.from_pretrained(
-        spec["model_dir"], dtype=torch.bfloat16, device_map={"": 0} if cuda else None,
+        spec["model_dir"], dtype=dtype, device_map={"": 0} if cuda else None,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16))
+                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype))
     rows = [json.loads(line) for line in Path(spec["data"]).read_text(encoding="utf-8").splitlines()]
     batch, accum = spec["baseline_batch"]
-    args = SFTConfig(
-        output_dir=f"{spec['work']}/baseline", max_steps=spec["steps"] + spec["warmup_steps"],
-        per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_length=spec["max_length"],
-        learning_rate=2e-4, assistant_only_loss=True, logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=not cuda, seed=3407, data_seed=3407, disable_tqdm=True,
-    )
+    args = SFTConfig(**{
+        "output_dir": f"{spec['work']}/baseline", "max_steps": spec["steps"] + spec["warmup_steps"],
+        "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum, "max_length": spec["max_length"],
+        "learning_rate": 2e-4, "assistant_only_loss": True, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "use_cpu": not cuda, "seed": 3407, "data_seed": 3407, "disable_tqdm": True,
+        **spec.get("baseline_args", {}),
+    })
     marks: list = []
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
@@ -420,12 +424,14 @@ def measure_generation(spec: dict, adapter_dir: Path) -> dict:
 
 # The parent: spawn the children, compare, project, write JSON and markdown
 
-def _spawn(kind: str, spec: dict, log) -> dict:
+def _spawn(kind: str, spec: dict, log, script: str | Path = __file__) -> dict:
+    """Run `script --child kind spec.json` (this file by default; bench/profile_step.py and bench/loss_parity.py
+    reuse it for their own children) and return the dict its `RESULT ` line carries."""
     spec_path = Path(spec["work"]) / f"spec-{kind}.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(spec_path)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, str(script), "--child", kind, str(spec_path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result, tail = None, []
     for line in proc.stdout:

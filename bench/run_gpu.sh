@@ -8,6 +8,8 @@
 # 2. On the GPU machine (the device tool: command `bash bench/run_gpu.sh`, carry [".whl"], timeout_s 600):
 #      bash bench/run_gpu.sh                      # results in $OUT (or bench/results): gpu_qlora.json/.md, log
 #    bash bench/run_gpu.sh --sweep              # our batch layout / checkpointing settings vs the baseline: gpu_sweep.*
+#    bash bench/run_gpu.sh --parity --profile   # issue 17: loss parity over 8 steps (loss_parity.*), then one
+#                                               # profiled optimizer step per side (profile_step.*, traces .json.gz)
 #    CPU_REHEARSAL=1 bash bench/run_gpu.sh        # here, with the .venv's python first on PATH: the same path at
 #                                                 # tiny shapes on the CPU (checks this script, not the GPU)
 #
@@ -84,6 +86,31 @@ STEPS="${STEPS:-6}"
 GEN_TOKENS="${GEN_TOKENS:-64}"
 SHAPE=(--model-dir /tmp/gpu_qlora-mistral7b)
 [[ "${CPU_REHEARSAL:-}" == 1 ]] && SHAPE=(--tiny --model-dir /tmp/gpu_qlora-tiny) && STEPS=2 && GEN_TOKENS=8
+if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" ]]; then
+  # Issue 17, in the order given (both fit one call: ~1 min model build, shared; parity ~2 x (0.5 min load +
+  # 8 steps); profile ~2 x (0.5 min load + 3 steps + trace processing)). Each has its own timeout, so one that runs
+  # long cannot cost the other; both write their JSON/markdown as they go. TRACE=0 skips the Chrome traces.
+  PARITY_STEPS="${PARITY_STEPS:-8}"
+  status=0
+  for mode in "$@"; do
+    case "$mode" in
+      --parity)
+        timeout "${PARITY_TIMEOUT:-270}" $PY bench/loss_parity.py --steps "$PARITY_STEPS" --out-dir "$OUT" \
+          --work-dir /tmp/loss_parity-work --quiet "${SHAPE[@]}"
+        rc=$?; echo "bench/loss_parity.py exit status: $rc (1: FAIL or a side failed; 124: timed out)";;
+      --profile)
+        trace=(); [[ "${TRACE:-1}" == 0 ]] && trace=(--no-trace)
+        timeout "${PROFILE_TIMEOUT:-300}" $PY bench/profile_step.py --mode both --out-dir "$OUT" \
+          --work-dir /tmp/profile_step-work --quiet "${trace[@]}" "${SHAPE[@]}"
+        rc=$?; echo "bench/profile_step.py exit status: $rc";;
+      *) echo "unknown mode $mode (use --parity and/or --profile)"; rc=2;;
+    esac
+    [[ $rc != 0 ]] && status=$rc
+  done
+  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv 2>/dev/null || true
+  exit $status
+fi
+
 if [[ "${1:-}" == "--sweep" ]]; then
   # Our side's batch layout and activation checkpointing, one setting at a time, beside the plain-TRL baseline, on
   # the same model and data (built once, reused by every run), no generation: bench/results/gpu_sweep.{json,md}.
