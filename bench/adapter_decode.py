@@ -65,7 +65,8 @@ def write_random_adapter(model_dir: Path, out: Path, rank: int, alpha: int, seed
             weights[f"{key}.lora_A.weight"] = torch.randn(rank, fan_in, generator=generator) / fan_in ** 0.5
             weights[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.02
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(out / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()},
+              str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name, "r": rank,
         "lora_alpha": alpha, "lora_dropout": 0.0, "target_modules": list(TARGETS), "bias": "none",
@@ -110,7 +111,7 @@ def measure_mode(mode: str, base: str, adapters: list[Path], args) -> dict:
     assert engine.adapter_names == ["a", "b"], engine.refused
     generation_config = engine.model.get_base_model().generation_config
     settings = GenerationSettings(max_new_tokens=args.new_tokens, temperature=0.0, repetition_penalty=1.0)
-    answers: dict[str, str] = {}
+    answers: dict[str, str] = {}  # "<request number> <adapter>" -> the answer, for every full-length request
 
     def one(adapter: str, new_tokens: int) -> dict:
         stats = StreamStats()
@@ -119,7 +120,7 @@ def measure_mode(mode: str, base: str, adapters: list[Path], args) -> dict:
         for text in engine.stream(QUESTION, adapter, replace(settings, max_new_tokens=new_tokens), stats=stats):
             pass
         if new_tokens == args.new_tokens:
-            answers.setdefault(adapter, text)
+            answers[f"{len(answers)} {adapter}"] = text
         return {"new_tokens": stats.new_tokens, "seconds": stats.total_s}
 
     def summary(order: list[str]) -> dict:
@@ -162,7 +163,6 @@ def measure_mode(mode: str, base: str, adapters: list[Path], args) -> dict:
     if torch.cuda.is_available():
         out["peak_gpu_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     engine._worker.shutdown(wait=True)
-    del engine, served
     return {"figures": out, "answers": answers}
 
 
@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         results["modes"].append({"mode": mode, "figures": run["figures"]})
         print(json.dumps(results["modes"][-1]), flush=True)
         (args.out_dir / "adapter_decode.json").write_text(json.dumps(results, indent=2) + "\n")
-    results["same_answers"] = len({json.dumps(a, sort_keys=True) for a in answers.values()}) == 1
+    first, *others = answers.values()
+    differing = sorted({key for other in others for key in first if other.get(key) != first[key]})
+    results["same_answers"] = not differing
+    results["differing_answers"] = {key: {mode: answers[mode].get(key) for mode in answers} for key in differing}
     (args.out_dir / "adapter_decode.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out_dir / "adapter_decode.md").write_text(markdown(results))
     print(markdown(results))

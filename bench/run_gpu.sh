@@ -10,6 +10,8 @@
 #    bash bench/run_gpu.sh --sweep              # our batch layout / checkpointing settings vs the baseline: gpu_sweep.*
 #    bash bench/run_gpu.sh --parity --profile   # issue 17: loss parity over 8 steps (loss_parity.*), then one
 #                                               # profiled optimizer step per side (profile_step.*, traces .json.gz)
+#    bash bench/run_gpu.sh --decode             # issue 16: adapter decode in the local engine, eager vs compiled
+#                                               # (adapter_decode.json/.md)
 #    CPU_REHEARSAL=1 bash bench/run_gpu.sh        # here, with the .venv's python first on PATH: the same path at
 #                                                 # tiny shapes on the CPU (checks this script, not the GPU)
 #
@@ -86,7 +88,7 @@ STEPS="${STEPS:-6}"
 GEN_TOKENS="${GEN_TOKENS:-64}"
 SHAPE=(--model-dir /tmp/gpu_qlora-mistral7b)
 [[ "${CPU_REHEARSAL:-}" == 1 ]] && SHAPE=(--tiny --model-dir /tmp/gpu_qlora-tiny) && STEPS=2 && GEN_TOKENS=8
-if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" ]]; then
+if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" || "${1:-}" == "--decode" ]]; then
   # Issue 17, in the order given (both fit one call: ~1 min model build, shared; parity ~2 x (0.5 min load +
   # 8 steps); profile ~2 x (0.5 min load + 3 steps + trace processing)). Each has its own timeout, so one that runs
   # long cannot cost the other; both write their JSON/markdown as they go. TRACE=0 skips the Chrome traces.
@@ -103,7 +105,14 @@ if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" ]]; then
         timeout "${PROFILE_TIMEOUT:-300}" $PY bench/profile_step.py --mode both --out-dir "$OUT" \
           --work-dir /tmp/profile_step-work --quiet "${trace[@]}" "${SHAPE[@]}"
         rc=$?; echo "bench/profile_step.py exit status: $rc";;
-      *) echo "unknown mode $mode (use --parity and/or --profile)"; rc=2;;
+      --decode)
+        # Issue 16: the local engine's adapter decode, eager vs compiled (static cache + CUDA graphs, hot-swapped
+        # slot), 4-bit base + two rank-16 adapters; ~0.5 min load per mode, compiling two graphs ~1-3 min.
+        decode_shape=(--mistral7b "${SHAPE[@]}"); [[ "${CPU_REHEARSAL:-}" == 1 ]] && decode_shape=("${SHAPE[@]}")
+        timeout "${DECODE_TIMEOUT:-420}" $PY bench/adapter_decode.py --new-tokens "${DECODE_TOKENS:-64}" \
+          --out-dir "$OUT" --work-dir /tmp/adapter_decode-work "${decode_shape[@]}"
+        rc=$?; echo "bench/adapter_decode.py exit status: $rc (1: the modes' answers differ; 124: timed out)";;
+      *) echo "unknown mode $mode (use --parity, --profile and/or --decode)"; rc=2;;
     esac
     [[ $rc != 0 ]] && status=$rc
   done

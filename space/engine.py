@@ -183,9 +183,16 @@ class InferenceEngine:
         """Compile the decode graphs (the base's and the adapter slot's) before the first visitor waits for them."""
         started = time.time()
         short = GenerationSettings(max_new_tokens=4, temperature=0)
-        for name in [BASE, *self.adapter_names[:1]]:
-            for _ in self.stream([{"role": "user", "content": "Hello"}], name, short):
-                pass
+        try:
+            for name in [BASE, *self.adapter_names[:1]]:
+                for _ in self.stream([{"role": "user", "content": "Hello"}], name, short):
+                    pass
+        except Exception as exc:  # a compiler or device that cannot do it: the app still serves, eagerly
+            self.served.compiled = None
+            self.served.activate(BASE)
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(f"[engine] compiled decode failed ({type(exc).__name__}: {reason}); decoding eagerly", flush=True)
+            return
         print(f"[engine] compiled decode ready in {time.time() - started:.0f} s", flush=True)
 
     def _load_adapter(self, adapter: RegisteredAdapter) -> None:

@@ -241,3 +241,24 @@ def test_profile_step_and_loss_parity_tiny_end_to_end(tmp_path):
     assert parity["verdict"]["passed"] and parity["verdict"]["same_batches"]
     assert len(parity["sides"]["ours"]["losses"]) == len(parity["sides"]["baseline"]["losses"]) == 2
     assert parity["sides"]["ours"]["lora_a_reset"] == 14  # 2 layers x 7 projections
+
+
+@pytest.mark.slow
+def test_adapter_decode_tiny_compares_eager_and_compiled(tmp_path):
+    """bench/adapter_decode.py --tiny (the CPU rehearsal of the GPU run): both decode modes, same answers, the
+    switch timed, and no graph compiled by a switch."""
+    proc = _run(["bench/adapter_decode.py", "--tiny", "--new-tokens", "6", "--repeats", "1", "--switches", "20",
+                 "--cache-tokens", "128", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+                 "--model-dir", str(tmp_path / "model")], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "adapter_decode.json").read_text())
+    assert results["same_answers"] and [run["mode"] for run in results["modes"]] == ["eager", "compiled"]
+    for run in results["modes"]:
+        figures = run["figures"]
+        for key in ("base", "adapter", "switching"):
+            assert figures[key]["decode_tokens_per_second"] > 0 and figures[key]["ttft_s"] > 0
+        assert figures["adapter_slowdown"] > 0 and figures["switch_ms"]["switches"] == 20
+        assert figures["graphs_compiled_while_measuring"] == 0
+    assert "compiled decode" in results["modes"][1]["figures"]["serving"]
+    table = (tmp_path / "out" / "adapter_decode.md").read_text()
+    assert "| eager |" in table and "| compiled |" in table and "compiled / eager decode" in table

@@ -186,6 +186,27 @@ def test_liger_kernel_setting_resolves_per_machine(tmp_path):
         load_config(write_config(tmp_path), ["training.use_liger_kernel=fast"])
 
 
+
+def test_compile_layers_is_typed_and_needs_a_compiler_on_a_cpu(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    from trainer.config import compile_layers_ready
+
+    cfg = load_config(write_config(tmp_path), ["training.compile_layers=true"])
+    assert cfg.stage("stage1").compile_layers and cfg.stage("stage2").compile_layers
+    assert not load_config(write_config(tmp_path)).stage("stage1").compile_layers  # off unless asked
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.compile_layers: expected true or false, got 'yes please'"):
+        load_config(write_config(tmp_path), ["stages.stage1.compile_layers=yes please"])
+    compile_layers_ready(cfg, "stage1")  # this machine has g++
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"stages\.stage1\.compile_layers is true, but on a CPU torch\.compile "
+                                          r"needs a C\+\+ compiler"):
+        build_sft_config(cfg, "stage1", tmp_path / "out")
+
+
 # Inheritance and overrides
 
 def test_training_block_is_inherited_and_a_stage_overrides_it(tmp_path):

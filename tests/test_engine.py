@@ -274,3 +274,19 @@ def test_decode_modes_are_checked_and_auto_is_eager_on_a_cpu(tiny_mistral_dir):
         AdapterModel(Model(), Tokenizer(), None, decode="fast")
     with pytest.raises(ModelError, match="cache_tokens must be at least 16"):
         AdapterModel(Model(), Tokenizer(), None, decode="compiled", cache_tokens=8)
+
+
+def test_a_compiled_decode_that_fails_at_start_up_falls_back_to_eager(tiny_mistral_dir, tmp_path, monkeypatch,
+                                                                       capsys):
+    """A machine that cannot compile (no compiler, a device torch.compile fails on) still gets a working app."""
+    from trainer.modeling import CompiledDecode
+
+    def cannot(self):
+        raise RuntimeError("InductorError: no working C++ compiler found\nlong traceback")
+
+    monkeypatch.setattr(CompiledDecode, "generate_kwargs", cannot)
+    engine = compiled_engine(tiny_mistral_dir, tmp_path, load_in_4bit=False).load()
+    assert engine.served.decode == "eager" and "compiled" not in engine.serving
+    assert "compiled decode failed (RuntimeError: InductorError: no working C++ compiler found); decoding eagerly" \
+        in capsys.readouterr().out
+    assert streamed(engine, "stage1") != streamed(engine, BASE)

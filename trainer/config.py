@@ -140,6 +140,10 @@ class StageSettings:
     use_liger_kernel: bool | str = "auto"
     """Liger's Triton kernels through TRL (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): `auto` uses them on a
     CUDA GPU when the `liger-kernel` package imports, `true` requires them, `false` never uses them."""
+    compile_layers: bool = False
+    """Compile each decoder layer with torch.compile (the LoRA branches' and norms' small ops fused; the layers share
+    one compiled graph). The first steps pay the compile time: about a minute, more on a CPU, where it needs a C++
+    compiler. Off by default until a GPU profile shows it pays (BENCHMARKS.md, issue 17)."""
     bf16: bool = True
     """Mixed precision in bfloat16 (adapter weights and activations); off on a CPU without native bfloat16."""
     logging_steps: int = 1
@@ -370,6 +374,20 @@ def liger_kernel_wanted(cfg: PipelineConfig, stage: str) -> bool:
     return True
 
 
+def compile_layers_ready(cfg: PipelineConfig, stage: str) -> None:
+    """Raise a ConfigError when a stage asks for `compile_layers` on a machine that cannot compile: on a CPU,
+    torch.compile's inductor builds C++ and needs a compiler on PATH."""
+    import shutil
+
+    import torch
+
+    if not cfg.stage(stage).compile_layers or torch.cuda.is_available():
+        return
+    if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
+        raise ConfigError(f"{cfg.source}: stages.{stage}.compile_layers is true, but on a CPU torch.compile needs a "
+                          "C++ compiler (g++ or clang++ on PATH; apt-get install g++), or set it to false")
+
+
 def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *, eval_enabled: bool = True):
     """The TRL SFTConfig for one stage. Raises a ConfigError if TRL rejects a value."""
     import torch
@@ -377,6 +395,7 @@ def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *,
 
     st = cfg.stage(stage)
     use_liger = liger_kernel_wanted(cfg, stage)
+    compile_layers_ready(cfg, stage)
     eval_strategy = "no"
     if eval_enabled:
         eval_strategy = "steps" if st.eval_steps else "epoch"

@@ -270,6 +270,17 @@ def _adapter_record(adapter_dir: Path, stage: str | None) -> dict[str, Any]:
     return record
 
 
+def compile_decoder_layers(model) -> int:
+    """`torch.compile` every decoder layer in place (`nn.Module.compile`: the layer keeps its parameters, hooks and
+    activation checkpointing, which wraps the compiled call); returns how many were compiled."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: StagePlan | None = None) -> Path:
     """Train one stage and write its run directory. Returns the stage directory. `plan` is the stage's plan from
     `plan_pipeline` (made here when not given)."""
@@ -347,6 +358,10 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
         processing_class=plan.tokenizer,
     )
     install_compact_lm_head(trainer.model.get_base_model())  # no-op on GPUs, where TRL's Triton kernels run
+    compiled_layers = compile_decoder_layers(trainer.model) if st.compile_layers else 0
+    if compiled_layers:
+        print(f"[{stage}] compile_layers: {compiled_layers} decoder layers compiled (the first steps include "
+              "compiling)", flush=True)
     eval_first = None
     if plan.data.eval and st.eval_before_training and checkpoint is None:
         eval_first = trainer.evaluate()["eval_loss"]
@@ -405,6 +420,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
         "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                    else f"cpu ({torch.get_num_threads()} threads)"),
         "liger_kernel": bool(plan.sft_config.use_liger_kernel),
+        "compiled_layers": compiled_layers,
     }
     write_json(stage_dir / "metrics.json", metrics)
     write_json(stage_dir / "split.json", plan.data.split_record())
