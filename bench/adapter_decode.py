@@ -15,11 +15,11 @@ Answers are checked token for token between the modes (greedy): a compiled step 
 show here before it showed in a chat.
 
 Models:
-    python bench/adapter_decode.py                       # the demo model (CPU) with two random rank-16 adapters
-    python bench/adapter_decode.py --no-4bit             # the same, unquantized (float32 on a CPU)
+    python bench/adapter_decode.py --no-4bit             # the demo model (CPU, float32), two random rank-16 adapters
+    python bench/adapter_decode.py --modes eager         # the same in 4-bit (compiled 4-bit needs a CUDA GPU)
     python bench/adapter_decode.py --mistral7b           # Mistral-7B-Instruct-v0.3's shapes, random weights (GPU;
                                                          # built by bench/gpu_qlora.py's builder, reused if present)
-    python bench/adapter_decode.py --tiny                # those shapes shrunk (hidden 64, 2 layers): a CPU rehearsal
+    python bench/adapter_decode.py --tiny --no-4bit      # those shapes shrunk (hidden 64, 2 layers): a CPU rehearsal
 
 Adapters are written here with random weights at `--rank` over every attention and MLP projection (as
 configs/paper.yaml trains them): speed depends on shapes, not on the values. Writes `<out-dir>/adapter_decode.json`
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
+    if "compiled" in args.modes.split(",") and args.load_in_4bit and not torch.cuda.is_available():
+        parser.error("compiled decode of a 4-bit base needs a CUDA GPU (the engine refuses it on a CPU, see "
+                     "BENCHMARKS.md); add --no-4bit, or --modes eager")
     model_dir, base = build_model(args)
     adapters = [write_random_adapter(model_dir, args.work_dir / f"adapter_{name}", args.rank, 2 * args.rank, seed,
                                      base) for seed, name in enumerate("ab", start=1)]

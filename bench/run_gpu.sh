@@ -108,7 +108,7 @@ if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" || "${1:-}" == "--decode
       --decode)
         # Issue 16: the local engine's adapter decode, eager vs compiled (static cache + CUDA graphs, hot-swapped
         # slot), 4-bit base + two rank-16 adapters; ~0.5 min load per mode, compiling two graphs ~1-3 min.
-        decode_shape=(--mistral7b "${SHAPE[@]}"); [[ "${CPU_REHEARSAL:-}" == 1 ]] && decode_shape=("${SHAPE[@]}")
+        decode_shape=(--mistral7b "${SHAPE[@]}"); [[ "${CPU_REHEARSAL:-}" == 1 ]] && decode_shape=(--no-4bit "${SHAPE[@]}")
         timeout "${DECODE_TIMEOUT:-420}" $PY bench/adapter_decode.py --new-tokens "${DECODE_TOKENS:-64}" \
           --out-dir "$OUT" --work-dir /tmp/adapter_decode-work "${decode_shape[@]}"
         rc=$?; echo "bench/adapter_decode.py exit status: $rc (1: the modes' answers differ; 124: timed out)";;
@@ -132,6 +132,7 @@ if [[ "${1:-}" == "--sweep" ]]; then
     "ours 2 x 4 without checkpointing|--mode ours $B=2 $A=4 --set training.gradient_checkpointing=false"
     "ours 4 x 2 without checkpointing|--mode ours $B=4 $A=2 --set training.gradient_checkpointing=false"
     "ours 2 x 4 with checkpointing|--mode ours $B=2 $A=4"
+    "ours (configs/paper.yaml) with compile_layers|--mode ours --set training.compile_layers=true"
   )
   i=0
   for v in "${VARIANTS[@]}"; do

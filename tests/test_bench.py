@@ -247,8 +247,8 @@ def test_profile_step_and_loss_parity_tiny_end_to_end(tmp_path):
 def test_adapter_decode_tiny_compares_eager_and_compiled(tmp_path):
     """bench/adapter_decode.py --tiny (the CPU rehearsal of the GPU run): both decode modes, same answers, the
     switch timed, and no graph compiled by a switch."""
-    proc = _run(["bench/adapter_decode.py", "--tiny", "--new-tokens", "6", "--repeats", "1", "--switches", "20",
-                 "--cache-tokens", "128", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+    proc = _run(["bench/adapter_decode.py", "--tiny", "--no-4bit", "--new-tokens", "6", "--repeats", "1",
+                 "--switches", "20", "--cache-tokens", "128", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
                  "--model-dir", str(tmp_path / "model")], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "adapter_decode.json").read_text())
@@ -262,3 +262,16 @@ def test_adapter_decode_tiny_compares_eager_and_compiled(tmp_path):
     assert "compiled decode" in results["modes"][1]["figures"]["serving"]
     table = (tmp_path / "out" / "adapter_decode.md").read_text()
     assert "| eager |" in table and "| compiled |" in table and "compiled / eager decode" in table
+
+
+@pytest.mark.slow
+def test_compile_layers_keeps_the_loss_curve_tiny(tmp_path):
+    """training.compile_layers (each decoder layer torch.compile'd) against plain TRL: the same losses within 1%."""
+    proc = _run(["bench/loss_parity.py", "--tiny", "--steps", "3", "--quiet", "--set", "training.compile_layers=true",
+                 "--out-dir", str(tmp_path / "l"), "--work-dir", str(tmp_path / "lw"),
+                 "--model-dir", str(tmp_path / "model")], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    parity = json.loads((tmp_path / "l" / "loss_parity.json").read_text())
+    assert parity["verdict"]["passed"] and parity["verdict"]["same_batches"]
+    metrics = json.loads((tmp_path / "lw" / "runs" / "bench-ours" / "stage1" / "metrics.json").read_text())
+    assert metrics["compiled_layers"] == 2  # the tiny model's two decoder layers really ran compiled

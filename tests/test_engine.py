@@ -245,16 +245,16 @@ def test_compiled_decode_gives_the_eager_answers_and_switching_never_recompiles(
     assert counters["stats"]["unique_graphs"] == graphs
 
 
-@pytest.mark.slow
-def test_compiled_decode_on_the_4bit_base_gives_the_eager_answers(tiny_mistral_dir, tmp_path):
-    """transformers declines to compile bitsandbytes 4-bit models; CompiledDecode answers that check for its own
-    calls, so this is what shows the compiled 4-bit step computes the same tokens."""
-    root = tmp_path / "compiled4"
-    root.mkdir()
-    compiled = compiled_engine(tiny_mistral_dir, root, load_in_4bit=True).load()
-    eager = InferenceEngine(str(tiny_mistral_dir), compiled.registry, load_in_4bit=True, decode="eager").load()
-    for name in ("stage1", BASE, "stage2"):
-        assert streamed(compiled, name) == streamed(eager, name)
+def test_compiled_decode_on_a_4bit_base_is_refused_on_a_cpu(tiny_mistral_dir, tmp_path):
+    """Measured on the demo model: bitsandbytes' compiled CPU 4-bit step is slower than eager and its logits drift
+    (up to 0.75) from the eager ones, so the setting is refused there with a message, not served differently."""
+    import torch
+
+    from trainer.modeling import ModelError
+
+    assert not torch.cuda.is_available()
+    with pytest.raises(ModelError, match="decode: compiled with a 4-bit base needs a CUDA GPU"):
+        compiled_engine(tiny_mistral_dir, tmp_path, load_in_4bit=True).load()
 
 
 def test_decode_modes_are_checked_and_auto_is_eager_on_a_cpu(tiny_mistral_dir):

@@ -352,8 +352,17 @@ class AdapterModel:
         self._active: str | None = BASE
         self._tuner_layers: list | None = None
         self._fast_switch = False
+        cuda = next(model.parameters()).device.type == "cuda"
         if decode == "auto":
-            decode = "compiled" if next(model.parameters()).device.type == "cuda" else "eager"
+            decode = "compiled" if cuda else "eager"
+        quantized = getattr(getattr(getattr(model, "hf_quantizer", None), "quantization_config", None),
+                            "load_in_4bit", False)
+        if decode == "compiled" and quantized and not cuda:
+            # Measured on the demo model (BENCHMARKS.md): compiled, bitsandbytes' CPU 4-bit path decoded at 0.64x
+            # the eager speed, with logits up to 0.75 apart from the eager ones (greedy answers changed).
+            raise ModelError("decode: compiled with a 4-bit base needs a CUDA GPU: on a CPU the compiled bitsandbytes "
+                             "4-bit step was slower than eager and its logits differed from eager ones; use decode: "
+                             "auto or eager, or load_in_4bit: false")
         self.compiled = CompiledDecode(self, cache_tokens) if decode == "compiled" else None
 
     @property
@@ -604,8 +613,9 @@ class CompiledDecode:
     disabled) is a second graph. Prefill stays eager (transformers compiles the decode step only). A conversation
     longer than `cache_tokens` (prompt plus answer) decodes eagerly instead of growing the cache, which would
     recompile. transformers declines to compile bitsandbytes 4-bit models; bitsandbytes registers its ops for
-    `torch.compile`, and tests/test_engine.py checks that the compiled 4-bit answers equal the eager ones, so for
-    these calls only the compile check is answered here."""
+    `torch.compile`, so for these calls only that check is answered here, on a CUDA GPU only: on a CPU the compiled
+    4-bit step was measured slower than eager, with logits up to 0.75 apart (AdapterModel refuses it there), and
+    `bench/adapter_decode.py` compares the two modes' answers token for token on the GPU."""
 
     def __init__(self, owner: AdapterModel, cache_tokens: int):
         if cache_tokens < 16:
