@@ -248,7 +248,8 @@ def test_adapter_decode_tiny_compares_eager_and_compiled(tmp_path):
     """bench/adapter_decode.py --tiny (the CPU rehearsal of the GPU run): both decode modes, same answers, the
     switch timed, and no graph compiled by a switch."""
     proc = _run(["bench/adapter_decode.py", "--tiny", "--no-4bit", "--new-tokens", "6", "--repeats", "1",
-                 "--switches", "20", "--cache-tokens", "128", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+                 "--switches", "20", "--cache-tokens", "128", "--out-dir", str(tmp_path / "out"),
+                 "--work-dir", str(tmp_path / "work"),
                  "--model-dir", str(tmp_path / "model")], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "adapter_decode.json").read_text())
