@@ -447,6 +447,63 @@ def _spawn(kind: str, spec: dict, log, script: str | Path = __file__) -> dict:
     return result
 
 
+def add_shared_arguments(parser: argparse.ArgumentParser, work_dir: str) -> None:
+    """The options of every script that drives these children (this one, profile_step.py, loss_parity.py)."""
+    parser.add_argument("--tiny", action="store_true", help="shrunken shapes (hidden 64, 2 layers): runs on a CPU")
+    parser.add_argument("--target-tokens", type=int, help="tokens per conversation (default 1500; 160 with --tiny)")
+    parser.add_argument("--max-length", type=int, help="default 2048; 256 with --tiny")
+    parser.add_argument("--liger", choices=["auto", "on", "off"], default="auto",
+                        help="TRL's use_liger_kernel on our side: auto = when liger_kernel imports on CUDA")
+    parser.add_argument("--set", dest="ours_set", action="append", default=[], help="extra override for our side")
+    parser.add_argument("--model-dir", type=Path, help="where the random-weight model is saved (reused if its "
+                                                       "shape matches); default /tmp/gpu_qlora-<shape>")
+    parser.add_argument("--work-dir", type=Path, default=Path(work_dir))
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--quiet", action="store_true", help="do not echo the children's output")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+
+
+def answer_child(args: argparse.Namespace, run) -> bool:
+    """In a child process (`--child KIND SPEC`): `run(kind, spec)`, print its RESULT line, return True."""
+    if not args.child:
+        return False
+    kind, spec_path = args.child
+    print("RESULT " + json.dumps(run(kind, json.loads(Path(spec_path).read_text()))), flush=True)
+    return True
+
+
+def shared_spec(args: argparse.Namespace) -> dict:
+    """The spec keys every driver sets the same way from `add_shared_arguments`' options."""
+    return {
+        "shape": TINY if args.tiny else MISTRAL_7B_V03, "work": str(args.work_dir),
+        "target_tokens": args.target_tokens or (160 if args.tiny else 1500),
+        "max_length": args.max_length or (256 if args.tiny else 2048), "liger": args.liger,
+        "ours_set": args.ours_set,
+        "model_dir": str(args.model_dir or Path(f"/tmp/gpu_qlora-{'tiny' if args.tiny else 'mistral7b'}")),
+        "data": str(args.work_dir / "conversations.jsonl"),
+    }
+
+
+def build_and_run_sides(spec: dict, sides: list[str], results: dict, save, *, quiet: bool, script: str | Path,
+                        keep: tuple[str, ...], announce) -> bool:
+    """Build the model and data, then each side in its own child of `script`, keeping `keep` of each result in
+    `results["sides"]` and saving after every phase. False when the build failed (recorded in `results`)."""
+    build = _spawn("build", spec, not quiet)
+    if "error" in build:
+        results["error"] = build["error"]
+        save()
+        print(build["error"], file=sys.stderr)
+        return False
+    results["data"] = build
+    for side in sides:
+        print(announce(side), flush=True)
+        result = _spawn(side, spec, not quiet, script=script)
+        results["sides"][side] = {k: result[k] for k in keep if k in result}
+        results["device"] = result.get("device", results.get("device"))
+        save()
+    return True
+
+
 def _with_derived(side: dict, build: dict, shape: dict) -> dict:
     rate = side.get("tokens_per_second")
     if not rate:
@@ -504,34 +561,20 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["ours", "baseline", "both"], default="both")
-    parser.add_argument("--tiny", action="store_true", help="shrunken shapes (hidden 64, 2 layers): runs on a CPU")
     parser.add_argument("--steps", type=int, default=8, help="measured optimizer steps per side")
     parser.add_argument("--warmup-steps", type=int,
                         help="optimizer steps before the clock starts (default 2: CUDA and Triton start-up; 0 with "
                              "--tiny, where the clock then starts at the end of the first step)")
-    parser.add_argument("--target-tokens", type=int, help="tokens per conversation (default 1500; 160 with --tiny)")
-    parser.add_argument("--max-length", type=int, help="default 2048; 256 with --tiny")
     parser.add_argument("--gen-tokens", type=int, help="new tokens per generation request (0: skip; default 128, "
                                                        "8 with --tiny)")
-    parser.add_argument("--liger", choices=["auto", "on", "off"], default="auto",
-                        help="TRL's use_liger_kernel on our side: auto = when liger_kernel imports on CUDA")
     parser.add_argument("--baseline-batch", type=int, nargs=2, default=[2, 4], metavar=("BATCH", "ACCUM"),
                         help="the baseline's batch and accumulation (default the paper's, as ours)")
-    parser.add_argument("--set", dest="ours_set", action="append", default=[], help="extra override for our side")
-    parser.add_argument("--model-dir", type=Path, help="where the random-weight model is saved (reused if its "
-                                                       "shape matches); default /tmp/gpu_qlora-<shape>")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gpu_qlora-work"))
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--quiet", action="store_true", help="do not echo the children's output")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    add_shared_arguments(parser, "/tmp/gpu_qlora-work")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if args.child:
-        kind, spec_path = args.child
-        spec = json.loads(Path(spec_path).read_text())
-        result = {"build": child_build, "ours": child_ours, "baseline": child_baseline}[kind](spec)
-        print("RESULT " + json.dumps(result), flush=True)
+    children = {"build": child_build, "ours": child_ours, "baseline": child_baseline}
+    if answer_child(args, lambda kind, spec: children[kind](spec)):
         return 0
 
     shape = TINY if args.tiny else MISTRAL_7B_V03
@@ -540,13 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "shape": shape, "work": str(args.work_dir), "steps": args.steps, "warmup_steps": args.warmup_steps,
-        "target_tokens": args.target_tokens or (160 if args.tiny else 1500),
-        "max_length": args.max_length or (256 if args.tiny else 2048),
+        **shared_spec(args), "steps": args.steps, "warmup_steps": args.warmup_steps,
         "gen_tokens": args.gen_tokens if args.gen_tokens is not None else (8 if args.tiny else 128),
-        "liger": args.liger, "baseline_batch": args.baseline_batch, "ours_set": args.ours_set,
-        "model_dir": str(args.model_dir or Path(f"/tmp/gpu_qlora-{'tiny' if args.tiny else 'mistral7b'}")),
-        "data": str(args.work_dir / "conversations.jsonl"),
+        "baseline_batch": args.baseline_batch,
     }
     # Enough distinct conversations that no side sees one twice: (warm-up + measured steps) x batch x accumulation
     per_step = max(2 * 4, args.baseline_batch[0] * args.baseline_batch[1])

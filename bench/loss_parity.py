@@ -172,41 +172,24 @@ def baseline_recipe(overrides: list[str]) -> tuple[dict, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="shrunken shapes (hidden 64, 2 layers): runs on a CPU")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per side (default 8)")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="relative, per step (default 0.01)")
-    parser.add_argument("--target-tokens", type=int, help="tokens per conversation (default 1500; 160 with --tiny)")
-    parser.add_argument("--max-length", type=int, help="default 2048; 256 with --tiny")
-    parser.add_argument("--liger", choices=["auto", "on", "off"], default="auto", help="as in bench/gpu_qlora.py")
-    parser.add_argument("--set", dest="ours_set", action="append", default=[], help="extra override for our side")
-    parser.add_argument("--model-dir", type=Path, help="default /tmp/gpu_qlora-<shape> (shared with gpu_qlora.py)")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/loss_parity-work"))
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--quiet", action="store_true", help="do not echo the children's output")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    gpu_qlora.add_shared_arguments(parser, "/tmp/loss_parity-work")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if args.child:
-        kind, spec_path = args.child
-        result = child_side(kind, json.loads(Path(spec_path).read_text()))
-        print("RESULT " + json.dumps(result), flush=True)
+    if gpu_qlora.answer_child(args, child_side):
         return 0
     if args.steps < 1 or not 0 < args.tolerance < 1:
         parser.error("--steps must be at least 1 and --tolerance in (0, 1)")
 
-    shape = gpu_qlora.TINY if args.tiny else gpu_qlora.MISTRAL_7B_V03
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     baseline_args, dtype = baseline_recipe(args.ours_set)
     spec = {
-        "shape": shape, "work": str(args.work_dir), "steps": args.steps, "warmup_steps": 0,
-        "target_tokens": args.target_tokens or (160 if args.tiny else 1500),
-        "max_length": args.max_length or (256 if args.tiny else 2048), "gen_tokens": 0, "liger": args.liger,
-        "baseline_batch": [2, 4], "ours_set": args.ours_set, "baseline_args": baseline_args,
-        "baseline_dtype": dtype, "conversations": args.steps * 8,
-        "model_dir": str(args.model_dir or Path(f"/tmp/gpu_qlora-{'tiny' if args.tiny else 'mistral7b'}")),
-        "data": str(args.work_dir / "conversations.jsonl"),
+        **gpu_qlora.shared_spec(args), "steps": args.steps, "warmup_steps": 0, "gen_tokens": 0,
+        "baseline_batch": [2, 4], "baseline_args": baseline_args, "baseline_dtype": dtype,
+        "conversations": args.steps * 8,
     }
     results = {"command": "python bench/loss_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "tiny": args.tiny, "sequences_per_step": 8, "baseline_recipe": baseline_args,
@@ -218,20 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         md_path.write_text(markdown(results))
 
     t0 = time.time()
-    build = gpu_qlora._spawn("build", spec, not args.quiet)
-    if "error" in build:
-        results["error"] = build["error"]
-        save()
-        print(build["error"], file=sys.stderr)
+    keep = ("side", "device", "settings", "liger_used", "layout", "losses", "batches", "lora_a_reset", "error")
+    if not gpu_qlora.build_and_run_sides(spec, ["baseline", "ours"], results, save, quiet=args.quiet,
+                                         script=__file__, keep=keep,
+                                         announce=lambda side: f"[parity] {side}: {args.steps} optimizer steps ..."):
         return 1
-    results["data"] = build
-    for side in ("baseline", "ours"):
-        print(f"[parity] {side}: {args.steps} optimizer steps ...", flush=True)
-        result = gpu_qlora._spawn(side, spec, not args.quiet, script=__file__)
-        keep = ("side", "device", "settings", "liger_used", "layout", "losses", "batches", "lora_a_reset", "error")
-        results["sides"][side] = {k: result[k] for k in keep if k in result}
-        results["device"] = result.get("device", results.get("device"))
-        save()
     ours, base = results["sides"]["ours"], results["sides"]["baseline"]
     if "error" not in ours and "error" not in base:
         results["verdict"] = parity_verdict(ours["losses"], base["losses"], args.tolerance,

@@ -301,38 +301,21 @@ def child_side(kind: str, spec: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["ours", "baseline", "both"], default="both")
-    parser.add_argument("--tiny", action="store_true", help="shrunken shapes (hidden 64, 2 layers): runs on a CPU")
     parser.add_argument("--warmup-steps", type=int, help="steps before the profiled one (default 2; 1 with --tiny)")
-    parser.add_argument("--target-tokens", type=int, help="tokens per conversation (default 1500; 160 with --tiny)")
-    parser.add_argument("--max-length", type=int, help="default 2048; 256 with --tiny")
-    parser.add_argument("--liger", choices=["auto", "on", "off"], default="auto", help="as in bench/gpu_qlora.py")
-    parser.add_argument("--set", dest="ours_set", action="append", default=[], help="extra override for our side")
     parser.add_argument("--no-trace", action="store_true", help="skip the Chrome traces")
-    parser.add_argument("--model-dir", type=Path, help="default /tmp/gpu_qlora-<shape> (shared with gpu_qlora.py)")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/profile_step-work"))
-    parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--quiet", action="store_true", help="do not echo the children's output")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    gpu_qlora.add_shared_arguments(parser, "/tmp/profile_step-work")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if args.child:
-        kind, spec_path = args.child
-        result = child_side(kind, json.loads(Path(spec_path).read_text()))
-        print("RESULT " + json.dumps(result), flush=True)
+    if gpu_qlora.answer_child(args, child_side):
         return 0
 
-    shape = gpu_qlora.TINY if args.tiny else gpu_qlora.MISTRAL_7B_V03
     warmup = args.warmup_steps if args.warmup_steps is not None else (1 if args.tiny else 2)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "shape": shape, "work": str(args.work_dir), "out_dir": str(args.out_dir), "steps": 1,
-        "warmup_steps": warmup, "target_tokens": args.target_tokens or (160 if args.tiny else 1500),
-        "max_length": args.max_length or (256 if args.tiny else 2048), "gen_tokens": 0, "liger": args.liger,
-        "baseline_batch": [2, 4], "ours_set": args.ours_set, "trace": not args.no_trace,
-        "model_dir": str(args.model_dir or Path(f"/tmp/gpu_qlora-{'tiny' if args.tiny else 'mistral7b'}")),
-        "data": str(args.work_dir / "conversations.jsonl"), "conversations": (warmup + 1) * 8,
+        **gpu_qlora.shared_spec(args), "out_dir": str(args.out_dir), "steps": 1, "warmup_steps": warmup,
+        "gen_tokens": 0, "baseline_batch": [2, 4], "trace": not args.no_trace, "conversations": (warmup + 1) * 8,
     }
     results = {"command": "python bench/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "tiny": args.tiny, "mode": args.mode, "warmup_steps": warmup, "sequences_per_step": 8,
@@ -344,21 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         md_path.write_text(markdown(results))
 
     t0 = time.time()
-    build = gpu_qlora._spawn("build", spec, not args.quiet)
-    if "error" in build:
-        results["error"] = build["error"]
-        save()
-        print(build["error"], file=sys.stderr)
+    keep = ("side", "device", "cuda", "threads", "settings", "liger_used", "peak_gpu_allocated_gb", "peak_rss_gb",
+            "profile", "error")
+    if not gpu_qlora.build_and_run_sides(
+            spec, ["baseline", "ours"] if args.mode == "both" else [args.mode], results, save, quiet=args.quiet,
+            script=__file__, keep=keep,
+            announce=lambda side: f"[profile] {side}: {warmup} warm-up steps, then one profiled step ..."):
         return 1
-    results["data"] = build
-    for side in (["baseline", "ours"] if args.mode == "both" else [args.mode]):
-        print(f"[profile] {side}: {warmup} warm-up steps, then one profiled step ...", flush=True)
-        result = gpu_qlora._spawn(side, spec, not args.quiet, script=__file__)
-        keep = ("side", "device", "cuda", "threads", "settings", "liger_used", "peak_gpu_allocated_gb",
-                "peak_rss_gb", "profile", "error")
-        results["sides"][side] = {k: result[k] for k in keep if k in result}
-        results["device"] = result.get("device", results.get("device"))
-        save()
     results["versions"] = gpu_qlora._versions()
     results["wall_seconds"] = round(time.time() - t0, 1)
     save()

@@ -76,7 +76,8 @@ AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "go
                    "research", "need-based", "these", "such", "other", "many", "some", "external", "internal",
                    "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
                    "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
-LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued")
+LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued",
+                    "premise_affirmed", "premise_ignored")
 """The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
 PLACEHOLDER_HINTS = ("[", "{", "<insert", "XYZ ", "ABC ", "orem ipsum")
 
@@ -406,8 +407,25 @@ class Auditor:
             return []
         last = answers[-1][0]
         asked = max((i for i, m in enumerate(messages[:last]) if m.get("role") == "user"), default=None)
-        return [f for f in self._kb_flags(list(messages[:last + 1]), answers[-1:])
-                if f.rule in LIVE_CHECK_RULES and f.message in (last, asked)]
+        flags = [f for f in self._kb_flags(list(messages[:last + 1]), answers[-1:])
+                 if f.rule in LIVE_CHECK_RULES and f.message in (last, asked)]
+        if asked is not None:  # the question's false premises: the answer must carry each correction
+            flags += self.premise.check_answer(self.premise_corrections(messages[asked:asked + 1]), answers[-1][1],
+                                               last)
+        return flags
+
+    @property
+    def premise(self):
+        """The KB's premise check (`trainer.premise.PremiseChecker`), built on first use."""
+        if getattr(self, "_premise", None) is None:
+            from trainer.premise import PremiseChecker
+
+            self._premise = PremiseChecker(self.kb)
+        return self._premise
+
+    def premise_corrections(self, messages: Sequence[dict[str, str]]) -> list[Any]:
+        """The corrections the user turns of `messages` call for (`PremiseChecker.check`); empty without a KB."""
+        return self.premise.check(list(messages)) if self.kb is not None else []
 
     def _kb_flags(self, messages, answers) -> list[Flag]:
         kb, flags = self.kb, []

@@ -127,6 +127,50 @@ class Scholarship:
     discontinued: bool
     source: str
     as_of: str
+    university: str | None = None
+    """The id of the one university the award is held at (Rhodes: Oxford), or None."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A membership set (the Schengen Area, the Commonwealth, the Ivy League): which KB countries or universities
+    belong to it. `members` lists every KB entity of `kind` that does (the loader checks the flags it can), so any
+    other KB entity of that kind is known not to."""
+
+    id: str
+    name: str
+    aliases: tuple[str, ...]
+    kind: str
+    """`country` or `university`."""
+    members: frozenset[str]
+    """Country codes or university ids."""
+    about: str
+    source: str
+    as_of: str
+    examples_flag: tuple[str, ...] = ()
+    examples_pass: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DegreeStructure:
+    """How one field (medicine, law) is entered in one country: after school (`undergraduate`), only after a first
+    degree (`graduate`) or both, and which field-specific admission tests it uses."""
+
+    id: str
+    country: str
+    field: str
+    """`medicine` or `law`."""
+    entry: str
+    """`undergraduate`, `graduate` or `both`."""
+    degrees: tuple[str, ...]
+    tests: tuple[str, ...]
+    """Ids of the field-specific admission tests this country's programmes use; any other test of the same field
+    (the MCAT for UK medicine) is known not to be the one."""
+    fact: str
+    source: str
+    as_of: str
+    examples_flag: tuple[str, ...] = ()
+    examples_pass: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +185,8 @@ class AdmissionTest:
     validity: str | None
     source: str
     as_of: str
+    field: str | None = None
+    """`medicine` or `law` for a test only that field uses (MCAT, LSAT, UCAT); None otherwise."""
 
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -378,6 +424,8 @@ class KnowledgeBase:
     tests: tuple[AdmissionTest, ...]
     rules: tuple[Rule, ...]
     path: str = ""
+    groups: tuple[Group, ...] = ()
+    degree_structures: tuple[DegreeStructure, ...] = ()
 
     def __post_init__(self):
         countries = _Names([(n, c) for c in self.countries for n in (c.name, *c.aliases, *c.demonyms)]
@@ -390,6 +438,8 @@ class KnowledgeBase:
         object.__setattr__(self, "_scholarships",
                            _Names((n, s) for s in self.scholarships for n in (s.name, *s.aliases)))
         object.__setattr__(self, "_tests", _Names((n, t) for t in self.tests for n in (t.name, *t.aliases)))
+        object.__setattr__(self, "_groups", _Names((n, g) for g in self.groups for n in (g.name, *g.aliases)))
+        object.__setattr__(self, "_test_by_id", {t.id: t for t in self.tests})
         object.__setattr__(self, "_by_id", {u.id: u for u in self.universities})
         object.__setattr__(self, "_scholarship_by_id", {s.id: s for s in self.scholarships})
         object.__setattr__(self, "_home", _HomeCues(self.countries))
@@ -440,6 +490,17 @@ class KnowledgeBase:
     def find_tests(self, text: str) -> list[AdmissionTest]:
         """Admission tests named in `text`, in order of first mention."""
         return self._tests.find(text)
+
+    def find_groups(self, text: str) -> list[Group]:
+        """Membership sets named in `text` (Schengen, the Ivy League), in order of first mention."""
+        return self._groups.find(text)
+
+    def test(self, test_id: str) -> AdmissionTest:
+        """The admission test with this id; KBError when the KB does not have it."""
+        try:
+            return self._test_by_id[test_id]
+        except KeyError:
+            raise KBError(f"{self.path or 'knowledge base'}: no admission test with id {test_id!r}") from None
 
     def joined(self, texts: Sequence[str]) -> str:
         """`" ".join(texts)`, with its words worked out from the texts' own (already split) words, so that

@@ -17,16 +17,19 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from trainer.kb import (AdmissionTest, Country, Eligibility, Fact, KBError, KnowledgeBase, NotOffered, Programme,
-                        Rule, Scholarship, University, case_sensitive, degree_family, field_key, name_tokens,
-                        normalise_name)
+from trainer.kb import (AdmissionTest, Country, DegreeStructure, Eligibility, Fact, Group, KBError, KnowledgeBase,
+                        NotOffered, Programme, Rule, Scholarship, University, case_sensitive, degree_family, field_key,
+                        name_tokens, normalise_name)
 from trainer.typed_yaml import check_keys, convert, item_where, read_yaml, suggest
 
 LEVELS = ("bachelor", "master", "phd")
 REGIONS = ("africa", "americas", "asia", "europe", "oceania")
 GROUPS = ("all", "commonwealth", "non_commonwealth", "eea", "non_eea") + REGIONS
 """Named country groups an eligibility list may use; the loader expands them to the KB's own countries."""
-SECTIONS = ("version", "countries", "universities", "scholarships", "tests", "rules")
+SECTIONS = ("version", "countries", "universities", "scholarships", "tests", "rules", "groups", "degree_structures")
+FIELDS = ("medicine", "law")
+"""Fields whose degree structure and admission tests the KB describes per country."""
+ENTRIES = ("undergraduate", "graduate", "both")
 
 AS_OF = re.compile(r"^\d{4}-(0[1-9]|1[0-2])(-\d{2})?$")
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
@@ -110,8 +113,12 @@ class _Loader:
             tests=self._all("tests", self._test),
             rules=self._all("rules", self._rule),
             path=str(self.folder),
+            groups=self._all("groups", self._group_entry),
+            degree_structures=self._all("degree_structures", self._degree_structure),
         )
         self._check_names(kb)
+        self._check_references(kb)
+        self._check_premise_examples(kb)
         combined = "|".join(f"(?:{r.trigger.pattern})" for r in kb.rules if r.trigger is not None)
         try:  # the audit joins every trigger into one regex: named groups or backreferences would break it
             re.compile(combined, re.IGNORECASE)
@@ -210,7 +217,7 @@ class _Loader:
 
     def _scholarship(self, raw: dict, where: str) -> Scholarship:
         check_keys(raw, where, required=("id", "name", "host_country", "levels", "about", "eligibility", "source",
-                                         "as_of"), optional=("aliases", "discontinued"), error=KBError)
+                                         "as_of"), optional=("aliases", "discontinued", "university"), error=KBError)
         host = _text(raw["host_country"], f"{where}.host_country")
         levels = _texts(raw["levels"], f"{where}.levels")
         for i, level in enumerate(levels):
@@ -224,6 +231,7 @@ class _Loader:
             eligibility=self._eligibility(raw["eligibility"], f"{where}.eligibility"),
             discontinued=_bool(raw.get("discontinued", False), f"{where}.discontinued"),
             source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+            university=_text(raw["university"], f"{where}.university") if raw.get("university") else None,
         )
 
     def _eligibility(self, raw: Any, at: str) -> Eligibility:
@@ -260,17 +268,61 @@ class _Loader:
 
     def _test(self, raw: dict, where: str) -> AdmissionTest:
         check_keys(raw, where, required=("id", "name", "kind", "about", "score_range", "source", "as_of"),
-                   optional=("aliases", "validity"), error=KBError)
+                   optional=("aliases", "validity", "field"), error=KBError)
         kind = _text(raw["kind"], f"{where}.kind")
         if kind not in ("language", "aptitude"):
             raise KBError(f"{where}.kind: {kind!r} is not language or aptitude")
+        test_field = _text(raw["field"], f"{where}.field") if raw.get("field") else None
+        if test_field is not None and test_field not in FIELDS:
+            raise KBError(f"{where}.field: {test_field!r} is not one of {', '.join(FIELDS)}")
         return AdmissionTest(
             id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
             aliases=_texts(raw.get("aliases", []), f"{where}.aliases"), kind=kind,
             about=_text(raw["about"], f"{where}.about"), score_range=_text(raw["score_range"], f"{where}.score_range"),
             validity=_text(raw["validity"], f"{where}.validity") if raw.get("validity") else None,
             source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+            field=test_field,
         )
+
+    def _premise_examples(self, raw: Any, at: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """`examples: {flag: [questions the premise check must correct], pass: [questions it must not]}`."""
+        check_keys(raw, at, required=("flag",), optional=("pass",), error=KBError)
+        flag, passing = _texts(raw["flag"], f"{at}.flag"), _texts(raw.get("pass", []), f"{at}.pass")
+        if not flag:
+            raise KBError(f"{at}.flag: give at least one question whose premise this entry corrects")
+        return flag, passing
+
+    def _group_entry(self, raw: dict, where: str) -> Group:
+        check_keys(raw, where, required=("id", "name", "kind", "members", "about", "source", "as_of", "examples"),
+                   optional=("aliases",), error=KBError)
+        kind = _text(raw["kind"], f"{where}.kind")
+        if kind not in ("country", "university"):
+            raise KBError(f"{where}.kind: {kind!r} is not country or university")
+        members = _texts(raw["members"], f"{where}.members")
+        if kind == "country":
+            members = tuple(self._code(m, f"{where}.members[{i}]") for i, m in enumerate(members))
+        flag, passing = self._premise_examples(raw["examples"], f"{where}.examples")
+        return Group(id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
+                     aliases=_texts(raw.get("aliases", []), f"{where}.aliases"), kind=kind,
+                     members=frozenset(members), about=_text(raw["about"], f"{where}.about"),
+                     source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+                     examples_flag=flag, examples_pass=passing)
+
+    def _degree_structure(self, raw: dict, where: str) -> DegreeStructure:
+        check_keys(raw, where, required=("id", "country", "field", "entry", "degrees", "tests", "fact", "source",
+                                         "as_of", "examples"), error=KBError)
+        field_name, entry = _text(raw["field"], f"{where}.field"), _text(raw["entry"], f"{where}.entry")
+        if field_name not in FIELDS:
+            raise KBError(f"{where}.field: {field_name!r} is not one of {', '.join(FIELDS)}")
+        if entry not in ENTRIES:
+            raise KBError(f"{where}.entry: {entry!r} is not one of {', '.join(ENTRIES)}")
+        flag, passing = self._premise_examples(raw["examples"], f"{where}.examples")
+        return DegreeStructure(
+            id=self._id(raw, where), country=self._code(raw["country"], f"{where}.country"), field=field_name,
+            entry=entry, degrees=_texts(raw["degrees"], f"{where}.degrees"),
+            tests=_texts(raw["tests"], f"{where}.tests"), fact=_text(raw["fact"], f"{where}.fact"),
+            source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
+            examples_flag=flag, examples_pass=passing)
 
     def _rule(self, raw: dict, where: str) -> Rule:
         check_keys(raw, where, required=("id", "topic", "country", "keywords", "claim", "fact", "source", "as_of",
@@ -351,6 +403,52 @@ class _Loader:
         }
         test = tests.get(group, lambda c: c.region == group)
         return [code for code, c in self.codes.items() if test(c)]
+
+    def _check_references(self, kb: KnowledgeBase) -> None:
+        """Ids that point at other entries name entries the KB has; group flags the countries carry agree."""
+        universities = {u.id for u in kb.universities}
+        tests = {t.id: t for t in kb.tests}
+        where = {s: self.wheres.get(s, {}) for s in ("groups", "degree_structures", "scholarships")}
+        for s in kb.scholarships:
+            if s.university is not None and s.university not in universities:
+                raise KBError(f"{where['scholarships'][s.id]}.university: {s.university!r} is not a university in "
+                              f"the knowledge base{suggest(s.university, universities)}")
+        flags = {"commonwealth": "commonwealth_member", "eea": "eea_member"}
+        for g in kb.groups:
+            if g.kind == "university":
+                for m in sorted(g.members - universities):
+                    raise KBError(f"{where['groups'][g.id]}.members: {m!r} is not a university in the knowledge "
+                                  f"base{suggest(m, universities)}")
+            if g.id in flags:
+                flagged = {c.code for c in kb.countries if getattr(c, flags[g.id])}
+                if flagged != set(g.members):
+                    raise KBError(f"{where['groups'][g.id]}.members: differs from the countries' {flags[g.id]} "
+                                  f"(only in members: {sorted(g.members - flagged)}, only flagged: "
+                                  f"{sorted(flagged - g.members)})")
+        for d in kb.degree_structures:
+            for t in d.tests:
+                if t not in tests:
+                    raise KBError(f"{where['degree_structures'][d.id]}.tests: {t!r} is not an admission test in the "
+                                  f"knowledge base{suggest(t, tests)}")
+                if tests[t].field != d.field:
+                    raise KBError(f"{where['degree_structures'][d.id]}.tests: {t!r} is not a {d.field} test "
+                                  f"(its `field` is {tests[t].field})")
+
+    def _check_premise_examples(self, kb: KnowledgeBase) -> None:
+        """Each group and degree structure corrects its own `flag` questions and lets its `pass` ones through, as
+        the premise check (`trainer.premise`) reads them, so an entry cannot silently stop working."""
+        from trainer.premise import PremiseChecker
+
+        checker = PremiseChecker(kb)
+        for section, entries in (("groups", kb.groups), ("degree_structures", kb.degree_structures)):
+            for entry in entries:
+                at = f"{self.wheres[section][entry.id]}.examples"
+                for question in entry.examples_flag:
+                    if not any(c.entry == entry.id for c in checker.check(question)):
+                        raise KBError(f"{at}.flag: the premise check does not correct {question!r}")
+                for question in entry.examples_pass:
+                    if any(c.entry == entry.id for c in checker.check(question)):
+                        raise KBError(f"{at}.pass: the premise check would correct {question!r}")
 
     def _check_names(self, kb: KnowledgeBase) -> None:
         """Two entities of one kind may not share a name or alias: a mention must map to one of them."""

@@ -668,9 +668,9 @@ class CompiledDecode:
 
         if name == self.holds:
             return
-        pairs = self._sources.get(name)
-        if pairs is None:
-            pairs = self._sources[name] = self._pairs(name)
+        if name not in self._sources:  # None (tensors that do not line up) is remembered too
+            self._sources[name] = self._pairs(name)
+        pairs = self._sources[name]
         self.holds = None  # a swap that fails half-way leaves the slot holding nobody's weights
         if pairs:
             with torch.no_grad():
