@@ -10,8 +10,8 @@ decoding settings built from the shared sliders. `build_chat_tab` is called insi
 import dataclasses
 from typing import Any, Sequence
 
-from space.display import (check_note, is_note, message_text, safe_text, sources_note, trim_history,
-                           unavailable_note)
+from space.display import (check_note, correction_note, is_note, message_text, safe_text, sources_note,
+                           trim_history, unavailable_note)
 from trainer.modeling import BASE
 from trainer.modeling import GenerationSettings
 from trainer.space_settings import LimitSettings, SpaceConfig
@@ -30,24 +30,44 @@ def check_question(message: str, limits: LimitSettings) -> str:
     return message
 
 
-def check_adapter(adapter: str, engine) -> str:
-    """The adapter, if the engine serves it (API callers can send any name)."""
+def check_adapter(adapter: str | None, engine, default: str = BASE) -> str:
+    """The adapter, if the engine serves it (API callers can send any name); `default` when none is given."""
     import gradio as gr
 
+    if adapter is None:
+        return default
     if adapter != BASE and adapter not in engine.adapter_names:
         raise gr.Error(f"Unknown adapter {adapter!r}.")
     return adapter
 
 
 def decoding(defaults: GenerationSettings, temperature, top_p, max_new_tokens) -> GenerationSettings:
-    """The configured settings with the visitor's sliders applied (the repetition penalty has no slider)."""
-    return dataclasses.replace(defaults, temperature=float(temperature), top_p=float(top_p),
-                               max_new_tokens=int(max_new_tokens))
+    """The configured settings with the visitor's sliders applied (the repetition penalty has no slider); a slider an
+    API caller leaves out (null) keeps its configured value, one that is not a number is refused in one line."""
+    import gradio as gr
+
+    given = {"temperature": (temperature, float), "top_p": (top_p, float), "max_new_tokens": (max_new_tokens, int)}
+    values = {}
+    for name, (value, kind) in given.items():
+        if value is None:
+            continue
+        try:
+            values[name] = kind(value)
+        except (TypeError, ValueError):
+            raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+    return dataclasses.replace(defaults, **values)
 
 
-def prompt_messages(system_prompt: str, turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+def prompt_messages(system_prompt: str | None, turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     """The model's messages: the system prompt (when not blank), then the conversation."""
-    return ([{"role": "system", "content": system_prompt}] if system_prompt.strip() else []) + list(turns)
+    return ([{"role": "system", "content": system_prompt}] if (system_prompt or "").strip() else []) + list(turns)
+
+
+def ground_default(ground, grounding, adapter: str) -> bool:
+    """Whether to ground: the visitor's box, or (left out by an API caller) the adapter's default."""
+    if ground is None:
+        return grounding.default_for(adapter) if grounding is not None else False
+    return bool(ground)
 
 
 def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter: str, ground: bool,
@@ -55,24 +75,29 @@ def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter
     """Stream an answer, then its notes: yields (answer so far, None) while it grows, then (answer, notes) once it is
     final. With `ground`, the KB passages retrieved for the question go into the system message (rendered by the
     adapter's own chat template, like any system message) and become the numbered sources; the finished answer is
-    then checked against the KB, and a contradiction becomes a warning naming the fact and its source."""
+    then checked against the KB, and a contradiction becomes a warning naming the fact and its source. A false
+    premise the KB corrects is shown under every answer (grounded or not, whatever it says) and opens a grounded
+    prompt; an answer that does not carry its correction gets the warning too."""
     from space.engine import EngineUnavailable
     from trainer.retrieve import grounded_messages
 
+    corrections = grounding.premise(messages) if grounding is not None else []
     hits = grounding.search(messages[-1]["content"]) if (grounding is not None and ground) else None
-    prompt = grounded_messages(messages, hits) if hits is not None else messages
+    prompt = grounded_messages(messages, hits, corrections) if hits is not None else messages
+    correction = [correction_note(corrections)] if corrections else []
     text = ""
     try:
         for text in engine.stream(prompt, adapter, settings):
             yield text, None
-    except EngineUnavailable as exc:  # the server is down or busy: say so under what came, check nothing
-        yield text, [unavailable_note(str(exc))]
+    except EngineUnavailable as exc:  # the server is down or busy: say so under what came, check nothing more
+        yield text, [unavailable_note(str(exc)), *correction]
         return
     notes = []
     if grounding is not None:
         flags = grounding.check([*messages, {"role": "assistant", "content": text}])
         if flags:
             notes.append(check_note(flags))
+    notes += correction
     if hits is not None:
         notes.append(sources_note(hits))
     yield text, notes
@@ -88,7 +113,10 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
     limits = cfg.limits
 
     def respond(message, history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens):
-        message, adapter = check_question(message, limits), check_adapter(adapter, engine)
+        # API callers may send null for any input: each then takes the value its control starts with.
+        message, adapter = check_question(message, limits), check_adapter(adapter, engine, default_adapter)
+        system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
         history = list(history or [])
         earlier, dropped = trim_history(history, limits.max_history_turns)
         if dropped:
@@ -97,8 +125,8 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
         messages = prompt_messages(system_prompt, [*earlier, {"role": "user", "content": message}])
         history += [{"role": "user", "content": safe_text(message)}, {"role": "assistant", "content": ""}]
         yield history, ""
-        settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
-        for text, notes in answer_with_notes(engine, grounding, messages, adapter, bool(ground), settings):
+        for text, notes in answer_with_notes(engine, grounding, messages, adapter,
+                                             ground_default(ground, grounding, adapter), settings):
             history[-1] = {"role": "assistant", "content": safe_text(text)}
             yield history + (notes or []), ""
 
@@ -130,6 +158,13 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
 
         if not consented:
             raise gr.Error("Tick the consent box first: nothing is stored without it.")
+        # API callers may send null for any input: each then takes the value its control starts with.
+        adapter = check_adapter(adapter, engine, default_adapter)
+        system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
+        ratings = ratings if ratings is not None else {}
+        if not isinstance(ratings, dict) or not all(str(k).isdigit() and v in (1, -1) for k, v in ratings.items()):
+            raise gr.Error("ratings must map answer indices to 1 (like) or -1 (dislike).")
         # The stored dialogue leaves out the app's notes (sources, KB warnings); ratings follow the turns they rate.
         kept = [(i, m) for i, m in enumerate(history or []) if m.get("role") in ("user", "assistant")
                 and not is_note(m)]
@@ -150,8 +185,8 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
             session_id=getattr(request, "session_hash", None) or "api", base_model=engine.base_model,
             adapter=adapter, adapter_revision=engine.adapter_revision(adapter), system_prompt=system_text,
             messages=messages, consent=True, ratings={int(k): int(v) for k, v in (ratings or {}).items()},
-            settings={"temperature": float(temperature), "top_p": float(top_p),
-                      "max_new_tokens": int(max_new_tokens)},
+            settings={"temperature": settings.temperature, "top_p": settings.top_p,
+                      "max_new_tokens": settings.max_new_tokens},
             edited_index=last_answer if "edited_answer" in extra else None, redactions=counts,
             request_id=(request_id or "").strip()[:128] or None,
             kb_flags=grounding.flags_per_answer(messages) if grounding is not None else [], **extra)

@@ -2,14 +2,14 @@
 
 from typing import Any
 
-from space.chat_tab import answer_with_notes, check_adapter, check_question, decoding, prompt_messages
+from space.chat_tab import answer_with_notes, check_adapter, check_question, decoding, ground_default, prompt_messages
 from space.display import safe_text
 from trainer.modeling import BASE
 from trainer.space_settings import SpaceConfig
 
 
 def with_notes(text: str, notes) -> str:
-    """An answer with its notes (warning, sources) under it, as one markdown block."""
+    """An answer with its notes (warning, correction, sources) under it, as one markdown block."""
     shown = safe_text(text)
     for note in notes or []:
         shown += f"\n\n---\n**{note['metadata']['title']}**\n\n{note['content']}"
@@ -23,15 +23,19 @@ def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], 
     import gradio as gr
 
     def compare(question, adapter_a, adapter_b, ground, system_prompt, temperature, top_p, max_new_tokens):
+        # API callers may send null for any input: each then takes the value its control starts with.
         question = check_question(question, cfg.limits)
-        adapter_a, adapter_b = check_adapter(adapter_a, engine), check_adapter(adapter_b, engine)
+        adapter_a = check_adapter(adapter_a, engine, BASE)
+        adapter_b = check_adapter(adapter_b, engine, default_adapter)
+        system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        ground = ground_default(ground, grounding, BASE)  # the base's default is `grounding.enabled`, as the box
         messages = prompt_messages(system_prompt, [{"role": "user", "content": question}])
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
         shown_a = ""
-        for text, notes in answer_with_notes(engine, grounding, messages, adapter_a, bool(ground), settings):
+        for text, notes in answer_with_notes(engine, grounding, messages, adapter_a, ground, settings):
             shown_a = with_notes(text, notes)
             yield shown_a, ""
-        for text, notes in answer_with_notes(engine, grounding, messages, adapter_b, bool(ground), settings):
+        for text, notes in answer_with_notes(engine, grounding, messages, adapter_b, ground, settings):
             yield shown_a, with_notes(text, notes)
 
     with gr.Tab("Compare"):

@@ -1,6 +1,7 @@
 """What the app shows and to whom: escaping for display, the model's view of a chat, reviewer access, dates.
 
-Standard library only, so every tab (and a test) can use these without Gradio or a model.
+Standard library only (and the feedback store's rule names), so every tab (and a test) can use these without Gradio
+or a model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import html
 import os
 import re
 from typing import Any, Sequence
+
+from trainer.feedback import PREMISE_RULES
 
 _JS_LINK = re.compile(r"\]\(\s*(?:javascript|vbscript|data):", re.IGNORECASE)
 
@@ -29,8 +32,9 @@ def message_text(message: dict[str, Any]) -> str:
 
 
 def is_note(message: dict[str, Any]) -> bool:
-    """A message the app added under an answer (its sources, a KB warning): shown to the visitor, never sent to the
-    model or stored as a turn of the dialogue. Gradio shows such messages as titled boxes (`metadata.title`)."""
+    """A message the app added under an answer (its sources, a KB warning or correction): shown to the visitor,
+    never sent to the model or stored as a turn of the dialogue. Gradio shows such messages as titled boxes
+    (`metadata.title`)."""
     metadata = message.get("metadata")
     return bool(metadata.get("title")) if isinstance(metadata, dict) else False
 
@@ -47,12 +51,41 @@ def sources_note(hits: Sequence[Any]) -> dict[str, Any]:
     return {"role": "assistant", "content": text, "metadata": {"title": "Sources from the knowledge base"}}
 
 
+CORRECTION_TITLE = "Correction from the knowledge base"
+
+
+def correction_note(corrections: Sequence[Any]) -> dict[str, Any]:
+    """The KB's corrections of the question's false premises (`trainer.premise.Correction`) as a titled note under
+    the answer, whatever the answer says: each the claim, the fact, a link to its official source and its as-of
+    date. KB text is escaped, so HTML in it stays inert."""
+    lines = [f"- The question assumes “{safe_text(c.claim)}” The knowledge base says: {safe_text(c.fact)} "
+             f"([source]({_link(c.source)}), as of {safe_text(c.as_of)})" for c in corrections]
+    return {"role": "assistant", "content": "\n".join(lines), "metadata": {"title": CORRECTION_TITLE}}
+
+
+def check_title(flags: Sequence[Any]) -> str:
+    """The warning's title: what is wrong with the answer (a KB contradiction, an uncorrected false premise, or
+    both)."""
+    premise = any(f.rule in PREMISE_RULES for f in flags)
+    other = any(f.rule not in PREMISE_RULES for f in flags)
+    what = " and ".join((["contradicts the knowledge base"] if other else [])
+                        + (["does not correct the question's false premise"] if premise else []))
+    return f"⚠ Check this answer: it {what}"
+
+
+def kb_check_label(flags: Sequence[dict[str, Any]]) -> str:
+    """A stored record's live-check flags in the labelling queue: `2 warning(s), false premise not corrected`."""
+    if not flags:
+        return ""
+    premise = any(f.get("rule") in PREMISE_RULES for f in flags)
+    return f"{len(flags)} warning(s)" + (", false premise not corrected" if premise else "")
+
+
 def check_note(flags: Sequence[Any]) -> dict[str, Any]:
     """The live answer check's findings as a titled warning under the answer: each names the KB fact it
-    contradicts and links its official source."""
+    contradicts (or the false premise it leaves standing) and links its official source."""
     lines = [f"- {safe_text(f.detail)}" + (f" ([source]({_link(f.source)}))" if f.source else "") for f in flags]
-    return {"role": "assistant", "content": "\n".join(lines),
-            "metadata": {"title": "⚠ Check this answer: it contradicts the knowledge base"}}
+    return {"role": "assistant", "content": "\n".join(lines), "metadata": {"title": check_title(flags)}}
 
 
 def unavailable_note(message: str) -> dict[str, Any]:

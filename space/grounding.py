@@ -1,7 +1,8 @@
 """The knowledge base at serving time: retrieval that grounds an answer (and becomes its numbered sources) and the
-live check of every finished answer against the KB. Both are the trainer's own code: `trainer.retrieve` (the same
-retrieval the eval and the generator use) and `trainer.audit.Auditor.check_answer` (the same rules as `trainer
-audit`). Built once at start-up; a broken KB stops the app there with one line naming file, entry and rule."""
+live check of every finished answer against the KB, and the corrections a question's false premise calls for. All
+are the trainer's own code: `trainer.retrieve` (the same retrieval the eval and the generator use),
+`trainer.audit.Auditor.check_answer` (the same rules as `trainer audit`) and `trainer.premise`. Built once at
+start-up; a broken KB stops the app there with one line naming file, entry and rule."""
 
 from __future__ import annotations
 
@@ -41,11 +42,25 @@ class Grounding:
     def search(self, question: str) -> list[Any]:
         return self.retriever.search(question)
 
+    def premise(self, messages: Sequence[dict[str, str]]) -> list[Any]:
+        """The false premises of the last question in `messages` that the KB corrects (`trainer.premise.Correction`),
+        found before and whatever the model answers; empty when `check_premises` is off."""
+        if not self.settings.check_premises:
+            return []
+        asked = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        return self.auditor.premise_corrections(asked[-1:])
+
     def check(self, conversation: Sequence[dict[str, str]]) -> list[Any]:
-        """The KB rules on the last answer of `conversation` (user and assistant turns); empty when switched off."""
+        """The KB rules on the last answer of `conversation` (user and assistant turns); empty when switched off.
+        With `check_premises` off, an answer is not required to correct the question's premise either."""
         if not self.settings.check_answers:
             return []
-        return self.auditor.check_answer([m for m in conversation if m.get("role") in ("user", "assistant")])
+        flags = self.auditor.check_answer([m for m in conversation if m.get("role") in ("user", "assistant")])
+        if not self.settings.check_premises:
+            from trainer.premise import AFFIRMED, IGNORED
+
+            flags = [f for f in flags if f.rule not in (AFFIRMED, IGNORED)]
+        return flags
 
     def flags_per_answer(self, messages: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
         """Every answer of a stored dialogue checked with the conversation up to it: what a feedback record keeps,

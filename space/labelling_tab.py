@@ -9,7 +9,7 @@ checks again, so an API caller without access gets an error, not records.
 
 import os
 
-from space.display import format_when, parse_day, reviewer_of, safe_text
+from space.display import format_when, kb_check_label, parse_day, reviewer_of, safe_text
 from trainer.modeling import BASE
 from trainer.space_settings import SpaceConfig
 
@@ -50,7 +50,7 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
             rows = [r for r in rows if any(needle in m["content"].lower() for m in r.messages)]
         shown = rows[:QUEUE_PAGE]
         table = [[r.id, format_when(r.created_at), r.adapter, rating_label(r), r.topic or "", r.status,
-                  f"{len(r.kb_flags)} warning(s)" if r.kb_flags else "",
+                  kb_check_label(r.kb_flags),
                   next((m["content"][:80] for m in r.messages if m["role"] == "user"), "")] for r in shown]
         count = f"{len(rows)} dialogue(s)" + (f", showing the oldest {QUEUE_PAGE}" if len(rows) > QUEUE_PAGE else "")
         return table, gr.Dropdown(choices=[r.id for r in shown], value=shown[0].id if shown else None), count
@@ -109,8 +109,9 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
             rating_filter = gr.Dropdown(["all", "liked", "disliked", "unrated"], value="all", label="Rating")
             adapter_filter = gr.Dropdown(["all", BASE, *engine.adapter_names], value="all", label="Adapter")
             topic_filter = gr.Dropdown(["all", *cfg.feedback.topics], value="all", label="Topic")
-            kb_filter = gr.Dropdown(["all", "flagged", "clean"], value="all", label="KB check",
-                                    elem_id="kb-filter")
+            kb_filter = gr.Dropdown([("all", "all"), ("any KB warning", "flagged"),
+                                     ("false premise not corrected", "premise"), ("no KB warning", "clean")],
+                                    value="all", label="KB check", elem_id="kb-filter")
             since = gr.Textbox(label="From (YYYY-MM-DD)")
             until = gr.Textbox(label="To (YYYY-MM-DD)")
         search = gr.Textbox(label="Containing (any message)", elem_id="queue-search")

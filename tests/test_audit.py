@@ -241,9 +241,9 @@ def test_scholarship_eligibility_discontinued_and_unknown(kb):
 
 def test_unverified_numbers(kb):
     auditor = Auditor(kb, AuditSettings())
-    flags = auditor.audit([conv(GOOD + "\n- Tuition is about £23,456 a year and you may work 37 hours per week.")])
+    flags = auditor.audit([conv(GOOD + "\n- UK tuition is about £23,456 a year and you may work 37 hours per week.")])
     detail = next(f.detail for f in flags.rows[0].flags if f.rule == "unverified_number")
-    assert "23456" in detail and "37h" in detail
+    assert "£23,456" in detail and "37 hours" in detail
     country = next(c for c in kb.countries if c.work_rights is not None and " hours" in c.work_rights.text)
     number = next(w for w in country.work_rights.text.split() if w.isdigit())
     ok = auditor.audit([conv(GOOD + f"\n- In {country.name} you may work up to {number} hours during term.")])
@@ -257,18 +257,49 @@ def numbers_flagged(auditor, answer: str, question: str = "How do I prepare my a
 
 def test_a_number_is_verified_only_by_facts_of_the_same_entity(kb):
     auditor = Auditor(kb, AuditSettings())
-    # Japan's insurance fact carries 70%: it verifies a Japanese sentence, not one about Indian universities
-    assert "70%" in numbers_flagged(auditor, "About 70% of Indian universities are accredited by the UGC.")
+    # Japan's insurance fact carries 70%: it verifies a Japanese sentence, not a British one
     assert numbers_flagged(auditor, "In Japan, National Health Insurance covers 70% of most medical costs.") == ""
+    assert "70%" in numbers_flagged(auditor, "In the UK, the NHS covers 70% of most medical costs.")
     # a sentence naming nothing is checked against what the conversation is about
     plain = "Insurance covers 70% of most medical costs."
     assert numbers_flagged(auditor, plain, question="I will study in Japan next year.") == ""
     assert "70%" in numbers_flagged(auditor, plain, question="I will study in the UK next year.")
-    # the same kind only: 20 hours (UK work) is not 20% or £20
+    # the same kind only: 20 hours (UK work) is not £20
     assert numbers_flagged(auditor, "In the UK you can work 20 hours a week in term.") == ""
-    assert "20%" in numbers_flagged(auditor, "In the UK, 20% of your time goes to work.")
+    assert "£20" in numbers_flagged(auditor, "In the UK, the Immigration Health Surcharge is £20 a year.")
     # a university's facts count with its country's: Oxford students work under UK rules
     assert numbers_flagged(auditor, "Oxford students can work 20 hours a week in term.") == ""
+
+
+def test_only_figures_for_an_attribute_the_kb_knows_are_to_verify(kb):
+    auditor = Auditor(kb, AuditSettings())
+    au = next(c for c in kb.countries if c.code == "AU")
+    assert "48 hours per fortnight" in au.work_rights.text
+    # work hours, fees, a visa's length, a test score, an insurance share: about an entity the KB describes so
+    assert numbers_flagged(auditor, "Students in Australia can work 48 hours per fortnight.") == ""
+    assert "40 hours" in numbers_flagged(auditor, "Students in Australia can work 40 hours per fortnight.")
+    assert "£50,000" in numbers_flagged(auditor, "UK tuition is £50,000.")
+    assert "5 years" in numbers_flagged(auditor, "The UK Graduate Route lets you stay for 5 years.")
+    assert numbers_flagged(auditor, "IELTS results are valid for two years.") == ""
+    assert "3 years" in numbers_flagged(auditor, "IELTS results are valid for 3 years.")
+    assert "700" in numbers_flagged(auditor, "The average GMAT score of students admitted to Oxford is 700.")
+    # rates, ranks, counts, a student's GPA, a lead time, money no KB attribute is about: not the KB's to verify
+    for answer in ("95% of graduates find jobs within six months.", "In the UK, 95% of graduates find jobs.",
+                   "Students in the top 5% of the class at Oxford are admitted.",
+                   "Universities in Canada offer over 200 programmes.",
+                   "A GPA of 3.7 is typical for admitted IELTS takers.",
+                   "Apply for your Canadian study permit 6-8 weeks before the term.",
+                   "My startup in Canada made $1 million in revenue."):
+        assert numbers_flagged(auditor, answer) == "", answer
+    # the StudyAbroadGPT sample: test scores are flagged, its many percentages are not
+    from trainer.config import DatasetSettings
+    from trainer.data import load_conversations
+
+    rows, _ = load_conversations(DatasetSettings(path=str(DATA / "studyabroadgpt_sample.jsonl"), eval_fraction=0))
+    flagged = [r for r in auditor.audit([list(c.messages) for c in rows]).rows
+               if any(f.rule == "unverified_number" for f in r.flags)]
+    details = " ".join(f.detail for r in flagged for f in r.flags if f.rule == "unverified_number")
+    assert len(flagged) <= 4 and "%" not in details, details
 
 
 def test_rules_apply_to_a_country_named_only_by_its_own_terms(kb):

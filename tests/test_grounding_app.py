@@ -1,5 +1,5 @@
-"""Answers grounded in the knowledge base, their sources and the live answer check, in the real Gradio app driven
-over HTTP and in headless Chromium. The model is a stand-in that answers with fixed text: the demo model will not
+"""Answers grounded in the knowledge base, their sources, the correction of a question's false premise and the live
+answer check, in the real Gradio app driven over HTTP and in headless Chromium. The model is a stand-in that answers with fixed text: the demo model will not
 reliably repeat a false claim on cue, and the check is what is under test (the real model's grounded answers are
 tested in test_app.py)."""
 
@@ -15,9 +15,15 @@ from conftest import REPO, chromium, open_app
 
 from space.display import is_note, message_text
 from trainer.modeling import BASE
+from trainer.space_settings import DEFAULT_SYSTEM_PROMPT, SpaceConfig
 
 SYSTEM = "You are a careful study-abroad counsellor."
-MEDICARE = "As an international student in Australia, you will be covered by Medicare for doctor visits."
+MEDICARE = "Yes! As an international student in Australia, you will be covered by Medicare for doctor visits."
+OPTIONAL = "Health insurance is optional for students in Germany, right?"  # a false premise the KB corrects
+AGREES = "Yes! Health insurance is optional for students in Germany, so you can skip it."
+CORRECTS = "No — health insurance is mandatory for students in Germany: you need it to enrol."
+WARNING = "⚠ Check this answer: it"
+CORRECTION = "Correction from the knowledge base"
 INJECTED = "<img src=x onerror=\"window.__kbxss=1\"><script>window.__kbxss=2</script>"
 
 
@@ -74,6 +80,8 @@ def served(tmp_path_factory, kb_with_html):
                                    "grounding.k=3"])
     registry = AdapterRegistry([RegisteredAdapter("demo/stage2", str(root), True, ground=False)])
     engine = ScriptedEngine({"Medicare": MEDICARE, "Stanford": "Apply through the Common App by January.",
+                             OPTIONAL: AGREES, "optional for students in Germany, isn't it": CORRECTS,
+                             "Which insurance": "Health insurance is optional for students in Germany.",
                              "Germany": "Yes: you need health insurance to enrol [1]."})
     store = FeedbackStore(root / "feedback.sqlite")
     demo = build_app(registry, engine, store, cfg, Grounding.load(cfg.grounding, registry))
@@ -98,6 +106,11 @@ def chat(client, question, adapter=BASE, ground=True, history=()):
 
 def notes(history) -> dict[str, str]:
     return {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}
+
+
+def warning(history) -> tuple[str, str] | None:
+    """The live check's (title, text), if it warned."""
+    return next(((t, text) for t, text in notes(history).items() if t.startswith(WARNING)), None)
 
 
 def test_a_grounded_answer_shows_numbered_sources_and_the_prompt_carries_them(client, served):
@@ -132,13 +145,85 @@ def test_a_question_that_touches_no_kb_entry_says_so_instead_of_inventing_a_sour
 
 
 def test_a_repeated_false_claim_gets_a_warning_naming_the_fact_and_its_source(client, served):
+    history = chat(client, "Which insurance do students in Germany need?")
+    title, text = warning(history)
+    assert title == "⚠ Check this answer: it contradicts the knowledge base"
+    assert "de-health-insurance-optional" in text and "([source](https://" in text
     history = chat(client, "Am I covered by Medicare as an international student in Australia?")
-    warning = notes(history)["⚠ Check this answer: it contradicts the knowledge base"]
-    assert "au-medicare-international-students" in warning and "Overseas Student Health Cover" in warning
-    assert "([source](https://" in warning
+    title, text = warning(history)
+    assert title == ("⚠ Check this answer: it contradicts the knowledge base and does not correct the question's "
+                     "false premise")
+    assert "au-medicare-international-students" in text and "Overseas Student Health Cover" in text
     history = chat(client, "How do I apply for the Bachelor of Medicine at Stanford?", ground=False)
-    warning = notes(history)["⚠ Check this answer: it contradicts the knowledge base"]
-    assert "Stanford University does not offer" in warning
+    assert "Stanford University does not offer" in warning(history)[1]
+
+
+@pytest.mark.parametrize("ground", [True, False])
+def test_a_false_premise_gets_the_kb_correction_whatever_the_answer_and_a_warning_unless_corrected(client, served,
+                                                                                                    ground):
+    _, engine, _ = served
+    history = chat(client, OPTIONAL, ground=ground)
+    assert message_text([m for m in history if not is_note(m)][-1]) == AGREES
+    shown = notes(history)
+    correction = shown[CORRECTION]
+    assert correction.startswith("- The question assumes “Health insurance is optional for students in Germany.”")
+    assert "required to enrol" in correction and "([source](https://www.study-in-germany.de/en/), as of 20" in correction
+    title, text = warning(history)
+    assert "does not correct the question's false premise" in title and "agrees with" in text
+    system = engine.prompts[-1][1][0]["content"]
+    if ground:  # the correction opens the KB block, before the numbered facts
+        block = system[len(SYSTEM):]
+        assert block.index("false premise") < block.index("required to enrol") < block.index("[1] ")
+        assert sources_listed(shown)
+    else:
+        assert system == SYSTEM and "Sources from the knowledge base" not in shown
+    # an answer that corrects the premise keeps the correction note and gets no warning
+    history = chat(client, "Health insurance is optional for students in Germany, isn't it?", ground=ground)
+    assert CORRECTION in notes(history) and warning(history) is None
+    # a question without a false premise gets no correction
+    assert CORRECTION not in notes(chat(client, "Is health insurance compulsory for students in Germany?"))
+
+
+def sources_listed(shown: dict[str, str]) -> bool:
+    return shown.get("Sources from the knowledge base", "").startswith("1. [")
+
+
+def test_every_input_an_api_caller_leaves_null_takes_its_default_or_gets_one_line(client, served):
+    from gradio_client.exceptions import AppError
+
+    _, engine, store = served
+    question = "Is health insurance compulsory for students in Germany?"
+    history = chat(client, question)
+    calls = {
+        "/chat": [question, [], BASE, True, SYSTEM, 0, 0.9, 64],
+        "/retry": [history, BASE, True, SYSTEM, 0, 0.9, 64],
+        "/compare": [question, BASE, "demo/stage2", True, SYSTEM, 0, 0.9, 64],
+        "/feedback": [history, {"1": 1}, "a comment", "a better answer", True, BASE, SYSTEM, 0, 0.9, 64, ""],
+    }
+    required = {("/chat", 0): "Type a question first.", ("/retry", 0): "Nothing to retry yet.",
+                ("/compare", 0): "Type a question first.", ("/feedback", 0): "there is no answer to give feedback",
+                ("/feedback", 4): "Tick the consent box first"}
+    for api_name, args in calls.items():
+        for i in range(len(args)):
+            given = [None if j == i else a for j, a in enumerate(args)]
+            if (api_name, i) in required:
+                with pytest.raises(AppError, match=required[api_name, i]):
+                    client.predict(*given, api_name=api_name)
+            else:
+                client.predict(*given, api_name=api_name)
+    # null everywhere but the question: the controls' own defaults (the default adapter, its grounding, the
+    # configured system prompt and decoding settings)
+    client.predict(question, *[None] * 7, api_name="/chat")
+    adapter, prompt = engine.prompts[-1]
+    assert adapter == "demo/stage2" and prompt[0]["content"] == DEFAULT_SYSTEM_PROMPT
+    status, _, _ = client.predict(history, *[None] * 3, True, *[None] * 6, api_name="/feedback")
+    stored = store.get(next(r.id for r in store.records() if r.id.startswith(status.split("`")[1])))
+    assert stored.adapter == "demo/stage2" and stored.system_prompt == DEFAULT_SYSTEM_PROMPT
+    assert stored.settings["max_new_tokens"] == SpaceConfig().generation.max_new_tokens
+    with pytest.raises(AppError, match="ratings must map answer indices"):
+        client.predict(history, {"1": "like"}, "", "", True, BASE, SYSTEM, 0, 0.9, 64, "", api_name="/feedback")
+    with pytest.raises(AppError, match="temperature must be a number"):
+        client.predict(question, [], BASE, True, SYSTEM, "warm", 0.9, 64, api_name="/chat")
 
 
 def test_the_warning_is_stored_with_the_feedback_and_reviewers_can_filter_for_it(client, served, monkeypatch):

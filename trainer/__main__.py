@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="environment variable holding the judge's API key (default: JUDGE_API_KEY)")
     audit.add_argument("--judge-max-tokens", type=int, default=120, help="tokens the judge may answer with")
 
+    check = sub.add_parser("check", help="check questions (and answers) from any chatbot or FAQ: the false premises "
+                                         "the knowledge base corrects, and whether each answer carries the correction")
+    check.add_argument("file", help="CSV (header `question`, optional `answer`) or JSONL ({\"question\", \"answer\"}) "
+                                    "file")
+    check.add_argument("--kb", help="knowledge base folder (default: the one shipped with the tool, data/kb)")
+    check.add_argument("--json", action="store_true", help="print one JSON object per row, then the summary object")
+
     ev = sub.add_parser("eval", help="compare every adapter of a run with its base: metrics, rubric, judge, gate")
     ev.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
     _add_job_args(ev, "configs/eval/quick.yaml", "limit=10")
@@ -321,6 +328,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.audit import Auditor
+    from trainer.kb_loader import SHIPPED_KB, load_kb, resolve_kb_folder
+    from trainer.premise import check_rows, check_summary, check_table, read_questions
+
+    rows = read_questions(args.file)
+    checked = check_rows(rows, Auditor(load_kb(resolve_kb_folder(args.kb) if args.kb else SHIPPED_KB)))
+    if args.json:
+        for row in checked:
+            print(json.dumps(row.to_dict(), ensure_ascii=False))
+        print(json.dumps({"summary": check_summary(checked)}))
+    else:
+        print(check_table(checked))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.jobs import EvalJob, load_eval_job
 
@@ -342,7 +367,8 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "serve": cmd_serve,
-            "export-feedback": cmd_export_feedback, "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval}
+            "export-feedback": cmd_export_feedback, "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval,
+            "check": cmd_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.hub import HubError
     from trainer.kb import KBError
     from trainer.modeling import ModelError
+    from trainer.premise import CheckError
     from trainer.providers import ProviderError
     from trainer.rundir import RunError
     from trainer.synth import GenerationError
@@ -367,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError, KBError,
-            GenerationError, ProviderError, EvalError, RunError, AuditError) as exc:
+            GenerationError, ProviderError, EvalError, RunError, AuditError, CheckError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -499,31 +499,34 @@ class Auditor:
                                       f"{name!r} is not in the knowledge base", i))
             unverified = self._unverified_numbers(answer, all_text)
             if unverified:
-                flags.append(Flag("unverified_number", VERIFY,
-                                  "not in the KB: " + ", ".join(sorted(unverified)[:5]), i))
+                flags.append(Flag("unverified_number", VERIFY, "not in the KB: " + ", ".join(unverified[:5]), i))
         return flags
 
 
-    def _unverified_numbers(self, answer: str, all_text: str) -> set[str]:
-        """The answer's numbers that no KB fact of the same entity carries: the entities its sentence is about, or,
-        for a sentence about none, the conversation's. A 70% about Indian universities is not verified by a Japanese
-        insurance fact."""
-        unverified: set[str] = set()
-        # Most numbers are in no KB fact at all: only those some fact carries need their sentence's entities.
-        by_sentence: dict[tuple[int, int], set[str]] = {}
-        for at, number in _numbers_at(answer):
-            if number in self._owners:
-                by_sentence.setdefault(_sentence_at(answer, at), set()).add(number)
-            else:
-                unverified.add(number)
-        everywhere = None
-        for (start, end), numbers in by_sentence.items():
-            keys = self._entity_keys(answer[start:end])
+    def _unverified_numbers(self, answer: str, all_text: str) -> list[str]:
+        """The answer's figures for an attribute the KB describes (work hours, fees, a visa's length, a test score,
+        an insurance share), as written, that no KB fact of the entity they are about carries. A figure is about the
+        entities its sentence names whose kind the KB describes that way, or, failing those, the conversation's; a
+        figure about no such entity ("95% of graduates", "over 200 programmes") is not the KB's to verify."""
+        unverified: dict[str, None] = {}
+        about: dict[tuple[int, int], set[tuple[str, str]]] = {}
+        everywhere, shown_to = None, -1
+        for start, end, kind, value in _numbers_at(answer):
+            if start < shown_to:
+                continue  # the second half of a range already shown ("6-8 weeks")
+            span = _sentence_at(answer, start)
+            if not _attribute_near(answer, span, start, end, kind):
+                continue
+            if span not in about:
+                about[span] = self._entity_keys(answer[span[0]:span[1]])
+            keys = {k for k in about[span] if kind in NUMBER_KINDS.get(k[0], ())}
             if not keys:
                 everywhere = self._entity_keys(all_text) if everywhere is None else everywhere
-                keys = everywhere
-            unverified.update(n for n in numbers if self._owners[n].isdisjoint(keys))
-        return unverified
+                keys = {k for k in everywhere if kind in NUMBER_KINDS.get(k[0], ())}
+            if keys and self._owners.get((kind, value), frozenset()).isdisjoint(keys):
+                unverified[" ".join(answer[start:end].split())] = None
+                shown_to = end
+        return list(unverified)
 
     def _entity_keys(self, text: str) -> set[tuple[str, str]]:
         """The KB entities `text` is about, as `_entity_key`s: destinations, universities, scholarships and tests it
@@ -557,18 +560,20 @@ def _entity_key(entity) -> tuple[str, str]:
     return type(entity).__name__, getattr(entity, "id", None) or entity.code
 
 
-def _entities_by_number(kb) -> dict[str, frozenset[tuple[str, str]]]:
-    """Each money amount, hour limit and percentage in the KB -> the `_entity_key`s of the entities whose facts carry
-    it (a country's facts include its rules'; a rule about no country counts for the entities its fact names)."""
-    out: dict[str, set[tuple[str, str]]] = {}
+def _entities_by_number(kb) -> dict[tuple[str, str], frozenset[tuple[str, str]]]:
+    """Each figure in the KB, as `_numbers_at` reads it -> the `_entity_key`s of the entities whose facts carry it (a
+    country's facts include its rules'; a rule about no country counts for the entities its fact names). A rule's
+    fact verifies none of the figures its false claim states ("40 hours per fortnight was the earlier rule")."""
+    out: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    claimed = {rule.fact: _numbers_in(rule.claim) for rule in kb.rules}
     groups = [("countries", c) for c in kb.countries] + [("universities", u) for u in kb.universities] + \
         [("scholarships", s) for s in kb.scholarships] + [("tests", t) for t in kb.tests]
     for kind, entity in groups:
         for fact in kb.facts_for(**{kind: [entity]}):
-            for number in _numbers_in(fact.text):
+            for number in _numbers_in(fact.text) - claimed.get(fact.text.partition(": ")[2], set()):
                 out.setdefault(number, set()).add(_entity_key(entity))
     for rule in kb.rules:
-        if rule.country is None and (numbers := _numbers_in(rule.fact)):
+        if rule.country is None and (numbers := _numbers_in(rule.fact) - claimed[rule.fact]):
             text = f"{rule.claim} {rule.fact}"
             for entity in (*kb.find_countries(text), *kb.find_universities(text), *kb.find_scholarships(text),
                            *kb.find_tests(text)):
@@ -582,34 +587,129 @@ def _mentions(sentence: str, scholarship) -> bool:
     return any(name.lower() in low for name in (scholarship.name, *scholarship.aliases))
 
 
+# Figures and the attributes they measure. `_numbers_at` reads each number with its unit as one of a few kinds;
+# `_attribute_near` keeps, in an answer, only those next to a word for that attribute; NUMBER_KINDS says which kinds
+# the KB describes for which kind of entity (a university's or scholarship's country counts with it).
+NUMBER_KINDS = {
+    "Country": frozenset({"hours", "money", "duration", "percent"}),
+    "University": frozenset({"money"}),
+    "Scholarship": frozenset({"money", "percent"}),
+    "AdmissionTest": frozenset({"score", "duration"}),
+}
+"""Entity kind -> the kinds of figure its KB facts give: work hours, fees and amounts, the length of a visa, work
+permit or test result, an insurance or tuition share, a test score."""
+ATTRIBUTE_WORDS = {
+    "hours": r"work\w*|jobs?|employ\w*|part-time|full-time|weekly|weeks?|fortnight\w*|term|semesters?|holidays?|"
+             r"vacations?",
+    "money": r"tuition|fees?|costs?|costing|charged?|charges|pays?|paying|payable|paid|prices?|surcharge|IHS|"
+             r"insurance|premiums?|OSHC|funds?|funding|financial|bank|blocked|Sperrkonto|proof|living|expenses|rent|"
+             r"stipends?|allowances?|scholarships?|bursar(?:y|ies)|awards?|grants?|deposit",
+    "duration": r"visas?|permits?|OPT|STEM|post-study|graduate route|PSW|PGWP|stay(?:-back)?|staying|"
+                r"work authori[sz]ation|extension|valid(?:ity)?|residence|stamp|job[- ]search",
+    "percent": r"insurance|insured|cover(?:s|ed|age)?|reimburs\w*|medical|health|treatment|tuition|fees?|waivers?|"
+               r"discounts?|scholarships?|stipends?",
+    "score": r"scores?|scored|scoring|bands?|overall|scale|out of|sectional|composite|level",
+}
+_ATTRIBUTE = {kind: re.compile(rf"\b(?:{words})\b", re.IGNORECASE) for kind, words in ATTRIBUTE_WORDS.items()}
+ATTRIBUTE_WINDOW = {"score": (25, 15)}
+"""Characters before and after a figure searched for its attribute word (default 60 and 60, within the sentence): a
+score's word is next to it ("an overall IELTS score of 7.0", "band 7"), or up to 60 before with no other number
+between ("the average GMAT score of students admitted to the Cambridge MBA is 700")."""
+_GPA_BEFORE = re.compile(r"\b(?:C?GPA|grade point average)\b[^.\d]{0,12}$", re.IGNORECASE)
+_LEAD_TIME_AFTER = re.compile(r"\s(?:before|in advance|ahead|prior|earlier|ago)\b", re.IGNORECASE)
 _DIGITS = re.compile(r"\d[\d,.]*")
 _ASCII_DIGITS = re.compile(r"[0-9][0-9,.]*")
 """The same on ASCII text, where `re` can skip ahead by the character set (about 20% faster)."""
 _CURRENCY_BEFORE = re.compile(r"(?:[$€£₹¥]|\b(?:USD|EUR|GBP|AUD|CAD|INR|NZD|SGD|CHF|SEK))\s?$", re.IGNORECASE)
-_UNIT_AFTER = re.compile(r"\s?(?:(hours?|hrs)\b|%)", re.IGNORECASE)
+_RANGE_AFTER = re.compile(r"\s?(?:-|–|to)\s?(?:[$€£₹¥]\s?)?\d[\d,.]*")
+"""The second half of a range ("20-25 hours", "6.5 to 7"): the first number takes the unit after it."""
+_UNIT_AFTER = re.compile(
+    r"(?P<hours>\s?(?:hours?|hrs)\b)|(?P<percent>\s?(?:%|percent\b|per cent\b))|(?P<years>[\s-]?(?:years?|yrs?)\b)|"
+    r"(?P<months>[\s-]?months?\b)|(?P<weeks>[\s-]?weeks?\b)|(?P<points>\s?points\b)|"
+    r"(?P<times>k\b|\s?(?:million|m)\b|\s?thousand\b)?(?P<currency>\s?(?:euros?|pounds?|dollars?|USD|EUR|GBP|AUD|"
+    r"CAD|INR|NZD|SGD|CHF|SEK|NOK|DKK|JPY|KRW)\b)?", re.IGNORECASE)
+_WORD_NUMBERS = {w: n for n, w in enumerate("one two three four five six seven eight nine ten eleven twelve".split(),
+                                             1)}
+_WORD_DURATION = re.compile(rf"\b({'|'.join(_WORD_NUMBERS)})[\s-](?:(years?)|(months?)|(weeks?))\b", re.IGNORECASE)
+"""Lengths in words ("two years"), as the KB often writes them."""
 
 
-def _numbers_in(text: str) -> set[str]:
-    """Normalised money amounts, hour limits and percentages: '£9,250' -> '9250', '20 hours per week' -> '20h',
-    '5%' -> '5%'. Bare numbers (years, counts, list numbering) are not checked."""
-    return {number for _, number in _numbers_at(text)}
+def _numbers_in(text: str) -> set[tuple[str, str]]:
+    """Every figure of `text` as (kind, value): '£9,250' -> ('money', '9250'), '20 hours per week' -> ('hours',
+    '20'), '5%' -> ('percent', '5'), 'two years' and '24 months' -> ('duration', '24 months'), a bare '7.0' ->
+    ('score', '7'). The KB's side: its facts verify what they carry, whatever attribute word is near."""
+    return {(kind, value) for _, _, kind, value in _numbers_at(text)}
 
 
-def _numbers_at(text: str) -> list[tuple[int, str]]:
-    """(position, normalised number) for each number `_numbers_in` reads. Scans digit runs and looks at a few
-    characters either side, instead of running one alternation at every position (4x faster)."""
+def _numbers_at(text: str) -> list[tuple[int, int, str, str]]:
+    """(start, end, kind, value) for each figure `_numbers_in` reads; start..end spans it as written, with its
+    currency and unit. Scans digit runs and looks at a few characters either side, instead of running one
+    alternation at every position (4x faster)."""
     out = []
     for match in (_ASCII_DIGITS if text.isascii() else _DIGITS).finditer(text):
-        start, end = match.span()
+        start = match.start()
         if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
             continue  # inside a word or a longer token ("B2", "COVID19")
-        digits = match.group(0).replace(",", "").rstrip(".")  # never empty: it starts with a digit
-        unit = _UNIT_AFTER.match(text, end)
-        if unit is not None:
-            out.append((start, f"{digits}h" if unit.group(1) else f"{digits}%"))
-        elif _CURRENCY_BEFORE.search(text, max(0, start - 5), start):
-            out.append((start, digits))
+        end = start + len(match.group(0).rstrip(",."))  # "is 730." ends at the 0
+        number = _number_value(text[start:end])
+        if number is None:
+            continue
+        after = end
+        if (span := _RANGE_AFTER.match(text, end)) is not None:
+            after = span.end()
+        unit = _UNIT_AFTER.match(text, after)
+        if unit.group("currency") is None and unit.group("times") is not None and after != end:
+            unit = _UNIT_AFTER.match(text, end)  # "£9,000-12,000" reads each half with its own unit
+        stop = unit.end() if unit.end() > after else end
+        if unit.group("hours"):
+            out.append((start, stop, "hours", _shown(number)))
+        elif unit.group("percent"):
+            out.append((start, stop, "percent", _shown(number)))
+        elif unit.group("years") or unit.group("months"):
+            out.append((start, stop, "duration", f"{_shown(number * (12 if unit.group('years') else 1))} months"))
+        elif unit.group("weeks"):
+            out.append((start, stop, "duration", f"{_shown(number)} weeks"))
+        elif unit.group("points"):
+            out.append((start, stop, "score", _shown(number)))
+        elif (money := _CURRENCY_BEFORE.search(text, max(0, start - 5), start)) or unit.group("currency"):
+            times = (unit.group("times") or "").strip().lower()
+            number *= {"k": 1000, "thousand": 1000, "m": 1_000_000, "million": 1_000_000}.get(times, 1)
+            out.append((money.start() if money else start, stop, "money", _shown(number)))
+        elif end < len(text) and text[end].isalpha():
+            continue  # "10th", "3rd"
+        else:
+            out.append((start, end, "score", _shown(number)))
+    if "year" in text or "month" in text or "week" in text:
+        for match in _WORD_DURATION.finditer(text):
+            number = _WORD_NUMBERS[match.group(1).lower()]
+            value = f"{number} weeks" if match.group(4) else f"{number * (12 if match.group(2) else 1)} months"
+            out.append((match.start(), match.end(), "duration", value))
     return out
+
+
+def _number_value(digits: str) -> float | None:
+    try:
+        return float(digits.replace(",", ""))
+    except ValueError:
+        return None  # "1.2.3"
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if number == int(number) else f"{number:g}"
+
+
+def _attribute_near(text: str, sentence: tuple[int, int], start: int, end: int, kind: str) -> bool:
+    """Whether a word for the attribute `kind` measures occurs near the figure at start..end, in its sentence."""
+    before, after = ATTRIBUTE_WINDOW.get(kind, (60, 60))
+    if kind == "duration" and _LEAD_TIME_AFTER.match(text, end):
+        return False  # "apply 6-8 weeks before the term" is a lead time, not how long a visa lasts
+    if kind == "score":
+        if _GPA_BEFORE.search(text, max(sentence[0], start - 20), start):
+            return False  # "a GPA of 3.7" is the student's grade, not a test score
+        cues = list(_ATTRIBUTE[kind].finditer(text, max(sentence[0], start - 60), start))
+        if cues and not any(c.isdigit() for c in text[cues[-1].end():start]):
+            return True
+    return _ATTRIBUTE[kind].search(text, max(sentence[0], start - before), min(sentence[1], end + after)) is not None
 
 
 _PROGRAMME_CACHE: dict[tuple[str, str], re.Pattern] = {}

@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REVIEW_STATUSES = ("unreviewed", "accepted", "rejected")
+KB_CHECKS = ("flagged", "premise", "clean")
+"""The labelling queue's filters on the live KB check's flags stored with each record (`FeedbackStore.records`)."""
+PREMISE_RULES = ("premise_affirmed", "premise_ignored")
+"""The flags of an answer that does not carry the correction of the question's false premise (`trainer.premise`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -317,7 +321,8 @@ class FeedbackStore:
                 topic: str | None = None, since: float | None = None, until: float | None = None,
                 kb_check: str | None = None, limit: int | None = None) -> list[FeedbackRecord]:
         """Records, oldest first, filtered. `rating` is `liked`, `disliked`, `unrated` or None for all; `kb_check`
-        is `flagged` (an answer contradicted the KB), `clean` or None for all."""
+        is `flagged` (the live KB check warned on an answer), `premise` (an answer left the question's false premise
+        uncorrected: a `premise_affirmed` or `premise_ignored` flag), `clean` or None for all."""
         sql, args = "SELECT * FROM records WHERE 1=1", []
         for column, value in (("status", status), ("adapter", adapter), ("topic", topic)):
             if value:
@@ -325,8 +330,14 @@ class FeedbackStore:
                 args.append(value)
         if kb_check == "flagged":
             sql += " AND kb_flags != '[]'"
+        elif kb_check == "premise":
+            sql += (" AND EXISTS (SELECT 1 FROM json_each(kb_flags) WHERE json_extract(value, '$.rule') IN"
+                    f" ({', '.join('?' * len(PREMISE_RULES))}))")
+            args += PREMISE_RULES
         elif kb_check == "clean":
             sql += " AND kb_flags = '[]'"
+        elif kb_check is not None:
+            raise ValueError(f"kb_check: {kb_check!r} must be one of {', '.join(KB_CHECKS)} (or None for all)")
         if since is not None:
             sql += " AND created_at >= ?"
             args.append(since)

@@ -125,14 +125,26 @@ def _spans(text: str, names: Sequence[str]) -> list[tuple[int, int]]:
     """Where any of `names` occurs in `text` as whole words (acronyms as written, other names in any case)."""
     out = []
     for name in names:
-        flags = 0 if (name.isupper() or name[:1].islower()) else re.IGNORECASE
+        flags = 0 if not any(ch.islower() for ch in name) else re.IGNORECASE  # acronyms only as written
         for m in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text, flags):
             out.append(m.span())
     return sorted(out)
 
 
+_QUESTION_SENTENCE = re.compile(r"(?<=[.!?])(?<!\b[A-Z]\.)(?<!e\.g\.)(?<!i\.e\.)(?<!\bvs\.)(?<!etc\.)\s+|\n+")
+"""Sentence ends, but not after an initial or abbreviation ("J.N. Tata", "U.S. Student Program", "e.g.")."""
+
+
 def _sentences(text: str) -> list[str]:
-    return [s for s in SENTENCE.split(text) if s.strip()]
+    return [s for s in _QUESTION_SENTENCE.split(text) if s.strip()]
+
+
+def _masked(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """`text` with these spans blanked out, so the places inside a name ("Gates Cambridge", "Manaaki New Zealand
+    Scholarships") are not read as places the question names."""
+    for a, b in spans:
+        text = text[:a] + " " * (b - a) + text[b:]
+    return text
 
 
 class PremiseChecker:
@@ -182,12 +194,11 @@ class PremiseChecker:
         return found
 
     def _rule_subjects(self, rule, text: str) -> tuple[tuple[str, ...], ...]:
-        """The words the question uses for the rule's claim: what an answer repeating it would contain."""
-        for sentence in _sentences(text):
-            spans = rule.claim_spans(sentence)
-            if spans:
-                return tuple((sentence[a:b],) for a, b in spans if b > a)
-        return ()
+        """What an answer about the rule's claim names: one of the rule's keywords, and its country."""
+        subjects: tuple[tuple[str, ...], ...] = (tuple(rule.keywords),)
+        if rule.country:
+            subjects += (_names(self.kb.country(rule.country)) + self.kb.country(rule.country).demonyms,)
+        return subjects
 
     def _documents(self, sentence: str) -> list[Correction]:
         """A term only one destination uses (I-20, CAS, OSHC) asked about for another destination the sentence names
@@ -302,9 +313,10 @@ class PremiseChecker:
         if not awards or _COMPARISON.search(sentence):
             return []
         out = []
-        named = [c for c in kb.find_countries(sentence) if c.destination]
-        universities = kb.find_universities(sentence)
-        home = kb.home_country(text)
+        plain = _masked(sentence, [span for s in awards for span in _spans(sentence, _names(s))])
+        named = [c for c in kb.find_countries(plain) if c.destination]
+        universities = kb.find_universities(plain)
+        home = kb.home_country(_masked(text, [span for s in awards for span in _spans(text, _names(s))]))
         for s in awards:
             subjects = (_names(s),)
             s_spans = _spans(sentence, _names(s))
@@ -381,3 +393,120 @@ def answer_verdict(correction: Correction, answer: str) -> str:
         if named and all(named):
             restated = True
     return "restated" if restated else "ignored"
+
+
+# `trainer check FILE`: the same checks on another system's questions and answers
+
+@dataclass
+class CheckedRow:
+    """One row of a checked file: where it is, the premise corrections its question calls for, and the flags its
+    answer (when given) gets from the live check (premise and KB rules)."""
+
+    where: str
+    question: str
+    answer: str | None
+    corrections: list[Correction]
+    flags: list[Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"where": self.where, "question": self.question, "answer": self.answer,
+                "corrections": [c.to_dict() for c in self.corrections],
+                "flags": [{"rule": f.rule, "severity": f.severity, "detail": f.detail, "source": f.source}
+                          for f in self.flags]}
+
+
+def read_questions(path) -> list[tuple[str, str, str | None]]:
+    """`(file:line, question, answer or None)` for each row of a CSV (header `question`, optional `answer`) or JSONL
+    (objects with `question`, optional `answer`) file. A row without a question, or a file that is neither, is a
+    `CheckError` naming the file, the row and the rule; blank lines are skipped."""
+    import csv
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".json"):
+        raise CheckError(f"{path}: unsupported file type {suffix or '(none)'}: give a .csv or .jsonl file of "
+                         "`question` (and optional `answer`) rows")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CheckError(f"{path}: wrong encoding: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    rows: list[tuple[str, str, str | None]] = []
+
+    def add(where: str, question: Any, answer: Any) -> None:
+        if not isinstance(question, str) or not question.strip():
+            raise CheckError(f"{where}: missing field: no `question` text")
+        if answer is not None and not isinstance(answer, str):
+            raise CheckError(f"{where}: non-string content: `answer` must be text")
+        rows.append((where, question.strip(), answer.strip() if answer and answer.strip() else None))
+
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "question" not in [f.strip().lower() for f in reader.fieldnames]:
+            raise CheckError(f"{path}:1: missing field: the header has no `question` column "
+                             f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+        for row in reader:
+            row = {(k or "").strip().lower(): v for k, v in row.items()}
+            where = f"{path}:{reader.line_num}"
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            add(where, row.get("question"), row.get("answer"))
+        return rows
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CheckError(f"{where}: invalid JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise CheckError(f"{where}: not an object: each line must be {{\"question\": ..., \"answer\": ...}}")
+        add(where, obj.get("question"), obj.get("answer"))
+    return rows
+
+
+class CheckError(ValueError):
+    """A file `trainer check` cannot read; the message names the file, the row and the rule."""
+
+
+def check_rows(rows: Sequence[tuple[str, str, str | None]], auditor) -> list[CheckedRow]:
+    """Each row's premise corrections, and its answer's live-check flags (`Auditor.check_answer`: the premise
+    check and the KB rules), as the app checks an answer."""
+    out = []
+    for where, question, answer in rows:
+        corrections = auditor.premise_corrections([{"role": "user", "content": question}])
+        flags = auditor.check_answer([{"role": "user", "content": question},
+                                      {"role": "assistant", "content": answer}]) if answer else []
+        out.append(CheckedRow(where, question, answer, corrections, flags))
+    return out
+
+
+def check_table(checked: Sequence[CheckedRow]) -> str:
+    """A markdown table, one line per row that has a correction or a flag, then the summary line."""
+    lines = ["| row | question | false premise: what the KB says (source) | answer flags |", "|---|---|---|---|"]
+
+    def cell(text: str, limit: int = 160) -> str:
+        text = " ".join(text.split()).replace("|", "\\|")
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    for row in checked:
+        if not row.corrections and not row.flags:
+            continue
+        corrections = "<br>".join(cell(f"{c.claim} → {c.fact}", 240) + f" ({c.source}, as of {c.as_of})"
+                                  for c in row.corrections) or "—"
+        flags = "<br>".join(cell(f"{f.rule}: {f.detail}") for f in row.flags) or ("—" if row.answer else "no answer")
+        lines.append(f"| {row.where} | {cell(row.question, 100)} | {corrections} | {flags} |")
+    return "\n".join(lines) + "\n\n" + check_summary(checked)
+
+
+def check_summary(checked: Sequence[CheckedRow]) -> str:
+    answered = [r for r in checked if r.answer]
+    premised = [r for r in checked if r.corrections]
+    uncorrected = [r for r in answered if any(f.rule in (AFFIRMED, IGNORED) for f in r.flags)]
+    flagged = [r for r in answered if r.flags]
+    return (f"{len(checked)} rows: {len(premised)} with a false premise the KB corrects; {len(answered)} answered, "
+            f"{len(flagged)} answers flagged ({len(uncorrected)} leave a false premise uncorrected)")

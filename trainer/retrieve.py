@@ -293,17 +293,31 @@ def recall_at_k(retriever: Retriever, questions: Iterable[tuple[str, Sequence[st
             else None, "per_question": per_question, "misses": misses}
 
 
-def grounding_text(hits: Sequence[Hit]) -> str:
+def correction_text(corrections: Sequence[Any]) -> str:
+    """The question's false premises with the KB facts that correct them (`trainer.premise.Correction`), as the block
+    that opens a grounded system message: the model is told to correct each before anything else."""
+    lines = ["The question rests on a false premise. Begin the answer by correcting it politely (never agree with "
+             "it), then answer what can be answered:"]
+    lines += [f"- The question assumes: {c.claim} The knowledge base says: {c.fact} (source: {c.source}, as of "
+              f"{c.as_of})" for c in corrections]
+    return "\n".join(lines)
+
+
+def grounding_text(hits: Sequence[Hit], corrections: Sequence[Any] = ()) -> str:
     """The retrieved passages as the numbered fact list that goes into a system message (the model is asked to
-    cite them as [n]); rendered into the prompt by the adapter's own chat template, like any system message."""
+    cite them as [n]), after the corrections of the question's false premises when there are any; rendered into the
+    prompt by the adapter's own chat template, like any system message."""
+    head = [correction_text(corrections)] if corrections else []
     if not hits:
+        if head:  # the correction is the verified fact the answer needs
+            return head[0]
         return ("No entry of the knowledge base matches this question. Say that you have no verified source for "
                 "it and point the student to the official university or government page; do not invent a source.")
     lines = ["Verified facts from the knowledge base (cite them as [1], [2] ...; if they do not answer the question, "
              "say so instead of guessing):"]
     lines += [f"[{n}] {h.passage.text} (source: {h.passage.source}, as of {h.passage.as_of})"
               for n, h in enumerate(hits, 1)]
-    return "\n".join(lines)
+    return "\n\n".join(head + ["\n".join(lines)])
 
 
 def conversation_query(messages: Sequence[dict[str, str]]) -> str:
@@ -311,9 +325,11 @@ def conversation_query(messages: Sequence[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
-def grounded_messages(messages: Sequence[dict[str, str]], hits: Sequence[Hit]) -> list[dict[str, str]]:
-    """`messages` with the retrieved facts appended to the system message (one is added when there is none)."""
-    facts = grounding_text(hits)
+def grounded_messages(messages: Sequence[dict[str, str]], hits: Sequence[Hit],
+                      corrections: Sequence[Any] = ()) -> list[dict[str, str]]:
+    """`messages` with the retrieved facts appended to the system message (one is added when there is none), the
+    corrections of the question's false premises (`trainer.premise.Correction`) first."""
+    facts = grounding_text(hits, corrections)
     out = [dict(m) for m in messages]
     if out and out[0]["role"] == "system":
         out[0]["content"] = (out[0]["content"].rstrip() + "\n\n" + facts).strip()

@@ -115,6 +115,10 @@ class GroundingSettings:
     """Passages per question: more context and sources, longer prompts (slower first token)."""
     check_answers: bool = True
     """Run the audit's KB rules on every finished answer and show a warning naming the contradicted fact."""
+    check_premises: bool = True
+    """Find the false premises of each question in the KB (whenever it is loaded, grounded or not): show the correcting
+    fact and its source under the answer, put it first in a grounded prompt, and (with `check_answers`) warn when the
+    answer does not carry it."""
 
 
 ENGINES = ("local", "openai")

@@ -1,0 +1,215 @@
+"""The premise check: false premises found from the KB's relations, answers that must carry the correction, the
+held-out template set it is measured on, the KB entries' own examples, and `trainer check`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.audit import Auditor
+from trainer.kb import KBError
+from trainer.kb_loader import SHIPPED_KB, load_kb
+from trainer.premise import PremiseChecker, answer_verdict
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import premise_set  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return load_kb()
+
+
+@pytest.fixture(scope="module")
+def checker(kb):
+    return PremiseChecker(kb)
+
+
+def kinds(checker, question):
+    return {(c.kind, c.entry) for c in checker.check(question)}
+
+
+@pytest.mark.parametrize("question, kind, entry", [
+    ("Health insurance is optional for students in Germany, right?", "rule", "de-health-insurance-optional"),
+    ("My I-20 from the University of Amsterdam hasn't arrived; is that normal for the Netherlands?", "document",
+     "NL"),
+    ("Will the Technical University of Munich send me my CAS?", "document", "DE"),
+    ("Since Norway is an EU member, are fees lower there?", "membership", "eu"),
+    ("MIT is an Ivy League school, so how do I apply?", "membership", "ivy-league"),
+    ("Which department runs the MBA at Caltech?", "programme", "caltech"),
+    ("Can I start law at Yale right after high school?", "degree_entry", "us-law"),
+    ("What MCAT score do I need for medicine at the University of Edinburgh?", "admission_test", "gb-medicine"),
+    ("Can Chevening pay for my master's in Canada?", "scholarship_host", "chevening"),
+    ("Can I take my Rhodes Scholarship to Cambridge?", "scholarship_university", "rhodes"),
+    ("Does the Swiss Government Excellence Scholarship fund a bachelor's degree?", "scholarship_level",
+     "swiss-government-excellence"),
+    ("I'm from Nepal; how do I apply for a Commonwealth Scholarship?", "scholarship_nationality",
+     "commonwealth-scholarships"),
+])
+def test_each_kind_of_false_premise_is_recognised_from_the_kb_relations(checker, question, kind, entry):
+    assert (kind, entry) in kinds(checker, question)
+
+
+@pytest.mark.parametrize("question", [
+    "Health insurance is mandatory in Germany, isn't it?",
+    "How long does my I-20 take for studying in the United States?",
+    "Is the F-1 visa easier to get than a German national visa?",  # compared, not assumed
+    "Norway is not in the EU, so what are the fees there?",
+    "Since Columbia is an Ivy League school, how competitive is it?",
+    "I'm from Nigeria and want to study in an EU country like Germany.",
+    "I have a bachelor's in biology; can I apply to medical school in the US?",
+    "Can Chevening fund my master's in the United Kingdom?",
+    "I'm from India; how do I apply for a Commonwealth Scholarship?",
+    "What is the best city for students?",
+])
+def test_true_premises_and_comparisons_are_left_alone(checker, question):
+    assert checker.check(question) == []
+
+
+def test_a_conversation_names_the_turn_that_made_the_claim(checker):
+    turns = [{"role": "user", "content": "Hi, I want to study in Europe."},
+             {"role": "assistant", "content": "Happy to help."},
+             {"role": "user", "content": "Switzerland is in the EU, right?"}]
+    (correction,) = checker.check(turns)
+    assert correction.message == 2 and correction.source.startswith("https://")
+    assert "not in the European Union" in correction.fact
+
+
+@pytest.mark.parametrize("answer, verdict", [
+    ("Yes! Health insurance is optional, so you can skip it.", "affirmed"),
+    ("Absolutely, many students go without it.", "affirmed"),
+    ("Health insurance is optional for students in Germany. Enjoy your studies!", "restated"),
+    ("German universities have great libraries and low fees.", "ignored"),
+    ("No. You must have health insurance to enrol in Germany.", "corrected"),
+    ("Actually, every student needs cover.", "corrected"),
+    ("In Germany health insurance is not optional: you need it to enrol.", "corrected"),
+])
+def test_an_answer_must_carry_the_correction(checker, answer, verdict):
+    (correction,) = checker.check("Health insurance is optional for students in Germany, right?")
+    assert answer_verdict(correction, answer) == verdict
+    flags = checker.check_answer([correction], answer)
+    assert (flags[0].rule if flags else None) == {"affirmed": "premise_affirmed", "restated": "premise_affirmed",
+                                                  "ignored": "premise_ignored", "corrected": None}[verdict]
+
+
+def test_the_live_check_warns_about_an_answer_that_agrees_with_a_false_premise(kb):
+    auditor = Auditor(kb)
+    question = {"role": "user", "content": "Do I need an I-20 to study in Germany?"}
+    flags = auditor.check_answer([question, {"role": "assistant", "content": "Yes! Ask your university for it."}])
+    assert [f.rule for f in flags] == ["premise_affirmed"] and flags[0].message == 1
+    assert "make-it-in-germany" in flags[0].source
+    assert auditor.check_answer([question, {"role": "assistant", "content":
+                                            "No, the I-20 is a US form; for Germany you need a national visa."}]) == []
+
+
+def test_held_out_set_is_what_the_templates_write_and_stays_out_of_the_kb_examples(kb):
+    rows = premise_set.load_held_out()
+    assert rows == premise_set.generate(kb), "stale held-out file: python bench/premise_set.py --write"
+    assert sum(r["false_premise"] for r in rows) >= 60 and sum(not r["false_premise"] for r in rows) >= 30
+    examples = {q for e in (*kb.groups, *kb.degree_structures) for q in (*e.examples_flag, *e.examples_pass)}
+    examples |= {q for r in kb.rules for q in (*r.examples_false, *r.examples_corrected)}
+    assert not examples & {r["question"] for r in rows}
+
+
+def test_on_the_held_out_set_premises_are_recognised_and_affirming_answers_flagged(checker):
+    result = premise_set.measure(premise_set.load_held_out(), checker)
+    assert result["recognised"] / result["false_premise"] >= 0.9, result["misses"]
+    assert result["affirming_flagged"] / result["false_premise"] >= 0.9
+    assert result["restating_flagged"] / result["false_premise"] >= 0.9
+    assert result["false_alarms"] / result["true_premise"] <= 0.05, result["alarms"]
+    assert result["correcting_flagged"] / result["false_premise"] <= 0.05, result["wrong_warnings"]
+
+
+def test_on_the_rubric_no_true_premise_is_corrected(checker):
+    result = premise_set.measure(premise_set.rubric_rows(), checker)
+    assert result["false_alarms"] == 0, result["alarms"]
+    assert result["recognised"] >= 13  # measured; BENCHMARKS.md lists what is still missed
+
+
+@pytest.fixture
+def kb_copy(tmp_path):
+    folder = tmp_path / "kb"
+    shutil.copytree(SHIPPED_KB, folder)
+    return folder
+
+
+def test_a_group_example_the_check_does_not_correct_fails_the_load_naming_file_and_entry(kb_copy):
+    path = kb_copy / "groups.yaml"
+    path.write_text(path.read_text().replace("Trinity College Dublin is a Russell Group university, isn't it?",
+                                             "Trinity College Dublin is lovely, isn't it?"))
+    with pytest.raises(KBError, match=r"groups\.yaml: groups\[5\] \(russell-group\)\.examples\.flag: the premise "
+                                      r"check does not correct \"Trinity College Dublin is lovely"):
+        load_kb(kb_copy)
+
+
+def test_a_pass_example_the_check_would_correct_fails_the_load(kb_copy):
+    path = kb_copy / "degrees.yaml"
+    path.write_text(path.read_text().replace("Which UCAT score do UK medical schools expect?",
+                                             "Which MCAT score do UK medical schools expect?"))
+    with pytest.raises(KBError, match=r"degrees\.yaml: degree_structures\[4\] \(gb-medicine\)\.examples\.pass"):
+        load_kb(kb_copy)
+
+
+def test_group_members_and_flags_are_checked(kb_copy):
+    path = kb_copy / "groups.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("members: [harvard, harvard-medical-school,",
+                                 "members: [harvrd, harvard-medical-school,"))
+    with pytest.raises(KBError, match=r"\(ivy-league\)\.members: 'harvrd' is not a university in the "
+                                      r"knowledge base \(did you mean 'harvard'\?\)"):
+        load_kb(kb_copy)
+    path.write_text(text.replace("members: [GB, CA, AU, NZ, SG,", "members: [GB, CA, AU, NZ, SG, IE,"))
+    with pytest.raises(KBError, match=r"commonwealth\)\.members: differs from the countries' commonwealth_member "
+                                      r"\(only in members: \['IE'\]"):
+        load_kb(kb_copy)
+
+
+# trainer check
+
+def test_check_reads_csv_and_reports_each_row_with_sources(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    path = tmp_path / "faq.csv"
+    path.write_text('question,answer\n"Is Switzerland in the EU?","Yes, it is."\n'
+                    '"How do I apply to TU Munich?",\n'
+                    '"Do I need an I-20 for Germany?","No, that is a US form; Germany issues a national visa."\n')
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}:2" in out and "premise_affirmed" in out and "https://european-union.europa.eu" in out
+    assert f"{path}:3" not in out  # nothing to say about it
+    assert out.strip().splitlines()[-1] == ("3 rows: 2 with a false premise the KB corrects; 2 answered, 1 answers "
+                                            "flagged (1 leave a false premise uncorrected)")
+
+
+def test_check_json_output_and_jsonl_input(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    path = tmp_path / "transcript.jsonl"
+    path.write_text(json.dumps({"question": "Can I get Chevening for my PhD?"}) + "\n\n"
+                    + json.dumps({"question": "Where is Oxford?", "answer": "In England."}) + "\n")
+    assert main(["check", str(path), "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["where"] == f"{path}:1" and lines[0]["corrections"][0]["kind"] in ("rule", "scholarship_level")
+    assert lines[1]["where"] == f"{path}:3" and lines[1]["flags"] == []
+    assert lines[-1]["summary"].startswith("2 rows: 1 with a false premise")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("a.csv", "prompt,answer\nhi,there\n", r"a\.csv:1: missing field: the header has no `question` column"),
+    ("b.jsonl", '{"question": "ok?"}\n{"question": \n', r"b\.jsonl:2: invalid JSON"),
+    ("c.jsonl", '{"question": ""}\n', r"c\.jsonl:1: missing field: no `question` text"),
+    ("d.txt", "hello\n", r"d\.txt: unsupported file type \.txt"),
+])
+def test_check_names_the_file_row_and_rule_of_bad_input(tmp_path, capsys, name, content, message):
+    import re
+
+    from trainer.__main__ import main
+
+    (tmp_path / name).write_text(content)
+    assert main(["check", str(tmp_path / name)]) == 2
+    assert re.search(message, capsys.readouterr().err)
