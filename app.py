@@ -6,12 +6,33 @@ each tab from its builder in `space/` (`chat_tab`, `compare_tab`, `labelling_tab
 """
 
 import argparse
+import functools
 import os
 import sys
 from typing import Sequence
 
 NOTICE = ("Answers come from a language model and can be wrong or out of date. Check every requirement, fee and "
           "deadline with the university and the official government sources before you act on it.")
+
+
+@functools.cache
+def setting_slider():
+    """`gr.Slider` for a generation setting that API callers may leave out: null reaches the handler as None (which
+    applies the configured value) instead of failing inside Gradio, and a value that is not a number gets one line.
+    Drawn by Gradio's own slider (`is_template`)."""
+    import gradio as gr
+
+    class SettingSlider(gr.Slider):
+        is_template = True
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+                raise gr.Error(f"{self.label}: expected a number, got {payload!r}.")
+            return super().preprocess(payload)
+
+    return SettingSlider
 
 
 def build_app(registry, engine, store=None, cfg=None, grounding=None):
@@ -51,11 +72,12 @@ def build_app(registry, engine, store=None, cfg=None, grounding=None):
         # One prompt and one set of sliders above the tabs: Chat and Compare both generate with them.
         with gr.Accordion("Counselling prompt and generation settings", open=False):
             system_prompt = gr.Textbox(cfg.system_prompt, label="System prompt", lines=4)
+            slider = setting_slider()
             with gr.Row():
-                temperature = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
-                max_new_tokens = gr.Slider(16, limits.max_new_tokens_limit, value=defaults.max_new_tokens, step=16,
-                                           label="Max new tokens")
+                temperature = slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
+                top_p = slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
+                max_new_tokens = slider(16, limits.max_new_tokens_limit, value=defaults.max_new_tokens, step=16,
+                                        label="Max new tokens")
         gen_inputs = [system_prompt, temperature, top_p, max_new_tokens]
 
         build_chat_tab(engine, store, cfg, choices, default_adapter, gen_inputs, grounding)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from space.display import format_when, message_text, parse_day, reviewer_of, safe_text, trim_history
+from space.display import (check_note, correction_note, format_when, is_note, kb_check_label, message_text,
+                           parse_day, reviewer_of, safe_text, trim_history)
+from trainer.audit import Flag
+from trainer.premise import Correction
 from trainer.space_settings import FeedbackSettings
 
 TOKEN = "display-test-token-51c2"
@@ -39,6 +42,35 @@ def test_safe_text_disarms_html_and_script_links():
     assert safe_text("[ok](JavaScript :alert(1))") == "[ok](JavaScript :alert(1))"  # not a scheme: harmless
     assert safe_text("## Heading\n- **bold** & more") == "## Heading\n- **bold** &amp; more"
     assert message_text({"content": safe_text("a < b & c")}) == "a < b & c"  # what the model gets back
+
+
+def test_a_correction_note_links_each_source_and_keeps_kb_text_inert():
+    corrections = [Correction("rule", "de-health-insurance-optional", "Health insurance is optional in Germany.",
+                              "It is required <img src=x onerror=alert(1)> to enrol.",
+                              "https://example.org/a page(1)", "2026-11"),
+                   Correction("membership", "schengen", "The UK is in the Schengen Area.",
+                              "The UK is not in the Schengen Area.", "https://example.org/schengen", "2026-10")]
+    note = correction_note(corrections)
+    assert is_note(note) and note["metadata"]["title"] == "Correction from the knowledge base"
+    first, second = note["content"].splitlines()
+    assert first == ("- The question assumes “Health insurance is optional in Germany.” The knowledge base says: It is "
+                     "required &lt;img src=x onerror=alert(1)&gt; to enrol. ([source](https://example.org/a%20page%281%29)"
+                     ", as of 2026-11)")
+    assert second.endswith("([source](https://example.org/schengen), as of 2026-10)")
+
+
+def test_the_warning_title_says_whether_the_answer_contradicts_the_kb_or_leaves_a_false_premise():
+    contradiction = Flag("kb_contradiction", "fail", "de-health-insurance-optional: ...", 1, "https://example.org")
+    affirmed = Flag("premise_affirmed", "fail", "the answer agrees with the question's false premise", 1)
+    prefix = "⚠ Check this answer: it "
+    assert check_note([contradiction])["metadata"]["title"] == prefix + "contradicts the knowledge base"
+    assert check_note([affirmed])["metadata"]["title"] == prefix + "does not correct the question's false premise"
+    assert check_note([contradiction, affirmed])["metadata"]["title"] == (
+        prefix + "contradicts the knowledge base and does not correct the question's false premise")
+    assert kb_check_label([]) == ""
+    assert kb_check_label([{"rule": "kb_contradiction"}]) == "1 warning(s)"
+    assert kb_check_label([{"rule": "kb_contradiction"}, {"rule": "premise_ignored"}]) == \
+        "2 warning(s), false premise not corrected"
 
 
 def request(query: str = "", headers: dict[str, str] | None = None, session: dict | None = None):

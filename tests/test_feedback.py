@@ -150,6 +150,29 @@ def test_filters_by_rating_adapter_and_date(tmp_path):
     store.close()
 
 
+def test_reviewers_filter_for_answers_that_left_a_false_premise_uncorrected(tmp_path):
+    from trainer.feedback import KB_CHECKS, PREMISE_RULES
+    from trainer.premise import AFFIRMED, IGNORED
+
+    assert PREMISE_RULES == (AFFIRMED, IGNORED)
+    store = FeedbackStore(tmp_path / "fb.sqlite")
+
+    def flag(rule):
+        return {"message": 1, "rule": rule, "detail": f"{rule}: ...", "source": "https://example.org"}
+
+    clean = store.add(record(kb_flags=[], created_at=1))
+    contradiction = store.add(record(kb_flags=[flag("kb_contradiction")], created_at=2))
+    affirmed = store.add(record(kb_flags=[flag("kb_contradiction"), flag("premise_affirmed")], created_at=3))
+    ignored = store.add(record(kb_flags=[flag("premise_ignored")], created_at=4))
+    assert [r.id for r in store.records(kb_check="premise")] == [affirmed, ignored]
+    assert [r.id for r in store.records(kb_check="flagged")] == [contradiction, affirmed, ignored]
+    assert [r.id for r in store.records(kb_check="clean")] == [clean]
+    assert [r.id for r in store.records(kb_check="premise", status="accepted")] == []
+    with pytest.raises(ValueError, match=f"kb_check: 'odd' must be one of {', '.join(KB_CHECKS)}"):
+        store.records(kb_check="odd")
+    store.close()
+
+
 def read_jsonl(folder: Path) -> list[dict]:
     return [json.loads(line) for path in sorted(folder.glob("*.jsonl")) for line in path.read_text().splitlines()]
 

@@ -222,27 +222,41 @@ def test_every_input_an_api_caller_leaves_null_takes_its_default_or_gets_one_lin
     assert stored.settings["max_new_tokens"] == SpaceConfig().generation.max_new_tokens
     with pytest.raises(AppError, match="ratings must map answer indices"):
         client.predict(history, {"1": "like"}, "", "", True, BASE, SYSTEM, 0, 0.9, 64, "", api_name="/feedback")
-    with pytest.raises(AppError, match="temperature must be a number"):
+    with pytest.raises(AppError, match="Temperature .*: expected a number, got 'warm'"):
         client.predict(question, [], BASE, True, SYSTEM, "warm", 0.9, 64, api_name="/chat")
 
 
 def test_the_warning_is_stored_with_the_feedback_and_reviewers_can_filter_for_it(client, served, monkeypatch):
+    from gradio_client import Client
+
     _, _, store = served
     clean = chat(client, "Is health insurance compulsory for students in Germany?", ground=False)
-    flagged = chat(client, "Am I covered by Medicare as an international student in Australia?", ground=False)
+    contradicted = chat(client, "Which insurance do students in Germany need?", ground=False)
+    affirmed = chat(client, "Am I covered by Medicare as an international student in Australia?", ground=False)
     ids = []
-    for history in (clean, flagged):
+    for history in (clean, contradicted, affirmed):
         status, _, _ = client.predict(history, {}, "", "", True, BASE, SYSTEM, 0, 0.9, 64, "",
                                       api_name="/feedback")
         assert status.startswith("Saved")
         ids.append(status.split("`")[1])
     records = {r.id[:12]: r for r in store.records()}
-    assert records[ids[0]].kb_flags == []
-    stored = records[ids[1]].kb_flags
-    assert [f["rule"] for f in stored] == ["kb_contradiction"] and stored[0]["message"] == 1
-    assert stored[0]["source"].startswith("https://")
-    assert [r.id[:12] for r in store.records(kb_check="flagged")] == [ids[1]]
-    assert ids[0] in [r.id[:12] for r in store.records(kb_check="clean")]
+    assert records[ids[0]].kb_flags == []  # the notes (sources, correction, warning) are not stored as turns
+    assert [m["role"] for m in records[ids[2]].messages] == ["user", "assistant"]
+    stored = records[ids[2]].kb_flags
+    assert [f["rule"] for f in stored] == ["kb_contradiction", "premise_affirmed"]
+    assert all(f["message"] == 1 and f["source"].startswith("https://") for f in stored)
+
+    def listed(kb_check):
+        return [i for i in ids if i in {r.id[:12] for r in store.records(kb_check=kb_check)}]
+
+    assert (listed("flagged"), listed("premise"), listed("clean")) == (ids[1:], ids[2:], ids[:1])
+    # the labelling queue's "false premise not corrected" filter, as a reviewer calls it
+    monkeypatch.setenv("LABELLING_TOKEN", "grounding-test-token")
+    reviewer = Client(served[0], verbose=False, headers={"x-labelling-token": "grounding-test-token"})
+    table, _, _ = reviewer.predict("all", "all", "all", "all", "", "", "", "premise", api_name="/label_queue")
+    rows = {row[0][:12]: row for row in table["data"]}
+    assert ids[2] in rows and ids[1] not in rows and ids[0] not in rows
+    assert rows[ids[2]][6] == "2 warning(s), false premise not corrected"
 
 
 @pytest.mark.slow  # a browser

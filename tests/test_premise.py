@@ -50,6 +50,9 @@ def kinds(checker, question):
      "swiss-government-excellence"),
     ("I'm from Nepal; how do I apply for a Commonwealth Scholarship?", "scholarship_nationality",
      "commonwealth-scholarships"),
+    ("While studying in Canada I can take any job I like, as many hours as I want, right?", "work_limit", "work-ca"),
+    ("Is working 35 hours a week during the semester fine for students in the UK?", "work_limit", "work-gb"),
+    ("How good is the law school at MIT?", "programme", "mit"),
 ])
 def test_each_kind_of_false_premise_is_recognised_from_the_kb_relations(checker, question, kind, entry):
     assert (kind, entry) in kinds(checker, question)
@@ -66,6 +69,9 @@ def test_each_kind_of_false_premise_is_recognised_from_the_kb_relations(checker,
     "Can Chevening fund my master's in the United Kingdom?",
     "I'm from India; how do I apply for a Commonwealth Scholarship?",
     "What is the best city for students?",
+    "Can I work full-time in Canada during the winter break?",
+    "Is 20 hours a week the limit for students in the UK?",
+    "How good is the law school at Yale?",
 ])
 def test_true_premises_and_comparisons_are_left_alone(checker, question):
     assert checker.check(question) == []
@@ -128,7 +134,7 @@ def test_on_the_held_out_set_premises_are_recognised_and_affirming_answers_flagg
 def test_on_the_rubric_no_true_premise_is_corrected(checker):
     result = premise_set.measure(premise_set.rubric_rows(), checker)
     assert result["false_alarms"] == 0, result["alarms"]
-    assert result["recognised"] >= 13  # measured; BENCHMARKS.md lists what is still missed
+    assert result["recognised"] >= 20  # measured; BENCHMARKS.md lists what is still missed
 
 
 @pytest.fixture

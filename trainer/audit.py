@@ -76,6 +76,44 @@ AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "go
                    "research", "need-based", "these", "such", "other", "many", "some", "external", "internal",
                    "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
                    "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
+# A named app, portal, agency, survey or programme: capitalised words before one of these words, as for awards.
+NAME_WORD = re.compile(r"(?:Apps?|Portal|Platform|Agency|Survey|Programmes?|Programs?|Initiative|Network|Council|"
+                       r"Consultancy|Consultants|Hub|Database|Index|app|portal|platform)\b(?! [A-Z])")
+"""The name ends at the word ("Cultural Fit and Program Values" names nothing); an app, portal or platform may be
+lower case after its name ("the UniMatch app")."""
+NAME_TOKENS = frozenset(w.encode() for w in "app apps portal platform agency survey programme programmes program "
+                                             "programs initiative network council consultancy consultants hub "
+                                             "database index".split())
+GENERIC_NAME_WORDS = {
+    "mba", "emba", "ms", "msc", "ma", "mphil", "phd", "master's", "masters", "master", "bachelor's", "bachelors",
+    "bachelor", "undergraduate", "graduate", "postgraduate", "doctoral", "degree", "exchange", "student", "students",
+    "study", "international", "university", "college", "school", "business", "academic", "research", "summer",
+    "winter", "data", "science", "computer", "engineering", "honours", "honors", "dual", "joint", "executive",
+    "full-time", "part-time", "online", "mobile", "official", "work-study", "co-op", "buddy", "mentorship",
+    "mentoring", "orientation", "ambassador", "peer", "internship", "placement", "application", "applications",
+    "alumni", "career", "careers", "language", "english", "foundation", "pathway", "preparatory", "bridging",
+    "writing", "tutoring", "counselling", "counseling", "wellbeing", "support", "accommodation", "housing", "the",
+    "a", "an", "your", "our", "this", "that", "its", "their", "my", "new", "and", "of", "for", "in", "&", "section",
+    "fit", "with"}
+"""Words that describe rather than name ("the Oxford MBA Program", "your university's Buddy Program"): a name made
+only of these and KB names is no invented name."""
+NAME_LEAD_WORDS = {"the", "a", "an", "your", "our", "this", "that", "its", "their", "my", "contact", "use", "try",
+                   "join", "visit", "check", "download", "install", "apply", "see", "consider", "explore", "register",
+                   "ask", "email", "call", "through", "via"}
+"""Words before a name that are not part of it: articles, and verbs capitalised at the start of a sentence ("Contact
+XYZ Agency")."""
+KNOWN_BODIES = (
+    "british council", "ucas", "common app", "common application", "coalition app", "campus france", "daad",
+    "educationusa", "idp", "nhs", "national health service", "gmac", "graduate management admission council",
+    "council of graduate schools", "sevis", "sevp", "student and exchange visitor", "ircc", "immiaccount",
+    "uni-assist", "studielink", "nuffic", "jasso", "erasmus", "fulbright", "express entry", "provincial nominee",
+    "student direct stream", "national student survey", "ets", "college board", "vfs global", "tlscontact",
+    "applyboard", "studyportals", "mastersportal", "education new zealand", "quacquarelli symonds", "qs",
+    "times higher education", "u.s. news", "us news", "linkedin", "handshake", "coursera", "edx", "duolingo",
+    "pearson", "khan academy", "glassdoor", "indeed", "federal work-study", "ielts", "toefl", "gre", "gmat",
+    "international experience canada", "working holiday", "global talent", "h-1b", "eures", "euraxess",
+    "study in germany", "make it in germany", "chevening", "commonwealth", "marshall", "rhodes")
+"""Real, well-known bodies, apps and schemes an answer may name though the KB has no entry for them."""
 LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued",
                     "premise_affirmed", "premise_ignored")
 """The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
@@ -285,6 +323,7 @@ class Auditor:
         if kb is not None:
             self._owners = _entities_by_number(kb)
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
+            self._known_sites = _source_labels(kb)
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
             self._gates = {r.id: [CaselessPattern(p) for p in r.patterns] for r in kb.rules}
 
@@ -497,6 +536,8 @@ class Auditor:
                 if not any(known in name.lower() or name.lower() in known for known in self._known_awards):
                     flags.append(Flag("unknown_scholarship", self.settings.unknown_scholarship,
                                       f"{name!r} is not in the knowledge base", i))
+            flags += [Flag("unknown_name", VERIFY, f"{name!r} is not in the knowledge base", i)
+                      for name in self._unknown_names(answer)]
             unverified = self._unverified_numbers(answer, all_text)
             if unverified:
                 flags.append(Flag("unverified_number", VERIFY, "not in the KB: " + ", ".join(unverified[:5]), i))
@@ -527,6 +568,37 @@ class Auditor:
                 unverified[" ".join(answer[start:end].split())] = None
                 shown_to = end
         return list(unverified)
+
+    def _unknown_names(self, answer: str) -> list[str]:
+        """The apps, portals, agencies, surveys and programmes `answer` names that the KB does not know ("the
+        UniMatch app", "Global Education Survey"): not a KB entity with only describing words around it ("the Oxford
+        MBA Program"), not the organisation of a KB source's site (campusfrance.org: "Campus France"), not one of
+        KNOWN_BODIES. Awards are `unknown_scholarship`'s."""
+        if answer.isascii() and NAME_TOKENS.isdisjoint(self.kb.words(answer)):
+            return []
+        found: dict[str, None] = {}
+        for match in NAME_WORD.finditer(answer):
+            before = AWARD_NAME_BEFORE.search(answer, max(0, match.start() - 120), match.start())
+            if before is None:
+                continue
+            words = before.group(0).split()
+            while words and words[0].lower().strip(",.:") in NAME_LEAD_WORDS:
+                words = words[1:]
+            if any(_compact(" ".join(w)) in self._known_sites for w in (words, [*words, match.group(0)])):
+                continue  # "Campus France", "DAAD Portal"
+            name = " ".join([*words, match.group(0)])
+            low = name.lower()
+            if not words or AWARD_TOKENS.intersection(self.kb.words(name)) or any(
+                    re.search(rf"(?<![\w.-]){re.escape(body)}(?![\w-])", low) for body in KNOWN_BODIES):
+                continue
+            kb = self.kb
+            for entity in (*kb.find_countries(name), *kb.find_universities(name), *kb.find_scholarships(name),
+                           *kb.find_tests(name)):
+                for known in (entity.name, *getattr(entity, "aliases", ()), *getattr(entity, "demonyms", ())):
+                    low = re.sub(rf"\b{re.escape(known.lower())}\b", " ", low)
+            if any(w.strip(",.:()") not in GENERIC_NAME_WORDS for w in re.sub(r"['’]s\b", "", low).split()[:-1]):
+                found[name] = None
+        return list(found)
 
     def _entity_keys(self, text: str) -> set[tuple[str, str]]:
         """The KB entities `text` is about, as `_entity_key`s: destinations, universities, scholarships and tests it
@@ -580,6 +652,22 @@ def _entities_by_number(kb) -> dict[tuple[str, str], frozenset[tuple[str, str]]]
                 for number in numbers:
                     out.setdefault(number, set()).add(_entity_key(entity))
     return {number: frozenset(keys) for number, keys in out.items()}
+
+
+def _source_labels(kb) -> frozenset[str]:
+    """The site names of the KB's official sources, run together ("campusfrance", "britishcouncil", "studyinjapan"):
+    an answer naming the organisation behind one ("Campus France", "Study in Japan portal") names a known body."""
+    from urllib.parse import urlsplit
+
+    sources = {f.source for f in kb.facts_for(kb.countries, kb.universities, kb.scholarships, kb.tests)}
+    sources |= {r.source for r in kb.rules} | {getattr(c, name) or "" for c in kb.countries
+                                                for name in ("visa_portal", "study_portal")}
+    labels = {label for url in sources for label in (urlsplit(url).hostname or "").split(".")}
+    return frozenset(_compact(label) for label in labels if len(label) > 3 and label not in ("www", "gouv"))
+
+
+def _compact(name: str) -> str:
+    return re.sub(r"[\W_]", "", name.lower())
 
 
 def _mentions(sentence: str, scholarship) -> bool:

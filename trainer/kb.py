@@ -174,6 +174,21 @@ class DegreeStructure:
 
 
 @dataclass(frozen=True)
+class WorkLimit:
+    """How much a student may work during term in one destination; the fact is the country's `work_rights`."""
+
+    country: str
+    hours_per_week: int | None
+    """The weekly limit during term, or None where the limit is not weekly (a yearly number of hours or days)."""
+    examples_flag: tuple[str, ...] = ()
+    examples_pass: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"work-{self.country.lower()}"
+
+
+@dataclass(frozen=True)
 class AdmissionTest:
     id: str
     name: str
@@ -426,6 +441,7 @@ class KnowledgeBase:
     path: str = ""
     groups: tuple[Group, ...] = ()
     degree_structures: tuple[DegreeStructure, ...] = ()
+    work_limits: tuple[WorkLimit, ...] = ()
 
     def __post_init__(self):
         countries = _Names([(n, c) for c in self.countries for n in (c.name, *c.aliases, *c.demonyms)]

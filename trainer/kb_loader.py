@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from trainer.kb import (AdmissionTest, Country, DegreeStructure, Eligibility, Fact, Group, KBError, KnowledgeBase,
-                        NotOffered, Programme, Rule, Scholarship, University, case_sensitive, degree_family, field_key,
-                        name_tokens, normalise_name)
+                        NotOffered, Programme, Rule, Scholarship, University, WorkLimit, case_sensitive,
+                        degree_family, field_key, name_tokens, normalise_name)
 from trainer.typed_yaml import check_keys, convert, item_where, read_yaml, suggest
 
 LEVELS = ("bachelor", "master", "phd")
 REGIONS = ("africa", "americas", "asia", "europe", "oceania")
 GROUPS = ("all", "commonwealth", "non_commonwealth", "eea", "non_eea") + REGIONS
 """Named country groups an eligibility list may use; the loader expands them to the KB's own countries."""
-SECTIONS = ("version", "countries", "universities", "scholarships", "tests", "rules", "groups", "degree_structures")
+SECTIONS = ("version", "countries", "universities", "scholarships", "tests", "rules", "groups", "degree_structures",
+            "work_limits")
 FIELDS = ("medicine", "law")
 """Fields whose degree structure and admission tests the KB describes per country."""
 ENTRIES = ("undergraduate", "graduate", "both")
@@ -115,6 +116,7 @@ class _Loader:
             path=str(self.folder),
             groups=self._all("groups", self._group_entry),
             degree_structures=self._all("degree_structures", self._degree_structure),
+            work_limits=self._all("work_limits", self._work_limit, key="country"),
         )
         self._check_names(kb)
         self._check_references(kb)
@@ -308,6 +310,17 @@ class _Loader:
                      source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
                      examples_flag=flag, examples_pass=passing)
 
+    def _work_limit(self, raw: dict, where: str) -> WorkLimit:
+        check_keys(raw, where, required=("country", "hours_per_week", "examples"), error=KBError)
+        code = self._code(raw["country"], f"{where}.country")
+        if self.codes[code].work_rights is None:
+            raise KBError(f"{where}.country: {code} has no work_rights fact in countries to correct with")
+        hours = raw["hours_per_week"]
+        if hours is not None and (not isinstance(hours, int) or isinstance(hours, bool) or not 0 < hours < 60):
+            raise KBError(f"{where}.hours_per_week: {hours!r} is not a whole number of hours (1-59) or null")
+        flag, passing = self._premise_examples(raw["examples"], f"{where}.examples")
+        return WorkLimit(code, hours, flag, passing)
+
     def _degree_structure(self, raw: dict, where: str) -> DegreeStructure:
         check_keys(raw, where, required=("id", "country", "field", "entry", "degrees", "tests", "fact", "source",
                                          "as_of", "examples"), error=KBError)
@@ -440,9 +453,11 @@ class _Loader:
         from trainer.premise import PremiseChecker
 
         checker = PremiseChecker(kb)
-        for section, entries in (("groups", kb.groups), ("degree_structures", kb.degree_structures)):
+        for section, entries in (("groups", kb.groups), ("degree_structures", kb.degree_structures),
+                                 ("work_limits", kb.work_limits)):
             for entry in entries:
-                at = f"{self.wheres[section][entry.id]}.examples"
+                ident = entry.country if section == "work_limits" else entry.id
+                at = f"{self.wheres[section][ident]}.examples"
                 for question in entry.examples_flag:
                     if not any(c.entry == entry.id for c in checker.check(question)):
                         raise KBError(f"{at}.flag: the premise check does not correct {question!r}")

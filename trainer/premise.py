@@ -70,6 +70,23 @@ _HELD_LEVEL = re.compile(r"(?:after|with|have|hold|holding|completed|finished|fi
                          r"completing|graduated from|graduating from)\s+(?:my|a|an|the|our|his|her)?\s*"
                          r"(?:\w+\s+)?$", re.IGNORECASE)
 
+# A school a university does not have ("Princeton's medical school") is every programme of its field.
+_SCHOOLS = {
+    "medicine": re.compile(r"\b(?:medical school|med school|school of medicine|faculty of medicine)\b", re.IGNORECASE),
+    "law": re.compile(r"\b(?:law school|school of law|faculty of law)\b", re.IGNORECASE),
+    "business administration": re.compile(r"\b(?:business school|school of business)\b", re.IGNORECASE),
+}
+
+# Work during term beyond the limit: unlimited, full-time, any job, or a weekly figure (checked against the limit).
+_WORK = re.compile(r"\b(?:work|working|job|jobs|employment|employed)\b", re.IGNORECASE)
+_UNLIMITED_WORK = re.compile(
+    r"\bunlimited\b|\bno (?:limit|cap|restriction)s?\b|\bas (?:many|much) (?:hours )?as (?:i|we|you|they) "
+    r"(?:want|like|wish|please|can)\b|\bany number of hours\b|\bfull[\s-]?time\b|\bany (?:off[\s-]campus )?job\b|"
+    r"\bwithout (?:any )?(?:limit|restriction|cap)s?\b", re.IGNORECASE)
+_WEEKLY_HOURS = re.compile(r"\b(\d{2})\s*(?:hours?|hrs?|h)\s*(?:a|per|each|every|/)\s*(week|fortnight)\b",
+                           re.IGNORECASE)
+_BREAK = re.compile(r"\b(?:summer|winter|break|breaks|holidays?|vacations?|june|july|august)\b", re.IGNORECASE)
+
 # An answer's opening that agrees, or one that corrects.
 _AFFIRM_OPENING = re.compile(
     r"^\W*(?:yes|yeah|yep|yup|correct|right|exactly|absolutely|sure|certainly|definitely|indeed|of course|true|"
@@ -191,7 +208,35 @@ class PremiseChecker:
             found += self._scholarships(sentence, text)
         found += self._programmes(text)
         found += self._degrees(text)
+        found += self._work(text, destinations)
         return found
+
+    def _work(self, text: str, destinations) -> list[Correction]:
+        """More work during term than the destination allows: unlimited, full-time, any job, or more weekly hours."""
+        limits = {w.country: w for w in self.kb.work_limits}
+        places = [c for c in destinations if c.code in limits]
+        if len(places) != 1 or not _WORK.search(text):
+            return []
+        place, limit = places[0], limits[places[0].code]
+        out = []
+        for sentence in _sentences(text):
+            if not _WORK.search(sentence) or _BREAK.search(sentence) or _COMPARISON.search(sentence):
+                continue
+            claimed = None
+            if (m := _UNLIMITED_WORK.search(sentence)) and not _NEGATED_CLAIM.search(sentence[:m.start()]):
+                claimed = m.group(0)
+            for n, per in ((int(m.group(1)), m.group(2).lower()) for m in _WEEKLY_HOURS.finditer(sentence)):
+                weekly = n / 2 if per == "fortnight" else n
+                if limit.hours_per_week is not None and weekly > limit.hours_per_week:
+                    claimed = f"{n} hours a {per}"
+            if claimed is None:
+                continue
+            fact = place.work_rights
+            out.append(Correction("work_limit", limit.id, f"Students in {place.name} may work {claimed} during term.",
+                                  fact.text, fact.source, fact.as_of,
+                                  (("work", "working", "hours", "job", "jobs"), _names(place) + place.demonyms)))
+            break
+        return out
 
     def _rule_subjects(self, rule, text: str) -> tuple[tuple[str, ...], ...]:
         """What an answer about the rule's claim names: one of the rule's keywords, and its country."""
@@ -268,7 +313,10 @@ class PremiseChecker:
         out = []
         for university in self.kb.find_universities(text):
             for n in university.not_offered:
-                if _programme_pattern(n.degree, n.field).search(text):
+                school = _SCHOOLS.get(n.field.lower())
+                if _programme_pattern(n.degree, n.field).search(text) or (
+                        school is not None and school.search(text)
+                        and not any(p.field.lower() == n.field.lower() for p in university.programmes)):
                     out.append(Correction(
                         "programme", university.id, f"{university.name} offers {n.degree} in {n.field}.",
                         n.correction, n.source, n.as_of, (_names(university), (n.degree, n.field))))
