@@ -6,7 +6,6 @@ each tab from its builder in `space/` (`chat_tab`, `compare_tab`, `labelling_tab
 """
 
 import argparse
-import functools
 import os
 import sys
 from typing import Sequence
@@ -15,24 +14,23 @@ NOTICE = ("Answers come from a language model and can be wrong or out of date. C
           "deadline with the university and the official government sources before you act on it.")
 
 
-@functools.cache
-def setting_slider():
-    """`gr.Slider` for a generation setting that API callers may leave out: null reaches the handler as None (which
-    applies the configured value) instead of failing inside Gradio, and a value that is not a number gets one line.
-    Drawn by Gradio's own slider (`is_template`)."""
+def accept_null(slider):
+    """`slider` (a generation setting) made optional for API callers: null reaches the handler as None, which applies
+    the configured value, instead of failing inside Gradio's own check; a value that is not a number gets one line.
+    (Wrapped on the instance: subclassing a Gradio component writes a .pyi stub next to this file.)"""
     import gradio as gr
 
-    class SettingSlider(gr.Slider):
-        is_template = True
+    check = slider.preprocess
 
-        def preprocess(self, payload):
-            if payload is None:
-                return None
-            if isinstance(payload, bool) or not isinstance(payload, (int, float)):
-                raise gr.Error(f"{self.label}: expected a number, got {payload!r}.")
-            return super().preprocess(payload)
+    def preprocess(payload):
+        if payload is None:
+            return None
+        if isinstance(payload, bool) or not isinstance(payload, (int, float)):
+            raise gr.Error(f"{slider.label}: expected a number, got {payload!r}.")
+        return check(payload)
 
-    return SettingSlider
+    slider.preprocess = preprocess
+    return slider
 
 
 def build_app(registry, engine, store=None, cfg=None, grounding=None):
@@ -72,13 +70,12 @@ def build_app(registry, engine, store=None, cfg=None, grounding=None):
         # One prompt and one set of sliders above the tabs: Chat and Compare both generate with them.
         with gr.Accordion("Counselling prompt and generation settings", open=False):
             system_prompt = gr.Textbox(cfg.system_prompt, label="System prompt", lines=4)
-            slider = setting_slider()
             with gr.Row():
-                temperature = slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
-                top_p = slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
-                max_new_tokens = slider(16, limits.max_new_tokens_limit, value=defaults.max_new_tokens, step=16,
-                                        label="Max new tokens")
-        gen_inputs = [system_prompt, temperature, top_p, max_new_tokens]
+                temperature = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
+                max_new_tokens = gr.Slider(16, limits.max_new_tokens_limit, value=defaults.max_new_tokens, step=16,
+                                           label="Max new tokens")
+        gen_inputs = [system_prompt, *map(accept_null, (temperature, top_p, max_new_tokens))]
 
         build_chat_tab(engine, store, cfg, choices, default_adapter, gen_inputs, grounding)
         build_compare_tab(engine, cfg, choices, default_adapter, gen_inputs, grounding)

@@ -182,6 +182,9 @@ def test_a_false_premise_gets_the_kb_correction_whatever_the_answer_and_a_warnin
     assert CORRECTION in notes(history) and warning(history) is None
     # a question without a false premise gets no correction
     assert CORRECTION not in notes(chat(client, "Is health insurance compulsory for students in Germany?"))
+    # the Compare tab shows the same note and warning under each answer
+    for shown in client.predict(OPTIONAL, BASE, "demo/stage2", ground, SYSTEM, 0, 0.9, 64, api_name="/compare"):
+        assert f"**{CORRECTION}**" in shown and "does not correct the question's false premise" in shown
 
 
 def sources_listed(shown: dict[str, str]) -> bool:
