@@ -53,9 +53,9 @@ def test_a_correction_note_links_each_source_and_keeps_kb_text_inert():
     note = correction_note(corrections)
     assert is_note(note) and note["metadata"]["title"] == "Correction from the knowledge base"
     first, second = note["content"].splitlines()
-    assert first == ("- The question assumes “Health insurance is optional in Germany.” The knowledge base says: It is "
-                     "required &lt;img src=x onerror=alert(1)&gt; to enrol. ([source](https://example.org/a%20page%281%29)"
-                     ", as of 2026-11)")
+    assert first == ("- The question assumes “Health insurance is optional in Germany.” The knowledge base says: "
+                     "It is required &lt;img src=x onerror=alert(1)&gt; to enrol. "
+                     "([source](https://example.org/a%20page%281%29), as of 2026-11)")
     assert second.endswith("([source](https://example.org/schengen), as of 2026-10)")
 
 

@@ -1,7 +1,7 @@
 """Answers grounded in the knowledge base, their sources, the correction of a question's false premise and the live
-answer check, in the real Gradio app driven over HTTP and in headless Chromium. The model is a stand-in that answers with fixed text: the demo model will not
-reliably repeat a false claim on cue, and the check is what is under test (the real model's grounded answers are
-tested in test_app.py)."""
+answer check, in the real Gradio app driven over HTTP and in headless Chromium. The model is a stand-in that answers
+with fixed text: the demo model will not reliably repeat a false claim on cue, and the check is what is under test
+(the real model's grounded answers are tested in test_app.py)."""
 
 from __future__ import annotations
 
@@ -167,7 +167,8 @@ def test_a_false_premise_gets_the_kb_correction_whatever_the_answer_and_a_warnin
     shown = notes(history)
     correction = shown[CORRECTION]
     assert correction.startswith("- The question assumes “Health insurance is optional for students in Germany.”")
-    assert "required to enrol" in correction and "([source](https://www.study-in-germany.de/en/), as of 20" in correction
+    assert "required to enrol" in correction
+    assert "([source](https://www.study-in-germany.de/en/), as of 20" in correction
     title, text = warning(history)
     assert "does not correct the question's false premise" in title and "agrees with" in text
     system = engine.prompts[-1][1][0]["content"]
@@ -280,7 +281,12 @@ def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path
         while page.locator('[data-testid="status-tracker"].generating').count() and time.time() < deadline:
             time.sleep(0.2)
         body = page.inner_text("#chatbot")
-        assert "Check this answer: it contradicts the knowledge base" in body
+        # the scripted "Yes! ... covered by Medicare" agrees with the question's false premise: the KB's correction
+        # shows under it, and the warning says the answer contradicts the KB and leaves the premise standing
+        assert "Check this answer: it contradicts the knowledge base and does not correct the question's false " \
+               "premise" in body
+        assert CORRECTION in body and "The question assumes “International students in Australia are covered by " \
+                                      "Medicare.” The knowledge base says: International students are not" in body
         assert "<script>window.__kbxss=2</script>" in body  # shown as text
         assert page.evaluate("window.__kbxss") is None
         assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0

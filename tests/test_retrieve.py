@@ -112,3 +112,18 @@ def test_grounded_messages_add_numbered_sourced_facts_to_the_system_message(retr
     assert hits[0].passage.source in system and f"as of {hits[0].passage.as_of}" in system
     no_system = grounded_messages(messages[1:], hits)
     assert no_system[0]["role"] == "system" and no_system[1:] == messages[1:]
+
+
+def test_a_false_premise_opens_the_grounded_system_message_before_the_facts(kb, retriever):
+    from trainer.premise import PremiseChecker
+
+    question = "Health insurance is optional for students in Germany, right?"
+    corrections = PremiseChecker(kb).check(question)
+    messages = [{"role": "system", "content": "You are a counsellor."}, {"role": "user", "content": question}]
+    system = grounded_messages(messages, retriever.search(question), corrections)[0]["content"]
+    block = system[len("You are a counsellor."):]
+    assert block.index("false premise") < block.index(corrections[0].fact) < block.index("[1] ")
+    assert f"The question assumes: {corrections[0].claim}" in block and corrections[0].source in block
+    alone = grounding_text([], corrections)  # no passage: the correction is the verified fact, no "no source" line
+    assert corrections[0].fact in alone and "No entry of the knowledge base" not in alone
+    assert grounding_text(retriever.search(question)) in system  # without corrections: the numbered facts as before

@@ -222,7 +222,10 @@ class Retriever:
         not offer, a named scholarship the student's home country may not apply for."""
         kb, out = self.kb, []
         head = question[:MAX_QUERY_CHARS]
+        named = {c.code for c in kb.find_destinations(head)}
         for rule in kb.rules_in(head):
+            if rule.country and named and rule.country not in named:  # another destination's rule (US Medicaid)
+                continue
             if rule.mentions(head):
                 out.append(self._by_id[f"rule:{rule.id}"])
         if _DEGREE_WORDS.search(head):
