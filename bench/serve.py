@@ -1,9 +1,12 @@
-"""`transformers serve` on a local model, as the OpenAI-compatible endpoint for the benchmarks and the tests.
+"""Real OpenAI-compatible servers on a local model, for the benchmarks and the tests: `transformers serve`, and vLLM
+(the CPU build, from `scripts/vllm.sh`) with a run's LoRA adapters.
 
     with transformers_serve(demo_model_path(), work_dir) as (base_url, model):
         OpenAICompatibleProvider(base_url, model) ...
+    with vllm_serve(demo_model_path(), {"demo/stage2": adapter_dir}, work_dir) as (base_url, model):
+        ...
 
-Listens on 127.0.0.1 only, offline, on the CPU; the process is stopped by its PID when the block ends.
+Each listens on 127.0.0.1 only, offline, on the CPU; the process is stopped by its PID when the block ends.
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
 class ServeError(RuntimeError):
-    """`transformers serve` exited or did not answer in time; the message carries its log."""
+    """The server exited or did not answer in time; the message carries its log."""
 
 
 def free_port() -> int:
@@ -51,22 +59,103 @@ def transformers_serve(model_dir: Path, work_dir: Path, *, continuous_batching: 
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise ServeError("transformers serve exited:\n" + log.read_text())
-            if time.time() > deadline:
-                raise ServeError(f"transformers serve did not answer within {timeout:.0f} s:\n" + log.read_text())
-            try:
-                urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(1)
+        _wait_until_serving(proc, base_url, log, timeout, "transformers serve")
         yield base_url, str(model)
     finally:
-        proc.terminate()
+        _stop(proc)
+
+
+def _wait_until_serving(proc, base_url: str, log: Path, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServeError(f"{what} exited:\n" + log.read_text()[-6000:])
+        if time.time() > deadline:
+            raise ServeError(f"{what} did not answer within {timeout:.0f} s:\n" + log.read_text()[-6000:])
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(1)
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def vllm_command(model_dir: Path | str, adapters: dict[str, Path | str], port: int, max_lora_rank: int = 16,
+                 dtype: str = "float32", max_model_len: int = 2048) -> list[str]:
+    """`scripts/vllm.sh serve` (as `trainer serve --start` runs it) for the base and its adapters."""
+    from trainer.serving import ServedAdapter, local_vllm_command
+
+    served = [ServedAdapter(name, str(path), local=True) for name, path in adapters.items()]
+    return local_vllm_command(str(model_dir), served, max_lora_rank, port=port,
+                              extra=["--dtype", dtype, "--max-model-len", str(max_model_len)])
+
+
+class VLLMServer:
+    """vLLM serving `model_dir` (under its path as the model name) and `adapters` ({served name: folder}) on one
+    port of 127.0.0.1; `start()` returns once `/v1/models` answers, `stop()` ends it and its workers, and a stopped
+    server can be started again at the same address. Output goes to `work_dir/vllm.log` (appended)."""
+
+    def __init__(self, model_dir: Path | str, adapters: dict[str, Path | str], work_dir: Path, *,
+                 port: int | None = None, max_lora_rank: int = 16, dtype: str = "float32", timeout: float = 600):
+        self.model, self.adapters, self.work_dir = str(model_dir), dict(adapters), work_dir
+        self.port, self.max_lora_rank, self.dtype, self.timeout = port or free_port(), max_lora_rank, dtype, timeout
+        self.proc = None
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "VLLMServer":
+        log = self.work_dir / "vllm.log"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        with open(log, "a") as out:
+            self.proc = subprocess.Popen(
+                vllm_command(self.model, self.adapters, self.port, self.max_lora_rank, self.dtype), stdout=out,
+                stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        try:
+            _wait_until_serving(self.proc, self.base_url, log, self.timeout, "vLLM")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+            self.proc = None
+
+
+@contextmanager
+def vllm_serve(model_dir: Path | str, adapters: dict[str, Path | str], work_dir: Path, **settings) -> Iterator[
+        tuple[str, str]]:
+    """A `VLLMServer` for the length of the block; yields (base_url, model_name). The first start also creates
+    `.venv-vllm` (scripts/vllm.sh setup), which takes minutes."""
+    server = VLLMServer(model_dir, adapters, work_dir, **settings).start()
+    try:
+        yield server.base_url, server.model
+    finally:
+        server.stop()
+
+
+def _stop_group(proc) -> None:
+    """Stop the server and the workers it started (its own process group, made by start_new_session)."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

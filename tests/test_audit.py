@@ -302,6 +302,24 @@ def test_only_figures_for_an_attribute_the_kb_knows_are_to_verify(kb):
     assert len(flagged) <= 4 and "%" not in details, details
 
 
+def test_unknown_names_of_apps_portals_agencies_and_surveys(kb):
+    auditor = Auditor(kb, AuditSettings())
+
+    def names(answer: str) -> list[str]:
+        flags = auditor.audit([conv(GOOD + "\n- " + answer)]).rows[0].flags
+        return [f.detail for f in flags if f.rule == "unknown_name" and f.severity == VERIFY]
+
+    for invented in ("UniMatch Pro app", "Global Education Survey", "XYZ Agency", "International Student Visa Portal"):
+        assert [f"{invented!r} is not in the knowledge base"] == names(f"Contact the {invented} for help."), invented
+    # real bodies, a KB source's organisation, a KB entity with describing words, awards (unknown_scholarship's)
+    for real in ("Apply through the UCAS portal or the Common App, and ask the British Council.",
+                 "The DAAD Portal and Campus France list programmes.",
+                 "Join the Oxford MBA Program or your university's Buddy Program.",
+                 "The Graduate Management Admission Council runs the GMAT.",
+                 "The Chevening Scholarship Programme is prestigious.", "Cultural Fit and Program Values matter."):
+        assert names(real) == [], real
+
+
 def test_rules_apply_to_a_country_named_only_by_its_own_terms(kb):
     auditor = Auditor(kb, AuditSettings())
     answer = GOOD + "\n- On an F-1 visa you can work unlimited hours off campus."

@@ -16,9 +16,11 @@ but mark what a person should check. Rules:
 - scholarship_discontinued: a discontinued scholarship presented as open
 - unknown_scholarship: a named scholarship, fellowship or award that is not in the KB (`verify`, or `fail` for
   generated data, where every name should come from the KB)
-- unverified_number: money amounts, hour limits and percentages that no KB fact about the same entity carries
-  (`verify`): the entities its sentence names (a university's or scholarship's country too), else the
-  conversation's
+- unknown_name: a named app, portal, agency, survey or programme ("Global Education Survey") that is not a KB entity,
+  the organisation of a KB source or a well-known body (`verify`)
+- unverified_number: a figure for an attribute the KB describes (work hours, fees, a visa's or test result's length,
+  a test score, an insurance share) that no KB fact of the entity it is about carries (`verify`): the entities its
+  sentence names (a university's or scholarship's country too), else the conversation's; "95% of graduates" is not
 - llm_judge: optional, a model asked whether the answer contradicts the KB facts (`generate --judge`: rows that pass
   the rules; `trainer audit --judge URL`: every row, and the report lists where the judge and the KB rules disagree)
 
@@ -77,13 +79,12 @@ AWARD_STOPWORDS = {"the", "a", "an", "merit", "international", "university", "go
                    "country-specific", "departmental", "most", "all", "apply", "various", "specific", "graduate",
                    "undergraduate", "postgraduate", "master's", "doctoral", "phd", "travel", "teaching", "study"}
 # A named app, portal, agency, survey or programme: capitalised words before one of these words, as for awards.
-NAME_WORD = re.compile(r"(?:Apps?|Portal|Platform|Agency|Survey|Programmes?|Programs?|Initiative|Network|Council|"
-                       r"Consultancy|Consultants|Hub|Database|Index|app|portal|platform)\b(?! [A-Z])")
-"""The name ends at the word ("Cultural Fit and Program Values" names nothing); an app, portal or platform may be
-lower case after its name ("the UniMatch app")."""
 NAME_TOKENS = frozenset(w.encode() for w in "app apps portal platform agency survey programme programmes program "
                                              "programs initiative network council consultancy consultants hub "
                                              "database index".split())
+"""The last word of a name, capitalised; the name ends at it ("Cultural Fit and Program Values" names nothing)."""
+LOWER_CASE_NAME_WORDS = frozenset({b"app", b"portal", b"platform"})
+"""Last words that may follow a name in lower case ("the UniMatch app")."""
 GENERIC_NAME_WORDS = {
     "mba", "emba", "ms", "msc", "ma", "mphil", "phd", "master's", "masters", "master", "bachelor's", "bachelors",
     "bachelor", "undergraduate", "graduate", "postgraduate", "doctoral", "degree", "exchange", "student", "students",
@@ -114,6 +115,8 @@ KNOWN_BODIES = (
     "international experience canada", "working holiday", "global talent", "h-1b", "eures", "euraxess",
     "study in germany", "make it in germany", "chevening", "commonwealth", "marshall", "rhodes")
 """Real, well-known bodies, apps and schemes an answer may name though the KB has no entry for them."""
+_NEXT_CAPITAL = re.compile(r" [A-Z]")
+_KNOWN_BODY = re.compile(rf"(?<![\w.-])(?:{'|'.join(map(re.escape, KNOWN_BODIES))})(?![\w-])")
 LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued",
                     "premise_affirmed", "premise_ignored")
 """The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
@@ -324,6 +327,10 @@ class Auditor:
             self._owners = _entities_by_number(kb)
             self._known_awards = {n.lower() for n in kb.known_scholarship_names()}
             self._known_sites = _source_labels(kb)
+            self._invented: dict[str, bool] = {}
+            self._keys_of: tuple[str | None, set[tuple[str, str]]] = (None, set())
+            self._test_tokens = {kb.words(n.split()[0]) for t in kb.tests for n in (t.name, *t.aliases)}
+            self._test_tokens = {w for words in self._test_tokens for w in words} - COMMON_TEST_WORDS
             self._discontinued = [s for s in kb.scholarships if getattr(s, "discontinued", False)]
             self._gates = {r.id: [CaselessPattern(p) for p in r.patterns] for r in kb.rules}
 
@@ -449,8 +456,10 @@ class Auditor:
         flags = [f for f in self._kb_flags(list(messages[:last + 1]), answers[-1:])
                  if f.rule in LIVE_CHECK_RULES and f.message in (last, asked)]
         if asked is not None:  # the question's false premises: the answer must carry each correction
-            flags += self.premise.check_answer(self.premise_corrections(messages[asked:asked + 1]), answers[-1][1],
-                                               last)
+            corrections = self.premise_corrections(messages[asked:asked + 1])
+            if any(f.rule == "programme_not_offered" for f in flags):  # the same finding, already flagged
+                corrections = [c for c in corrections if c.kind not in ("programme", "degree_entry")]
+            flags += self.premise.check_answer(corrections, answers[-1][1], last)
         return flags
 
     @property
@@ -551,8 +560,15 @@ class Auditor:
         figure about no such entity ("95% of graduates", "over 200 programmes") is not the KB's to verify."""
         unverified: dict[str, None] = {}
         about: dict[tuple[int, int], set[tuple[str, str]]] = {}
-        everywhere, shown_to = None, -1
-        for start, end, kind, value in _numbers_at(answer):
+        # a number without a unit can only be a test's score: looked at in answers with a score word and the first
+        # word of a test's name (`find_tests`, run where such a number is found, costs more)
+        words = self.kb.words(answer)
+        bare = not SCORE_TOKENS.isdisjoint(words) and not self._test_tokens.isdisjoint(words)
+        if not bare and UNIT_TOKENS.isdisjoint(words) and not any(c in answer for c in "%$€£₹¥"):
+            return []  # no figure with a unit or currency
+        shown_to = -1
+        in_words = not NUMBER_WORD_TOKENS.isdisjoint(words) and not DURATION_TOKENS.isdisjoint(words)
+        for start, end, kind, value in _numbers_at(answer, bare=bare, in_words=in_words):
             if start < shown_to:
                 continue  # the second half of a range already shown ("6-8 weeks")
             span = _sentence_at(answer, start)
@@ -562,8 +578,7 @@ class Auditor:
                 about[span] = self._entity_keys(answer[span[0]:span[1]])
             keys = {k for k in about[span] if kind in NUMBER_KINDS.get(k[0], ())}
             if not keys:
-                everywhere = self._entity_keys(all_text) if everywhere is None else everywhere
-                keys = {k for k in everywhere if kind in NUMBER_KINDS.get(k[0], ())}
+                keys = {k for k in self._conversation_keys(all_text) if kind in NUMBER_KINDS.get(k[0], ())}
             if keys and self._owners.get((kind, value), frozenset()).isdisjoint(keys):
                 unverified[" ".join(answer[start:end].split())] = None
                 shown_to = end
@@ -574,31 +589,47 @@ class Auditor:
         UniMatch app", "Global Education Survey"): not a KB entity with only describing words around it ("the Oxford
         MBA Program"), not the organisation of a KB source's site (campusfrance.org: "Campus France"), not one of
         KNOWN_BODIES. Awards are `unknown_scholarship`'s."""
-        if answer.isascii() and NAME_TOKENS.isdisjoint(self.kb.words(answer)):
-            return []
-        found: dict[str, None] = {}
-        for match in NAME_WORD.finditer(answer):
-            before = AWARD_NAME_BEFORE.search(answer, max(0, match.start() - 120), match.start())
-            if before is None:
-                continue
-            words = before.group(0).split()
-            while words and words[0].lower().strip(",.:") in NAME_LEAD_WORDS:
-                words = words[1:]
-            if any(_compact(" ".join(w)) in self._known_sites for w in (words, [*words, match.group(0)])):
-                continue  # "Campus France", "DAAD Portal"
-            name = " ".join([*words, match.group(0)])
-            low = name.lower()
-            if not words or AWARD_TOKENS.intersection(self.kb.words(name)) or any(
-                    re.search(rf"(?<![\w.-]){re.escape(body)}(?![\w-])", low) for body in KNOWN_BODIES):
-                continue
-            kb = self.kb
-            for entity in (*kb.find_countries(name), *kb.find_universities(name), *kb.find_scholarships(name),
-                           *kb.find_tests(name)):
-                for known in (entity.name, *getattr(entity, "aliases", ()), *getattr(entity, "demonyms", ())):
-                    low = re.sub(rf"\b{re.escape(known.lower())}\b", " ", low)
-            if any(w.strip(",.:()") not in GENERIC_NAME_WORDS for w in re.sub(r"['’]s\b", "", low).split()[:-1]):
-                found[name] = None
-        return list(found)
+        found: dict[int, str] = {}
+        # str.find for the last words the answer has, a few times faster than one alternation tried everywhere
+        for token in NAME_TOKENS.intersection(self.kb.words(answer)):
+            word = token.decode()
+            for form in (word.capitalize(), word) if token in LOWER_CASE_NAME_WORDS else (word.capitalize(),):
+                at = answer.find(form)
+                while at > 0:
+                    end = at + len(form)
+                    if not (answer[end:end + 1].isalnum() or _NEXT_CAPITAL.match(answer, end)) and \
+                            (before := AWARD_NAME_BEFORE.search(answer, max(0, at - 120), at)) is not None:
+                        words = before.group(0).split()
+                        while words and words[0].lower().strip(",.:") in NAME_LEAD_WORDS:
+                            words = words[1:]
+                        name = " ".join([*words, form])
+                        if name not in self._invented:
+                            self._invented[name] = bool(words) and self._invented_name(name, " ".join(words))
+                        if self._invented[name]:
+                            found[before.start()] = name
+                    at = answer.find(form, end)
+        return list(dict.fromkeys(found[at] for at in sorted(found)))
+
+    def _invented_name(self, name: str, words: str) -> bool:
+        """Whether `name` ("Global Education Survey"; `words`, the name without its last word) is none of the
+        bodies `_unknown_names` knows."""
+        low = name.lower()
+        if _compact(words) in self._known_sites or _compact(name) in self._known_sites:
+            return False  # "Campus France", "DAAD Portal"
+        if AWARD_TOKENS.intersection(self.kb.words(name)) or _KNOWN_BODY.search(low):
+            return False
+        kb = self.kb
+        for entity in (*kb.find_countries(name), *kb.find_universities(name), *kb.find_scholarships(name),
+                       *kb.find_tests(name)):
+            for known in (entity.name, *getattr(entity, "aliases", ()), *getattr(entity, "demonyms", ())):
+                low = re.sub(rf"\b{re.escape(known.lower())}\b", " ", low)
+        return any(w.strip(",.:()") not in GENERIC_NAME_WORDS for w in re.sub(r"['’]s\b", "", low).split()[:-1])
+
+    def _conversation_keys(self, all_text: str) -> set[tuple[str, str]]:
+        """`_entity_keys` of a conversation's text, kept for its next answers."""
+        if self._keys_of[0] is not all_text:
+            self._keys_of = (all_text, self._entity_keys(all_text))
+        return self._keys_of[1]
 
     def _entity_keys(self, text: str) -> set[tuple[str, str]]:
         """The KB entities `text` is about, as `_entity_key`s: destinations, universities, scholarships and tests it
@@ -698,6 +729,20 @@ ATTRIBUTE_WORDS = {
                r"discounts?|scholarships?|stipends?",
     "score": r"scores?|scored|scoring|bands?|overall|scale|out of|sectional|composite|level",
 }
+UNIT_TOKENS = frozenset(w.encode() for w in "hour hours hrs percent year years yr yrs month months week weeks points "
+                                            "million thousand k m euro euros pound pounds dollar dollars usd eur gbp "
+                                            "aud cad inr nzd sgd chf sek nok dkk jpy krw".split())
+"""The words of the units and currencies `_numbers_at` reads: an answer with none of them (and no %, no currency
+sign) has no figure to check but scores."""
+NUMBER_WORD_TOKENS = frozenset(w.encode() for w in "one two three four five six seven eight nine ten eleven "
+                                                   "twelve".split())
+DURATION_TOKENS = frozenset(w.encode() for w in "year years month months week weeks".split())
+COMMON_TEST_WORDS = frozenset(w.encode() for w in "international test graduate digital scholastic university law "
+                                                  "medical japanese language deutsche pearson".split())
+"""First words of test names that many texts use: not worth a `find_tests` on a conversation."""
+SCORE_TOKENS = frozenset(w.encode() for w in "score scores scored scoring band bands overall scale out sectional "
+                                              "composite level".split())
+"""The words of ATTRIBUTE_WORDS["score"]: an answer with none has no score to check."""
 _ATTRIBUTE = {kind: re.compile(rf"\b(?:{words})\b", re.IGNORECASE) for kind, words in ATTRIBUTE_WORDS.items()}
 ATTRIBUTE_WINDOW = {"score": (25, 15)}
 """Characters before and after a figure searched for its attribute word (default 60 and 60, within the sentence): a
@@ -709,6 +754,13 @@ _DIGITS = re.compile(r"\d[\d,.]*")
 _ASCII_DIGITS = re.compile(r"[0-9][0-9,.]*")
 """The same on ASCII text, where `re` can skip ahead by the character set (about 20% faster)."""
 _CURRENCY_BEFORE = re.compile(r"(?:[$€£₹¥]|\b(?:USD|EUR|GBP|AUD|CAD|INR|NZD|SGD|CHF|SEK))\s?$", re.IGNORECASE)
+_UNIT_STARTS = frozenset(" -–%\u00a0")
+"""A unit, a range or a currency word after a number starts with a letter or one of these."""
+_CURRENCY_SYMBOLS = frozenset("$€£₹¥")
+_UNIT_WORDS = ("hour", "hrs", "percent", "per cent", "year", "yr", "month", "week", "point", "million", "thousand",
+               "m ", "m.", "m,", "euro", "pound", "dollar", "usd", "eur", "gbp", "aud", "cad", "inr", "nzd", "sgd",
+               "chf", "sek", "nok", "dkk", "jpy", "krw", "to ", "-", "–")
+"""How what _UNIT_AFTER and _RANGE_AFTER read after a space starts: a cheap test before running them."""
 _RANGE_AFTER = re.compile(r"\s?(?:-|–|to)\s?(?:[$€£₹¥]\s?)?\d[\d,.]*")
 """The second half of a range ("20-25 hours", "6.5 to 7"): the first number takes the unit after it."""
 _UNIT_AFTER = re.compile(
@@ -718,8 +770,9 @@ _UNIT_AFTER = re.compile(
     r"CAD|INR|NZD|SGD|CHF|SEK|NOK|DKK|JPY|KRW)\b)?", re.IGNORECASE)
 _WORD_NUMBERS = {w: n for n, w in enumerate("one two three four five six seven eight nine ten eleven twelve".split(),
                                              1)}
-_WORD_DURATION = re.compile(rf"\b({'|'.join(_WORD_NUMBERS)})[\s-](?:(years?)|(months?)|(weeks?))\b", re.IGNORECASE)
-"""Lengths in words ("two years"), as the KB often writes them."""
+_LAST_WORD = re.compile(r"\b[A-Za-z]+$")
+_WORD_END = re.compile(r"[a-z]+s?\b")
+"""With _LAST_WORD: a length in words ("two years"), as the KB often writes them."""
 
 
 def _numbers_in(text: str) -> set[tuple[str, str]]:
@@ -729,16 +782,31 @@ def _numbers_in(text: str) -> set[tuple[str, str]]:
     return {(kind, value) for _, _, kind, value in _numbers_at(text)}
 
 
-def _numbers_at(text: str) -> list[tuple[int, int, str, str]]:
+def _numbers_at(text: str, bare: bool = True, in_words: bool = True) -> list[tuple[int, int, str, str]]:
     """(start, end, kind, value) for each figure `_numbers_in` reads; start..end spans it as written, with its
-    currency and unit. Scans digit runs and looks at a few characters either side, instead of running one
-    alternation at every position (4x faster)."""
+    currency and unit; `bare=False` leaves out numbers with neither (scores), for text with no word for a score;
+    `in_words=False` leaves out lengths in words ("two years"), for text with no number word.
+    Scans digit runs and looks at a few characters either side, instead of running one alternation at every
+    position (4x faster)."""
     out = []
     for match in (_ASCII_DIGITS if text.isascii() else _DIGITS).finditer(text):
         start = match.start()
         if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
             continue  # inside a word or a longer token ("B2", "COVID19")
         end = start + len(match.group(0).rstrip(",."))  # "is 730." ends at the 0
+        following = text[end:end + 1]
+        if following in ".)" and (start == 0 or text[start - 1] == "\n"):
+            continue  # a list item's number
+        if not (following.isalpha() or following in _UNIT_STARTS) or \
+                following == " " and not text[end + 1:end + 9].lower().startswith(_UNIT_WORDS):
+            # no unit: most numbers (list items, years, counts)
+            money = start and (text[start - 1] in _CURRENCY_SYMBOLS or text[start - 1] == " " and
+                               text[start - 2:start - 1].isupper()) and \
+                _CURRENCY_BEFORE.search(text, max(0, start - 5), start)
+            if (money or bare) and (number := _number_value(text[start:end])) is not None:
+                out.append((money.start(), end, "money", _shown(number)) if money else
+                           (start, end, "score", _shown(number)))
+            continue
         number = _number_value(text[start:end])
         if number is None:
             continue
@@ -763,15 +831,18 @@ def _numbers_at(text: str) -> list[tuple[int, int, str, str]]:
             times = (unit.group("times") or "").strip().lower()
             number *= {"k": 1000, "thousand": 1000, "m": 1_000_000, "million": 1_000_000}.get(times, 1)
             out.append((money.start() if money else start, stop, "money", _shown(number)))
-        elif end < len(text) and text[end].isalpha():
+        elif following.isalpha():
             continue  # "10th", "3rd"
-        else:
+        elif bare:
             out.append((start, end, "score", _shown(number)))
-    if "year" in text or "month" in text or "week" in text:
-        for match in _WORD_DURATION.finditer(text):
-            number = _WORD_NUMBERS[match.group(1).lower()]
-            value = f"{number} weeks" if match.group(4) else f"{number * (12 if match.group(2) else 1)} months"
-            out.append((match.start(), match.end(), "duration", value))
+    for unit, months in (("year", 12), ("month", 1), ("week", 0)) if in_words else ():
+        at = text.find(unit)  # str.find, then a look at the word before: a regex over the text costs 5x more
+        while at > 0:
+            if text[at - 1] in " -" and (word := _LAST_WORD.search(text, max(0, at - 8), at - 1)) and \
+                    (number := _WORD_NUMBERS.get(word.group(0).lower())) and (unit_end := _WORD_END.match(text, at)):
+                value = f"{number * months} months" if months else f"{number} weeks"
+                out.append((word.start(), unit_end.end(), "duration", value))
+            at = text.find(unit, at + 1)
     return out
 
 

@@ -9,7 +9,6 @@ its repo id (or by its name when served from a folder).
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +75,23 @@ def _host_path(source: str) -> str:
     return source if Path(source).is_absolute() else f"$PWD/{source}"
 
 
-def start_vllm(base_model: str, adapters: Sequence[ServedAdapter], lora_rank: int) -> int:
-    """Run `vllm serve` here until it stops; its exit code. Raises FileNotFoundError where vLLM is not installed."""
-    if shutil.which("vllm") is None:
-        raise FileNotFoundError("vllm")
-    return subprocess.run(vllm_args(base_model, adapters, lora_rank)).returncode
+VLLM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "vllm.sh"
+"""Sets up vLLM (the CPU build) in its own virtualenv and starts its OpenAI-compatible server."""
+
+
+def local_vllm_command(model: str, adapters: Sequence[ServedAdapter], lora_rank: int, *, served_name: str | None = None,
+                       port: int = PORT, extra: Sequence[str] = ()) -> list[str]:
+    """`scripts/vllm.sh serve` for a base (a local folder or a Hub id) and its adapters, listening on 127.0.0.1: the
+    base answers to `served_name` (default: `model`), each adapter to its name."""
+    args = ["bash", str(VLLM_SCRIPT), "serve", model, "--served-model-name", served_name or model,
+            "--host", "127.0.0.1", "--port", str(port), *extra]
+    if adapters:
+        args += ["--enable-lora", "--max-loras", str(len(adapters)), "--max-lora-rank", str(_rank(lora_rank)),
+                 "--lora-modules", *(f"{a.name}={a.source}" for a in adapters)]
+    return args
+
+
+def start_vllm(model: str, adapters: Sequence[ServedAdapter], lora_rank: int, served_name: str | None = None) -> int:
+    """Run vLLM here (`scripts/vllm.sh serve`, which creates `.venv-vllm` first if needed) until it stops; its exit
+    code."""
+    return subprocess.run(local_vllm_command(model, adapters, lora_rank, served_name=served_name)).returncode
