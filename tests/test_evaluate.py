@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from test_eval_engine import stub  # noqa: F401 (the OpenAI-compatible stub server)
 
 from trainer.__main__ import main
 from trainer.eval import EvalError
@@ -488,7 +489,17 @@ def test_three_copied_rubric_questions_are_contaminated_and_excluded_and_groundi
     assert "contamination: 3 questions" in printed
 
 
-def test_an_outside_csv_of_50_prompts_is_evaluated_without_a_rubric(run_copy, tmp_path, capsys):
+def shape(value):
+    """The keys of a results.json, nested, without the values: what a reader of the file relies on."""
+    if isinstance(value, dict):
+        return {key: shape(v) for key, v in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [shape(value[0])]
+    return type(value).__name__
+
+
+def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_engine(run_copy, tmp_path, stub,
+                                                                                    capsys):
     prompts = tmp_path / "my_prompts.csv"
     lines = ["prompt,reference"]
     for i in range(50):
@@ -503,12 +514,49 @@ def test_an_outside_csv_of_50_prompts_is_evaluated_without_a_rubric(run_copy, tm
     results = json.loads((run_copy / "eval" / "results.json").read_text())
     assert results["n"]["prompts"] == 50 and results["n"]["questions"] == 0
     assert results["n"]["prompts_with_reference"] == 10
+    # only the prompts: no held-out turn answered, no held-out loss pooled into the prompts' figures
+    assert results["n"]["answers_per_model"] == 50 and results["n"]["eval_conversations"] == 0
     assert results["settings"]["questions_kind"] == "prompts" and len(results["settings"]["skipped_prompt_rows"]) == 1
     assert results["rubric_by_question"] == [] and results["contamination"] is None
+    assert results["engine"]["name"] == "local"
     for entry in [results["base"], *results["adapters"].values()]:
-        assert "rubric_accuracy" not in entry["metrics"]
+        assert "rubric_accuracy" not in entry["metrics"] and "eval_loss" not in entry["metrics"]
         assert {"markdown_rate", "kb_contradiction_rate", "rouge_l", "bleu"} <= set(entry["metrics"])
     for gate in results["gate"].values():  # nothing that gates was measured: no verdict either way
-        assert gate["verdict"] == "inconclusive" and "rubric accuracy: not measured" in gate["summary"]
+        assert gate["verdict"] == "not gated" and "(no rubric question, no judge)" in gate["summary"]
     report = (run_copy / "eval" / "report.md").read_text()
     assert "50 prompts used (10 with a reference answer; no rubric score), 1 rows skipped" in report
+    assert "NOT GATED" in report and "INCONCLUSIVE" not in report and "ROUGE-L (n=10)" in report
+    assert "## Rubric by question" not in report and "## Held-out loss per split" not in report
+
+    # The same prompts through an OpenAI-compatible server: the results have the same shape; only the engine's
+    # record and what was loaded here differ
+    url = f"http://127.0.0.1:{stub.server_address[1]}/v1"
+    engine_out = tmp_path / "engine"
+    assert main(["eval", "--run", str(run_copy), "--questions", str(prompts), "--max-new-tokens", "4",
+                 "--no-contamination", "--engine", "openai", "--base-url", url, "--out", str(engine_out)]) == 0
+    served = json.loads((engine_out / "results.json").read_text())
+    here, there = shape(results), shape(served)
+    for key in ("quantization", "engine", "wall_seconds", "load_seconds"):
+        here.pop(key), there.pop(key)
+    for key in ("generation", "job"):  # how each was asked for: batches here, requests in flight there
+        here["settings"].pop(key), there["settings"].pop(key)
+    for entry in [here["base"], *here["adapters"].values()]:
+        entry.pop("chat_template_sha256")  # the server's template wrote the answers
+    assert here == there
+    assert served["engine"]["models"] == {"base": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                          "stage1": f"{run_copy.name}/stage1", "stage2": f"{run_copy.name}/stage2"}
+    assert "Answers written by the server at" in (engine_out / "report.md").read_text()
+
+    # with the held-out turns asked for, the server answers them and the held-out loss is computed here
+    assert main(["eval", "--run", str(run_copy), "--questions", str(prompts), "--max-new-tokens", "4", "--threads",
+                 "1", "--no-contamination", "--engine", "openai", "--base-url", url, "--held-out", "--out",
+                 str(engine_out)]) == 0
+    served = json.loads((engine_out / "results.json").read_text())
+    assert served["n"]["answers_per_model"] == 50 + served["n"]["reference_prompts"] > 50
+    assert served["quantization"]["load_in_4bit"] is True
+    for stage in ("stage1", "stage2"):
+        measured = served["adapters"][stage]["eval_loss_by_split"][stage]["loss"]
+        recorded = json.loads((run_copy / stage / "metrics.json").read_text())["eval_loss_last"]
+        assert measured == pytest.approx(recorded, rel=0.05)
+    assert "## Held-out loss per split" in (engine_out / "report.md").read_text()

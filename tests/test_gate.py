@@ -85,7 +85,7 @@ def test_the_judge_is_gated_on_its_net_preference_and_an_unmeasured_metric_does_
     assert gate["verdict"] == "passed"
     assert gate["checks"] == {"rubric_accuracy": "passed", "false_premise_correction": None, "judge": "passed"}
     assert "false-premise correction: not measured" in gate["summary"]
-    assert gate_decision({})["verdict"] == "inconclusive"  # nothing measured decides nothing
+    assert gate_decision({})["verdict"] == "not gated" and gate_decision({})["passed"] is None  # nothing measured
 
 
 def test_metric_verdict_edges_and_old_results():

@@ -4,7 +4,6 @@ adapter folders, and the app's settings that point at the server they start."""
 from __future__ import annotations
 
 import shlex
-import shutil
 
 import pytest
 from run_folder import data_files, write_stage
@@ -49,20 +48,31 @@ def test_serve_prints_the_commands_for_the_run_folders_and_the_app_settings_that
     assert main(["serve", "--run", str(run_dir)]) == 0
     out = capsys.readouterr().out
     stage1, stage2 = (run_dir / s / "adapter" for s in ("stage1", "stage2"))
-    assert f"--lora-modules stage1={stage1.resolve()} stage2={stage2.resolve()}" in out
-    assert f"-v {stage1.resolve()}:/data/stage1 " in out
-    assert "LORA_ADAPTERS=stage1=/data/stage1,stage2=/data/stage2" in out
+    assert f"--lora-modules demo/stage1={stage1.resolve()} demo/stage2={stage2.resolve()}" in out
+    assert f"-v {stage1.resolve()}:/data/demo-stage1 " in out
+    assert "LORA_ADAPTERS=demo/stage1=/data/demo-stage1,demo/stage2=/data/demo-stage2" in out
     app_line = out.split("# then the app, on the server above:\n", 1)[1].replace("\\\n", " ")
     words = shlex.split(app_line)
     overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
     cfg = load_space_config(None, overrides)
     assert cfg.engine == "openai" and cfg.limits.concurrency == 16
-    assert [(a.name, a.path) for a in cfg.adapters] == [("stage1", str(stage1.resolve())),
-                                                        ("stage2", str(stage2.resolve()))]
+    assert [(a.name, a.path) for a in cfg.adapters] == [("demo/stage1", str(stage1.resolve())),
+                                                        ("demo/stage2", str(stage2.resolve()))]
 
 
-@pytest.mark.skipif(shutil.which("vllm") is not None, reason="vLLM is installed: --start would serve")
-def test_serve_start_without_vllm_is_one_line(run_dir, capsys):
-    assert main(["serve", "--run", str(run_dir), "--start"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: vLLM is not installed here") and err.count("\n") == 1
+def test_serve_start_runs_vllm_through_the_script_on_the_local_base_with_each_adapter(run_dir, capsys, monkeypatch):
+    import subprocess
+
+    from trainer.serving import VLLM_SCRIPT
+
+    started = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: started.append(args) or subprocess.CompletedProcess(
+        args, 0))
+    assert main(["serve", "--run", str(run_dir), "--start"]) == 0
+    (args,) = started
+    stage1, stage2 = (run_dir / s / "adapter" for s in ("stage1", "stage2"))
+    assert args[:3] == ["bash", str(VLLM_SCRIPT), "serve"]
+    assert args[args.index("--lora-modules") + 1:] == [f"demo/stage1={stage1.resolve()}",
+                                                       f"demo/stage2={stage2.resolve()}"]
+    assert args[args.index("--host") + 1] == "127.0.0.1" and "--enable-lora" in args
+    assert "python app.py --set engine=openai" in capsys.readouterr().out

@@ -52,7 +52,7 @@ def _typed_flags(args: argparse.Namespace, settings: type) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.jobs import EvalJob, SynthJob
+    from trainer.jobs import EVAL_ENGINES, EvalJob, SynthJob
 
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
@@ -134,9 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_args(ev, "configs/eval/quick.yaml", "limit=10")
     option = _job_option(ev, EvalJob)
     option("--questions", "questions")
+    option("--held-out", "held_out", action="store_true")
+    option("--no-held-out", "held_out", action="store_false")
     option("--limit", "limit", type=int)
     option("--max-new-tokens", "max_new_tokens", type=int)
     option("--batch-size", "batch_size", type=int)
+    option("--engine", "engine", choices=EVAL_ENGINES)
+    option("--base-url", "base_url")
+    option("--api-key-env", "api_key_env")
+    option("--base-served-name", "base_served_name")
+    option("--adapter-served-name", "adapter_served_name")
+    option("--concurrency", "concurrency", type=int)
+    option("--timeout", "timeout", type=float)
+    option("--no-send-repetition-penalty", "send_repetition_penalty", action="store_false")
     option("--no-4bit", "load_in_4bit", action="store_false")
     option("--threads", "threads", type=int)
     option("--out", "out")
@@ -156,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "adapters on an OpenAI-compatible engine")
     serve.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
     serve.add_argument("--stage", action="append", help="stage(s) to serve (default: every finished stage)")
-    serve.add_argument("--start", action="store_true", help="start `vllm serve` here instead of printing it")
+    serve.add_argument("--start", action="store_true", help="start vLLM here (scripts/vllm.sh: the CPU build in .venv-vllm, made on "
+                                                            "first use) instead of printing the commands")
 
     export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
     export.add_argument("--store", default="data/feedback/feedback.sqlite",
@@ -236,30 +247,34 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The vLLM and TGI commands serving the run's adapter folders, and the app's settings for them."""
+    """The vLLM and TGI commands serving the run's adapter folders, and the app's settings for them; with --start,
+    vLLM itself (scripts/vllm.sh), on the local copy of the base where the run trained on one."""
     from pathlib import Path
 
     from trainer.cards import base_hub_id
+    from trainer.demo_model import demo_model_path, is_demo_model
     from trainer.rundir import finished_stages, read_stage
     from trainer.serving import ServedAdapter, engine_commands, start_vllm
 
     run_dir = Path(args.run)
     stages = [read_stage(run_dir, s) for s in (args.stage or finished_stages(run_dir))]
     base = base_hub_id(stages[-1])[0]
-    served = [ServedAdapter(s.name, str(s.adapter_dir.resolve()), local=True) for s in stages]
+    # Each adapter under the name the app's registry gives a run's stage (`demo/stage2`), which the eval asks for too.
+    served = [ServedAdapter(f"{run_dir.resolve().name}/{s.name}", str(s.adapter_dir.resolve()), local=True)
+              for s in stages]
     rank = max(s.cfg.lora.r for s in stages)
-    if args.start:
-        try:
-            return start_vllm(base, served, rank)
-        except FileNotFoundError:
-            print("error: vLLM is not installed here (`pip install vllm` on a machine with a GPU); without --start "
-                  "this prints the command to run where it is", file=sys.stderr)
-            return 2
-    commands = engine_commands(base, served, rank)
+    name = stages[-1].cfg.model.name
+    # The weights the adapters were trained on, where they are on this machine (the demo model's converted copy, a
+    # local folder); else the Hub id, which vLLM downloads. The base answers to the name the app's settings use.
+    local = str(demo_model_path()) if is_demo_model(name) else (name if Path(name).is_dir() else base)
     adapters = ", ".join(f"{{name: {a.name}, path: {a.source}}}" for a in served)
-    print(f"# vLLM\n{commands['vllm']}\n\n# TGI\n{commands['tgi']}\n\n# then the app, on the server above:\n"
-          f"python app.py --set engine=openai --set openai.base_url=http://127.0.0.1:8000/v1 \\\n"
-          f"  --set openai.base_served_name={base} --set limits.concurrency=16 --set 'adapters=[{adapters}]'")
+    app = (f"python app.py --set engine=openai --set openai.base_url=http://127.0.0.1:8000/v1 \\\n"
+           f"  --set openai.base_served_name={base} --set limits.concurrency=16 --set 'adapters=[{adapters}]'")
+    if args.start:
+        print(f"# starting vLLM (scripts/vllm.sh) on {local}; then, in another shell:\n{app}", flush=True)
+        return start_vllm(local, served, rank, served_name=base)
+    commands = engine_commands(base, served, rank)
+    print(f"# vLLM\n{commands['vllm']}\n\n# TGI\n{commands['tgi']}\n\n# then the app, on the server above:\n{app}")
     return 0
 
 

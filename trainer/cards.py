@@ -46,6 +46,9 @@ def verdict_text(gate: dict[str, Any] | None, forced: bool) -> str:
     verdict = verdict_of(gate)
     if verdict == "passed":
         return f"**Passed** the comparison with its base model: {gate.get('summary', '')}"
+    if verdict == "not gated":
+        return (f"**Not gated**: {gate.get('summary', '')}. The last evaluation measured nothing the gate decides on; "
+                "treat this adapter as unproven.")
     if verdict == "inconclusive":
         return (f"**Inconclusive** comparison with its base model: {gate.get('summary', '')}. The evaluation could "
                 "not tell whether this adapter is better or worse than its base at this number of questions; "

@@ -60,18 +60,47 @@ class SynthJob:
     """File the settings were read from (set by the loader, not by YAML)."""
 
 
+EVAL_ENGINES = ("local", "openai")
+"""Who writes the eval's answers: the models loaded in-process, or an OpenAI-compatible server."""
+
+
 @dataclass(frozen=True)
 class EvalJob:
     """`python -m trainer eval`: every adapter of a run against its base."""
 
     questions: str | None = None
-    """Rubric YAML (null: the shipped data/eval/questions.yaml)."""
+    """Rubric YAML, or an outside prompt set (CSV/JSONL/JSON/Parquet with a `prompt` or `question` column) that is
+    judged but not scored (null: the shipped data/eval/questions.yaml)."""
+    held_out: bool | None = None
+    """Also answer one prompt per assistant turn of every stage's eval split and measure its loss (null: yes with a
+    rubric; no with an outside prompt set, so its report is about those prompts alone)."""
     limit: int | None = None
-    """Use at most N rubric questions and N held-out prompts, a quick check (null: all)."""
+    """Use at most N rubric questions (or prompts) and N held-out prompts, a quick check (null: all)."""
     max_new_tokens: int = 384
     """Answer length cap (greedy decoding)."""
     batch_size: int = 8
-    """Prompts per generate() call, left-padded."""
+    """Prompts per generate() call, left-padded (engine: local)."""
+    engine: str = "local"
+    """Who writes the answers: `local` loads the base and every adapter here; `openai` asks an OpenAI-compatible server
+    (vLLM, TGI, `transformers serve`) at base_url, many requests at once. The held-out loss is computed here either
+    way (the base loads here only for it)."""
+    base_url: str | None = None
+    """engine: openai: the server's OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1."""
+    api_key_env: str | None = None
+    """engine: openai: environment variable holding the server's API key (null: no key; only its name is written)."""
+    base_served_name: str | None = None
+    """engine: openai: the base's `model` name on the server (null: the run's base as `serve` hands it to vLLM, the
+    Hub id for the demo model)."""
+    adapter_served_name: str = "{run}/{stage}"
+    """engine: openai: each adapter's `model` name on the server; {run} is the run folder's name, {stage} the stage
+    (as the app names a run's adapters and `vllm --lora-modules demo/stage1=...` serves them)."""
+    concurrency: int = 16
+    """engine: openai: requests in flight at once; the server batches them (more: faster, until the server is full)."""
+    timeout: float = 600.0
+    """engine: openai: seconds to wait for one answer before retrying it."""
+    send_repetition_penalty: bool = True
+    """engine: openai: send the local decoding's repetition penalty as the request's `repetition_penalty` (vLLM takes
+    it; false leaves the server's default, for servers such as `transformers serve` that refuse unknown fields)."""
     load_in_4bit: bool | None = None
     """Load the base in 4-bit (null: as the run trained; false: unquantized even if the run trained in 4-bit)."""
     threads: int | None = None
@@ -134,9 +163,21 @@ def _validate_eval(job: EvalJob) -> None:
     for key in ("limit", "threads"):
         if getattr(job, key) is not None and getattr(job, key) < 1:
             raise ConfigError(f"{key}: must be at least 1 (or null for all), got {getattr(job, key)}")
-    for key in ("max_new_tokens", "batch_size", "judge_max_tokens", "retrieval_k"):
+    for key in ("max_new_tokens", "batch_size", "judge_max_tokens", "retrieval_k", "concurrency"):
         if getattr(job, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(job, key)}")
+    if job.engine not in EVAL_ENGINES:
+        raise ConfigError(f"engine: {job.engine!r} must be one of {', '.join(EVAL_ENGINES)}")
+    if job.engine == "openai" and not job.base_url:
+        raise ConfigError("base_url: engine openai needs the server's address, e.g. --base-url "
+                          "http://127.0.0.1:8000/v1")
+    if job.timeout <= 0:
+        raise ConfigError(f"timeout: must be positive, got {job.timeout}")
+    try:
+        job.adapter_served_name.format(run="run", stage="stage")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"adapter_served_name: {job.adapter_served_name!r} may name only {{run}} and {{stage}} "
+                          f"({type(exc).__name__}: {exc})") from None
     if not 0 <= job.margin < 1:
         raise ConfigError(f"margin: must be in [0, 1), got {job.margin}")
     if not 0 < job.contamination_threshold <= 1:

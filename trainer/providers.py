@@ -76,7 +76,10 @@ class OpenAICompatibleProvider:
     def name(self) -> str:
         return f"{self.base_url} ({self.model or 'default model'})"
 
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> tuple[str, Usage]:
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+                 extra_body: dict | None = None) -> tuple[str, Usage]:
+        """One chat completion and its token usage; `extra_body` adds fields a server knows beyond OpenAI's own
+        (vLLM's `repetition_penalty`)."""
         import httpx2  # huggingface_hub's HTTP client
         from huggingface_hub.errors import HfHubHTTPError
 
@@ -84,7 +87,7 @@ class OpenAICompatibleProvider:
         for attempt in range(self.max_retries + 1):
             try:
                 out = self.client.chat_completion(messages, model=self.model, max_tokens=max_tokens,
-                                                  temperature=temperature)
+                                                  temperature=temperature, extra_body=extra_body)
                 usage.requests += 1
                 if out.usage is not None:
                     usage.prompt_tokens += out.usage.prompt_tokens or 0

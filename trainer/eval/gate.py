@@ -7,9 +7,10 @@ with an interval (`trainer.eval.stats.paired_outcomes`). With a margin m (a few 
 - it **passes** when its whole interval lies above -m (the adapter is not worse by more than the margin);
 - otherwise it is **inconclusive at n = N**, with the number of questions that would decide it at the spread seen.
 
-The adapter fails if any metric fails, passes if every measured metric passes, and is inconclusive otherwise.
-`push` refuses only a failing adapter (without `--force`); an inconclusive one is published with that verdict in its
-card. Point estimates alone let one question decide the verdict at small n; this rule does not.
+The adapter fails if any metric fails, passes if every measured metric passes, and is inconclusive otherwise; when
+none was measured (an outside prompt set has no rubric, and no judge ran) it is **not gated**. `push` refuses only a
+failing adapter (without `--force`); an inconclusive or ungated one is published with that verdict in its card. Point
+estimates alone let one question decide the verdict at small n; this rule does not.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ DEFAULT_MARGIN = 0.05
 """Non-inferiority margin on rates (0.05 = five points): how much worse than the base an adapter may be and pass."""
 GATED = (("rubric_accuracy", "rubric accuracy"), ("false_premise_correction", "false-premise correction"),
          ("judge", "judge (adapter wins - base wins)"))
-VERDICTS = ("passed", "failed", "inconclusive")
+VERDICTS = ("passed", "failed", "inconclusive", "not gated")
 
 GATE_RULE = (
     "Paired non-inferiority with margin {margin:.2f}: for rubric accuracy, false-premise correction and, where a judge "
@@ -28,7 +29,8 @@ GATE_RULE = (
     "(Agresti-Min for paired proportions). A metric fails when its interval lies entirely below -{margin:.2f}, passes "
     "when it lies entirely above, and is inconclusive otherwise. The adapter fails if any metric fails, passes if "
     "every measured metric passes, and is inconclusive otherwise; a metric that could not be measured (no "
-    "false-premise question, no judge) is reported and does not decide."
+    "false-premise question, no judge) is reported and does not decide, and with none measured the adapter is not "
+    "gated."
 )
 
 
@@ -71,6 +73,10 @@ def gate_decision(comparisons: dict[str, dict[str, Any] | None], margin: float =
                                         else ", no number of questions decides it at this spread")
         parts.append(text)
     measured = [v for v in checks.values() if v is not None]
+    if not measured:
+        return {"verdict": "not gated", "passed": None,
+                "summary": "not gated: nothing the gate decides on was measured (no rubric question, no judge)",
+                "failed": [], "inconclusive": [], "checks": checks, "margin": margin, "n": 0, "items_needed": {}}
     if failed:
         verdict = "failed"
     elif measured and all(v == "passed" for v in measured):

@@ -78,16 +78,26 @@ def render_report(results: dict[str, Any]) -> str:
     """results.json as a markdown report, with the paper-style table first."""
     models = [(BASE, results["base"])] + list(results["adapters"].items())
     n = results["n"]
+    with_reference = n["reference_prompts"] + n.get("prompts_with_reference", 0)
     ns = {"eval_loss": f"n={n['eval_conversations']} conv.", "eval_perplexity": "",
           "kb_contradiction_rate": f"n={n['answers_per_model']}",
-          "rouge_l": f"n={n['reference_prompts']}", "bleu": f"n={n['reference_prompts']}",
+          "rouge_l": f"n={with_reference}", "bleu": f"n={with_reference}",
           "markdown_rate": f"n={n['answers_per_model']}", "rubric_accuracy": f"n={n['questions']}",
           "false_premise_correction": f"n={n['false_premise_questions']}",
           "judge_win_rate": f"n={n.get('judged_questions', 0)}"}
     q = results["quantization"]
-    precision = f"4-bit {q.get('quant_type', '')}" if q.get("load_in_4bit") else "unquantized"
+    engine = results.get("engine") or {"name": "local"}
+    if q is None:
+        where = "not loaded here"
+    else:
+        where = (f"4-bit {q.get('quant_type', '')}" if q.get("load_in_4bit") else "unquantized") + \
+            (", for the held-out loss" if engine["name"] != "local" else "") + f" · {results['device']}"
     lines = [f"# Evaluation of run `{results['run']}`", "",
-             f"{results['created']} · base `{results['base_model']}` ({precision}) · {results['device']}", "",
+             f"{results['created']} · base `{results['base_model']}` ({where})"
+             + (f" · answers from `{engine['base_url']}` (engine {engine['name']}, "
+                f"{engine['concurrency']} requests at once; models "
+                + ", ".join(f"{k} `{v}`" for k, v in engine["models"].items()) + ")"
+                if engine["name"] != "local" else ""), "",
              "## Verdict", ""]
     for stage, gate in results["gate"].items():
         lines.append(f"- **{stage}: {gate['verdict'].upper()}** — {gate['summary']}")
@@ -97,46 +107,43 @@ def render_report(results: dict[str, Any]) -> str:
                            "Each adapter against its base on the same items: rates with the paired-proportion "
                            "interval and the exact McNemar (sign) test; means, BLEU and loss with the paired "
                            "bootstrap. `n` is the number of items both answered.")
-    lines += ["## Base vs adapters", "",
-              "Point estimates with 95% percentile-bootstrap intervals "
-              f"({settings['bootstrap']['resamples']} resamples, seed {settings['seed']}); "
-              "n is the number of items resampled.", ""]
     columns = [c for c in TABLE_COLUMNS if (c[0] != "judge_win_rate" or results.get("judge"))
                and any(c[0] in entry["metrics"] for _, entry in models)]
-    lines += _metrics_table(models, columns, ns)
-    lines += ["", "- eval loss: assistant-token cross-entropy over every stage's held-out conversations, pooled "
-              "by token; perplexity = exp(eval loss).",
-              "- ROUGE-L: F1, rouge-score with stemming; BLEU: corpus SacreBLEU (13a tokenizer); both against the "
-              "held-out answers, one prompt per assistant turn.",
-              f"- markdown rate: {MARKDOWN_RULE}.",
-              f"- rubric accuracy: share of questions scoring >= {PASS_THRESHOLD} (score = share of `must_mention` "
-              "points matched, the correction counting as one point on false-premise questions; 0 when a "
-              "`must_not_claim` error fires and its `unless` cue is absent).",
-              "- false-premise correction: share of false-premise questions whose answer has a correction cue and "
-              "no listed error.",
-              "- KB contradictions: share of answers the live KB check flags (the audit's rules: a false claim "
-              "a rule knows, a programme the university does not offer, a scholarship the student cannot get, a "
-              "discontinued scheme).",
-              "- judge win rate: share of questions the adapter won against the base (both orders combined)."
-              if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
+    shown = {key for key, _, _ in columns}
+    notes = [("eval_loss", "- eval loss: assistant-token cross-entropy over every stage's held-out conversations, "
+              "pooled by token; perplexity = exp(eval loss)."),
+             ("rouge_l", "- ROUGE-L: F1, rouge-score with stemming; BLEU: corpus SacreBLEU (13a tokenizer); both "
+              "against the reference answers (" + " and ".join(
+                  ["the prompt file's"] * bool(n.get("prompts_with_reference"))
+                  + ["one prompt per assistant turn of the held-out conversations"] * bool(n["reference_prompts"]))
+              + ")."),
+             ("markdown_rate", f"- markdown rate: {MARKDOWN_RULE}."),
+             ("rubric_accuracy", f"- rubric accuracy: share of questions scoring >= {PASS_THRESHOLD} (score = share "
+              "of `must_mention` points matched, the correction counting as one point on false-premise questions; "
+              "0 when a `must_not_claim` error fires and its `unless` cue is absent)."),
+             ("false_premise_correction", "- false-premise correction: share of false-premise questions whose "
+              "answer has a correction cue and no listed error."),
+             ("kb_contradiction_rate", "- KB contradictions: share of answers the live KB check flags (the audit's "
+              "rules: a false claim a rule knows, a programme the university does not offer, a scholarship the "
+              "student cannot get, a discontinued scheme).")]
+    if columns:
+        lines += ["## Base vs adapters", "",
+                  "Point estimates with 95% percentile-bootstrap intervals "
+                  f"({settings['bootstrap']['resamples']} resamples, seed {settings['seed']}); "
+                  "n is the number of items resampled.", ""]
+        lines += _metrics_table(models, columns, ns)
+        lines += ["", *[note for key, note in notes if key in shown],
+                  "- judge win rate: share of questions the adapter won against the base (both orders combined)."
+                  if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
     lines += _contamination_section(results, models, columns, ns)
     lines += _grounded_section(results)
 
-    lines += ["## Held-out loss per split", "", "| model | " + " | ".join(
-        f"{s} split (n={d['conversations']}, {d['tokens']} tok.)" for s, d in results["splits"].items()) + " |",
-        "|---|" + "---|" * len(results["splits"])]
-    for name, entry in models:
-        cells = [name]
-        for split in results["splits"]:
-            d = entry.get("eval_loss_by_split", {}).get(split)
-            cells.append(f"{_fmt(d['loss'])} (ppl {_fmt(d['perplexity'], 2)})" if d else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    recorded = [f"{s}: {_fmt(results['adapters'][s]['loss_reduction'].get('eval_loss_last'))}"
-                for s in results["adapters"]]
-    lines += ["", "Recorded at the end of training (own split, TRL): " + ", ".join(recorded) + "."]
-    lines += [f"\n**{s} split not measured**: {d['unavailable']}" for s, d in results["splits"].items()
-              if d.get("unavailable")]
-    lines.append("")
+    if n.get("held_out_asked", True):
+        lines += _held_out_section(results, models)
+    else:
+        lines += ["## Held-out conversations", "", "Not asked: this evaluation is about the prompts above alone "
+                  "(`--held-out` adds one prompt per assistant turn of every stage's held-out conversations, and "
+                  "the held-out loss).", ""]
 
     lines += ["## Loss reduction per stage", "",
               "| stage | train loss first → last | train reduction | eval loss first → last | eval reduction | "
@@ -168,16 +175,17 @@ def render_report(results: dict[str, Any]) -> str:
         lines += ["", "A judge whose two orders agree on fewer than two thirds of the items disagrees with itself "
                   "too often to be trusted: it is reported as unreliable and the gate does not use it.", ""]
 
-    lines += ["## Throughput", "", "| model | answers | new tokens | seconds | answers/s | tokens/s |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Throughput", "", f"Answers written by {_engine_words(engine)}.", "",
+              "| model | answers | new tokens | seconds | answers/s | tokens/s |", "|---|---|---|---|---|---|"]
     for name, entry in models:
         t = entry["throughput"]
         lines.append(f"| {name} | {t['samples']} | {t['new_tokens']} | {t['seconds']} | {t['samples_per_second']} | "
                      f"{t['tokens_per_second']} |")
 
-    lines += ["", "## Rubric by question", "", "Score per question (✓ passes at >= 0.5; ✗ a listed false claim "
-              "fired).", "", "| question | topic | false premise | " + " | ".join(name for name, _ in models) + " |",
-              "|---|---|---|" + "---|" * len(models)]
+    if results["rubric_by_question"]:
+        lines += ["", "## Rubric by question", "", "Score per question (✓ passes at >= 0.5; ✗ a listed false claim "
+                  "fired).", "", "| question | topic | false premise | " + " | ".join(name for name, _ in models)
+                  + " |", "|---|---|---|" + "---|" * len(models)]
     for row in results["rubric_by_question"]:
         cells = []
         for name, _ in models:
@@ -187,6 +195,8 @@ def render_report(results: dict[str, Any]) -> str:
                      + " | ".join(cells) + " |")
 
     s = results["settings"]
+    templates = ", ".join(f"{name} `{entry['chat_template_sha256']}`" for name, entry in models
+                          if entry.get("chat_template_sha256"))
     lines += ["", "## Settings", "",
               f"- generation: {json.dumps(s['generation'])}",
               f"- seed: {s['seed']}; bootstrap: {s['bootstrap']['resamples']} resamples, percentile, "
@@ -199,10 +209,37 @@ def render_report(results: dict[str, Any]) -> str:
               *[f"  - skipped {row}" for row in s["skipped_prompt_rows"][:20]],
               f"- knowledge base: `{s['kb']['path']}`, version {s['kb']['version'].get('version')}",
               f"- rubric system prompt (sha256 `{s['system_prompt_sha256']}`): {s['system_prompt']}",
-              "- chat templates (sha256): " + ", ".join(f"{name} `{entry['chat_template_sha256']}`"
-                                                        for name, entry in models),
+              "- chat templates (sha256): " + templates if engine["name"] == "local" else
+              "- chat templates: the server's for the answers" + (f"; here, for the held-out loss (sha256): "
+                                                                  f"{templates}" if templates else ""),
               f"- load: {results['load_seconds']} s; total: {results['wall_seconds']} s", ""]
     return "\n".join(lines)
+
+
+def _engine_words(engine: dict[str, Any]) -> str:
+    if engine["name"] == "local":
+        return (f"the base and its adapters loaded here ({engine.get('device', 'this machine')}, "
+                f"{engine.get('batch_size', '?')} prompts per batch)")
+    return (f"the server at `{engine['base_url']}` (engine {engine['name']}, {engine['concurrency']} requests in "
+            "flight; seconds are the wall time of each model's whole pass, so tokens/s is the aggregate)")
+
+
+def _held_out_section(results: dict[str, Any], models) -> list[str]:
+    lines = ["## Held-out loss per split", "", "| model | " + " | ".join(
+        f"{s} split (n={d['conversations']}, {d['tokens']} tok.)" for s, d in results["splits"].items()) + " |",
+        "|---|" + "---|" * len(results["splits"])]
+    for name, entry in models:
+        cells = [name]
+        for split in results["splits"]:
+            d = entry.get("eval_loss_by_split", {}).get(split)
+            cells.append(f"{_fmt(d['loss'])} (ppl {_fmt(d['perplexity'], 2)})" if d else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    recorded = [f"{s}: {_fmt(results['adapters'][s]['loss_reduction'].get('eval_loss_last'))}"
+                for s in results["adapters"]]
+    lines += ["", "Recorded at the end of training (own split, TRL): " + ", ".join(recorded) + "."]
+    lines += [f"\n**{s} split not measured**: {d['unavailable']}" for s, d in results["splits"].items()
+              if d.get("unavailable")]
+    return lines + [""]
 
 
 def plot_metrics(results: dict[str, Any], path: Path) -> None:
@@ -217,15 +254,18 @@ def plot_metrics(results: dict[str, Any], path: Path) -> None:
              ("rubric_accuracy", "rubric acc.", 1), ("false_premise_correction", "false-premise corr.", 1),
              ("judge_win_rate", "judge win", 1)]
     rates = [r for r in rates if any(r[0] in entry["metrics"] for _, entry in models)]
-    fig, (ax_loss, ax_rates) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 3.2]})
-    for k, (name, entry) in enumerate(models):
-        value = entry["metrics"].get("eval_loss")
-        ci = entry.get("intervals", {}).get("eval_loss")
-        if value is not None:
-            err = [[value - ci[0]], [ci[1] - value]] if ci else None
-            ax_loss.bar(k, value, color=colors[k % len(colors)], yerr=err, capsize=3, label=name)
-    ax_loss.set_xticks(range(len(models)), [name for name, _ in models])
-    ax_loss.set_title("held-out loss (lower is better)")
+    if any(entry["metrics"].get("eval_loss") is not None for _, entry in models):
+        fig, (ax_loss, ax_rates) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 3.2]})
+        for k, (name, entry) in enumerate(models):
+            value = entry["metrics"].get("eval_loss")
+            ci = entry.get("intervals", {}).get("eval_loss")
+            if value is not None:
+                err = [[value - ci[0]], [ci[1] - value]] if ci else None
+                ax_loss.bar(k, value, color=colors[k % len(colors)], yerr=err, capsize=3, label=name)
+        ax_loss.set_xticks(range(len(models)), [name for name, _ in models])
+        ax_loss.set_title("held-out loss (lower is better)")
+    else:  # no held-out conversations asked: no empty loss panel
+        fig, ax_rates = plt.subplots(1, 1, figsize=(9.3, 4.2))
     width = 0.8 / len(models)
     for k, (name, entry) in enumerate(models):
         xs, ys, errs = [], [[], []], []

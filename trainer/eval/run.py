@@ -91,13 +91,17 @@ GREEDY = GenerationSettings(temperature=0)
 loop under plain greedy decoding)."""
 
 
-def describe_generation(generation: GenerationSettings, batch_size: int, seed: int) -> dict[str, Any]:
+def describe_generation(generation: GenerationSettings, batch_size: int, seed: int, engine=None) -> dict[str, Any]:
     """How the answers were generated, as results.json records it."""
+    if engine is not None:
+        return {"decoding": "greedy (temperature 0)", "max_new_tokens": generation.max_new_tokens,
+                "repetition_penalty": generation.repetition_penalty if engine.send_repetition_penalty
+                else "the server's default", "engine": "openai", "concurrency": engine.concurrency, "seed": seed}
     decoding = "greedy (do_sample=False)" if generation.temperature <= 0 else \
         f"sampling (temperature={generation.temperature}, top_p={generation.top_p})"
     return {"decoding": decoding, "max_new_tokens": generation.max_new_tokens,
             "repetition_penalty": generation.repetition_penalty, "batch_size": batch_size, "padding": "left",
-            "seed": seed}
+            "seed": seed, "engine": "local"}
 
 
 def conversation_losses(model, tokenizer, template: str, conversations: Sequence, batch_size: int = 2
@@ -183,6 +187,7 @@ class EvalPlan:
     questions_path: Path
     questions_in_file: int
     held_out: list
+    """The held-out conversations every model is scored on (loss) and answers turn by turn (empty when not asked)."""
     references: list[dict[str, Any]]
     items: list[AnswerItem]
     generation: GenerationSettings
@@ -194,6 +199,9 @@ class EvalPlan:
     """Each stage's held-out conversations, as split.json lists them (empty when they could not be re-read)."""
     split_problems: dict[str, str] = field(default_factory=dict)
     """Why a stage's held-out rows could not be re-read (data moved or changed since training), by stage."""
+    held_out_asked: bool = True
+    """Whether the held-out conversations are part of this evaluation (`held_out`; by default not with an outside
+    prompt set, so its report is about those prompts alone)."""
 
 
 def _check_kb_ids(questions: Sequence[Question], path: Path, kb) -> None:
@@ -233,9 +241,10 @@ def plan_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation
         _check_kb_ids(all_questions, questions_path, kb)
         in_file = len(all_questions)
     stages = read_run(run_dir)
-    eval_rows: dict[str, list] = {}
+    held_out_asked = job.held_out if job.held_out is not None else prompt_set is None
+    eval_rows: dict[str, list] = {stage.name: [] for stage in stages}
     split_problems: dict[str, str] = {}
-    for stage in stages:
+    for stage in stages if held_out_asked else ():
         try:
             eval_rows[stage.name] = stage.held_out_rows()
         except RunError as exc:  # the rubric and the judge need no training data: measure what still can be
@@ -260,7 +269,7 @@ def plan_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation
                     questions_in_file=in_file, held_out=held_out, references=references,
                     items=answer_items(questions, prompts, references, system_prompt), generation=generation,
                     judge=judge, system_prompt=system_prompt, kb=kb, kb_path=kb_path, eval_rows=eval_rows,
-                    split_problems=split_problems)
+                    split_problems=split_problems, held_out_asked=held_out_asked)
 
 
 def run_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation: GenerationSettings | None = None,
@@ -273,15 +282,24 @@ def run_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation:
     if plan.judge is not None:
         judge_client = PairwiseJudge(plan.judge)
         judge_client.ask("Is this endpoint reachable?", "Yes.", "No.")  # fail now, not after hours of generation
+    engine = None
+    if job.engine == "openai":
+        from trainer.eval.engine import ServerEngine
+
+        engine = ServerEngine.from_job(job, plan.stages, plan.run_dir.resolve().name)
+        engine.check()  # every model answers one token now, or the eval stops here in one line
     plan.out.mkdir(parents=True, exist_ok=True)
     for stage, problem in plan.split_problems.items():
         log(f"[eval] warning: no held-out loss or reference answers for {stage}: {problem}")
     asked = (f"{len(plan.questions)} rubric questions ({sum(q.false_premise for q in plan.questions)} false premise)"
              if plan.prompt_set is None else f"{sum(i.kind == 'prompt' for i in plan.items)} prompts from "
              f"{plan.questions_path} ({len(plan.prompt_set.skipped)} rows skipped)")
-    log(f"[eval] {plan.run_dir}: base + {', '.join(s.name for s in plan.stages)}; {asked}, {len(plan.held_out)} "
-        f"held-out conversations ({len(plan.references)} reference answers)"
-        + (f", judge {plan.judge.base_url}" if plan.judge else "") + (", grounded too" if job.grounded else ""))
+    held = (f"{len(plan.held_out)} held-out conversations ({len(plan.references)} reference answers)"
+            if plan.held_out_asked else "no held-out turns (--held-out adds them)")
+    log(f"[eval] {plan.run_dir}: base + {', '.join(s.name for s in plan.stages)}; {asked}, {held}"
+        + (f", judge {plan.judge.base_url}" if plan.judge else "") + (", grounded too" if job.grounded else "")
+        + (f"; answers from {engine.base_url} ({', '.join(engine.models.values())}), {engine.concurrency} at once"
+           if engine else ""))
     for skipped in (plan.prompt_set.skipped if plan.prompt_set else [])[:20]:
         log(f"[eval]   skipped {skipped}")
 
@@ -292,13 +310,13 @@ def run_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation:
     if wanted and not torch.cuda.is_available():
         torch.set_num_threads(wanted)
     try:
-        return _evaluate(plan, judge_client, started, log)
+        return _evaluate(plan, judge_client, engine, started, log)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float, log: Callable[[str], None]
-              ) -> Path:
+def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, started: float,
+              log: Callable[[str], None]) -> Path:
     import torch
     from transformers import set_seed
 
@@ -326,14 +344,23 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         grounded_prompts = [grounded_messages(item.messages, retriever.search(item.text)) if item.judged else None
                             for item in items]
 
-    # Load the base once and every adapter into the same PeftModel
-    load_started = time.time()
-    served, quant = load_models(stages, job.load_in_4bit)
-    load_seconds = round(time.time() - load_started, 2)
+    # Load the base once and every adapter into the same PeftModel: to answer, and for the held-out loss (with
+    # --engine openai the server answers, and without held-out conversations nothing loads here)
+    served, quant, load_seconds = None, None, 0.0
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"cpu ({torch.get_num_threads()} threads)"
-    log(f"[eval] loaded {cfg.model.name} ({'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'}) "
-        f"and {len(stages)} adapters in {load_seconds:.1f}s on {device}")
+    if engine is None or held_out:
+        load_started = time.time()
+        served, quant = load_models(stages, job.load_in_4bit)
+        load_seconds = round(time.time() - load_started, 2)
+        log(f"[eval] loaded {cfg.model.name} ({'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'})"
+            f" and {len(stages)} adapters in {load_seconds:.1f}s on {device}"
+            + (" for the held-out loss" if engine else ""))
+
+    def answer(conversations, name: str, progress=None):
+        if engine is not None:
+            return engine.generate(conversations, name, plan.generation, progress=progress)
+        return served.generate(conversations, name, plan.generation, batch_size=job.batch_size, progress=progress)
 
     home = {}  # each held-out conversation is scored with the template of the (first) stage that held it out
     for stage in stages:
@@ -347,14 +374,16 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     new_tokens: dict[str, list[int]] = {}
     losses: dict[str, list[list[float]]] = {}
     for name in names:
-        entry: dict[str, Any] = {"chat_template_sha256": hashlib.sha256(served.templates[name].encode()).hexdigest()}
-        served.activate(name)
+        entry: dict[str, Any] = {}
         loss_rows = []
-        for stage in stages:
-            mine = [c for c in held_out if home[c.content_hash] is stage]
-            batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
-            loss_rows.extend(zip([c.content_hash for c in mine],
-                                 conversation_losses(served.model, served.tokenizer, stage.template, mine, batch)))
+        if served is not None:
+            entry["chat_template_sha256"] = hashlib.sha256(served.templates[name].encode()).hexdigest()
+            served.activate(name)
+            for stage in stages:
+                mine = [c for c in held_out if home[c.content_hash] is stage]
+                batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
+                loss_rows.extend(zip([c.content_hash for c in mine], conversation_losses(
+                    served.model, served.tokenizer, stage.template, mine, batch)))
         rows_by_hash = dict(loss_rows)
         losses[name] = [rows_by_hash[c.content_hash] for c in held_out]
         entry["eval_loss_by_split"] = {}
@@ -365,15 +394,15 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
                 entry["eval_loss_by_split"][stage.name] = {
                     "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
                     "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
-        log(f"[eval] {name}: held-out loss " + (", ".join(
-            f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
+        if plan.held_out_asked:
+            log(f"[eval] {name}: held-out loss " + (", ".join(
+                f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
 
         def progress(done: int, total: int, name: str = name) -> None:
             log(f"[eval] {name}: {done}/{total} answers")
 
         set_seed(seed)
-        generated = served.generate([list(i.messages) for i in items], name, plan.generation,
-                                    batch_size=job.batch_size, progress=progress)
+        generated = answer([list(i.messages) for i in items], name, progress)
         texts[name], new_tokens[name] = list(generated.texts), list(generated.new_tokens)
         entry["throughput"] = generated.throughput()
         log(f"[eval] {name}: {entry['throughput']['samples']} answers in {generated.seconds:.1f}s "
@@ -381,8 +410,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         if grounded_prompts is not None:
             asked = [i for i, p in enumerate(grounded_prompts) if p is not None]
             set_seed(seed)
-            grounded = served.generate([grounded_prompts[i] for i in asked], name, plan.generation,
-                                       batch_size=job.batch_size)
+            grounded = answer([grounded_prompts[i] for i in asked], name)
             grounded_texts[name] = [None] * len(items)
             for i, text in zip(asked, grounded.texts):
                 grounded_texts[name][i] = text
@@ -456,6 +484,8 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
                                              f"{_pct(judge_summary['agreement'])}), not used")
         if clean:
             gates[stage.name]["summary"] += " (decided on the uncontaminated items)"
+        if gates[stage.name]["verdict"] == "not gated" and plan.prompt_set is not None:
+            gates[stage.name]["summary"] += "; an outside prompt set has no rubric: --judge-base-url gives it a verdict"
 
     # The lineage and the files
     created = _now()
@@ -463,11 +493,12 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
     n_prompts = sum(i.kind == "prompt" for i in items)
     results = {
         "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
-        "quantization": {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type,
-                         "double_quant": quant.double_quant,
-                         "compute_dtype": effective_dtype(quant.compute_dtype)}
-        if quant.load_in_4bit else {"load_in_4bit": False},
+        "quantization": None if quant is None else  # None: nothing loaded here (the server's answers only)
+        {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type, "double_quant": quant.double_quant,
+         "compute_dtype": effective_dtype(quant.compute_dtype)} if quant.load_in_4bit else {"load_in_4bit": False},
         "device": device,
+        "engine": engine.describe() if engine is not None else {"name": "local", "device": device,
+                                                                 "batch_size": job.batch_size},
         "gate": gates,
         "base": models[BASE],
         "adapters": {s.name: {**models[s.name], "adapter_sha256": s.lineage.get("adapter_sha256"),
@@ -485,12 +516,13 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, started: float
         "n": {"questions": len(plan.questions), "false_premise_questions": sum(q.false_premise for q in plan.questions),
               "prompts": n_prompts, "prompts_with_reference": sum(1 for i in items if i.kind == "prompt"
                                                                   and i.reference),
+              "held_out_asked": plan.held_out_asked,
               "eval_conversations": len(held_out), "reference_prompts": len(plan.references),
               "answers_per_model": len(items), "contaminated_items": keep.count(False),
               "judged_questions": max((j["n"] for j in judge_results["per_adapter"].values()), default=0)
               if judge_results else 0},
         "settings": {
-            "generation": describe_generation(plan.generation, job.batch_size, seed), "seed": seed,
+            "generation": describe_generation(plan.generation, job.batch_size, seed, engine), "seed": seed,
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
             "gate": {"margin": job.margin, "rule": GATE_RULE.format(margin=job.margin)},
             "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE,

@@ -1,0 +1,127 @@
+"""`eval --engine openai`: every model's answers from an OpenAI-compatible server (vLLM, TGI, `transformers serve`)
+instead of the models loaded in this process.
+
+The server holds the base and the run's adapters, and the request's `model` field picks one: the base under its
+served name, each adapter as `adapter_served_name` spells it (`{run}/{stage}`, what the app's `engine: openai` sends
+and `vllm --lora-modules demo/stage1=...` serves). The requests carry the messages the in-process eval renders (the
+system prompt; with --grounded, the grounded system message), greedy with the same max_new_tokens, `concurrency` of
+them in flight so the server can batch them. The chat template is the server's. Requests go through the client the
+generator and the judge share (`trainer.providers`: retries on 429/5xx, the named server let through when
+HF_HUB_OFFLINE is set); a failure becomes one EvalError line naming the server and the model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Callable, Sequence
+
+from trainer.eval import EvalError
+from trainer.modeling import BASE, BatchAnswers, GenerationSettings
+
+
+def served_names(job, stages: Sequence[Any], run_name: str) -> dict[str, str]:
+    """Each model's `model` name on the server: `base` first, then every stage's adapter."""
+    if job.base_served_name:
+        base = job.base_served_name
+    else:
+        from trainer.cards import base_hub_id
+
+        base = base_hub_id(stages[-1])[0]  # what `python -m trainer serve` starts vLLM with
+    return {BASE: base, **{s.name: job.adapter_served_name.format(run=run_name, stage=s.name) for s in stages}}
+
+
+class ServerEngine:
+    """The eval's answers from an OpenAI-compatible server, `concurrency` requests in flight."""
+
+    def __init__(self, base_url: str, models: dict[str, str], *, api_key: str | None = None, concurrency: int = 16,
+                 timeout: float = 600.0, send_repetition_penalty: bool = True, max_retries: int = 4,
+                 api_key_env: str | None = None):
+        from trainer.providers import OpenAICompatibleProvider
+
+        self.base_url, self.models = base_url.rstrip("/"), dict(models)
+        self.concurrency, self.send_repetition_penalty = max(1, concurrency), send_repetition_penalty
+        self._api_key, self._timeout, self.api_key_env = api_key, timeout, api_key_env
+        self.providers = {name: OpenAICompatibleProvider(self.base_url, served, api_key, timeout=timeout,
+                                                         max_retries=max_retries)
+                          for name, served in self.models.items()}
+
+    @classmethod
+    def from_job(cls, job, stages: Sequence[Any], run_name: str) -> "ServerEngine":
+        """The engine `engine: openai` describes, the key read from `api_key_env`."""
+        api_key = None
+        if job.api_key_env:
+            api_key = os.environ.get(job.api_key_env) or None
+            if api_key is None:
+                raise EvalError(f"api_key_env: the environment variable {job.api_key_env} is not set")
+        return cls(job.base_url, served_names(job, stages, run_name), api_key=api_key, concurrency=job.concurrency,
+                   timeout=job.timeout, send_repetition_penalty=job.send_repetition_penalty,
+                   api_key_env=job.api_key_env)
+
+    def check(self) -> None:
+        """One one-token request per model, without retries: a server that is down, or that does not serve one of
+        the models, fails now in one line, not after the first model's answers."""
+        from trainer.providers import OpenAICompatibleProvider
+
+        for name, served in self.models.items():
+            probe = OpenAICompatibleProvider(self.base_url, served, self._api_key, timeout=min(60.0, self._timeout),
+                                             max_retries=0)
+            self._ask(probe, name, [{"role": "user", "content": "Hello"}], 1, None)
+
+    def generate(self, conversations: Sequence[Sequence[dict[str, str]]], name: str,
+                 settings: GenerationSettings, *, progress: Callable[[int, int], None] | None = None
+                 ) -> BatchAnswers:
+        """The next answer of each conversation from model `name`, as `AdapterModel.generate` gives them (in order,
+        with new-token counts from the server's usage; `seconds` is the wall time of the whole pass)."""
+        if settings.temperature > 0:
+            raise EvalError("the eval decodes greedily (temperature 0)")  # the eval's rule, not a server limit
+        extra = {"repetition_penalty": settings.repetition_penalty} \
+            if self.send_repetition_penalty and settings.repetition_penalty != 1.0 else None
+        provider, total = self.providers[name], len(conversations)
+        texts, new_tokens, prompt_tokens = [""] * total, [0] * total, [0] * total
+        started, done = time.time(), 0
+        step = max(1, self.concurrency)
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="eval-engine")
+        try:
+            pending = {pool.submit(self._ask, provider, name, list(messages), settings.max_new_tokens, extra): i
+                       for i, messages in enumerate(conversations)}
+            for future in as_completed(pending):
+                i = pending[future]
+                texts[i], usage = future.result()  # the first failure ends the pass (the rest are cancelled)
+                new_tokens[i], prompt_tokens[i] = usage.completion_tokens, usage.prompt_tokens
+                done += 1
+                if progress is not None and (done % step == 0 or done == total):
+                    progress(done, total)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return BatchAnswers(texts, new_tokens, prompt_tokens, time.time() - started)
+
+    def _ask(self, provider, name: str, messages: list[dict[str, str]], max_tokens: int, extra: dict | None):
+        from trainer.providers import ProviderError
+
+        try:
+            return provider.complete(messages, max_tokens=max_tokens, temperature=0.0, extra_body=extra)
+        except ProviderError as exc:
+            raise self._error(name, str(exc)) from None
+        except Exception as exc:  # a reply that is not a chat completion, a dropped connection: still one line
+            raise self._error(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                              ) from None
+
+    def _error(self, name: str, detail: str) -> EvalError:
+        served = self.models[name]
+        detail = detail.removeprefix(f"{self.base_url}: ")
+        if self._api_key:
+            detail = detail.replace(self._api_key, "***")
+        hint = ""
+        if "HTTP 404" in detail:
+            hint = (" (is it served? vLLM: --lora-modules NAME=ADAPTER_DIR; or set base_served_name / "
+                    "adapter_served_name)")
+        return EvalError(f"engine openai: {self.base_url}, model {served!r} ({name}): {detail[:300]}{hint}")
+
+    def describe(self) -> dict[str, Any]:
+        """Which engine wrote the answers, as results.json records it (the key's variable name only)."""
+        return {"name": "openai", "base_url": self.base_url, "models": dict(self.models),
+                "api_key_env": self.api_key_env, "concurrency": self.concurrency, "timeout_s": self._timeout,
+                "repetition_penalty": "sent" if self.send_repetition_penalty else "the server's default",
+                "chat_template": "the server's"}
