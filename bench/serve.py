@@ -89,13 +89,16 @@ def _stop(proc) -> None:
 
 
 def vllm_command(model_dir: Path | str, adapters: dict[str, Path | str], port: int, max_lora_rank: int = 16,
-                 dtype: str = "float32", max_model_len: int = 2048) -> list[str]:
-    """`scripts/vllm.sh serve` (as `trainer serve --start` runs it) for the base and its adapters."""
+                 dtype: str = "float32", max_model_len: int = 2048, optimization: int | None = None) -> list[str]:
+    """`scripts/vllm.sh serve` (as `trainer serve --start` runs it) for the base and its adapters. `optimization` 0
+    skips torch.compile at start-up (minutes on 2 cores), for tests; None keeps vLLM's default (compiled)."""
     from trainer.serving import ServedAdapter, local_vllm_command
 
     served = [ServedAdapter(name, str(path), local=True) for name, path in adapters.items()]
-    return local_vllm_command(str(model_dir), served, max_lora_rank, port=port,
-                              extra=["--dtype", dtype, "--max-model-len", str(max_model_len)])
+    extra = ["--dtype", dtype, "--max-model-len", str(max_model_len)]
+    if optimization is not None:
+        extra += ["--optimization-level", str(optimization)]
+    return local_vllm_command(str(model_dir), served, max_lora_rank, port=port, extra=extra)
 
 
 class VLLMServer:
@@ -104,9 +107,11 @@ class VLLMServer:
     server can be started again at the same address. Output goes to `work_dir/vllm.log` (appended)."""
 
     def __init__(self, model_dir: Path | str, adapters: dict[str, Path | str], work_dir: Path, *,
-                 port: int | None = None, max_lora_rank: int = 16, dtype: str = "float32", timeout: float = 600):
+                 port: int | None = None, max_lora_rank: int = 16, dtype: str = "float32",
+                 optimization: int | None = None, timeout: float = 900):
         self.model, self.adapters, self.work_dir = str(model_dir), dict(adapters), work_dir
         self.port, self.max_lora_rank, self.dtype, self.timeout = port or free_port(), max_lora_rank, dtype, timeout
+        self.optimization = optimization
         self.proc = None
         work_dir.mkdir(parents=True, exist_ok=True)
 
@@ -119,7 +124,8 @@ class VLLMServer:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         with open(log, "a") as out:
             self.proc = subprocess.Popen(
-                vllm_command(self.model, self.adapters, self.port, self.max_lora_rank, self.dtype), stdout=out,
+                vllm_command(self.model, self.adapters, self.port, self.max_lora_rank, self.dtype,
+                             optimization=self.optimization), stdout=out,
                 stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
         try:
             _wait_until_serving(self.proc, self.base_url, log, self.timeout, "vLLM")

@@ -1,16 +1,19 @@
-"""Many visitors at once: the Space's `local` engine against `engine: openai` on `transformers serve`, side by side.
+"""Many visitors at once: the Space's `local` engine against `engine: openai` on `transformers serve` and on vLLM,
+side by side.
 
-    python bench/serve_concurrency.py [--visitors 1 4 16] [--new-tokens 48] [--out bench/results/serve.json]
+    python bench/serve_concurrency.py [--visitors 1 4 16] [--new-tokens 48] [--engines local transformers vllm]
+                                      [--out bench/results/serve.json]
 
-Both engines serve the embedded demo model's base on this machine's CPU, through the code the app runs
+All engines serve the embedded demo model's base on this machine's CPU, through the code the app runs
 (`space.engine.InferenceEngine`, `space.remote_engine.OpenAIEngine`). For each number of visitors, that many threads
 each stream one counselling question (greedy, the same `--new-tokens`) and time it as a visitor sees it: from the
 request to the first text (time to first token, queueing included) and to the end. Reported per engine and load:
 aggregate new tokens/s over the wall time of the whole burst (tokens counted with the demo tokenizer on the final
 texts, the same way for both engines) and the p50/p95 time to first token.
 
-The local engine holds one lock per generation (the adapter is model-wide state), so its visitors queue; the server
-decides for itself how it interleaves requests (`--continuous-batching` passes that flag to `transformers serve`).
+The local engine holds one lock per generation (the adapter is model-wide state), so its visitors queue; a server
+decides for itself how it interleaves requests (`--continuous-batching` passes that flag to `transformers serve`;
+vLLM batches continuously, and is started through `scripts/vllm.sh` with its default, compiled, start-up).
 Run it on an otherwise idle machine: both engines share its cores with nothing else.
 """
 
@@ -85,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--visitors", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--continuous-batching", action="store_true", help="pass it to transformers serve")
+    ap.add_argument("--engines", nargs="+", choices=["local", "transformers", "vllm"],
+                    default=["local", "transformers", "vllm"])
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from bench.serve import transformers_serve
+    from bench.serve import VLLMServer, transformers_serve
     from space.engine import InferenceEngine
     from space.registry import AdapterRegistry
     from space.remote_engine import OpenAIEngine
@@ -100,22 +105,33 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows: list[dict] = []
-    local = InferenceEngine(DEMO_MODEL_NAME, AdapterRegistry([]), load_in_4bit=True).load()
-    burst(local, 1, 4, tokenizer)  # warm-up: first-call costs are not what a visitor of a running Space sees
-    for n in args.visitors:
-        rows.append({"engine": "local", **burst(local, n, args.new_tokens, tokenizer)})
-        print(json.dumps(rows[-1]), flush=True)
-    del local
-    with tempfile.TemporaryDirectory() as tmp, \
-            transformers_serve(model_dir, Path(tmp), continuous_batching=args.continuous_batching) as (url, name):
-        cfg = load_space_config(None, ["engine=openai", f"openai.base_url={url}", f"openai.base_served_name={name}"])
-        remote = OpenAIEngine.from_config(cfg, AdapterRegistry([]))
-        burst(remote, 1, 4, tokenizer)
+
+    def measure(engine, label: str) -> None:
+        burst(engine, 1, 4, tokenizer)  # warm-up: first-call costs are not what a visitor of a running Space sees
         for n in args.visitors:
-            rows.append({"engine": "openai (transformers serve" + (", continuous batching)" if
-                                                                     args.continuous_batching else ")"),
-                         **burst(remote, n, args.new_tokens, tokenizer)})
+            rows.append({"engine": label, **burst(engine, n, args.new_tokens, tokenizer)})
             print(json.dumps(rows[-1]), flush=True)
+
+    def remote(url: str, name: str):
+        cfg = load_space_config(None, ["engine=openai", f"openai.base_url={url}", f"openai.base_served_name={name}"])
+        return OpenAIEngine.from_config(cfg, AdapterRegistry([]))
+
+    if "local" in args.engines:
+        local = InferenceEngine(DEMO_MODEL_NAME, AdapterRegistry([]), load_in_4bit=True).load()
+        measure(local, "local")
+        del local
+    if "transformers" in args.engines:
+        with tempfile.TemporaryDirectory() as tmp, \
+                transformers_serve(model_dir, Path(tmp), continuous_batching=args.continuous_batching) as (url, name):
+            measure(remote(url, name), "openai (transformers serve" + (", continuous batching)" if
+                                                                       args.continuous_batching else ")"))
+    if "vllm" in args.engines:
+        with tempfile.TemporaryDirectory() as tmp:
+            server = VLLMServer(model_dir, {}, Path(tmp), dtype="bfloat16").start()
+            try:
+                measure(remote(server.base_url, server.model), "openai (vLLM, CPU build)")
+            finally:
+                server.stop()
 
     print("\n| engine | visitors | new tokens/s (all visitors) | TTFT p50 | TTFT p95 | errors |")
     print("|---|---|---|---|---|---|")
