@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
-from test_remote_engine import StubHandler
+from test_remote_engine import StubHandler, stub_server, url_of
 
 from trainer.__main__ import main
 from trainer.jobs import EvalJob, load_eval_job
@@ -69,21 +67,8 @@ class EvalStub(StubHandler):
 
 @pytest.fixture
 def stub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EvalStub)
-    server.daemon_threads = True
-    server.status, server.delay, server.requests, server.lock = 200, 0.05, [], threading.Lock()
-    server.unknown, server.in_flight, server.max_in_flight = set(), 0, 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with stub_server(EvalStub, delay=0.05, unknown=set(), in_flight=0, max_in_flight=0) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def url_of(server) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}/v1"
 
 
 @pytest.fixture

@@ -498,8 +498,8 @@ def shape(value):
     return type(value).__name__
 
 
-def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_engine(run_copy, tmp_path, stub,
-                                                                                    capsys):
+def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_engine(
+        run_copy, tmp_path, stub, capsys):  # noqa: F811 (stub: the fixture imported above)
     prompts = tmp_path / "my_prompts.csv"
     lines = ["prompt,reference"]
     for i in range(50):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -64,11 +65,14 @@ class StubHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\n\n")
 
 
-@pytest.fixture
-def stub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubHandler)
+@contextmanager
+def stub_server(handler=StubHandler, **attributes):
+    """A stub server on a free port of 127.0.0.1 for the block, with the attributes its handler reads."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.status, server.delay, server.requests, server.lock = 200, 0.0, [], threading.Lock()
+    for name, value in attributes.items():
+        setattr(server, name, value)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -76,6 +80,12 @@ def stub():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def stub():
+    with stub_server() as server:
+        yield server
 
 
 def space_config(base_url: str, *extra: str, api_key_env: str | None = None):

@@ -162,12 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     option("--kb", "kb")
     option("--seed", "seed", type=int)
 
-    serve = sub.add_parser("serve", help="print (or, where vLLM is installed, start) the command serving a run's "
+    serve = sub.add_parser("serve", help="print (or, with --start, run vLLM with) the command serving a run's "
                            "adapters on an OpenAI-compatible engine")
     serve.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
     serve.add_argument("--stage", action="append", help="stage(s) to serve (default: every finished stage)")
-    serve.add_argument("--start", action="store_true", help="start vLLM here (scripts/vllm.sh: the CPU build in .venv-vllm, made on "
-                                                            "first use) instead of printing the commands")
+    serve.add_argument("--start", action="store_true",
+                       help="start vLLM here (scripts/vllm.sh: the CPU build in .venv-vllm, made on first use) instead "
+                            "of printing the commands")
 
     export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
     export.add_argument("--store", default="data/feedback/feedback.sqlite",

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from trainer.kb import SENTENCE
 
 AFFIRMED, IGNORED = "premise_affirmed", "premise_ignored"
 
@@ -50,8 +49,8 @@ _UNDERGRAD_ENTRY = re.compile(
     r"school\b|\bschool leavers?\b|\bfrom year one\b|\bas a first-year\b", re.IGNORECASE)
 _GRADUATE_ROUTE = re.compile(r"\bpre[\s-]?(?:med|medical|law)\b|\b(?:after|have|hold|holding|with|completed|"
                              r"completing|finished|finishing|got|earned|graduated with) (?:my |a |an |the )?"
-                             r"(?:\w+ )?(?:bachelor|undergrad|first degree|degree)|\bgraduate[\s-]entry\b|\bthen (?:apply|do|"
-                             r"go)\b|\bpost[\s-]?bacc", re.IGNORECASE)
+                             r"(?:\w+ )?(?:bachelor|undergrad|first degree|degree)|\bgraduate[\s-]entry\b|"
+                             r"\bthen (?:apply|do|go)\b|\bpost[\s-]?bacc", re.IGNORECASE)
 _FIELD_WORDS = {
     "medicine": re.compile(r"\b(?:medicine|medical (?:degree|school|programme|program|course|studies)|med school|"
                            r"mbbs|mbchb|study to become a doctor|become a doctor|doctor of medicine|\bmd\b)",

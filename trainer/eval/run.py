@@ -416,7 +416,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
                 grounded_texts[name][i] = text
             entry["throughput_grounded"] = grounded.throughput()
         models[name] = entry
-    del served
+    served = None  # the model is not needed past here: free it before scoring
 
     # Score: per-item measures, then metrics on all items and, where some were seen in training, on the clean ones
     measures: dict[str, Measures] = {}
