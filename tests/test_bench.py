@@ -97,8 +97,8 @@ def test_synth_throughput_runs_against_transformers_serve(tmp_path):
 @pytest.mark.slow
 def test_serve_concurrency_runs_both_engines_side_by_side(tmp_path):
     out = tmp_path / "serve.json"
-    proc = _run(["bench/serve_concurrency.py", "--visitors", "1", "2", "--new-tokens", "4", "--out", str(out)],
-                timeout=600)
+    proc = _run(["bench/serve_concurrency.py", "--visitors", "1", "2", "--new-tokens", "4", "--engines", "local",
+                 "transformers", "--out", str(out)], timeout=600)  # vLLM is tests/test_vllm.py's
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["engine"].split()[0], r["visitors"]) for r in rows] == [("local", 1), ("local", 2), ("openai", 1),
