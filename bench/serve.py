@@ -3,8 +3,8 @@
 
     with transformers_serve(demo_model_path(), work_dir) as (base_url, model):
         OpenAICompatibleProvider(base_url, model) ...
-    with vllm_serve(demo_model_path(), {"demo/stage2": adapter_dir}, work_dir) as (base_url, model):
-        ...
+    server = VLLMServer(demo_model_path(), {"demo/stage2": adapter_dir}, work_dir).start()
+    ...; server.stop()
 
 Each listens on 127.0.0.1 only, offline, on the CPU; the process is stopped by its PID when the block ends.
 """
@@ -62,7 +62,7 @@ def transformers_serve(model_dir: Path, work_dir: Path, *, continuous_batching: 
         _wait_until_serving(proc, base_url, log, timeout, "transformers serve")
         yield base_url, str(model)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _wait_until_serving(proc, base_url: str, log: Path, timeout: float, what: str) -> None:
@@ -79,12 +79,25 @@ def _wait_until_serving(proc, base_url: str, log: Path, timeout: float, what: st
             time.sleep(1)
 
 
-def _stop(proc) -> None:
-    proc.terminate()
+def stop_process(proc, group: bool = False, timeout: float = 20) -> None:
+    """Stop a server we started, by its PID (with `group`, its whole process group, made by start_new_session, so
+    the workers it started go too): SIGTERM, then SIGKILL after `timeout` seconds."""
+    import signal
+
+    def send(sig) -> None:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+
     try:
-        proc.wait(timeout=30)
+        send(signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
         proc.wait()
 
 
@@ -136,32 +149,5 @@ class VLLMServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop_group(self.proc)
+            stop_process(self.proc, group=True, timeout=30)
             self.proc = None
-
-
-@contextmanager
-def vllm_serve(model_dir: Path | str, adapters: dict[str, Path | str], work_dir: Path, **settings) -> Iterator[
-        tuple[str, str]]:
-    """A `VLLMServer` for the length of the block; yields (base_url, model_name). The first start also creates
-    `.venv-vllm` (scripts/vllm.sh setup), which takes minutes."""
-    server = VLLMServer(model_dir, adapters, work_dir, **settings).start()
-    try:
-        yield server.base_url, server.model
-    finally:
-        server.stop()
-
-
-def _stop_group(proc) -> None:
-    """Stop the server and the workers it started (its own process group, made by start_new_session)."""
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

@@ -203,14 +203,30 @@ def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float =
             return proc, line.split("running on ", 1)[1].strip()
 
 
-def stop_app(proc) -> None:
-    import subprocess
+def at_once(visitors: int, visit, timeout: float) -> dict:
+    """`visit(n)` for each of `visitors` visitors, each in its own thread, all started together; their results by
+    number. A visitor that raised fails the test with its number and error."""
+    import threading
 
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    results, errors = {}, []
+
+    def run(n: int) -> None:
+        try:
+            results[n] = visit(n)
+        except Exception as exc:  # reported below with the visitor's number
+            errors.append(f"visitor {n}: {exc!r}")
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(visitors)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not errors and len(results) == visitors, errors
+    return results
+
+
+stop_app = serve.stop_process
+"""Stop an app `launch_app` started, by its PID."""
 
 
 @pytest.fixture(scope="session")

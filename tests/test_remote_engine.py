@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import answer_lengths, chromium, launch_app, open_app, stop_app
+from conftest import answer_lengths, at_once, chromium, launch_app, open_app, stop_app
 
 from bench import serve
 from space.display import is_note, message_text
@@ -354,29 +354,20 @@ def test_each_served_model_answers_through_the_app(openai_app):
 def test_eight_visitors_stream_at_once(openai_app):
     from gradio_client import Client
 
-    spans, answers, errors = {}, {}, []
+    def visitor(n: int) -> tuple[str, tuple[float, float, float]]:
+        client = Client(openai_app, verbose=False)
+        started = time.time()
+        job = client.submit(f"Question {n}: how do I find housing?", [], "counsellor" if n % 2 else BASE,
+                            False, SYSTEM, 0, 0.9, 16, api_name="/chat")
+        first = None
+        for history, _ in job:
+            if first is None and history and message_text(history[-1]).strip():
+                first = time.time()
+        return message_text(job.result()[0][-1]), (started, first or time.time(), time.time())
 
-    def visitor(n: int) -> None:
-        try:
-            client = Client(openai_app, verbose=False)
-            started = time.time()
-            job = client.submit(f"Question {n}: how do I find housing?", [], "counsellor" if n % 2 else BASE,
-                                False, SYSTEM, 0, 0.9, 16, api_name="/chat")
-            first = None
-            for history, _ in job:
-                if first is None and history and message_text(history[-1]).strip():
-                    first = time.time()
-            answers[n] = message_text(job.result()[0][-1])
-            spans[n] = (started, first or time.time(), time.time())
-        except Exception as exc:  # reported below with the visitor's number
-            errors.append(f"visitor {n}: {exc!r}")
-
-    threads = [threading.Thread(target=visitor, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not errors and len(answers) == 8 and all(a.strip() for a in answers.values())
+    results = at_once(8, visitor, timeout=600)
+    answers, spans = {n: a for n, (a, _) in results.items()}, {n: s for n, (_, s) in results.items()}
+    assert len(answers) == 8 and all(a.strip() for a in answers.values())
     # no global lock in the app: all eight were in flight together
     assert max(start for start, _, _ in spans.values()) < min(end for _, _, end in spans.values())
 

@@ -9,12 +9,11 @@ vLLM's greedy answers are compared token for token with PEFT's on the unquantize
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 
 import pytest
-from conftest import launch_app, stop_app
+from conftest import at_once, launch_app, stop_app
 
 from bench import serve
 from space.display import is_note, message_text
@@ -108,24 +107,15 @@ def test_sixteen_visitors_at_once(vllm, vllm_app):
     from gradio_client import Client
 
     names = [BASE, *vllm.adapters]
-    spans, errors = {}, []
 
-    def visitor(n: int) -> None:
-        try:
-            started = time.time()
-            history, _ = chat(Client(vllm_app, verbose=False), f"Question {n}: how do I find housing?",
-                              names[n % len(names)])
-            assert message_text(history[-1]).strip() and not is_note(history[-1]), history
-            spans[n] = (started, time.time())
-        except Exception as exc:  # reported below with the visitor's number
-            errors.append(f"visitor {n}: {exc!r}")
+    def visitor(n: int) -> tuple[float, float]:
+        started = time.time()
+        history, _ = chat(Client(vllm_app, verbose=False), f"Question {n}: how do I find housing?",
+                          names[n % len(names)])
+        assert message_text(history[-1]).strip() and not is_note(history[-1]), history
+        return started, time.time()
 
-    threads = [threading.Thread(target=visitor, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=900)
-    assert not errors and len(spans) == 16, errors
+    spans = at_once(16, visitor, timeout=900)
     assert max(start for start, _ in spans.values()) < min(end for _, end in spans.values())  # all in flight
 
 

@@ -493,7 +493,11 @@ class KnowledgeBase:
         """Countries `text` is about: named (`find_countries`) or identified by a term only that country uses ("On an
         F-1 visa ..." is about the United States), in order of first mention, named ones first."""
         named = self._countries.find(text)
-        return named + [c for c in self._markers.find(text) if all(c is not n for n in named)]
+        return named + [c for c in self.find_marked(text) if all(c is not n for n in named)]
+
+    def find_marked(self, text: str) -> list[Country]:
+        """Destinations whose own terms (`markers`: F-1, CAS, OSHC) `text` uses, in order of first mention."""
+        return self._markers.find(text)
 
     def find_universities(self, text: str) -> list[University]:
         """Universities named in `text`, in order of first mention."""

@@ -168,10 +168,7 @@ class PremiseChecker:
 
     def __init__(self, kb):
         self.kb = kb
-        self._marker_country = {m: c for c in kb.countries for m in c.markers}
-        self._field_tests = {t.id: t for t in kb.tests if t.field}
         self._structures = {(d.country, d.field): d for d in kb.degree_structures}
-        self._universities = {u.id: u for u in kb.universities}
 
     # The question
 
@@ -200,7 +197,7 @@ class PremiseChecker:
                 continue
             if any(rule.in_sentence(s) for s in _sentences(text)):
                 found.append(Correction("rule", rule.id, rule.claim, rule.fact, rule.source, rule.as_of,
-                                        self._rule_subjects(rule, text)))
+                                        self._rule_subjects(rule)))
         for sentence in _sentences(text):
             found += self._documents(sentence)
             found += self._memberships(sentence)
@@ -237,7 +234,7 @@ class PremiseChecker:
             break
         return out
 
-    def _rule_subjects(self, rule, text: str) -> tuple[tuple[str, ...], ...]:
+    def _rule_subjects(self, rule) -> tuple[tuple[str, ...], ...]:
         """What an answer about the rule's claim names: one of the rule's keywords, and its country."""
         subjects: tuple[tuple[str, ...], ...] = (tuple(rule.keywords),)
         if rule.country:
@@ -248,7 +245,7 @@ class PremiseChecker:
         """A term only one destination uses (I-20, CAS, OSHC) asked about for another destination the sentence names
         (or a university there), while the term's own country goes unnamed."""
         kb = self.kb
-        markers = kb._markers.find(sentence)
+        markers = kb.find_marked(sentence)
         if not markers or _COMPARISON.search(sentence):
             return []
         named = kb.find_countries(sentence)
@@ -369,7 +366,7 @@ class PremiseChecker:
             s_spans = _spans(sentence, _names(s))
             host = kb.country(s.host_country) if s.host_country else None
             if s.university is not None:
-                own = self._universities[s.university]
+                own = kb.university(s.university)
                 others = [u for u in universities if u.id != own.id]
                 if others and all(u.id != own.id for u in universities):
                     u = others[0]
