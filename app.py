@@ -43,8 +43,8 @@ def build_app(registry, engine, store=None, cfg=None, grounding=None):
     from space.compare_tab import build_compare_tab
     from space.display import safe_text
     from space.labelling_tab import build_labelling_tab
-    from trainer.modeling import BASE
-    from trainer.space_settings import SpaceConfig
+    from trainer.inference.model import BASE
+    from trainer.hub.space_settings import SpaceConfig
 
     cfg = cfg or SpaceConfig()
     limits, defaults = cfg.limits, cfg.generation
@@ -89,7 +89,7 @@ def open_feedback_store(cfg):
     """The SQLite store, plus (with `feedback.hub_dataset`) a CommitScheduler pushing its JSONL copy."""
     from pathlib import Path
 
-    from trainer.feedback import FeedbackStore
+    from trainer.data.feedback import FeedbackStore
 
     settings = cfg.feedback
     store_path = Path(settings.store)
@@ -117,16 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args(argv)
 
-    from trainer.modeling import quiet_bitsandbytes_kernel_notice
+    from trainer.train.model import quiet_bitsandbytes_kernel_notice
 
     quiet_bitsandbytes_kernel_notice()  # before the engine brings in bitsandbytes
     from space.engine import build_engine
     from space.registry import AdapterRegistry
-    from trainer.space_settings import ConfigError, load_space_config
+    from trainer.typed_yaml import ConfigError
+    from trainer.hub.space_settings import load_space_config
     from space.grounding import Grounding
-    from trainer.demo_model import DemoModelError
-    from trainer.kb import KBError
-    from trainer.modeling import ModelError
+    from trainer.train.demo_model import DemoModelError
+    from trainer.kb.schema import KBError
+    from trainer.train.model import ModelError
 
     try:
         # Without a settings file at the default place, the defaults apply; a file named explicitly must exist.

@@ -1,7 +1,7 @@
 """Adapter decode speed in the `local` engine: eager against compiled decode, side by side in one process (issue 16).
 
 For each decode mode (`eager`: op by op; `compiled`: static KV cache, torch.compile'd decode step, adapters
-hot-swapped into one compiled LoRA slot, see `trainer.modeling.CompiledDecode`) the script loads the app's engine
+hot-swapped into one compiled LoRA slot, see `trainer.inference.decode.CompiledDecode`) the script loads the app's engine
 (`space.engine.InferenceEngine`) with the base and two LoRA adapters, then measures single-stream greedy generation:
 
 - the base alone, one adapter, and requests alternating between the two adapters (each one a switch);
@@ -86,7 +86,7 @@ def build_model(args) -> tuple[Path, str]:
         child_build({"model_dir": str(model_dir), "shape": shape, "conversations": 2, "target_tokens": 64,
                      "max_length": 256, "data": str(work / "unused.jsonl")})
         return model_dir, str(model_dir)
-    from trainer.demo_model import DEMO_MODEL_NAME, demo_model_path
+    from trainer.train.demo_model import DEMO_MODEL_NAME, demo_model_path
 
     return demo_model_path(), DEMO_MODEL_NAME
 
@@ -100,7 +100,7 @@ def measure_mode(mode: str, base: str, adapters: list[Path], args) -> dict:
 
     from space.engine import InferenceEngine, StreamStats
     from space.registry import AdapterRegistry, RegisteredAdapter
-    from trainer.modeling import BASE, GenerationSettings
+    from trainer.inference.model import BASE, GenerationSettings
 
     registry = AdapterRegistry([RegisteredAdapter(name, str(path), True, trained_base=base)
                                 for name, path in zip(("a", "b"), adapters)])

@@ -36,7 +36,7 @@ QUESTION = [
 def build_engine(runs_dir: Path, load_in_4bit: bool, extra_adapter: Path | None):
     from space.engine import InferenceEngine
     from space.registry import AdapterRegistry
-    from trainer.space_settings import load_space_config
+    from trainer.hub.space_settings import load_space_config
 
     overrides = [f"runs_dir={runs_dir}", f"load_in_4bit={str(load_in_4bit).lower()}"]
     if extra_adapter is not None:
@@ -65,8 +65,8 @@ def reload_seconds(runs_dir: Path) -> float:
     """Baseline for switching: load the 4-bit base and one adapter from disk, as a naive app would."""
     from peft import PeftModel
 
-    from trainer.config import QuantizationSettings
-    from trainer.modeling import load_base_model, resolve_base_model
+    from trainer.train.config import QuantizationSettings
+    from trainer.train.model import load_base_model, resolve_base_model
 
     start = time.perf_counter()
     base = load_base_model(resolve_base_model("smollm2-135m-instruct"), QuantizationSettings(), for_training=False)
@@ -78,7 +78,7 @@ def streaming_overhead(engine, adapter: str, new_tokens: int, repeats: int) -> d
     import torch
 
     from space.engine import StreamStats
-    from trainer.modeling import GenerationSettings
+    from trainer.inference.model import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
     ids = torch.tensor([engine.prompt_ids(QUESTION, adapter)])
@@ -105,7 +105,7 @@ def streaming_overhead(engine, adapter: str, new_tokens: int, repeats: int) -> d
 
 def latency(engine, adapter: str, new_tokens: int, repeats: int) -> dict:
     from space.engine import StreamStats
-    from trainer.modeling import GenerationSettings
+    from trainer.inference.model import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
     ttft, rate = [], []

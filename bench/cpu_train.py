@@ -4,7 +4,7 @@ Both sides train the same 4-bit demo model with the same LoRA, chat template, da
 optimizer steps; the loss is on assistant tokens for both. What differs is what each side does with the batch:
 
 - `trl`: SFTTrainer with TRL's defaults (pad each batch to its longest row, gradient checkpointing on);
-- `ours`: `trainer.train.run_stage` with the settings of configs/demo.yaml (plus `--set` overrides).
+- `ours`: `trainer.train.stage.run_stage` with the settings of configs/demo.yaml (plus `--set` overrides).
 
 Each side runs in its own process (peak RSS is per process) and reports real tokens per second: tokens of the
 conversations themselves, never pad tokens, over the training loop's wall time (model loading excluded).
@@ -70,9 +70,9 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
     """Train one side in this process and return its measurements."""
     import torch
 
-    from trainer.config import load_config
-    from trainer.modeling import load_tokenizer, resolve_base_model
-    from trainer.templates import select_training_template
+    from trainer.train.config import load_config
+    from trainer.train.model import load_tokenizer, resolve_base_model
+    from trainer.train.templates import select_training_template
 
     base = [
         f"max_length={max_length}", "name=bench-" + side, f"output_dir={workdir}",
@@ -93,7 +93,7 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
         torch.set_num_threads(cfg.torch_threads)
 
     if side == "ours":
-        from trainer.train import run_stage
+        from trainer.train.stage import run_stage
 
         stage_dir = run_stage(cfg, "stage1")
         metrics = json.loads((stage_dir / "metrics.json").read_text())
@@ -104,8 +104,8 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
         import datasets
         from trl import SFTConfig, SFTTrainer
 
-        from trainer.config import build_lora_config
-        from trainer.modeling import load_base_model
+        from trainer.train.config import build_lora_config
+        from trainer.train.model import load_base_model
 
         tokenizer.chat_template = template.text
         model = load_base_model(ref, cfg.quantization)

@@ -33,8 +33,8 @@ def answer_rate(stages, load_in_4bit: bool, questions, settings, batch_size: int
     """Questions per minute and tokens per second for each model, on one loaded PeftModel."""
     from dataclasses import replace
 
-    from trainer.eval.run import GREEDY, load_models
-    from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
+    from trainer.eval.models import GREEDY, load_models
+    from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT
 
     started = time.perf_counter()
     served, _ = load_models(stages, load_in_4bit)
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     from trainer.eval.rubric import load_questions, select_questions
     from dataclasses import replace
 
-    from trainer.eval.run import GREEDY, read_run
+    from trainer.eval.models import GREEDY, read_run
 
     stages = read_run(args.run)
     questions = select_questions(load_questions(REPO / "data" / "eval" / "questions.yaml"), args.questions)

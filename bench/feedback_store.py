@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer.feedback import SCHEMA, FeedbackRecord, FeedbackStore  # noqa: E402
+from trainer.data.feedback import SCHEMA, FeedbackRecord, FeedbackStore  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Which documents do I need for a student visa?"},
             {"role": "assistant", "content": "## Documents\n\n- Passport\n- Offer letter\n- Proof of funds\n" * 8}]

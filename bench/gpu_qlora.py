@@ -10,10 +10,10 @@ Sides, each in its own process (GPU peak memory is per process), on the same syn
 each, built from the sample's question/answer pairs, max length 2048), 8 conversations per optimizer step as in the
 paper:
 
-- `ours`: `trainer.train.run_stage` on configs/paper.yaml as shipped (8 conversations packed into one padding-free
+- `ours`: `trainer.train.stage.run_stage` on configs/paper.yaml as shipped (8 conversations packed into one padding-free
   pass, SDPA per conversation, gradient checkpointing, 8-bit AdamW, and `use_liger_kernel: auto`: TRL's Liger
   kernels on CUDA when `liger_kernel` imports) with the model, data and step count overridden; `--set` changes any
-  other setting (bench/run_gpu.sh --sweep compares layouts). The base loads through `trainer.modeling.load_base_model`.
+  other setting (bench/run_gpu.sh --sweep compares layouts). The base loads through `trainer.train.model.load_base_model`.
   After training, the same process measures generation through `space.engine.InferenceEngine`: the 4-bit base plus
   two adapters (the one just trained and a copy with halved weights), greedy, single stream: base alone, one adapter,
   and requests alternating between the two adapters (each switching).
@@ -259,8 +259,8 @@ def child_ours(spec: dict) -> dict:
     import torch
     import trl
 
-    import trainer.train as train_module
-    from trainer.config import load_config
+    import trainer.train.stage as train_module
+    from trainer.train.config import load_config
 
     cuda = torch.cuda.is_available()
     steps = spec["steps"] + spec["warmup_steps"]
@@ -320,7 +320,7 @@ def child_baseline(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.templates import select_training_template
+    from trainer.train.templates import select_training_template
 
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
@@ -373,7 +373,7 @@ def measure_generation(spec: dict, adapter_dir: Path) -> dict:
     from safetensors.torch import load_file, save_file
 
     from space.engine import InferenceEngine, StreamStats
-    from trainer.modeling import GenerationSettings
+    from trainer.inference.model import GenerationSettings
     from space.registry import AdapterRegistry, RegisteredAdapter
 
     # A second adapter with different weights: the trained one with its LoRA B matrices halved.

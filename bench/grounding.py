@@ -47,9 +47,9 @@ def main(argv=None) -> int:
 
     import yaml
 
-    from trainer.audit import Auditor
-    from trainer.kb_loader import load_kb
-    from trainer.retrieve import Retriever
+    from trainer.kb.audit import Auditor
+    from trainer.kb.loader import load_kb
+    from trainer.kb.retrieve import Retriever
 
     started = time.perf_counter()
     kb = load_kb(REPO / "data" / "kb")
@@ -86,9 +86,9 @@ def main(argv=None) -> int:
     if not args.no_engine:
         from space.engine import InferenceEngine, StreamStats
         from space.registry import AdapterRegistry
-        from trainer.modeling import GenerationSettings
-        from trainer.retrieve import grounded_messages
-        from trainer.space_settings import DEFAULT_SYSTEM_PROMPT, load_space_config
+        from trainer.inference.model import GenerationSettings
+        from trainer.kb.retrieve import grounded_messages
+        from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT, load_space_config
 
         cfg = load_space_config(None, [f"runs_dir={args.runs_dir}"])
         engine = InferenceEngine("smollm2-135m-instruct", AdapterRegistry.from_config(cfg, REPO)).load()

@@ -1,7 +1,7 @@
 """Loss parity: the same N optimizer steps on the same data, ours (the shipped path) against plain TRL.
 
 Each side trains in its own process as bench/gpu_qlora.py trains it, on the same random-weight model (Mistral-7B or
-`--tiny` shapes) and conversations: `ours` is `trainer.train.run_stage` on configs/paper.yaml with every speed
+`--tiny` shapes) and conversations: `ours` is `trainer.train.stage.run_stage` on configs/paper.yaml with every speed
 option it ships (8 conversations packed padding-free into one pass, per-conversation SDPA, gradient checkpointing,
 Liger's kernels on CUDA, the compact LM head on a CPU; `--set` adds more), `baseline` is plain TRL + PEFT with padded
 2 x 4 batches. What would make the curves differ by design, rather than by the execution path, is made equal:
@@ -158,7 +158,7 @@ def baseline_recipe(overrides: list[str]) -> tuple[dict, str]:
     with the same overrides bench/gpu_qlora.py applies to ours."""
     import torch
 
-    from trainer.config import effective_dtype, load_config
+    from trainer.train.config import effective_dtype, load_config
 
     cfg = load_config(REPO / "configs" / "paper.yaml", overrides)
     st = cfg.stage("stage1")

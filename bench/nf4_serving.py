@@ -32,9 +32,9 @@ def held_out_losses(run_dir: Path) -> dict:
     """Per stage: pooled held-out loss of its adapter on the NF4 and on the unquantized base, paired."""
     import gc
 
-    from trainer.eval.run import conversation_losses, load_models
+    from trainer.eval.models import conversation_losses, load_models
     from trainer.eval.stats import paired_bootstrap, pooled_loss
-    from trainer.rundir import finished_stages, read_stage
+    from trainer.train.rundir import finished_stages, read_stage
 
     stages = [read_stage(run_dir, s) for s in finished_stages(run_dir)]
     rows: dict[str, dict[bool, list[list[float]]]] = {s.name: {} for s in stages}
@@ -60,10 +60,10 @@ def rubric(run_dir: Path, limit: int, work: Path) -> dict:
     """The rubric answered in-process on the NF4 base and by vLLM on the full-precision base, paired per question."""
     from bench.serve import VLLMServer
     from trainer.__main__ import main as trainer
-    from trainer.cards import base_hub_id
-    from trainer.demo_model import demo_model_path, is_demo_model
+    from trainer.hub.cards import base_hub_id
+    from trainer.train.demo_model import demo_model_path, is_demo_model
     from trainer.eval.stats import paired_bootstrap
-    from trainer.rundir import finished_stages, read_stage
+    from trainer.train.rundir import finished_stages, read_stage
 
     stages = [read_stage(run_dir, s) for s in finished_stages(run_dir)]
     name = stages[-1].cfg.model.name

@@ -7,7 +7,7 @@ templates, and what the check recognises on it and on the rubric.
 The templates below were written from the relations alone (a document of one country asked about for another, a
 country or university placed in a set it is not in, a programme, an entry route or a test the country does not
 use, an award asked about for another destination, university, level or nationality), in wordings of their own,
-before the check was run on them. The rules (`data/kb/*.yaml` examples, `trainer/premise.py`) are never tuned on
+before the check was run on them. The rules (`data/kb/*.yaml` examples, `trainer/kb/premise.py`) are never tuned on
 this file: tests/test_premise.py keeps its questions out of the KB's examples and checks it is what this script
 writes, so an edit to make a number look better shows.
 
@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check_rows:
         return time_check(args.check_rows)
-    from trainer.kb_loader import load_kb
-    from trainer.premise import PremiseChecker
+    from trainer.kb.loader import load_kb
+    from trainer.kb.premise import PremiseChecker
 
     kb = load_kb()
     if args.write:

@@ -5,13 +5,13 @@ the first question, so every row is distinct (exact dedup keeps them all) but ea
 original: 200k rows is a ~2 GB JSONL file. Each measurement runs in its own process (peak RSS is per process), after
 the imports, and is repeated on the smaller sizes (the fastest run counts).
 
-- `ingest`: `trainer.data.prepare_stage_data` as a stage calls it before a model loads: read the JSONL, apply every
+- `ingest`: `trainer.data.conversations.prepare_stage_data` as a stage calls it before a model loads: read the JSONL, apply every
   row rule, exact dedup by content hash, seeded hash split (eval_fraction 0.1), file hashes for the lineage.
 - `length`: the remaining row rule, "too long after templating": render with the chat template and tokenize
   (`check_lengths`, demo model's tokenizer). It runs only where a tokenizer is loaded and costs per token, so it is
   reported separately and only on the smaller sizes.
-- `audit`: `trainer.audit.Auditor().audit(...)`: structure, length, language, placeholder, markdown, MinHash
-  near-duplicates; `audit+kb` adds the knowledge-base rules (`trainer.kb_loader.load_kb("data/kb")`) when that module
+- `audit`: `trainer.kb.audit.Auditor().audit(...)`: structure, length, language, placeholder, markdown, MinHash
+  near-duplicates; `audit+kb` adds the knowledge-base rules (`trainer.kb.loader.load_kb("data/kb")`) when that module
   and folder exist.
 - `audit-2676`: the audit on 2,676 conversations (the size of the full StudyAbroadGPT dataset), in two shapes:
   `suffix` (copies: every row a near-duplicate of one of 13) and `mixed` (each row recombines question/answer pairs
@@ -127,10 +127,8 @@ def first_touch_seconds_per_gb(gb: float = 1.5) -> float:
 
 
 def _load_kb():
-    try:
-        from trainer.kb_loader import load_kb
-    except ImportError:
-        return None, "trainer.kb_loader not available"
+    from trainer.kb.loader import load_kb
+
     kb_dir = REPO / "data" / "kb"
     if not kb_dir.exists():
         return None, "data/kb not found"
@@ -139,8 +137,8 @@ def _load_kb():
 
 def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: int = 0) -> dict:
     """One measurement in this process."""
-    from trainer.config import DatasetSettings
-    from trainer.data import load_conversations, prepare_stage_data
+    from trainer.train.config import DatasetSettings
+    from trainer.data.conversations import load_conversations, prepare_stage_data
 
     spec = DatasetSettings(path=str(path), eval_fraction=0.1)
     result: dict = {"task": task, "rows": n, "file_mb": round(path.stat().st_size / 2**20, 1)}
@@ -151,9 +149,9 @@ def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: in
         result.update(kept=report.kept, bad=report.bad, duplicates=report.duplicates, train=len(data.train),
                       eval=len(data.eval))
     elif task == "length":
-        from trainer.data import check_lengths
-        from trainer.modeling import load_tokenizer, resolve_base_model
-        from trainer.templates import select_training_template
+        from trainer.data.conversations import check_lengths
+        from trainer.train.model import load_tokenizer, resolve_base_model
+        from trainer.train.templates import select_training_template
 
         tokenizer = load_tokenizer(resolve_base_model("smollm2-135m-instruct"))
         template = select_training_template(tokenizer, "auto")
@@ -164,7 +162,8 @@ def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: in
     else:  # audit / audit-2676
         import dataclasses
 
-        from trainer.audit import Auditor, AuditSettings
+        from trainer.kb.audit import Auditor
+        from trainer.kb.audit_report import AuditSettings
 
         conversations = [list(c.messages) for c in load_conversations(spec)[0]]
         knowledge, why = _load_kb() if kb else (None, "not asked")

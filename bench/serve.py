@@ -105,7 +105,7 @@ def vllm_command(model_dir: Path | str, adapters: dict[str, Path | str], port: i
                  dtype: str = "float32", max_model_len: int = 2048, optimization: int | None = None) -> list[str]:
     """`scripts/vllm.sh serve` (as `trainer serve --start` runs it) for the base and its adapters. `optimization` 0
     skips torch.compile at start-up (minutes on 2 cores), for tests; None keeps vLLM's default (compiled)."""
-    from trainer.serving import ServedAdapter, local_vllm_command
+    from trainer.hub.serving import ServedAdapter, local_vllm_command
 
     served = [ServedAdapter(name, str(path), local=True) for name, path in adapters.items()]
     extra = ["--dtype", dtype, "--max-model-len", str(max_model_len)]

@@ -42,7 +42,7 @@ SYSTEM = "You are a careful study-abroad counsellor."
 
 def burst(engine, visitors: int, new_tokens: int, tokenizer) -> dict:
     """`visitors` threads each stream one question at once; what each saw, and the burst's totals."""
-    from trainer.modeling import BASE, GenerationSettings
+    from trainer.inference.model import BASE, GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0.0)
     barrier = threading.Barrier(visitors)
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from space.engine import InferenceEngine
     from space.registry import AdapterRegistry
     from space.remote_engine import OpenAIEngine
-    from trainer.demo_model import DEMO_MODEL_NAME, demo_model_path
-    from trainer.space_settings import load_space_config
+    from trainer.train.demo_model import DEMO_MODEL_NAME, demo_model_path
+    from trainer.hub.space_settings import load_space_config
 
     model_dir = demo_model_path()
     from transformers import AutoTokenizer

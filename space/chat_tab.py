@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 from space.display import (check_note, correction_note, is_note, message_text, safe_text, sources_note,
                            trim_history, unavailable_note)
-from trainer.modeling import BASE
-from trainer.modeling import GenerationSettings
-from trainer.space_settings import LimitSettings, SpaceConfig
+from trainer.inference.model import BASE
+from trainer.inference.model import GenerationSettings
+from trainer.hub.space_settings import LimitSettings, SpaceConfig
 
 
 def check_question(message: str, limits: LimitSettings) -> str:
@@ -70,7 +70,7 @@ def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter
     premise the KB corrects is shown under every answer (grounded or not, whatever it says) and opens a grounded
     prompt; an answer that does not carry its correction gets the warning too."""
     from space.engine import EngineUnavailable
-    from trainer.retrieve import grounded_messages
+    from trainer.kb.retrieve import grounded_messages
 
     corrections = grounding.premise(messages) if grounding is not None else []
     hits = grounding.search(messages[-1]["content"]) if (grounding is not None and ground) else None
@@ -145,7 +145,7 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
                         temperature, top_p, max_new_tokens, request_id, request: gr.Request):
         """Store one consented snapshot of the dialogue with its ratings; acknowledged once durable."""
         from space.privacy import redact, redact_many
-        from trainer.feedback import FeedbackError, FeedbackRecord
+        from trainer.data.feedback import FeedbackError, FeedbackRecord
 
         if not consented:
             raise gr.Error("Tick the consent box first: nothing is stored without it.")

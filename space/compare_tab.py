@@ -4,8 +4,8 @@ from typing import Any
 
 from space.chat_tab import answer_with_notes, check_adapter, check_question, decoding, ground_default, prompt_messages
 from space.display import safe_text
-from trainer.modeling import BASE
-from trainer.space_settings import SpaceConfig
+from trainer.inference.model import BASE
+from trainer.hub.space_settings import SpaceConfig
 
 
 def with_notes(text: str, notes) -> str:

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from trainer.feedback import PREMISE_RULES
+from trainer.data.feedback import PREMISE_RULES
 
 _JS_LINK = re.compile(r"\]\(\s*(?:javascript|vbscript|data):", re.IGNORECASE)
 
@@ -55,7 +55,7 @@ CORRECTION_TITLE = "Correction from the knowledge base"
 
 
 def correction_note(corrections: Sequence[Any]) -> dict[str, Any]:
-    """The KB's corrections of the question's false premises (`trainer.premise.Correction`) as a titled note under
+    """The KB's corrections of the question's false premises (`trainer.kb.premise.Correction`) as a titled note under
     the answer, whatever the answer says: each the claim, the fact, a link to its official source and its as-of
     date. KB text is escaped, so HTML in it stays inert."""
     lines = [f"- The question assumes “{safe_text(c.claim)}” The knowledge base says: {safe_text(c.fact)} "

@@ -3,7 +3,8 @@
 `Engine` is what the tabs use of an engine; `InferenceEngine` here is `engine: local`, and
 `space.remote_engine.OpenAIEngine` is `engine: openai` (an OpenAI-compatible server generates).
 
-`trainer.modeling.AdapterModel` loads the base once (4-bit NF4 by default, on GPU or CPU) with every adapter in one
+`trainer.inference.model.AdapterModel` loads the base once (4-bit NF4 by default, on GPU or CPU) with every adapter
+in one
 PeftModel, switches between them and streams answers rendered with each adapter's own chat template. The engine
 decides which registered adapters to serve (refusing one trained on another base, or unreadable), and serialises
 requests: a request switches adapters while holding the engine's lock for the whole generation, so two visitors can
@@ -19,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence
 
-from trainer.config import QuantizationSettings
-from trainer.demo_model import DEMO_MODEL_NAME, is_demo_model
-from trainer.modeling import (BASE, AdapterModel, AdapterSource, BaseModelRef, GenerationSettings, ModelError,
-                              load_adapter_model, resolve_base_model)
+from trainer.train.config import QuantizationSettings
+from trainer.train.demo_model import DEMO_MODEL_NAME, is_demo_model
+from trainer.inference.model import BASE, AdapterModel, AdapterSource, GenerationSettings, load_adapter_model
+from trainer.train.model import BaseModelRef, ModelError, resolve_base_model
 
 from space.registry import AdapterRegistry, RegisteredAdapter
 
@@ -115,7 +116,7 @@ class InferenceEngine:
     load_in_4bit: bool = True
     base_revision: str | None = None
     decode: str = "auto"
-    """`compiled`, `eager` or `auto` (compiled on a CUDA GPU): see `trainer.modeling.CompiledDecode`."""
+    """`compiled`, `eager` or `auto` (compiled on a CUDA GPU): see `trainer.inference.decode.CompiledDecode`."""
     cache_tokens: int = 2048
     """The compiled decode's static KV cache length (prompt plus answer)."""
     served: AdapterModel | None = field(default=None, init=False)

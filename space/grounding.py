@@ -1,7 +1,7 @@
 """The knowledge base at serving time: retrieval that grounds an answer (and becomes its numbered sources) and the
 live check of every finished answer against the KB, and the corrections a question's false premise calls for. All
 are the trainer's own code: `trainer.retrieve` (the same retrieval the eval and the generator use),
-`trainer.audit.Auditor.check_answer` (the same rules as `trainer audit`) and `trainer.premise`. Built once at
+`trainer.kb.audit.Auditor.check_answer` (the same rules as `trainer audit`) and `trainer.premise`. Built once at
 start-up; a broken KB stops the app there with one line naming file, entry and rule."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from trainer.modeling import BASE
-from trainer.space_settings import GroundingSettings
+from trainer.inference.model import BASE
+from trainer.hub.space_settings import GroundingSettings
 
 
 @dataclass
@@ -24,9 +24,9 @@ class Grounding:
     @classmethod
     def load(cls, settings: GroundingSettings, registry=()) -> "Grounding":
         """Load the KB (KBError when it is missing or broken), index it and set each adapter's default."""
-        from trainer.audit import Auditor
-        from trainer.kb_loader import load_kb, resolve_kb_folder
-        from trainer.retrieve import RetrievalSettings, Retriever
+        from trainer.kb.audit import Auditor
+        from trainer.kb.loader import load_kb, resolve_kb_folder
+        from trainer.kb.retrieve import RetrievalSettings, Retriever
 
         kb = load_kb(resolve_kb_folder(settings.kb))
         defaults = {a.name: a.ground for a in registry if getattr(a, "ground", None) is not None}
@@ -43,7 +43,7 @@ class Grounding:
         return self.retriever.search(question)
 
     def premise(self, messages: Sequence[dict[str, str]]) -> list[Any]:
-        """The false premises of the last question in `messages` that the KB corrects (`trainer.premise.Correction`),
+        """The false premises of the last question in `messages` that the KB corrects (`trainer.kb.premise.Correction`),
         found before and whatever the model answers; empty when `check_premises` is off."""
         if not self.settings.check_premises:
             return []
@@ -57,7 +57,7 @@ class Grounding:
             return []
         flags = self.auditor.check_answer([m for m in conversation if m.get("role") in ("user", "assistant")])
         if not self.settings.check_premises:
-            from trainer.premise import AFFIRMED, IGNORED
+            from trainer.kb.premise import AFFIRMED, IGNORED
 
             flags = [f for f in flags if f.rule not in (AFFIRMED, IGNORED)]
         return flags

@@ -10,8 +10,8 @@ checks again, so an API caller without access gets an error, not records.
 import os
 
 from space.display import format_when, kb_check_label, parse_day, reviewer_of, safe_text
-from trainer.modeling import BASE
-from trainer.space_settings import SpaceConfig
+from trainer.inference.model import BASE
+from trainer.hub.space_settings import SpaceConfig
 
 QUEUE_PAGE = 200  # dialogues listed at once in the labelling queue (filters narrow it)
 
@@ -80,7 +80,7 @@ def build_labelling_tab(demo, engine, store, cfg: SpaceConfig) -> None:
 
     def label_decide(record_id, decision, turn, corrected, topic, established, request: gr.Request):
         from space.privacy import redact
-        from trainer.feedback import FeedbackError
+        from trainer.data.feedback import FeedbackError
 
         reviewer = require_reviewer(request, established)
         edits = {}

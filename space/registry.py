@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.rundir import adapter_dirs, describe_adapter, trained_base
-from trainer.space_settings import AdapterEntry, ConfigError, SpaceConfig
+from trainer.train.rundir import adapter_dirs, describe_adapter, trained_base
+from trainer.hub.space_settings import AdapterEntry, SpaceConfig
+from trainer.typed_yaml import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class RegisteredAdapter:
         if not self.location:
             return None
         if self.is_local:
-            from trainer.data import file_sha256
+            from trainer.data.conversations import file_sha256
 
             return "sha256:" + file_sha256(Path(self.location) / "adapter_model.safetensors")
         return self.revision or "main"

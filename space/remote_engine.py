@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from trainer.modeling import BASE, GenerationSettings
-from trainer.space_settings import ConfigError, OpenAIEngineSettings, SpaceConfig
+from trainer.inference.model import BASE, GenerationSettings
+from trainer.typed_yaml import ConfigError
+from trainer.hub.space_settings import OpenAIEngineSettings, SpaceConfig
 
 from space.engine import EngineUnavailable, StreamStats
 from space.registry import AdapterRegistry

@@ -138,7 +138,7 @@ def mistral_tokenizer(tiny_mistral_dir):
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     """The embedded demo model, converted once into the local cache."""
-    from trainer.demo_model import demo_model_path
+    from trainer.train.demo_model import demo_model_path
 
     return demo_model_path()
 
@@ -158,8 +158,8 @@ def write_jsonl(path: Path, rows) -> Path:
 @pytest.fixture(scope="session")
 def short_demo_run(tmp_path_factory, demo_model_dir) -> Path:
     """Both demo stages trained briefly on the short test dialogues: a real run directory for app and push tests."""
-    from trainer.config import load_config
-    from trainer.train import run_pipeline
+    from trainer.train.config import load_config
+    from trainer.train.stage import run_pipeline
 
     root = tmp_path_factory.mktemp("short-demo")
     rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]

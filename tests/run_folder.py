@@ -1,6 +1,6 @@
 """Stage folders written from the real config and data code, without training, for tests of what reads a run.
 
-`write_stage` writes what `trainer.train.run_stage` writes about the data (resolved_config.yaml, split.json and the
+`write_stage` writes what `trainer.train.stage.run_stage` writes about the data (resolved_config.yaml, split.json and the
 lineage's `datasets` and `split`) from `prepare_stage_data`, the function training calls; the adapter files are
 placeholders, which the readers under test never load. `retarget_stage` points a trained stage at other data files
 the same way (for a push test of a stage with a separate eval file, which the shared demo run does not have).
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from conftest import DATA, REPO, write_jsonl
 
-from trainer.config import PipelineConfig, dump_config, load_config
-from trainer.data import prepare_stage_data
-from trainer.lineage import combined_sha256, write_json
+from trainer.train.config import PipelineConfig, dump_config, load_config
+from trainer.data.conversations import prepare_stage_data
+from trainer.train.lineage import combined_sha256, write_json
 
 
 def dialogues() -> list[dict]:

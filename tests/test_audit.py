@@ -10,8 +10,10 @@ import random
 import pytest
 
 from conftest import DATA, REPO
-from trainer.audit import FAIL, VERIFY, AuditSettings, Auditor
-from trainer.near_dup import near_duplicates, sketch
+from trainer.kb.claims import FAIL, VERIFY
+from trainer.kb.audit_report import AuditSettings
+from trainer.kb.audit import Auditor
+from trainer.data.near_dup import near_duplicates, sketch
 
 GOOD = ("### Your next steps\n\n- Check the official admissions page of each university for its requirements.\n"
         "- Prepare your transcripts and a statement of purpose well ahead of the deadline.\n"
@@ -20,7 +22,7 @@ GOOD = ("### Your next steps\n\n- Check the official admissions page of each uni
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb_loader import load_kb
+    from trainer.kb.loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 
@@ -119,7 +121,7 @@ def test_near_duplicates_match_a_brute_force_over_the_sketches():
 def test_forked_audit_equals_the_single_process_audit(kb, monkeypatch):
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    monkeypatch.setattr("trainer.audit.CHUNK_ROWS", 4)  # many chunks, claimed by three processes in turn
+    monkeypatch.setattr("trainer.kb.audit.CHUNK_ROWS", 4)  # many chunks, claimed by three processes in turn
     rows = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
     convs = [[{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
               for t in row["conversations"]] for row in rows] * 3
@@ -142,7 +144,7 @@ def test_kb_contradiction_medicare(kb):
 
 
 def _shipped_rules():
-    from trainer.kb_loader import load_kb
+    from trainer.kb.loader import load_kb
 
     return load_kb(REPO / "data" / "kb").rules
 
@@ -163,8 +165,8 @@ def test_every_kb_rule_fires_on_its_false_example_only(kb, rule):
 
 
 def test_lowercase_twins_find_what_the_case_insensitive_patterns_find(kb):
-    from trainer.audit import NEGATION, PLACEHOLDER
-    from trainer.caseless import CaselessPattern as _Twin, lowered as _lowered
+    from trainer.kb.audit import NEGATION, PLACEHOLDER
+    from trainer.kb.caseless import CaselessPattern as _Twin, lowered as _lowered
 
     patterns = [NEGATION, PLACEHOLDER] + [p for r in kb.rules for p in (*r.patterns, r.unless) if p is not None]
     sentences = [s for r in kb.rules for s in r.examples_false + r.examples_corrected]
@@ -187,12 +189,12 @@ def test_lowercase_twins_find_what_the_case_insensitive_patterns_find(kb):
 
 
 def test_joined_text_splits_like_the_text_itself(kb):
-    from trainer import kb as kb_module
+    from trainer.kb import names
 
     texts = ["I’m from Nigeria — can I study at MIT?", "", "Yes: see mit.edu/admissions (2026).", "ok"]
     joined = kb.joined(texts)
-    cached = kb_module._TOKEN_CACHE.pop(joined)
-    assert joined == " ".join(texts) and cached == kb_module._tokens(joined)
+    cached = names.TOKEN_CACHE.pop(joined)
+    assert joined == " ".join(texts) and cached == names.text_tokens(joined)
 
 
 def test_programme_not_offered_must_be_corrected(kb):
@@ -292,8 +294,8 @@ def test_only_figures_for_an_attribute_the_kb_knows_are_to_verify(kb):
                    "My startup in Canada made $1 million in revenue."):
         assert numbers_flagged(auditor, answer) == "", answer
     # the StudyAbroadGPT sample: test scores are flagged, its many percentages are not
-    from trainer.config import DatasetSettings
-    from trainer.data import load_conversations
+    from trainer.train.config import DatasetSettings
+    from trainer.data.conversations import load_conversations
 
     rows, _ = load_conversations(DatasetSettings(path=str(DATA / "studyabroadgpt_sample.jsonl"), eval_fraction=0))
     flagged = [r for r in auditor.audit([list(c.messages) for c in rows]).rows
@@ -442,7 +444,7 @@ def test_a_kb_folder_that_does_not_exist_is_an_error_naming_it(tmp_path, capsys)
 
 def test_the_default_kb_is_the_shipped_one_from_any_folder_and_the_report_names_it(tmp_path, capsys, monkeypatch):
     from trainer.__main__ import main
-    from trainer.kb_loader import SHIPPED_KB
+    from trainer.kb.loader import SHIPPED_KB
 
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "Do I need insurance in Australia?"},
@@ -530,7 +532,7 @@ def test_against_lists_rows_found_in_another_file_with_locations_on_both_sides(t
 # The judge beside the rules: where they disagree, per row
 
 def test_the_judge_is_asked_about_every_row_and_disagreements_are_listed(kb, tmp_path):
-    from trainer.audit import audit_file
+    from trainer.kb.audit import audit_file
 
     rows = [{"messages": conv(MEDICARE, question="Do I need insurance in Australia?")},  # a rule fires
             {"messages": conv(GOOD)},                                                     # no rule fires

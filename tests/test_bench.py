@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from trainer import data as data_module
+from trainer.data import conversations as data_module
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:

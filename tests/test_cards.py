@@ -1,4 +1,4 @@
-"""trainer/cards.py and the Space bundle: what push writes for the Space loads back through the app's own settings
+"""trainer/hub/cards.py and the Space bundle: what push writes for the Space loads back through the app's own settings
 loader and card class; the dataset cards count what every data file of a stage did."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from conftest import REPO
 from run_folder import data_files, write_stage
 
-from trainer.cards import dataset_card, feedback_card, model_card, size_category
-from trainer.push import PushContext, export_rows, space_settings, stage_space_folder
-from trainer.rundir import read_stage
-from trainer.space_settings import load_space_config
+from trainer.hub.cards import dataset_card, feedback_card, model_card, size_category
+from trainer.hub.push import PushContext, export_rows, space_settings, stage_space_folder
+from trainer.train.rundir import read_stage
+from trainer.hub.space_settings import load_space_config
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
     assert {k: v for k, v in data.items() if k not in ("models", "datasets")} == \
         {k: v for k, v in before.items() if k not in ("models", "datasets")}
     assert list(data) == list(before)  # the shipped key order is kept
-    for name in ("app.py", "requirements.txt", "trainer/push.py", "space/registry.py"):
+    for name in ("app.py", "requirements.txt", "trainer/hub/push.py", "space/registry.py"):
         assert (dest / name).is_file(), name
 
 

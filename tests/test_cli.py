@@ -103,7 +103,7 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
     it. (The Hub itself is stood in for: the socket probe answers, and the dataset rows come from the sample.)"""
     import socket
 
-    import trainer.data
+    import trainer.data.conversations
 
     sample = [json.loads(line) for line in (DATA / "studyabroadgpt_sample.jsonl").read_text().splitlines()]
     asked = []
@@ -116,7 +116,7 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: _Reachable())
-    monkeypatch.setattr(trainer.data, "read_hub", read_hub)
+    monkeypatch.setattr(trainer.data.conversations, "read_hub", read_hub)
     code = main(["validate", "--config", str(REPO / "configs" / "paper.yaml"),
                  "--set", f"model.name={tiny_mistral_dir}", "--set", "max_length=100000",
                  "--set", f"stages.stage2.dataset.path={DATA / 'short_dialogues.jsonl'}"])
@@ -136,11 +136,11 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
 def test_config_imports_no_module_of_the_tool_but_typed_yaml():
     import ast
 
-    tree = ast.parse((REPO / "trainer" / "config.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "trainer" / "train" / "config.py").read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert {m for m in imported if m and m.split(".")[0] == "trainer"} == {"trainer.typed_yaml"}
-    out = subprocess.run([sys.executable, "-c", "import trainer.config, trainer.data"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-c", "import trainer.train.config, trainer.data.conversations"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 

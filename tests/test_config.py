@@ -1,4 +1,4 @@
-"""trainer/config.py: every shipped YAML builds real TRL/PEFT/transformers configs; inheritance, overrides and
+"""trainer/train/config.py: every shipped YAML builds real TRL/PEFT/transformers configs; inheritance, overrides and
 the error messages a user sees for a wrong key, type or value."""
 
 from __future__ import annotations
@@ -10,15 +10,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from trainer.config import (
-    ConfigError,
-    build_lora_config,
-    build_quantization_config,
-    build_sft_config,
-    dump_config,
-    effective_dtype,
-    load_config,
-)
+from trainer.typed_yaml import ConfigError
+from trainer.train.config import (build_lora_config, build_quantization_config, build_sft_config, dump_config,
+                                  effective_dtype, load_config)
 from trainer.typed_yaml import parse_override
 
 SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -77,7 +71,7 @@ def test_shipped_configs_are_found():
 def test_bfloat16_runs_as_float32_where_the_cpu_has_no_native_bfloat16(monkeypatch, capsys, native):
     import torch
 
-    import trainer.config as config
+    import trainer.train.config as config
 
     monkeypatch.setattr(config, "native_bf16", lambda: native)
     monkeypatch.setattr(config, "_PRECISION_NOTICE", [])
@@ -168,7 +162,7 @@ def test_paper_config_holds_the_paper_recipe():
 def test_liger_kernel_setting_resolves_per_machine(tmp_path):
     import torch
 
-    from trainer.config import liger_kernel_wanted
+    from trainer.train.config import liger_kernel_wanted
 
     cuda = torch.cuda.is_available()
     if not cuda:  # this machine: auto is off, and true says what is missing
@@ -192,7 +186,7 @@ def test_compile_layers_is_typed_and_needs_a_compiler_on_a_cpu(tmp_path, monkeyp
 
     import torch
 
-    from trainer.config import compile_layers_ready
+    from trainer.train.config import compile_layers_ready
 
     cfg = load_config(write_config(tmp_path), ["training.compile_layers=true"])
     assert cfg.stage("stage1").compile_layers and cfg.stage("stage2").compile_layers
@@ -498,9 +492,9 @@ def _error(load, path) -> str:
 def test_all_four_loaders_name_an_unknown_key_the_same_way(tmp_path):
     from trainer.eval import EvalError
     from trainer.eval.rubric import load_questions
-    from trainer.kb import KBError
-    from trainer.kb_loader import load_kb
-    from trainer.space_settings import load_space_config
+    from trainer.kb.schema import KBError
+    from trainer.kb.loader import load_kb
+    from trainer.hub.space_settings import load_space_config
 
     pipeline = write_config(tmp_path, TWO_STAGES.replace("  alpha: 16\n", "  alpah: 16\n"))
     space = write_config(tmp_path, "adapters:\n  - name: demo\n    pth: runs/demo/stage2/adapter\n", "space.yaml")
@@ -530,8 +524,8 @@ def test_all_four_loaders_name_an_unknown_key_the_same_way(tmp_path):
 
 def test_all_four_loaders_name_a_wrong_type_and_a_missing_file_the_same_way(tmp_path):
     from trainer.eval.rubric import load_questions
-    from trainer.kb_loader import load_kb
-    from trainer.space_settings import load_space_config
+    from trainer.kb.loader import load_kb
+    from trainer.hub.space_settings import load_space_config
 
     pipeline = write_config(tmp_path, TWO_STAGES.replace("  r: 8\n", "  r: many\n"))
     space = write_config(tmp_path, "limits:\n  concurrency: many\n", "space.yaml")

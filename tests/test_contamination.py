@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.contamination import EvalItem, TrainingRow, find_contamination
+from trainer.data.contamination import EvalItem, TrainingRow, find_contamination
 
 
 def row(n: int, question: str, answer: str = "An answer long enough to be a real counselling answer.",

@@ -1,4 +1,4 @@
-"""trainer/data.py: every schema and file format becomes validated `messages`; each bad row is reported by file,
+"""trainer/data/conversations.py: every schema and file format becomes validated `messages`; each bad row is reported by file,
 line and rule; duplicates go; the train/eval split depends only on content and seed."""
 
 from __future__ import annotations
@@ -11,29 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import DATA, build_mistral_tokenizer, write_jsonl
 
-from trainer.config import DatasetSettings
-from trainer.data import (
-    RULE_EMPTY,
-    RULE_EMPTY_CONVERSATION,
-    RULE_ENCODING,
-    RULE_INVALID_JSON,
-    RULE_MISSING_FIELD,
-    RULE_NO_ASSISTANT,
-    RULE_NON_STRING,
-    RULE_NON_TEXT,
-    RULE_NOT_OBJECT,
-    RULE_ORDER,
-    RULE_ROLE,
-    RULE_SCHEMA,
-    RULE_TOO_LONG,
-    DataError,
-    check_turns,
-    load_conversations,
-    normalize_row,
-    prepare_stage_data,
-    resolve_source,
-    split_train_eval,
-)
+from trainer.train.config import DatasetSettings
+from trainer.data.conversations import (RULE_EMPTY, RULE_EMPTY_CONVERSATION, RULE_MISSING_FIELD, RULE_NO_ASSISTANT,
+                                        RULE_NON_STRING, RULE_NON_TEXT, RULE_ORDER, RULE_ROLE, RULE_SCHEMA,
+                                        RULE_TOO_LONG, check_turns, load_conversations, normalize_row,
+                                        prepare_stage_data, split_train_eval)
+from trainer.data.readers import RULE_ENCODING, RULE_INVALID_JSON, resolve_source
+from trainer.data.readers import RULE_NOT_OBJECT, DataError
 
 
 def user(text: str) -> dict[str, str]:

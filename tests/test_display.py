@@ -7,9 +7,9 @@ import pytest
 
 from space.display import (check_note, correction_note, format_when, is_note, kb_check_label, message_text,
                            parse_day, reviewer_of, safe_text, trim_history)
-from trainer.audit import Flag
-from trainer.premise import Correction
-from trainer.space_settings import FeedbackSettings
+from trainer.kb.claims import Flag
+from trainer.kb.premise import Correction
+from trainer.hub.space_settings import FeedbackSettings
 
 TOKEN = "display-test-token-51c2"
 

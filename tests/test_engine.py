@@ -11,8 +11,9 @@ import pytest
 
 from space.engine import InferenceEngine, StreamStats, same_base
 from space.registry import AdapterRegistry
-from trainer.modeling import BASE, GenerationSettings
-from trainer.space_settings import ConfigError, load_space_config
+from trainer.inference.model import BASE, GenerationSettings
+from trainer.typed_yaml import ConfigError
+from trainer.hub.space_settings import load_space_config
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
 QUESTION = [{"role": "user", "content": "How do I apply for a student visa?"}]
@@ -250,7 +251,7 @@ def test_compiled_decode_on_a_4bit_base_is_refused_on_a_cpu(tiny_mistral_dir, tm
     (up to 0.75) from the eager ones, so the setting is refused there with a message, not served differently."""
     import torch
 
-    from trainer.modeling import ModelError
+    from trainer.train.model import ModelError
 
     assert not torch.cuda.is_available()
     with pytest.raises(ModelError, match="decode: compiled with a 4-bit base needs a CUDA GPU"):
@@ -258,7 +259,8 @@ def test_compiled_decode_on_a_4bit_base_is_refused_on_a_cpu(tiny_mistral_dir, tm
 
 
 def test_decode_modes_are_checked_and_auto_is_eager_on_a_cpu(tiny_mistral_dir):
-    from trainer.modeling import AdapterModel, ModelError
+    from trainer.inference.model import AdapterModel
+    from trainer.train.model import ModelError
 
     class Model:
         def parameters(self):
@@ -279,7 +281,7 @@ def test_decode_modes_are_checked_and_auto_is_eager_on_a_cpu(tiny_mistral_dir):
 def test_a_compiled_decode_that_fails_at_start_up_falls_back_to_eager(tiny_mistral_dir, tmp_path, monkeypatch,
                                                                        capsys):
     """A machine that cannot compile (no compiler, a device torch.compile fails on) still gets a working app."""
-    from trainer.modeling import CompiledDecode
+    from trainer.inference.decode import CompiledDecode
 
     def cannot(self):
         raise RuntimeError("InductorError: no working C++ compiler found\nlong traceback")

@@ -19,7 +19,7 @@ from test_remote_engine import StubHandler, stub_server, url_of
 
 from trainer.__main__ import main
 from trainer.jobs import EvalJob, load_eval_job
-from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
+from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT
 from trainer.typed_yaml import ConfigError
 
 PROMPTS = [f"Question {i}: which documents do I need to study in Canada?" for i in range(8)]
@@ -164,7 +164,7 @@ def test_the_plan_asks_held_out_turns_with_a_rubric_and_only_on_request_with_a_p
 
 def test_the_rubric_grounded_through_the_engine_with_its_own_names_and_key(run_dir, stub, monkeypatch):
     from trainer.eval.run import plan_evaluation
-    from trainer.retrieve import RetrievalSettings, Retriever, grounded_messages
+    from trainer.kb.retrieve import RetrievalSettings, Retriever, grounded_messages
 
     monkeypatch.setenv("EVAL_ENGINE_TEST_KEY", "sk-engine-secret-000")
     settings = run_dir.parent / "engine.yaml"  # the same settings as a file: a new experiment is a YAML

@@ -270,7 +270,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 def test_the_plan_holds_each_stages_held_out_rows_and_names_the_ones_it_cannot_reread(tmp_path):
     from run_folder import data_files, write_stage
 
-    from trainer.data import content_hash
+    from trainer.data.conversations import content_hash
     from trainer.eval.run import plan_evaluation
 
     train, test = data_files(tmp_path / "data")
@@ -331,8 +331,8 @@ def run_copy(short_demo_run, tmp_path) -> Path:
 def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, transformers_serve, capsys, monkeypatch):
     from huggingface_hub import ModelCard
 
-    from trainer.data import file_sha256
-    from trainer.lineage import write_json
+    from trainer.data.conversations import file_sha256
+    from trainer.train.lineage import write_json
 
     url, model = transformers_serve
     monkeypatch.setenv("EVAL_TEST_JUDGE_KEY", "sk-test-secret-key-000")
@@ -435,8 +435,8 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
 def test_three_copied_rubric_questions_are_contaminated_and_excluded_and_grounding_is_measured(run_copy, capsys):
     from run_folder import retarget_stage
 
-    from trainer.config import DatasetSettings
-    from trainer.data import load_conversations
+    from trainer.train.config import DatasetSettings
+    from trainer.data.conversations import load_conversations
 
     questions = select_questions(load_questions(DEFAULT_QUESTIONS), 4)
     copied = questions[:3]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from trainer.feedback import FeedbackRecord, FeedbackStore
+from trainer.data.feedback import FeedbackRecord, FeedbackStore
 from trainer.__main__ import main
 
 SYSTEM = "You are a counsellor."
@@ -117,7 +117,7 @@ def test_dpo_pairs_are_in_trls_preference_format(store_with_reviews, tmp_path, t
     from trl import DPOConfig, DPOTrainer
     from trl.data_utils import apply_chat_template, is_conversational
 
-    from trainer.templates import select_training_template
+    from trainer.train.templates import select_training_template
 
     path, _ = store_with_reviews
     main(["export-feedback", "--store", str(path), "--out", str(tmp_path / "chatml")])

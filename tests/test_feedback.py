@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from trainer.feedback import FeedbackError, FeedbackRecord, FeedbackStore
+from trainer.data.feedback import FeedbackError, FeedbackRecord, FeedbackStore
 
 DIALOGUE = [{"role": "user", "content": "Do I need IELTS 7.0 for Edinburgh?"},
             {"role": "assistant", "content": "It depends on the programme; check its page."},
@@ -151,8 +151,8 @@ def test_filters_by_rating_adapter_and_date(tmp_path):
 
 
 def test_reviewers_filter_for_answers_that_left_a_false_premise_uncorrected(tmp_path):
-    from trainer.feedback import KB_CHECKS, PREMISE_RULES
-    from trainer.premise import AFFIRMED, IGNORED
+    from trainer.data.feedback import KB_CHECKS, PREMISE_RULES
+    from trainer.kb.premise import AFFIRMED, IGNORED
 
     assert PREMISE_RULES == (AFFIRMED, IGNORED)
     store = FeedbackStore(tmp_path / "fb.sqlite")

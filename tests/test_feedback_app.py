@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import chromium, launch_app, open_app, stop_app
 
-from trainer.feedback import FeedbackStore
+from trainer.data.feedback import FeedbackStore
 
 TOKEN = "local-reviewer-token-8c1f"
 SYSTEM = "You are a careful counsellor."

@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO, chromium, open_app
 
 from space.display import is_note, message_text
-from trainer.modeling import BASE
-from trainer.space_settings import DEFAULT_SYSTEM_PROMPT, SpaceConfig
+from trainer.inference.model import BASE
+from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT, SpaceConfig
 
 SYSTEM = "You are a careful study-abroad counsellor."
 MEDICARE = "Yes! As an international student in Australia, you will be covered by Medicare for doctor visits."
@@ -72,8 +72,8 @@ def served(tmp_path_factory, kb_with_html):
     from app import build_app
     from space.grounding import Grounding
     from space.registry import AdapterRegistry, RegisteredAdapter
-    from trainer.feedback import FeedbackStore
-    from trainer.space_settings import load_space_config
+    from trainer.data.feedback import FeedbackStore
+    from trainer.hub.space_settings import load_space_config
 
     root = tmp_path_factory.mktemp("grounded-app")
     cfg = load_space_config(None, [f"feedback.store={root / 'feedback.sqlite'}", f"grounding.kb={kb_with_html}",

@@ -15,8 +15,8 @@ from conftest import REPO
 
 
 from trainer.__main__ import main
-from trainer.data import file_sha256
-from trainer.hub import HubError, git_blob_sha1, with_retries
+from trainer.data.conversations import file_sha256
+from trainer.hub.api import HubError, git_blob_sha1, with_retries
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_dry_run_stages_complete_cards_for_each_adapter(run_copy, capsys):
 def test_dry_run_exports_the_exact_training_rows_with_dataset_cards(run_copy):
     from huggingface_hub import DatasetCard
 
-    from trainer.data import content_hash
+    from trainer.data.conversations import content_hash
 
     out = dry_run(run_copy)
     for stage, kind, license_ in (("stage1", "machine-generated", "apache-2.0"),
@@ -97,11 +97,11 @@ def test_dry_run_exports_the_exact_training_rows_with_dataset_cards(run_copy):
 def test_dry_run_space_points_at_the_pushed_adapters(run_copy):
     from huggingface_hub import SpaceCard
 
-    from trainer.space_settings import load_space_config
+    from trainer.hub.space_settings import load_space_config
 
     out = dry_run(run_copy)
     space = out / "spaces" / "acme" / "demo-space"
-    for name in ("app.py", "requirements.txt", "space/engine.py", "trainer/modeling.py",
+    for name in ("app.py", "requirements.txt", "space/engine.py", "trainer/train/model.py` and `trainer/inference/model.py",
                  "trainer/chat_templates/chatml.jinja", "README.md"):
         assert (space / name).is_file(), name
     settings = load_space_config(space / "space_config" / "space.yaml")  # what the app will read
@@ -167,7 +167,7 @@ def eval_path_run(run_copy, tmp_path) -> tuple[Path, Path, Path]:
 
 
 def test_a_stage_with_an_eval_file_exports_the_rows_of_both_files(eval_path_run):
-    from trainer.data import content_hash
+    from trainer.data.conversations import content_hash
 
     run_dir, train, test = eval_path_run
     out = dry_run(run_dir, "--stage", "stage1", "--no-space")
@@ -194,7 +194,7 @@ def test_a_changed_eval_file_fails_the_push_of_its_stage(eval_path_run, capsys):
 def test_offline_mode_reads_the_variable_as_huggingface_hub_does(monkeypatch, value, offline):
     from huggingface_hub.constants import _is_true
 
-    from trainer.hub import offline_mode
+    from trainer.hub.api import offline_mode
 
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     if value is None:

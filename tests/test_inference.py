@@ -1,4 +1,4 @@
-"""The one inference path (`trainer.modeling.AdapterModel`) as the eval and the app use it, on the tiny Mistral: the
+"""The one inference path (`trainer.inference.model.AdapterModel`) as the eval and the app use it, on the tiny Mistral: the
 same greedy answer for the same prompt and adapter whichever path asks, and the eval's two output files kept apart."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from test_engine import make_adapter
 
-from trainer.modeling import BASE, GenerationSettings
+from trainer.inference.model import BASE, GenerationSettings
 
 PROMPTS = [
     [{"role": "user", "content": "How do I apply for a student visa?"}],
@@ -26,9 +26,10 @@ def both_paths(request, tiny_mistral_dir, tmp_path_factory):
     """The app's engine and the eval's loader, each with the same two adapters on the same base."""
     from space.engine import InferenceEngine
     from space.registry import AdapterRegistry
-    from trainer.config import QuantizationSettings
-    from trainer.modeling import AdapterSource, load_adapter_model, resolve_base_model
-    from trainer.space_settings import load_space_config
+    from trainer.train.config import QuantizationSettings
+    from trainer.inference.model import AdapterSource, load_adapter_model
+    from trainer.train.model import resolve_base_model
+    from trainer.hub.space_settings import load_space_config
 
     root = tmp_path_factory.mktemp("paths")
     make_adapter(tiny_mistral_dir, root / "a", seed=1)
@@ -55,7 +56,7 @@ def test_greedy_answers_are_the_same_through_the_eval_and_the_engine(both_paths)
 
     In 4-bit the compute dtype is bf16: there left padding alone moves a logit by one bf16 step (~4e-3), enough to
     flip the near-tied tokens of a tiny random model, so the 4-bit eval batch holds one prompt, as the app's does."""
-    from trainer.eval.run import GREEDY
+    from trainer.eval.models import GREEDY
 
     engine, evaluated, quantized = both_paths
     settings = replace(GREEDY, max_new_tokens=16)
@@ -92,11 +93,11 @@ def test_batch_sizes_and_activation_order_do_not_change_the_answers(both_paths):
 def test_results_and_answers_are_written_from_separate_data(tmp_path):
     """results.json's model entries and answers.jsonl are built from separate data: writing either first leaves the
     other complete, and no private field reaches results.json."""
-    from trainer.audit import Flag
+    from trainer.kb.claims import Flag
     from trainer.eval.items import AnswerItem
     from trainer.eval.rubric import Question, QuestionScore
     from trainer.eval.run import _write_answers
-    from trainer.lineage import write_json
+    from trainer.train.lineage import write_json
 
     question = Question(id="q1", topic="visas", question="Which visa?", source="https://example.org",
                         false_premise=False, must_mention=(), must_not_claim=(), correction=(), kb=())

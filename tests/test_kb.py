@@ -9,8 +9,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from trainer.kb import KBError, KnowledgeBase
-from trainer.kb_loader import AS_OF, URL, load_kb
+from trainer.kb.schema import KBError
+from trainer.kb.knowledge_base import KnowledgeBase
+from trainer.kb.loader import AS_OF, URL, load_kb
 
 KB_DIR = REPO / "data" / "kb"
 

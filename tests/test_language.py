@@ -1,11 +1,11 @@
-"""The audit's language rule (trainer/language.py): script first, then lingua for Latin-script text, on the kinds of
+"""The audit's language rule (trainer/data/language.py): script first, then lingua for Latin-script text, on the kinds of
 answers public study-abroad datasets hold."""
 
 from __future__ import annotations
 
 import pytest
 
-from trainer.language import answer_language
+from trainer.data.language import answer_language
 
 TERSE_ENGLISH = [
     "Required documents for the visa:\n1) admission letter - original\n2) passport - valid 6 months beyond stay\n"
@@ -52,7 +52,7 @@ def test_other_languages_are_named(text, language):
 
 
 def test_the_audit_fails_only_the_answers_that_are_not_english():
-    from trainer.audit import Auditor
+    from trainer.kb.audit import Auditor
 
     def flags(answer):
         messages = [{"role": "user", "content": "Which documents do I need for the visa?"},

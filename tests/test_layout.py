@@ -81,21 +81,21 @@ def import_in_fresh_python(modules: list[str], watch: tuple[str, ...]) -> dict[s
 
 def test_importing_every_trainer_module_leaves_the_app_unloaded():
     modules = module_names("trainer")
-    assert {"trainer.config", "trainer.eval.run", "trainer.__main__"} <= set(modules)
+    assert {"trainer.train.config", "trainer.eval.run", "trainer.__main__"} <= set(modules)
     brought = import_in_fresh_python(modules, APP_PACKAGES)
     assert brought == {}, f"importing these trainer modules (or one they import) loaded the app: {brought}"
 
 
 def test_importing_any_module_loads_no_heavy_library():
     modules = module_names("trainer") + module_names("space") + ["app"]
-    assert {"space.engine", "space.chat_tab", "trainer.modeling"} <= set(modules)
+    assert {"space.engine", "space.chat_tab", "trainer.inference.model"} <= set(modules)
     brought = import_in_fresh_python(modules, HEAVY)
     assert brought == {}, f"heavy imports belong inside functions; at import time these loaded them: {brought}"
 
 
 def test_the_shipped_space_settings_load_through_the_real_loader(tmp_path):
-    from trainer.modeling import GenerationSettings
-    from trainer.space_settings import load_space_config, space_config_yaml
+    from trainer.inference.model import GenerationSettings
+    from trainer.hub.space_settings import load_space_config, space_config_yaml
 
     shipped = REPO / "space_config" / "space.yaml"
     cfg = load_space_config(shipped)
@@ -116,7 +116,7 @@ def test_the_shipped_space_settings_load_through_the_real_loader(tmp_path):
 
 
 def test_the_commented_adapter_example_in_the_shipped_settings_loads(tmp_path):
-    from trainer.space_settings import load_space_config
+    from trainer.hub.space_settings import load_space_config
 
     lines = (REPO / "space_config" / "space.yaml").read_text(encoding="utf-8").splitlines()
     start = lines.index("adapters: []") + 1
@@ -128,3 +128,93 @@ def test_the_commented_adapter_example_in_the_shipped_settings_loads(tmp_path):
     (entry,) = load_space_config(tmp_path / "space.yaml").adapters
     assert entry.name == "stage2" and entry.repo and entry.revision and entry.path is None
 
+
+
+PACKAGES = ("trainer", "space")
+MAX_MODULE_LINES = 600
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of the tool it imports, at the top, inside functions or for type checking alike:
+    `from trainer.kb import names` is an arrow to `trainer.kb.names`, `from trainer import REPO_ROOT` to `trainer`."""
+    modules = set(module_names("trainer") + module_names("space")) | {"app"}
+    graph: dict[str, set[str]] = {}
+    for name in sorted(modules):
+        path = REPO / (name.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = REPO / name.replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        arrows = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+                arrows |= subs or {node.module}
+            elif isinstance(node, ast.Import):
+                arrows |= {a.name for a in node.names} & modules
+        arrows |= {m for _, m in imported_names(tree) if m in modules and m not in arrows and
+                   not any(a.startswith(m + ".") for a in arrows)}
+        graph[name] = arrows - {name}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted: modules that import each other,
+    directly or through others."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_the_circle_finder_finds_direct_and_roundabout_circles():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d"}, "f": {"a"}}
+    assert sorted(import_circles(graph)) == [["a", "b", "c"], ["d", "e"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_modules_import_each_other():
+    graph = import_graph()
+    assert graph["trainer.kb.audit"] >= {"trainer.kb.claims", "trainer.kb.loader"}  # lazy imports count too
+    circles = import_circles(graph)
+    assert not circles, "modules that import each other, directly or through others:\n" + "\n".join(
+        " <-> ".join(c) for c in circles)
+
+
+def test_no_module_of_the_trainer_or_the_app_is_over_600_lines():
+    long = {str(p.relative_to(REPO)): n for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these by job (at most {MAX_MODULE_LINES} lines each): {long}"
+
+
+def test_the_trainer_folders_are_its_jobs():
+    folders = {p.name for p in (REPO / "trainer").iterdir() if (p / "__init__.py").is_file()}
+    assert folders == {"data", "kb", "train", "inference", "eval", "hub"}
+    loose = sorted(p.name for p in (REPO / "trainer").glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "jobs.py", "providers.py", "typed_yaml.py"]

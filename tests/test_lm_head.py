@@ -23,7 +23,7 @@ def test_compact_head_matches_trls_fused_head(tiny_mistral_dir, num_items):
     import torch
     from trl.trainer.utils import add_fused_lm_head
 
-    from trainer.lm_head import install_compact_lm_head
+    from trainer.train.lm_head import install_compact_lm_head
 
     reference = _model(tiny_mistral_dir)
     compact = copy.deepcopy(reference)
@@ -57,7 +57,7 @@ def test_plain_forward_and_generation_are_untouched(tiny_mistral_dir):
     import torch
     from trl.trainer.utils import add_fused_lm_head
 
-    from trainer.lm_head import install_compact_lm_head
+    from trainer.train.lm_head import install_compact_lm_head
 
     model = _model(tiny_mistral_dir)
     ids = torch.randint(10, 500, (1, 12))

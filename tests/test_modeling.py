@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import REPO
 
-from trainer.config import load_config
-from trainer.modeling import (ModelError, attach_adapter, check_adapter_matches, load_base_model,
-                              name_base_in_adapter, resolve_base_model)
+from trainer.train.config import load_config
+from trainer.train.model import (ModelError, attach_adapter, check_adapter_matches, load_base_model,
+                                 name_base_in_adapter, resolve_base_model)
 
 PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -100,7 +100,7 @@ def test_padding_free_attention_matches_separate_forward_passes(tiny_mistral_dir
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.attention import register_varlen_attention
+    from trainer.train.attention import register_varlen_attention
 
     torch.manual_seed(0)
     lengths = [7, 12, 5]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer.audit import Auditor
-from trainer.kb import KBError
-from trainer.kb_loader import SHIPPED_KB, load_kb
-from trainer.premise import PremiseChecker, answer_verdict
+from trainer.kb.audit import Auditor
+from trainer.kb.schema import KBError
+from trainer.kb.loader import SHIPPED_KB, load_kb
+from trainer.kb.premise import PremiseChecker, answer_verdict
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))

@@ -24,8 +24,9 @@ from space.display import is_note, message_text
 from space.engine import EngineUnavailable, StreamStats
 from space.registry import AdapterRegistry
 from space.remote_engine import OpenAIEngine
-from trainer.modeling import BASE, GenerationSettings
-from trainer.space_settings import ConfigError, load_space_config
+from trainer.inference.model import BASE, GenerationSettings
+from trainer.typed_yaml import ConfigError
+from trainer.hub.space_settings import load_space_config
 
 SYSTEM = "You are a careful study-abroad counsellor."
 KEY = "sk-test-0123456789abcdef"
@@ -218,7 +219,7 @@ def test_many_streams_at_once_share_no_lock(stub):
 
 
 def test_an_adapter_with_local_files_is_identified_by_their_hash_and_served_under_its_name(stub, tmp_path):
-    from trainer.data import file_sha256
+    from trainer.data.conversations import file_sha256
 
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -233,7 +234,7 @@ def test_the_app_shows_a_failure_as_a_note_and_answers_again_when_the_server_is_
     from gradio_client import Client
 
     from app import build_app
-    from trainer.feedback import FeedbackStore
+    from trainer.data.feedback import FeedbackStore
 
     monkeypatch.setenv("E16_SERVER_KEY", KEY)
     cfg = space_config(url_of(stub), f"feedback.store={tmp_path / 'feedback.sqlite'}", api_key_env="E16_SERVER_KEY")

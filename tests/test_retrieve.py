@@ -7,12 +7,12 @@ import pytest
 import yaml
 from conftest import REPO
 
-from trainer.retrieve import Retriever, grounded_messages, grounding_text, kb_passages, recall_at_k
+from trainer.kb.retrieve import Retriever, grounded_messages, grounding_text, kb_passages, recall_at_k
 
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb_loader import load_kb
+    from trainer.kb.loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 
@@ -115,7 +115,7 @@ def test_grounded_messages_add_numbered_sourced_facts_to_the_system_message(retr
 
 
 def test_a_false_premise_opens_the_grounded_system_message_before_the_facts(kb, retriever):
-    from trainer.premise import PremiseChecker
+    from trainer.kb.premise import PremiseChecker
 
     question = "Health insurance is optional for students in Germany, right?"
     corrections = PremiseChecker(kb).check(question)

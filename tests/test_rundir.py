@@ -1,4 +1,4 @@
-"""trainer/rundir.py: a stage's rows re-read from every data file its lineage names (hashes checked, split.json's
+"""trainer/train/rundir.py: a stage's rows re-read from every data file its lineage names (hashes checked, split.json's
 order), its template, log history and verdict, and the adapter facts the app's registry reads."""
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from run_folder import data_files, write_stage
 
-from trainer.data import content_hash, load_conversations
-from trainer.lineage import write_json
-from trainer.rundir import (RunError, adapter_dirs, describe_adapter, finished_stages, read_stage,
-                            trained_base)
+from trainer.data.conversations import content_hash, load_conversations
+from trainer.train.lineage import write_json
+from trainer.train.rundir import RunError, adapter_dirs, describe_adapter, finished_stages, read_stage, trained_base
 
 
 @pytest.fixture

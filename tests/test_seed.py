@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer.audit import MARKDOWN, FAIL, Auditor, AuditSettings, PLACEHOLDER
-from trainer.config import DatasetSettings
-from trainer.data import load_conversations, prepare_stage_data
+from trainer.kb.audit import MARKDOWN, Auditor, PLACEHOLDER
+from trainer.kb.audit_report import AuditSettings
+from trainer.kb.claims import FAIL
+from trainer.train.config import DatasetSettings
+from trainer.data.conversations import load_conversations, prepare_stage_data
 
 REPO = Path(__file__).parent.parent
 SEED = REPO / "data" / "seed"
@@ -102,7 +104,8 @@ def test_all_topics_in_stage1(stage1):
 
 
 def test_topics_match_the_generator(stage1):
-    synth = pytest.importorskip("trainer.synth")
+    from trainer.data import synth
+
     assert set(TOPICS) == set(synth.TOPICS)
     exemplars = synth.load_exemplars(STAGE1)
     assert len(exemplars) == len(stage1)
@@ -139,7 +142,8 @@ def test_trainer_ingests_without_a_bad_row(path):
 
 @pytest.fixture(scope="module")
 def kb():
-    kb_module = pytest.importorskip("trainer.kb_loader")
+    from trainer.kb import loader as kb_module
+
     if not KB.is_dir():
         pytest.skip("no knowledge base at data/kb")
     return kb_module.load_kb(KB)
@@ -158,7 +162,7 @@ def test_audit_against_the_kb(path, kb):
 
 def test_dialogues_fit_the_demo_budget(stage1, stage2):
     """Under ~1,200 tokens each with the demo model's chat template, so the demo trains on them on a CPU."""
-    from trainer.demo_model import DEMO_MODEL_NAME, cache_root
+    from trainer.train.demo_model import DEMO_MODEL_NAME, cache_root
 
     folder = cache_root() / "models" / DEMO_MODEL_NAME
     if not (folder / "tokenizer.json").is_file():

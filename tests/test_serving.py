@@ -1,4 +1,4 @@
-"""trainer/serving.py and `python -m trainer serve`: the vLLM and TGI commands for pushed adapters and for a run's
+"""trainer/hub/serving.py and `python -m trainer serve`: the vLLM and TGI commands for pushed adapters and for a run's
 adapter folders, and the app's settings that point at the server they start."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from run_folder import data_files, write_stage
 
 from trainer.__main__ import main
-from trainer.serving import ServedAdapter, engine_commands, hub_commands, vllm_args
-from trainer.space_settings import load_space_config
+from trainer.hub.serving import ServedAdapter, engine_commands, hub_commands, vllm_args
+from trainer.hub.space_settings import load_space_config
 
 
 def test_vllm_serves_each_adapter_under_its_name_with_a_rank_it_accepts():
@@ -63,7 +63,7 @@ def test_serve_prints_the_commands_for_the_run_folders_and_the_app_settings_that
 def test_serve_start_runs_vllm_through_the_script_on_the_local_base_with_each_adapter(run_dir, capsys, monkeypatch):
     import subprocess
 
-    from trainer.serving import VLLM_SCRIPT
+    from trainer.hub.serving import VLLM_SCRIPT
 
     started = []
     monkeypatch.setattr(subprocess, "run", lambda args, **kw: started.append(args) or subprocess.CompletedProcess(

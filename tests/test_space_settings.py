@@ -1,4 +1,4 @@
-"""The Space's settings (trainer/space_settings.py): the decoding defaults are the one GenerationSettings type,
+"""The Space's settings (trainer/hub/space_settings.py): the decoding defaults are the one GenerationSettings type,
 the answer-length bound is a limit, and every rule fails with one line naming the file and the key."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from space.chat_tab import decoding
-from trainer.modeling import GenerationSettings
-from trainer.space_settings import ConfigError, load_space_config, space_config_yaml
+from trainer.inference.model import GenerationSettings
+from trainer.typed_yaml import ConfigError
+from trainer.hub.space_settings import load_space_config, space_config_yaml
 
 
 def write(tmp_path, text: str):

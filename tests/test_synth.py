@@ -14,8 +14,8 @@ import pytest
 
 from conftest import REPO
 from trainer.providers import OpenAICompatibleProvider, ProviderError
-from trainer.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
-                           load_exemplars, read_done, system_prompt)
+from trainer.data.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
+                                load_exemplars, read_done, system_prompt)
 
 SEED = REPO / "data" / "seed" / "stage1_grounded.jsonl"
 
@@ -26,7 +26,7 @@ def short_answers(concurrency: int) -> SynthSettings:
 
 @pytest.fixture(scope="module")
 def kb():
-    from trainer.kb_loader import load_kb
+    from trainer.kb.loader import load_kb
 
     return load_kb(REPO / "data" / "kb")
 
@@ -258,7 +258,7 @@ def test_cached_turns_say_what_whole_prompts_say(local_provider):
     """Greedy decoding: a group continued on its KV cache answers token for token as re-sending every whole prompt
     does, with prompts of different lengths in one batch, an answer that ends early and a conversation that ends
     first, while computing only each turn's new tokens."""
-    from trainer.modeling import TurnCache
+    from trainer.inference.decode import TurnCache
 
     system = {"role": "system", "content": "You are a careful study-abroad counsellor. Answer briefly."}
     questions = {"a": ["Which documents do I need for a student visa to Germany?", "How long does it take?",
@@ -368,7 +368,7 @@ def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
     import datasets
 
     from trainer.providers import Usage
-    from trainer.synth import GenerationRun, finish
+    from trainer.data.synth import GenerationRun, finish
 
     rows = [{"plan_id": f"p{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
                                                {"role": "assistant", "content": "Too short."}],

@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import DATA
 
-from trainer.modeling import ModelError
-from trainer.templates import PROBE_CONVERSATIONS, select_training_template, verify_training_template
+from trainer.train.model import ModelError
+from trainer.train.templates import PROBE_CONVERSATIONS, select_training_template, verify_training_template
 
 
 def sample_conversations() -> list[list[dict[str, str]]]:

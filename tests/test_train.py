@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import DATA, REPO, write_jsonl
 
-from trainer.config import PipelineConfig, load_config
-from trainer.data import file_sha256
-from trainer.train import run_pipeline, run_stage
+from trainer.train.config import PipelineConfig, load_config
+from trainer.data.conversations import file_sha256
+from trainer.train.stage import run_pipeline, run_stage
 
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
@@ -59,8 +59,8 @@ class DemoRun:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, stage_files, demo_model_dir) -> DemoRun:
     """`python -m trainer train --config configs/demo.yaml` (both stages), counting what it reads."""
-    import trainer.data
-    import trainer.train
+    import trainer.data.conversations
+    import trainer.train.stage
     from trainer.__main__ import main
 
     out = tmp_path_factory.mktemp("runs")
@@ -69,7 +69,7 @@ def demo_run(tmp_path_factory, stage_files, demo_model_dir) -> DemoRun:
     before = file_sha256(weights)
     reads: Counter = Counter()
     tokenizer_loads = []
-    real_load_conversations, real_load_tokenizer = trainer.data.load_conversations, trainer.train.load_tokenizer
+    real_load_conversations, real_load_tokenizer = trainer.data.conversations.load_conversations, trainer.train.stage.load_tokenizer
 
     def load_conversations(spec, base_dir=None, path=None):
         reads[path or spec.path] += 1
@@ -80,8 +80,8 @@ def demo_run(tmp_path_factory, stage_files, demo_model_dir) -> DemoRun:
         return real_load_tokenizer(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer.data, "load_conversations", load_conversations)
-        patch.setattr(trainer.train, "load_tokenizer", load_tokenizer)
+        patch.setattr(trainer.data.conversations, "load_conversations", load_conversations)
+        patch.setattr(trainer.train.stage, "load_tokenizer", load_tokenizer)
         argv = ["train", "--config", str(DEMO_CONFIG), "--stage", "all"]
         assert main(argv + [arg for o in overrides for arg in ("--set", o)]) == 0
     return DemoRun(load_config(DEMO_CONFIG, overrides), before, file_sha256(weights), reads, len(tokenizer_loads))
@@ -159,7 +159,7 @@ def test_lineage_links_stage2_to_stage1_and_the_data(demo_run, stage_files):
 def test_adapter_carries_the_trained_template_and_names_its_base(demo_run, demo_tokenizer):
     from transformers import AutoTokenizer
 
-    from trainer.templates import select_training_template
+    from trainer.train.templates import select_training_template
 
     cfg = demo_run.cfg
     adapter = cfg.run_dir() / "stage2" / "adapter"
@@ -240,7 +240,7 @@ def test_paper_pipeline_runs_end_to_end_on_a_tiny_mistral(tiny_mistral_dir, stag
     s2 = read(cfg.run_dir() / "stage2" / "lineage.json")
     assert s2["chat_template"]["family"] == "mistral"
     assert s2["parent_adapter"]["stage"] == "stage1"
-    from trainer.config import effective_dtype
+    from trainer.train.config import effective_dtype
 
     # the dtype that ran: bfloat16 where it is native, float32 on a CPU that would only emulate it
     assert s2["quantization"] == {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True,
@@ -256,9 +256,9 @@ def test_paper_pipeline_runs_end_to_end_on_a_tiny_mistral(tiny_mistral_dir, stag
 # Training with grounding: the same retrieved KB passages the app serves with, in each row's system prompt
 
 def test_grounded_planning_adds_kb_passages_without_changing_the_split(tmp_path, stage_files, demo_model_dir):
-    from trainer.train import plan_pipeline
+    from trainer.train.stage import plan_pipeline
 
-    from trainer.data import DataError
+    from trainer.data.readers import DataError
 
     # the passages lengthen every row: at max_length 512 most grounded rows no longer fit, and they are rejected
     # (named, with their length), never cut
@@ -284,7 +284,7 @@ def test_grounded_planning_adds_kb_passages_without_changing_the_split(tmp_path,
 
 
 def test_grounding_settings_are_validated(tmp_path, stage_files):
-    from trainer.config import ConfigError
+    from trainer.typed_yaml import ConfigError
 
     with pytest.raises(ConfigError, match=r"stages.stage1.dataset.grounding: must be none or kb, got 'sometimes'"):
         demo_config(tmp_path, stage_files, "stages.stage1.dataset.grounding=sometimes")
@@ -300,7 +300,7 @@ def test_a_grounded_stage_trains_and_its_lineage_records_the_kb(tmp_path, stage_
     assert lineage["grounding"]["method"] == "kb" and lineage["grounding"]["kb_version"]["version"]
     split = json.loads((stage_dir / "split.json").read_text())
     written = {r["sha256"] for r in split["train"]}
-    from trainer.rundir import read_stage
+    from trainer.train.rundir import read_stage
 
     rows = read_stage(cfg.run_dir(), "stage1").train_rows()  # the data files' rows, unchanged, still found
     assert {c.content_hash for c in rows} == written

@@ -17,7 +17,7 @@ from conftest import at_once, launch_app, stop_app
 
 from bench import serve
 from space.display import is_note, message_text
-from trainer.modeling import BASE
+from trainer.inference.model import BASE
 
 pytestmark = pytest.mark.slow
 

@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
-    from trainer.train import run_pipeline
+    from trainer.train.config import load_config
+    from trainer.train.stage import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
     stage_dirs = run_pipeline(cfg, args.stage, resume=args.resume)
@@ -190,9 +190,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from trainer.config import load_config
-    from trainer.hub import offline_mode
-    from trainer.train import plan_pipeline
+    from trainer.train.config import load_config
+    from trainer.hub.api import offline_mode
+    from trainer.train.stage import plan_pipeline
 
     cfg = load_config(args.config, args.overrides)
     # The planner `train` runs, offline when the Hub is: what it cannot reach is listed, not pretended.
@@ -233,7 +233,7 @@ def hub_reachable() -> bool:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from trainer.push import run_push
+    from trainer.hub.push import run_push
 
     plans = run_push(args.run, namespace=args.namespace, stages=args.stage, private=args.private,
                      revision=args.revision, dry_run=args.dry_run, out_dir=args.out, force=args.force,
@@ -252,10 +252,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     vLLM itself (scripts/vllm.sh), on the local copy of the base where the run trained on one."""
     from pathlib import Path
 
-    from trainer.cards import base_hub_id
-    from trainer.demo_model import demo_model_path, is_demo_model
-    from trainer.rundir import finished_stages, read_stage
-    from trainer.serving import ServedAdapter, engine_commands, start_vllm
+    from trainer.hub.cards import base_hub_id
+    from trainer.train.demo_model import demo_model_path, is_demo_model
+    from trainer.train.rundir import finished_stages, read_stage
+    from trainer.hub.serving import ServedAdapter, engine_commands, start_vllm
 
     run_dir = Path(args.run)
     stages = [read_stage(run_dir, s) for s in (args.stage or finished_stages(run_dir))]
@@ -290,9 +290,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from trainer.kb_loader import load_kb
+    from trainer.kb.loader import load_kb
     from trainer.providers import OpenAICompatibleProvider
-    from trainer.synth import LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge, load_exemplars
+    from trainer.data.synth import (LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge,
+                                    load_exemplars)
 
     kb = load_kb(job.kb)
     exemplars = load_exemplars(job.exemplars) if job.exemplars else []
@@ -323,16 +324,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from trainer.audit import AuditSettings, audit_file
-    from trainer.kb import KBError
-    from trainer.kb_loader import SHIPPED_KB
+    from trainer.kb.audit_report import AuditSettings
+    from trainer.kb.audit import audit_file
+    from trainer.kb.schema import KBError
+    from trainer.kb.loader import SHIPPED_KB
 
     if args.kb is not None and not args.kb.strip():
         raise KBError("--kb '': no folder given; name the knowledge base folder, or use --no-kb to audit without it")
     judge = None
     if args.judge_base_url:
         from trainer.providers import OpenAICompatibleProvider
-        from trainer.synth import llm_judge
+        from trainer.data.synth import llm_judge
 
         provider = OpenAICompatibleProvider(args.judge_base_url, args.judge_model,
                                             os.environ.get(args.judge_api_key_env))
@@ -347,9 +349,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import json
 
-    from trainer.audit import Auditor
-    from trainer.kb_loader import SHIPPED_KB, load_kb, resolve_kb_folder
-    from trainer.premise import check_rows, check_summary, check_table, read_questions
+    from trainer.kb.audit import Auditor
+    from trainer.kb.loader import SHIPPED_KB, load_kb, resolve_kb_folder
+    from trainer.kb.premise import check_rows, check_summary, check_table, read_questions
 
     rows = read_questions(args.file)
     checked = check_rows(rows, Auditor(load_kb(resolve_kb_folder(args.kb) if args.kb else SHIPPED_KB)))
@@ -376,7 +378,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> int:
-    from trainer.export import export_feedback
+    from trainer.data.export import export_feedback
 
     export_feedback(args.store, args.out, system_prompt=not args.no_system_prompt)
     return 0
@@ -390,22 +392,22 @@ COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "ser
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code. User errors print one clear line, not a traceback."""
     args = build_parser().parse_args(argv)
-    from trainer.modeling import quiet_bitsandbytes_kernel_notice
+    from trainer.train.model import quiet_bitsandbytes_kernel_notice
 
     quiet_bitsandbytes_kernel_notice()  # before any command imports bitsandbytes (peft and trl do)
-    from trainer.audit import AuditError
-    from trainer.config import ConfigError
-    from trainer.data import DataError
-    from trainer.demo_model import DemoModelError
+    from trainer.kb.audit_report import AuditError
+    from trainer.typed_yaml import ConfigError
+    from trainer.data.readers import DataError
+    from trainer.train.demo_model import DemoModelError
     from trainer.eval import EvalError
-    from trainer.export import ExportError
-    from trainer.hub import HubError
-    from trainer.kb import KBError
-    from trainer.modeling import ModelError
-    from trainer.premise import CheckError
+    from trainer.data.export import ExportError
+    from trainer.hub.api import HubError
+    from trainer.kb.schema import KBError
+    from trainer.train.model import ModelError
+    from trainer.kb.premise import CheckError
     from trainer.providers import ProviderError
-    from trainer.rundir import RunError
-    from trainer.synth import GenerationError
+    from trainer.train.rundir import RunError
+    from trainer.data.synth import GenerationError
 
     try:
         return COMMANDS[args.command](args)

@@ -30,8 +30,8 @@ honest way, by default:
   with its own ungrounded answers, with retrieval recall@k on the rubric's questions.
 
 The base loads once (4-bit when the run trained in 4-bit); every adapter loads into the same model
-(`trainer.modeling.AdapterModel`) and is activated in turn. Output: `runs/<name>/eval/` with `report.md`,
-`results.json` (read by `trainer.push` for the gate and the model card), `answers.jsonl`, `metrics.png` and
+(`trainer.inference.model.AdapterModel`) and is activated in turn. Output: `runs/<name>/eval/` with `report.md`,
+`results.json` (read by `trainer.hub.push` for the gate and the model card), `answers.jsonl`, `metrics.png` and
 `loss_curves.png`; the verdict is also written into each stage's `lineage.json` under `evaluation`.
 
 Modules: `rubric` (questions and their scoring), `prompts` (outside prompt sets), `items` (what every model answers,

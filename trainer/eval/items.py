@@ -54,8 +54,8 @@ def check_contamination(items: Sequence[AnswerItem], held_out: Sequence[Any], st
                         threshold: float) -> dict[str, Any]:
     """Every judged item and held-out conversation found in any stage's training rows (re-read through the run's
     lineage, hashes checked), with the ids to exclude. A stage whose rows cannot be re-read is listed, not hidden."""
-    from trainer.contamination import EvalItem, TrainingRow, conversation_text, find_contamination
-    from trainer.rundir import RunError
+    from trainer.data.contamination import EvalItem, TrainingRow, conversation_text, find_contamination
+    from trainer.train.rundir import RunError
 
     training, problems = [], {}
     for stage in stages:

@@ -59,7 +59,7 @@ def _text(row: dict[str, Any], columns: tuple[str, ...]) -> tuple[str | None, An
 
 def load_prompt_set(path: str | Path) -> PromptSet:
     """Read a prompt file; raise EvalError naming the file when it cannot be read or holds no usable prompt."""
-    from trainer.readers import READERS, DataError, RowError
+    from trainer.data.readers import READERS, DataError, RowError
 
     path = Path(path)
     if not path.is_file():

@@ -1,5 +1,5 @@
 """The report: results.json as markdown, and the metric and loss charts (the verdict goes into each stage's lineage
-through `trainer.rundir.StageRun.record_evaluation`)."""
+through `trainer.train.rundir.StageRun.record_evaluation`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainer.modeling import BASE
+from trainer.inference.model import BASE
 from trainer.eval.rubric import MARKDOWN_RULE, PASS_THRESHOLD
 
 # Report

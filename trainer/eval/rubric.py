@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from trainer.config import TOPICS
+from trainer import REPO_ROOT
+from trainer.train.config import TOPICS
 from trainer.eval import EvalError
 from trainer.typed_yaml import check_keys, convert, item_where, read_yaml
 
-DEFAULT_QUESTIONS = Path(__file__).resolve().parents[2] / "data" / "eval" / "questions.yaml"
+DEFAULT_QUESTIONS = REPO_ROOT / "data" / "eval" / "questions.yaml"
 RUBRIC_TOPICS = tuple(t for t in TOPICS if t != "other")
 
 PASS_THRESHOLD = 0.5

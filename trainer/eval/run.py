@@ -8,170 +8,28 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from trainer.config import effective_dtype
+from trainer.train.config import effective_dtype
+from trainer.data.conversations import file_sha256
 from trainer.eval import EvalError
 from trainer.eval.gate import GATE_RULE, gate_decision
 from trainer.eval.items import AnswerItem, answer_items, check_contamination, keep_masks, measure
 from trainer.eval.judge import JudgeSettings, PairwiseJudge, judge_pairs
 from trainer.eval.metrics import Measures, judge_comparison, model_metrics, paired_metrics
+from trainer.eval.models import (GREEDY, conversation_losses, describe_generation, load_models, loss_reduction,
+                                 read_run, reference_prompts)
 from trainer.eval.prompts import PromptSet, is_prompt_file, load_prompt_set
 from trainer.eval.report import plot_loss_curves, plot_metrics, render_report
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, load_questions,
                                  select_questions)
 from trainer.eval.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, pooled_loss
 from trainer.jobs import EvalJob
-from trainer.modeling import BASE, AdapterModel, GenerationSettings
-from trainer.rundir import RunError, StageRun, finished_stages, read_stage
-from trainer.space_settings import DEFAULT_SYSTEM_PROMPT
+from trainer.inference.model import BASE, GenerationSettings
+from trainer.train.lineage import now_iso
+from trainer.train.rundir import RunError, StageRun
+from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT
 
-
-# The run
-
-def read_run(run_dir: Path) -> list[StageRun]:
-    """The run's finished stages, in pipeline order, each with the chat template saved with its adapter."""
-    if not run_dir.is_dir():
-        raise EvalError(f"{run_dir}: no such run directory")
-    try:
-        stages = [read_stage(run_dir, s) for s in finished_stages(run_dir)]
-        for stage in stages:
-            _ = stage.template  # read now, so a missing one fails before any weights load
-    except RunError as exc:
-        raise EvalError(str(exc).replace("no finished stage", "no adapters to evaluate")) from None
-    base = {s.cfg.model.name for s in stages}
-    if len(base) > 1:
-        raise EvalError(f"{run_dir}: stages were trained on different base models ({', '.join(sorted(base))}); "
-                        "evaluate them separately")
-    return stages
-
-
-def reference_prompts(conversations: Iterable) -> list[dict[str, Any]]:
-    """One prompt per assistant turn of each held-out conversation: the messages before it, and the answer.
-    Ordered first answers first (every conversation's first answer, then every second one ...), so a `--limit`
-    spreads over the conversations."""
-    out = []
-    for c, conv in enumerate(conversations):
-        messages = list(conv.messages)
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        for t, i in enumerate(turns):
-            out.append((t, c, {"id": f"{conv.content_hash[:12]}#{i}", "messages": messages[:i],
-                               "reference": messages[i]["content"]}))
-    return [item for _, _, item in sorted(out, key=lambda x: (x[0], x[1]))]
-
-
-def loss_reduction(stage: StageRun) -> dict[str, Any]:
-    """First vs last logged loss, train and eval: from the log history where it is kept, else metrics.json."""
-    m = stage.metrics
-    history = stage.log_history()
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if m.get("eval_loss_first") is not None and not any(s == 0 for s, _ in evals):
-        evals.insert(0, (0, m["eval_loss_first"]))  # the pre-training eval is logged before train() starts
-    if not train and m.get("train_loss_first") is not None:
-        train = [(1, m["train_loss_first"]), (m.get("optimizer_steps") or 1, m["train_loss_last"])]
-    if m.get("eval_loss_last") is not None and (not evals or evals[-1][1] != m["eval_loss_last"]):
-        evals.append((m.get("optimizer_steps") or 1, m["eval_loss_last"]))  # the final eval, after the checkpoint
-
-    def pct(first, last):
-        return round((first - last) / first * 100, 2) if first and last is not None else None
-
-    tf, tl = (train[0][1], train[-1][1]) if train else (None, None)
-    ef, el = (evals[0][1], evals[-1][1]) if evals else (None, None)
-    return {"train_loss_first": tf, "train_loss_last": tl, "train_loss_reduction_pct": pct(tf, tl),
-            "eval_loss_first": ef, "eval_loss_last": el, "eval_loss_reduction_pct": pct(ef, el),
-            "optimizer_steps": m.get("optimizer_steps"), "source": "trainer log history" if history else
-            "metrics.json", "train_curve": train, "eval_curve": evals}
-
-
-# Models
-
-GREEDY = GenerationSettings(temperature=0)
-"""The eval's decoding: greedy, so answers are reproducible (the repetition penalty is the app's, since small models
-loop under plain greedy decoding)."""
-
-
-def describe_generation(generation: GenerationSettings, batch_size: int, seed: int, engine=None) -> dict[str, Any]:
-    """How the answers were generated, as results.json records it."""
-    if engine is not None:
-        return {"decoding": "greedy (temperature 0)", "max_new_tokens": generation.max_new_tokens,
-                "repetition_penalty": generation.repetition_penalty if engine.send_repetition_penalty
-                else "the server's default", "engine": "openai", "concurrency": engine.concurrency, "seed": seed}
-    decoding = "greedy (do_sample=False)" if generation.temperature <= 0 else \
-        f"sampling (temperature={generation.temperature}, top_p={generation.top_p})"
-    return {"decoding": decoding, "max_new_tokens": generation.max_new_tokens,
-            "repetition_penalty": generation.repetition_penalty, "batch_size": batch_size, "padding": "left",
-            "seed": seed, "engine": "local"}
-
-
-def conversation_losses(model, tokenizer, template: str, conversations: Sequence, batch_size: int = 2
-                        ) -> list[list[float]]:
-    """[nll_sum, tokens] per conversation over its assistant tokens (as trained: TRL's assistant-only loss),
-    rendered with `template`. Logits are computed only at the scored positions."""
-    import torch
-    import torch.nn.functional as F
-
-    encoded = []
-    for conv in conversations:
-        enc = tokenizer.apply_chat_template(list(conv.messages), chat_template=template, tokenize=True,
-                                            return_dict=True, return_assistant_tokens_mask=True)
-        encoded.append((list(enc["input_ids"]), list(enc["assistant_masks"])))
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out: list[list[float]] = [[0.0, 0.0] for _ in encoded]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-    for start in range(0, len(order), max(1, batch_size)):
-        chunk = order[start:start + batch_size]
-        width = max(len(encoded[i][0]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        targets = []
-        for row, i in enumerate(chunk):
-            tokens, mask = encoded[i]
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            attention[row, :len(tokens)] = 1
-            targets.append([t for t in range(1, len(tokens)) if mask[t]])
-        keep = sorted({t - 1 for ts in targets for t in ts})
-        if not keep:
-            continue
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device),
-                           logits_to_keep=torch.tensor(keep, device=device)).logits
-        column = {p: c for c, p in enumerate(keep)}
-        for row, i in enumerate(chunk):
-            if not targets[row]:
-                continue
-            cols = torch.tensor([column[t - 1] for t in targets[row]], device=logits.device)
-            gold = ids[row, targets[row]].to(logits.device)
-            nll = F.cross_entropy(logits[row, cols].float(), gold, reduction="sum")
-            out[i] = [float(nll), float(len(targets[row]))]
-    return out
-
-
-def load_models(stages: Sequence[StageRun], load_in_4bit: bool | None) -> tuple[AdapterModel, Any]:
-    """The base once (4-bit as the run trained, unless overridden) and every stage's adapter, with the template it
-    was trained with, in one model. Returns it and the quantization used."""
-    import dataclasses
-
-    from trainer.modeling import (AdapterSource, ModelError, load_adapter_model, read_adapter_config,
-                                  resolve_base_model)
-
-    cfg = stages[-1].cfg
-    quant = cfg.quantization if load_in_4bit is None else dataclasses.replace(cfg.quantization,
-                                                                               load_in_4bit=load_in_4bit)
-    for stage in stages:
-        trained_on = read_adapter_config(stage.adapter_dir).get("base_model_name_or_path")
-        if trained_on and trained_on != cfg.model.name:
-            raise ModelError(f"{stage.adapter_dir}: trained on {trained_on!r}, but the run's base is "
-                             f"{cfg.model.name!r}")
-    served = load_adapter_model(resolve_base_model(cfg.model.name, cfg.model.revision), quant,
-                                [AdapterSource(s.name, str(s.adapter_dir), template=s.template) for s in stages],
-                                attn_implementation=cfg.model.attn_implementation,
-                                trust_remote_code=cfg.model.trust_remote_code)
-    return served, quant
-
-
-# The whole evaluation
 
 @dataclass
 class EvalPlan:
@@ -223,7 +81,7 @@ def plan_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation
     EvalError (or KBError) for anything a user can fix, before any weights load."""
     from dataclasses import replace
 
-    from trainer.kb_loader import load_kb, resolve_kb_folder
+    from trainer.kb.loader import load_kb, resolve_kb_folder
 
     generation = generation or replace(GREEDY, max_new_tokens=job.max_new_tokens)
     if generation.max_new_tokens < 1 or job.batch_size < 1:
@@ -320,7 +178,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
     import torch
     from transformers import set_seed
 
-    from trainer.audit import Auditor
+    from trainer.kb.audit import Auditor
 
     job, stages, items, held_out, out = plan.job, plan.stages, plan.items, plan.held_out, plan.out
     cfg, seed, names = stages[-1].cfg, job.seed, [BASE] + [s.name for s in stages]
@@ -338,7 +196,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
 
     retriever, grounded_prompts = None, None
     if job.grounded:
-        from trainer.retrieve import RetrievalSettings, Retriever, grounded_messages
+        from trainer.kb.retrieve import RetrievalSettings, Retriever, grounded_messages
 
         retriever = Retriever(plan.kb, RetrievalSettings(k=job.retrieval_k))
         grounded_prompts = [grounded_messages(item.messages, retriever.search(item.text)) if item.judged else None
@@ -430,7 +288,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
                 measures[name], keep, keep_conversations, seed=seed)
     grounded_results = None
     if grounded_prompts is not None:
-        from trainer.retrieve import recall_at_k
+        from trainer.kb.retrieve import recall_at_k
 
         grounded_results = {"settings": retriever.settings.describe(), "kb_version": plan.kb.version,
                             "index_seconds": round(retriever.build_seconds, 4), "models": {},
@@ -488,7 +346,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
             gates[stage.name]["summary"] += "; an outside prompt set has no rubric: --judge-base-url gives it a verdict"
 
     # The lineage and the files
-    created = _now()
+    created = now_iso()
     results_path = out / "results.json"
     n_prompts = sum(i.kind == "prompt" for i in items)
     results = {
@@ -526,7 +384,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
             "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
             "gate": {"margin": job.margin, "rule": GATE_RULE.format(margin=job.margin)},
             "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE,
-            "questions_file": str(plan.questions_path), "questions_sha256": _file_sha256(plan.questions_path),
+            "questions_file": str(plan.questions_path), "questions_sha256": file_sha256(plan.questions_path),
             "questions_kind": "prompts" if plan.prompt_set is not None else "rubric",
             "questions_in_file": plan.questions_in_file, "limit": job.limit,
             "skipped_prompt_rows": plan.prompt_set.skipped if plan.prompt_set else [],
@@ -547,7 +405,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
     results["wall_seconds"] = round(time.time() - started, 2)
     _write_answers(out / "answers.jsonl", items, texts, new_tokens, scores, flags, keep,
                    grounded_texts, grounded_results)
-    from trainer.lineage import write_json
+    from trainer.train.lineage import write_json
 
     write_json(results_path, results)
     plot_metrics(results, out / "metrics.png")
@@ -592,15 +450,3 @@ def _write_answers(path: Path, items: Sequence[AnswerItem], texts: dict[str, lis
                 for i, text in enumerate(grounded_texts[name]):
                     if text is not None:
                         fh.write(record(name, i, text, g["_scores"][i], g["_flags"][i], grounded=True))
-
-
-def _file_sha256(path: Path) -> str:
-    from trainer.data import file_sha256
-
-    return file_sha256(path)
-
-
-def _now() -> str:
-    from trainer.lineage import now_iso
-
-    return now_iso()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from trainer import REPO_ROOT
+
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """vLLM accepts only these as `--max-lora-rank`; a run's rank is rounded up to the next one."""
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:latest"
@@ -75,7 +77,7 @@ def _host_path(source: str) -> str:
     return source if Path(source).is_absolute() else f"$PWD/{source}"
 
 
-VLLM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "vllm.sh"
+VLLM_SCRIPT = REPO_ROOT / "scripts" / "vllm.sh"
 """Sets up vLLM (the CPU build) in its own virtualenv and starts its OpenAI-compatible server."""
 
 

@@ -6,7 +6,7 @@ memory, not counselling. Two tests, as the audit's near-duplicate check does the
 - **exact**: the same text after lowercasing and collapsing whitespace (a question against every user message of
   the training rows; a held-out conversation against every training conversation);
 - **near**: estimated Jaccard similarity of byte 8-gram MinHash sketches at or above the threshold (the audit's
-  `trainer.near_dup.near_copies`, default 0.8).
+  `trainer.data.near_dup.near_copies`, default 0.8).
 
 `find_contamination(items, training)` returns every match with where it was found (file:line and stage), so the eval
 can list them and report every metric with them excluded, and `trainer audit FILE --against OTHER` can check any
@@ -75,7 +75,7 @@ def find_contamination(items: Sequence[EvalItem], training: Sequence[TrainingRow
                        threshold: float = DEFAULT_THRESHOLD) -> list[Match]:
     """Every eval item found in the training rows, exactly or nearly (one match per item: exact first, else the
     most similar), in item order."""
-    from trainer.near_dup import near_copies
+    from trainer.data.near_dup import near_copies
 
     messages = [(row, m["content"]) for row in training for m in row.messages if m["role"] == "user"]
     conversations = [(row, conversation_text(row.messages)) for row in training]
@@ -108,8 +108,8 @@ nothing about overlap."""
 def rows_also_in(conversations: Sequence[Any], other: str | Path) -> dict[str, Any]:
     """The rows of `conversations` (ingested `Conversation`s) whose whole conversation or a user message also occurs,
     exactly or nearly, in the file `other` (any file ingestion reads): `trainer audit FILE --against OTHER`."""
-    from trainer.config import DatasetSettings
-    from trainer.data import load_conversations
+    from trainer.train.config import DatasetSettings
+    from trainer.data.conversations import load_conversations
 
     theirs, _ = load_conversations(DatasetSettings(path=str(other), max_bad_fraction=1.0, eval_fraction=0))
     training = [TrainingRow(c.location, str(other), c.messages) for c in theirs]

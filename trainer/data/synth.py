@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainer.config import TOPICS as _ALL_TOPICS
-from trainer.modeling import BASE, GenerationSettings, TurnCache
+from trainer.train.config import TOPICS as _ALL_TOPICS
+from trainer.inference.model import BASE, GenerationSettings
+from trainer.inference.decode import TurnCache
 from trainer.providers import Usage
 
 TOPICS = tuple(t for t in _ALL_TOPICS if t != "other")
@@ -326,8 +327,9 @@ class LocalProvider:
     def __init__(self, model: str = "smollm2-135m-instruct", threads: int | None = None, revision: str | None = None):
         import torch
 
-        from trainer.config import QuantizationSettings
-        from trainer.modeling import load_adapter_model, resolve_base_model
+        from trainer.train.config import QuantizationSettings
+        from trainer.inference.model import load_adapter_model
+        from trainer.train.model import resolve_base_model
 
         self.model_name = model
         # Unquantized, as the local generator has always run: fp32 on a CPU (bf16 on a GPU, where it now goes).
@@ -501,8 +503,9 @@ def finish(run: GenerationRun, kb, out: Path, *, eval_fraction: float = 0.1, see
     """Audit every row, split train / eval / audit, save a DatasetDict and JSONL, write the card."""
     import datasets
 
-    from trainer.audit import AuditSettings, Auditor, split_by_audit
-    from trainer.data import Conversation, split_train_eval
+    from trainer.kb.audit_report import AuditSettings
+    from trainer.kb.audit import Auditor, split_by_audit
+    from trainer.data.conversations import Conversation, split_train_eval
 
     report = Auditor(kb, AuditSettings(min_messages=4, max_messages=12, unknown_scholarship="fail"), judge) \
         .audit([r["messages"] for r in run.rows])
@@ -538,7 +541,7 @@ def finish(run: GenerationRun, kb, out: Path, *, eval_fraction: float = 0.1, see
                "usage": asdict(run.usage), "cost_estimate": round(cost, 4), "seconds": round(run.seconds, 1),
                "resumed_rows": run.skipped, "interrupted": run.interrupted}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    from trainer.cards import synthetic_card
+    from trainer.hub.cards import synthetic_card
 
     synthetic_card(summary, asdict(settings)).save(out / "README.md")
     return summary

@@ -23,15 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from trainer.config import (ConfigError, PipelineConfig, build_lora_config, build_quantization_config,
-                            build_sft_config, dump_config, effective_dtype)
-from trainer.data import DataError, StageData, prepare_stage_data, resolve_source, to_dataset
-from trainer.lm_head import install_compact_lm_head
-from trainer.lineage import (combined_sha256, git_state, library_versions, now_iso, weights_sha256,
-                             write_json)
-from trainer.modeling import (BaseModelRef, ModelError, attach_adapter, load_base_model, load_tokenizer,
-                              name_base_in_adapter, resolve_base_model)
-from trainer.templates import TrainingTemplate, select_training_template, verify_training_template
+from trainer import REPO_ROOT
+from trainer.train.config import (PipelineConfig, build_lora_config, build_quantization_config, build_sft_config,
+                                  dump_config, effective_dtype)
+from trainer.data.readers import DataError
+from trainer.data.conversations import StageData, prepare_stage_data, to_dataset
+from trainer.data.readers import resolve_source
+from trainer.train.lm_head import install_compact_lm_head
+from trainer.train.lineage import combined_sha256, git_state, library_versions, now_iso, weights_sha256, write_json
+from trainer.train.model import (BaseModelRef, ModelError, attach_adapter, load_base_model, load_tokenizer,
+                                 name_base_in_adapter, resolve_base_model)
+from trainer.train.templates import TrainingTemplate, select_training_template, verify_training_template
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TEMPLATE_CHECK_ROWS = 64
@@ -175,9 +177,9 @@ def ground_stage_data(data: StageData, dataset, tokenizer, template: TrainingTem
     """The stage's rows with the KB passages retrieved for each conversation (its user turns) added to its system
     prompt, as the app and `eval --grounded` add them. The split stays that of the rows as written (content hashes
     of the data files); a row that grows past `max_length` is rejected like any too-long row, never cut."""
-    from trainer.data import Conversation, check_lengths, enforce_bad_share
-    from trainer.kb_loader import load_kb, resolve_kb_folder
-    from trainer.retrieve import RetrievalSettings, Retriever, conversation_query, grounded_messages
+    from trainer.data.conversations import Conversation, check_lengths, enforce_bad_share
+    from trainer.kb.loader import load_kb, resolve_kb_folder
+    from trainer.kb.retrieve import RetrievalSettings, Retriever, conversation_query, grounded_messages
 
     kb_path = resolve_kb_folder(dataset.kb)
     retriever = Retriever(load_kb(kb_path), RetrievalSettings(k=dataset.grounding_k))
@@ -260,7 +262,7 @@ def _base_model_record(ref: BaseModelRef, model) -> dict[str, Any]:
 
 
 def _adapter_record(adapter_dir: Path, stage: str | None) -> dict[str, Any]:
-    from trainer.data import file_sha256
+    from trainer.data.conversations import file_sha256
 
     record: dict[str, Any] = {"path": str(adapter_dir), "stage": stage,
                               "adapter_sha256": file_sha256(adapter_dir / ADAPTER_WEIGHTS)}
@@ -449,7 +451,7 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
         "grounding": plan.grounded["record"] if plan.grounded else None,
         "seed": cfg.seed,
         "libraries": library_versions(),
-        "git": git_state(Path(__file__).parent),
+        "git": git_state(REPO_ROOT),
         "command": " ".join(sys.argv),
     }
     write_json(stage_dir / "lineage.json", lineage)
@@ -474,4 +476,3 @@ def run_pipeline(cfg: PipelineConfig, stage: str = "all", *, resume: bool = Fals
     return [run_stage(cfg, name, resume=resume, plan=plans.get(name)) for name in names]
 
 
-__all__ = ["run_stage", "run_pipeline", "plan_pipeline", "ConfigError"]

@@ -20,13 +20,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import ConfigError, PipelineConfig, load_config
+from trainer import REPO_ROOT
+from trainer.typed_yaml import ConfigError
+from trainer.train.config import PipelineConfig, load_config
 
 if TYPE_CHECKING:
-    from trainer.data import Conversation
+    from trainer.data.conversations import Conversation
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-"""Relative data paths recorded at training are tried from the working directory, then from here."""
 STAGE_FILES = ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "resolved_config.yaml",
                "metrics.json", "lineage.json", "split.json")
 
@@ -97,7 +97,8 @@ class StageRun:
     def _conversations(self) -> dict[str, Conversation]:
         """Every conversation of every dataset the lineage names (the stage's `path` and its `eval_path`), by
         content hash, after checking each recorded file's sha256."""
-        from trainer.data import DataError, file_sha256, load_conversations
+        from trainer.data.readers import DataError
+        from trainer.data.conversations import file_sha256, load_conversations
 
         datasets = self.lineage.get("datasets") or []
         if not datasets:
@@ -148,7 +149,7 @@ class StageRun:
     def record_evaluation(self, gate: dict[str, Any], results_path: Path, created: str) -> None:
         """Write the verdict into lineage.json under `evaluation` (replacing an earlier one). Dropping that key and
         re-serialising gives back the file as trained, byte for byte, so its recorded sha256 stays checkable."""
-        from trainer.lineage import write_json
+        from trainer.train.lineage import write_json
 
         path = self.dir / "lineage.json"
         lineage = json.loads(path.read_text(encoding="utf-8"))

@@ -26,10 +26,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trainer.config import DatasetSettings
-# Reading lives in trainer.readers; its names stay importable from here, where callers look for them.
-from trainer.readers import (RULE_ENCODING, RULE_INVALID_JSON, RULE_NOT_OBJECT,  # noqa: F401
-                             DataError, RowError, read_hub, reader_for, resolve_files, resolve_source)
+from trainer.train.config import DatasetSettings
+from trainer.data.readers import (RULE_NOT_OBJECT, DataError, RowError, read_hub,
+                                  reader_for, resolve_files)
 
 try:  # ships with gradio (a pinned requirement); plain json is used without it
     import orjson as _orjson

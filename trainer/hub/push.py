@@ -26,12 +26,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.cards import base_hub_id, dataset_card, model_card, serving_section, space_card
+from trainer import REPO_ROOT
+from trainer.hub.cards import base_hub_id, dataset_card, model_card, serving_section, space_card
 from trainer.eval.gate import verdict_of
-from trainer.hub import HubError, connect, push_folder, whoami
-from trainer.rundir import RunError, StageRun, finished_stages, read_stage
+from trainer.hub.api import HubError, connect, push_folder, whoami
+from trainer.train.rundir import RunError, StageRun, finished_stages, read_stage
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ADAPTER_FILES_EXCLUDED = {"training_args.bin", "README.md"}  # pickled args and PEFT's stub card
 RECORD_FILES = ("loss.png", "metrics.json", "lineage.json", "resolved_config.yaml", "split.json")
 SPACE_FILES = ("app.py", "requirements.txt")
@@ -114,7 +114,7 @@ def stage_dataset_folder(stage: StageRun, ctx: PushContext, repo_id: str, dest: 
 def space_settings(stages: list[StageRun], ctx: PushContext):
     """The pushed Space's settings: the base the adapters were trained on and the pushed adapter repos, nothing
     discovered from a runs folder; every other setting at its default."""
-    from trainer.space_settings import AdapterEntry, SpaceConfig
+    from trainer.hub.space_settings import AdapterEntry, SpaceConfig
 
     return SpaceConfig(
         base_model=stages[-1].cfg.model.name,  # the adapters only fit the base they were trained on
@@ -126,7 +126,7 @@ def space_settings(stages: list[StageRun], ctx: PushContext):
 
 def stage_space_folder(stages: list[StageRun], ctx: PushContext, repo_id: str, dest: Path) -> None:
     """The app and the packages it imports, with space.yaml pointing at the pushed adapter repos."""
-    from trainer.space_settings import space_config_yaml
+    from trainer.hub.space_settings import space_config_yaml
 
     _fresh(dest)
     for name in SPACE_FILES:

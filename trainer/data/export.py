@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainer.cards import feedback_card
-from trainer.lineage import now_iso, write_json
+from trainer.hub.cards import feedback_card
+from trainer.train.lineage import now_iso, write_json
 
 
 class ExportError(ValueError):
@@ -81,7 +81,7 @@ def dpo_rows(record, with_system: bool = True) -> Iterable[dict[str, Any]]:
 
 def read_jsonl_records(folder: Path) -> list:
     """Replay the JSONL copy (records and later decisions, in file order) into records."""
-    from trainer.feedback import FeedbackRecord
+    from trainer.data.feedback import FeedbackRecord
 
     records: dict[str, FeedbackRecord] = {}
     files = sorted(folder.rglob("*.jsonl"))
@@ -120,7 +120,7 @@ def export_feedback(source: str | Path, out_dir: str | Path, *, system_prompt: b
     if source.is_dir():
         records = read_jsonl_records(source)
     elif source.is_file():
-        from trainer.feedback import FeedbackStore
+        from trainer.data.feedback import FeedbackStore
 
         store = FeedbackStore(source)
         try:

@@ -9,8 +9,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import TOPICS
-from trainer.modeling import DECODE_MODES, GenerationSettings
+from trainer.train.config import TOPICS
+from trainer.inference.model import DECODE_MODES, GenerationSettings
 from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
 
 DEFAULT_SYSTEM_PROMPT = (

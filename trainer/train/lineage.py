@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from trainer.data import file_sha256
+from trainer.data.conversations import file_sha256
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "huggingface_hub")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
@@ -43,7 +43,7 @@ def git_state(path: str | Path = ".") -> dict[str, Any]:
 
 
 def _hash_cache_path() -> Path:
-    from trainer.demo_model import cache_root
+    from trainer.train.demo_model import cache_root
 
     return cache_root() / "weight_hashes.json"
 

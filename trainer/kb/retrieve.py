@@ -297,7 +297,7 @@ def recall_at_k(retriever: Retriever, questions: Iterable[tuple[str, Sequence[st
 
 
 def correction_text(corrections: Sequence[Any]) -> str:
-    """The question's false premises with the KB facts that correct them (`trainer.premise.Correction`), as the block
+    """The question's false premises with the KB facts that correct them (`trainer.kb.premise.Correction`), as the block
     that opens a grounded system message: the model is told to correct each before anything else."""
     lines = ["The question rests on a false premise. Begin the answer by correcting it politely (never agree with "
              "it), then answer what can be answered:"]
@@ -331,7 +331,7 @@ def conversation_query(messages: Sequence[dict[str, str]]) -> str:
 def grounded_messages(messages: Sequence[dict[str, str]], hits: Sequence[Hit],
                       corrections: Sequence[Any] = ()) -> list[dict[str, str]]:
     """`messages` with the retrieved facts appended to the system message (one is added when there is none), the
-    corrections of the question's false premises (`trainer.premise.Correction`) first."""
+    corrections of the question's false premises (`trainer.kb.premise.Correction`) first."""
     facts = grounding_text(hits, corrections)
     out = [dict(m) for m in messages]
     if out and out[0]["role"] == "system":

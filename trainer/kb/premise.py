@@ -304,13 +304,13 @@ class PremiseChecker:
 
     def _programmes(self, text: str) -> list[Correction]:
         """A programme a named university does not offer (the audit's `programme_not_offered`, on the question)."""
-        from trainer.audit import _programme_pattern
+        from trainer.kb.claims import programme_pattern
 
         out = []
         for university in self.kb.find_universities(text):
             for n in university.not_offered:
                 school = _SCHOOLS.get(n.field.lower())
-                if _programme_pattern(n.degree, n.field).search(text) or (
+                if programme_pattern(n.degree, n.field).search(text) or (
                         school is not None and school.search(text)
                         and not any(p.field.lower() == n.field.lower() for p in university.programmes)):
                     out.append(Correction(
@@ -402,9 +402,10 @@ class PremiseChecker:
     # The answer
 
     def check_answer(self, corrections: Sequence[Correction], answer: str, message: int | None = None) -> list[Any]:
-        """Audit flags (`trainer.audit.Flag`, severity fail) for the corrections `answer` does not carry: it opens by
+        """Audit flags (`trainer.kb.claims.Flag`, severity fail) for the corrections `answer` does not carry: it opens
+        by
         agreeing or restates the claim (`premise_affirmed`), or never corrects it (`premise_ignored`)."""
-        from trainer.audit import FAIL, Flag
+        from trainer.kb.claims import FAIL, Flag
 
         flags = []
         for c in corrections:

