@@ -2,7 +2,8 @@
 
 `build_app(registry, engine, store, cfg)` wires the UI from parts passed in: the banner and the shared settings here,
 each tab from its builder in `space/` (`chat_tab`, `compare_tab`, `labelling_tab`). Nothing loads at import.
-`python app.py` loads the base and adapters once and serves on 127.0.0.1:7860 (see `--help`).
+`build_engine(cfg, registry)` picks the engine the settings name. `python app.py` loads the base and adapters once
+and serves on 127.0.0.1:7860 (see `--help`).
 """
 
 import argparse
@@ -85,6 +86,18 @@ def build_app(registry, engine, store=None, cfg=None, grounding=None):
     return demo
 
 
+def build_engine(cfg, registry):
+    """The engine `cfg.engine` names (a `space.engine_api.Engine`), constructed cheaply: call `load()` next."""
+    if cfg.engine == "openai":
+        from space.remote_engine import OpenAIEngine
+
+        return OpenAIEngine.from_config(cfg, registry)
+    from space.engine import InferenceEngine, choose_base_model
+
+    return InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
+                           base_revision=cfg.base_revision, decode=cfg.decode, cache_tokens=cfg.decode_cache_tokens)
+
+
 def open_feedback_store(cfg):
     """The SQLite store, plus (with `feedback.hub_dataset`) a CommitScheduler pushing its JSONL copy."""
     from pathlib import Path
@@ -120,7 +133,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.train.model import quiet_bitsandbytes_kernel_notice
 
     quiet_bitsandbytes_kernel_notice()  # before the engine brings in bitsandbytes
-    from space.engine import build_engine
     from space.registry import AdapterRegistry
     from trainer.typed_yaml import ConfigError
     from trainer.hub.space_settings import load_space_config

@@ -1,8 +1,9 @@
 """Adapter decode speed in the `local` engine: eager against compiled decode, side by side in one process (issue 16).
 
 For each decode mode (`eager`: op by op; `compiled`: static KV cache, torch.compile'd decode step, adapters
-hot-swapped into one compiled LoRA slot, see `trainer.inference.decode.CompiledDecode`) the script loads the app's engine
-(`space.engine.InferenceEngine`) with the base and two LoRA adapters, then measures single-stream greedy generation:
+hot-swapped into one compiled LoRA slot, see `trainer.inference.decode.CompiledDecode`) the script loads the app's
+engine (`space.engine.InferenceEngine`) with the base and two LoRA adapters, then measures single-stream greedy
+generation:
 
 - the base alone, one adapter, and requests alternating between the two adapters (each one a switch);
 - time to first token (a one-token request) and decode tokens/s (the other tokens over the rest of the time);
@@ -98,7 +99,8 @@ def measure_mode(mode: str, base: str, adapters: list[Path], args) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    from space.engine import InferenceEngine, StreamStats
+    from space.engine import InferenceEngine
+    from space.engine_api import StreamStats
     from space.registry import AdapterRegistry, RegisteredAdapter
     from trainer.inference.model import BASE, GenerationSettings
 

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--side", side, "--mix", mix, "--steps", str(args.steps),
                    "--max-length", str(args.max_length)] + [f"--set={o}" for o in args.overrides]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
                 return 1

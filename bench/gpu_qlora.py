@@ -13,7 +13,8 @@ paper:
 - `ours`: `trainer.train.stage.run_stage` on configs/paper.yaml as shipped (8 conversations packed into one padding-free
   pass, SDPA per conversation, gradient checkpointing, 8-bit AdamW, and `use_liger_kernel: auto`: TRL's Liger
   kernels on CUDA when `liger_kernel` imports) with the model, data and step count overridden; `--set` changes any
-  other setting (bench/run_gpu.sh --sweep compares layouts). The base loads through `trainer.train.model.load_base_model`.
+  other setting (bench/run_gpu.sh --sweep compares layouts). The base loads through
+  `trainer.train.model.load_base_model`.
   After training, the same process measures generation through `space.engine.InferenceEngine`: the 4-bit base plus
   two adapters (the one just trained and a copy with halved weights), greedy, single stream: base alone, one adapter,
   and requests alternating between the two adapters (each switching).
@@ -47,15 +48,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.common import answer_child, device_info, gpu_memory, spawn_child, versions  # noqa: E402
+
 SAMPLE = REPO / "tests" / "data" / "studyabroadgpt_sample.jsonl"
 MISTRAL_TEMPLATE = REPO / "tests" / "data" / "mistral_v0.3_chat_template.jinja"
 PAPER_TOKENS = 13.6e6  # both stages of the paper's recipe, as the issue counts them
@@ -226,35 +228,6 @@ def steady_rates(marks: list, warmup: int, sequences_per_step: int) -> dict:
             "step_seconds": step_seconds}
 
 
-def _gpu_memory() -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"peak_gpu_allocated_gb": None, "peak_gpu_reserved_gb": None}
-    return {"peak_gpu_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "peak_gpu_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
-
-
-def _device() -> dict:
-    import torch
-
-    if torch.cuda.is_available():
-        return {"device": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
-    return {"device": "cpu", "cuda": None, "threads": torch.get_num_threads()}
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "liger-kernel"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def child_ours(spec: dict) -> dict:
     import torch
     import trl
@@ -292,7 +265,7 @@ def child_ours(spec: dict) -> dict:
     wall = time.time() - started
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     result = {
-        "side": "ours", **_device(), "liger_used": metrics.get("liger_kernel", False),
+        "side": "ours", **device_info(), "liger_used": metrics.get("liger_kernel", False),
         "settings": {"padding_free": st.padding_free, "gradient_checkpointing": st.gradient_checkpointing,
                      "optim": st.optim, "batch": st.per_device_train_batch_size,
                      "grad_accum": st.gradient_accumulation_steps, "attn": "sdpa_varlen" if st.padding_free
@@ -300,7 +273,7 @@ def child_ours(spec: dict) -> dict:
         **steady_rates(marks, spec["warmup_steps"], st.per_device_train_batch_size * st.gradient_accumulation_steps),
         "whole_loop_tokens_per_second": metrics["tokens_per_second"], "optimizer_steps": metrics["optimizer_steps"],
         "train_loss_first": metrics["train_loss_first"], "train_loss_last": metrics["train_loss_last"],
-        **_gpu_memory(), "peak_rss_gb": metrics["peak_rss_gb"], "wall_seconds": round(wall, 1),
+        **gpu_memory(), "peak_rss_gb": metrics["peak_rss_gb"], "wall_seconds": round(wall, 1),
     }
     if spec["gen_tokens"] > 0:
         import gc
@@ -353,13 +326,13 @@ def child_baseline(spec: dict) -> dict:
     import resource
 
     return {
-        "side": "baseline", **_device(), "liger_used": False,
+        "side": "baseline", **device_info(), "liger_used": False,
         "settings": {"padding_free": args.padding_free, "gradient_checkpointing": args.activation_checkpointing,
                      "optim": str(args.optim), "batch": batch, "grad_accum": accum,
                      "attn": model.config._attn_implementation},
         **steady_rates(marks, spec["warmup_steps"], batch * accum),
         "optimizer_steps": trainer.state.global_step, "train_loss_first": losses[0] if losses else None,
-        "train_loss_last": losses[-1] if losses else None, **_gpu_memory(),
+        "train_loss_last": losses[-1] if losses else None, **gpu_memory(),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "wall_seconds": round(wall, 1),
     }
@@ -372,7 +345,8 @@ def measure_generation(spec: dict, adapter_dir: Path) -> dict:
 
     from safetensors.torch import load_file, save_file
 
-    from space.engine import InferenceEngine, StreamStats
+    from space.engine import InferenceEngine
+    from space.engine_api import StreamStats
     from trainer.inference.model import GenerationSettings
     from space.registry import AdapterRegistry, RegisteredAdapter
 
@@ -418,34 +392,11 @@ def measure_generation(spec: dict, adapter_dir: Path) -> dict:
     runs = {"base": ["base", "base"], "adapter": ["a", "a"], "switching": ["b", "a", "b", "a"]}
     out = {name: summary(adapters) for name, adapters in runs.items()}
     out.update(engine_load_seconds=round(load_seconds, 1), adapters=engine.adapter_names,
-               max_new_tokens=spec["gen_tokens"], **_gpu_memory())
+               max_new_tokens=spec["gen_tokens"], **gpu_memory())
     return out
 
 
 # The parent: spawn the children, compare, project, write JSON and markdown
-
-def _spawn(kind: str, spec: dict, log, script: str | Path = __file__) -> dict:
-    """Run `script --child kind spec.json` (this file by default; bench/profile_step.py and bench/loss_parity.py
-    reuse it for their own children) and return the dict its `RESULT ` line carries."""
-    spec_path = Path(spec["work"]) / f"spec-{kind}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), "--child", kind, str(spec_path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    result, tail = None, []
-    for line in proc.stdout:
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
-            continue
-        tail = (tail + [line])[-60:]
-        if log:
-            sys.stdout.write(f"  [{kind}] {line}")
-    proc.wait()
-    if proc.returncode != 0 or result is None:
-        return {"side": kind, "error": f"exit {proc.returncode}: " + "".join(tail)[-3000:]}
-    return result
-
 
 def add_shared_arguments(parser: argparse.ArgumentParser, work_dir: str) -> None:
     """The options of every script that drives these children (this one, profile_step.py, loss_parity.py)."""
@@ -461,15 +412,6 @@ def add_shared_arguments(parser: argparse.ArgumentParser, work_dir: str) -> None
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--quiet", action="store_true", help="do not echo the children's output")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
-
-
-def answer_child(args: argparse.Namespace, run) -> bool:
-    """In a child process (`--child KIND SPEC`): `run(kind, spec)`, print its RESULT line, return True."""
-    if not args.child:
-        return False
-    kind, spec_path = args.child
-    print("RESULT " + json.dumps(run(kind, json.loads(Path(spec_path).read_text()))), flush=True)
-    return True
 
 
 def shared_spec(args: argparse.Namespace) -> dict:
@@ -488,7 +430,7 @@ def build_and_run_sides(spec: dict, sides: list[str], results: dict, save, *, qu
                         keep: tuple[str, ...], announce) -> bool:
     """Build the model and data, then each side in its own child of `script`, keeping `keep` of each result in
     `results["sides"]` and saving after every phase. False when the build failed (recorded in `results`)."""
-    build = _spawn("build", spec, not quiet)
+    build = spawn_child("build", spec, not quiet, __file__)
     if "error" in build:
         results["error"] = build["error"]
         save()
@@ -497,7 +439,7 @@ def build_and_run_sides(spec: dict, sides: list[str], results: dict, save, *, qu
     results["data"] = build
     for side in sides:
         print(announce(side), flush=True)
-        result = _spawn(side, spec, not quiet, script=script)
+        result = spawn_child(side, spec, not quiet, script)
         results["sides"][side] = {k: result[k] for k in keep if k in result}
         results["device"] = result.get("device", results.get("device"))
         save()
@@ -605,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     print(f"[bench] building the {'tiny' if args.tiny else 'Mistral-7B-shaped'} model and data ...", flush=True)
-    build = _spawn("build", spec, not args.quiet)
+    build = spawn_child("build", spec, not args.quiet, __file__)
     if "error" in build:
         results["error"] = build["error"]
         save()
@@ -616,11 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     for side in (["baseline", "ours"] if args.mode == "both" else [args.mode]):
         t = time.time()
         print(f"[bench] training: {side} ...", flush=True)
-        result = _spawn(side, spec, not args.quiet)
+        result = spawn_child(side, spec, not args.quiet, __file__)
         if side == "ours" and "error" in result and args.liger == "auto" and "liger" in result["error"].lower():
             print("[bench] ours failed with Liger's kernels; again without them", flush=True)
             first_error = result["error"]
-            result = _spawn(side, {**spec, "liger": "off"}, not args.quiet)
+            result = spawn_child(side, {**spec, "liger": "off"}, not args.quiet, __file__)
             result["liger_error"] = first_error[-1500:]
         results["sides"][side] = _with_derived(result, build, shape)
         results["device"] = result.get("device", results.get("device"))
@@ -636,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         if ours.get("peak_rss_gb") and base.get("peak_rss_gb"):
             ratio["peak_rss"] = round(ours["peak_rss_gb"] / base["peak_rss_gb"], 3)
         results["ratio"] = ratio
-    results["versions"] = _versions()
+    results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t0, 1)
     save()
     print(markdown(results))

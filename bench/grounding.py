@@ -84,7 +84,8 @@ def main(argv=None) -> int:
               "answer_check": percentiles(check)}
 
     if not args.no_engine:
-        from space.engine import InferenceEngine, StreamStats
+        from space.engine import InferenceEngine
+        from space.engine_api import StreamStats
         from space.registry import AdapterRegistry
         from trainer.inference.model import GenerationSettings
         from trainer.kb.retrieve import grounded_messages

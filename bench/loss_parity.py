@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import gpu_qlora  # noqa: E402  (bench/ sibling: the model, data and training sides are built there)
+from bench.common import answer_child, versions  # noqa: E402
 
 TOLERANCE = 0.01
 
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if gpu_qlora.answer_child(args, child_side):
+    if answer_child(args, child_side):
         return 0
     if args.steps < 1 or not 0 < args.tolerance < 1:
         parser.error("--steps must be at least 1 and --tolerance in (0, 1)")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if "error" not in ours and "error" not in base:
         results["verdict"] = parity_verdict(ours["losses"], base["losses"], args.tolerance,
                                             same_batches=ours["batches"] == base["batches"])
-    results["versions"] = gpu_qlora._versions()
+    results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t0, 1)
     save()
     print(markdown(results))

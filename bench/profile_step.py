@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import gpu_qlora  # noqa: E402  (bench/ sibling: the model, data and training sides are built there)
+from bench.common import answer_child, versions  # noqa: E402
 
 CATEGORIES = ("nf4_dequant", "lora", "base_matmul", "attention", "lm_head_ce", "optimizer", "other")
 CATEGORY_LABELS = {"nf4_dequant": "NF4 dequantization (bitsandbytes)",
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if gpu_qlora.answer_child(args, child_side):
+    if answer_child(args, child_side):
         return 0
 
     warmup = args.warmup_steps if args.warmup_steps is not None else (1 if args.tiny else 2)
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             script=__file__, keep=keep,
             announce=lambda side: f"[profile] {side}: {warmup} warm-up steps, then one profiled step ..."):
         return 1
-    results["versions"] = gpu_qlora._versions()
+    results["versions"] = versions()
     results["wall_seconds"] = round(time.time() - t0, 1)
     save()
     print(markdown(results))

@@ -5,8 +5,8 @@ the first question, so every row is distinct (exact dedup keeps them all) but ea
 original: 200k rows is a ~2 GB JSONL file. Each measurement runs in its own process (peak RSS is per process), after
 the imports, and is repeated on the smaller sizes (the fastest run counts).
 
-- `ingest`: `trainer.data.conversations.prepare_stage_data` as a stage calls it before a model loads: read the JSONL, apply every
-  row rule, exact dedup by content hash, seeded hash split (eval_fraction 0.1), file hashes for the lineage.
+- `ingest`: `trainer.data.conversations.prepare_stage_data` as a stage calls it before a model loads: read the JSONL,
+  apply every row rule, exact dedup by content hash, seeded hash split (eval_fraction 0.1), file hashes for the lineage.
 - `length`: the remaining row rule, "too long after templating": render with the chat template and tokenize
   (`check_lengths`, demo model's tokenizer). It runs only where a tokenizer is loaded and costs per token, so it is
   reported separately and only on the smaller sizes.
@@ -189,7 +189,7 @@ def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: in
 def _spawn(args: list[str], code: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--code", str(code), "--child", *args], capture_output=True,
                           text=True, cwd=REPO)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
         raise SystemExit(f"child {' '.join(args)} failed")

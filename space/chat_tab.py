@@ -69,7 +69,7 @@ def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter
     then checked against the KB, and a contradiction becomes a warning naming the fact and its source. A false
     premise the KB corrects is shown under every answer (grounded or not, whatever it says) and opens a grounded
     prompt; an answer that does not carry its correction gets the warning too."""
-    from space.engine import EngineUnavailable
+    from space.engine_api import EngineUnavailable
     from trainer.kb.retrieve import grounded_messages
 
     corrections = grounding.premise(messages) if grounding is not None else []

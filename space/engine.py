@@ -1,11 +1,10 @@
-"""One base model, many adapters, many visitors: what the app adds to `trainer.modeling`'s inference path.
+"""One base model, many adapters, many visitors: what the app adds to `trainer.inference.model`'s inference path.
 
-`Engine` is what the tabs use of an engine; `InferenceEngine` here is `engine: local`, and
-`space.remote_engine.OpenAIEngine` is `engine: openai` (an OpenAI-compatible server generates).
+`InferenceEngine` here is `engine: local`; it implements `space.engine_api.Engine`, as
+`space.remote_engine.OpenAIEngine` (`engine: openai`, an OpenAI-compatible server generates) does.
 
 `trainer.inference.model.AdapterModel` loads the base once (4-bit NF4 by default, on GPU or CPU) with every adapter
-in one
-PeftModel, switches between them and streams answers rendered with each adapter's own chat template. The engine
+in one PeftModel, switches between them and streams answers rendered with each adapter's own chat template. The engine
 decides which registered adapters to serve (refusing one trained on another base, or unreadable), and serialises
 requests: a request switches adapters while holding the engine's lock for the whole generation, so two visitors can
 never get each other's adapter.
@@ -18,13 +17,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
 from trainer.train.config import QuantizationSettings
 from trainer.train.demo_model import DEMO_MODEL_NAME, is_demo_model
 from trainer.inference.model import BASE, AdapterModel, AdapterSource, GenerationSettings, load_adapter_model
 from trainer.train.model import BaseModelRef, ModelError, resolve_base_model
 
+from space.engine_api import StreamStats
 from space.registry import AdapterRegistry, RegisteredAdapter
 
 GPU_DEFAULT_BASE = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -32,61 +32,6 @@ GPU_DEFAULT_BASE = "mistralai/Mistral-7B-Instruct-v0.3"
 
 class AdapterRefused(ModelError):
     """An adapter that cannot be served on this base (or cannot be loaded at all)."""
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine cannot answer right now (its server is down, busy or failing); the message is for the visitor."""
-
-
-class Engine(Protocol):
-    """What the app and its tabs use of an engine (`engine: local` or `engine: openai`)."""
-
-    base_model: str
-    refused: dict[str, str]
-    load_in_4bit: bool
-    load_seconds: float
-
-    @property
-    def serving(self) -> str: ...
-
-    @property
-    def is_demo(self) -> bool: ...
-
-    @property
-    def adapter_names(self) -> list[str]: ...
-
-    def load(self) -> "Engine": ...
-
-    def adapter_revision(self, adapter: str) -> str | None: ...
-
-    def stream(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
-               settings: GenerationSettings = GenerationSettings(), stop: threading.Event | None = None,
-               stats: "StreamStats | None" = None) -> Iterator[str]: ...
-
-    def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
-                 settings: GenerationSettings = GenerationSettings()) -> str: ...
-
-
-@dataclass
-class StreamStats:
-    """Filled in while a stream runs: what a benchmark or a log wants to know."""
-
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    first_token_s: float | None = None
-    total_s: float = 0.0
-    waited_s: float = 0.0
-    stopped: bool = False
-
-
-def build_engine(cfg, registry: AdapterRegistry) -> Engine:
-    """The engine `cfg.engine` names, constructed cheaply (call `load()` next)."""
-    if cfg.engine == "openai":
-        from space.remote_engine import OpenAIEngine
-
-        return OpenAIEngine.from_config(cfg, registry)
-    return InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
-                           base_revision=cfg.base_revision, decode=cfg.decode, cache_tokens=cfg.decode_cache_tokens)
 
 
 def choose_base_model(setting: str = "auto") -> str:

@@ -20,7 +20,7 @@ from trainer.inference.model import BASE, GenerationSettings
 from trainer.typed_yaml import ConfigError
 from trainer.hub.space_settings import OpenAIEngineSettings, SpaceConfig
 
-from space.engine import EngineUnavailable, StreamStats
+from space.engine_api import EngineUnavailable, StreamStats
 from space.registry import AdapterRegistry
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +68,7 @@ def answer_lengths(page, bot, timeout: float) -> list[int]:
 
 pytest_plugins = ("hub_emulator",)  # the `hub` fixture: a local server speaking the Hub's HTTP API
 
-SLOW_FIXTURES = {"demo_model_dir", "demo_tokenizer", "short_demo_run", "transformers_serve", "hub"}
+SLOW_FIXTURES = {"demo_model_dir", "demo_tokenizer", "demo_training", "short_demo_run", "transformers_serve", "hub"}
 """A test that needs one of these (a model converted or trained, a server started) is slow wherever it is; tests
 that are slow for another reason carry `@pytest.mark.slow` themselves."""
 
@@ -155,24 +158,83 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def short_demo_run(tmp_path_factory, demo_model_dir) -> Path:
-    """Both demo stages trained briefly on the short test dialogues: a real run directory for app and push tests."""
-    from trainer.train.config import load_config
-    from trainer.train.stage import run_pipeline
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
-    root = tmp_path_factory.mktemp("short-demo")
+
+@pytest.fixture(scope="session")
+def demo_stage_files(tmp_path_factory) -> tuple[Path, Path]:
+    """The short test dialogues split in two: 10 conversations for stage 1, the other 4 for stage 2."""
     rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
-    s1, s2 = write_jsonl(root / "s1.jsonl", rows[:10]), write_jsonl(root / "s2.jsonl", rows[10:])
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
-        f"output_dir={root / 'runs'}", "max_length=512",
-        f"stages.stage1.dataset.path={s1}", "stages.stage1.max_steps=2", "stages.stage1.learning_rate=2e-3",
-        f"stages.stage2.dataset.path={s2}", "stages.stage2.max_steps=1", "stages.stage2.learning_rate=2e-3",
+    folder = tmp_path_factory.mktemp("demo-data")
+    return write_jsonl(folder / "stage1.jsonl", rows[:10]), write_jsonl(folder / "stage2.jsonl", rows[10:])
+
+
+def short_demo_overrides(out: Path, stage_files: tuple[Path, Path], *extra: str) -> list[str]:
+    """configs/demo.yaml shortened for tests: the short dialogues, 2 steps of stage 1 and 1 of stage 2 (a high
+    learning rate, so the few steps move the loss), stage 2 labelled as real data (what push publishes)."""
+    stage1, stage2 = stage_files
+    return [
+        f"output_dir={out}", "max_length=512",
+        f"stages.stage1.dataset.path={stage1}", "stages.stage1.max_steps=2", "stages.stage1.learning_rate=2e-3",
+        f"stages.stage2.dataset.path={stage2}", "stages.stage2.max_steps=1", "stages.stage2.learning_rate=2e-3",
         "stages.stage2.dataset.kind=real", "stages.stage2.dataset.license=cc-by-4.0",
-        "stages.stage2.dataset.source_datasets=[]",
-    ])
-    run_pipeline(cfg)
-    return cfg.run_dir()
+        "stages.stage2.dataset.source_datasets=[]", *extra,
+    ]
+
+
+@dataclass
+class DemoTraining:
+    """The session's one trained demo run and what its training did."""
+
+    cfg: Any
+    weights_before: str
+    weights_after: str
+    reads: Counter
+    """Data files read, and how often, during the run."""
+    tokenizer_loads: int
+
+
+@pytest.fixture(scope="session")
+def demo_training(tmp_path_factory, demo_stage_files, demo_model_dir) -> DemoTraining:
+    """`python -m trainer train --config configs/demo.yaml` (both stages, shortened), run once per session and
+    shared: test_train checks the run folder it leaves, the app, push, eval and vLLM tests use its adapters. It
+    counts the data files and tokenizers it reads."""
+    import trainer.data.conversations
+    import trainer.train.stage
+    from trainer.__main__ import main
+    from trainer.data.conversations import file_sha256
+    from trainer.train.config import load_config
+
+    overrides = short_demo_overrides(tmp_path_factory.mktemp("short-demo") / "runs", demo_stage_files)
+    weights = demo_model_dir / "model.safetensors"
+    before = file_sha256(weights)
+    reads: Counter = Counter()
+    tokenizer_loads = []
+    real_load_conversations = trainer.data.conversations.load_conversations
+    real_load_tokenizer = trainer.train.stage.load_tokenizer
+
+    def load_conversations(spec, base_dir=None, path=None):
+        reads[path or spec.path] += 1
+        return real_load_conversations(spec, base_dir, path)
+
+    def load_tokenizer(*args, **kwargs):
+        tokenizer_loads.append(args)
+        return real_load_tokenizer(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.data.conversations, "load_conversations", load_conversations)
+        patch.setattr(trainer.train.stage, "load_tokenizer", load_tokenizer)
+        argv = ["train", "--config", str(DEMO_CONFIG), "--stage", "all"]
+        assert main(argv + [arg for o in overrides for arg in ("--set", o)]) == 0
+    return DemoTraining(load_config(DEMO_CONFIG, overrides), before, file_sha256(weights), reads,
+                        len(tokenizer_loads))
+
+
+@pytest.fixture(scope="session")
+def short_demo_run(demo_training) -> Path:
+    """Both demo stages trained briefly on the short test dialogues (`demo_training`): a real run directory for the
+    app, push, eval and serving tests."""
+    return demo_training.cfg.run_dir()
 
 
 def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float = 240):

@@ -75,7 +75,7 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
 
 
 def test_the_model_card_carries_the_commands_serving_its_adapter(stages):
-    card = model_card(stages[1], context(), "acme/demo-stage2", None, False)
+    card = model_card(stages[1], "acme/demo-stage2")
     assert "## Serving on an engine" in card.text
     assert "--lora-modules stage2=acme/demo-stage2" in card.text and "LORA_ADAPTERS=acme/demo-stage2 " in card.text
 
@@ -87,7 +87,7 @@ def test_the_dataset_card_of_a_stage_with_an_eval_file_counts_both_files(stages,
     lineage["datasets"][1].update(bad=2, bad_by_rule={"empty_content": 1, "bad_role": 1}, duplicates_removed=1)
     (stage.dir / "lineage.json").write_text(json.dumps(lineage))
     stage = read_stage(stage.dir.parent, "stage2")
-    card = dataset_card(stage, context(), "acme/demo-stage2-data", export_rows(stage))
+    card = dataset_card(stage, "acme/demo-stage2-data", export_rows(stage), model_repo="acme/demo-stage2")
     spec = stage.cfg.stage("stage2").dataset
     assert f"- Source: `{spec.path}` (test rows: `{spec.eval_path}`)" in card.text
     assert "3 rows rejected (empty_content: 2, bad_role: 1)" in card.text

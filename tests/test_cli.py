@@ -43,7 +43,8 @@ def test_validate_paper_config_passes_offline_and_says_what_it_could_not_check(c
 
 def test_validate_reports_bad_rows_by_file_line_and_rule(tmp_path, capsys, demo_model_dir):
     rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text().splitlines()]
-    data = write_jsonl(tmp_path / "d.jsonl", rows[:8] + [{"messages": [{"role": "user", "content": "only a question"}]}])
+    data = write_jsonl(tmp_path / "d.jsonl",
+                       rows[:8] + [{"messages": [{"role": "user", "content": "only a question"}]}])
     code = main(["validate", "--config", str(REPO / "configs" / "demo.yaml"),
                  "--set", f"stages.stage1.dataset.path={data}", "--set", "stages.stage1.dataset.max_bad_fraction=0.2"])
     out = capsys.readouterr().out
@@ -60,7 +61,8 @@ def test_validate_reports_bad_rows_by_file_line_and_rule(tmp_path, capsys, demo_
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--set", "stages.stage2.learnin_rate=1e-4"], "stages.stage2.learnin_rate: unknown key (did you mean 'learning_rate'?)"),
+    (["--set", "stages.stage2.learnin_rate=1e-4"],
+     "stages.stage2.learnin_rate: unknown key (did you mean 'learning_rate'?)"),
     (["--set", "lora.r=many"], "lora.r: expected an integer"),
     (["--set", "stages.stage1.dataset.path=nowhere/missing.jsonl"], "nowhere/missing.jsonl: no such file or folder"),
     (["--stage", "stage3"], "no stage named 'stage3'"),
@@ -186,6 +188,28 @@ def test_eval_reads_its_file_and_an_untyped_flag_does_not_mask_it(tmp_path, caps
     quick = REPO / "configs" / "eval" / "quick.yaml"
     assert main(["eval", "--run", str(tmp_path / "empty"), "--config", str(quick)]) == 2
     assert "no adapters to evaluate" in capsys.readouterr().err
+
+
+def test_job_flags_take_their_type_switch_and_choices_from_the_settings_fields():
+    from trainer.__main__ import _typed_flags, build_parser
+    from trainer.jobs import EvalJob, SynthJob
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--run", "r", "--no-4bit", "--held-out", "--no-contamination", "--grounded",
+                              "--no-send-repetition-penalty", "--engine", "openai", "--margin", "0.1",
+                              "--max-new-tokens", "64", "--base-url", "http://127.0.0.1:8000/v1"])
+    assert _typed_flags(args, EvalJob) == {
+        "load_in_4bit": False, "held_out": True, "contamination": False, "grounded": True,
+        "send_repetition_penalty": False, "engine": "openai", "margin": 0.1, "max_new_tokens": 64,
+        "base_url": "http://127.0.0.1:8000/v1"}
+    assert _typed_flags(parser.parse_args(["eval", "--run", "r", "--no-held-out"]), EvalJob) == {"held_out": False}
+    assert _typed_flags(parser.parse_args(["eval", "--run", "r"]), EvalJob) == {}  # untyped: the file decides
+    args = parser.parse_args(["generate", "--exchanges", "2", "3", "--judge", "--n", "5", "--temperature", "0.2"])
+    assert _typed_flags(args, SynthJob) == {"exchanges": [2, 3], "judge": True, "n": 5, "temperature": 0.2}
+    for wrong in (["eval", "--run", "r", "--engine", "vllm"], ["eval", "--run", "r", "--limit", "few"],
+                  ["generate", "--exchanges", "4"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(wrong)
 
 
 def test_the_bitsandbytes_kernel_notice_is_silenced_and_other_warnings_are_not(tmp_path):

@@ -443,8 +443,32 @@ def test_shipped_job_files_say_what_they_are():
     assert gemini.base_url.startswith("https://generativelanguage.googleapis.com/")
     assert gemini.api_key_env == "GEMINI_API_KEY"  # the variable's name: SynthJob has no field for a key itself
     default, quick = (load_eval_job(REPO / "configs" / "eval" / f"{n}.yaml") for n in ("default", "quick"))
-    assert dataclasses.replace(default, source=None) == load_eval_job(None)
+    assert dataclasses.replace(default, source=None) == load_eval_job(None)  # every default, spelled out
     assert dataclasses.replace(quick, source=None) == dataclasses.replace(load_eval_job(None), limit=5)
+
+
+def test_each_eval_default_has_one_source():
+    """The gate's margin is the gate's, the answer length the one generation-settings type's: the eval's settings
+    (and so its flags and configs/eval/default.yaml, checked above) take them from there."""
+    from trainer.eval.gate import DEFAULT_MARGIN, gate_decision
+    from trainer.inference.model import GenerationSettings
+    from trainer.jobs import EvalJob
+
+    assert EvalJob().margin == DEFAULT_MARGIN
+    assert gate_decision({})["margin"] == DEFAULT_MARGIN
+    assert EvalJob().max_new_tokens == GenerationSettings().max_new_tokens
+
+
+def test_generate_fills_its_nulls_from_its_settings_type():
+    from trainer.jobs import SynthJob
+    from trainer.train.demo_model import DEMO_MODEL_NAME
+
+    local = SynthJob().resolved()
+    assert (local.model, local.concurrency, local.max_tokens) == (DEMO_MODEL_NAME, 8, 160)
+    remote = SynthJob(base_url="https://example.org/v1", model="m").resolved()
+    assert (remote.model, remote.concurrency, remote.max_tokens) == ("m", 4, 400)
+    given = SynthJob(model="other", concurrency=2, max_tokens=50).resolved()
+    assert (given.model, given.concurrency, given.max_tokens) == ("other", 2, 50)
 
 
 def test_every_generate_and_eval_setting_has_a_docstring_that_its_flag_shows(capsys):
@@ -459,6 +483,22 @@ def test_every_generate_and_eval_setting_has_a_docstring_that_its_flag_shows(cap
             main([*command, "--help"])
         shown = " ".join(capsys.readouterr().out.split())
         assert all(docs[name] in shown for name in docs if name != "source"), cls.__name__
+
+
+def test_every_generate_and_eval_setting_is_a_flag_built_from_its_field():
+    import argparse
+
+    from trainer.__main__ import _add_job_flags
+    from trainer.jobs import EvalJob, SynthJob
+
+    for cls in (SynthJob, EvalJob):
+        parser = argparse.ArgumentParser()
+        _add_job_flags(parser, cls)
+        flags = {a.dest: a.option_strings for a in parser._actions if a.dest != "help"}
+        assert set(flags) == {f.name for f in dataclasses.fields(cls)} - {"source"}, cls.__name__
+        for name, options in flags.items():
+            if name != "load_in_4bit":  # --4bit/--no-4bit, its flag(name=...)
+                assert options[0] == "--" + name.replace("_", "-"), options
 
 
 # One loader, one error shape: the pipeline config, the Space settings, the knowledge base and the eval rubric

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from space.engine import InferenceEngine, StreamStats, same_base
+from space.engine import InferenceEngine, same_base
+from space.engine_api import StreamStats
 from space.registry import AdapterRegistry
 from trainer.inference.model import BASE, GenerationSettings
 from trainer.typed_yaml import ConfigError
@@ -168,7 +169,8 @@ def test_registry_discovers_runs_and_names_bad_entries(tmp_path, tiny_mistral_di
     with pytest.raises(ConfigError, match=r"adapters\[0\] \(stage1\)\.path: runs/nowhere/adapter is not an adapter"):
         AdapterRegistry.from_config(load_space_config(bad), tmp_path)
     bad.write_text("adapters:\n  - name: stage1\n    repo: org/x\n    revison: main\n")
-    with pytest.raises(ConfigError, match=r"adapters\[0\] \(stage1\)\.revison: unknown key \(did you mean 'revision'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"adapters\[0\] \(stage1\)\.revison: unknown key \(did you mean 'revision'\?\)"):
         load_space_config(bad)
     bad.write_text("adapters:\n  - {name: base, repo: org/x}\n")
     with pytest.raises(ConfigError, match="not 'base'"):

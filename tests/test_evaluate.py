@@ -19,8 +19,9 @@ from trainer.eval.gate import gate_decision, verdict_of
 from trainer.eval.judge import (JudgeSettings, PairwiseJudge, combine_orders, judge_pairs, parse_verdict,
                                 summarize_judgements)
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, is_markdown, load_questions,
-                                 markdown_rate, parse_question, rubric_rates, score_answer, select_questions)
-from trainer.eval.metrics import judge_comparison
+                                 parse_question, score_answer, select_questions)
+from trainer.eval.items import answer_items, measure
+from trainer.eval.metrics import judge_comparison, model_metrics
 from trainer.eval.stats import bleu_from_statistics, bleu_statistics, bootstrap_ci, rouge_l
 from trainer.jobs import EvalJob
 
@@ -54,8 +55,6 @@ def test_markdown_rate_counts_headings_or_two_list_items():
                "#hashtag and **bold** are not structure",           # no space after #, bold only
                "Plain paragraph, no structure at all."]
     assert [is_markdown(a) for a in answers] == [True, True, True, False, False, False]
-    assert markdown_rate(answers) == 0.5
-    assert markdown_rate([]) is None
 
 
 def test_rubric_scoring_pass_missing_mentions_false_claims_and_unless():
@@ -92,11 +91,20 @@ def test_false_premise_correction_rate_needs_a_cue_and_no_false_claim():
                "Passport, CAS and a bank statement.",                                # not a false-premise question
                "24 hours? No, you can work unlimited hours during the semester.",  # cue, but the claim fires
                "Talk to your international office."]                                 # no cue
-    rates = rubric_rates(questions, [score_answer(q, a) for q, a in zip(questions, answers)])
-    assert rates["corrected"] == [1.0, 0.0, 0.0]
-    assert rates["false_premise_correction"] == pytest.approx(1 / 3)
-    assert rates["rubric_accuracy"] == pytest.approx(2 / 4)
-    assert rubric_rates([ordinary], [score_answer(ordinary, "x")])["false_premise_correction"] is None
+    measures, _, _ = measure(answer_items(questions, [], [], ""), answers, NoKBFlags())
+    assert measures.corrected == [1.0, None, 0.0, 0.0]  # only false-premise questions count
+    metrics, _ = model_metrics(measures)
+    assert metrics["false_premise_correction"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["rubric_accuracy"] == pytest.approx(2 / 4)
+    only_ordinary, _, _ = measure(answer_items([ordinary], [], [], ""), ["x"], NoKBFlags())
+    assert "false_premise_correction" not in model_metrics(only_ordinary)[0]
+
+
+class NoKBFlags:
+    """An auditor whose live answer check flags nothing: the rubric's measures alone."""
+
+    def check_answer(self, messages):
+        return []
 
 
 def test_limit_keeps_both_kinds_of_question():
@@ -328,7 +336,8 @@ def run_copy(short_demo_run, tmp_path) -> Path:
     return dest
 
 
-def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, transformers_serve, capsys, monkeypatch):
+def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, transformers_serve, capsys,
+                                                                       monkeypatch):
     from huggingface_hub import ModelCard
 
     from trainer.data.conversations import file_sha256
@@ -498,11 +507,11 @@ def shape(value):
     return type(value).__name__
 
 
-def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_engine(
+def test_an_outside_csv_of_prompts_is_evaluated_alone_here_and_through_an_engine(
         run_copy, tmp_path, stub, capsys):  # noqa: F811 (stub: the fixture imported above)
     prompts = tmp_path / "my_prompts.csv"
     lines = ["prompt,reference"]
-    for i in range(50):
+    for i in range(20):
         reference = "Check the university's official admissions page." if i % 5 == 0 else ""
         lines.append(f'"Question {i}: which documents do I need to study in Canada?",{reference}')
     lines.append('"",missing prompt')  # a malformed row: named, skipped, the rest evaluated
@@ -510,12 +519,12 @@ def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_eng
     assert main(["eval", "--run", str(run_copy), "--questions", str(prompts), "--max-new-tokens", "4",
                  "--threads", "1", "--no-contamination"]) == 0
     printed = capsys.readouterr().out
-    assert f"skipped {prompts}:52 (row 51): empty content: prompt is empty" in printed
+    assert f"skipped {prompts}:22 (row 21): empty content: prompt is empty" in printed
     results = json.loads((run_copy / "eval" / "results.json").read_text())
-    assert results["n"]["prompts"] == 50 and results["n"]["questions"] == 0
-    assert results["n"]["prompts_with_reference"] == 10
+    assert results["n"]["prompts"] == 20 and results["n"]["questions"] == 0
+    assert results["n"]["prompts_with_reference"] == 4
     # only the prompts: no held-out turn answered, no held-out loss pooled into the prompts' figures
-    assert results["n"]["answers_per_model"] == 50 and results["n"]["eval_conversations"] == 0
+    assert results["n"]["answers_per_model"] == 20 and results["n"]["eval_conversations"] == 0
     assert results["settings"]["questions_kind"] == "prompts" and len(results["settings"]["skipped_prompt_rows"]) == 1
     assert results["rubric_by_question"] == [] and results["contamination"] is None
     assert results["engine"]["name"] == "local"
@@ -525,8 +534,8 @@ def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_eng
     for gate in results["gate"].values():  # nothing that gates was measured: no verdict either way
         assert gate["verdict"] == "not gated" and "(no rubric question, no judge)" in gate["summary"]
     report = (run_copy / "eval" / "report.md").read_text()
-    assert "50 prompts used (10 with a reference answer; no rubric score), 1 rows skipped" in report
-    assert "NOT GATED" in report and "INCONCLUSIVE" not in report and "ROUGE-L (n=10)" in report
+    assert "20 prompts used (4 with a reference answer; no rubric score), 1 rows skipped" in report
+    assert "NOT GATED" in report and "INCONCLUSIVE" not in report and "ROUGE-L (n=4)" in report
     assert "## Rubric by question" not in report and "## Held-out loss per split" not in report
 
     # The same prompts through an OpenAI-compatible server: the results have the same shape; only the engine's
@@ -553,7 +562,7 @@ def test_an_outside_csv_of_50_prompts_is_evaluated_alone_here_and_through_an_eng
                  "1", "--no-contamination", "--engine", "openai", "--base-url", url, "--held-out", "--out",
                  str(engine_out)]) == 0
     served = json.loads((engine_out / "results.json").read_text())
-    assert served["n"]["answers_per_model"] == 50 + served["n"]["reference_prompts"] > 50
+    assert served["n"]["answers_per_model"] == 20 + served["n"]["reference_prompts"] > 20
     assert served["quantization"]["load_in_4bit"] is True
     for stage in ("stage1", "stage2"):
         measured = served["adapters"][stage]["eval_loss_by_split"][stage]["loss"]

@@ -88,7 +88,7 @@ def test_32_concurrent_writers_store_every_record_once(tmp_path):
 WRITER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from trainer.feedback import FeedbackRecord, FeedbackStore
+from trainer.data.feedback import FeedbackRecord, FeedbackStore
 store = FeedbackStore({path!r})
 i = 0
 while True:

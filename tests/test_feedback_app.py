@@ -76,14 +76,16 @@ def request_ids(store_path: Path) -> list[str]:
         store.close()
 
 
-def test_32_clients_x_50_submissions_give_exactly_1600_records(feedback_app):
+def test_32_clients_at_once_store_each_submission_exactly_once(feedback_app):
+    """32 clients submitting at once (the load; `bench/feedback_store.py` measures its throughput): every
+    acknowledged submission is stored, once, and nothing else is."""
     url, store_path = feedback_app
     acked: list[str] = []
     errors: list = []
-    flood(url, 32, 50, acked, "load", errors)
-    assert not errors and len(acked) == 1600
+    flood(url, 32, 12, acked, "load", errors)
+    assert not errors and len(acked) == 32 * 12
     stored = [r for r in request_ids(store_path) if r and r.startswith("load-")]
-    assert len(stored) == 1600 and set(stored) == set(acked)
+    assert len(stored) == 32 * 12 and set(stored) == set(acked)
 
 
 def test_kill_9_during_load_keeps_every_acknowledged_record(tmp_path, short_demo_run):

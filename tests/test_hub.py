@@ -101,8 +101,8 @@ def test_dry_run_space_points_at_the_pushed_adapters(run_copy):
 
     out = dry_run(run_copy)
     space = out / "spaces" / "acme" / "demo-space"
-    for name in ("app.py", "requirements.txt", "space/engine.py", "trainer/train/model.py` and `trainer/inference/model.py",
-                 "trainer/chat_templates/chatml.jinja", "README.md"):
+    for name in ("app.py", "requirements.txt", "space/engine.py", "trainer/train/model.py",
+                 "trainer/inference/model.py", "trainer/train/chat_templates/chatml.jinja", "README.md"):
         assert (space / name).is_file(), name
     settings = load_space_config(space / "space_config" / "space.yaml")  # what the app will read
     assert settings.base_model == "smollm2-135m-instruct" and settings.discover_runs is False
@@ -302,7 +302,7 @@ from transformers import AutoModelForCausalLM
 from huggingface_hub import ModelCard, DatasetCard
 from datasets import load_dataset
 from safetensors.torch import load_file
-from trainer.demo_model import demo_model_path
+from trainer.train.demo_model import demo_model_path
 base = AutoModelForCausalLM.from_pretrained(str(demo_model_path()))
 model = PeftModel.from_pretrained(base, "tester/demo-stage2")
 local = load_file("{run_copy}/stage2/adapter/adapter_model.safetensors")

@@ -21,7 +21,7 @@ from conftest import answer_lengths, at_once, chromium, launch_app, open_app, st
 
 from bench import serve
 from space.display import is_note, message_text
-from space.engine import EngineUnavailable, StreamStats
+from space.engine_api import EngineUnavailable, StreamStats
 from space.registry import AdapterRegistry
 from space.remote_engine import OpenAIEngine
 from trainer.inference.model import BASE, GenerationSettings

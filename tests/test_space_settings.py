@@ -44,8 +44,6 @@ def test_the_app_applies_the_sliders_to_the_configured_settings(tmp_path):
     ("generation:\n  max_new_tokens: 600\nlimits:\n  max_new_tokens_limit: 512\n",
      r"generation\.max_new_tokens: 600 must be between 1 and limits\.max_new_tokens_limit \(512\)"),
     ("limits:\n  max_new_tokens_limit: 0\n", r"limits\.max_new_tokens_limit: must be at least 1"),
-    ("generation:\n  max_new_tokens_limit: 2048\n",
-     r"generation\.max_new_tokens_limit: moved to limits\.max_new_tokens_limit"),
     ("generation:\n  temprature: 0.5\n", r"generation\.temprature: unknown key \(did you mean 'temperature'\?\)"),
     ("generation:\n  top_p: high\n", r"generation\.top_p: expected a number, got 'high'"),
     ("decode: fast\n", r"space\.yaml: decode: 'fast' must be one of auto, eager, compiled"),

@@ -8,83 +8,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, write_jsonl
+from conftest import DEMO_CONFIG, REPO, short_demo_overrides
 
-from trainer.train.config import PipelineConfig, load_config
+from trainer.train.config import load_config
 from trainer.data.conversations import file_sha256
 from trainer.train.stage import run_pipeline, run_stage
-
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
-def stage_files(tmp_path_factory) -> tuple[Path, Path]:
-    rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
-    folder = tmp_path_factory.mktemp("demo-data")
-    return write_jsonl(folder / "stage1.jsonl", rows[:10]), write_jsonl(folder / "stage2.jsonl", rows[10:])
-
-
-def demo_overrides(out: Path, stage_files, *extra: str) -> list[str]:
-    stage1, stage2 = stage_files
-    return [
-        f"output_dir={out}", "max_length=512",
-        f"stages.stage1.dataset.path={stage1}", "stages.stage1.dataset.eval_fraction=0.2",
-        "stages.stage1.max_steps=5", "stages.stage1.learning_rate=1e-3",
-        f"stages.stage2.dataset.path={stage2}", "stages.stage2.dataset.eval_fraction=0.25",
-        "stages.stage2.max_steps=2", *extra,
-    ]
+def stage_files(demo_stage_files) -> tuple[Path, Path]:
+    return demo_stage_files
 
 
 def demo_config(out: Path, stage_files, *extra: str):
-    return load_config(DEMO_CONFIG, demo_overrides(out, stage_files, *extra))
-
-
-@dataclass
-class DemoRun:
-    cfg: PipelineConfig
-    weights_before: str
-    weights_after: str
-    reads: Counter
-    """Data files read, and how often, during the run."""
-    tokenizer_loads: int
+    """The session's shortened demo config (conftest's `short_demo_overrides`) writing to `out`."""
+    return load_config(DEMO_CONFIG, short_demo_overrides(out, stage_files, *extra))
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, stage_files, demo_model_dir) -> DemoRun:
-    """`python -m trainer train --config configs/demo.yaml` (both stages), counting what it reads."""
-    import trainer.data.conversations
-    import trainer.train.stage
-    from trainer.__main__ import main
-
-    out = tmp_path_factory.mktemp("runs")
-    overrides = demo_overrides(out, stage_files)
-    weights = demo_model_dir / "model.safetensors"
-    before = file_sha256(weights)
-    reads: Counter = Counter()
-    tokenizer_loads = []
-    real_load_conversations, real_load_tokenizer = trainer.data.conversations.load_conversations, trainer.train.stage.load_tokenizer
-
-    def load_conversations(spec, base_dir=None, path=None):
-        reads[path or spec.path] += 1
-        return real_load_conversations(spec, base_dir, path)
-
-    def load_tokenizer(*args, **kwargs):
-        tokenizer_loads.append(args)
-        return real_load_tokenizer(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer.data.conversations, "load_conversations", load_conversations)
-        patch.setattr(trainer.train.stage, "load_tokenizer", load_tokenizer)
-        argv = ["train", "--config", str(DEMO_CONFIG), "--stage", "all"]
-        assert main(argv + [arg for o in overrides for arg in ("--set", o)]) == 0
-    return DemoRun(load_config(DEMO_CONFIG, overrides), before, file_sha256(weights), reads, len(tokenizer_loads))
+def demo_run(demo_training):
+    """`python -m trainer train --config configs/demo.yaml`, both stages: the session's one demo training."""
+    return demo_training
 
 
 def read(path: Path):
@@ -156,6 +105,24 @@ def test_lineage_links_stage2_to_stage1_and_the_data(demo_run, stage_files):
     assert len(split["train"]) == s1["split"]["train_rows"] and len(split["eval"]) == s1["split"]["eval_rows"]
 
 
+def test_the_records_read_back_as_types_and_write_back_byte_for_byte(demo_run, tmp_path):
+    from trainer.train.lineage import write_json
+    from trainer.train.rundir import finished_stages, read_stage
+
+    cfg = demo_run.cfg
+    assert finished_stages(cfg.run_dir()) == ["stage1", "stage2"]
+    stage2 = read_stage(cfg.run_dir(), "stage2")
+    assert stage2.lineage.parent_adapter.stage == "stage1" and stage2.lineage.base_model.demo
+    assert stage2.metrics.optimizer_steps == 1 and stage2.metrics.device.startswith("cpu")
+    assert [d.kept for d in stage2.lineage.datasets] == [4] and len(stage2.split.eval) == stage2.lineage.split.eval_rows
+    for stage in ("stage1", "stage2"):
+        run = read_stage(cfg.run_dir(), stage)
+        for path, record in ((run.folder.lineage, run.lineage), (run.folder.metrics, run.metrics),
+                             (run.folder.split, run.split)):
+            write_json(tmp_path / path.name, record.to_dict())
+            assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path
+
+
 def test_adapter_carries_the_trained_template_and_names_its_base(demo_run, demo_tokenizer):
     from transformers import AutoTokenizer
 
@@ -172,16 +139,19 @@ def test_stage2_starts_from_stage1(demo_run, stage_files, tmp_path):
     """Stage 2's first-batch loss with the stage-1 adapter is below a fresh adapter's on the same batch."""
     cfg = demo_run.cfg
     continued = read(cfg.run_dir() / "stage2" / "metrics.json")["train_loss_first"]
-    fresh_cfg = demo_config(tmp_path, stage_files, "stages.stage2.init_from=null", "stages.stage2.max_steps=1")
+    fresh_cfg = demo_config(tmp_path, stage_files, "stages.stage2.init_from=null",
+                            "training.eval_before_training=false")
     fresh = read(run_stage(fresh_cfg, "stage2") / "metrics.json")["train_loss_first"]
     assert continued < fresh
 
 
 @pytest.mark.slow
-def test_padding_free_gives_the_same_loss_as_padded_batches(stage_files, tmp_path):
+def test_padding_free_gives_the_same_loss_as_padded_batches(stage_files, tmp_path, tiny_mistral_dir):
+    """Mechanics, so on the tiny random Mistral: one step's loss with and without padding-free batches."""
     losses = {}
     for padding_free in ("false", "true"):
         cfg = demo_config(tmp_path / padding_free, stage_files, f"training.padding_free={padding_free}",
+                          f"model.name={tiny_mistral_dir}",
                           "stages.stage1.max_steps=1", "training.eval_before_training=false",
                           "stages.stage1.dataset.eval_fraction=0", "training.per_device_train_batch_size=4")
         losses[padding_free] = read(run_stage(cfg, "stage1") / "metrics.json")["train_loss_first"]
@@ -194,7 +164,8 @@ def test_resume_continues_an_interrupted_stage(stage_files, tmp_path):
     stage1, stage2 = stage_files
     args = [sys.executable, "-m", "trainer", "train", "--config", str(REPO / "configs" / "demo.yaml"),
             "--stage", "stage1", "--set", f"output_dir={tmp_path}", "--set", "max_length=512",
-            "--set", f"stages.stage1.dataset.path={stage1}", "--set", "stages.stage1.max_steps=6",
+            "--set", f"stages.stage1.dataset.path={stage1}", "--set", "stages.stage1.max_steps=4",
+            "--set", "stages.stage1.dataset.eval_fraction=0",
             "--set", "training.save_steps=2", "--set", "training.eval_before_training=false",
             "--set", "training.save_total_limit=3"]
     checkpoints = tmp_path / "demo" / "stage1" / "checkpoints"
@@ -213,14 +184,14 @@ def test_resume_continues_an_interrupted_stage(stage_files, tmp_path):
     assert not (tmp_path / "demo" / "stage1" / "metrics.json").exists()
     done = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
                   if (p / "trainer_state.json").is_file())
-    assert done and done[-1] < 6
+    assert done and done[-1] < 4
 
     from trainer.__main__ import main
 
     assert main(args[3:] + ["--resume"]) == 0
     metrics = read(tmp_path / "demo" / "stage1" / "metrics.json")
     assert metrics["resumed_from"] == f"checkpoint-{done[-1]}"
-    assert metrics["optimizer_steps"] == 6
+    assert metrics["optimizer_steps"] == 4
     # A second --resume finds the stage complete and leaves it alone.
     stamp = (tmp_path / "demo" / "stage1" / "metrics.json").stat().st_mtime_ns
     assert main(args[3:] + ["--resume"]) == 0
@@ -294,7 +265,8 @@ def test_grounding_settings_are_validated(tmp_path, stage_files):
 
 def test_a_grounded_stage_trains_and_its_lineage_records_the_kb(tmp_path, stage_files, demo_model_dir):
     cfg = demo_config(tmp_path, stage_files, "max_length=1024", "stages.stage1.dataset.grounding=kb",
-                      "stages.stage1.dataset.grounding_k=2", "stages.stage1.max_steps=1")
+                      "stages.stage1.dataset.grounding_k=2", "stages.stage1.max_steps=1",
+                      "training.eval_before_training=false")
     stage_dir = run_stage(cfg, "stage1")
     lineage = json.loads((stage_dir / "lineage.json").read_text())
     assert lineage["grounding"]["method"] == "kb" and lineage["grounding"]["kb_version"]["version"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import at_once, launch_app, stop_app
@@ -130,22 +131,23 @@ def test_greedy_answers_match_peft_on_the_unquantized_base(vllm, demo_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir, dtype=torch.float32),
                                       folder).eval()
-    same, differing = 0, []
-    for prompt in PROMPTS:
-        text = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
-                                              {"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        ours = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        reply = post(vllm.base_url, "/completions", {"model": name, "prompt": text, "max_tokens": 32,
-                                                     "temperature": 0})
-        theirs = reply["choices"][0]["text"]
-        if ours.strip() == theirs.strip():
-            same += 1
-        else:
-            differing.append((prompt, ours, theirs))
+    texts = [tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}],
+                                           tokenize=False, add_generation_prompt=True) for p in PROMPTS]
+    # vLLM answers every prompt at once (one batch on the server) while PEFT answers them here one by one
+    with ThreadPoolExecutor(len(texts)) as pool:
+        replies = [pool.submit(post, vllm.base_url, "/completions",
+                               {"model": name, "prompt": text, "max_tokens": 32, "temperature": 0}) for text in texts]
+        same, differing = 0, []
+        for prompt, text, reply in zip(PROMPTS, texts, replies):
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                out = model.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+            ours = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            theirs = reply.result()["choices"][0]["text"]
+            if ours.strip() == theirs.strip():
+                same += 1
+            else:
+                differing.append((prompt, ours, theirs))
     print(f"vLLM vs PEFT, greedy, first 32 tokens: {same}/{len(PROMPTS)} identical")
     assert same > len(PROMPTS) // 2, differing
 

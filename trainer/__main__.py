@@ -20,27 +20,40 @@ def _add_job_args(parser: argparse.ArgumentParser, example: str, override: str) 
                         help=f"override of a settings key, repeatable: --set {override}")
 
 
-def _job_option(parser: argparse.ArgumentParser, settings: type):
-    """`option(flag, field, ...)` adds a flag that sets one field of a command's settings type. Its help is the
-    field's docstring and default; it stays out of the parsed arguments unless typed (argparse.SUPPRESS), so a
-    flag overrides the --config file only when the user gave it."""
+def _add_job_flags(parser: argparse.ArgumentParser, settings: type) -> None:
+    """One flag per field of a command's settings dataclass (`trainer/jobs.py`), built from the field: `--field-name`
+    (or the stem its `flag(name=...)` gives), the type its annotation names, the help its docstring and default.
+    A bool is a `--x/--no-x` switch; a tuple takes as many values as its default has. Flags stay out of the parsed
+    arguments unless typed (argparse.SUPPRESS), so a flag overrides the --config file only when the user gave it."""
     import dataclasses
+    import types
+    import typing
 
     from trainer.typed_yaml import field_docs
 
     docs = field_docs(settings)
-    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
-
-    def option(flag: str, field: str, **kwargs) -> None:
-        default = defaults[field]
-        help_text = docs.get(field, "")
-        if kwargs.get("action") == "store_false":
-            help_text += " This flag sets it to false."
-        elif default is not None and kwargs.get("action") != "store_true":  # a null default is explained above
-            help_text += f" Default: {' '.join(map(str, default)) if isinstance(default, tuple) else default}."
-        parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
-                            **kwargs)
-    return option
+    hints = typing.get_type_hints(settings)
+    for f in dataclasses.fields(settings):
+        if f.name == "source":  # set by the loader, not by the user
+            continue
+        options = dict(f.metadata.get("flag", {}))
+        stem = "--" + options.pop("name", f.name).replace("_", "-")
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: a flag always gives an X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        help_text = docs.get(f.name, "")
+        if f.default is not None:  # a null default is explained in the docstring
+            shown = (" ".join(map(str, f.default)) if isinstance(f.default, tuple) else
+                     str(f.default).lower() if isinstance(f.default, bool) else f.default)
+            help_text += f" Default: {shown}."
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.update(type=typing.get_args(kind)[0], nargs=len(f.default) if f.default else "+")
+        elif kind is not str:
+            options["type"] = kind
+        parser.add_argument(stem, dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
+                            **options)
 
 
 def _typed_flags(args: argparse.Namespace, settings: type) -> dict:
@@ -52,7 +65,7 @@ def _typed_flags(args: argparse.Namespace, settings: type) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.jobs import EVAL_ENGINES, EvalJob, SynthJob
+    from trainer.jobs import EvalJob, SynthJob
 
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
@@ -84,25 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="generate grounded, audited synthetic dialogues for stage 1")
     _add_job_args(generate, "configs/synth/gemini.yaml", "n=20")
-    option = _job_option(generate, SynthJob)
-    option("--n", "n", type=int)
-    option("--out", "out")
-    option("--kb", "kb")
-    option("--exemplars", "exemplars")
-    option("--base-url", "base_url")
-    option("--model", "model")
-    option("--api-key-env", "api_key_env")
-    option("--timeout", "timeout", type=float)
-    option("--concurrency", "concurrency", type=int)
-    option("--max-tokens", "max_tokens", type=int)
-    option("--temperature", "temperature", type=float)
-    option("--exchanges", "exchanges", type=int, nargs=2, metavar=("MIN", "MAX"))
-    option("--false-premise-share", "false_premise_share", type=float)
-    option("--eval-fraction", "eval_fraction", type=float)
-    option("--seed", "seed", type=int)
-    option("--price-in", "price_in", type=float)
-    option("--price-out", "price_out", type=float)
-    option("--judge", "judge", action="store_true")
+    _add_job_flags(generate, SynthJob)
 
     audit = sub.add_parser("audit", help="audit a dataset file against the rules and the knowledge base")
     audit.add_argument("file", help="JSONL/JSON/Parquet/CSV file (or .gz) or folder, any supported schema")
@@ -132,35 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="compare every adapter of a run with its base: metrics, rubric, judge, gate")
     ev.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
     _add_job_args(ev, "configs/eval/quick.yaml", "limit=10")
-    option = _job_option(ev, EvalJob)
-    option("--questions", "questions")
-    option("--held-out", "held_out", action="store_true")
-    option("--no-held-out", "held_out", action="store_false")
-    option("--limit", "limit", type=int)
-    option("--max-new-tokens", "max_new_tokens", type=int)
-    option("--batch-size", "batch_size", type=int)
-    option("--engine", "engine", choices=EVAL_ENGINES)
-    option("--base-url", "base_url")
-    option("--api-key-env", "api_key_env")
-    option("--base-served-name", "base_served_name")
-    option("--adapter-served-name", "adapter_served_name")
-    option("--concurrency", "concurrency", type=int)
-    option("--timeout", "timeout", type=float)
-    option("--no-send-repetition-penalty", "send_repetition_penalty", action="store_false")
-    option("--no-4bit", "load_in_4bit", action="store_false")
-    option("--threads", "threads", type=int)
-    option("--out", "out")
-    option("--judge-base-url", "judge_base_url")
-    option("--judge-model", "judge_model")
-    option("--judge-api-key-env", "judge_api_key_env")
-    option("--judge-max-tokens", "judge_max_tokens", type=int)
-    option("--margin", "margin", type=float)
-    option("--no-contamination", "contamination", action="store_false")
-    option("--contamination-threshold", "contamination_threshold", type=float)
-    option("--grounded", "grounded", action="store_true")
-    option("--retrieval-k", "retrieval_k", type=int)
-    option("--kb", "kb")
-    option("--seed", "seed", type=int)
+    _add_job_flags(ev, EvalJob)
 
     serve = sub.add_parser("serve", help="print (or, with --start, run vLLM with) the command serving a run's "
                            "adapters on an OpenAI-compatible engine")
@@ -282,7 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from trainer.jobs import SynthJob, load_synth_job
 
-    job = load_synth_job(args.config, args.overrides, _typed_flags(args, SynthJob))
+    job = load_synth_job(args.config, args.overrides, _typed_flags(args, SynthJob)).resolved()
     if not job.base_url:
         # The local model decodes on the CPU: idle OpenMP threads sleep instead of spinning. On 2 cores shared with
         # other work, spinning threads made decoding 3-10x slower; alone, sleeping costs ~25%. Before torch loads.
@@ -303,11 +270,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         provider = OpenAICompatibleProvider(job.base_url, job.model, os.environ.get(job.api_key_env),
                                             timeout=job.timeout)
     else:
-        provider = LocalProvider(job.model or "smollm2-135m-instruct")
-    decoding = replace(LocalProvider.DECODING, max_new_tokens=job.max_tokens or (400 if job.base_url else 160),
-                       temperature=job.temperature)
-    settings = SynthSettings(decoding=decoding, concurrency=job.concurrency or (4 if job.base_url else 8),
-                             price_in_per_m=job.price_in, price_out_per_m=job.price_out)
+        provider = LocalProvider(job.model)
+    decoding = replace(LocalProvider.DECODING, max_new_tokens=job.max_tokens, temperature=job.temperature)
+    settings = SynthSettings(decoding=decoding, concurrency=job.concurrency, price_in_per_m=job.price_in,
+                             price_out_per_m=job.price_out)
     out = Path(job.out)
     print(f"[generate] {len(plan)} conversations planned ({sum(1 for p in plan if p.false_premise)} false premise) "
           f"with {provider.name}; writing {out / 'raw.jsonl'}", flush=True)

@@ -1,5 +1,7 @@
 """The settings of `generate` and `eval`: one typed, frozen dataclass per command, the source of truth for each
-option (its flag's help is the field's docstring).
+option. `python -m trainer` builds each command's flags from these fields: `--field-name`, typed by the annotation,
+its help the field's docstring; a bool is a `--x/--no-x` switch. A field made with `flag(...)` adds what its flag
+needs beyond that (`name`, `metavar`, `choices`).
 
 A run is a YAML file (`configs/synth/*.yaml`, `configs/eval/*.yaml`) read through `trainer.typed_yaml`, so a new
 experiment is a file, not a longer command line. Precedence, lowest first: the defaults below, the file, `--set
@@ -9,11 +11,20 @@ the flags' are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from trainer.eval.gate import DEFAULT_MARGIN
+from trainer.inference.model import GenerationSettings
+from trainer.train.demo_model import DEMO_MODEL_NAME
 from trainer.typed_yaml import ConfigError, load_typed
+
+
+def flag(default: Any, **options: Any) -> Any:
+    """A field's default plus what its command-line flag needs beyond the field's name, type and docstring:
+    `name` (the flag's stem, when it is not the field's name), `metavar` or `choices` (as argparse takes them)."""
+    return field(default=default, metadata={"flag": options})
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,7 @@ class SynthJob:
     """Tokens per answer (null: 400 at an endpoint, 160 for the local model)."""
     temperature: float = 0.7
     """Sampling temperature of the generator."""
-    exchanges: tuple[int, ...] = (4, 6)
+    exchanges: tuple[int, ...] = flag((4, 6), metavar=("MIN", "MAX"))
     """Fewest and most question-answer exchanges per conversation (4 6, like StudyAbroadGPT)."""
     false_premise_share: float = 0.1
     """Share of deliberate false-premise questions, built from the KB's negatives."""
@@ -58,6 +69,15 @@ class SynthJob:
     """Also ask the provider to judge each answer against its KB facts."""
     source: str | None = None
     """File the settings were read from (set by the loader, not by YAML)."""
+
+    def resolved(self) -> SynthJob:
+        """The settings with each null filled in for where the answers come from, as the fields above say: at an
+        endpoint (`base_url`) 4 requests in flight and 400 tokens per answer; locally the demo model, 8
+        conversations per batch and 160 tokens per answer."""
+        if self.base_url:
+            return replace(self, concurrency=self.concurrency or 4, max_tokens=self.max_tokens or 400)
+        return replace(self, model=self.model or DEMO_MODEL_NAME, concurrency=self.concurrency or 8,
+                       max_tokens=self.max_tokens or 160)
 
 
 EVAL_ENGINES = ("local", "openai")
@@ -76,11 +96,11 @@ class EvalJob:
     rubric; no with an outside prompt set, so its report is about those prompts alone)."""
     limit: int | None = None
     """Use at most N rubric questions (or prompts) and N held-out prompts, a quick check (null: all)."""
-    max_new_tokens: int = 384
+    max_new_tokens: int = GenerationSettings.max_new_tokens
     """Answer length cap (greedy decoding)."""
     batch_size: int = 8
     """Prompts per generate() call, left-padded (engine: local)."""
-    engine: str = "local"
+    engine: str = flag("local", choices=EVAL_ENGINES)
     """Who writes the answers: `local` loads the base and every adapter here; `openai` asks an OpenAI-compatible server
     (vLLM, TGI, `transformers serve`) at base_url, many requests at once. The held-out loss is computed here either
     way (the base loads here only for it)."""
@@ -101,7 +121,7 @@ class EvalJob:
     send_repetition_penalty: bool = True
     """engine: openai: send the local decoding's repetition penalty as the request's `repetition_penalty` (vLLM takes
     it; false leaves the server's default, for servers such as `transformers serve` that refuse unknown fields)."""
-    load_in_4bit: bool | None = None
+    load_in_4bit: bool | None = flag(None, name="4bit")
     """Load the base in 4-bit (null: as the run trained; false: unquantized even if the run trained in 4-bit)."""
     threads: int | None = None
     """CPU threads for PyTorch (null: the run's torch_threads)."""
@@ -115,7 +135,7 @@ class EvalJob:
     """Environment variable holding the judge's API key (only its name is ever written)."""
     judge_max_tokens: int = 96
     """Room for the judge's verdict and reason."""
-    margin: float = 0.05
+    margin: float = DEFAULT_MARGIN
     """Non-inferiority margin of the gate: how much worse than the base (on rates, 0.05 = five points) an adapter
     may be and still pass."""
     contamination: bool = True

@@ -1,5 +1,5 @@
 """Where data enters: any supported file or Hub dataset -> validated `messages` conversations (the files are read
-by `trainer.readers`).
+by `trainer.data.readers`).
 
 Supported inputs: JSONL, JSON, Parquet and CSV files (JSONL, JSON and CSV also gzipped, `.jsonl.gz`), a folder of
 them, or a Hub dataset id. Supported schemas, auto-detected from each file's first row or forced with
@@ -35,7 +35,7 @@ try:  # ships with gradio (a pinned requirement); plain json is used without it
 except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 
-# The rules a row can break once read (trainer.readers has those of reading); each message starts with one.
+# The rules a row can break once read (trainer.data.readers has those of reading); each message starts with one.
 RULE_SCHEMA = "schema mismatch"
 RULE_EMPTY = "empty content"
 RULE_ROLE = "unknown role"

@@ -28,7 +28,7 @@ REVIEW_STATUSES = ("unreviewed", "accepted", "rejected")
 KB_CHECKS = ("flagged", "premise", "clean")
 """The labelling queue's filters on the live KB check's flags stored with each record (`FeedbackStore.records`)."""
 PREMISE_RULES = ("premise_affirmed", "premise_ignored")
-"""The flags of an answer that does not carry the correction of the question's false premise (`trainer.premise`)."""
+"""The flags of an answer that does not carry the correction of the question's false premise (`trainer.kb.premise`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

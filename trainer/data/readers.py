@@ -1,7 +1,7 @@
 """Reading data files: JSONL, JSON, Parquet and CSV (JSONL, JSON and CSV also gzipped, as `datasets` reads them),
 a folder of them, or a Hub dataset. Each reader yields `(location, object)` or `(location, RowError)` per row and
-never stops at a bad row; `trainer.data` turns the objects into validated conversations. A file that cannot be read
-at all is one `DataError` naming it."""
+never stops at a bad row; `trainer.data.conversations` turns the objects into validated conversations. A file
+that cannot be read at all is one `DataError` naming it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from trainer.train.config import DatasetSettings
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
 
-# The rules a row can break while it is read (trainer.data has the others); each message starts with one.
+# The rules a row can break while it is read (trainer.data.conversations has the others); each message starts with one.
 RULE_INVALID_JSON = "invalid JSON"
 RULE_ENCODING = "wrong encoding"
 RULE_NOT_OBJECT = "not an object"

@@ -7,7 +7,7 @@ The paper's synthetic data went wrong in three ways; each has a counter here:
    from KB negatives, whose answers must correct the premise.
 2. A generator without facts -> the KB facts relevant to each question go into the generator's prompt, with
    their official sources.
-3. No fact checking -> every generated conversation goes through `trainer.audit`; failures land in the `audit`
+3. No fact checking -> every generated conversation goes through `trainer.kb.audit`; failures land in the `audit`
    split, never in `train`.
 
 Providers: any OpenAI-compatible chat endpoint through `huggingface_hub.InferenceClient(base_url=..., api_key=...)`
@@ -318,7 +318,7 @@ def system_prompt(item: PlanItem) -> str:
 
 class LocalProvider:
     """An in-process transformers model (default: the embedded demo model), for offline generation: loaded through
-    `trainer.modeling` (revision, device) unquantized, answering through its batch generator."""
+    `trainer.inference.model` (revision, device) unquantized, answering through its batch generator."""
 
     kind = "local"
     DECODING = GenerationSettings(max_new_tokens=400, temperature=0.7, top_p=0.95, repetition_penalty=1.1)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULT_MARGIN = 0.05
-"""Non-inferiority margin on rates (0.05 = five points): how much worse than the base an adapter may be and pass."""
+"""Non-inferiority margin on rates (0.05 = five points): how much worse than the base an adapter may be and pass.
+The one default: `EvalJob.margin` (the eval's `margin` key and `--margin`) is this."""
 GATED = (("rubric_accuracy", "rubric accuracy"), ("false_premise_correction", "false-premise correction"),
          ("judge", "judge (adapter wins - base wins)"))
 VERDICTS = ("passed", "failed", "inconclusive", "not gated")

@@ -48,12 +48,12 @@ def loss_reduction(stage: StageRun) -> dict[str, Any]:
     history = stage.log_history()
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    if m.get("eval_loss_first") is not None and not any(s == 0 for s, _ in evals):
-        evals.insert(0, (0, m["eval_loss_first"]))  # the pre-training eval is logged before train() starts
-    if not train and m.get("train_loss_first") is not None:
-        train = [(1, m["train_loss_first"]), (m.get("optimizer_steps") or 1, m["train_loss_last"])]
-    if m.get("eval_loss_last") is not None and (not evals or evals[-1][1] != m["eval_loss_last"]):
-        evals.append((m.get("optimizer_steps") or 1, m["eval_loss_last"]))  # the final eval, after the checkpoint
+    if m.eval_loss_first is not None and not any(s == 0 for s, _ in evals):
+        evals.insert(0, (0, m.eval_loss_first))  # the pre-training eval is logged before train() starts
+    if not train and m.train_loss_first is not None:
+        train = [(1, m.train_loss_first), (m.optimizer_steps or 1, m.train_loss_last)]
+    if m.eval_loss_last is not None and (not evals or evals[-1][1] != m.eval_loss_last):
+        evals.append((m.optimizer_steps or 1, m.eval_loss_last))  # the final eval, after the checkpoint
 
     def pct(first, last):
         return round((first - last) / first * 100, 2) if first and last is not None else None
@@ -62,7 +62,7 @@ def loss_reduction(stage: StageRun) -> dict[str, Any]:
     ef, el = (evals[0][1], evals[-1][1]) if evals else (None, None)
     return {"train_loss_first": tf, "train_loss_last": tl, "train_loss_reduction_pct": pct(tf, tl),
             "eval_loss_first": ef, "eval_loss_last": el, "eval_loss_reduction_pct": pct(ef, el),
-            "optimizer_steps": m.get("optimizer_steps"), "source": "trainer log history" if history else
+            "optimizer_steps": m.optimizer_steps, "source": "trainer log history" if history else
             "metrics.json", "train_curve": train, "eval_curve": evals}
 
 

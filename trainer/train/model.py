@@ -98,7 +98,7 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
                     for_training: bool = True):
     """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU.
 
-    With `padding_free`, SDPA is swapped for its per-conversation twin (see trainer.attention)."""
+    With `padding_free`, SDPA is swapped for its per-conversation twin (see trainer.train.attention)."""
     quiet_bitsandbytes_kernel_notice()
     import torch
     from transformers import AutoModelForCausalLM

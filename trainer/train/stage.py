@@ -9,14 +9,18 @@ runs/<name>/<stage>/
     loss.png               train and eval loss curves
     checkpoints/           resumable Trainer checkpoints (`--resume`)
 
-Stage 2 reloads the 4-bit base, loads the stage-1 adapter as trainable and continues it; nothing is ever merged
-into a 4-bit base.
+The files are named, written and read by `trainer.train.rundir.StageFolder`. A stage runs in three steps: set up
+(reports, parent adapter, fresh folder, model), train, record. Stage 2 reloads the 4-bit base, loads the stage-1
+adapter as trainable and continues it; nothing is ever merged into a 4-bit base.
+
+Under data parallel (`torchrun`, `accelerate launch`) every process runs the same stages: they train together, only
+the main process prints and writes the folder, and every process waits for the folder to be finished before it
+leaves a stage, so the next stage's `init_from` finds the adapter on every process.
 """
 
 from __future__ import annotations
 
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,17 +29,18 @@ from typing import Any, Mapping, Sequence
 
 from trainer import REPO_ROOT
 from trainer.train.config import (PipelineConfig, build_lora_config, build_quantization_config, build_sft_config,
-                                  dump_config, effective_dtype)
+                                  effective_dtype)
 from trainer.data.readers import DataError
 from trainer.data.conversations import StageData, prepare_stage_data, to_dataset
 from trainer.data.readers import resolve_source
 from trainer.train.lm_head import install_compact_lm_head
-from trainer.train.lineage import combined_sha256, git_state, library_versions, now_iso, weights_sha256, write_json
+from trainer.train.lineage import (AdapterRecord, BaseModelRecord, DatasetRecord, Lineage, QuantizationRecord,
+                                   SplitRecord, TemplateRecord, git_state, library_versions, now_iso, weights_sha256)
 from trainer.train.model import (BaseModelRef, ModelError, attach_adapter, load_base_model, load_tokenizer,
                                  name_base_in_adapter, resolve_base_model)
+from trainer.train.rundir import StageFolder, StageMetrics, StageSplit
 from trainer.train.templates import TrainingTemplate, select_training_template, verify_training_template
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TEMPLATE_CHECK_ROWS = 64
 
 
@@ -60,8 +65,8 @@ class StagePlan:
         return self.grounded[split] if self.grounded else getattr(self.data, split)
 
     @property
-    def stage_dir(self) -> Path:
-        return self.cfg.run_dir() / self.stage
+    def folder(self) -> StageFolder:
+        return StageFolder(self.cfg.run_dir() / self.stage)
 
 
 @dataclass(frozen=True)
@@ -86,21 +91,17 @@ def config_base_dir(cfg: PipelineConfig) -> Path | None:
     return Path(cfg.source).resolve().parent.parent if cfg.source else None
 
 
-def stage_is_complete(stage_dir: Path) -> bool:
-    return (stage_dir / "adapter" / ADAPTER_WEIGHTS).is_file() and (stage_dir / "metrics.json").is_file()
-
-
 def resolve_init(cfg: PipelineConfig, stage: str) -> tuple[Path | None, str | None]:
     """The adapter a stage continues: an earlier stage's output, a folder, or None."""
     init = cfg.stage(stage).init_from
     if init is None:
         return None, None
     if init in cfg.stages:
-        adapter = cfg.run_dir() / init / "adapter"
-        if not stage_is_complete(cfg.run_dir() / init):
-            raise ModelError(f"stages.{stage}.init_from is {init!r}, but {adapter} holds no finished adapter; "
+        parent = StageFolder(cfg.run_dir() / init)
+        if not parent.is_finished():
+            raise ModelError(f"stages.{stage}.init_from is {init!r}, but {parent.adapter} holds no finished adapter; "
                              f"train it first (--stage {init})")
-        return adapter, init
+        return parent.adapter, init
     path = Path(init)
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"stages.{stage}.init_from: {init} is not an adapter folder (no adapter_config.json)")
@@ -209,12 +210,13 @@ def ground_stage_data(data: StageData, dataset, tokenizer, template: TrainingTem
     return kept, {"train": train, "eval": held, "record": record}
 
 
-def _peak_memory() -> dict[str, float | None]:
+def _peak_memory() -> tuple[float, float | None]:
+    """Peak resident memory and peak GPU memory (None without CUDA) of this process, GiB."""
     import torch
 
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return {"peak_rss_gb": round(rss_kb / 2**20, 3), "peak_gpu_gb": round(gpu, 3) if gpu is not None else None}
+    return round(rss_kb / 2**20, 3), round(gpu, 3) if gpu is not None else None
 
 
 def _loss_reduction(first: float | None, last: float | None) -> float | None:
@@ -246,30 +248,23 @@ def _plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _base_model_record(ref: BaseModelRef, model) -> dict[str, Any]:
-    record: dict[str, Any] = {"name": ref.name, "revision": ref.revision, "demo": ref.is_demo}
-    if ref.is_local:
-        record["path"] = ref.path
-        record["weights_sha256"] = weights_sha256(ref.path)
-        source = Path(ref.path) / "SOURCE.json"
-        if source.is_file():
-            import json
+def _base_model_record(ref: BaseModelRef, model) -> BaseModelRecord:
+    if not ref.is_local:
+        return BaseModelRecord(ref.name, ref.revision, ref.is_demo, commit=getattr(model.config, "_commit_hash", None))
+    import json
 
-            record["source"] = json.loads(source.read_text(encoding="utf-8"))
-    else:
-        record["commit"] = getattr(model.config, "_commit_hash", None)
-    return record
+    source_file = Path(ref.path) / "SOURCE.json"  # where the weights came from (the demo model's upstream)
+    source = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else None
+    return BaseModelRecord(ref.name, ref.revision, ref.is_demo, path=ref.path, weights_sha256=weights_sha256(ref.path),
+                           source=source)
 
 
-def _adapter_record(adapter_dir: Path, stage: str | None) -> dict[str, Any]:
+def _parent_record(adapter_dir: Path, stage: str | None) -> AdapterRecord:
     from trainer.data.conversations import file_sha256
 
-    record: dict[str, Any] = {"path": str(adapter_dir), "stage": stage,
-                              "adapter_sha256": file_sha256(adapter_dir / ADAPTER_WEIGHTS)}
-    parent_lineage = adapter_dir.parent / "lineage.json"
-    if parent_lineage.is_file():
-        record["lineage_sha256"] = file_sha256(parent_lineage)
-    return record
+    folder = StageFolder(adapter_dir.parent)
+    return AdapterRecord(str(adapter_dir), stage, file_sha256(folder.adapter_weights),
+                         file_sha256(folder.lineage) if folder.lineage.is_file() else None)
 
 
 def compile_decoder_layers(model) -> int:
@@ -283,61 +278,108 @@ def compile_decoder_layers(model) -> int:
     return len(layers)
 
 
-def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: StagePlan | None = None) -> Path:
-    """Train one stage and write its run directory. Returns the stage directory. `plan` is the stage's plan from
-    `plan_pipeline` (made here when not given)."""
-    started = time.time()
-    st = cfg.stage(stage)
-    stage_dir = cfg.run_dir() / stage
-    if resume and stage_is_complete(stage_dir):
-        print(f"[{stage}] already complete in {stage_dir}; skipping (--resume)", flush=True)
-        return stage_dir
+# The processes of a run: one, or several under data parallel
 
-    # Plan: config, tokenizer, template and data are all checked before any weights load
-    if plan is None:
-        plan = plan_pipeline(cfg, [stage]).stages[stage]
-    # The parent adapter exists only once its stage has finished: checked when this stage starts, not up front.
-    init_from, parent_stage = resolve_init(cfg, stage)
-    print(f"[{stage}] {plan.data.summary()}", flush=True)
+def process_state():
+    """accelerate's view of this run's processes (one, or one per rank under `torchrun` / `accelerate launch`), on
+    the device the stage's SFTConfig chose: without CUDA the processes train on the CPU and talk over gloo."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _say(state, stage: str, message: str) -> None:
+    """Print a line of the stage's report, once per run (the main process's)."""
+    if state.is_main_process:
+        print(f"[{stage}] {message}", flush=True)
+
+
+# A stage in three steps: set up, train, record
+
+@dataclass
+class StageSetup:
+    """What a stage starts from, the same on every process."""
+
+    init_from: Path | None
+    """The adapter it continues (None: a fresh one)."""
+    parent_stage: str | None
+    """The stage of this run that trained `init_from`."""
+    checkpoint: str | None
+    """The checkpoint `--resume` continues from."""
+    model: Any
+    """The 4-bit base with the adapter attached, trainable."""
+    base_record: BaseModelRecord
+    """The base as lineage.json records it (weights hashed before the adapter is attached)."""
+
+
+@dataclass
+class TrainedStage:
+    """What training left for the records."""
+
+    trainer: Any
+    """The SFTTrainer, which saves the adapter."""
+    output: Any
+    """`trainer.train()`'s TrainOutput."""
+    history: list[dict[str, Any]]
+    """The Trainer's log: losses by step, the eval before training at step 0."""
+    train_seconds: float
+    """Seconds in `trainer.train()`."""
+    eval_first: float | None
+    """Held-out loss before training (None without one)."""
+    eval_last: float | None
+    """Held-out loss after the last step (None without held-out rows)."""
+    compiled_layers: int
+    """Decoder layers compiled (`compile_layers`)."""
+
+
+def report_plan(plan: StagePlan, state) -> None:
+    """The stage's data report: what was read, kept and skipped, grounding, template notes."""
+    stage = plan.stage
+    _say(state, stage, plan.data.summary())
     for report in plan.data.reports:
         for error in report.errors[:10]:
-            print(f"[{stage}]   skipped {error}", flush=True)
+            _say(state, stage, f"  skipped {error}")
         if report.bad > 10:
-            print(f"[{stage}]   ... {report.bad - 10} more skipped rows (see lineage.json)", flush=True)
+            _say(state, stage, f"  ... {report.bad - 10} more skipped rows (see lineage.json)")
     if plan.grounded:
         g = plan.grounded["record"]
-        print(f"[{stage}] grounded in the knowledge base {g['kb_version'].get('version')} ({g['kb_path']}): "
-              f"{g['passages_per_conversation']} passages per conversation in its system prompt", flush=True)
+        _say(state, stage, f"grounded in the knowledge base {g['kb_version'].get('version')} ({g['kb_path']}): "
+                           f"{g['passages_per_conversation']} passages per conversation in its system prompt")
     if plan.template.family == "mistral" and any(c.messages[0]["role"] == "system"
                                                  for c in plan.training_rows("train")):
-        print(f"[{stage}] note: Mistral's template shows a system prompt only with the final user turn, so "
-              "training conversations (which end with an answer) render without it", flush=True)
+        _say(state, stage, "note: Mistral's template shows a system prompt only with the final user turn, so "
+                           "training conversations (which end with an answer) render without it")
+
+
+def setup_stage(plan: StagePlan, state, *, resume: bool) -> StageSetup:
+    """Report the plan, find the parent adapter and the checkpoint to resume, start the stage folder (main process)
+    and load the 4-bit base with the adapter attached."""
+    cfg, stage, folder, st = plan.cfg, plan.stage, plan.folder, plan.cfg.stage(plan.stage)
+    if not state.is_main_process:  # one progress bar per run, the main process's
+        import datasets
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    report_plan(plan, state)
+    # The parent adapter exists only once its stage has finished: checked when this stage starts, not up front.
+    init_from, parent_stage = resolve_init(cfg, stage)
 
     from transformers.trainer_utils import get_last_checkpoint
 
-    checkpoint = None
-    checkpoints_dir = stage_dir / "checkpoints"
-    if resume and checkpoints_dir.is_dir():
-        checkpoint = get_last_checkpoint(str(checkpoints_dir))
+    checkpoint = get_last_checkpoint(str(folder.checkpoints)) if resume and folder.checkpoints.is_dir() else None
     if resume and checkpoint is None:
-        print(f"[{stage}] --resume: no checkpoint in {checkpoints_dir}; starting the stage from the beginning",
-              flush=True)
-    from accelerate import PartialState
-
-    state = PartialState()  # under `accelerate launch`, only the main process writes the run directory
+        _say(state, stage, f"--resume: no checkpoint in {folder.checkpoints}; starting the stage from the beginning")
+    state.wait_for_everyone()  # every process has looked for its checkpoint before the folder changes
     if state.is_main_process:
-        if checkpoint is None and stage_dir.exists():
-            shutil.rmtree(stage_dir)  # a fresh run never mixes with an older one's files
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, stage_dir / "resolved_config.yaml", stage=stage)
+        folder.start(cfg, stage, fresh=checkpoint is None)
     state.wait_for_everyone()
 
     import torch
 
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-
-    # Load the 4-bit base and attach (or continue) the adapter
     model = load_base_model(plan.ref, cfg.quantization, attn_implementation=cfg.model.attn_implementation,
                             trust_remote_code=cfg.model.trust_remote_code, bf16=st.bf16,
                             padding_free=st.padding_free)
@@ -345,36 +387,56 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
     model = attach_adapter(model, cfg, init_from)
     trainable, total = model.get_nb_trainable_parameters()
     weights = "4-bit " + cfg.quantization.quant_type if cfg.quantization.load_in_4bit else "unquantized"
-    print(f"[{stage}] base {cfg.model.name} ({weights}), "
-          f"LoRA r={cfg.lora.r}: {trainable:,} trainable of {total:,} parameters"
-          + (f", continuing {init_from}" if init_from else ""), flush=True)
+    processes = f", {state.num_processes} processes" if state.num_processes > 1 else ""
+    _say(state, stage, f"base {cfg.model.name} ({weights}), LoRA r={cfg.lora.r}: {trainable:,} trainable of "
+                       f"{total:,} parameters" + (f", continuing {init_from}" if init_from else "") + processes)
+    return StageSetup(init_from, parent_stage, checkpoint, model, base_record)
 
-    # Train
+
+def train_stage(plan: StagePlan, setup: StageSetup, state) -> TrainedStage:
+    """TRL's SFTTrainer on the stage's rows: the eval before, the training, the eval after the last step. Every
+    process runs it (the Trainer wraps the model for data parallel)."""
+    import copy
+
+    from transformers import TrainerCallback
     from trl import SFTTrainer
 
+    stage, st = plan.stage, plan.cfg.stage(plan.stage)
+    # The eval before training runs inside train() (`eval_on_start`), after the Trainer has wrapped the model for data
+    # parallel. An evaluate() called before train() marks the model as prepared, and accelerate then never wraps it in
+    # DDP: each process would train alone, its gradients never averaged with the others'.
+    eval_on_start = bool(plan.data.eval and st.eval_before_training and setup.checkpoint is None)
+    args = copy.copy(plan.sft_config)
+    args.eval_on_start = eval_on_start
+
+    class ReportEvalBeforeTraining(TrainerCallback):
+        def on_evaluate(self, args, train_state, control, metrics=None, **kwargs):
+            if train_state.global_step == 0 and metrics and "eval_loss" in metrics and state.is_main_process:
+                from tqdm.auto import tqdm
+
+                # above the progress bars, which are on the screen by now
+                tqdm.write(f"[{stage}] eval loss before training: {metrics['eval_loss']:.4f}", file=sys.stdout)
+
     trainer = SFTTrainer(
-        model=model,
-        args=plan.sft_config,
+        model=setup.model,
+        args=args,
         train_dataset=to_dataset(plan.training_rows("train")),
         eval_dataset=to_dataset(plan.training_rows("eval")) if plan.data.eval else None,
         processing_class=plan.tokenizer,
+        callbacks=[ReportEvalBeforeTraining()],
     )
     install_compact_lm_head(trainer.model.get_base_model())  # no-op on GPUs, where TRL's Triton kernels run
     compiled_layers = compile_decoder_layers(trainer.model) if st.compile_layers else 0
     if compiled_layers:
-        print(f"[{stage}] compile_layers: {compiled_layers} decoder layers compiled (the first steps include "
-              "compiling)", flush=True)
-    eval_first = None
-    if plan.data.eval and st.eval_before_training and checkpoint is None:
-        eval_first = trainer.evaluate()["eval_loss"]
-        print(f"[{stage}] eval loss before training: {eval_first:.4f}", flush=True)
-    elif checkpoint is not None:
-        print(f"[{stage}] resuming from {checkpoint}", flush=True)
+        _say(state, stage, f"compile_layers: {compiled_layers} decoder layers compiled (the first steps include "
+                           "compiling)")
+    if setup.checkpoint is not None:
+        _say(state, stage, f"resuming from {setup.checkpoint}")
     train_started = time.time()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    output = trainer.train(resume_from_checkpoint=setup.checkpoint)
     train_seconds = time.time() - train_started
     history = list(trainer.state.log_history)
-    eval_last = None
+    eval_first = eval_last = None
     if plan.data.eval:
         last = next((h for h in reversed(history) if "eval_loss" in h), None)
         if last is None or last.get("step") != trainer.state.global_step:  # no eval at the final step yet
@@ -382,97 +444,118 @@ def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: St
             history = list(trainer.state.log_history)
             last = history[-1]
         eval_last = last["eval_loss"]
-        if eval_first is None and checkpoint is not None:
+        if eval_on_start or setup.checkpoint is not None:  # a resumed stage's log holds its first eval
             eval_first = next((h["eval_loss"] for h in history if "eval_loss" in h), None)
+    return TrainedStage(trainer, output, history, train_seconds, eval_first, eval_last, compiled_layers)
 
-    # Save the adapter with the exact template it was trained with
-    adapter_dir = stage_dir / "adapter"
-    trainer.save_model(str(adapter_dir))  # adapter + tokenizer; gathers sharded (FSDP) weights first
-    if not state.is_main_process:
-        return stage_dir
-    name_base_in_adapter(adapter_dir, cfg)
 
+def stage_metrics(plan: StagePlan, setup: StageSetup, trained: TrainedStage, state, started: float) -> StageMetrics:
+    """metrics.json: losses, throughput over every process, and the main process's peak memory."""
+    import torch
+
+    history, output = trained.history, trained.output
     train_losses = [h["loss"] for h in history if "loss" in h]
     tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
-    if tokens is None or checkpoint is not None:
+    if tokens is None or setup.checkpoint is not None:
         tokens = int(sum(plan.data.train_lengths) * (output.metrics.get("epoch") or 1))
-    steps = trainer.state.global_step
-    metrics = {
-        "stage": stage,
-        "train_loss_first": train_losses[0] if train_losses else None,
-        "train_loss_last": train_losses[-1] if train_losses else None,
-        "train_loss_mean": output.training_loss,
-        "train_loss_reduction_pct": _loss_reduction(train_losses[0] if train_losses else None,
-                                                    train_losses[-1] if train_losses else None),
-        "eval_loss_first": eval_first,
-        "eval_loss_last": eval_last,
-        "eval_loss_reduction_pct": _loss_reduction(eval_first, eval_last),
-        "eval_perplexity_last": round(float(torch.exp(torch.tensor(eval_last))), 4) if eval_last is not None else None,
-        "optimizer_steps": steps,
-        "epochs": output.metrics.get("epoch"),
-        "train_conversations": len(plan.data.train),
-        "eval_conversations": len(plan.data.eval),
-        "tokens_seen": int(tokens),
-        "train_seconds": round(train_seconds, 2),
-        "tokens_per_second": round(tokens / train_seconds, 2) if train_seconds else None,
-        "samples_per_second": output.metrics.get("train_samples_per_second"),
-        **_peak_memory(),
-        "wall_seconds": round(time.time() - started, 2),
-        "resumed_from": Path(checkpoint).name if checkpoint else None,
-        "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-                   else f"cpu ({torch.get_num_threads()} threads)"),
-        "liger_kernel": bool(plan.sft_config.use_liger_kernel),
-        "compiled_layers": compiled_layers,
-    }
-    write_json(stage_dir / "metrics.json", metrics)
-    write_json(stage_dir / "split.json", plan.data.split_record())
-    lineage = {
-        "run": cfg.name,
-        "stage": stage,
-        "created": now_iso(),
-        "base_model": base_record,
-        "quantization": ({"load_in_4bit": True, "quant_type": cfg.quantization.quant_type,
-                          "double_quant": cfg.quantization.double_quant,
-                          "compute_dtype": effective_dtype(cfg.quantization.compute_dtype)}
-                         if cfg.quantization.load_in_4bit else {"load_in_4bit": False}),
-        "parent_adapter": _adapter_record(init_from, parent_stage) if init_from else None,
-        "adapter_sha256": _adapter_record(adapter_dir, stage)["adapter_sha256"],
-        "chat_template": {"family": plan.template.family, "sha256": plan.template.sha256},
-        "datasets": [r.to_dict() for r in plan.data.reports],
-        "split": {
-            "method": "seeded content hash" if not cfg.stage(stage).dataset.eval_path else "separate eval file",
-            "seed": cfg.seed,
-            "train_rows": len(plan.data.train),
-            "eval_rows": len(plan.data.eval),
-            "train_sha256": combined_sha256([c.content_hash for c in plan.data.train]),
-            "eval_sha256": combined_sha256([c.content_hash for c in plan.data.eval]),
-        },
-        "bad_rows": [str(e) for r in plan.data.reports for e in r.errors],
-        "grounding": plan.grounded["record"] if plan.grounded else None,
-        "seed": cfg.seed,
-        "libraries": library_versions(),
-        "git": git_state(REPO_ROOT),
-        "command": " ".join(sys.argv),
-    }
-    write_json(stage_dir / "lineage.json", lineage)
-    if eval_first is not None and not any(h.get("step") == 0 and "eval_loss" in h for h in history):
-        history.insert(0, {"step": 0, "eval_loss": eval_first})  # train() starts a fresh log after that eval
-    _plot_losses(history, stage_dir / "loss.png", f"{cfg.name} / {stage}")
-    print(f"[{stage}] done in {metrics['wall_seconds']:.0f}s: train loss {metrics['train_loss_first']} -> "
-          f"{metrics['train_loss_last']}, eval loss {eval_first} -> {eval_last}, "
-          f"{metrics['tokens_per_second']} tokens/s; adapter in {adapter_dir}", flush=True)
-    return stage_dir
+    first, last = (train_losses[0], train_losses[-1]) if train_losses else (None, None)
+    eval_first, eval_last = trained.eval_first, trained.eval_last
+    peak_rss, peak_gpu = _peak_memory()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    return StageMetrics(
+        stage=plan.stage, train_loss_first=first, train_loss_last=last, train_loss_mean=output.training_loss,
+        train_loss_reduction_pct=_loss_reduction(first, last),
+        eval_loss_first=eval_first, eval_loss_last=eval_last,
+        eval_loss_reduction_pct=_loss_reduction(eval_first, eval_last),
+        eval_perplexity_last=round(float(torch.exp(torch.tensor(eval_last))), 4) if eval_last is not None else None,
+        optimizer_steps=trained.trainer.state.global_step, epochs=output.metrics.get("epoch"),
+        train_conversations=len(plan.data.train), eval_conversations=len(plan.data.eval), tokens_seen=int(tokens),
+        train_seconds=round(trained.train_seconds, 2),
+        tokens_per_second=round(tokens / trained.train_seconds, 2) if trained.train_seconds else None,
+        samples_per_second=output.metrics.get("train_samples_per_second"),
+        peak_rss_gb=peak_rss, peak_gpu_gb=peak_gpu, wall_seconds=round(time.time() - started, 2),
+        resumed_from=Path(setup.checkpoint).name if setup.checkpoint else None,
+        device=device + (f" x {state.num_processes} processes" if state.num_processes > 1 else ""),
+        liger_kernel=bool(plan.sft_config.use_liger_kernel), compiled_layers=trained.compiled_layers,
+    )
+
+
+def stage_lineage(plan: StagePlan, setup: StageSetup) -> Lineage:
+    """lineage.json: what the adapter just saved was made from."""
+    from trainer.data.conversations import file_sha256
+
+    cfg, data, q = plan.cfg, plan.data, plan.cfg.quantization
+    return Lineage(
+        run=cfg.name, stage=plan.stage, created=now_iso(), base_model=setup.base_record,
+        quantization=QuantizationRecord(True, q.quant_type, q.double_quant, effective_dtype(q.compute_dtype))
+        if q.load_in_4bit else QuantizationRecord(False),
+        parent_adapter=_parent_record(setup.init_from, setup.parent_stage) if setup.init_from else None,
+        adapter_sha256=file_sha256(plan.folder.adapter_weights),
+        chat_template=TemplateRecord(plan.template.family, plan.template.sha256),
+        datasets=tuple(DatasetRecord.from_report(r) for r in data.reports),
+        split=SplitRecord.of(data, seed=cfg.seed, separate_eval_file=bool(cfg.stage(plan.stage).dataset.eval_path)),
+        bad_rows=tuple(str(e) for r in data.reports for e in r.errors),
+        grounding=plan.grounded["record"] if plan.grounded else None,
+        seed=cfg.seed, libraries=library_versions(), git=git_state(REPO_ROOT), command=" ".join(sys.argv),
+    )
+
+
+def record_stage(plan: StagePlan, setup: StageSetup, trained: TrainedStage, state, started: float) -> None:
+    """Save the adapter (every process: the Trainer gathers sharded weights first) with the exact template it was
+    trained with; then, on the main process, the loss plot, split, lineage and metrics."""
+    folder = plan.folder
+    trained.trainer.save_model(str(folder.adapter))  # adapter + tokenizer; writes on the main process only
+    if not state.is_main_process:
+        return
+    name_base_in_adapter(folder.adapter, plan.cfg)
+    _plot_losses(trained.history, folder.loss_plot, f"{plan.cfg.name} / {plan.stage}")  # the eval before: step 0
+    metrics = stage_metrics(plan, setup, trained, state, started)
+    folder.write_records(StageSplit.from_dict(plan.data.split_record()), stage_lineage(plan, setup), metrics)
+    _say(state, plan.stage, f"done in {metrics.wall_seconds:.0f}s: train loss {metrics.train_loss_first} -> "
+                            f"{metrics.train_loss_last}, eval loss {metrics.eval_loss_first} -> "
+                            f"{metrics.eval_loss_last}, {metrics.tokens_per_second} tokens/s; adapter in "
+                            f"{folder.adapter}")
+
+
+def run_stage(cfg: PipelineConfig, stage: str, *, resume: bool = False, plan: StagePlan | None = None) -> Path:
+    """Train one stage and write its run directory. Returns the stage directory. `plan` is the stage's plan from
+    `plan_pipeline` (made here when not given). Under data parallel every process calls it, and every process
+    returns only once the stage folder is finished."""
+    started = time.time()
+    folder = StageFolder(cfg.run_dir() / stage)
+    if resume and folder.is_finished():
+        if process_state().is_main_process:
+            print(f"[{stage}] already complete in {folder.path}; skipping (--resume)", flush=True)
+        return folder.path
+
+    # Set up: config, tokenizer, template and data were all checked before any weights load
+    if plan is None:
+        plan = plan_pipeline(cfg, [stage]).stages[stage]
+    state = process_state()
+    setup = setup_stage(plan, state, resume=resume)
+
+    # Train
+    trained = train_stage(plan, setup, state)
+
+    # Record: the adapter, then the records; no process leaves before the stage is finished
+    record_stage(plan, setup, trained, state, started)
+    state.wait_for_everyone()
+    return folder.path
 
 
 def run_pipeline(cfg: PipelineConfig, stage: str = "all", *, resume: bool = False) -> list[Path]:
-    """Run one stage or all of them in order. Later stages continue earlier ones as configured."""
+    """Run one stage or all of them in order. Later stages continue earlier ones as configured. Under data parallel,
+    every process runs it and the processes close their connections together at the end."""
     names = list(cfg.stages) if stage == "all" else [stage]
     for name in names:
         cfg.stage(name)  # unknown names fail before anything runs
     # Plan every stage that will run before any trains, so a typo in stage 2 does not surface after stage 1's
     # hours; each stage then trains on exactly what was checked.
-    todo = [name for name in names if not (resume and stage_is_complete(cfg.run_dir() / name))]
+    todo = [name for name in names if not (resume and StageFolder(cfg.run_dir() / name).is_finished())]
     plans = plan_pipeline(cfg, todo).stages if todo else {}
-    return [run_stage(cfg, name, resume=resume, plan=plans.get(name)) for name in names]
-
-
+    stage_dirs = [run_stage(cfg, name, resume=resume, plan=plans.get(name)) for name in names]
+    state = process_state()
+    if state.num_processes > 1:  # data parallel: leave together, with no connection to a peer left open
+        state.wait_for_everyone()
+        state.destroy_process_group()
+    return stage_dirs

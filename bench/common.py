@@ -1,0 +1,84 @@
+"""What the benchmarks share: what a result is recorded with (the device, peak GPU memory, library versions), and
+the child processes a benchmark runs each measured side in (each prints one `RESULT {json}` line).
+
+    from bench.common import answer_child, device_info, gpu_memory, spawn_child, versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "liger-kernel")
+"""The packages whose versions a result is recorded with."""
+
+
+def gpu_memory() -> dict:
+    """Peak GPU memory allocated and reserved by this process, in GiB (None without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"peak_gpu_allocated_gb": None, "peak_gpu_reserved_gb": None}
+    return {"peak_gpu_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_gpu_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
+def device_info() -> dict:
+    """The CUDA device's name and CUDA version, or `cpu` with PyTorch's thread count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    return {"device": "cpu", "cuda": None, "threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    """Python's version and each of LIBRARIES' (None where it is not installed)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def spawn_child(kind: str, spec: dict, log: bool, script: str | Path) -> dict:
+    """Run `script --child KIND spec.json` (offline, from the repo root) and return the dict its `RESULT ` line
+    carries, echoing its output when `log`; a child that fails gives `{"side": kind, "error": ...}`."""
+    spec_path = Path(spec["work"]) / f"spec-{kind}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), "--child", kind, str(spec_path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result, tail = None, []
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+            continue
+        tail = (tail + [line])[-60:]
+        if log:
+            sys.stdout.write(f"  [{kind}] {line}")
+    proc.wait()
+    if proc.returncode != 0 or result is None:
+        return {"side": kind, "error": f"exit {proc.returncode}: " + "".join(tail)[-3000:]}
+    return result
+
+
+def answer_child(args: argparse.Namespace, run) -> bool:
+    """In a child process (`--child KIND SPEC`): `run(kind, spec)`, print its RESULT line, return True."""
+    if not args.child:
+        return False
+    kind, spec_path = args.child
+    print("RESULT " + json.dumps(run(kind, json.loads(Path(spec_path).read_text()))), flush=True)
+    return True
