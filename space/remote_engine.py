@@ -108,10 +108,7 @@ class OpenAIEngine:
         started = time.time()
         text, chunks = "", None
         try:
-            # repetition_penalty is not an OpenAI field (some servers reject unknown fields): the server's default
-            chunks = client.chat_completion(list(messages), model=model, stream=True,
-                                            max_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                            top_p=settings.top_p if settings.temperature > 0 else None)
+            chunks = self._open_stream(client, messages, model, settings)
             for chunk in chunks:
                 if stop is not None and stop.is_set():
                     stats.stopped = True
@@ -133,6 +130,21 @@ class OpenAIEngine:
             if close is not None:
                 close()  # the consumer left early (stop button, closed page): drop the stream
             stats.total_s = time.time() - started
+
+    @staticmethod
+    def _open_stream(client, messages: Sequence[dict[str, str]], model: str, settings: GenerationSettings):
+        """The answer's stream, asked for once more when the first try could not connect: a kept-alive connection
+        the server has since closed (as servers do after an error) fails before anything is sent or generated."""
+        for attempt in (1, 2):
+            try:
+                # repetition_penalty is not an OpenAI field (some servers reject unknown fields): the server's default
+                return client.chat_completion(list(messages), model=model, stream=True,
+                                              max_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                              top_p=settings.top_p if settings.temperature > 0 else None)
+            except Exception as exc:
+                refused = getattr(getattr(exc, "response", None), "status_code", None) is not None
+                if attempt == 2 or refused or "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
+                    raise
 
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                  settings: GenerationSettings = GenerationSettings()) -> str:

@@ -59,6 +59,7 @@ def test_two_processes_train_both_stages_once_with_the_single_process_loss(demo_
     printed = done.stdout
     run_dir = out / "demo"
     assert sorted(p.name for p in run_dir.iterdir()) == ["stage1", "stage2"]
+    assert printed.count("finished: ") == 1, printed
     for stage in ("stage1", "stage2"):
         stage_dir = run_dir / stage
         adapters = [p for p in stage_dir.rglob("adapter_model.safetensors") if "checkpoints" not in p.parts]

@@ -2,8 +2,9 @@
 
 One server for the module, started through the script `trainer serve --start` runs, on the demo model and the
 `short_demo_run` fixture's adapters (`demo/stage1`, `demo/stage2`). The app on `engine: openai` streams from it for
-the base and each adapter and takes 16 visitors at once; the server is stopped and started again under the app; and
-vLLM's greedy answers are compared token for token with PEFT's on the unquantized base.
+the base and each adapter and takes 16 visitors at once; and vLLM's greedy answers are compared token for token with
+PEFT's on the unquantized base. (How the app takes a server that stops and comes back is the same for every
+OpenAI-compatible server: tests/test_remote_engine.py checks it on `transformers serve`, in a third of the time.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from trainer.inference.model import BASE
 pytestmark = pytest.mark.slow
 
 SYSTEM = "You are a careful study-abroad counsellor."
-UNAVAILABLE = "⚠ No answer: the model server did not respond"
 PROMPTS = [
     "How do I apply for a student visa for the United Kingdom?",
     "What documents do I need for a German blocked account?",
@@ -176,17 +176,3 @@ def test_generate_uses_vllm_as_its_openai_compatible_provider(vllm, tmp_path, mo
     summary = json.loads((out / "summary.json").read_text())
     assert summary["usage"]["requests"] == 2 * 2 and summary["usage"]["completion_tokens"] > 0
     assert len((out / "raw.jsonl").read_text().splitlines()) == 2
-
-
-def test_a_server_stopped_mid_run_is_one_message_and_the_app_answers_when_it_is_back(vllm, vllm_app):
-    """Last in the module: stops the shared server, then starts it again at the same address."""
-    from gradio_client import Client
-
-    client = Client(vllm_app, verbose=False)
-    vllm.stop()
-    history, _ = chat(client, "Is health insurance compulsory?", BASE)
-    assert [m["metadata"]["title"] for m in history if is_note(m)] == [UNAVAILABLE]
-    vllm.start()
-    adapter = list(vllm.adapters)[-1]
-    history, _ = chat(client, "Is health insurance compulsory?", adapter)
-    assert message_text(history[-1]).strip() and not is_note(history[-1]), history

@@ -152,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     stage_dirs = run_pipeline(cfg, args.stage, resume=args.resume)
-    print("finished: " + ", ".join(str(d) for d in stage_dirs))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch, the main process says it once
+        print("finished: " + ", ".join(str(d) for d in stage_dirs))
     return 0
 
 
