@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -41,15 +40,9 @@ def device_info() -> dict:
 
 def versions() -> dict:
     """Python's version and each of LIBRARIES' (None where it is not installed)."""
-    import importlib.metadata as md
+    from trainer.train.lineage import library_versions
 
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    return library_versions(LIBRARIES)
 
 
 def spawn_child(kind: str, spec: dict, log: bool, script: str | Path) -> dict:

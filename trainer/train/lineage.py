@@ -21,9 +21,10 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets",
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    """Python's version and each library's (None where it is not installed)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
