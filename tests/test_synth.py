@@ -345,24 +345,6 @@ def test_generate_offline_with_the_demo_model(tmp_path, capsys):
     assert len((out / "raw.jsonl").read_text().splitlines()) == 4
 
 
-def test_generate_against_transformers_serve(transformers_serve, tmp_path, monkeypatch):
-    """The same command with --base-url: InferenceClient against a real OpenAI-compatible server."""
-    from trainer.__main__ import main
-
-    base_url, model = transformers_serve
-    monkeypatch.setenv("SYNTH_TEST_KEY", "sk-never-written")
-    out = tmp_path / "served"
-    assert main(["generate", "--n", "3", "--out", str(out), "--base-url", base_url, "--model", model,
-                 "--api-key-env", "SYNTH_TEST_KEY", "--max-tokens", "16", "--concurrency", "2", "--exchanges", "2", "2",
-                 "--false-premise-share", "0.34", "--price-in", "0.5", "--price-out", "1.5"]) == 0
-    summary = _check_output(out, 3)
-    assert summary["false_premise"] == 1 and summary["usage"]["completion_tokens"] > 0
-    assert summary["usage"]["requests"] == 3 * 2 and summary["cost_estimate"] > 0
-    for path in out.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".jsonl", ".md"):
-            assert "sk-never-written" not in path.read_text()
-
-
 def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
     """All rows fail the audit: train and eval are empty, and the dataset still loads with its schema."""
     import datasets

@@ -168,11 +168,19 @@ def test_the_eval_asks_vllm_for_every_model_and_reads_its_answers(vllm, short_de
 
 
 def test_generate_uses_vllm_as_its_openai_compatible_provider(vllm, tmp_path, monkeypatch):
+    """`generate --base-url`: InferenceClient against a real OpenAI-compatible server, with a key, a false-premise
+    share and prices; the key is never written."""
     from trainer.__main__ import main
 
+    monkeypatch.setenv("SYNTH_TEST_KEY", "sk-never-written")
     out = tmp_path / "synth"
     assert main(["generate", "--n", "2", "--out", str(out), "--base-url", vllm.base_url, "--model", vllm.model,
-                 "--max-tokens", "24", "--concurrency", "2", "--exchanges", "2", "2"]) == 0
+                 "--api-key-env", "SYNTH_TEST_KEY", "--max-tokens", "24", "--concurrency", "2", "--exchanges", "2",
+                 "2", "--false-premise-share", "0.5", "--price-in", "0.5", "--price-out", "1.5"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["usage"]["requests"] == 2 * 2 and summary["usage"]["completion_tokens"] > 0
+    assert summary["false_premise"] == 1 and summary["cost_estimate"] > 0
     assert len((out / "raw.jsonl").read_text().splitlines()) == 2
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl", ".md"):
+            assert "sk-never-written" not in path.read_text()
