@@ -142,8 +142,7 @@ class OpenAIEngine:
                                               max_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                               top_p=settings.top_p if settings.temperature > 0 else None)
             except Exception as exc:
-                refused = getattr(getattr(exc, "response", None), "status_code", None) is not None
-                if attempt == 2 or refused or "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError):
+                if attempt == 2 or _http_status(exc) is not None or _timed_out(exc):
                     raise
 
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
@@ -156,7 +155,7 @@ class OpenAIEngine:
 
     def _unavailable(self, exc: Exception, adapter: str, model: str) -> EngineUnavailable:
         """The visitor's one line for a failure, and the operator's one line in the log (no key, no traceback)."""
-        status = getattr(getattr(exc, "response", None), "status_code", None)
+        status = _http_status(exc)
         name = type(exc).__name__
         if status == 429:
             message = "The model server is busy right now (too many requests). Please try again in a minute."
@@ -167,7 +166,7 @@ class OpenAIEngine:
             message = f"The model server had an error (HTTP {status}). Please try again in a moment."
         elif status is not None:
             message = f"The model server refused this request (HTTP {status}). Please try again or change settings."
-        elif "Timeout" in name or isinstance(exc, TimeoutError):
+        elif _timed_out(exc):
             message = (f"The model server did not answer within {self.settings.timeout_s:g} s. Please try again in "
                        "a moment.")
         else:
@@ -177,3 +176,13 @@ class OpenAIEngine:
             detail = detail.replace(self.api_key, "***")
         print(f"[engine] {self.base_url} model {model!r}: {name}: {detail[:300]}", flush=True)
         return EngineUnavailable(message)
+
+
+def _http_status(exc: Exception) -> int | None:
+    """The HTTP status the server answered a failed request with (None: no answer came)."""
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def _timed_out(exc: Exception) -> bool:
+    """Whether the request failed by waiting too long (the client's timeout, of any HTTP library)."""
+    return "Timeout" in type(exc).__name__ or isinstance(exc, TimeoutError)

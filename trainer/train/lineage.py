@@ -93,14 +93,26 @@ def write_json(path: str | Path, data: Any) -> None:
 # record writes the keys lineage.json has always had, in the same order; reading a file tolerates missing keys (an
 # older run, a test's partial folder) and ignores unknown ones.
 
-def _known(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
+def known_fields(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
     """The entries of `data` that are fields of `cls`."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in (data or {}).items() if k in names}
 
 
+class Record:
+    """A JSON record as a frozen dataclass: written field by field in the declared order, read back tolerating missing
+    keys and ignoring unknown ones. A record whose file leaves some keys out overrides `to_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None):
+        return cls(**known_fields(cls, data))
+
+
 @dataclass(frozen=True)
-class BaseModelRecord:
+class BaseModelRecord(Record):
     """The base model a stage trained on."""
 
     name: str | None = None
@@ -132,13 +144,9 @@ class BaseModelRecord:
             out["commit"] = self.commit
         return out
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> BaseModelRecord:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class QuantizationRecord:
+class QuantizationRecord(Record):
     """How the base was quantized while it trained."""
 
     load_in_4bit: bool = False
@@ -156,13 +164,9 @@ class QuantizationRecord:
         return {"load_in_4bit": True, "quant_type": self.quant_type, "double_quant": self.double_quant,
                 "compute_dtype": self.compute_dtype}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> QuantizationRecord:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class AdapterRecord:
+class AdapterRecord(Record):
     """The adapter a stage continued (its parent)."""
 
     path: str
@@ -183,11 +187,11 @@ class AdapterRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> AdapterRecord | None:
         return None if data is None else cls(**{"path": None, "stage": None, "adapter_sha256": None,
-                                               **_known(cls, data)})
+                                               **known_fields(cls, data)})
 
 
 @dataclass(frozen=True)
-class TemplateRecord:
+class TemplateRecord(Record):
     """The chat template the stage trained with (saved in the adapter folder)."""
 
     family: str | None = None
@@ -195,16 +199,9 @@ class TemplateRecord:
     sha256: str | None = None
     """sha256 of the template text."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"family": self.family, "sha256": self.sha256}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> TemplateRecord:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class DatasetRecord:
+class DatasetRecord(Record):
     """One data file (or folder, or Hub dataset) a stage read, and what ingestion made of it."""
 
     source: str | None = None
@@ -232,13 +229,6 @@ class DatasetRecord:
     def is_local(self) -> bool:
         return bool(self.file_sha256)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> DatasetRecord:
-        return cls(**_known(cls, data))
-
     @classmethod
     def from_report(cls, report) -> DatasetRecord:
         """From ingestion's `DataReport`."""
@@ -246,7 +236,7 @@ class DatasetRecord:
 
 
 @dataclass(frozen=True)
-class SplitRecord:
+class SplitRecord(Record):
     """How a stage's conversations were split into train and eval."""
 
     method: str | None = None
@@ -262,13 +252,6 @@ class SplitRecord:
     eval_sha256: str | None = None
     """One hash over the held-out conversations' content hashes."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> SplitRecord:
-        return cls(**_known(cls, data))
-
     @classmethod
     def of(cls, data, *, seed: int, separate_eval_file: bool) -> SplitRecord:
         """From a stage's `StageData` (its train and eval conversations)."""
@@ -279,7 +262,7 @@ class SplitRecord:
 
 
 @dataclass(frozen=True)
-class GitRecord:
+class GitRecord(Record):
     """The code that trained."""
 
     commit: str | None = None
@@ -287,16 +270,9 @@ class GitRecord:
     dirty: bool | None = None
     """Whether the tree had uncommitted changes."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"commit": self.commit, "dirty": self.dirty}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> GitRecord:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class EvaluationRecord:
+class EvaluationRecord(Record):
     """The evaluation's verdict on the stage, added to lineage.json after training (`StageRun.record_evaluation`)."""
 
     verdict: str
@@ -310,17 +286,14 @@ class EvaluationRecord:
     date: str
     """When the evaluation ran (ISO 8601, UTC)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> EvaluationRecord | None:
         return None if data is None else cls(**{"verdict": None, "passed": None, "summary": None, "results": None,
-                                                 "date": None, **_known(cls, data)})
+                                                 "date": None, **known_fields(cls, data)})
 
 
 @dataclass(frozen=True)
-class Lineage:
+class Lineage(Record):
     """lineage.json: what a stage's adapter was made from."""
 
     run: str | None = None
@@ -375,7 +348,7 @@ class Lineage:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Lineage:
-        known = _known(cls, data)
+        known = known_fields(cls, data)
         return cls(**{
             **known,
             "base_model": BaseModelRecord.from_dict(known.get("base_model")),

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from trainer import REPO_ROOT
 from trainer.train.config import PipelineConfig, dump_config, load_config
-from trainer.train.lineage import EvaluationRecord, Lineage, write_json
+from trainer.train.lineage import EvaluationRecord, Lineage, Record, write_json
 from trainer.typed_yaml import ConfigError
 
 if TYPE_CHECKING:
@@ -55,13 +55,8 @@ class RunError(ValueError):
     """A run folder that is missing, unfinished or inconsistent; the message names the file and what to do."""
 
 
-def _known(cls, data: Mapping[str, Any] | None) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in (data or {}).items() if k in names}
-
-
 @dataclass(frozen=True)
-class StageMetrics:
+class StageMetrics(Record):
     """metrics.json: how a stage's training went. Every field may be None in a folder written by an older version."""
 
     stage: str | None = None
@@ -113,12 +108,6 @@ class StageMetrics:
     compiled_layers: int | None = None
     """Decoder layers run through `torch.compile` (0: none)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StageMetrics:
-        return cls(**_known(cls, data))
 
 
 @dataclass(frozen=True)
