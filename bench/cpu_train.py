@@ -99,7 +99,7 @@ def run_side(side: str, mix: str, steps: int, max_length: int, overrides: list[s
         metrics = json.loads((stage_dir / "metrics.json").read_text())
         tokens, seconds = metrics["tokens_seen"], metrics["train_seconds"]
         settings = {k: v for k, v in cfg.to_dict()["stages"]["stage1"].items()
-                    if k in ("gradient_checkpointing", "padding_free", "optim", "bf16")}
+                    if k in ("gradient_checkpointing", "padding_free", "optim")} | {"precision": metrics["precision"]}
     else:
         import datasets
         from trl import SFTConfig, SFTTrainer

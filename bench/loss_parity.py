@@ -159,15 +159,16 @@ def baseline_recipe(overrides: list[str]) -> tuple[dict, str]:
     with the same overrides bench/gpu_qlora.py applies to ours."""
     import torch
 
-    from trainer.train.config import effective_dtype, load_config
+    from trainer.train.config import load_config, pipeline_precision
+    from trainer.train.model import base_dtypes
 
     cfg = load_config(REPO / "configs" / "paper.yaml", overrides)
     st = cfg.stage("stage1")
-    dtype = effective_dtype(cfg.quantization.compute_dtype)
+    precision, dtype = base_dtypes(cfg.quantization, pipeline_precision(cfg))
     return ({"learning_rate": st.learning_rate, "lr_scheduler_type": st.lr_scheduler_type, "warmup_steps": 0,
              "max_grad_norm": st.max_grad_norm, "weight_decay": st.weight_decay,
              "optim": st.optim if torch.cuda.is_available() else "adamw_torch",  # as gpu_qlora.child_ours
-             "bf16": st.bf16 and effective_dtype("bfloat16") == "bfloat16",
+             **precision.trl_flags,
              "activation_checkpointing": st.gradient_checkpointing}, dtype)
 
 

@@ -138,10 +138,15 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
 def test_config_imports_no_module_of_the_tool_but_typed_yaml():
     import ast
 
-    tree = ast.parse((REPO / "trainer" / "train" / "config.py").read_text(encoding="utf-8"))
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert {m for m in imported if m and m.split(".")[0] == "trainer"} == {"trainer.typed_yaml"}
+    def tool_imports(module: str) -> set[str]:
+        tree = ast.parse((REPO / "trainer" / "train" / f"{module}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        return {m for m in imported if m and m.split(".")[0] == "trainer"}
+
+    # the device rule (precision and kernels) sits beside the config, on the same floor
+    assert tool_imports("config") == {"trainer.typed_yaml", "trainer.train.device"}
+    assert tool_imports("device") == {"trainer.typed_yaml"}
     out = subprocess.run([sys.executable, "-c", "import trainer.train.config, trainer.data.conversations"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

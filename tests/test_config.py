@@ -11,8 +11,8 @@ import yaml
 from conftest import REPO
 
 from trainer.typed_yaml import ConfigError
-from trainer.train.config import (build_lora_config, build_quantization_config, build_sft_config, dump_config,
-                                  effective_dtype, load_config)
+import trainer.train.config as config
+from trainer.train.config import build_lora_config, build_quantization_config, build_sft_config, dump_config, load_config
 from trainer.typed_yaml import parse_override
 
 SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -68,21 +68,20 @@ def test_shipped_configs_are_found():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_bfloat16_runs_as_float32_where_the_cpu_has_no_native_bfloat16(monkeypatch, capsys, native):
+def test_auto_precision_on_a_cpu_follows_native_bfloat16(native):
     import torch
 
-    import trainer.train.config as config
+    from trainer.train.device import DeviceInfo
+    from trainer.train.model import base_dtypes
 
-    monkeypatch.setattr(config, "native_bf16", lambda: native)
-    monkeypatch.setattr(config, "_PRECISION_NOTICE", [])
+    cpu = DeviceInfo("cpu", "cpu", cpu_native_bf16=native)
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    bnb = config.build_quantization_config(cfg.quantization)
-    sft = config.build_sft_config(cfg, "stage1", None)
+    precision, dtype = base_dtypes(cfg.quantization, config.pipeline_precision(cfg, cpu), cpu)
+    bnb = build_quantization_config(cfg.quantization, dtype)
+    sft = build_sft_config(cfg, "stage1", None, device=cpu)
     assert bnb.bnb_4bit_compute_dtype == (torch.bfloat16 if native else torch.float32)
-    assert sft.bf16 is native
-    assert config.effective_dtype("float16") == "float16"  # only bfloat16 is swapped
-    notice = capsys.readouterr().out
-    assert ("no native bfloat16" in notice) is (not native) and notice.count("[precision]") <= 1
+    assert (sft.bf16, sft.fp16) == (native, False)
+    assert precision.name == ("bf16" if native else "fp32")
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
@@ -120,13 +119,16 @@ def test_shipped_config_builds_trl_peft_and_bnb_configs(path, tmp_path):
     assert set(lora.target_modules) == set(cfg.lora.target_modules)
     assert lora.task_type == "CAUSAL_LM"
 
-    bnb = build_quantization_config(cfg.quantization)
+    from trainer.train.model import base_dtypes
+
+    _, dtype = base_dtypes(cfg.quantization, config.pipeline_precision(cfg))
+    bnb = build_quantization_config(cfg.quantization, dtype)
     if cfg.quantization.load_in_4bit:
         assert isinstance(bnb, BitsAndBytesConfig)
         assert bnb.load_in_4bit is True
         assert bnb.bnb_4bit_quant_type == cfg.quantization.quant_type
         assert bnb.bnb_4bit_use_double_quant == cfg.quantization.double_quant
-        assert bnb.bnb_4bit_compute_dtype == getattr(torch, effective_dtype(cfg.quantization.compute_dtype))
+        assert bnb.bnb_4bit_compute_dtype == getattr(torch, dtype)
     else:
         assert bnb is None
 
@@ -136,7 +138,8 @@ def test_paper_config_holds_the_paper_recipe():
 
     assert cfg.model.name == "mistralai/Mistral-7B-Instruct-v0.3"
     q = cfg.quantization
-    assert (q.load_in_4bit, q.quant_type, q.double_quant, q.compute_dtype) == (True, "nf4", True, "bfloat16")
+    assert (q.load_in_4bit, q.quant_type, q.double_quant, q.compute_dtype) == (True, "nf4", True, "auto")
+    assert cfg.precision == "auto"  # bf16 on Ampere and newer, fp16 on the paper's P100 and T4
     lora = cfg.lora
     assert (lora.r, lora.alpha, lora.dropout, lora.bias) == (16, 32, 0.0, "none")
     assert set(lora.target_modules) == ALL_PROJECTIONS
@@ -232,13 +235,13 @@ def test_stage_override_changes_only_that_stage(tmp_path):
 def test_training_override_reaches_stages_that_do_not_set_the_key(tmp_path):
     path = write_config(tmp_path)
     cfg = load_config(path, ["training.learning_rate=1e-3", "training.gradient_accumulation_steps=2",
-                             "training.bf16=false"])
+                             "training.padding_free=true"])
     # stage1 inherits all three; stage2 keeps its own learning rate and accumulation.
     assert cfg.stages["stage1"].learning_rate == 1e-3
     assert cfg.stages["stage1"].gradient_accumulation_steps == 2
     assert cfg.stages["stage2"].learning_rate == 1e-4
     assert cfg.stages["stage2"].gradient_accumulation_steps == 8
-    assert cfg.stages["stage1"].bf16 is False and cfg.stages["stage2"].bf16 is False
+    assert cfg.stages["stage1"].padding_free and cfg.stages["stage2"].padding_free
 
 
 def test_training_override_without_a_training_block(tmp_path):
@@ -250,7 +253,7 @@ def test_training_override_without_a_training_block(tmp_path):
 
 def test_parse_override_reads_the_value_as_yaml():
     assert parse_override("stages.stage2.learning_rate=1e-4") == (["stages", "stage2", "learning_rate"], "1e-4")
-    assert parse_override("training.bf16=true") == (["training", "bf16"], True)
+    assert parse_override("training.padding_free=true") == (["training", "padding_free"], True)
     assert parse_override("lora.target_modules=[q_proj, v_proj]") == (["lora", "target_modules"], ["q_proj", "v_proj"])
     assert parse_override("model.revision=") == (["model", "revision"], "")
     assert parse_override("name=a=b") == (["name"], "a=b")
@@ -302,8 +305,11 @@ def test_stage_only_keys_are_not_allowed_in_training(tmp_path):
     [
         ("lora.r=abc", "lora.r: expected an integer, got 'abc'"),
         ("lora.r=2.5", "lora.r: expected an integer, got 2.5"),
-        ("training.bf16=maybe", "training.bf16: expected true or false, got 'maybe'"),
-        ("stages.stage1.bf16=maybe", "stages.stage1.bf16: expected true or false, got 'maybe'"),
+        ("training.padding_free=maybe", "training.padding_free: expected true or false, got 'maybe'"),
+        ("stages.stage1.padding_free=maybe", "stages.stage1.padding_free: expected true or false, got 'maybe'"),
+        ("training.bf16=true", "training.bf16: replaced by the pipeline-level `precision: auto | bf16 | fp16 | fp32`"),
+        ("stages.stage2.bf16=false", "stages.stage2.bf16: replaced by the pipeline-level `precision"),
+        ("precision=fp8", "precision: must be one of auto, bf16, fp16, fp32, got 'fp8'"),
         ("stages.stage2.learning_rate=fast", "stages.stage2.learning_rate: expected a number, got 'fast'"),
         ("seed=[1, 2]", "seed: expected an integer, got [1, 2]"),
         ("lora={r: 8, alpha: 16, dropout: x}", "lora.dropout: expected a number, got 'x'"),
@@ -323,7 +329,7 @@ def test_missing_dataset_path_is_named(tmp_path):
     ("override", "expected"),
     [
         ("quantization.quant_type=int8", "quantization.quant_type: must be nf4 or fp4, got 'int8'"),
-        ("quantization.compute_dtype=float8", "quantization.compute_dtype: unknown dtype 'float8'"),
+        ("quantization.compute_dtype=float8", "quantization.compute_dtype: must be auto, bfloat16, float16 or float32, got 'float8'"),
         ("stages.stage1.dataset.eval_fraction=1", "stages.stage1.dataset.eval_fraction: must be in [0, 1), got 1.0"),
         ("stages.stage2.dataset.eval_fraction=1.5", "stages.stage2.dataset.eval_fraction: must be in [0, 1)"),
         ("stages.stage2.dataset.schema=csv", "stages.stage2.dataset.schema: unknown schema 'csv'"),

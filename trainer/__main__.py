@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config and its data without training")
     _add_config_args(validate)
 
+    plan = sub.add_parser("plan", help="precision, kernels and peak memory of each stage on this GPU or a named one, "
+                                       "without loading a model: does the recipe fit?")
+    _add_config_args(plan)
+    card = plan.add_mutually_exclusive_group()
+    card.add_argument("--gpu", metavar="NAME", help="plan for this card instead of this machine's: t4, p100, v100, "
+                      "v100-32gb, l4, a10g, rtx3060, rtx4090, a100-40gb, a100-80gb, h100, h200, zero-gpu")
+    plan.add_argument("--memory", type=float, metavar="GB", help="the device's memory in GB (GiB as torch reports "
+                      "it), e.g. for a card not in the table; with --gpu, overrides the table's")
+    plan.add_argument("--fit", action="store_true", help="pick each stage's batch size and accumulation steps that "
+                      "keep its global batch and fit (as auto_fit: true does in train)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+
     push = sub.add_parser("push", help="publish a run's adapters, datasets and Space to the Hugging Face Hub")
     push.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
     push.add_argument("--stage", action="append", help="stage(s) to push (default: every finished stage)")
@@ -187,6 +199,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 2
     print("valid" + (" (with the items above not checked)" if plan.unchecked else ""))
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from trainer.train.config import load_config
+    from trainer.train.device import detect_device, named_gpu, with_memory
+    from trainer.train.memory_plan import plan_memory, render_plan
+
+    cfg = load_config(args.config, args.overrides)
+    device = named_gpu(args.gpu) if args.gpu else detect_device()
+    if args.memory is not None:
+        if args.memory <= 0:
+            print(f"error: --memory {args.memory:g}: must be positive (GB)", file=sys.stderr)
+            return 2
+        device = with_memory(device, args.memory)
+    plan = plan_memory(cfg, device, detected=not args.gpu, auto_fit=True if args.fit else None)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
+    return 0 if plan.fits else 2
 
 
 def hub_reachable() -> bool:
@@ -352,7 +383,7 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "serve": cmd_serve,
-            "export-feedback": cmd_export_feedback, "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval,
+            "export-feedback": cmd_export_feedback, "plan": cmd_plan, "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval,
             "check": cmd_check}
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainer.train.config import effective_dtype
+from trainer.train.model import base_dtypes
 from trainer.data.conversations import file_sha256
 from trainer.eval import EvalError
 from trainer.eval.gate import GATE_RULE, gate_decision
@@ -353,7 +353,7 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
         "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
         "quantization": None if quant is None else  # None: nothing loaded here (the server's answers only)
         {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type, "double_quant": quant.double_quant,
-         "compute_dtype": effective_dtype(quant.compute_dtype)} if quant.load_in_4bit else {"load_in_4bit": False},
+         "compute_dtype": base_dtypes(quant)[1]} if quant.load_in_4bit else {"load_in_4bit": False},
         "device": device,
         "engine": engine.describe() if engine is not None else {"name": "local", "device": device,
                                                                  "batch_size": job.batch_size},

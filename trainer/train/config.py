@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainer.train.device import (PRECISIONS, DeviceError, DeviceInfo, Precision, detect_device,
+                                  resolve_precision, triton_ok)
 from trainer.typed_yaml import ConfigError, coerce, dump_yaml, load_typed, suggest, to_plain
 
 SCHEMAS = ("messages", "sharegpt", "alpaca", "prompt_completion")
@@ -49,9 +51,10 @@ class QuantizationSettings:
     """`nf4` (the QLoRA paper's NormalFloat) or `fp4`."""
     double_quant: bool = True
     """Quantize the quantization constants too: ~0.4 bit/parameter less memory, no quality cost."""
-    compute_dtype: str = "bfloat16"
-    """dtype the 4-bit weights are dequantized to for each matmul. On a CPU without native bfloat16 (no AVX512-BF16
-    or AMX, e.g. AVX2-only AMD EPYC), `bfloat16` runs as `float32` (see `native_bf16`)."""
+    compute_dtype: str = "auto"
+    """dtype the 4-bit weights are dequantized to for each matmul: `auto` follows the pipeline's `precision`
+    (bfloat16, float16 or float32 as resolved on this device); an explicit `bfloat16` where it is not native is
+    refused (`trainer.train.device`)."""
     quant_storage: str = "uint8"
     """Storage dtype of packed 4-bit weights; `bfloat16` is required for FSDP sharding."""
 
@@ -143,9 +146,7 @@ class StageSettings:
     compile_layers: bool = False
     """Compile each decoder layer with torch.compile (the LoRA branches' and norms' small ops fused; the layers share
     one compiled graph). The first steps pay the compile time: about a minute, more on a CPU, where it needs a C++
-    compiler. Off by default until a GPU profile shows it pays (BENCHMARKS.md, issue 17)."""
-    bf16: bool = True
-    """Mixed precision in bfloat16 (adapter weights and activations); off on a CPU without native bfloat16."""
+    compiler; on a GPU it needs Triton (compute capability 7.0). Off by default until a GPU profile shows it pays."""
     logging_steps: int = 1
     """Log the training loss every N optimizer steps."""
     eval_steps: int | None = None
@@ -172,6 +173,14 @@ class PipelineConfig:
     """Longest conversation in tokens after templating; longer rows are rejected, never silently cut."""
     torch_threads: int | None = None
     """CPU threads for PyTorch; None keeps PyTorch's default."""
+    precision: str = "auto"
+    """`auto`: bf16 on GPUs of compute capability 8.0+ (Ampere and newer), fp16 mixed precision on older ones (T4,
+    V100, P100), on a CPU bf16 where native (AVX512-BF16 or AMX) and fp32 elsewhere; or `bf16`, `fp16`, `fp32`
+    explicitly (bf16 where it only runs emulated is refused). The 4-bit compute dtype follows it."""
+    auto_fit: bool = False
+    """Before training, pick each stage's per-device batch size and accumulation steps that keep its global batch
+    and fit this GPU's memory (`python -m trainer plan --fit` shows the choice); off: a plan that does not fit is
+    refused before the base loads, naming the setting to change."""
     model: ModelSettings = field(default_factory=ModelSettings)
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -204,9 +213,13 @@ def _validate_values(cfg: PipelineConfig) -> None:
     q = cfg.quantization
     if q.quant_type not in ("nf4", "fp4"):
         raise ConfigError(f"quantization.quant_type: must be nf4 or fp4, got {q.quant_type!r}")
-    for key, dtype in (("compute_dtype", q.compute_dtype), ("quant_storage", q.quant_storage)):
-        if dtype not in ("bfloat16", "float16", "float32", "uint8"):
-            raise ConfigError(f"quantization.{key}: unknown dtype {dtype!r}")
+    if q.compute_dtype not in ("auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(f"quantization.compute_dtype: must be auto, bfloat16, float16 or float32, got "
+                          f"{q.compute_dtype!r}")
+    if q.quant_storage not in ("bfloat16", "float16", "float32", "uint8"):
+        raise ConfigError(f"quantization.quant_storage: unknown dtype {q.quant_storage!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.lora.r <= 0 or cfg.lora.alpha <= 0:
         raise ConfigError("lora.r and lora.alpha must be positive")
     if not 0 <= cfg.lora.dropout < 1:
@@ -265,6 +278,12 @@ def _merge_training_defaults(raw: dict[str, Any]) -> None:
     shared = raw.pop("training", None) or {}
     if not isinstance(shared, dict):
         raise ConfigError("training: expected a mapping")
+    stages_raw = raw.get("stages")
+    for where, block in [("training", shared)] + [(f"stages.{k}", v) for k, v in
+                                                  (stages_raw.items() if isinstance(stages_raw, dict) else ())]:
+        if isinstance(block, dict) and "bf16" in block:
+            raise ConfigError(f"{where}.bf16: replaced by the pipeline-level `precision: auto | bf16 | fp16 | fp32` "
+                              "(auto picks bf16 only where the device runs it natively); remove the bf16 line")
     stage_hints = typing.get_type_hints(StageSettings)
     for key in shared:
         if key not in _SHARED_STAGE_KEYS:
@@ -281,10 +300,19 @@ def _merge_training_defaults(raw: dict[str, Any]) -> None:
     raw["stages"] = merged
 
 
-def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
-    """Read a pipeline YAML, apply dotted `key=value` overrides, and return the validated, frozen config."""
-    return load_typed(PipelineConfig, Path(path), overrides, prepare=_merge_training_defaults,
-                      validate=_validate_values)
+def _drop_legacy_bf16(raw: dict[str, Any]) -> None:
+    """A resolved config written before `precision` existed carries `bf16` in every stage: it ran as `auto` does."""
+    for block in (raw.get("stages") or {}).values():
+        if isinstance(block, dict) and block.pop("bf16", None) is False:
+            raw.setdefault("precision", "fp32")
+    _merge_training_defaults(raw)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = (), *, resolved: bool = False) -> PipelineConfig:
+    """Read a pipeline YAML, apply dotted `key=value` overrides, and return the validated, frozen config.
+    `resolved`: a run folder's resolved_config.yaml, which may predate the `precision` key."""
+    return load_typed(PipelineConfig, Path(path), overrides,
+                      prepare=_drop_legacy_bf16 if resolved else _merge_training_defaults, validate=_validate_values)
 
 
 def dump_config(cfg: PipelineConfig, path: str | Path, stage: str | None = None) -> None:
@@ -310,35 +338,14 @@ def build_lora_config(cfg: PipelineConfig):
     )
 
 
-def native_bf16() -> bool:
-    """Whether bfloat16 matmuls run natively here: on a CUDA GPU, or a CPU with AVX512-BF16 or AMX. Elsewhere PyTorch
-    emulates them: on a 2-core AVX2 AMD EPYC a bf16 matmul measured 0.75 GFLOPS against 37 in float32, and a demo
-    training step took 613 s instead of ~12 s. There the tool computes in float32 and says so once."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe() for probe in probes if probe is not None)
+def pipeline_precision(cfg: PipelineConfig, device: DeviceInfo | None = None) -> Precision:
+    """The pipeline's `precision` on this device (or a named one): see `trainer.train.device.resolve_precision`."""
+    return resolve_precision(cfg.precision, device or detect_device(), f"{cfg.source}: precision")
 
 
-_PRECISION_NOTICE: list[str] = []
-
-
-def effective_dtype(name: str) -> str:
-    """`compute_dtype` (or the training precision) as it runs on this machine: `bfloat16` becomes `float32` where
-    bfloat16 is not native (`native_bf16`), with one line printed the first time."""
-    if name != "bfloat16" or native_bf16():
-        return name
-    if not _PRECISION_NOTICE:
-        _PRECISION_NOTICE.append(name)
-        print("[precision] this CPU has no native bfloat16 (no AVX512-BF16 or AMX): computing in float32, which is "
-              "~50x faster here than emulated bfloat16", flush=True)
-    return "float32"
-
-
-def build_quantization_config(q: QuantizationSettings):
-    """The bitsandbytes 4-bit config, or None when the base is loaded unquantized."""
+def build_quantization_config(q: QuantizationSettings, dtype: str):
+    """The bitsandbytes 4-bit config computing in `dtype` (the resolved compute dtype, see
+    `trainer.train.device.compute_dtype`), or None when the base is loaded unquantized."""
     if not q.load_in_4bit:
         return None
     import torch
@@ -348,54 +355,62 @@ def build_quantization_config(q: QuantizationSettings):
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, effective_dtype(q.compute_dtype)),
+        bnb_4bit_compute_dtype=getattr(torch, dtype),
         bnb_4bit_quant_storage=getattr(torch, q.quant_storage),
     )
 
 
-def liger_kernel_wanted(cfg: PipelineConfig, stage: str) -> bool:
-    """Resolve a stage's `use_liger_kernel`: `auto` is on where a CUDA GPU and the liger-kernel package are; `true`
-    without them raises a ConfigError saying what is missing (Liger's kernels are Triton, GPU only)."""
+def liger_kernel_wanted(cfg: PipelineConfig, stage: str, device: DeviceInfo | None = None) -> bool:
+    """Resolve a stage's `use_liger_kernel`: `auto` is on where Triton runs (a CUDA GPU of compute capability 7.0+)
+    and the liger-kernel package imports; `true` without them raises a ConfigError saying what is missing."""
     import importlib.util
-
-    import torch
 
     setting = cfg.stage(stage).use_liger_kernel
     if setting is False:
         return False
-    missing = [what for what, ok in (("a CUDA GPU", torch.cuda.is_available()),
-                                     ("the liger-kernel package (pip install liger-kernel)",
-                                      importlib.util.find_spec("liger_kernel") is not None)) if not ok]
+    device = device or detect_device()
+    missing = [what for what, ok in (
+        (f"a CUDA GPU of compute capability 7.0+ for Liger's Triton kernels (this is {device.describe()})",
+         triton_ok(device)),
+        ("the liger-kernel package (pip install liger-kernel)", importlib.util.find_spec("liger_kernel") is not None))
+        if not ok]
     if setting == "auto":
         return not missing
     if missing:
-        raise ConfigError(f"{cfg.source}: stages.{stage}.use_liger_kernel is true, but this machine lacks "
+        raise DeviceError(f"{cfg.source}: stages.{stage}.use_liger_kernel is true, but this machine lacks "
                           f"{' and '.join(missing)}; set it to auto or false")
     return True
 
 
-def compile_layers_ready(cfg: PipelineConfig, stage: str) -> None:
-    """Raise a ConfigError when a stage asks for `compile_layers` on a machine that cannot compile: on a CPU,
-    torch.compile's inductor builds C++ and needs a compiler on PATH."""
+def compile_layers_ready(cfg: PipelineConfig, stage: str, device: DeviceInfo | None = None) -> None:
+    """Raise a ConfigError when a stage asks for `compile_layers` on a machine that cannot compile: on a GPU,
+    torch.compile's kernels are Triton (compute capability 7.0+); on a CPU, inductor builds C++ and needs a compiler."""
     import shutil
 
-    import torch
-
-    if not cfg.stage(stage).compile_layers or torch.cuda.is_available():
+    if not cfg.stage(stage).compile_layers:
+        return
+    device = device or detect_device()
+    if device.kind == "cuda":
+        if not triton_ok(device):
+            raise DeviceError(f"{cfg.source}: stages.{stage}.compile_layers is true, but torch.compile's Triton "
+                              f"kernels need compute capability 7.0+ and this is {device.describe()}; set it to false")
         return
     if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
         raise ConfigError(f"{cfg.source}: stages.{stage}.compile_layers is true, but on a CPU torch.compile needs a "
                           "C++ compiler (g++ or clang++ on PATH; apt-get install g++), or set it to false")
 
 
-def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *, eval_enabled: bool = True):
-    """The TRL SFTConfig for one stage. Raises a ConfigError if TRL rejects a value."""
-    import torch
+def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *, eval_enabled: bool = True,
+                     device: DeviceInfo | None = None):
+    """The TRL SFTConfig for one stage on this device (or `device`). Raises a ConfigError if TRL rejects a value or
+    the device cannot run a setting."""
     from trl import SFTConfig
 
     st = cfg.stage(stage)
-    use_liger = liger_kernel_wanted(cfg, stage)
-    compile_layers_ready(cfg, stage)
+    device = device or detect_device()
+    precision = pipeline_precision(cfg, device)
+    use_liger = liger_kernel_wanted(cfg, stage, device)
+    compile_layers_ready(cfg, stage, device)
     eval_strategy = "no"
     if eval_enabled:
         eval_strategy = "steps" if st.eval_steps else "epoch"
@@ -417,8 +432,8 @@ def build_sft_config(cfg: PipelineConfig, stage: str, output_dir: str | Path, *,
             weight_decay=st.weight_decay,
             activation_checkpointing=st.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if st.gradient_checkpointing else None,
-            bf16=st.bf16 and effective_dtype("bfloat16") == "bfloat16",
-            use_cpu=not torch.cuda.is_available(),
+            **precision.trl_flags,  # both always set: TRL turns bf16 on by itself otherwise
+            use_cpu=device.kind == "cpu",
             logging_steps=st.logging_steps,
             logging_first_step=True,
             eval_strategy=eval_strategy,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.train.config import (PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config,
-                                  effective_dtype)
+from trainer.train.config import PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config
+from trainer.train.device import DeviceInfo, Precision, detect_device, resolve_compute_dtype, resolve_precision
 from trainer.train.demo_model import cache_root, demo_model_path, is_demo_model
 
 
@@ -93,21 +93,31 @@ def quiet_bitsandbytes_kernel_notice() -> None:
         logger.addFilter(_DropKernelNotice())
 
 
+def base_dtypes(quantization: QuantizationSettings, precision: Precision | None = None,
+                device: DeviceInfo | None = None) -> tuple[Precision, str]:
+    """(precision, dtype of the base's matmuls and unquantized parts) on this device: `precision` None is `auto`
+    (the rule the app and `trainer serve` use for inference); the 4-bit compute dtype follows it unless set."""
+    device = device or detect_device()
+    precision = precision or resolve_precision("auto", device)
+    if not quantization.load_in_4bit:  # on a CPU an unquantized base stays fp32 (training autocasts from there)
+        return precision, precision.dtype if device.kind == "cuda" else "float32"
+    return precision, resolve_compute_dtype(quantization.compute_dtype, precision, device)
+
+
 def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, attn_implementation: str = "sdpa",
-                    trust_remote_code: bool = False, bf16: bool = True, padding_free: bool = False,
+                    trust_remote_code: bool = False, precision: Precision | None = None, padding_free: bool = False,
                     for_training: bool = True):
-    """The frozen base: 4-bit NF4 when configured (GPU or CPU), otherwise bf16 on GPU / fp32 on CPU.
+    """The frozen base: 4-bit NF4 when configured (GPU or CPU), its matmuls and unquantized parts in the precision's
+    dtype (`precision` None: `auto` on this device, as the app serves).
 
     With `padding_free`, SDPA is swapped for its per-conversation twin (see trainer.train.attention)."""
     quiet_bitsandbytes_kernel_notice()
     import torch
     from transformers import AutoModelForCausalLM
 
-    quant = build_quantization_config(quantization)
-    if quant is not None:
-        dtype = getattr(torch, effective_dtype(quantization.compute_dtype))
-    else:
-        dtype = torch.bfloat16 if (bf16 and torch.cuda.is_available()) else torch.float32
+    precision, dtype_name = base_dtypes(quantization, precision)
+    quant = build_quantization_config(quantization, dtype_name)
+    dtype = getattr(torch, dtype_name)
     attn = attn_implementation
     if padding_free and attn == "sdpa":
         from trainer.train.attention import register_varlen_attention
@@ -124,8 +134,8 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
         kwargs["quantization_config"] = quant
     # Serving only: training keeps quantizing at load until the cached path's training speed is measured on a quiet
     # machine (bench/cpu_train.py); the app's cold start is where the time went.
-    cached = quantized_cache_dir(ref, quantization) if (quant is not None and not for_training
-                                                        and not torch.cuda.is_available()) else None
+    cached = quantized_cache_dir(ref, quantization, dtype_name) if (quant is not None and not for_training
+                                                                    and not torch.cuda.is_available()) else None
     try:
         if cached is not None and (cached / "config.json").is_file():
             kwargs.pop("quantization_config")  # the cached config carries it; the weights are already packed
@@ -147,7 +157,7 @@ def load_base_model(ref: BaseModelRef, quantization: QuantizationSettings, *, at
     return model
 
 
-def quantized_cache_dir(ref: BaseModelRef, quantization: QuantizationSettings) -> Path | None:
+def quantized_cache_dir(ref: BaseModelRef, quantization: QuantizationSettings, dtype: str) -> Path | None:
     """Where the 4-bit copy of the embedded demo model is cached for CPU serving loads; None for any other model.
 
     bitsandbytes quantizes on the CPU with plain torch ops: for the 135M demo model that was about half of the app's
@@ -164,7 +174,7 @@ def quantized_cache_dir(ref: BaseModelRef, quantization: QuantizationSettings) -
     from importlib import metadata
 
     key = {"source": str(source), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files],
-           "quantization": dataclasses.asdict(quantization),
+           "quantization": {**dataclasses.asdict(quantization), "compute_dtype": dtype},
            "versions": [metadata.version(n) for n in ("torch", "transformers", "bitsandbytes")]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_root() / "quantized" / f"{source.name}-{digest}"

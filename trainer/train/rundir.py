@@ -107,6 +107,16 @@ class StageMetrics(Record):
     """Whether Liger's Triton kernels ran."""
     compiled_layers: int | None = None
     """Decoder layers run through `torch.compile` (0: none)."""
+    precision: str | None = None
+    """`bf16`, `fp16` or `fp32`, as resolved on this device (`precision` in the config)."""
+    skipped_steps: int | None = None
+    """Optimizer steps the fp16 loss scaler skipped (gradients overflowed); 0 outside fp16."""
+    nonfinite_grad_norms: int | None = None
+    """Optimizer steps whose gradient norm was inf or NaN."""
+    loss_scale_last: float | None = None
+    """The fp16 loss scale at the end (None outside fp16)."""
+    planned_peak_gb: float | None = None
+    """Peak memory `python -m trainer plan` predicted for this stage, GiB (GPU allocated, or RSS on a CPU)."""
 
 
 
@@ -248,7 +258,7 @@ class StageFolder:
 
     def read_config(self) -> PipelineConfig:
         try:
-            return load_config(self.config)
+            return load_config(self.config, resolved=True)
         except ConfigError as exc:
             raise RunError(str(exc)) from None
 
@@ -454,3 +464,27 @@ def describe_adapter(adapter_dir: Path) -> str:
         if m.eval_loss_first is not None and m.eval_loss_last is not None:
             text += f", eval loss {m.eval_loss_first:.3f} -> {m.eval_loss_last:.3f}"
     return text
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """The training and eval loss curves by optimizer step (the eval before training at step 0), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#1f77b4")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", color="#d62728")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -28,17 +28,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainer import REPO_ROOT
-from trainer.train.config import (PipelineConfig, build_lora_config, build_quantization_config, build_sft_config,
-                                  effective_dtype)
+from trainer.train.config import PipelineConfig, build_lora_config, build_sft_config, pipeline_precision
+from trainer.train.device import Precision, check_torch_build, detect_device
+from trainer.train.memory_plan import apply_plan, check_stage_memory
 from trainer.data.readers import DataError
 from trainer.data.conversations import StageData, prepare_stage_data, to_dataset
 from trainer.data.readers import resolve_source
 from trainer.train.lm_head import install_compact_lm_head
+from trainer.train.precision_watch import keep_trainable_weights_fp32, precision_watch
 from trainer.train.lineage import (AdapterRecord, BaseModelRecord, DatasetRecord, Lineage, QuantizationRecord,
                                    SplitRecord, TemplateRecord, git_state, library_versions, now_iso, weights_sha256)
-from trainer.train.model import (BaseModelRef, ModelError, attach_adapter, load_base_model, load_tokenizer,
-                                 name_base_in_adapter, resolve_base_model)
-from trainer.train.rundir import StageFolder, StageMetrics, StageSplit
+from trainer.train.model import (BaseModelRef, ModelError, attach_adapter, base_dtypes, load_base_model,
+                                 load_tokenizer, name_base_in_adapter, resolve_base_model)
+from trainer.train.rundir import StageFolder, StageMetrics, StageSplit, plot_losses
 from trainer.train.templates import TrainingTemplate, select_training_template, verify_training_template
 
 TEMPLATE_CHECK_ROWS = 64
@@ -56,7 +58,17 @@ class StagePlan:
     template: TrainingTemplate | None
     data: StageData
     sft_config: Any
+    precision: Precision
+    """The pipeline's precision on this device."""
     grounded: dict[str, Any] | None = None
+    memory: Any = None
+    """The stage's memory plan (`trainer.train.memory_plan.StagePlanResult`; None: the shapes were not readable)."""
+    memory_note: str | None = None
+    """One line on the memory plan, for the stage's report."""
+
+    @property
+    def planned_peak_gb(self) -> float | None:
+        return self.memory.memory.peak_gb if self.memory is not None else None
     """With `dataset.grounding: kb`: the rows as trained (`train`, `eval`: the same conversations with the retrieved
     KB passages in their system prompt) and the `record` the lineage keeps; `data` keeps the rows as written."""
 
@@ -118,9 +130,14 @@ def plan_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None, *, o
     could not be checked is listed in `unchecked`, not pretended. `keep_going` records a stage whose data is
     refused in `failed` and plans the others."""
     names = list(cfg.stages) if stages is None else list(stages)
+    # The device first: a torch build without kernels for this GPU, or a precision it cannot run, is named now
+    device = detect_device()
+    check_torch_build(device)
+    precision = pipeline_precision(cfg, device)
+    base_dtypes(cfg.quantization, precision, device)  # an explicit compute dtype the device lacks is refused here
     build_lora_config(cfg)
-    build_quantization_config(cfg.quantization)
-    sft_configs = {name: build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints") for name in names}
+    sft_configs = {name: build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints", device=device)
+                   for name in names}
 
     # The tokenizer and template, once for the whole pipeline
     unchecked: list[str] = []
@@ -163,10 +180,15 @@ def plan_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None, *, o
         if template is not None:
             rows = grounded["train"] + grounded["eval"] if grounded else data.train + data.eval
             verify_training_template(tokenizer, template, [c.messages for c in rows[:TEMPLATE_CHECK_ROWS]])
-        sft_config = sft_configs[name]
-        if not data.eval and sft_config.eval_strategy != "no":
-            sft_config = build_sft_config(cfg, name, cfg.run_dir() / name / "checkpoints", eval_enabled=False)
-        plans[name] = StagePlan(cfg, name, ref, tokenizer, template, data, sft_config, grounded)
+        memory = check_stage_memory(cfg, name, device, data.train_lengths if tokenizer is not None else None)
+        stage_cfg = apply_plan(cfg, memory) if memory is not None and memory.fitted else cfg
+        sft_config = sft_configs[name] if stage_cfg is cfg else None
+        if sft_config is None or (not data.eval and sft_config.eval_strategy != "no"):
+            sft_config = build_sft_config(stage_cfg, name, cfg.run_dir() / name / "checkpoints",
+                                          eval_enabled=bool(data.eval), device=device)
+        result = memory.stages[name] if memory is not None else None
+        plans[name] = StagePlan(stage_cfg, name, ref, tokenizer, template, data, sft_config, precision, grounded,
+                                memory=result, memory_note=memory.render_short(name) if memory else None)
     if tokenizer is not None:
         # Only now: every check above compared the training template with the model's own one.
         tokenizer.chat_template = template.text
@@ -223,29 +245,6 @@ def _loss_reduction(first: float | None, last: float | None) -> float | None:
     if first is None or last is None or first == 0:
         return None
     return round((first - last) / first * 100, 2)
-
-
-def _plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="#1f77b4")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss", color="#d62728")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _base_model_record(ref: BaseModelRef, model) -> BaseModelRecord:
@@ -331,6 +330,8 @@ class TrainedStage:
     """Held-out loss after the last step (None without held-out rows)."""
     compiled_layers: int
     """Decoder layers compiled (`compile_layers`)."""
+    watch: Any = None
+    """The precision watch: skipped steps, non-finite gradient norms, the loss scale."""
 
 
 def report_plan(plan: StagePlan, state) -> None:
@@ -342,6 +343,8 @@ def report_plan(plan: StagePlan, state) -> None:
             _say(state, stage, f"  skipped {error}")
         if report.bad > 10:
             _say(state, stage, f"  ... {report.bad - 10} more skipped rows (see lineage.json)")
+    if plan.memory_note:
+        _say(state, stage, plan.memory_note)
     if plan.grounded:
         g = plan.grounded["record"]
         _say(state, stage, f"grounded in the knowledge base {g['kb_version'].get('version')} ({g['kb_path']}): "
@@ -381,13 +384,15 @@ def setup_stage(plan: StagePlan, state, *, resume: bool) -> StageSetup:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     model = load_base_model(plan.ref, cfg.quantization, attn_implementation=cfg.model.attn_implementation,
-                            trust_remote_code=cfg.model.trust_remote_code, bf16=st.bf16,
+                            trust_remote_code=cfg.model.trust_remote_code, precision=plan.precision,
                             padding_free=st.padding_free)
     base_record = _base_model_record(plan.ref, model)
     model = attach_adapter(model, cfg, init_from)
+    keep_trainable_weights_fp32(model)  # fp32 master weights under any mixed precision (fp16 AMP demands it)
     trainable, total = model.get_nb_trainable_parameters()
     weights = "4-bit " + cfg.quantization.quant_type if cfg.quantization.load_in_4bit else "unquantized"
     processes = f", {state.num_processes} processes" if state.num_processes > 1 else ""
+    _say(state, stage, f"precision {plan.precision.name}: {plan.precision.reason}")
     _say(state, stage, f"base {cfg.model.name} ({weights}), LoRA r={cfg.lora.r}: {trainable:,} trainable of "
                        f"{total:,} parameters" + (f", continuing {init_from}" if init_from else "") + processes)
     return StageSetup(init_from, parent_stage, checkpoint, model, base_record)
@@ -425,6 +430,8 @@ def train_stage(plan: StagePlan, setup: StageSetup, state) -> TrainedStage:
         processing_class=plan.tokenizer,
         callbacks=[ReportEvalBeforeTraining()],
     )
+    watch = precision_watch(trainer, stage, plan.precision.name)
+    trainer.add_callback(watch)
     install_compact_lm_head(trainer.model.get_base_model())  # no-op on GPUs, where TRL's Triton kernels run
     compiled_layers = compile_decoder_layers(trainer.model) if st.compile_layers else 0
     if compiled_layers:
@@ -446,7 +453,7 @@ def train_stage(plan: StagePlan, setup: StageSetup, state) -> TrainedStage:
         eval_last = last["eval_loss"]
         if eval_on_start or setup.checkpoint is not None:  # a resumed stage's log holds its first eval
             eval_first = next((h["eval_loss"] for h in history if "eval_loss" in h), None)
-    return TrainedStage(trainer, output, history, train_seconds, eval_first, eval_last, compiled_layers)
+    return TrainedStage(trainer, output, history, train_seconds, eval_first, eval_last, compiled_layers, watch)
 
 
 def stage_metrics(plan: StagePlan, setup: StageSetup, trained: TrainedStage, state, started: float) -> StageMetrics:
@@ -477,6 +484,8 @@ def stage_metrics(plan: StagePlan, setup: StageSetup, trained: TrainedStage, sta
         resumed_from=Path(setup.checkpoint).name if setup.checkpoint else None,
         device=device + (f" x {state.num_processes} processes" if state.num_processes > 1 else ""),
         liger_kernel=bool(plan.sft_config.use_liger_kernel), compiled_layers=trained.compiled_layers,
+        precision=plan.precision.name, skipped_steps=trained.watch.skipped, nonfinite_grad_norms=trained.watch.nonfinite,
+        loss_scale_last=trained.watch.loss_scale(), planned_peak_gb=plan.planned_peak_gb,
     )
 
 
@@ -487,7 +496,7 @@ def stage_lineage(plan: StagePlan, setup: StageSetup) -> Lineage:
     cfg, data, q = plan.cfg, plan.data, plan.cfg.quantization
     return Lineage(
         run=cfg.name, stage=plan.stage, created=now_iso(), base_model=setup.base_record,
-        quantization=QuantizationRecord(True, q.quant_type, q.double_quant, effective_dtype(q.compute_dtype))
+        quantization=QuantizationRecord(True, q.quant_type, q.double_quant, base_dtypes(q, plan.precision)[1])
         if q.load_in_4bit else QuantizationRecord(False),
         parent_adapter=_parent_record(setup.init_from, setup.parent_stage) if setup.init_from else None,
         adapter_sha256=file_sha256(plan.folder.adapter_weights),
@@ -508,7 +517,7 @@ def record_stage(plan: StagePlan, setup: StageSetup, trained: TrainedStage, stat
     if not state.is_main_process:
         return
     name_base_in_adapter(folder.adapter, plan.cfg)
-    _plot_losses(trained.history, folder.loss_plot, f"{plan.cfg.name} / {plan.stage}")  # the eval before: step 0
+    plot_losses(trained.history, folder.loss_plot, f"{plan.cfg.name} / {plan.stage}")  # the eval before: step 0
     metrics = stage_metrics(plan, setup, trained, state, started)
     folder.write_records(StageSplit.from_dict(plan.data.split_record()), stage_lineage(plan, setup), metrics)
     _say(state, plan.stage, f"done in {metrics.wall_seconds:.0f}s: train loss {metrics.train_loss_first} -> "
