@@ -12,6 +12,10 @@
 #                                               # profiled optimizer step per side (profile_step.*, traces .json.gz)
 #    bash bench/run_gpu.sh --decode             # issue 16: adapter decode in the local engine, eager vs compiled
 #                                               # (adapter_decode.json/.md)
+#    bash bench/run_gpu.sh --plan               # the memory plan's predicted peak against max_memory_allocated at
+#                                               # three batch layouts (precision_memory-plan.json/.md)
+#    bash bench/run_gpu.sh --fp16               # the paper recipe in fp16 against bf16: losses within 1%, no skipped
+#                                               # step after warm-up (precision_memory-fp16.json/.md)
 #    CPU_REHEARSAL=1 bash bench/run_gpu.sh        # here, with the .venv's python first on PATH: the same path at
 #                                                 # tiny shapes on the CPU (checks this script, not the GPU)
 #
@@ -113,6 +117,25 @@ if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" || "${1:-}" == "--decode
           --out-dir "$OUT" --work-dir /tmp/adapter_decode-work "${decode_shape[@]}"
         rc=$?; echo "bench/adapter_decode.py exit status: $rc (1: the modes' answers differ; 124: timed out)";;
       *) echo "unknown mode $mode (use --parity, --profile and/or --decode)"; rc=2;;
+    esac
+    [[ $rc != 0 ]] && status=$rc
+  done
+  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv 2>/dev/null || true
+  exit $status
+fi
+
+if [[ "${1:-}" == "--plan" || "${1:-}" == "--fp16" ]]; then
+  # Issue 28: both fit one call (model build ~1 min, shared; plan: 3 runs x (0.5 min load + 3 steps); fp16: 2 runs x
+  # (0.5 min load + 12 steps)). Each has its own timeout and writes its JSON/markdown after every run.
+  status=0
+  for mode in "$@"; do
+    case "$mode" in
+      --plan) timeout "${PLAN_TIMEOUT:-300}" $PY bench/precision_memory.py --mode plan --out-dir "$OUT" --quiet "${SHAPE[@]}"
+              rc=$?; echo "bench/precision_memory.py --mode plan exit status: $rc";;
+      --fp16) timeout "${FP16_TIMEOUT:-300}" $PY bench/precision_memory.py --mode fp16 --steps "${FP16_STEPS:-12}" \
+                --out-dir "$OUT" --quiet "${SHAPE[@]}"
+              rc=$?; echo "bench/precision_memory.py --mode fp16 exit status: $rc (1: FAIL or a run failed)";;
+      *) echo "unknown mode $mode (use --plan and/or --fp16)"; rc=2;;
     esac
     [[ $rc != 0 ]] && status=$rc
   done
