@@ -138,7 +138,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["plan", "fp16"], required=True)
+    parser.add_argument("--mode", choices=["plan", "fp16"], help="required (children are told by --child)")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (plan: 3)")
     parser.add_argument("--warmup-steps", type=int, default=4, help="fp16: steps the loss scale may settle in")
     parser.add_argument("--demo", action="store_true", help="plan on the CPU with the embedded demo model")
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if answer_child(args, child_train):
         return 0
+    if args.mode is None:
+        parser.error("--mode plan or --mode fp16 is required")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = {"mode": args.mode, "command": " ".join(["python", "bench/precision_memory.py", *sys.argv[1:]]),

@@ -268,3 +268,21 @@ def test_adapter_decode_tiny_compares_eager_and_compiled(tmp_path):
     assert "compiled decode" in results["modes"][1]["figures"]["serving"]
     table = (tmp_path / "out" / "adapter_decode.md").read_text()
     assert "| eager |" in table and "| compiled |" in table and "compiled / eager decode" in table
+
+
+def test_fp16_verdict_passes_within_one_percent_without_late_skips():
+    from bench.precision_memory import fp16_verdict, markdown
+
+    bf16 = {"losses": [3.0, 2.8, 2.6, 2.5, 2.4, 2.3], "skipped_at": []}
+    ok = fp16_verdict({"losses": [3.3, 2.9, 2.61, 2.51, 2.405, 2.31], "skipped_at": [1, 2]}, bf16, warmup=2)
+    assert ok["verdict"] == "PASS" and ok["skipped_total"] == 2 and ok["skipped_after_warmup"] == []
+    late = fp16_verdict({"losses": [3.0, 2.8, 2.6, 2.5, 2.4, 2.3], "skipped_at": [5]}, bf16, warmup=2)
+    assert late["verdict"] == "FAIL" and late["skipped_after_warmup"] == [5]
+    drift = fp16_verdict({"losses": [3.0, 2.8, 2.6, 2.5, 2.4, 2.4], "skipped_at": []}, bf16, warmup=2)
+    assert drift["verdict"] == "FAIL" and drift["worst_rel_diff_after_warmup"] > 0.04
+    assert fp16_verdict({"losses": []}, bf16, warmup=2)["verdict"] == "FAIL"
+    text = markdown({"mode": "fp16", "device": "Tesla T4", "command": "x", "verdict": late})
+    assert "**FAIL**" in text and "| 5 | 2.4000 | 2.4000 | 0.0000 |" in text
+    plan = markdown({"mode": "plan", "device": "cpu", "command": "x", "runs": [
+        {"label": "2 x 1", "planned_peak_gb": 1.39, "peak_gpu_gb": None, "peak_rss_gb": 1.52}]})
+    assert "| 2 x 1 | 1.39 | 1.52 | 0.91 |" in plan

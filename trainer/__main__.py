@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--no-datasets", action="store_true", help="do not export the training data")
     push.add_argument("--no-space", action="store_true", help="do not push the Space")
     push.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    push.add_argument("--space-hardware", default="t4-small", choices=("t4-small", "zero-gpu", "cpu-basic"),
+                      help="the hardware the Space is written for: README header and requirements.txt "
+                           "(docs/publishing.md; default: t4-small)")
 
     generate = sub.add_parser("generate", help="generate grounded, audited synthetic dialogues for stage 1")
     _add_job_args(generate, "configs/synth/gemini.yaml", "n=20")
@@ -182,10 +185,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if plan.template is not None:
         print(f"chat template: {plan.template.family} training template renders identically to the model's own "
               f"({plan.renderings} renderings compared)")
+    if plan.stages:
+        precision = next(iter(plan.stages.values())).precision
+        print(f"precision: {precision.name} ({precision.reason})")
     for name in cfg.stages:
         if name in plan.stages:
             data = plan.stages[name].data
             print(f"stage {name}: {data.summary()}")
+            if plan.stages[name].memory_note:
+                print(f"  {plan.stages[name].memory_note}")
             for report in data.reports:
                 for error in report.errors[:20]:
                     print(f"  skipped {error}")
@@ -236,7 +244,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     plans = run_push(args.run, namespace=args.namespace, stages=args.stage, private=args.private,
                      revision=args.revision, dry_run=args.dry_run, out_dir=args.out, force=args.force,
-                     datasets=not args.no_datasets, space=not args.no_space, endpoint=args.endpoint)
+                     datasets=not args.no_datasets, space=not args.no_space, endpoint=args.endpoint,
+                     space_hardware=args.space_hardware)
     if args.dry_run:
         print("dry run: nothing was uploaded; the folders above are exactly what would be")
         for plan in plans:
