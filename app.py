@@ -3,7 +3,8 @@
 `build_app(registry, engine, store, cfg)` wires the UI from parts passed in: the banner and the shared settings here,
 each tab from its builder in `space/` (`chat_tab`, `compare_tab`, `labelling_tab`). Nothing loads at import.
 `build_engine(cfg, registry)` picks the engine the settings name. `python app.py` loads the base and adapters once
-and serves on 127.0.0.1:7860 (see `--help`).
+and serves on 127.0.0.1:7860 (see `--help`); on a ZeroGPU Space its answers run inside `spaces.GPU`
+(`space/zerogpu.py`).
 """
 
 import argparse
@@ -92,10 +93,12 @@ def build_engine(cfg, registry):
         from space.remote_engine import OpenAIEngine
 
         return OpenAIEngine.from_config(cfg, registry)
+    from space import zerogpu
     from space.engine import InferenceEngine, choose_base_model
 
+    decode = zerogpu.decode_mode(cfg.decode) if zerogpu.on_zerogpu() else cfg.decode
     return InferenceEngine(choose_base_model(cfg.base_model), registry, load_in_4bit=cfg.load_in_4bit,
-                           base_revision=cfg.base_revision, decode=cfg.decode, cache_tokens=cfg.decode_cache_tokens)
+                           base_revision=cfg.base_revision, decode=decode, cache_tokens=cfg.decode_cache_tokens)
 
 
 def open_feedback_store(cfg):
@@ -130,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = parser.parse_args(argv)
 
+    from space import zerogpu
+
+    if zerogpu.on_zerogpu():
+        zerogpu.prepare()  # before torch is touched: `spaces` patches it (README "ZeroGPU" in docs/publishing.md)
     from trainer.train.model import quiet_bitsandbytes_kernel_notice
 
     quiet_bitsandbytes_kernel_notice()  # before the engine brings in bitsandbytes
@@ -154,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = build_engine(cfg, registry)
         print(f"[app] {cfg.engine} engine: {engine.base_model} and {len(registry)} adapter(s) ...", flush=True)
         engine.load()
+        if cfg.engine == "local":  # the local engine's answers need the GPU; a remote engine's do not
+            engine = zerogpu.serve_on_zerogpu(engine)  # off ZeroGPU: the engine itself
     except (ConfigError, ModelError, DemoModelError, KBError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 
 from trainer.train.config import QuantizationSettings
 from trainer.train.demo_model import DEMO_MODEL_NAME, is_demo_model
+from trainer.train.device import DeviceInfo, Precision, detect_device, resolve_precision, triton_ok
 from trainer.inference.model import BASE, AdapterModel, AdapterSource, GenerationSettings, load_adapter_model
 from trainer.train.model import BaseModelRef, ModelError, resolve_base_model
 
@@ -44,6 +45,21 @@ def choose_base_model(setting: str = "auto") -> str:
     return GPU_DEFAULT_BASE if torch.cuda.is_available() else DEMO_MODEL_NAME
 
 
+def choose_decode(setting: str, device: DeviceInfo) -> tuple[str, str | None]:
+    """The decode mode for `setting` on this device, and a line saying why when an explicit `compiled` is overridden.
+
+    The compiled decode is a `torch.compile`d step whose GPU kernels are Triton's, which needs compute capability 7.0:
+    `auto` is compiled only where Triton runs (`trainer.train.device.triton_ok`), eager elsewhere (a CPU, a P100);
+    `compiled` on a GPU below 7.0 decodes eagerly instead of failing at the first answer."""
+    if setting == "auto":
+        return ("compiled" if triton_ok(device) else "eager"), None
+    if setting == "compiled" and device.kind == "cuda" and not triton_ok(device):
+        cap = ".".join(map(str, device.capability)) if device.capability else "unknown"
+        return "eager", (f"decode: compiled needs Triton, which needs compute capability 7.0 or newer; the "
+                         f"{device.name} is {cap}, so answers decode eagerly")
+    return setting, None
+
+
 def same_base(a: str | None, b: str) -> bool:
     if a is None:
         return True  # nothing recorded: cannot be told apart (PEFT still checks every tensor shape on load)
@@ -61,11 +77,14 @@ class InferenceEngine:
     load_in_4bit: bool = True
     base_revision: str | None = None
     decode: str = "auto"
-    """`compiled`, `eager` or `auto` (compiled on a CUDA GPU): see `trainer.inference.decode.CompiledDecode`."""
+    """`compiled`, `eager` or `auto` (compiled where Triton runs, `choose_decode`): see
+    `trainer.inference.decode.CompiledDecode`."""
     cache_tokens: int = 2048
     """The compiled decode's static KV cache length (prompt plus answer)."""
     served: AdapterModel | None = field(default=None, init=False)
     ref: BaseModelRef | None = field(default=None, init=False)
+    precision: Precision | None = field(default=None, init=False)
+    """What the base computes in (`precision: auto` on this device, the rule training uses), set by `load()`."""
     refused: dict[str, str] = field(default_factory=dict, init=False)
     load_seconds: float = field(default=0.0, init=False)
     _revisions: dict[str, str] = field(default_factory=dict, init=False)
@@ -86,6 +105,7 @@ class InferenceEngine:
     def serving(self) -> str:
         """How the base is served, for the app's banner."""
         how = "4-bit NF4" if self.load_in_4bit else "unquantized"
+        how += f", {self.precision.name}" if self.precision is not None else ""
         return how + (", compiled decode" if self.served is not None and self.served.decode == "compiled" else "")
 
     @property
@@ -111,8 +131,15 @@ class InferenceEngine:
         """Load the base once, then every registered adapter this base can serve into the same PeftModel."""
         started = time.time()
         self.ref = resolve_base_model(self.base_model, self.base_revision)
+        device = detect_device()
+        # The loader resolves `precision: auto` on the same device by the same rule; this says which and why.
+        self.precision = resolve_precision("auto", device)
+        print(f"[engine] precision {self.precision.name} ({self.precision.reason})", flush=True)
+        decode, why = choose_decode(self.decode, device)
+        if why:
+            print(f"[engine] {why}", flush=True)
         self.served = load_adapter_model(self.ref, QuantizationSettings(load_in_4bit=self.load_in_4bit),
-                                         decode=self.decode, cache_tokens=self.cache_tokens)
+                                         decode=decode, cache_tokens=self.cache_tokens)
         for adapter in self.registry:
             try:
                 self._load_adapter(adapter)

@@ -237,8 +237,10 @@ def short_demo_run(demo_training) -> Path:
     return demo_training.cfg.run_dir()
 
 
-def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float = 240):
-    """Start `python app.py --config CONFIG` on a free port; returns (process, url) once it serves."""
+def launch_app(config: Path | None, env: dict[str, str] | None = None, timeout: float = 240, cwd: Path = REPO,
+               whole_env: dict[str, str] | None = None):
+    """Start `python app.py --config CONFIG` (None: the app's default, space_config/space.yaml) in `cwd` on a free
+    port, offline unless `whole_env` replaces this process's environment; returns (process, url) once it serves."""
     import os
     import queue
     import subprocess
@@ -247,9 +249,10 @@ def launch_app(config: Path, env: dict[str, str] | None = None, timeout: float =
     import time
 
     port = serve.free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--config", str(config), "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    proc = subprocess.Popen([sys.executable, "app.py", *(["--config", str(config)] if config else []),
+                             "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=whole_env if whole_env is not None else
+                            {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     log, deadline = [], time.time() + timeout

@@ -12,6 +12,7 @@ from run_folder import data_files, write_stage
 
 from trainer.hub.cards import dataset_card, feedback_card, model_card, size_category
 from trainer.hub.push import PushContext, export_rows, space_settings, stage_space_folder
+from trainer.hub.space_hardware import HARDWARE, SPACES_PIN
 from trainer.train.rundir import read_stage
 from trainer.hub.space_settings import load_space_config
 
@@ -47,11 +48,12 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
     shipped = SpaceCard.load(REPO / "space_config" / "README.md")
     card = SpaceCard.load(dest / "README.md")
     assert card.text.startswith(shipped.text.rstrip("\n"))
-    serving = card.text[len(shipped.text.rstrip("\n")):]
-    assert serving.lstrip().startswith("## Serving on an engine")
+    hardware, serving = card.text[len(shipped.text.rstrip("\n")):].split("## Serving on an engine", 1)
+    assert hardware.strip() == f"## Hardware\n\n{HARDWARE['t4-small'].runs_on}"  # the default hardware
     if revision is None:
-        assert ("vllm serve smollm2-135m-instruct --port 8000 \\\n  --enable-lora --max-loras 2 "
+        assert ("vllm serve smollm2-135m-instruct --port 8000 --dtype bfloat16 \\\n  --enable-lora --max-loras 2 "
                 "--max-lora-rank 16 \\\n  --lora-modules stage1=acme/demo-stage1 stage2=acme/demo-stage2") in serving
+        assert "on a T4, V100 or P100 (no bfloat16) write --dtype half instead" in serving
         assert "-e LORA_ADAPTERS=acme/demo-stage1,acme/demo-stage2" in serving
     else:  # the adapters at the pushed revision, downloaded first
         assert "hf download acme/demo-stage2 --revision v1 --local-dir adapters/stage2\n" in serving
@@ -72,6 +74,38 @@ def test_the_space_bundle_loads_back_through_the_app_settings_and_card(stages, t
     assert list(data) == list(before)  # the shipped key order is kept
     for name in ("app.py", "requirements.txt", "trainer/hub/push.py", "space/registry.py"):
         assert (dest / name).is_file(), name
+
+
+@pytest.mark.parametrize("key, flavor, torch_lines", [
+    ("t4-small", "t4-small", ["torch==2.13.0"]),
+    ("zero-gpu", "zero-a10g", ["torch==2.11.0", "spaces==0.51.3"]),
+    ("cpu-basic", "cpu-basic", ["--extra-index-url https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu"]),
+])
+def test_the_space_is_written_for_the_hardware_named(stages, tmp_path, key, flavor, torch_lines):
+    """README header and requirements.txt fit the hardware; every other pin is the tool's own; the knowledge base
+    the default settings ground and check answers with is in the bundle and loads from it."""
+    from huggingface_hub import SpaceCard
+    from huggingface_hub._space_api import SpaceHardware
+
+    from trainer.kb.loader import load_kb
+
+    dest = tmp_path / "space"
+    stage_space_folder(stages, context(), "acme/demo-space", dest, HARDWARE[key])
+    card = SpaceCard.load(dest / "README.md")
+    assert card.data.suggested_hardware == flavor and flavor in {h.value for h in SpaceHardware}
+    assert f"## Hardware\n\n{HARDWARE[key].runs_on}" in card.text
+    assert ("ZeroGPU" in HARDWARE[key].runs_on) == (key == "zero-gpu")
+    required = [line.split("#")[0].strip() for line in (dest / "requirements.txt").read_text().splitlines()]
+    required = [line for line in required if line]
+    shipped = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    assert [r for r in required if "torch" in r or r.startswith(("--", "spaces"))] == torch_lines
+    assert [r for r in required if r not in torch_lines] == [r for r in shipped if r and not r.startswith("torch==")]
+    dev_pin = next(line.split()[0] for line in (REPO / "requirements-dev.txt").read_text().splitlines()
+                   if line.startswith("spaces=="))
+    assert dev_pin == SPACES_PIN  # the Space installs the spaces the tests ran
+    kb = dest / "data" / "kb"
+    assert sorted(p.name for p in kb.glob("*.yaml")) == sorted(p.name for p in (REPO / "data" / "kb").glob("*.yaml"))
+    assert load_kb(kb).version == load_kb(REPO / "data" / "kb").version
 
 
 def test_the_model_card_carries_the_commands_serving_its_adapter(stages):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from space.engine import InferenceEngine, same_base
+from space.engine import InferenceEngine, choose_decode, same_base
 from space.engine_api import StreamStats
 from space.registry import AdapterRegistry
 from trainer.inference.model import BASE, GenerationSettings
@@ -278,6 +278,32 @@ def test_decode_modes_are_checked_and_auto_is_eager_on_a_cpu(tiny_mistral_dir):
         AdapterModel(Model(), Tokenizer(), None, decode="fast")
     with pytest.raises(ModelError, match="cache_tokens must be at least 16"):
         AdapterModel(Model(), Tokenizer(), None, decode="compiled", cache_tokens=8)
+
+
+@pytest.mark.parametrize("card, auto, compiled", [("t4", "compiled", "compiled"), ("v100", "compiled", "compiled"),
+                                                  ("p100", "eager", "eager"), ("a100-80gb", "compiled", "compiled"),
+                                                  (None, "eager", "compiled")])
+def test_decode_follows_where_triton_runs(card, auto, compiled):
+    """`auto` compiles only where Triton runs (CUDA capability 7.0+); an explicit `compiled` on a P100 decodes eagerly
+    and says why; on a CPU `compiled` is left to the inference path (allowed unquantized, refused in 4-bit)."""
+    from trainer.train.device import DeviceInfo, named_gpu
+
+    device = named_gpu(card) if card else DeviceInfo("cpu", "cpu")
+    assert choose_decode("auto", device) == (auto, None)
+    assert choose_decode("eager", device) == ("eager", None)
+    mode, why = choose_decode("compiled", device)
+    assert mode == compiled and (why is None) == (mode == "compiled")
+    if why:
+        assert why == ("decode: compiled needs Triton, which needs compute capability 7.0 or newer; the "
+                       "Tesla P100-PCIE-16GB is 6.0, so answers decode eagerly")
+
+
+def test_the_engine_names_its_precision_by_the_device_rule(engine):
+    from trainer.train.device import detect_device, resolve_precision
+
+    assert engine.precision == resolve_precision("auto", detect_device())
+    assert engine.serving.startswith(f"4-bit NF4, {engine.precision.name}") or \
+        engine.serving.startswith(f"unquantized, {engine.precision.name}")
 
 
 def test_a_compiled_decode_that_fails_at_start_up_falls_back_to_eager(tiny_mistral_dir, tmp_path, monkeypatch,

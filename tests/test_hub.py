@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, launch_app, stop_app
 
 
 from trainer.__main__ import main
@@ -94,12 +94,14 @@ def test_dry_run_exports_the_exact_training_rows_with_dataset_cards(run_copy):
         assert "&id" not in (folder / "README.md").read_text()  # no YAML anchors
 
 
-def test_dry_run_space_points_at_the_pushed_adapters(run_copy):
+def test_dry_run_space_points_at_the_pushed_adapters(run_copy, capsys):
     from huggingface_hub import SpaceCard
 
     from trainer.hub.space_settings import load_space_config
 
     out = dry_run(run_copy)
+    assert "[push] Space hardware t4-small (suggested_hardware: t4-small): a T4 (compute capability 7.5)" in \
+        capsys.readouterr().out
     space = out / "spaces" / "acme" / "demo-space"
     for name in ("app.py", "requirements.txt", "space/engine.py", "trainer/train/model.py",
                  "trainer/inference/model.py", "trainer/train/chat_templates/chatml.jinja", "README.md"):
@@ -112,6 +114,14 @@ def test_dry_run_space_points_at_the_pushed_adapters(run_copy):
     assert header.sdk == "gradio" and header.app_file == "app.py"
     assert {"acme/demo-stage1", "acme/demo-stage2"} <= set(header.models)
     assert {"acme/demo-stage1-data", "acme/demo-stage2-data"} <= set(header.datasets)
+
+    out = dry_run(run_copy, "--space-hardware", "zero-gpu")  # what push says, and writes, for ZeroGPU
+    assert "[push] Space hardware zero-gpu (suggested_hardware: zero-a10g): ZeroGPU" in capsys.readouterr().out
+    assert SpaceCard.load(space / "README.md").data.suggested_hardware == "zero-a10g"
+    assert "torch==2.11.0" in (space / "requirements.txt").read_text().splitlines()
+    with pytest.raises(SystemExit) as bad:
+        main(["push", "--run", str(run_copy), "--dry-run", "--space-hardware", "a100"])
+    assert bad.value.code == 2 and "invalid choice: 'a100'" in capsys.readouterr().err
 
 
 def test_gate_refuses_an_adapter_worse_than_its_base_unless_forced(run_copy, capsys):
@@ -361,3 +371,38 @@ def test_a_rejected_token_is_one_line_and_no_file_holds_the_token(run_copy, hub,
             for path in Path(root).rglob("*"):
                 if path.is_file():
                     assert token.encode() not in path.read_bytes(), f"token found in {path}"
+
+
+def test_the_pushed_space_downloaded_from_the_hub_starts_and_answers_with_sources(run_copy, hub, tmp_path,
+                                                                                   monkeypatch):
+    """As a user would: push, download the Space repo into a clean folder, `python app.py` there as a Space runs it
+    (no access to this repository: no PYTHONPATH, its own folder as the working directory), adapters from the Hub
+    server; grounding and the answer check are on by default, so the knowledge base must have come with it."""
+    from gradio_client import Client
+    from huggingface_hub import constants, snapshot_download
+
+    from space.display import is_note, message_text
+    from trainer.hub.push import run_push
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the emulator has no Xet CAS
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    run_push(run_copy, endpoint=hub.endpoint, datasets=False, out_dir=tmp_path / "staged")
+    space = Path(snapshot_download("tester/demo-space", repo_type="space", endpoint=hub.endpoint, token=hub.token,
+                                   local_dir=tmp_path / "downloaded" / "demo-space"))
+    assert not space.resolve().is_relative_to(REPO.resolve()) and (space / "data" / "kb" / "rules.yaml").is_file()
+
+    env = {k: v for k, v in hub.client_env(home=tmp_path / "hf-home").items() if k != "PYTHONPATH"}
+    proc, url = launch_app(None, cwd=space, whole_env=env, timeout=180)
+    try:
+        client = Client(url, verbose=False)
+        history, _ = client.predict("Is health insurance compulsory for international students in Germany?", [],
+                                    "stage2", True, "You are a careful study-abroad counsellor.", 0, 0.9, 16,
+                                    api_name="/chat")
+    finally:
+        stop_app(proc)
+    answer = [m for m in history if not is_note(m)][-1]
+    assert answer["role"] == "assistant" and message_text(answer).strip()
+    sources = {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}["Sources from the knowledge base"]
+    assert sources.startswith("1. [") and "[Germany: health insurance](http" in sources

@@ -9,19 +9,45 @@ import pytest
 from run_folder import data_files, write_stage
 
 from trainer.__main__ import main
-from trainer.hub.serving import ServedAdapter, engine_commands, hub_commands, vllm_args
+from trainer.hub.serving import ServedAdapter, engine_commands, hub_commands, local_vllm_command, vllm_args
+from trainer.train.device import DeviceInfo, named_gpu
 from trainer.hub.space_settings import load_space_config
 
 
 def test_vllm_serves_each_adapter_under_its_name_with_a_rank_it_accepts():
-    commands = engine_commands("mistralai/Mistral-7B-Instruct-v0.3", [ServedAdapter("stage2", "acme/demo-stage2")], 4)
-    assert commands["vllm"] == ("vllm serve mistralai/Mistral-7B-Instruct-v0.3 --port 8000 \\\n  --enable-lora "
-                                "--max-loras 1 --max-lora-rank 8 \\\n  --lora-modules stage2=acme/demo-stage2")
+    commands = engine_commands("mistralai/Mistral-7B-Instruct-v0.3", [ServedAdapter("stage2", "acme/demo-stage2")], 4,
+                               device=named_gpu("a10g"))
+    assert commands["vllm"] == ("vllm serve mistralai/Mistral-7B-Instruct-v0.3 --port 8000 --dtype bfloat16 \\\n  "
+                                "--enable-lora --max-loras 1 --max-lora-rank 8 \\\n  --lora-modules stage2=acme/demo-stage2")
     assert commands["tgi"] == ("docker run --gpus all --shm-size 1g -p 8000:80 \\\n  -e LORA_ADAPTERS=acme/demo-stage2 "
                                "\\\n  ghcr.io/huggingface/text-generation-inference:latest "
-                               "--model-id mistralai/Mistral-7B-Instruct-v0.3")
-    assert vllm_args("b", [ServedAdapter("a", "o/a")], 33)[6:] == ["--max-loras", "1", "--max-lora-rank", "64",
+                               "--model-id mistralai/Mistral-7B-Instruct-v0.3 --dtype bfloat16")
+    assert vllm_args("b", [ServedAdapter("a", "o/a")], 33)[8:] == ["--max-loras", "1", "--max-lora-rank", "64",
                                                                   "--lora-modules", "a=o/a"]
+
+
+@pytest.mark.parametrize("card, vllm, tgi", [("t4", "half", "float16"), ("p100", "half", "float16"),
+                                             ("v100", "half", "float16"), ("l4", "bfloat16", "bfloat16"),
+                                             ("a100-80gb", "bfloat16", "bfloat16"), ("zero-gpu", "bfloat16", "bfloat16")])
+def test_the_base_dtype_follows_the_precision_rule_of_the_card(card, vllm, tgi):
+    """No bfloat16 below compute capability 8.0: a T4's vLLM would otherwise take bfloat16 from the base's config."""
+    commands = engine_commands("base/model", [ServedAdapter("a", "o/a")], 8, device=named_gpu(card))
+    assert f"vllm serve base/model --port 8000 --dtype {vllm} " in commands["vllm"]
+    assert commands["tgi"].endswith(f"--model-id base/model --dtype {tgi}")
+    assert not any(line.startswith("#") for c in commands.values() for line in c.splitlines())
+    args = vllm_args("base/model", [ServedAdapter("a", "o/a")], 8, named_gpu(card))
+    assert args[args.index("--dtype") + 1] == vllm
+
+
+def test_commands_for_a_gpu_not_known_here_say_how_to_switch_an_older_card_to_float16():
+    commands = engine_commands("base/model", [ServedAdapter("a", "o/a")], 8)
+    note, command = commands["vllm"].split("\n", 1)
+    assert note.startswith("# --dtype bfloat16 needs compute capability 8.0+") and "write --dtype half" in note
+    assert command.startswith("vllm serve base/model --port 8000 --dtype bfloat16 ")
+    assert "write --dtype float16" in commands["tgi"].splitlines()[0]
+    cpu = DeviceInfo("cpu", "cpu")  # vLLM's CPU build (`serve --start` here) picks its own dtype
+    assert "--dtype" not in local_vllm_command("m", [ServedAdapter("a", "o/a")], 8, device=cpu)
+    assert "--dtype half" in " ".join(local_vllm_command("m", [], 8, device=named_gpu("t4")))
 
 
 def test_a_pinned_revision_is_downloaded_first_and_served_from_its_folder():
@@ -75,4 +101,5 @@ def test_serve_start_runs_vllm_through_the_script_on_the_local_base_with_each_ad
     assert args[args.index("--lora-modules") + 1:] == [f"demo/stage1={stage1.resolve()}",
                                                        f"demo/stage2={stage2.resolve()}"]
     assert args[args.index("--host") + 1] == "127.0.0.1" and "--enable-lora" in args
+    assert "--dtype" not in args  # the CPU build of vLLM on this CPU picks its own
     assert "python app.py --set engine=openai" in capsys.readouterr().out

@@ -271,12 +271,17 @@ def dataset_card(stage: StageRun, repo_id: str, rows: dict[str, list[dict]], *, 
 
 # The Space (push)
 
-def space_card(base_model: str, model_repos: Sequence[str], dataset_repos: Sequence[str], serving: str = ""):
+def space_card(base_model: str, model_repos: Sequence[str], dataset_repos: Sequence[str], serving: str = "",
+               hardware=None):
     """The Space's README: the shipped `space_config/README.md` with its `models` and `datasets` metadata pointing
-    at the base and the pushed repos (shipped entries kept after them), and `serving` (markdown) appended."""
+    at the base and the pushed repos (shipped entries kept after them), and `serving` (markdown) appended. With
+    `hardware` (`trainer.hub.space_hardware.SpaceHardware`), its `suggested_hardware` and a "Hardware" section."""
     from huggingface_hub import SpaceCard
 
     card = SpaceCard.load(SPACE_README)
+    if hardware is not None:
+        card.data.suggested_hardware = hardware.flavor
+        card.text = card.text.rstrip("\n") + f"\n\n## Hardware\n\n{hardware.runs_on}\n"
     if serving:
         card.text = card.text.rstrip("\n") + "\n\n" + serving
     card.data.models = list(dict.fromkeys([base_model, *model_repos]))

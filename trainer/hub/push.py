@@ -5,7 +5,8 @@ Layout on the Hub (one repo per artefact, so each loads in two lines and carries
 
 - `{namespace}/{run}-{stage}`        model repo: the stage's adapter, tokenizer + chat template, card, loss plot
 - `{namespace}/{run}-{stage}-data`   dataset repo: the exact train/test rows the stage used, with its card
-- `{namespace}/{run}-space`          Space: the app, pointing at the adapter repos above
+- `{namespace}/{run}-space`          Space: the app, pointing at the adapter repos above, with the knowledge base its
+                                     settings use, written for the hardware `--space-hardware` names
 
 Everything is read from the run directory (`trainer.train.rundir`) and from the data files it names, whose sha256 must
 still match the lineage: a stage whose rows cannot be exported exactly fails the push, naming the file, before
@@ -30,10 +31,11 @@ from trainer import REPO_ROOT
 from trainer.hub.cards import base_hub_id, dataset_card, model_card, serving_section, space_card
 from trainer.eval.gate import verdict_of
 from trainer.hub.api import HubError, connect, push_folder, whoami
+from trainer.hub.space_hardware import DEFAULT_HARDWARE, HARDWARE, SpaceHardware, space_requirements
 from trainer.train.rundir import RECORD_FILES, RunError, StageRun, finished_stages, read_stage
 
 ADAPTER_FILES_EXCLUDED = {"training_args.bin", "README.md"}  # pickled args and PEFT's stub card
-SPACE_FILES = ("app.py", "requirements.txt")
+SPACE_FILES = ("app.py",)
 SPACE_PACKAGES = ("trainer", "space")
 PLACEHOLDER_NAMESPACE = "your-namespace"
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -138,13 +140,32 @@ def space_settings(stages: list[StageRun], ctx: PushContext):
     )
 
 
-def stage_space_folder(stages: list[StageRun], ctx: PushContext, repo_id: str, dest: Path) -> None:
-    """The app and the packages it imports, with space.yaml pointing at the pushed adapter repos."""
-    from trainer.hub.space_settings import space_config_yaml
+def space_data_folders(cfg) -> list[str]:
+    """The folders the Space's settings read besides its code, as the settings name them (relative to the Space):
+    the knowledge base, whenever anything grounds answers or checks them (app.py loads it before the model)."""
+    grounding = cfg.grounding
+    if grounding.enabled or grounding.check_answers or grounding.check_premises or any(a.ground for a in cfg.adapters):
+        return [grounding.kb]
+    return []
 
+
+def stage_space_folder(stages: list[StageRun], ctx: PushContext, repo_id: str, dest: Path,
+                       hardware: SpaceHardware | None = None) -> None:
+    """The app, the packages it imports and the data its settings use (`space_data_folders`), with space.yaml
+    pointing at the pushed adapter repos and a README header and requirements.txt for `hardware`."""
+    from trainer.hub.space_settings import space_config_yaml
+    from trainer.kb.loader import resolve_kb_folder
+
+    hardware = hardware or HARDWARE[DEFAULT_HARDWARE]
+    settings = space_settings(stages, ctx)
     _fresh(dest)
     for name in SPACE_FILES:
         shutil.copy2(REPO_ROOT / name, dest / name)
+    (dest / "requirements.txt").write_text(space_requirements(hardware), encoding="utf-8")
+    for folder in space_data_folders(settings):
+        if Path(folder).is_absolute():
+            raise HubError(f"grounding.kb: {folder} is outside the Space; name a folder relative to it")
+        shutil.copytree(resolve_kb_folder(folder), dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for package in SPACE_PACKAGES:
         for path in sorted((REPO_ROOT / package).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".jinja"):
@@ -153,12 +174,12 @@ def stage_space_folder(stages: list[StageRun], ctx: PushContext, repo_id: str, d
                 shutil.copy2(path, target)
     (dest / "space_config").mkdir()
     (dest / "space_config" / "space.yaml").write_text(space_config_yaml(
-        space_settings(stages, ctx), "# Written by `python -m trainer push`: the adapters this Space serves.\n"),
-        encoding="utf-8")
+        settings, "# Written by `python -m trainer push`: the adapters this Space serves.\n"), encoding="utf-8")
     base = base_hub_id(stages[-1])[0]
     served = [(s.name, ctx.model_repos[s.name]) for s in stages if s.name in ctx.model_repos]
     serving = serving_section(base, served, max(s.cfg.lora.r for s in stages), ctx.revision)
-    space_card(base, list(ctx.model_repos.values()), list(ctx.dataset_repos.values()), serving).save(dest / "README.md")
+    space_card(base, list(ctx.model_repos.values()), list(ctx.dataset_repos.values()), serving,
+               hardware=hardware).save(dest / "README.md")
 
 
 # The push
@@ -166,8 +187,12 @@ def stage_space_folder(stages: list[StageRun], ctx: PushContext, repo_id: str, d
 def run_push(run_dir: str | Path, *, namespace: str | None = None, stages: list[str] | None = None,
              private: bool = False, revision: str | None = None, dry_run: bool = False,
              out_dir: str | Path | None = None, force: bool = False, datasets: bool = True, space: bool = True,
-             endpoint: str | None = None) -> list[RepoPlan]:
-    """Stage (and unless `dry_run`, push) a run's adapters, datasets and Space. Returns what was done per repo."""
+             endpoint: str | None = None, space_hardware: str = DEFAULT_HARDWARE) -> list[RepoPlan]:
+    """Stage (and unless `dry_run`, push) a run's adapters, datasets and Space (written for `space_hardware`, a key
+    of `trainer.hub.space_hardware.HARDWARE`). Returns what was done per repo."""
+    if space_hardware not in HARDWARE:
+        raise HubError(f"--space-hardware {space_hardware}: must be one of {', '.join(HARDWARE)}")
+    hardware = HARDWARE[space_hardware]
     run_dir = Path(run_dir)
     names = stages or finished_stages(run_dir)
     stage_runs = [read_stage(run_dir, s) for s in names]
@@ -243,8 +268,10 @@ def run_push(run_dir: str | Path, *, namespace: str | None = None, stages: list[
             finish(data_plan)
     if space and ctx.model_repos:
         space_plan = RepoPlan(repo("space"), "space", out / "spaces" / repo("space"), "Space", private, revision)
+        print(f"[push] Space hardware {hardware.key} (suggested_hardware: {hardware.flavor}): {hardware.why}",
+              flush=True)
         stage_space_folder([s for s in stage_runs if s.name in ctx.model_repos], ctx, space_plan.repo_id,
-                           space_plan.folder)
+                           space_plan.folder, hardware)
         finish(space_plan)
     if refused and not ctx.model_repos:
         raise HubError(f"nothing pushed: {', '.join(refused)} failed evaluation (use --force to publish anyway)")

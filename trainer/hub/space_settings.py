@@ -154,11 +154,14 @@ class SpaceConfig:
     base_revision: str | None = None
     """Hub revision of the base model."""
     load_in_4bit: bool = True
-    """Serve the base in 4-bit NF4 (GPU or CPU); false loads bf16 on a GPU, fp32 on a CPU."""
+    """Serve the base in 4-bit NF4 (GPU or CPU); false loads it unquantized: bf16 on Ampere and newer GPUs, fp16 on
+    older ones (T4, V100, P100), fp32 on a CPU."""
     decode: str = "auto"
     """`engine: local`: `compiled` decodes with a static KV cache and a torch.compile'd step, adapters hot-swapped into
     one compiled slot (faster tokens; compiling adds a minute or two to start-up); `eager` op by op; `auto` compiled
-    on a CUDA GPU, eager on a CPU."""
+    where Triton runs (a CUDA GPU of compute capability 7.0 or newer), eager elsewhere (a CPU, a P100, ZeroGPU,
+    where nothing can be compiled before a visitor's call); `compiled` on a GPU below 7.0 decodes eagerly, saying
+    why."""
     decode_cache_tokens: int = 2048
     """`decode: compiled`: prompt plus answer tokens the static KV cache holds; longer conversations decode eagerly
     (more memory per visitor on one side, more eager fallbacks on the other)."""
