@@ -114,7 +114,8 @@ def _metric_rows(stage: StageRun) -> list[tuple[str, str]]:
             ("train_conversations", m.train_conversations), ("eval_conversations", m.eval_conversations),
             ("tokens_seen", m.tokens_seen), ("tokens_per_second", m.tokens_per_second),
             ("peak_rss_gb", m.peak_rss_gb), ("peak_gpu_gb", m.peak_gpu_gb), ("wall_seconds", m.wall_seconds),
-            ("device", m.device), ("liger_kernel", m.liger_kernel)]
+            ("device", m.device), ("precision", m.precision), ("skipped_steps", m.skipped_steps),
+            ("nonfinite_grad_norms", m.nonfinite_grad_norms), ("liger_kernel", m.liger_kernel)]
     return [(name, _fmt(value)) for name, value in rows if value is not None]
 
 
@@ -122,8 +123,10 @@ def _training_rows(stage: StageRun) -> list[tuple[str, Any]]:
     """The model card's training configuration table, from the config as trained."""
     st, q, lora = stage.cfg.stages[stage.name], stage.cfg.quantization, stage.cfg.lora
     return [
-        ("quantization", f"4-bit {q.quant_type}, double quant {q.double_quant}, compute {q.compute_dtype}"
-         if q.load_in_4bit else "none"),
+        ("quantization", f"4-bit {q.quant_type}, double quant {q.double_quant}, compute "
+                         f"{stage.lineage.quantization.compute_dtype or q.compute_dtype}" if q.load_in_4bit else "none"),
+        ("precision", f"{stage.cfg.precision}" + (f" (ran as {stage.metrics.precision})"
+                                                  if stage.metrics.precision else "")),
         ("LoRA", f"r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, bias={lora.bias}, "
                  f"targets {', '.join(lora.target_modules)}"),
         ("max length", stage.cfg.max_length), ("learning rate", st.learning_rate),
