@@ -19,7 +19,8 @@ Calibrated on what was measured (BENCHMARKS.md, one H200 at Mistral-7B-Instruct-
 conversations of 1,604 tokens): the estimate against `max_memory_allocated` is 19.00 / 18.94 GB and 33.41 / 33.28 GB
 for 2 and 4 packed conversations without checkpointing, 9.53 / 9.75 GB for 8 with checkpointing and Liger, 10.08 /
 10.39 GB without Liger, 5.83 / 5.61 GB for 2 with checkpointing, and 6.23 / 5.88 GB for plain TRL's padded 2 x 4
-(-3% to +6%). On the CPU it is checked against the demo run's peak resident memory (tests/test_memory_plan.py).
+(-3% to +6%). On the CPU it is checked against the demo run's peak resident memory (bench/precision_memory.py
+--mode plan --demo, and tests/test_ddp.py on each run it makes).
 A card fits a plan when the peak plus `ALLOCATOR_HEADROOM` (the caching allocator reserved 1.27x what was
 allocated on the H200, most of it reusable) plus the CUDA context stays within its memory. The worst pass is
 assumed: `per_device_train_batch_size` conversations of `max_length` tokens, unless the stage's real token lengths
@@ -47,6 +48,9 @@ CUDA_CONTEXT_GB = 0.6
 CPU_PROCESS_GB = 1.1
 """Resident memory of the training process before the model: Python, torch, transformers, TRL, datasets imported
 (measured 1.0-1.2 GiB here)."""
+CPU_ACTIVATION_FACTOR = 1.7
+"""On a CPU a layer holds more than on a GPU (autocast keeps fp32 and bf16 copies): the demo model's 4 x 1 pass
+without checkpointing measured 1.7x the GPU-fitted activations (bench/precision_memory.py --mode plan --demo)."""
 OPTIMIZER_BYTES = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "adamw_bnb_8bit": 2, "sgd": 4, "adafactor": 4}
 """Optimizer state per trainable parameter, bytes; anything else (AdamW's fp32 moments) 8."""
 
@@ -237,6 +241,8 @@ def estimate_stage(cfg: PipelineConfig, st: StageSettings, shape: ModelShape, de
     lora = lora_params * (4 + 4 + OPTIMIZER_BYTES.get(st.optim, 8))
     tokens = tokens_per_pass(cfg, st, batch, lengths)
     layer_full = tokens * (6 * shape.hidden + 2 * shape.kv_heads * shape.head_dim + 3.4 * shape.intermediate) * act
+    if device.kind == "cpu":
+        layer_full *= CPU_ACTIVATION_FACTOR
     chunked = liger or device.kind == "cpu"
     logits = 0 if chunked else tokens * shape.vocab * (act + 4)
     eval_tokens = tokens_per_pass(cfg, st, eval_batch, lengths)
