@@ -130,6 +130,19 @@ def test_an_unknown_arch_list_is_not_guessed():
     assert torch_build_problem(named_gpu("p100")) is None  # a named card: the target machine's torch is unknown
 
 
+def test_one_process_on_two_gpus_is_refused_with_both_ways_out():
+    from dataclasses import replace
+
+    from trainer.train.device import one_process_per_gpu
+
+    two_t4 = replace(gpu(7, 5, name="Tesla T4"), count=2)
+    with pytest.raises(DeviceError) as err:
+        one_process_per_gpu(two_t4, {})
+    assert "CUDA_VISIBLE_DEVICES=0" in str(err.value) and "torchrun --nproc_per_node 2" in str(err.value)
+    one_process_per_gpu(two_t4, {"WORLD_SIZE": "2"})  # data parallel: one process per GPU
+    one_process_per_gpu(gpu(7, 5), {})
+
+
 def test_named_cards_and_aliases():
     assert named_gpu("T4").capability == (7, 5) and named_gpu("a100").key == "a100-40gb"
     assert named_gpu("A100_80GB").memory_gb > 70 and named_gpu("zerogpu").key == "zero-gpu"

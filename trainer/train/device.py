@@ -55,6 +55,8 @@ class DeviceInfo:
     """A CPU with AVX512-BF16 or AMX (bf16 matmuls native)."""
     key: str | None = None
     """The `GPUS` key when the device was named rather than detected."""
+    count: int = 1
+    """CUDA devices this process sees."""
 
     @property
     def sm(self) -> str | None:
@@ -137,7 +139,7 @@ def detect_device() -> DeviceInfo:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return DeviceInfo("cuda", props.name, (props.major, props.minor), round(props.total_memory / 2**30, 2),
-                          tuple(torch.cuda.get_arch_list()))
+                          tuple(torch.cuda.get_arch_list()), count=torch.cuda.device_count())
     return DeviceInfo("cpu", "cpu", memory_gb=_machine_memory_gb(), cpu_native_bf16=cpu_native_bf16())
 
 
@@ -265,6 +267,19 @@ def check_torch_build(device: DeviceInfo) -> None:
     problem = torch_build_problem(device)
     if problem:
         raise DeviceError(problem)
+
+
+def one_process_per_gpu(device: DeviceInfo, environ=None) -> None:
+    """Refuse one process on several GPUs (Kaggle's T4 x2): the Trainer would then take per-device batch x GPUs
+    conversations per pass but keep a 4-bit model on the first GPU alone, twice the planned memory there."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if device.kind == "cuda" and device.count > 1 and int(environ.get("WORLD_SIZE", "1")) == 1:
+        raise DeviceError(f"this process sees {device.count} GPUs: a single training process would put "
+                          f"{device.count}x the planned batch on the first one. Train on one "
+                          "(CUDA_VISIBLE_DEVICES=0 python -m trainer train ...) or on all, one process each "
+                          f"(torchrun --nproc_per_node {device.count} -m trainer train ...)")
 
 
 def with_memory(device: DeviceInfo, memory_gb: float) -> DeviceInfo:

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 from trainer import REPO_ROOT
 from trainer.train.config import PipelineConfig, build_lora_config, build_sft_config, pipeline_precision
-from trainer.train.device import Precision, check_torch_build, detect_device
+from trainer.train.device import Precision, check_torch_build, detect_device, one_process_per_gpu
 from trainer.train.memory_plan import apply_plan, check_stage_memory
 from trainer.data.readers import DataError
 from trainer.data.conversations import StageData, prepare_stage_data, to_dataset
@@ -133,6 +133,7 @@ def plan_pipeline(cfg: PipelineConfig, stages: Sequence[str] | None = None, *, o
     # The device first: a torch build without kernels for this GPU, or a precision it cannot run, is named now
     device = detect_device()
     check_torch_build(device)
+    one_process_per_gpu(device)
     precision = pipeline_precision(cfg, device)
     base_dtypes(cfg.quantization, precision, device)  # an explicit compute dtype the device lacks is refused here
     build_lora_config(cfg)
