@@ -70,8 +70,9 @@ def test_two_processes_train_both_stages_once_with_the_single_process_loss(demo_
         assert printed.count(f"[{stage}] done in") == 1, printed
         metrics = read(stage_dir / "metrics.json")
         assert metrics["device"].endswith(" x 2 processes") and metrics["optimizer_steps"] == 1
-        # the memory plan, made before the base loaded, against what the main process held (a process of its own)
-        assert metrics["planned_peak_gb"] == pytest.approx(metrics["peak_rss_gb"], rel=0.3), metrics
+        if stage == "stage1":  # the process's first stage: its peak RSS is this stage's alone (ru_maxrss only grows)
+            # the memory plan, made before the base loaded, against what the main process held
+            assert metrics["planned_peak_gb"] == pytest.approx(metrics["peak_rss_gb"], rel=0.3), metrics
         assert metrics["precision"] in ("bf16", "fp32") and metrics["skipped_steps"] == 0
     s1, s2 = read(run_dir / "stage1" / "lineage.json"), read(run_dir / "stage2" / "lineage.json")
     # stage 2 continued the stage-1 adapter as it was finished: neither file changed after stage 2 read them

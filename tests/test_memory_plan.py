@@ -117,23 +117,32 @@ def test_shapes_come_from_config_json_or_the_table(tiny_mistral_dir):
     assert shape == MISTRAL and "table" in source
 
 
-def test_plan_cli_says_fp16_and_fits_on_a_t4_and_json_has_the_keys():
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", str(PAPER), "--gpu", "t4", "--json"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+def test_plan_cli_says_fp16_and_fits_on_a_t4_and_json_has_the_keys(capsys):
+    from trainer.__main__ import main
+
+    assert main(["plan", "--config", str(PAPER), "--gpu", "t4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     for key in ("gpu", "precision", "kernels", "peak_gb", "memory_gb", "fits", "per_device_train_batch_size",
                 "gradient_accumulation_steps"):
         assert key in data
     assert (data["gpu"], data["precision"], data["fits"]) == ("t4", "fp16", True)
     assert set(data["peak_gb"]) == {"stage1", "stage2"} and data["memory_gb"] < 16
-    refused = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", str(PAPER), "--gpu", "rtx3060",
-                              "--memory", "8"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert refused.returncode == 2 and "DOES NOT FIT" in refused.stdout and "auto_fit: true" in refused.stdout
-    bf16 = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", str(PAPER), "--gpu", "t4", "--set",
-                           "precision=bf16"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert bf16.returncode == 2 and bf16.stderr.count("\n") == 1 and "compute capability 8.0" in bf16.stderr
+    assert main(["plan", "--config", str(PAPER), "--gpu", "rtx3060", "--memory", "8"]) == 2
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "auto_fit: true" in out
+    assert main(["plan", "--config", str(PAPER), "--gpu", "t4", "--set", "precision=bf16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "compute capability 8.0" in err
+
+
+def test_plan_cli_answers_without_loading_torch_models():
+    """`plan` in a process of its own: its exit status and its JSON, with the Hub offline."""
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "trainer", "plan", "--config", str(PAPER), "--gpu", "p100", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["precision"] == "fp16" and data["kernels"]["triton"] is False and data["fits"]
 
 
 def test_train_refuses_a_plan_that_does_not_fit_before_the_base_loads(tiny_mistral_dir, tmp_path, monkeypatch):
