@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 from trainer.train.config import QuantizationSettings
 from trainer.train.demo_model import DEMO_MODEL_NAME, is_demo_model
-from trainer.train.device import DeviceInfo, Precision, detect_device, resolve_precision, triton_ok
+from trainer.train.device import DeviceInfo, Precision, check_torch_build, detect_device, resolve_precision, triton_ok
 from trainer.inference.model import BASE, AdapterModel, AdapterSource, GenerationSettings, load_adapter_model
 from trainer.train.model import BaseModelRef, ModelError, resolve_base_model
 
@@ -132,6 +132,7 @@ class InferenceEngine:
         started = time.time()
         self.ref = resolve_base_model(self.base_model, self.base_revision)
         device = detect_device()
+        check_torch_build(device)  # a torch without kernels for this GPU is named in one line, before the base loads
         # The loader resolves `precision: auto` on the same device by the same rule; this says which and why.
         self.precision = resolve_precision("auto", device)
         print(f"[engine] precision {self.precision.name} ({self.precision.reason})", flush=True)

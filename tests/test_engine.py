@@ -320,3 +320,16 @@ def test_a_compiled_decode_that_fails_at_start_up_falls_back_to_eager(tiny_mistr
     assert "compiled decode failed (RuntimeError: InductorError: no working C++ compiler found); decoding eagerly" \
         in capsys.readouterr().out
     assert streamed(engine, "stage1") != streamed(engine, BASE)
+
+
+def test_a_torch_build_without_kernels_for_the_gpu_is_named_before_the_base_loads(tiny_mistral_dir, monkeypatch):
+    import space.engine as engine_module
+    from trainer.train.device import DeviceError, DeviceInfo
+
+    p100_on_cu128 = DeviceInfo("cuda", "Tesla P100-PCIE-16GB", (6, 0), 15.89, ("sm_75", "sm_80", "sm_90"))
+    monkeypatch.setattr(engine_module, "detect_device", lambda: p100_on_cu128)
+    loads = []
+    monkeypatch.setattr(engine_module, "load_adapter_model", lambda *a, **k: loads.append(a))
+    with pytest.raises(DeviceError, match="whl/cu126") as err:
+        InferenceEngine(str(tiny_mistral_dir), AdapterRegistry([]), load_in_4bit=True).load()
+    assert "sm_60" in str(err.value) and not loads

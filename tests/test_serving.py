@@ -86,6 +86,15 @@ def test_serve_prints_the_commands_for_the_run_folders_and_the_app_settings_that
                                                         ("demo/stage2", str(stage2.resolve()))]
 
 
+@pytest.mark.parametrize(("card", "vllm", "tgi"), [("t4", "--dtype half", "--dtype float16"),
+                                                  ("p100", "--dtype half", "--dtype float16"),
+                                                  ("a100-80gb", "--dtype bfloat16", "--dtype bfloat16")])
+def test_serve_for_a_named_card_prints_its_dtype(run_dir, capsys, card, vllm, tgi):
+    assert main(["serve", "--run", str(run_dir), "--gpu", card]) == 0
+    vllm_part, tgi_part = capsys.readouterr().out.split("# TGI\n", 1)
+    assert vllm in vllm_part and tgi in tgi_part.split("# then the app")[0]
+
+
 def test_serve_start_runs_vllm_through_the_script_on_the_local_base_with_each_adapter(run_dir, capsys, monkeypatch):
     import subprocess
 

@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "adapters on an OpenAI-compatible engine")
     serve.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
     serve.add_argument("--stage", action="append", help="stage(s) to serve (default: every finished stage)")
+    serve.add_argument("--gpu", metavar="NAME", help="the card the printed commands will run on (t4, p100, a100-80gb, "
+                       "...: see `plan --gpu`): its dtype, float16 before Ampere; default: bfloat16 with a note")
     serve.add_argument("--start", action="store_true",
                        help="start vLLM here (scripts/vllm.sh: the CPU build in .venv-vllm, made on first use) instead "
                             "of printing the commands")
@@ -282,7 +284,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.start:
         print(f"# starting vLLM (scripts/vllm.sh) on {local}; then, in another shell:\n{app}", flush=True)
         return start_vllm(local, served, rank, served_name=base)
-    commands = engine_commands(base, served, rank)
+    gpu = None
+    if args.gpu:  # the card the printed commands are for: its dtype by the rule training and the app use
+        from trainer.train.device import named_gpu
+
+        gpu = named_gpu(args.gpu)
+    commands = engine_commands(base, served, rank, device=gpu)
     print(f"# vLLM\n{commands['vllm']}\n\n# TGI\n{commands['tgi']}\n\n# then the app, on the server above:\n{app}")
     return 0
 
