@@ -128,9 +128,10 @@ def markdown(results: dict) -> str:
                          f"{'' if ratio is None else f'{ratio:.2f}'} |")
     else:
         v = results.get("verdict", {})
+        first = results.get("compared", ["fp16"])[0]
         lines += [f"verdict: **{v.get('verdict')}** (worst relative loss difference after warm-up "
                   f"{v.get('worst_rel_diff_after_warmup')}, skipped after warm-up {v.get('skipped_after_warmup')}, "
-                  f"skipped in all {v.get('skipped_total')})", "", "| step | fp16 | bf16 | rel. diff |",
+                  f"skipped in all {v.get('skipped_total')})", "", f"| step | {first} | bf16 | rel. diff |",
                   "|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['fp16']:.4f} | {r['bf16']:.4f} | {r['rel_diff']:.4f} |" for r in v.get("steps", [])]
     return "\n".join(lines) + "\n"
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "plan":
             layouts = [(label, base | {"overrides": gpu_overrides(spec, 3) + extra}) for label, extra in LAYOUTS_GPU]
         else:
-            other = "fp32" if args.tiny else "fp16"
+            other = "fp32" if args.tiny else "fp16"  # a CPU rehearsal runs no fp16 (accelerate has no CPU scaler)
+            results["compared"] = [other, "bf16"]
             layouts = [(p, base | {"overrides": gpu_overrides(spec, args.steps) + [f"precision={p}"]})
                        for p in (other, "bf16")]
     for label, child_spec in layouts:
