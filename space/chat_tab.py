@@ -30,6 +30,55 @@ def check_question(message: str, limits: LimitSettings) -> str:
     return message
 
 
+def _chars(content) -> int:
+    """Characters of a message's content: text, or Gradio's list of typed parts (their text)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(_chars(part.get("text")) if isinstance(part, dict) else _chars(part) for part in content)
+    return 0
+
+
+def check_history(history, limits: LimitSettings) -> list[dict[str, Any]]:
+    """The history a client sent back, checked before anything else: a list of at most `max_history_messages`
+    messages, each a mapping with the role `user` or `assistant` and text (or Gradio's text parts) of at most
+    `max_turn_chars` characters. Anything else is refused in one line naming the message and the rule."""
+    import gradio as gr
+
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise gr.Error(f"history: expected a list of messages, got {type(history).__name__}.")
+    if len(history) > limits.max_history_messages:
+        raise gr.Error(f"history: {len(history):,} messages; the limit is {limits.max_history_messages:,}. "
+                       "Clear the chat and ask again.")
+    for i, message in enumerate(history):
+        if not isinstance(message, dict):
+            raise gr.Error(f"history[{i}]: expected a message with a role and content, got {type(message).__name__}.")
+        if message.get("role") not in ("user", "assistant"):
+            raise gr.Error(f"history[{i}]: role {message.get('role')!r} is not accepted; use user or assistant "
+                           "(the system prompt has its own field).")
+        size = _chars(message.get("content"))
+        if size > limits.max_turn_chars:
+            raise gr.Error(f"history[{i}]: {size:,} characters; the limit is {limits.max_turn_chars:,} per message. "
+                           "Clear the chat and ask again.")
+    return list(history)
+
+
+def check_system_prompt(system_prompt: str | None, cfg) -> str:
+    """The visitor's system prompt (the configured one when an API caller leaves it out), at most
+    `limits.max_system_prompt_chars` long."""
+    import gradio as gr
+
+    system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+    if not isinstance(system_prompt, str):
+        raise gr.Error("system prompt: expected text.")
+    if len(system_prompt) > cfg.limits.max_system_prompt_chars:
+        raise gr.Error(f"The system prompt is {len(system_prompt):,} characters long; the limit is "
+                       f"{cfg.limits.max_system_prompt_chars:,}.")
+    return system_prompt
+
+
 def check_adapter(adapter: str | None, engine, default: str = BASE) -> str:
     """The adapter, if the engine serves it (API callers can send any name); `default` when none is given."""
     import gradio as gr
@@ -105,10 +154,10 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
 
     def respond(message, history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens):
         # API callers may send null for any input: each then takes the value its control starts with.
+        history = check_history(history, limits)  # first: an oversized history is refused before any other work
         message, adapter = check_question(message, limits), check_adapter(adapter, engine, default_adapter)
-        system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        system_prompt = check_system_prompt(system_prompt, cfg)
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
-        history = list(history or [])
         earlier, dropped = trim_history(history, limits.max_history_turns)
         if dropped:
             gr.Info(f"Only the last {limits.max_history_turns} exchanges are sent to the model; "
@@ -122,7 +171,7 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
             yield history + (notes or []), ""
 
     def retry(history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens):
-        history = list(history or [])
+        history = check_history(history, limits)
         while history and history[-1].get("role") == "assistant":  # the answer and its notes
             history.pop()
         if not history:
@@ -149,9 +198,14 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
 
         if not consented:
             raise gr.Error("Tick the consent box first: nothing is stored without it.")
+        history = check_history(history, limits)
+        for what, value in (("comment", comment_text), ("suggested answer", better_answer)):
+            if value is not None and (not isinstance(value, str) or len(value) > limits.max_feedback_chars):
+                raise gr.Error(f"The {what} is {len(str(value)):,} characters long; the limit is "
+                               f"{limits.max_feedback_chars:,}. Please shorten it.")
         # API callers may send null for any input: each then takes the value its control starts with.
         adapter = check_adapter(adapter, engine, default_adapter)
-        system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        system_prompt = check_system_prompt(system_prompt, cfg)
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
         ratings = ratings if ratings is not None else {}
         if not isinstance(ratings, dict) or not all(str(k).isdigit() and v in (1, -1) for k, v in ratings.items()):

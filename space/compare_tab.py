@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from space.chat_tab import answer_with_notes, check_adapter, check_question, decoding, ground_default, prompt_messages
+from space.chat_tab import (answer_with_notes, check_adapter, check_question, check_system_prompt, decoding,
+                            ground_default, prompt_messages)
 from space.display import safe_text
 from trainer.inference.model import BASE
 from trainer.hub.space_settings import SpaceConfig
@@ -27,7 +28,7 @@ def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], 
         question = check_question(question, cfg.limits)
         adapter_a = check_adapter(adapter_a, engine, BASE)
         adapter_b = check_adapter(adapter_b, engine, default_adapter)
-        system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        system_prompt = check_system_prompt(system_prompt, cfg)
         ground = ground_default(ground, grounding, BASE)  # the base's default is `grounding.enabled`, as the box
         messages = prompt_messages(system_prompt, [{"role": "user", "content": question}])
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)

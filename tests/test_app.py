@@ -107,6 +107,32 @@ def test_an_over_long_question_gets_a_clear_message_and_the_app_keeps_serving(cl
     assert message_text(turns(history)[-1]).strip()
 
 
+def test_a_two_million_character_history_turn_is_refused_at_once_and_the_next_visitor_is_answered(client, app_url):
+    """What a client can send the API is bounded: an oversized history turn, too many messages, an oversized system
+    prompt each get one line, before the generation slot is taken (a 2,000,000-character turn once held it for over
+    ten minutes)."""
+    import time
+
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    def parts(role, text):  # a message as the Chatbot sends it over the API: typed parts
+        return {"role": role, "content": [{"type": "text", "text": text}]}
+
+    huge = [parts("user", "x" * 2_000_000), parts("assistant", "ok")]
+    started = time.perf_counter()
+    with pytest.raises(AppError) as err:
+        chat(client, "And now?", "base", huge)
+    assert time.perf_counter() - started < 1.0
+    assert "history[0]: 2,000,000 characters; the limit is 20,000" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(AppError, match="history: 202 messages; the limit is 200"):
+        chat(client, "Hi", "base", [parts("user", "q"), parts("assistant", "a")] * 101)
+    with pytest.raises(AppError, match="The system prompt is 5,000 characters long; the limit is 4,000"):
+        client.predict("Hi", [], "base", False, "s" * 5000, 0, 0.9, 16, api_name="/chat")
+    history, _ = chat(Client(app_url, verbose=False), "Still there?", "base", max_new_tokens=16)
+    assert message_text(turns(history)[-1]).strip()
+
+
 def test_two_visitors_at_once_keep_their_own_adapter_and_history(app_url):
     from gradio_client import Client
 

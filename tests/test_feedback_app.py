@@ -146,6 +146,19 @@ def test_nothing_is_stored_without_consent_and_personal_data_is_removed(feedback
         assert secret not in raw
 
 
+def test_an_oversized_comment_or_suggested_answer_is_refused_and_nothing_is_stored(feedback_app):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, store_path = feedback_app
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="The comment is 1,000,000 characters long; the limit is 4,000"):
+        send(client, "huge-comment", comment="c" * 1_000_000)
+    with pytest.raises(AppError, match="The suggested answer is 4,001 characters long"):
+        send(client, "huge-answer", better="b" * 4001)
+    assert not {"huge-comment", "huge-answer"} & set(request_ids(store_path))
+
+
 def test_labelling_endpoints_refuse_without_the_token_and_work_with_it(feedback_app):
     from gradio_client import Client
     from gradio_client.exceptions import AppError

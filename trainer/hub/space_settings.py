@@ -72,6 +72,15 @@ class LimitSettings:
     """Visitors waiting beyond the running ones; more are turned away with a message."""
     max_new_tokens_limit: int = 1024
     """Upper bound of the answer-length slider (`generation.max_new_tokens` is where it starts)."""
+    max_turn_chars: int = 20000
+    """Longest message a client may send back in the history (a question, an answer or a note the app wrote); a longer
+    one is refused in one line before anything is generated, so no client can hold the generation slot with it."""
+    max_history_messages: int = 200
+    """Most messages (questions, answers, notes) a client may send back as history."""
+    max_system_prompt_chars: int = 4000
+    """Longest system prompt a visitor's copy may have."""
+    max_feedback_chars: int = 4000
+    """Longest feedback comment, and longest suggested answer, that is stored."""
 
 
 DEFAULT_CONSENT = (
