@@ -123,7 +123,8 @@ def test_the_notebook_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, demo_mod
     stage1, stage2 = demo_stage_files
     params = {
         "CONFIG": "configs/demo.yaml", "RUN_NAME": "notebook", "OUTPUT_DIR": str(tmp_path / "runs"),
-        "OVERRIDES": ["max_length=512", f"stages.stage1.dataset.path={stage1}", "stages.stage1.max_steps=1",
+        "OVERRIDES": ["max_length=512", "training.eval_before_training=false",
+                      f"stages.stage1.dataset.path={stage1}", "stages.stage1.max_steps=1",
                       f"stages.stage2.dataset.path={stage2}", "stages.stage2.max_steps=1"],
         "REPO_URL": "", "REPO_DIR": None, "INSTALL": False,
         "EVAL_LIMIT": 1, "EVAL_MAX_NEW_TOKENS": 8, "EVAL_ARGS": [],
@@ -153,7 +154,8 @@ def test_the_notebook_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, demo_mod
         if stage == "stage1":  # the process's first stage: its peak RSS is this stage's alone (ru_maxrss only grows)
             # the plan train made before the base loaded, against what its process held at peak
             assert metrics["planned_peak_gb"] == pytest.approx(metrics["peak_rss_gb"], rel=0.3), metrics
-        assert f"| {stage} | {metrics['train_loss_first']:.4f} → {metrics['train_loss_last']:.4f}" in text
+        assert (f"| {stage} | {metrics['precision']} | {metrics['train_loss_first']:.4f} → "
+                f"{metrics['train_loss_last']:.4f} | – → ") in text  # no eval before training: shown as not measured
 
     results = json.loads((run / "eval" / "results.json").read_text())
     assert set(results["gate"]) == {"stage1", "stage2"} and (run / "eval" / "report.md").is_file()
