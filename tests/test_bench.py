@@ -252,7 +252,7 @@ def test_profile_step_and_compiled_loss_parity_tiny_end_to_end(tmp_path):
 def test_adapter_decode_tiny_compares_eager_and_compiled(tmp_path):
     """bench/adapter_decode.py --tiny (the CPU rehearsal of the GPU run): both decode modes, same answers, the
     switch timed, and no graph compiled by a switch."""
-    proc = _run(["bench/adapter_decode.py", "--tiny", "--no-4bit", "--new-tokens", "6", "--repeats", "1",
+    proc = _run(["bench/adapter_decode.py", "--tiny", "--no-4bit", "--new-tokens", "16", "--repeats", "3",
                  "--switches", "20", "--cache-tokens", "128", "--out-dir", str(tmp_path / "out"),
                  "--work-dir", str(tmp_path / "work"),
                  "--model-dir", str(tmp_path / "model")], timeout=900)
