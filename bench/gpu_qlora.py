@@ -426,10 +426,9 @@ def shared_spec(args: argparse.Namespace) -> dict:
     }
 
 
-def build_and_run_sides(spec: dict, sides: list[str], results: dict, save, *, quiet: bool, script: str | Path,
-                        keep: tuple[str, ...], announce) -> bool:
-    """Build the model and data, then each side in its own child of `script`, keeping `keep` of each result in
-    `results["sides"]` and saving after every phase. False when the build failed (recorded in `results`)."""
+def build_model_and_data(spec: dict, results: dict, save, *, quiet: bool) -> bool:
+    """Build (or reuse) the random-weight model and write the conversations in a child process; its summary goes to
+    `results["data"]`. False when the build failed: the error is recorded in `results`, saved and printed."""
     build = spawn_child("build", spec, not quiet, __file__)
     if "error" in build:
         results["error"] = build["error"]
@@ -437,6 +436,15 @@ def build_and_run_sides(spec: dict, sides: list[str], results: dict, save, *, qu
         print(build["error"], file=sys.stderr)
         return False
     results["data"] = build
+    return True
+
+
+def build_and_run_sides(spec: dict, sides: list[str], results: dict, save, *, quiet: bool, script: str | Path,
+                        keep: tuple[str, ...], announce) -> bool:
+    """Build the model and data, then each side in its own child of `script`, keeping `keep` of each result in
+    `results["sides"]` and saving after every phase. False when the build failed (recorded in `results`)."""
+    if not build_model_and_data(spec, results, save, quiet=quiet):
+        return False
     for side in sides:
         print(announce(side), flush=True)
         result = spawn_child(side, spec, not quiet, script)
@@ -547,13 +555,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     print(f"[bench] building the {'tiny' if args.tiny else 'Mistral-7B-shaped'} model and data ...", flush=True)
-    build = spawn_child("build", spec, not args.quiet, __file__)
-    if "error" in build:
-        results["error"] = build["error"]
-        save()
-        print(build["error"], file=sys.stderr)
+    if not build_model_and_data(spec, results, save, quiet=args.quiet):
         return 1
-    results["data"] = build
+    build = results["data"]
     print(f"[bench] built in {time.time() - t0:.0f}s: {build}", flush=True)
     for side in (["baseline", "ours"] if args.mode == "both" else [args.mode]):
         t = time.time()

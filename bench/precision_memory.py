@@ -166,13 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                   "training.eval_before_training=false", "stages.stage1.dataset.eval_fraction=0"]
         layouts = [(label, base | {"overrides": common + extra}) for label, extra in LAYOUTS_DEMO]
     else:
-        build = spawn_child("build", {**spec, "conversations": 64}, not args.quiet, gpu_qlora.__file__)
-        if "error" in build:
-            results["error"] = build["error"]
-            save()
-            print(build["error"], file=sys.stderr)
+        if not gpu_qlora.build_model_and_data({**spec, "conversations": 64}, results, save, quiet=args.quiet):
             return 1
-        results["data"] = build
         base = {"config": str(REPO / "configs" / "paper.yaml"), "work": str(args.work_dir)}
         if args.tiny:  # bitsandbytes' 8-bit AdamW is a GPU optimizer
             spec["ours_set"] = ["training.optim=adamw_torch"]

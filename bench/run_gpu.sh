@@ -92,7 +92,8 @@ STEPS="${STEPS:-6}"
 GEN_TOKENS="${GEN_TOKENS:-64}"
 SHAPE=(--model-dir /tmp/gpu_qlora-mistral7b)
 [[ "${CPU_REHEARSAL:-}" == 1 ]] && SHAPE=(--tiny --model-dir /tmp/gpu_qlora-tiny) && STEPS=2 && GEN_TOKENS=8
-if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" || "${1:-}" == "--decode" ]]; then
+if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" || "${1:-}" == "--decode" || "${1:-}" == "--plan" \
+      || "${1:-}" == "--fp16" ]]; then
   # Issue 17, in the order given (both fit one call: ~1 min model build, shared; parity ~2 x (0.5 min load +
   # 8 steps); profile ~2 x (0.5 min load + 3 steps + trace processing)). Each has its own timeout, so one that runs
   # long cannot cost the other; both write their JSON/markdown as they go. TRACE=0 skips the Chrome traces.
@@ -116,26 +117,17 @@ if [[ "${1:-}" == "--parity" || "${1:-}" == "--profile" || "${1:-}" == "--decode
         timeout "${DECODE_TIMEOUT:-420}" $PY bench/adapter_decode.py --new-tokens "${DECODE_TOKENS:-64}" \
           --out-dir "$OUT" --work-dir /tmp/adapter_decode-work "${decode_shape[@]}"
         rc=$?; echo "bench/adapter_decode.py exit status: $rc (1: the modes' answers differ; 124: timed out)";;
-      *) echo "unknown mode $mode (use --parity, --profile and/or --decode)"; rc=2;;
-    esac
-    [[ $rc != 0 ]] && status=$rc
-  done
-  nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv 2>/dev/null || true
-  exit $status
-fi
-
-if [[ "${1:-}" == "--plan" || "${1:-}" == "--fp16" ]]; then
-  # Issue 28: both fit one call (model build ~1 min, shared; plan: 3 runs x (0.5 min load + 3 steps); fp16: 2 runs x
-  # (0.5 min load + 12 steps)). Each has its own timeout and writes its JSON/markdown after every run.
-  status=0
-  for mode in "$@"; do
-    case "$mode" in
-      --plan) timeout "${PLAN_TIMEOUT:-300}" $PY bench/precision_memory.py --mode plan --out-dir "$OUT" --quiet "${SHAPE[@]}"
-              rc=$?; echo "bench/precision_memory.py --mode plan exit status: $rc";;
-      --fp16) timeout "${FP16_TIMEOUT:-300}" $PY bench/precision_memory.py --mode fp16 --steps "${FP16_STEPS:-12}" \
-                --out-dir "$OUT" --quiet "${SHAPE[@]}"
-              rc=$?; echo "bench/precision_memory.py --mode fp16 exit status: $rc (1: FAIL or a run failed)";;
-      *) echo "unknown mode $mode (use --plan and/or --fp16)"; rc=2;;
+      --plan)
+        # Issue 28: the memory plan against max_memory_allocated, stage 1 at three layouts (3 runs x (0.5 min load +
+        # 3 steps), model build ~1 min, shared with --fp16)
+        timeout "${PLAN_TIMEOUT:-300}" $PY bench/precision_memory.py --mode plan --out-dir "$OUT" --quiet "${SHAPE[@]}"
+        rc=$?; echo "bench/precision_memory.py --mode plan exit status: $rc";;
+      --fp16)
+        # Issue 28: the paper recipe in fp16 against bf16 (2 runs x (0.5 min load + 12 steps))
+        timeout "${FP16_TIMEOUT:-300}" $PY bench/precision_memory.py --mode fp16 --steps "${FP16_STEPS:-12}" \
+          --out-dir "$OUT" --quiet "${SHAPE[@]}"
+        rc=$?; echo "bench/precision_memory.py --mode fp16 exit status: $rc (1: FAIL or a run failed)";;
+      *) echo "unknown mode $mode (use --parity, --profile, --decode, --plan and/or --fp16)"; rc=2;;
     esac
     [[ $rc != 0 ]] && status=$rc
   done
