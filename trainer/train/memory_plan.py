@@ -38,6 +38,12 @@ from trainer.train.config import PipelineConfig, StageSettings, pipeline_precisi
 from trainer.train.device import DeviceError, DeviceInfo, Precision, torch_build_problem, triton_ok
 
 GIB = 2**30
+
+
+class ShapesUnavailable(DeviceError):
+    """The base model's shapes cannot be read here (offline and not cached): `plan` says so; `train` goes on
+    without a memory plan, since loading the base will need the same files."""
+
 ALLOCATOR_HEADROOM = 1.15
 """Peak allocated x this must fit: PyTorch's caching allocator holds more than it hands out (fragmentation)."""
 TRANSIENT_GB = 0.35
@@ -96,7 +102,7 @@ KNOWN_SHAPES = {
 
 def model_shape(name: str, revision: str | None = None) -> tuple[ModelShape, str]:
     """The base's shapes and where they were read: its config.json (a local folder, the demo model's converted
-    folder, the Hub cache, or the Hub), else the `KNOWN_SHAPES` table. Raises a DeviceError when none has it."""
+    folder, the Hub cache, or the Hub), else the `KNOWN_SHAPES` table. Raises ShapesUnavailable when none has it."""
     from trainer.train.demo_model import cache_root, is_demo_model
 
     folder = Path(name).expanduser()
@@ -115,9 +121,9 @@ def model_shape(name: str, revision: str | None = None) -> tuple[ModelShape, str
             path = hf_hub_download(name, "config.json", revision=revision)
             return ModelShape.from_config(json.loads(Path(path).read_text(encoding="utf-8"))), f"{name} config.json"
         except Exception as exc:  # offline and not cached, or not a model repo
-            raise DeviceError(f"model {name}: cannot read its config.json to plan memory ({type(exc).__name__}); "
+            raise ShapesUnavailable(f"model {name}: cannot read its config.json to plan memory ({type(exc).__name__}); "
                               "run once with the Hub reachable, or give a local folder") from None
-    raise DeviceError(f"model {name}: no config.json to plan memory from")
+    raise ShapesUnavailable(f"model {name}: no config.json to plan memory from")
 
 
 @dataclass(frozen=True)
@@ -406,9 +412,7 @@ def check_stage_memory(cfg: PipelineConfig, stage: str, device: DeviceInfo, leng
     try:
         plan = plan_memory(cfg, device, detected=True, lengths={stage: lengths} if lengths else None,
                            stages=[stage])
-    except DeviceError as exc:
-        if "config.json" not in str(exc):
-            raise
+    except ShapesUnavailable as exc:
         print(f"[{stage}] memory not planned: {exc}", flush=True)
         return None
     result = plan.stages[stage]
