@@ -61,6 +61,8 @@ class StagePlan:
     precision: Precision
     """The pipeline's precision on this device."""
     grounded: dict[str, Any] | None = None
+    """With `dataset.grounding: kb`: the rows as trained (`train`, `eval`: the same conversations with the retrieved
+    KB passages in their system prompt) and the `record` the lineage keeps; `data` keeps the rows as written."""
     memory: Any = None
     """The stage's memory plan (`trainer.train.memory_plan.StagePlanResult`; None: the shapes were not readable)."""
     memory_note: str | None = None
@@ -68,9 +70,8 @@ class StagePlan:
 
     @property
     def planned_peak_gb(self) -> float | None:
+        """The plan's predicted peak for this stage, GiB (None: not planned)."""
         return self.memory.memory.peak_gb if self.memory is not None else None
-    """With `dataset.grounding: kb`: the rows as trained (`train`, `eval`: the same conversations with the retrieved
-    KB passages in their system prompt) and the `record` the lineage keeps; `data` keeps the rows as written."""
 
     def training_rows(self, split: str) -> list:
         """What the trainer sees for `train` or `eval`: the grounded rows when grounding is on."""
