@@ -147,7 +147,6 @@ def test_plan_cli_answers_without_loading_torch_models():
 
 def test_train_refuses_a_plan_that_does_not_fit_before_the_base_loads(tiny_mistral_dir, tmp_path, monkeypatch):
     import trainer.train.stage as stage
-    from trainer.train.model import load_base_model  # noqa: F401 - imported so a call would be seen
 
     data = tmp_path / "rows.jsonl"
     row = {"messages": [{"role": "user", "content": "Hi " * 40}, {"role": "assistant", "content": "Hello " * 40}]}
