@@ -162,13 +162,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - schema bug, not user input
 
 
-def build(cls: type[T], raw: Mapping[str, Any], where: str = "") -> T:
+def build(cls: type[T], raw: Mapping[str, Any], where: str = "", *, source_field: bool = False) -> T:
     """A `cls` dataclass from a mapping: unknown keys (with a suggestion), missing required keys and wrong types
-    are ConfigErrors naming the dotted key. A `source` field is never read from the file."""
+    are ConfigErrors naming the dotted key. A `source` field is the file a setting came from and is never read from
+    the file, unless `source_field` says it is data (a KB fact's official URL)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where or 'top level'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    names = [f.name for f in dataclasses.fields(cls) if source_field or f.name != "source"]
     for key in raw:
         if key not in names:
             raise ConfigError(f"{_join(where, str(key))}: unknown key{suggest(str(key), names)}")

@@ -4,11 +4,12 @@ country, a university's programmes, group memberships), built once at load time 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from trainer.kb.names import TOKEN_CACHE, HomeCues, NameIndex, TextTokens, remember_tokens, text_tokens
-from trainer.kb.schema import (AdmissionTest, Country, DegreeStructure, Fact, Group, KBError, Rule, Scholarship,
+from trainer.kb.schema import (AdmissionTest, ApplicationSystem, Country, DegreeStructure, Fact, Group, KBError, Rule, Scholarship,
                                University, WorkLimit, degree_family, field_key)
 
 
@@ -27,6 +28,11 @@ class KnowledgeBase:
     groups: tuple[Group, ...] = ()
     degree_structures: tuple[DegreeStructure, ...] = ()
     work_limits: tuple[WorkLimit, ...] = ()
+    systems: tuple[ApplicationSystem, ...] = ()
+    relations: tuple[Any, ...] = ()
+    """The relation kinds the premise check reads (`trainer.kb.relations.Relation`), from relations.yaml."""
+    vocabulary: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Words for levels and fields (`trainer.kb.mentions.Named`), from relations.yaml."""
 
     def __post_init__(self):
         countries = NameIndex([(n, c) for c in self.countries for n in (c.name, *c.aliases, *c.demonyms)]
@@ -39,6 +45,9 @@ class KnowledgeBase:
         object.__setattr__(self, "_scholarships",
                            NameIndex((n, s) for s in self.scholarships for n in (s.name, *s.aliases)))
         object.__setattr__(self, "_tests", NameIndex((n, t) for t in self.tests for n in (t.name, *t.aliases)))
+        object.__setattr__(self, "_systems",
+                           NameIndex((n, s) for s in self.systems for n in (s.name, *s.aliases)))
+        object.__setattr__(self, "_structures", {(d.country, d.field): d for d in self.degree_structures})
         object.__setattr__(self, "_groups", NameIndex((n, g) for g in self.groups for n in (g.name, *g.aliases)))
         object.__setattr__(self, "_test_by_id", {t.id: t for t in self.tests})
         object.__setattr__(self, "_by_id", {u.id: u for u in self.universities})
@@ -96,6 +105,14 @@ class KnowledgeBase:
         """Admission tests named in `text`, in order of first mention."""
         return self._tests.find(text)
 
+    def find_systems(self, text: str) -> list[ApplicationSystem]:
+        """Application systems named in `text` (UCAS, Studielink), in order of first mention."""
+        return self._systems.find(text)
+
+    def degree_structure(self, country: str, field_name: str) -> DegreeStructure | None:
+        """How `field_name` is entered in `country`, or None when the KB does not say."""
+        return self._structures.get((country, field_name))
+
     def find_groups(self, text: str) -> list[Group]:
         """Membership sets named in `text` (Schengen, the Ivy League), in order of first mention."""
         return self._groups.find(text)
@@ -126,6 +143,10 @@ class KnowledgeBase:
         every trigger, since the words of a text are split once and shared with `find_*`."""
         words = text_tokens(text).words
         return [rule for rule, keywords in self._rule_keywords if not keywords.isdisjoint(words)]
+
+    def home_country_span(self, text: str) -> tuple[Country, int, int] | None:
+        """`home_country` and where the text names it."""
+        return self._home.find_span(text)
 
     def home_country(self, text: str) -> Country | None:
         """The student's home country from cues such as "I'm from Nigeria", "I am Indian", "as a Brazilian",

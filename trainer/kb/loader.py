@@ -12,25 +12,29 @@ matches them), and no two entities share a name (a country's markers included).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from trainer import REPO_ROOT
-from trainer.kb.schema import (AdmissionTest, Country, DegreeStructure, Eligibility, Fact, Group, KBError,
+from trainer.kb.schema import (AdmissionTest, ApplicationSystem, Country, DegreeStructure, Eligibility, Fact, Group, KBError,
                                NotOffered, Programme, Rule, Scholarship, University, WorkLimit, degree_family,
                                field_key)
 from trainer.kb.knowledge_base import KnowledgeBase
 from trainer.kb.names import case_sensitive, name_tokens, normalise_name
-from trainer.typed_yaml import check_keys, convert, item_where, read_yaml, suggest
+from trainer.kb.consistency import check_names, check_premise_examples, check_references
+from trainer.kb.mentions import Named
+from trainer.kb.relations import Relation, RelationSpec, compile_relation
+from trainer.typed_yaml import ConfigError, build, check_keys, convert, item_where, read_yaml, suggest
 
 LEVELS = ("bachelor", "master", "phd")
 REGIONS = ("africa", "americas", "asia", "europe", "oceania")
 GROUPS = ("all", "commonwealth", "non_commonwealth", "eea", "non_eea") + REGIONS
 """Named country groups an eligibility list may use; the loader expands them to the KB's own countries."""
 SECTIONS = ("version", "countries", "universities", "scholarships", "tests", "rules", "groups", "degree_structures",
-            "work_limits")
+            "work_limits", "systems", "relations", "vocabulary")
 FIELDS = ("medicine", "law")
 """Fields whose degree structure and admission tests the KB describes per country."""
 ENTRIES = ("undergraduate", "graduate", "both")
@@ -88,8 +92,10 @@ def _in_file(file: Path) -> Iterator[None]:
 class _Loader:
     def __init__(self, folder: Path, files: Sequence[Path]):
         self.folder = folder
-        self.sections: dict[str, list[tuple[Path, int, Any]]] = {s: [] for s in SECTIONS if s != "version"}
+        self.sections: dict[str, list[tuple[Path, int, Any]]] = {s: [] for s in SECTIONS
+                                                                if s not in ("version", "vocabulary")}
         self.version: tuple[Path, Any] | None = None
+        self.vocabulary: tuple[Path, Any] | None = None
         self.wheres: dict[str, dict[str, str]] = {}
         for file in files:
             raw = read_yaml(file, what="knowledge base file", error=KBError, mapping=False)
@@ -98,10 +104,10 @@ class _Loader:
             with _in_file(file):
                 check_keys(raw, "", optional=SECTIONS, error=KBError)
                 for section, value in raw.items():
-                    if section == "version":
-                        if self.version is not None:
-                            raise KBError(f"version: already given in {self.version[0]}")
-                        self.version = (file, value)
+                    if section in ("version", "vocabulary"):
+                        if getattr(self, section) is not None:
+                            raise KBError(f"{section}: already given in {getattr(self, section)[0]}")
+                        setattr(self, section, (file, value))
                         continue
                     self.sections[section].extend((file, i, item) for i, item in enumerate(_list(value, section)))
 
@@ -120,10 +126,13 @@ class _Loader:
             groups=self._all("groups", self._group_entry),
             degree_structures=self._all("degree_structures", self._degree_structure),
             work_limits=self._all("work_limits", self._work_limit, key="country"),
+            systems=self._all("systems", self._system),
+            vocabulary=self._vocabulary(),
+            relations=self._all("relations", self._relation),
         )
-        self._check_names(kb)
-        self._check_references(kb)
-        self._check_premise_examples(kb)
+        check_names(kb, self.wheres)
+        check_references(kb, self.wheres)
+        check_premise_examples(kb, self.wheres)
         combined = "|".join(f"(?:{r.trigger.pattern})" for r in kb.rules if r.trigger is not None)
         try:  # the audit joins every trigger into one regex: named groups or backreferences would break it
             re.compile(combined, re.IGNORECASE)
@@ -272,22 +281,12 @@ class _Loader:
         )
 
     def _test(self, raw: dict, where: str) -> AdmissionTest:
-        check_keys(raw, where, required=("id", "name", "kind", "about", "score_range", "source", "as_of"),
-                   optional=("aliases", "validity", "field"), error=KBError)
-        kind = _text(raw["kind"], f"{where}.kind")
-        if kind not in ("language", "aptitude"):
-            raise KBError(f"{where}.kind: {kind!r} is not language or aptitude")
-        test_field = _text(raw["field"], f"{where}.field") if raw.get("field") else None
-        if test_field is not None and test_field not in FIELDS:
-            raise KBError(f"{where}.field: {test_field!r} is not one of {', '.join(FIELDS)}")
-        return AdmissionTest(
-            id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
-            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"), kind=kind,
-            about=_text(raw["about"], f"{where}.about"), score_range=_text(raw["score_range"], f"{where}.score_range"),
-            validity=_text(raw["validity"], f"{where}.validity") if raw.get("validity") else None,
-            source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
-            field=test_field,
-        )
+        test = self._entity(AdmissionTest, raw, where)
+        if test.kind not in ("language", "aptitude"):
+            raise KBError(f"{where}.kind: {test.kind!r} is not language or aptitude")
+        if test.field is not None and test.field not in FIELDS:
+            raise KBError(f"{where}.field: {test.field!r} is not one of {', '.join(FIELDS)}")
+        return test
 
     def _premise_examples(self, raw: Any, at: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """`examples: {flag: [questions the premise check must correct], pass: [questions it must not]}`."""
@@ -314,31 +313,21 @@ class _Loader:
                      examples_flag=flag, examples_pass=passing)
 
     def _work_limit(self, raw: dict, where: str) -> WorkLimit:
-        check_keys(raw, where, required=("country", "hours_per_week", "examples"), error=KBError)
-        code = self._code(raw["country"], f"{where}.country")
-        if self.codes[code].work_rights is None:
-            raise KBError(f"{where}.country: {code} has no work_rights fact in countries to correct with")
-        hours = raw["hours_per_week"]
-        if hours is not None and (not isinstance(hours, int) or isinstance(hours, bool) or not 0 < hours < 60):
-            raise KBError(f"{where}.hours_per_week: {hours!r} is not a whole number of hours (1-59) or null")
-        flag, passing = self._premise_examples(raw["examples"], f"{where}.examples")
-        return WorkLimit(code, hours, flag, passing)
+        limit = self._entity(WorkLimit, raw, where)
+        if self.codes[limit.country].work_rights is None:
+            raise KBError(f"{where}.country: {limit.country} has no work_rights fact in countries to correct with")
+        if limit.hours_per_week is not None and not 0 < limit.hours_per_week < 60:
+            raise KBError(f"{where}.hours_per_week: {limit.hours_per_week!r} is not a whole number of hours (1-59) "
+                          "or null")
+        return limit
 
     def _degree_structure(self, raw: dict, where: str) -> DegreeStructure:
-        check_keys(raw, where, required=("id", "country", "field", "entry", "degrees", "tests", "fact", "source",
-                                         "as_of", "examples"), error=KBError)
-        field_name, entry = _text(raw["field"], f"{where}.field"), _text(raw["entry"], f"{where}.entry")
-        if field_name not in FIELDS:
-            raise KBError(f"{where}.field: {field_name!r} is not one of {', '.join(FIELDS)}")
-        if entry not in ENTRIES:
-            raise KBError(f"{where}.entry: {entry!r} is not one of {', '.join(ENTRIES)}")
-        flag, passing = self._premise_examples(raw["examples"], f"{where}.examples")
-        return DegreeStructure(
-            id=self._id(raw, where), country=self._code(raw["country"], f"{where}.country"), field=field_name,
-            entry=entry, degrees=_texts(raw["degrees"], f"{where}.degrees"),
-            tests=_texts(raw["tests"], f"{where}.tests"), fact=_text(raw["fact"], f"{where}.fact"),
-            source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
-            examples_flag=flag, examples_pass=passing)
+        structure = self._entity(DegreeStructure, raw, where)
+        if structure.field not in FIELDS:
+            raise KBError(f"{where}.field: {structure.field!r} is not one of {', '.join(FIELDS)}")
+        if structure.entry not in ENTRIES:
+            raise KBError(f"{where}.entry: {structure.entry!r} is not one of {', '.join(ENTRIES)}")
+        return structure
 
     def _rule(self, raw: dict, where: str) -> Rule:
         check_keys(raw, where, required=("id", "topic", "country", "keywords", "claim", "fact", "source", "as_of",
@@ -389,6 +378,74 @@ class _Loader:
                 raise KBError(f"{at}.corrected: the rule would flag the corrected sentence {sentence!r}")
         return rule
 
+    def _levels(self, value: Any, where: str) -> tuple[str, ...]:
+        levels = _texts(value, where)
+        for i, level in enumerate(levels):
+            if level not in LEVELS:
+                raise KBError(f"{where}[{i}]: {level!r} is not one of {', '.join(LEVELS)}")
+        return levels
+
+    def _typed(self, cls: type, raw: Any, where: str) -> Any:
+        """`cls` built from the entry by its one declaration (`typed_yaml.build`), errors as KBErrors."""
+        try:
+            return build(cls, raw, where, source_field=True)
+        except ConfigError as exc:
+            raise KBError(str(exc)) from None
+
+    def _system(self, raw: dict, where: str) -> ApplicationSystem:
+        return self._entity(ApplicationSystem, raw, where)
+
+    def _entity(self, cls: type, raw: Any, where: str) -> Any:
+        """An entity built from its one declaration (`typed_yaml.build`), then the KB's rules on its fields by name:
+        `id` well formed, `source` an http(s) URL, `as_of` a date, `country`/`countries` codes the KB has, `levels`
+        known levels, `examples` flag (at least one) and pass questions, and no empty text."""
+        if isinstance(raw, dict) and isinstance(raw.get("as_of"), datetime.date):  # YAML reads 2026-11-01 as a date
+            raw = {**raw, "as_of": raw["as_of"].isoformat()}
+        entity = self._typed(cls, raw, where)
+        for f in dataclasses.fields(entity):
+            value, at = getattr(entity, f.name), f"{where}.{f.name}"
+            if f.name == "id" and not ID.match(value):
+                raise KBError(f"{at}: {value!r} must be lowercase letters, digits and hyphens")
+            if f.name == "source":
+                _url(value, at)
+            elif f.name == "as_of":
+                _as_of(value, at)
+            elif f.name == "country" and value is not None:
+                self._code(value, at)
+            elif f.name == "countries":
+                for i, code in enumerate(value):
+                    self._code(code, f"{at}[{i}]")
+            elif f.name == "levels":
+                self._levels(list(value), at)
+            elif f.name == "examples":
+                self._premise_examples({k: list(v) for k, v in value.items()}, at)
+            elif isinstance(value, str) and not value.strip():
+                raise KBError(f"{at}: must be non-empty text")
+        return entity
+
+    def _vocabulary(self) -> dict[str, tuple[Named, ...]]:
+        """The words of levels and fields (relations.yaml `vocabulary`), each entry a `Named`."""
+        if self.vocabulary is None:
+            return {}
+        file, raw = self.vocabulary
+        allowed = {"level": LEVELS, "field": FIELDS}
+        with _in_file(file):
+            check_keys(raw, "vocabulary", optional=tuple(allowed), error=KBError)
+            out = {}
+            for kind, entries in raw.items():
+                named = tuple(self._typed(Named, e, item_where(f"vocabulary.{kind}", i, e, "id"))
+                              for i, e in enumerate(_list(entries, f"vocabulary.{kind}")))
+                for i, n in enumerate(named):
+                    if n.id not in allowed[kind]:
+                        raise KBError(f"vocabulary.{kind}[{i}].id: {n.id!r} is not one of {', '.join(allowed[kind])}")
+                out[kind] = named
+        return out
+
+    def _relation(self, raw: dict, where: str) -> Relation:
+        import trainer.kb.relation_checks  # noqa: F401  (registers the checks relations name)
+
+        return compile_relation(self._typed(RelationSpec, raw, where), where, set(self.codes))
+
     # References
 
     def _id(self, raw: dict, where: str) -> str:
@@ -419,79 +476,6 @@ class _Loader:
         }
         test = tests.get(group, lambda c: c.region == group)
         return [code for code, c in self.codes.items() if test(c)]
-
-    def _check_references(self, kb: KnowledgeBase) -> None:
-        """Ids that point at other entries name entries the KB has; group flags the countries carry agree."""
-        universities = {u.id for u in kb.universities}
-        tests = {t.id: t for t in kb.tests}
-        where = {s: self.wheres.get(s, {}) for s in ("groups", "degree_structures", "scholarships")}
-        for s in kb.scholarships:
-            if s.university is not None and s.university not in universities:
-                raise KBError(f"{where['scholarships'][s.id]}.university: {s.university!r} is not a university in "
-                              f"the knowledge base{suggest(s.university, universities)}")
-        flags = {"commonwealth": "commonwealth_member", "eea": "eea_member"}
-        for g in kb.groups:
-            if g.kind == "university":
-                for m in sorted(g.members - universities):
-                    raise KBError(f"{where['groups'][g.id]}.members: {m!r} is not a university in the knowledge "
-                                  f"base{suggest(m, universities)}")
-            if g.id in flags:
-                flagged = {c.code for c in kb.countries if getattr(c, flags[g.id])}
-                if flagged != set(g.members):
-                    raise KBError(f"{where['groups'][g.id]}.members: differs from the countries' {flags[g.id]} "
-                                  f"(only in members: {sorted(g.members - flagged)}, only flagged: "
-                                  f"{sorted(flagged - g.members)})")
-        for d in kb.degree_structures:
-            for t in d.tests:
-                if t not in tests:
-                    raise KBError(f"{where['degree_structures'][d.id]}.tests: {t!r} is not an admission test in the "
-                                  f"knowledge base{suggest(t, tests)}")
-                if tests[t].field != d.field:
-                    raise KBError(f"{where['degree_structures'][d.id]}.tests: {t!r} is not a {d.field} test "
-                                  f"(its `field` is {tests[t].field})")
-
-    def _check_premise_examples(self, kb: KnowledgeBase) -> None:
-        """Each group and degree structure corrects its own `flag` questions and lets its `pass` ones through, as
-        the premise check (`trainer.kb.premise`) reads them, so an entry cannot silently stop working."""
-        from trainer.kb.premise import PremiseChecker
-
-        checker = PremiseChecker(kb)
-        for section, entries in (("groups", kb.groups), ("degree_structures", kb.degree_structures),
-                                 ("work_limits", kb.work_limits)):
-            for entry in entries:
-                ident = entry.country if section == "work_limits" else entry.id
-                at = f"{self.wheres[section][ident]}.examples"
-                for question in entry.examples_flag:
-                    if not any(c.entry == entry.id for c in checker.check(question)):
-                        raise KBError(f"{at}.flag: the premise check does not correct {question!r}")
-                for question in entry.examples_pass:
-                    if any(c.entry == entry.id for c in checker.check(question)):
-                        raise KBError(f"{at}.pass: the premise check would correct {question!r}")
-
-    def _check_names(self, kb: KnowledgeBase) -> None:
-        """Two entities of one kind may not share a name or alias: a mention must map to one of them."""
-        for section, entities, fields in (
-            ("countries", kb.countries, ("name", "aliases", "demonyms", "markers")),
-            ("universities", kb.universities, ("name", "aliases")),
-            ("scholarships", kb.scholarships, ("name", "aliases")),
-            ("tests", kb.tests, ("name", "aliases")),
-        ):
-            owner: dict[str, str] = {}
-            for entity in entities:
-                ident = getattr(entity, "id", None) or entity.code
-                for f in fields:
-                    value = getattr(entity, f)
-                    for name in (value,) if isinstance(value, str) else value:
-                        tokens = name_tokens(name)
-                        if not tokens:
-                            raise KBError(f"{self.wheres[section][ident]}.{f}: {name!r} has no letters or digits")
-                        # names match by their word tokens, so "U.S." and "U S" are the same name
-                        key = normalise_name(name) if case_sensitive(name) else b" ".join(tokens).decode()
-                        if owner.get(key, ident) != ident:
-                            raise KBError(f"{self.wheres[section][ident]}.{f}: {name!r} already names "
-                                          f"{owner[key]}")
-                        owner[key] = ident
-
 
 # Values: each error names the dotted key it is about.
 

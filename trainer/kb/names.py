@@ -199,19 +199,31 @@ class HomeCues:
             # "I am Indian", "I'm a Nigerian student", "as a Brazilian"
             rf"(?i:(?:{first_person}|\bas)\s+(?:an?\s+)?){demonym}(?!(?i:\s+(?:universit|college|school|visa)))",
             rf"(?i:\b(?:i\s+live|i\s+am\s+based|i'm\s+based|i\s+am\s+living|i'm\s+living)\s+in\s+(?:the\s+)?){name}",
+            # someone the student asks for: "my cousin from Nepal", "my daughter is Ghanaian"
+            (rf"(?i:\bmy\s+(?:\w+\s+)?(?:cousin|brother|sister|friend|son|daughter|niece|nephew|client|partner|"
+             rf"wife|husband|child|kid|parents?|family)\s+(?:is\s+|are\s+)?(?:from\s+(?:the\s+)?)?)"
+             rf"(?:{name}|{demonym})"),
+            rf"(?i:\b(?:i|we)\s+(?:hold|have|carry)\s+(?:an?\s+|my\s+)?){demonym}(?i:\s+passport)",
+            rf"(?i:\bfrom\s+(?:the\s+)?){name}(?i:\s+here\b)",
+            rf"{demonym}(?i:\s+(?:here|myself)\b)",
             # weaker: "students from Ghana", "Indian citizen", "Kenyan passport"
             rf"(?i:\b(?:student|applicant|graduate|citizen|national|candidate)s?\s+from\s+(?:the\s+)?){name}",
             rf"{demonym}(?i:\s+(?:citizen|national|passport(?:\s+holder)?|nationality)s?\b)",
-            rf"{demonym}(?i:\s+(?:student|applicant|graduate)s?\b)(?!(?i:\s+visa))",
+            rf"{demonym}(?i:\s+(?:student|applicant|graduate|people|nationals?|citizens?)s?\b)(?!(?i:\s+visa))",
         )]
 
     def find(self, text: str) -> Country | None:
+        found = self.find_span(text)
+        return found[0] if found else None
+
+    def find_span(self, text: str) -> tuple[Country, int, int] | None:
+        """The student's home country and where the text names it (the name or demonym), strongest cue first."""
         if text.isascii() and self.ascii_gate is not None and self.ascii_gate.isdisjoint(text_tokens(text).words):
             return None  # every cue names a country, and no country's first word is in the text
         for cue in self.cues:
             match = cue.search(text)
             if match:
-                if match.groupdict().get("name"):
-                    return self.names.entity(match.group("name"))
-                return self.demonyms.entity(match.group("demonym"))
+                group = "name" if match.groupdict().get("name") else "demonym"
+                index = self.names if group == "name" else self.demonyms
+                return index.entity(match.group(group)), match.start(group), match.end(group)
         return None

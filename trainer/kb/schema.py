@@ -21,7 +21,8 @@ insurance") corrects nothing."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 class KBError(ValueError):
@@ -164,8 +165,16 @@ class DegreeStructure:
     fact: str
     source: str
     as_of: str
-    examples_flag: tuple[str, ...] = ()
-    examples_pass: tuple[str, ...] = ()
+    examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """`flag`: questions the premise check must correct with this entry; `pass`: ones it must let through."""
+
+    @property
+    def examples_flag(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("flag", ()))
+
+    @property
+    def examples_pass(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("pass", ()))
 
 
 @dataclass(frozen=True)
@@ -175,8 +184,16 @@ class WorkLimit:
     country: str
     hours_per_week: int | None
     """The weekly limit during term, or None where the limit is not weekly (a yearly number of hours or days)."""
-    examples_flag: tuple[str, ...] = ()
-    examples_pass: tuple[str, ...] = ()
+    examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """`flag`: questions the premise check must correct with this entry; `pass`: ones it must let through."""
+
+    @property
+    def examples_flag(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("flag", ()))
+
+    @property
+    def examples_pass(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("pass", ()))
 
     @property
     def id(self) -> str:
@@ -187,16 +204,37 @@ class WorkLimit:
 class AdmissionTest:
     id: str
     name: str
-    aliases: tuple[str, ...]
     kind: str
     """`language` or `aptitude`."""
     about: str
     score_range: str
-    validity: str | None
     source: str
     as_of: str
+    aliases: tuple[str, ...] = ()
+    validity: str | None = None
     field: str | None = None
     """`medicine` or `law` for a test only that field uses (MCAT, LSAT, UCAT); None otherwise."""
+    levels: tuple[str, ...] = ()
+    """The levels whose admission uses the test (the SAT: bachelor); empty where any level may."""
+
+
+@dataclass(frozen=True)
+class ApplicationSystem:
+    """Where students apply: a national or regional application service and the countries, universities and levels
+    it serves (systems.yaml)."""
+
+    id: str
+    name: str
+    about: str
+    source: str
+    as_of: str
+    countries: tuple[str, ...]
+    """Every country the system serves."""
+    aliases: tuple[str, ...] = ()
+    universities: tuple[str, ...] = ()
+    """Where it serves only some universities of its country: every KB university it serves."""
+    levels: tuple[str, ...] = ()
+    """The levels it handles; every level where empty."""
 
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
