@@ -10,8 +10,8 @@ decoding settings built from the shared sliders. `build_chat_tab` is called insi
 import dataclasses
 from typing import Any, Sequence
 
-from space.display import (check_note, correction_note, is_note, message_text, safe_text, sources_note,
-                           trim_history, unavailable_note)
+from space.display import (check_note, correction_note, is_note, message_text, rated_answer, safe_text,
+                           sources_note, trim_history, unavailable_note)
 from trainer.inference.model import BASE
 from trainer.inference.model import GenerationSettings
 from trainer.hub.space_settings import LimitSettings, SpaceConfig
@@ -112,35 +112,37 @@ def ground_default(ground, grounding, adapter: str) -> bool:
 
 def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter: str, ground: bool,
                       settings: GenerationSettings):
-    """Stream an answer, then its notes: yields (answer so far, None) while it grows, then (answer, notes) once it is
-    final. With `ground`, the KB passages retrieved for the question go into the system message (rendered by the
-    adapter's own chat template, like any system message) and become the numbered sources; the finished answer is
-    then checked against the KB, and a contradiction becomes a warning naming the fact and its source. A false
-    premise the KB corrects is shown under every answer (grounded or not, whatever it says) and opens a grounded
-    prompt; an answer that does not carry its correction gets the warning too."""
+    """Stream an answer between its notes: yields (notes above, answer so far, None) while it grows, then (notes
+    above, answer, notes below) once it is final. The correction comes first: a false premise the KB corrects is a
+    note above every answer (grounded or not, whatever it says), yielded once before the engine is asked, so the
+    visitor sees it as soon as the question is sent and the answer streams below it; it also opens a grounded prompt.
+    With `ground`, the KB passages retrieved for the question go into the system message (rendered by the adapter's
+    own chat template, like any system message) and become the numbered sources under the answer; the finished
+    answer is then checked against the KB, and a contradiction becomes a warning under it naming the fact and its
+    source. An answer that does not carry its correction gets the warning too."""
     from space.engine_api import EngineUnavailable
     from trainer.kb.retrieve import grounded_messages
 
     corrections = grounding.premise(messages) if grounding is not None else []
+    above = [correction_note(corrections)] if corrections else []
+    yield above, "", None  # before retrieval and the first token: the correction shows at once
     hits = grounding.search(messages[-1]["content"]) if (grounding is not None and ground) else None
     prompt = grounded_messages(messages, hits, corrections) if hits is not None else messages
-    correction = [correction_note(corrections)] if corrections else []
     text = ""
     try:
         for text in engine.stream(prompt, adapter, settings):
-            yield text, None
+            yield above, text, None
     except EngineUnavailable as exc:  # the server is down or busy: say so under what came, check nothing more
-        yield text, [unavailable_note(str(exc)), *correction]
+        yield above, text, [unavailable_note(str(exc))]
         return
-    notes = []
+    below = []
     if grounding is not None:
         flags = grounding.check([*messages, {"role": "assistant", "content": text}])
         if flags:
-            notes.append(check_note(flags))
-    notes += correction
+            below.append(check_note(flags))
     if hits is not None:
-        notes.append(sources_note(hits))
-    yield text, notes
+        below.append(sources_note(hits))
+    yield above, text, below
 
 
 def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str]], default_adapter: str,
@@ -163,16 +165,15 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
             gr.Info(f"Only the last {limits.max_history_turns} exchanges are sent to the model; "
                     f"{dropped} earlier one(s) were left out.")
         messages = prompt_messages(system_prompt, [*earlier, {"role": "user", "content": message}])
-        history += [{"role": "user", "content": safe_text(message)}, {"role": "assistant", "content": ""}]
-        yield history, ""
-        for text, notes in answer_with_notes(engine, grounding, messages, adapter,
-                                             ground_default(ground, grounding, adapter), settings):
-            history[-1] = {"role": "assistant", "content": safe_text(text)}
-            yield history + (notes or []), ""
+        history.append({"role": "user", "content": safe_text(message)})
+        # the correction (if any) above the answer from the first yield, before the first token; notes under it
+        for above, text, below in answer_with_notes(engine, grounding, messages, adapter,
+                                                    ground_default(ground, grounding, adapter), settings):
+            yield [*history, *above, {"role": "assistant", "content": safe_text(text)}, *(below or [])], ""
 
     def retry(history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens):
         history = check_history(history, limits)
-        while history and history[-1].get("role") == "assistant":  # the answer and its notes
+        while history and history[-1].get("role") == "assistant":  # the answer, its correction and its notes
             history.pop()
         if not history:
             raise gr.Error("Nothing to retry yet.")
@@ -210,11 +211,11 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
         ratings = ratings if ratings is not None else {}
         if not isinstance(ratings, dict) or not all(str(k).isdigit() and v in (1, -1) for k, v in ratings.items()):
             raise gr.Error("ratings must map answer indices to 1 (like) or -1 (dislike).")
-        # The stored dialogue leaves out the app's notes (sources, KB warnings); ratings follow the turns they rate.
+        # The stored dialogue leaves out the app's notes; ratings follow the answers they rate (`rated_answer`).
         kept = [(i, m) for i, m in enumerate(history or []) if m.get("role") in ("user", "assistant")
                 and not is_note(m)]
         position = {i: n for n, (i, _) in enumerate(kept)}
-        ratings = {position[int(k)]: v for k, v in (ratings or {}).items() if int(k) in position}
+        ratings = {position[i]: v for k, v in ratings.items() if (i := rated_answer(history, int(k))) in position}
         messages = [{"role": m["role"], "content": message_text(m)} for _, m in kept]
         texts, counts = redact_many([system_prompt] + [m["content"] for m in messages])
         system_text = texts[0]

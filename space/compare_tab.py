@@ -9,17 +9,20 @@ from trainer.inference.model import BASE
 from trainer.hub.space_settings import SpaceConfig
 
 
-def with_notes(text: str, notes) -> str:
-    """An answer with its notes (warning, correction, sources) under it, as one markdown block."""
-    shown = safe_text(text)
-    for note in notes or []:
+def with_notes(above, text: str, below=None) -> str:
+    """An answer between its notes as one markdown block: the correction above it, the warning and sources under
+    it (as `answer_with_notes` yields them)."""
+    shown = "".join(f"**{note['metadata']['title']}**\n\n{note['content']}\n\n---\n\n" for note in above or [])
+    shown += safe_text(text)
+    for note in below or []:
         shown += f"\n\n---\n**{note['metadata']['title']}**\n\n{note['content']}"
     return shown
 
 
 def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], default_adapter: str,
                       gen_inputs: list[Any], grounding=None) -> None:
-    """The Compare tab with its `compare` endpoint (base on the left, the default adapter on the right).
+    """The Compare tab with its `compare` endpoint (base on the left, the default adapter on the right); a false
+    premise's correction shows above both answers as soon as the question is sent.
     `gen_inputs` are the shared system prompt, temperature, top-p and max-new-tokens components."""
     import gradio as gr
 
@@ -32,12 +35,14 @@ def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], 
         ground = ground_default(ground, grounding, BASE)  # the base's default is `grounding.enabled`, as the box
         messages = prompt_messages(system_prompt, [{"role": "user", "content": question}])
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
+        # The correction (the same question, so the same for both) shows above both answers from the first yield,
+        # before either starts streaming; the right one waits under it while the left one streams.
         shown_a = ""
-        for text, notes in answer_with_notes(engine, grounding, messages, adapter_a, ground, settings):
-            shown_a = with_notes(text, notes)
-            yield shown_a, ""
-        for text, notes in answer_with_notes(engine, grounding, messages, adapter_b, ground, settings):
-            yield shown_a, with_notes(text, notes)
+        for above, text, below in answer_with_notes(engine, grounding, messages, adapter_a, ground, settings):
+            shown_a = with_notes(above, text, below)
+            yield shown_a, with_notes(above, "")
+        for above, text, below in answer_with_notes(engine, grounding, messages, adapter_b, ground, settings):
+            yield shown_a, with_notes(above, text, below)
 
     with gr.Tab("Compare"):
         gr.Markdown("The same question answered by two adapters on the same base, one after the other.")

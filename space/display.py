@@ -32,11 +32,26 @@ def message_text(message: dict[str, Any]) -> str:
 
 
 def is_note(message: dict[str, Any]) -> bool:
-    """A message the app added under an answer (its sources, a KB warning or correction): shown to the visitor,
-    never sent to the model or stored as a turn of the dialogue. Gradio shows such messages as titled boxes
-    (`metadata.title`)."""
+    """A message the app added around an answer (the correction above it; its sources, a KB warning under it): shown
+    to the visitor, never sent to the model or stored as a turn of the dialogue. Gradio shows such messages as
+    titled boxes (`metadata.title`)."""
     metadata = message.get("metadata")
     return bool(metadata.get("title")) if isinstance(metadata, dict) else False
+
+
+def rated_answer(history: Sequence[dict[str, Any]], index: int) -> int:
+    """The history index of the answer a like at `index` rates. Gradio shows consecutive assistant messages as one
+    bubble (the correction above the answer, the warning and sources under it) and reports a like on it with the
+    bubble's first index, which is the correction's when there is one: a note rates the answer of its bubble."""
+    if not 0 <= index < len(history) or not is_note(history[index]):
+        return index
+    start = index
+    while start > 0 and history[start - 1].get("role") == "assistant":
+        start -= 1
+    end = index
+    while end + 1 < len(history) and history[end + 1].get("role") == "assistant":
+        end += 1
+    return next((i for i in range(start, end + 1) if not is_note(history[i])), index)
 
 
 def sources_note(hits: Sequence[Any]) -> dict[str, Any]:
@@ -55,9 +70,9 @@ CORRECTION_TITLE = "Correction from the knowledge base"
 
 
 def correction_note(corrections: Sequence[Any]) -> dict[str, Any]:
-    """The KB's corrections of the question's false premises (`trainer.kb.premise.Correction`) as a titled note under
-    the answer, whatever the answer says: each the claim, the fact, a link to its official source and its as-of
-    date. KB text is escaped, so HTML in it stays inert."""
+    """The KB's corrections of the question's false premises (`trainer.kb.premise.Correction`) as a titled note above
+    the answer, shown as soon as the question is sent and whatever the answer then says: each the claim, the fact, a
+    link to its official source and its as-of date. KB text is escaped, so HTML in it stays inert."""
     lines = [f"- The question assumes “{safe_text(c.claim)}” The knowledge base says: {safe_text(c.fact)} "
              f"([source]({_link(c.source)}), as of {safe_text(c.as_of)})" for c in corrections]
     return {"role": "assistant", "content": "\n".join(lines), "metadata": {"title": CORRECTION_TITLE}}

@@ -41,7 +41,7 @@ def chat(client, question, adapter, history=(), max_new_tokens=24, ground=False)
 
 
 def turns(history):
-    """The dialogue without the app's notes (sources, KB warnings) under the answers."""
+    """The dialogue without the app's notes (a correction above an answer; sources, KB warnings under it)."""
     return [m for m in history if not is_note(m)]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from space.display import (check_note, correction_note, format_when, is_note, kb_check_label, message_text,
-                           parse_day, reviewer_of, safe_text, trim_history)
+                           parse_day, rated_answer, reviewer_of, safe_text, trim_history)
 from trainer.kb.claims import Flag
 from trainer.kb.premise import Correction
 from trainer.hub.space_settings import FeedbackSettings
@@ -57,6 +57,20 @@ def test_a_correction_note_links_each_source_and_keeps_kb_text_inert():
                      "It is required &lt;img src=x onerror=alert(1)&gt; to enrol. "
                      "([source](https://example.org/a%20page%281%29), as of 2026-11)")
     assert second.endswith("([source](https://example.org/schengen), as of 2026-10)")
+
+
+def test_a_like_on_a_note_rates_the_answer_of_its_bubble_and_the_model_never_sees_the_notes():
+    def note(title):
+        return {"role": "assistant", "content": title.lower(), "metadata": {"title": title}}
+
+    # the correction above the first answer, its warning and sources under it; a second exchange without one
+    history = [{"role": "user", "content": "q0"}, note("Correction"), {"role": "assistant", "content": "a0"},
+               note("Warning"), note("Sources"), {"role": "user", "content": "q1"},
+               {"role": "assistant", "content": "a1"}, note("Sources")]
+    assert [rated_answer(history, i) for i in range(len(history))] == [0, 2, 2, 2, 2, 5, 6, 6]
+    assert rated_answer(history, 99) == 99 and rated_answer([note("Alone")], 0) == 0  # nothing to map to
+    assert trim_history(history, 6) == ([{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
+                                         {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}], 0)
 
 
 def test_the_warning_title_says_whether_the_answer_contradicts_the_kb_or_leaves_a_false_premise():

@@ -6,7 +6,9 @@ with fixed text: the demo model will not reliably repeat a false claim on cue, a
 from __future__ import annotations
 
 import shutil
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,8 @@ INJECTED = "<img src=x onerror=\"window.__kbxss=1\"><script>window.__kbxss=2</sc
 
 
 class ScriptedEngine:
-    """Streams a fixed answer per question word by word, and records the prompts it was given."""
+    """Streams a fixed answer per question word by word, and records the prompts it was given; a question `held`
+    gets its first token only once the test lets it go (a slow model, without sleeping)."""
 
     adapter_names = ["demo/stage2"]
     base_model = "smollm2-135m-instruct"
@@ -38,15 +41,29 @@ class ScriptedEngine:
     refused: dict[str, str] = {}
 
     def __init__(self, answers: dict[str, str]):
-        self.answers, self.prompts = answers, []
+        self.answers, self.prompts, self.gates = answers, [], {}
 
     def adapter_revision(self, adapter):
         return None
+
+    @contextmanager
+    def held(self, question: str):
+        """Inside the block, an answer to `question` waits before its first token until the yielded event is set
+        (set at the latest when the block ends)."""
+        gate = self.gates[question] = threading.Event()
+        try:
+            yield gate
+        finally:
+            gate.set()
+            self.gates.pop(question, None)
 
     def stream(self, messages, adapter=BASE, settings=None, stop=None, stats=None):
         self.prompts.append((adapter, [dict(m) for m in messages]))
         question = messages[-1]["content"]
         answer = next((a for key, a in self.answers.items() if key in question), "Please check the official page.")
+        gate = self.gates.get(question)
+        if gate is not None:
+            assert gate.wait(30), "the test never let the held answer go"
         text = ""
         for word in answer.split(" "):
             text += ("" if not text else " ") + word
@@ -108,6 +125,20 @@ def notes(history) -> dict[str, str]:
     return {m["metadata"]["title"]: message_text(m) for m in history if is_note(m)}
 
 
+def titles(history) -> list[str]:
+    """The chat's messages in order: a note by its title, a turn by its role."""
+    return [m["metadata"]["title"] if is_note(m) else m["role"] for m in history]
+
+
+def first_output(job, timeout: float = 30):
+    """The first update a streaming call sent."""
+    deadline = time.time() + timeout
+    while not job.outputs():
+        assert time.time() < deadline, "no update in time"
+        time.sleep(0.02)
+    return job.outputs()[0]
+
+
 def warning(history) -> tuple[str, str] | None:
     """The live check's (title, text), if it warned."""
     return next(((t, text) for t, text in notes(history).items() if t.startswith(WARNING)), None)
@@ -164,6 +195,10 @@ def test_a_false_premise_gets_the_kb_correction_whatever_the_answer_and_a_warnin
     _, engine, _ = served
     history = chat(client, OPTIONAL, ground=ground)
     assert message_text([m for m in history if not is_note(m)][-1]) == AGREES
+    # the correction comes first, above the answer; the warning and the sources come under it
+    order = titles(history)
+    assert order[:3] == ["user", CORRECTION, "assistant"] and order[3].startswith(WARNING)
+    assert order[4:] == (["Sources from the knowledge base"] if ground else [])
     shown = notes(history)
     correction = shown[CORRECTION]
     assert correction.startswith("- The question assumes “Health insurance is optional for students in Germany.”")
@@ -183,9 +218,80 @@ def test_a_false_premise_gets_the_kb_correction_whatever_the_answer_and_a_warnin
     assert CORRECTION in notes(history) and warning(history) is None
     # a question without a false premise gets no correction
     assert CORRECTION not in notes(chat(client, "Is health insurance compulsory for students in Germany?"))
-    # the Compare tab shows the same note and warning under each answer
+    # the Compare tab shows the same note above each answer and the warning under it
     for shown in client.predict(OPTIONAL, BASE, "demo/stage2", ground, SYSTEM, 0, 0.9, 64, api_name="/compare"):
-        assert f"**{CORRECTION}**" in shown and "does not correct the question's false premise" in shown
+        assert shown.startswith(f"**{CORRECTION}**\n\n- The question assumes “Health insurance is optional")
+        assert shown.index("required to enrol") < shown.index(AGREES) < shown.index("does not correct the question")
+
+
+AU_PREMISE = "International students in Australia are covered by Medicare, right?"  # corrected by the KB
+AU_CLAIM = "- The question assumes “International students in Australia are covered by Medicare.”"
+
+
+def test_answer_with_notes_yields_the_correction_before_it_asks_the_engine():
+    from space.chat_tab import answer_with_notes
+    from space.grounding import Grounding
+    from trainer.hub.space_settings import load_space_config
+    from trainer.inference.model import GenerationSettings
+
+    grounding = Grounding.load(load_space_config(None, []).grounding)  # the shipped KB
+    engine = ScriptedEngine({"Medicare": MEDICARE})
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": AU_PREMISE}]
+    with engine.held(AU_PREMISE) as gate:
+        steps = answer_with_notes(engine, grounding, messages, BASE, True, GenerationSettings())
+        above, text, below = next(steps)
+        assert titles(above) == [CORRECTION] and message_text(above[0]).startswith(AU_CLAIM)
+        assert (text, below) == ("", None) and engine.prompts == []  # the engine is not even asked yet
+        gate.set()
+        rest = list(steps)
+    assert all(step[0] == above for step in rest)  # the correction stays above every later update
+    assert [t for _, t, _ in rest][-2:] == [MEDICARE, MEDICARE] and all(b is None for _, _, b in rest[:-1])
+    below = titles(rest[-1][2])
+    assert below[0].startswith(WARNING) and below[1:] == ["Sources from the knowledge base"]
+
+
+def test_the_chat_shows_the_correction_before_the_first_token_and_a_like_on_its_bubble_rates_the_answer(client,
+                                                                                                        served):
+    _, engine, store = served
+    with engine.held(AU_PREMISE) as gate:
+        job = client.submit(AU_PREMISE, [], BASE, True, SYSTEM, 0, 0.9, 64, api_name="/chat")
+        first, _ = first_output(job)
+        assert titles(first) == ["user", CORRECTION, "assistant"] and message_text(first[1]).startswith(AU_CLAIM)
+        time.sleep(0.2)
+        assert [message_text(h[-1]) for h, _ in job.outputs()] == [""] * len(job.outputs())  # still held
+        gate.set()
+        history, _ = job.result(timeout=30)
+    order = titles(history)
+    assert order[:3] == ["user", CORRECTION, "assistant"] and message_text(history[2]) == MEDICARE
+    assert order[3].startswith(WARNING) and order[4:] == ["Sources from the knowledge base"]
+    # retry takes back the answer with the notes around it and asks again: one correction, still first
+    retried, _ = client.predict(history, BASE, True, SYSTEM, 0, 0.9, 64, api_name="/retry")
+    assert titles(retried) == order and message_text(retried[2]) == MEDICARE
+    # a second exchange: the first one's notes are not sent to the model
+    history, _ = client.predict("Which insurance do students in Germany need?", history, BASE, True, SYSTEM, 0, 0.9,
+                                64, api_name="/chat")
+    assert [m["role"] for m in engine.prompts[-1][1][1:]] == ["user", "assistant", "user"]
+    # Gradio reports a like on a bubble (correction, answer, warning, sources) with its first index, the
+    # correction's: it rates the answer, and the suggested answer replaces the last answer
+    assert titles(history)[5:7] == ["user", "assistant"]  # its bubble starts with the answer: no correction
+    status, _, _ = client.predict(history, {"1": 1, "6": -1}, "", "Buy Overseas Student Health Cover.", True, BASE,
+                                  SYSTEM, 0, 0.9, 64, "", api_name="/feedback")
+    record = next(r for r in store.records() if r.id.startswith(status.split("`")[1]))
+    assert [m["role"] for m in record.messages] == ["user", "assistant"] * 2
+    assert record.messages[1]["content"] == MEDICARE and record.ratings == {1: 1, 3: -1} and record.edited_index == 3
+
+
+def test_the_compare_tab_shows_the_correction_above_both_answers_before_either_streams(client, served):
+    _, engine, _ = served
+    with engine.held(AU_PREMISE) as gate:
+        job = client.submit(AU_PREMISE, BASE, "demo/stage2", False, SYSTEM, 0, 0.9, 64, api_name="/compare")
+        left, right = first_output(job)
+        assert left == right and left.startswith(f"**{CORRECTION}**\n\n{AU_CLAIM}") and "Yes!" not in left
+        gate.set()
+        shown = job.result(timeout=30)
+    for answer in shown:
+        assert answer.startswith(f"**{CORRECTION}**\n\n{AU_CLAIM}")
+        assert answer.index("Overseas Student Health Cover") < answer.index(MEDICARE) < answer.index(WARNING)
 
 
 def sources_listed(shown: dict[str, str]) -> bool:
@@ -263,9 +369,18 @@ def test_the_warning_is_stored_with_the_feedback_and_reviewers_can_filter_for_it
     assert rows[ids[2]][6] == "2 warning(s), false premise not corrected"
 
 
+ORDER_JS = """([first, second]) => { const bot = document.querySelector('#chatbot');
+  const find = (text) => [...bot.querySelectorAll('*')].find(e => !e.children.length && e.textContent.includes(text));
+  const a = find(first), b = find(second);
+  return !!(a && b) && a.getBoundingClientRect().top < b.getBoundingClientRect().top
+    && !!(a.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING); }"""
+"""Whether, in the chat, the text `first` is shown above `second` (and comes before it in the page)."""
+
+
 @pytest.mark.slow  # a browser
-def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path):
-    url, _, _ = served
+def test_in_a_browser_the_correction_comes_first_sources_are_links_and_kb_text_stays_inert(served, tmp_path):
+    url, engine, store = served
+    question = "Am I covered by Medicare as an international student in Australia?"
     with chromium() as browser:
         page = open_app(browser, url)
         # the default adapter is listed with `ground: false`, so the box starts unticked; ticking grounds it
@@ -273,8 +388,17 @@ def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path
         page.check("#ground input")
         assert page.is_checked("#ground input")
         assert "Knowledge base" in page.inner_text("body")
-        page.fill("#question textarea", "Am I covered by Medicare as an international student in Australia?")
-        page.click("#send")
+        with engine.held(question) as gate:  # a slow model: its first token waits for the check below
+            page.fill("#question textarea", question)
+            page.click("#send")
+            page.wait_for_function(f"document.querySelector('#chatbot').innerText.includes('{CORRECTION}')",
+                                   timeout=30_000)
+            body = page.inner_text("#chatbot")
+            # the correction is on screen, with its claim and fact, above where the answer will stream
+            assert "Yes!" not in body and "Sources from the knowledge base" not in body
+            assert "The question assumes “International students in Australia are covered by Medicare.”" in body
+            assert page.evaluate(ORDER_JS, [question, CORRECTION])
+            gate.set()
         page.wait_for_function("document.querySelector('#chatbot').innerText.includes('Sources from the "
                                "knowledge base')", timeout=60_000)
         deadline = time.time() + 30
@@ -282,11 +406,15 @@ def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path
             time.sleep(0.2)
         body = page.inner_text("#chatbot")
         # the scripted "Yes! ... covered by Medicare" agrees with the question's false premise: the KB's correction
-        # shows under it, and the warning says the answer contradicts the KB and leaves the premise standing
+        # stays above it, and the warning under it says the answer contradicts the KB and leaves the premise standing
         assert "Check this answer: it contradicts the knowledge base and does not correct the question's false " \
                "premise" in body
         assert CORRECTION in body and "The question assumes “International students in Australia are covered by " \
                                       "Medicare.” The knowledge base says: International students are not" in body
+        assert page.evaluate(ORDER_JS, [CORRECTION, "Yes! As an international student"])
+        assert page.evaluate(ORDER_JS, ["Yes! As an international student", "Check this answer"])
+        assert body.index(CORRECTION) < body.index("Yes! As an") < body.index("Check this answer") \
+            < body.index("Sources from the knowledge base")
         assert "<script>window.__kbxss=2</script>" in body  # shown as text
         assert page.evaluate("window.__kbxss") is None
         assert page.locator("#chatbot img[onerror], #chatbot script").count() == 0
@@ -301,3 +429,12 @@ def test_in_a_browser_sources_are_links_and_kb_text_stays_inert(served, tmp_path
         shot = tmp_path / "grounded.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
+        # a like on the answer's bubble (Gradio reports its first message: the correction) rates the answer
+        page.locator("#chatbot button[aria-label='Like']").last.click()
+        page.get_by_text("Feedback: rate answers").click()
+        page.locator("#consent input").check()
+        page.click("#send-feedback")
+        page.wait_for_function("document.querySelector('#feedback-status').innerText.includes('Saved')",
+                               timeout=30_000)
+    (record,) = [r for r in store.records() if r.messages[0]["content"] == question and r.ratings]
+    assert record.ratings == {1: 1} and record.messages[1]["content"] == MEDICARE
