@@ -47,6 +47,8 @@ class KnowledgeBase:
         object.__setattr__(self, "_tests", NameIndex((n, t) for t in self.tests for n in (t.name, *t.aliases)))
         object.__setattr__(self, "_systems",
                            NameIndex((n, s) for s in self.systems for n in (s.name, *s.aliases)))
+        object.__setattr__(self, "_vocabulary", {kind: NameIndex((n, e) for e in entries for n in (e.name, *e.aliases))
+                                                 for kind, entries in self.vocabulary.items()})
         object.__setattr__(self, "_structures", {(d.country, d.field): d for d in self.degree_structures})
         object.__setattr__(self, "_groups", NameIndex((n, g) for g in self.groups for n in (g.name, *g.aliases)))
         object.__setattr__(self, "_test_by_id", {t.id: t for t in self.tests})
@@ -108,6 +110,11 @@ class KnowledgeBase:
     def find_systems(self, text: str) -> list[ApplicationSystem]:
         """Application systems named in `text` (UCAS, Studielink), in order of first mention."""
         return self._systems.find(text)
+
+    def find_named(self, kind: str, text: str) -> list[Any]:
+        """Levels or fields (`vocabulary[kind]`) whose words occur in `text`."""
+        index = self._vocabulary.get(kind)
+        return index.find(text) if index is not None else []
 
     def degree_structure(self, country: str, field_name: str) -> DegreeStructure | None:
         """How `field_name` is entered in `country`, or None when the KB does not say."""

@@ -21,6 +21,7 @@ the few names present.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,12 +70,17 @@ def names_of(entity: Any) -> tuple[str, ...]:
 
 def spans(text: str, names: Sequence[str]) -> list[tuple[int, int]]:
     """Where any of `names` occurs in `text` as whole words (acronyms as written, other names in any case)."""
-    out = []
-    for name in names:
-        flags = 0 if not any(ch.islower() for ch in name) else re.IGNORECASE  # acronyms only as written
-        pattern = re.escape(name).replace(r"\ ", r"[\s\-]+").replace("'", "['’]")
-        out += [m.span() for m in re.finditer(rf"(?<![\w-]){pattern}(?!\w|-\d)", text, flags)]
-    return sorted(out)
+    return [m.span() for m in _name_pattern(tuple(names)).finditer(text)]
+
+
+@functools.lru_cache(maxsize=8192)
+def _name_pattern(names: tuple[str, ...]) -> re.Pattern:
+    """One regex for an entity's names, longest first; acronyms only as written."""
+    parts = []
+    for name in sorted(set(names), key=len, reverse=True):
+        body = re.escape(name).replace(r"\ ", r"[\s\-]+").replace("'", "['’]")
+        parts.append(f"(?i:{body})" if any(ch.islower() for ch in name) else body)
+    return re.compile(rf"(?<![\w-])(?:{'|'.join(parts) or '(?!)'})(?!\w|-\d)")
 
 
 def sentences(text: str) -> list[Sentence]:
@@ -142,7 +148,7 @@ class Question:
             return self._by_names("document", [Named(term, term, (), c.code) for c in self.kb.find_marked(self.text)
                                                for term in c.markers])
         if type_ in ("level", "field"):
-            return self._by_names(type_, self.vocabulary.get(type_, ()))
+            return self._by_names(type_, self.kb.find_named(type_, self.text))
         return self._by_names(type_, _named(self.kb, type_)(self.text))
 
     def _by_names(self, type_: str, entities: Sequence[Any]) -> list[Mention]:

@@ -58,7 +58,7 @@ def duration_limit(relation: Relation, question: Question, kb) -> list:
         text = sentence.text
         if COMPARISON.search(text):
             continue
-        for scheme in relation.facts:
+        for scheme in relation.named_facts(text):
             found = spans(text, (scheme.name, *scheme.aliases))
             if not found:
                 continue
@@ -168,7 +168,7 @@ def prerequisite(relation: Relation, question: Question, kb) -> list:
         text = sentence.text
         if not relation.cue("apply").search(text):
             continue
-        for doc in relation.facts:
+        for doc in relation.named_facts(text):
             found = spans(text, (doc.document, *doc.aliases))
             if not found:
                 continue

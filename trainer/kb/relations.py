@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from trainer.kb.names import NameIndex
 from trainer.kb.mentions import ENTITY_TYPES, Mention, Question, Sentence, names_of
 from trainer.kb.schema import CLAUSE_BREAK, Eligibility, KBError
 
@@ -124,6 +125,14 @@ class Relation:
     spec: RelationSpec
     cues: Mapping[str, re.Pattern]
     facts: tuple[Any, ...] = ()
+
+    def __post_init__(self):
+        named = [(n, f) for f in self.facts if hasattr(f, "name") for n in (f.name, *getattr(f, "aliases", ()))]
+        object.__setattr__(self, "_named", NameIndex(named))
+
+    def named_facts(self, text: str) -> list[Any]:
+        """The facts whose name or alias `text` uses (a scheme, a document), looked up by word tokens."""
+        return self._named.find(text)
 
     @property
     def id(self) -> str:
