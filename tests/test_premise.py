@@ -175,6 +175,79 @@ def test_group_members_and_flags_are_checked(kb_copy):
         load_kb(kb_copy)
 
 
+EXTRA_KINDS = """
+relations:
+  - id: award-campus
+    about: An award that is held at one university asked about for another (declared in YAML only).
+    subject: scholarship
+    object: university
+    holds: university
+    claim: "{subject.name} pays for study at {object.name}."
+    fact: "{subject.name} is held at {related} only."
+    examples:
+      flag: ["Knight-Hennessy would fund me at Yale, wouldn't it?"]
+      pass: ["Knight-Hennessy would fund me at Stanford, wouldn't it?"]
+  - id: minimum-age
+    check: too_young
+    about: A visitor younger than the youngest age a destination gives a student visa to.
+    subject: place
+    object: place
+    cues:
+      age: '\\b(?:i am|i''m|aged?) (\\d{1,2})\\b'
+    claim: "A {age}-year-old can get a student visa for {object.name}."
+    fact: "{fact_text}"
+    facts:
+      - {country: JP, years: 16, fact: "Japan's student visa needs a guardian under 16.",
+         source: "https://www.mofa.go.jp/j_info/visit/visa/", as_of: "2026-11"}
+    examples:
+      flag: ["I'm 12 and want to study alone in Japan next year."]
+      pass: ["I'm 19 and want to study in Japan next year."]
+"""
+
+
+def test_a_new_relation_kind_needs_only_a_yaml_section_and_at_most_one_registered_function(kb_copy):
+    from dataclasses import dataclass
+
+    from trainer.kb.relations import CHECKS, correction, relation_check
+
+    @dataclass(frozen=True)
+    class MinimumAge:
+        country: str
+        years: int
+        fact: str
+        source: str
+        as_of: str
+
+    def too_young(relation, question, kb):
+        """The one function of the new kind: an age in the question against the destination's minimum."""
+        found = [(m, int(age.group(1))) for m in question.mentions("place") for age in
+                 relation.cue("age").finditer(question.text)]
+        return [correction(relation, kb, m, m, age=age, fact_text=f.fact, cited=f)
+                for m, age in found for f in relation.facts if f.country == m.key and age < f.years]
+
+    (kb_copy / "extra_kinds.yaml").write_text(EXTRA_KINDS)
+    with pytest.raises(KBError, match=r"extra_kinds\.yaml: relations\[1\] \(minimum-age\)\.check: 'too_young' is neither "
+                                      r"`pair` nor a registered check"):
+        load_kb(kb_copy)
+    relation_check("too_young", facts=MinimumAge, cues=("age",))(too_young)
+    try:
+        checker = PremiseChecker(load_kb(kb_copy))  # the load ran both kinds' flag and pass examples
+        campus = checker.check("Could Knight-Hennessy pay for my master's at MIT?")
+        assert [(c.kind, c.entry, c.claim) for c in campus if c.kind == "award-campus"] == [
+            ("award-campus", "knight-hennessy", "Knight-Hennessy Scholars pays for study at Massachusetts Institute of "
+                                                "Technology.")]
+        age = [c for c in checker.check("I am 14; can I go to university in Japan?") if c.kind == "minimum-age"]
+        assert [(c.claim, c.fact, c.source) for c in age] == [
+            ("A 14-year-old can get a student visa for Japan.", "Japan's student visa needs a guardian under 16.",
+             "https://www.mofa.go.jp/j_info/visit/visa/")]
+        broken = EXTRA_KINDS.replace("years: 16", "years: sixteen")
+        (kb_copy / "extra_kinds.yaml").write_text(broken)
+        with pytest.raises(KBError, match=r"relations\[1\] \(minimum-age\)\.facts\[0\]\.years: expected an integer"):
+            load_kb(kb_copy)
+    finally:
+        CHECKS.pop("too_young", None)
+
+
 # trainer check
 
 def test_check_reads_csv_and_reports_each_row_with_sources(tmp_path, capsys):

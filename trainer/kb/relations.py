@@ -104,8 +104,9 @@ class RelationSpec:
     entry: str = "subject"
     """Whose id is the correction's `entry`: `subject` or `object`."""
     cues: Mapping[str, str] = field(default_factory=dict)
-    """Named regexes: `claim` must occur in the sentence, `veto` must not; `held` before an object means the student
-    already has it ("after my bachelor's"); a registered check reads its own."""
+    """Named regexes: `claim` must occur in the sentence, `veto` must not; `link` must be all the words between subject
+    and object ("is in the"); `held` before an object means the student already has it ("after my bachelor's"); a
+    registered check reads its own."""
     claim: str = ""
     """The false premise, a template over `subject`, `object`, `term` (the subject's words), `object_term`."""
     fact: str = ""
@@ -257,6 +258,9 @@ def _pair(relation: Relation, question: Question, kb, sentence: Sentence, subjec
             return None
         if spec.same_clause and CLAUSE_BREAK.search(between):
             return None
+        link = relation.cue("link")
+        if link is not None and not link.fullmatch(between):
+            return None  # the words between them do not state the relation ("McGill and schools in the US")
     return correction(relation, kb, subject, obj)
 
 
