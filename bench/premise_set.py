@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 HELD_OUT = REPO / "data" / "eval" / "premise_heldout.jsonl"
+VISITORS = REPO / "data" / "eval" / "premise_visitors.jsonl"
+"""Questions in visitors' voices, written by someone without access to the checker (never tuned on)."""
 SEED = 20261206
 
 DOCUMENT_Q = [
@@ -260,7 +262,7 @@ def measure(rows: list[dict], checker) -> dict:
             misses.append({"question": r["question"], "kind": r["kind"], "got": [c.kind for c in found]})
         if found:
             affirmed += bool(checker.check_answer(found, r["affirming"]))
-            restated += bool(checker.check_answer(found, r["restating"]))
+            restated += bool(r.get("restating") and checker.check_answer(found, r["restating"]))
             if checker.check_answer(found, r["correcting"]):
                 wrongly.append({"question": r["question"], "answer": r["correcting"]})
     for r in true:
@@ -286,6 +288,12 @@ def rubric_rows() -> list[dict]:
 
 def load_held_out(path: Path = HELD_OUT) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def visitor_rows(path: Path = VISITORS) -> list[dict]:
+    """The visitor-voice set, each row counted as recognised by a correction of any kind (its `kind` names the
+    relation the writer had in mind, which one premise can touch from several sides)."""
+    return [{**r, "kind": "any", "relation": r["kind"]} for r in load_held_out(path)]
 
 
 def time_check(n: int) -> int:
@@ -338,19 +346,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     checker = PremiseChecker(kb)
     held_out = measure(load_held_out(), checker)
+    visitors = measure(visitor_rows(), checker)
     rubric = measure(rubric_rows(), checker)
     if args.json:
-        print(json.dumps({"held_out": held_out, "rubric": rubric}, indent=1))
+        print(json.dumps({"held_out": held_out, "visitors": visitors, "rubric": rubric}, indent=1))
         return 0
     print("| set | false premises | recognised | affirming answers flagged | restating answers flagged | "
           "correcting answers flagged | true premises | false alarms |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, r in (("held-out templates", held_out), ("rubric", rubric)):
+    for name, r in (("held-out templates", held_out), ("visitors' voices", visitors), ("rubric", rubric)):
         f, t = r["false_premise"], r["true_premise"]
-        print(f"| {name} | {f} | {r['recognised']} ({r['recognised'] / f:.0%}) | {r['affirming_flagged']} | "
-              f"{r['restating_flagged']} | {r['correcting_flagged']} | {t} | {r['false_alarms']} "
-              f"({r['false_alarms'] / max(t, 1):.0%}) |")
-    print(f"\ncommand: python bench/premise_set.py  (held-out: {held_out['seconds']} s, rubric: {rubric['seconds']} s)")
+        restating = "-" if name == "visitors' voices" else r["restating_flagged"]
+        print(f"| {name} | {f} | {r['recognised']} ({r['recognised'] / f:.0%}) | {r['affirming_flagged']} "
+              f"({r['affirming_flagged'] / f:.0%}) | {restating} | {r['correcting_flagged']} | {t} | "
+              f"{r['false_alarms']} ({r['false_alarms'] / max(t, 1):.1%}) |")
+    print(f"\ncommand: python bench/premise_set.py  (held-out: {held_out['seconds']} s, visitors: "
+          f"{visitors['seconds']} s, rubric: {rubric['seconds']} s)")
     return 0
 
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.kb.names import TOKEN_CACHE, HomeCues, NameIndex, TextTokens, remember_tokens, text_tokens
+from trainer.kb.names import (TOKEN_CACHE, HomeCues, NameIndex, TextTokens, name_variants, remember_tokens,
+                              text_tokens)
 from trainer.kb.schema import (AdmissionTest, ApplicationSystem, Country, DegreeStructure, Fact, Group, KBError, Rule, Scholarship,
                                University, WorkLimit, degree_family, field_key)
 
@@ -40,10 +41,13 @@ class KnowledgeBase:
         object.__setattr__(self, "_by_code", {c.code: c for c in self.countries})
         object.__setattr__(self, "_countries", countries)
         object.__setattr__(self, "_markers", NameIndex((m, c) for c in self.countries for m in c.markers))
+        # a place name that holds a university's short name ("British Columbia", "District of Columbia") is not it
         object.__setattr__(self, "_universities",
-                           NameIndex((n, u) for u in self.universities for n in (u.name, *u.aliases)))
-        object.__setattr__(self, "_scholarships",
-                           NameIndex((n, s) for s in self.scholarships for n in (s.name, *s.aliases)))
+                           NameIndex([(n, u) for u in self.universities for n in (u.name, *u.aliases)]
+                                     + [(n, None) for c in self.countries for n in c.not_mentions]
+                                     + [("District of Columbia", None)]))
+        object.__setattr__(self, "_scholarships", NameIndex((v, s) for s in self.scholarships
+                                                            for n in (s.name, *s.aliases) for v in name_variants(n)))
         object.__setattr__(self, "_tests", NameIndex((n, t) for t in self.tests for n in (t.name, *t.aliases)))
         object.__setattr__(self, "_systems",
                            NameIndex((n, s) for s in self.systems for n in (s.name, *s.aliases)))
@@ -110,6 +114,16 @@ class KnowledgeBase:
     def find_systems(self, text: str) -> list[ApplicationSystem]:
         """Application systems named in `text` (UCAS, Studielink), in order of first mention."""
         return self._systems.find(text)
+
+    def name_words(self) -> frozenset[str]:
+        """The lowercase single words that name a country, university, test or application system."""
+        words = getattr(self, "_name_words", None)
+        if words is None:
+            names = [n for group in (self.countries, self.universities, self.tests, self.systems)
+                     for e in group for n in (e.name, *e.aliases, *getattr(e, "demonyms", ()))]
+            words = frozenset(n.lower() for n in names if " " not in n)
+            object.__setattr__(self, "_name_words", words)
+        return words
 
     def find_named(self, kind: str, text: str) -> list[Any]:
         """Levels or fields (`vocabulary[kind]`) whose words occur in `text`."""

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.kb.names import name_variants
+
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])(?<!\b[A-Z]\.)(?<!e\.g\.)(?<!i\.e\.)(?<!\bvs\.)(?<!etc\.)\s+|\n+")
 """Sentence ends, but not after an initial or abbreviation ("J.N. Tata", "U.S. Student Program", "e.g.")."""
 
@@ -64,8 +66,10 @@ class Sentence:
 
 
 def names_of(entity: Any) -> tuple[str, ...]:
-    """An entity's name and aliases (and a country's demonyms)."""
-    return tuple(n for n in (entity.name, *getattr(entity, "aliases", ()), *getattr(entity, "demonyms", ())) if n)
+    """An entity's name and aliases (and a country's demonyms), each also in its other number ("Scholarship" /
+    "Scholarships")."""
+    names = (entity.name, *getattr(entity, "aliases", ()), *getattr(entity, "demonyms", ()))
+    return tuple(v for n in names if n for v in name_variants(n))
 
 
 def spans(text: str, names: Sequence[str]) -> list[tuple[int, int]]:
@@ -172,8 +176,8 @@ class Question:
     def _inside_other(self, mention: Mention) -> bool:
         """Whether a longer mention of another type (a scholarship's name, a group's) holds this one."""
         for other in _CONTAINERS:
-            if other == mention.type or (mention.type == "place" and other == "university"):
-                continue
+            if other == mention.type or (mention.type in ("place", "level", "field") and other == "university"):
+                continue  # a university's name does not hide its country, nor the field it names ("Medical School")
             for m in self._found(other):
                 if m.start <= mention.start and mention.end <= m.end and m.end - m.start > mention.end - mention.start:
                     return True

@@ -54,6 +54,20 @@ def remember_tokens(text: str, tokens: TextTokens) -> TextTokens:
     return tokens
 
 
+_PLURALS = {"scholarship": "scholarships", "fellowship": "fellowships", "award": "awards", "grant": "grants"}
+_PLURALS.update({v: k for k, v in list(_PLURALS.items())})
+
+
+def name_variants(name: str) -> tuple[str, ...]:
+    """A name and its other number ("Commonwealth Master's Scholarships" / "... Scholarship"): visitors write
+    either."""
+    head, _, last = name.rpartition(" ")
+    other = _PLURALS.get(last.lower())
+    if not head or other is None:
+        return (name,)
+    return name, f"{head} {other[0].upper() + other[1:] if last[0].isupper() else other}"
+
+
 def name_tokens(name: str) -> tuple[bytes, ...]:
     """The lowercase word tokens a name (or a sentence) is matched by."""
     return tuple(text_tokens(name).joined.split())
@@ -199,11 +213,12 @@ class HomeCues:
             # "I am Indian", "I'm a Nigerian student", "as a Brazilian"
             rf"(?i:(?:{first_person}|\bas)\s+(?:an?\s+)?){demonym}(?!(?i:\s+(?:universit|college|school|visa)))",
             rf"(?i:\b(?:i\s+live|i\s+am\s+based|i'm\s+based|i\s+am\s+living|i'm\s+living)\s+in\s+(?:the\s+)?){name}",
-            # someone the student asks for: "my cousin from Nepal", "my daughter is Ghanaian"
+            # someone the student asks for: "my cousin from Nepal", "my cousin in Berlin is German"
             (rf"(?i:\bmy\s+(?:\w+\s+)?(?:cousin|brother|sister|friend|son|daughter|niece|nephew|client|partner|"
-             rf"wife|husband|child|kid|parents?|family)\s+(?:is\s+|are\s+)?(?:from\s+(?:the\s+)?)?)"
-             rf"(?:{name}|{demonym})"),
-            rf"(?i:\b(?:i|we)\s+(?:hold|have|carry)\s+(?:an?\s+|my\s+)?){demonym}(?i:\s+passport)",
+             rf"wife|husband|child|kid|parents?|family)(?:\s+(?:is\s+|are\s+)?from\s+(?:the\s+)?{name}|"
+             rf"(?:\s+(?!is\b|are\b)\S+){{0,3}}?\s+(?:is|are)\s+(?:an?\s+)?{demonym}))"),
+            (rf"(?i:\b(?:hold|have|carry|holding|with)\s+(?:only\s+)?(?:an?\s+|my\s+)?)(?:{name}|{demonym})"
+             rf"(?i:\s+passport)"),
             rf"(?i:\bfrom\s+(?:the\s+)?){name}(?i:\s+here\b)",
             rf"{demonym}(?i:\s+(?:here|myself)\b)",
             # weaker: "students from Ghana", "Indian citizen", "Kenyan passport"

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-from trainer.kb.relations import Correction
+from trainer.kb.relations import TERM, Correction, evidence
 
 AFFIRMED, IGNORED = "premise_affirmed", "premise_ignored"
 __all__ = ["AFFIRMED", "IGNORED", "Correction", "PremiseChecker", "answer_verdict"]
@@ -111,8 +111,9 @@ class PremiseChecker:
             if rule.country and rule.country not in codes:
                 continue
             if any(rule.in_sentence(s) for s in _sentences(text)):
-                found.append(Correction("rule", rule.id, rule.claim, rule.fact, rule.source, rule.as_of,
-                                        self._rule_subjects(rule)))
+                subjects = self._rule_subjects(rule)
+                found.append(Correction("rule", rule.id, rule.claim, rule.fact, rule.source, rule.as_of, subjects,
+                                        evidence=evidence(kb, rule.claim, rule.fact, subjects)))
         question = Question(kb, text, kb.vocabulary)
         for relation, check in self._checks:
             found += check(relation, question, kb)
@@ -147,7 +148,9 @@ class PremiseChecker:
 
 def answer_verdict(correction: Correction, answer: str) -> str:
     """`corrected`, `affirmed` (opens by agreeing), `restated` (a sentence names every subject of the claim without
-    correcting it) or `ignored`."""
+    correcting it) or `ignored`. A sentence corrects when it names a subject of the claim and either words a
+    correction ("not", "only", "however") or states the KB's fact in its own terms: a number or a name the fact has
+    and the claim lacks ("up to 48 hours per fortnight", "Studyinfo.fi")."""
     sentences = _sentences(answer.strip())
     if not sentences:
         return "ignored"
@@ -156,10 +159,11 @@ def answer_verdict(correction: Correction, answer: str) -> str:
         return "affirmed"
     if _CORRECT_OPENING.search(first):
         return "corrected"
+    terms = set(correction.evidence)
     restated = False
     for sentence in sentences:
         named = [bool(_spans(sentence, names)) for names in correction.subjects]
-        if any(named) and _CORRECTING.search(sentence):
+        if any(named) and (_CORRECTING.search(sentence) or terms & set(TERM.findall(sentence))):
             return "corrected"
         if named and all(named):
             restated = True

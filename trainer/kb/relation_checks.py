@@ -9,7 +9,8 @@ degree structure, a citizenship against a tuition rule, the order of "apply" and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from trainer.kb.mentions import Mention, Named, Question, names_of, spans
 from trainer.kb.relations import COMPARISON, NEGATED, Relation, correction, relation_check
@@ -44,36 +45,59 @@ class SchemeFact:
     """A longer length for some graduates (PhD, STEM)."""
     longer_when: str = ""
     """A regex naming those graduates in the question ("PhD", "STEM")."""
+    by_level: Mapping[str, int] = field(default_factory=dict)
+    """The length by the level of the degree the question names (Stamp 1G: 12 months after a bachelor's)."""
 
     @property
     def id(self) -> str:
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
 
-@relation_check("duration_limit", facts=SchemeFact, cues=("duration",))
+@relation_check("duration_limit", facts=SchemeFact, cues=("duration", "post_study"))
 def duration_limit(relation: Relation, question: Question, kb) -> list:
-    """A scheme said to run longer than it does ("the 5-year Graduate Route")."""
+    """A scheme said to run longer than it does ("the 5-year Graduate Route"); a scheme is named by its name, or by
+    its country and words for post-study job hunting ("Germany gives graduates three years to look for a job")."""
     out = []
     for sentence in question.sentences:
         text = sentence.text
         if COMPARISON.search(text):
             continue
-        for scheme in relation.named_facts(text):
-            found = spans(text, (scheme.name, *scheme.aliases))
-            if not found:
-                continue
-            longer = scheme.longer_months and re.search(scheme.longer_when, question.text, re.IGNORECASE)
-            limit = scheme.longer_months if longer else scheme.max_months
+        for scheme, term in _schemes(relation, question, sentence):
+            limit = _scheme_limit(question, scheme)
             for m in relation.cue("duration").finditer(text):
                 months = _number(m.group(1)) * (12 if m.group(2).lower().startswith("y") else 1)
                 if months <= limit or NEGATED.search(text[max(0, m.start() - 12):m.start()]):
                     continue
-                place = kb.country(scheme.country)
-                out.append(correction(relation, kb, _site("scheme", scheme, text[found[0][0]:found[0][1]]),
-                                      _site("place", place), claimed=m.group(0), fact_text=scheme.fact,
-                                      cited=scheme))
+                out.append(correction(relation, kb, _site("scheme", scheme, term),
+                                      _site("place", kb.country(scheme.country)), claimed=m.group(0),
+                                      fact_text=scheme.fact, cited=scheme))
                 break
     return out
+
+
+def _schemes(relation: Relation, question: Question, sentence) -> list[tuple[SchemeFact, str]]:
+    """The schemes a sentence is about, with the words that name each."""
+    named = [(f, sentence.text[a:b]) for f in relation.named_facts(sentence.text)
+             for a, b in spans(sentence.text, (f.name, *f.aliases))[:1]]
+    if named or not relation.cue("post_study").search(sentence.text):
+        return named
+    places = {m.key: m.text for m in question.mentions("place", sentence)}
+    return [(f, places[f.country]) for f in relation.facts if f.country in places]
+
+
+def _scheme_limit(question: Question, scheme: SchemeFact) -> float:
+    """The longest the scheme runs for the graduate the question describes: by the one level it names, and longer
+    where it names the graduates who get more (unless it says they are not: "isn't STEM", "non-STEM")."""
+    limit = scheme.max_months
+    levels = {m.key for m in question.mentions("level")}
+    if len(levels) == 1 and levels & set(scheme.by_level):
+        limit = scheme.by_level[levels.pop()]
+    if scheme.longer_months:
+        for m in re.finditer(scheme.longer_when, question.text, re.IGNORECASE):
+            before = question.text[max(0, m.start() - 14):m.start()]
+            if not NEGATED.search(before) and not re.search(r"non[\s-]?$", before, re.IGNORECASE):
+                return max(limit, scheme.longer_months)
+    return limit
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,8 @@ class TestNumbers:
     as_of: str
     valid_years: int = 0
     """0 where results do not expire."""
+    also: tuple[float, ...] = ()
+    """A second scale (low, high) the test reports on (GRE sections 130-170, the total 260-340)."""
 
 
 @relation_check("test_numbers", facts=TestNumbers, cues=("score_context", "validity", "valid_for", "still_valid"))
@@ -121,7 +147,8 @@ def _off_scale(relation: Relation, text: str, mention: Mention, sentence, facts:
             continue
         if not relation.cue("score_context").search(window) and value > facts.high * 2:
             continue
-        if value < facts.low or value > facts.high:
+        scales = [(facts.low, facts.high)] + ([tuple(facts.also)] if len(facts.also) == 2 else [])
+        if not any(low <= value <= high for low, high in scales):
             return f"a score of {m.group(1)}"
     return None
 
@@ -131,7 +158,7 @@ def _expired(relation: Relation, text: str, facts: TestNumbers, this_year: int) 
         return None
     for m in relation.cue("valid_for").finditer(text):
         years = _number(m.group(1)) / (12 if m.group(2).lower().startswith("m") else 1)
-        if years > facts.valid_years:
+        if years != facts.valid_years:
             return f"results valid for {m.group(0)}"
     if relation.cue("still_valid").search(text):
         for m in re.finditer(r"\b(19\d\d|20\d\d)\b", text):
@@ -174,7 +201,7 @@ def prerequisite(relation: Relation, question: Question, kb) -> list:
                 continue
             a, b = found[0]
             before = relation.cue("before_document").search(text[max(0, a - 60):a])
-            after = relation.cue("after_document").search(text[b:b + 60])
+            after = relation.cue("after_document").search(text[b:b + 60]) and relation.cue("apply").search(text[:a])
             if not (before or after):
                 continue
             place = kb.country(doc.country)
@@ -201,27 +228,31 @@ class TuitionRule:
     """University ids the rule is limited to (or that lie in its regions)."""
 
 
-@relation_check("tuition", facts=TuitionRule, cues=("free", "everyone", "all_places"))
+@relation_check("tuition", facts=TuitionRule, cues=("free", "pays", "everyone", "all_places"))
 def tuition(relation: Relation, question: Question, kb) -> list:
-    """Free tuition claimed for citizens who pay it, or for everyone where some pay it."""
+    """Free tuition claimed for citizens who pay it or for everyone where some pay it; or tuition claimed for
+    citizens who pay none ("I'm Swiss, so I'll pay the non-EU fees at Karolinska")."""
     text = question.text
-    if not relation.cue("free").search(text) or COMPARISON.search(text):
+    free, pays = relation.cue("free").search(text), relation.cue("pays").search(text)
+    if not (free or pays) or COMPARISON.search(text):
         return []
     home = question.mentions("nationality")
-    everyone = relation.cue("everyone").search(text)
+    country = kb.country(home[0].key) if home else None
     out = []
     for rule in relation.facts:
         where = _tuition_site(relation, question, kb, rule)
         if where is None:
             continue
-        if everyone:
-            pays = "everyone"
-        elif home and not _free_for(kb.country(home[0].key), rule):
-            pays = f"citizens of {home[0].entity.name}"
+        if free and relation.cue("everyone").search(text):
+            claimed = f"Public universities at {where} charge no tuition to anyone."
+        elif free and country is not None and not _free_for(country, rule):
+            claimed = f"Public universities at {where} charge no tuition to citizens of {country.name}."
+        elif pays and country is not None and _free_for(country, rule):
+            claimed = f"Public universities at {where} charge tuition to citizens of {country.name}."
         else:
             continue
         out.append(correction(relation, kb, _site("rule", Named(rule.id, where)), _site("place",
-                              kb.country(rule.country)), claimed=pays, fact_text=rule.fact, cited=rule))
+                              kb.country(rule.country)), claimed=claimed, fact_text=rule.fact, cited=rule))
     return out
 
 
@@ -275,7 +306,7 @@ def work_limit(relation: Relation, question: Question, kb) -> list:
     return []
 
 
-@relation_check("programme", cues=("school:medicine", "school:law", "school:business administration"))
+@relation_check("programme", cues=("school:medicine", "school:law", "school:business administration", "held"))
 def programme(relation: Relation, question: Question, kb) -> list:
     """A programme a named university does not offer (the audit's `programme_not_offered`, on the question); a
     school it does not have ("Princeton's medical school") is every programme of its field."""
@@ -286,7 +317,7 @@ def programme(relation: Relation, question: Question, kb) -> list:
         university = m.entity
         for n in university.not_offered:
             school = relation.cue(f"school:{n.field.lower()}")
-            if programme_pattern(n.degree, n.field).search(question.text) or (
+            if _unheld(relation, programme_pattern(n.degree, n.field), question.text) or (
                     school is not None and school.search(question.text)
                     and not any(p.field.lower() == n.field.lower() for p in university.programmes)):
                 offer = Named(f"{n.degree} in {n.field}", f"{n.degree} in {n.field}", (n.degree, n.field))
@@ -329,6 +360,11 @@ def field_test(relation: Relation, question: Question, kb) -> list:
                                   fact_text=structure.fact, cited=structure, entry=structure.id,
                                   subjects=(names_of(test.entity),)))
     return out
+
+
+def _unheld(relation: Relation, pattern: re.Pattern, text: str) -> bool:
+    """Whether `pattern` names a programme the student wants, not one they have ("finish my biology bachelor's")."""
+    return any(not relation.cue("held").search(text[max(0, m.start() - 40):m.start()]) for m in pattern.finditer(text))
 
 
 def _places(question: Question) -> list[Mention]:

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trainer.kb.names import NameIndex
-from trainer.kb.mentions import ENTITY_TYPES, Mention, Question, Sentence, names_of
-from trainer.kb.schema import CLAUSE_BREAK, Eligibility, KBError
+from trainer.kb.mentions import ENTITY_TYPES, SENTENCE_BREAK, Mention, Question, Sentence, names_of
+from trainer.kb.schema import CLAUSE_BREAK, Eligibility, KBError, clause_span
 
 # Where a claim is only compared, listed as an alternative or negated, the question asserts nothing.
 COMPARISON = re.compile(r"\b(?:than|versus|vs\.?|compared?|comparison|compare|difference|differ|instead of|"
@@ -31,7 +31,9 @@ COMPARISON = re.compile(r"\b(?:than|versus|vs\.?|compared?|comparison|compare|di
 NEGATED = re.compile(r"\b(?:not|isn't|aren't|doesn't|don't|never|no longer|left|outside|non)\b|n't\b", re.IGNORECASE)
 NON_PREFIX = re.compile(r"(?:\bnon[\s-]?|\boutside (?:the |of the )?|\bleft (?:the )?|\bnot (?:in |part of )?"
                         r"(?:the |an? )?)$", re.IGNORECASE)
-SCOPES = ("sentence", "message")
+SCOPES = ("sentence", "nearest", "message")
+LIST_JOIN = re.compile(r"\s*(?:,\s*(?:and|or|&)?|and|or|&|/)\s*(?:the\s+)?$", re.IGNORECASE)
+"""What separates the items of a list of names ("Harvard, Yale, Princeton and MIT")."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Correction:
     document). A sentence naming all of them without a correction restates the claim."""
     message: int | None = None
     """Index of the user message that makes the claim (0-based), when checked on a conversation."""
+    evidence: tuple[str, ...] = ()
+    """Numbers, acronyms and KB names in the fact's first sentence that the claim lacks: an answer stating one of them
+    next to a subject states the fact ("up to 48 hours per fortnight", "Studyinfo.fi")."""
 
     @property
     def key(self) -> str:
@@ -90,7 +95,9 @@ class RelationSpec:
     object_where: Mapping[str, str] = field(default_factory=dict)
     """Only objects whose fields have these values (`destination: "True"` for study destinations)."""
     scope: str = "sentence"
-    """Where the object is looked for: the subject's `sentence`, or the whole `message` (the student's nationality)."""
+    """Where the object is looked for: the subject's `sentence`; `nearest`, the sentence or, when it names none, the
+    rest of the message ("I start at TCD in September. Where do I collect my BRP?"); or the whole `message` (the
+    student's nationality)."""
     pick: str = "any"
     """`any`: a question that also names an object the subject does relate to asserts nothing false; `nearest`: the
     object nearest the subject decides ("Switzerland is an EU country, so are fees the same as in Germany?")."""
@@ -229,13 +236,31 @@ def check_pair(relation: Relation, question: Question, kb) -> list:
         if not subjects or not _cued(relation, sentence.text) or (
                 spec.scope == "message" and COMPARISON.search(sentence.text)):
             continue
-        objects = [o for o in question.mentions(spec.object, sentence if spec.scope == "sentence" else None)
-                   if _wanted(o.entity, spec.object_where) and not _held(relation, question.text, o)]
+        objects = _objects(relation, question, sentence if spec.scope != "message" else None)
+        if not objects and spec.scope == "nearest":
+            objects = _objects(relation, question, None)
         for subject in subjects:
             correction = _pair(relation, question, kb, sentence, subject, objects)
             if correction is not None:
                 out.append(correction)
     return out
+
+
+def _objects(relation: Relation, question: Question, sentence: Sentence | None) -> list[Mention]:
+    return [o for o in question.mentions(relation.spec.object, sentence)
+            if _wanted(o.entity, relation.spec.object_where) and not _held(relation, question.text, o)]
+
+
+def _listed(question: Question, objects: list[Mention], chosen: Mention) -> list[Mention]:
+    """The chosen object and every object listed with it ("Harvard, Yale, Princeton and MIT")."""
+    ordered = sorted(objects, key=lambda o: o.start)
+    at = ordered.index(chosen)
+    lo = hi = at
+    while lo > 0 and LIST_JOIN.fullmatch(question.text[ordered[lo - 1].end:ordered[lo].start]):
+        lo -= 1
+    while hi + 1 < len(ordered) and LIST_JOIN.fullmatch(question.text[ordered[hi].end:ordered[hi + 1].start]):
+        hi += 1
+    return ordered[lo:hi + 1]
 
 
 def _pair(relation: Relation, question: Question, kb, sentence: Sentence, subject: Mention,
@@ -249,9 +274,15 @@ def _pair(relation: Relation, question: Question, kb, sentence: Sentence, subjec
     if not candidates or (spec.pick == "any" and any(holds(relation, kb, subject, o) for o in candidates)):
         return None  # nothing to pair, or the question also names one it does relate to
     obj = min(candidates, key=lambda o: _distance(o, subject))
+    if spec.pick == "nearest":  # the nearest decides, with the names listed alongside it
+        obj = next((o for o in _listed(question, candidates, obj) if holds(relation, kb, subject, o) is False), obj)
     if holds(relation, kb, subject, obj) is not False:
         return None
-    if spec.scope == "sentence":
+    if spec.scope == "message":
+        lo, hi = clause_span(sentence.text, subject.start - sentence.start, subject.end - sentence.start)
+        if NEGATED.search(sentence.text[lo:hi]):
+            return None  # "Not every Commonwealth citizen can get a Commonwealth Scholarship"
+    elif question.sentence_of(obj) == sentence:
         lo, hi = min(subject.end, obj.end), max(subject.start, obj.start)
         between = question.text[lo:hi]
         if (spec.negatable and NEGATED.search(between)) or COMPARISON.search(between):
@@ -288,8 +319,28 @@ def correction(relation: Relation, kb, subject: Mention, obj: Mention, *, cited:
         entry = subject.key if spec.entry == "subject" else obj.key
     if subjects is None:
         subjects = ((subject.text, *names_of(subject.entity)), (obj.text, *names_of(obj.entity)))
-    return Correction(relation.kind, entry, render(spec.claim, values), render(spec.fact, values), cited.source,
-                      cited.as_of, subjects)
+    claim, fact = render(spec.claim, values), render(spec.fact, values)
+    return Correction(relation.kind, entry, claim, fact, cited.source, cited.as_of, subjects,
+                      evidence=evidence(kb, claim, fact, subjects))
+
+
+TERM = re.compile(r"\b\d+(?:[.,]\d+)?\b|\b[A-Z][\w.’'/-]*[A-Z0-9][\w.’'/-]*\b|\b[A-Z][a-z]+(?:\.[a-z]+)?\b")
+"""Numbers, acronyms and mixed-case names ("EU/EEA", "I-20", "UCAT"), and capitalised words ("Studyinfo.fi")."""
+
+
+def evidence(kb, claim: str, fact: str, subjects: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    """The terms of the fact's first sentence that the claim and its subjects lack: numbers, acronyms, and names
+    the KB knows (a country, a university, a test, an application system)."""
+    first = SENTENCE_BREAK.split(fact.strip(), maxsplit=1)[0]
+    known = kb.name_words()
+    taken = {w.lower() for text in (claim, *(n for names in subjects for n in names)) for w in TERM.findall(text)}
+    out = []
+    for term in TERM.findall(first):
+        if term.lower() in taken or term in out:
+            continue
+        if term[0].isdigit() or sum(ch.isupper() for ch in term) > 1 or term.lower() in known:
+            out.append(term)
+    return tuple(out)
 
 
 def related_text(relation: Relation, kb, subject: Mention) -> str:
