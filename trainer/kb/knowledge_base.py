@@ -51,7 +51,9 @@ class KnowledgeBase:
         object.__setattr__(self, "_tests", NameIndex((n, t) for t in self.tests for n in (t.name, *t.aliases)))
         object.__setattr__(self, "_systems",
                            NameIndex((n, s) for s in self.systems for n in (s.name, *s.aliases)))
-        object.__setattr__(self, "_vocabulary", {kind: NameIndex((n, e) for e in entries for n in (e.name, *e.aliases))
+        # level and field words match in any case ("Medical School", "Master's"); acronyms only as written
+        object.__setattr__(self, "_vocabulary", {kind: NameIndex((n[0].upper() + n[1:], e) for e in entries
+                                                                 for n in (e.name, *e.aliases))
                                                  for kind, entries in self.vocabulary.items()})
         object.__setattr__(self, "_structures", {(d.country, d.field): d for d in self.degree_structures})
         object.__setattr__(self, "_groups", NameIndex((n, g) for g in self.groups for n in (g.name, *g.aliases)))
@@ -115,15 +117,15 @@ class KnowledgeBase:
         """Application systems named in `text` (UCAS, Studielink), in order of first mention."""
         return self._systems.find(text)
 
-    def name_words(self) -> frozenset[str]:
-        """The lowercase single words that name a country, university, test or application system."""
-        words = getattr(self, "_name_words", None)
-        if words is None:
-            names = [n for group in (self.countries, self.universities, self.tests, self.systems)
-                     for e in group for n in (e.name, *e.aliases, *getattr(e, "demonyms", ()))]
-            words = frozenset(n.lower() for n in names if " " not in n)
-            object.__setattr__(self, "_name_words", words)
-        return words
+    def name_words(self, sections: tuple[str, ...] = ("countries", "universities", "tests", "systems")) -> frozenset[str]:
+        """The lowercase single words that name an entity of these sections (a country, a university, a test, an
+        application system)."""
+        cache = self.__dict__.setdefault("_name_words", {})
+        if sections not in cache:
+            names = [n for section in sections for e in getattr(self, section)
+                     for n in (e.name, *e.aliases, *getattr(e, "demonyms", ()))]
+            cache[sections] = frozenset(n.lower() for n in names if " " not in n)
+        return cache[sections]
 
     def find_named(self, kind: str, text: str) -> list[Any]:
         """Levels or fields (`vocabulary[kind]`) whose words occur in `text`."""

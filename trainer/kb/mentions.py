@@ -166,11 +166,8 @@ class Question:
         home = self.mentions("nationality")  # where the student is from is not where they go
         countries = [Mention("place", m.entity, m.start, m.end, m.text) for m in self.mentions("country")
                      if not any(h.start < m.end and m.start < h.end for h in home)]
-        named = {m.key for m in countries}
-        for m in self.mentions("university"):
-            if m.entity.country not in named:
-                country = self.kb.country(m.entity.country)
-                countries.append(Mention("place", country, m.start, m.end, m.text))
+        for m in self.mentions("university"):  # "at TU Delft" places the student in the Netherlands
+            countries.append(Mention("place", self.kb.country(m.entity.country), m.start, m.end, m.text))
         return sorted(countries, key=lambda m: m.start)
 
     def _inside_other(self, mention: Mention) -> bool:

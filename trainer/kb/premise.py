@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-from trainer.kb.relations import TERM, Correction, evidence
+from trainer.kb.relations import Correction, digits, evidence, terms_of
 
 AFFIRMED, IGNORED = "premise_affirmed", "premise_ignored"
 __all__ = ["AFFIRMED", "IGNORED", "Correction", "PremiseChecker", "answer_verdict"]
@@ -41,13 +41,21 @@ _AFFIRM_OPENING = re.compile(
     r"that'?s (?:right|correct|true)|you(?:'re| are) (?:right|correct)|great(?: question)?[,!.]?\s*yes|good news)\b",
     re.IGNORECASE)
 _CORRECT_OPENING = re.compile(
-    r"^\W*(?:no\b|nope\b|not (?:quite|exactly|really|necessarily)|actually\b|unfortunately\b|in fact\b|that'?s not|"
+    r"^\W*(?:no\b(?!\s+(?:need|problem|worries|doubt)\b)|nope\b|not (?:quite|exactly|really|necessarily)|actually\b|unfortunately\b|in fact\b|that'?s not|"
     r"this is not|that is not|it'?s not|it is not|that'?s a (?:common )?(?:misconception|myth|mistake)|"
     r"a (?:common )?(?:misconception|myth)|careful|i'?m afraid|sorry)", re.IGNORECASE)
 _CORRECTING = re.compile(
-    r"\b(?:not|no|never|cannot|isn't|aren't|doesn't|don't|didn't|won't|wasn't|neither|nor|none|no longer|only|"
-    r"instead|rather than|misconception|myth|mistaken|incorrect|wrong|however|but|unlike|rather|actually)\b|n't\b",
-    re.IGNORECASE)
+    r"\b(?:not|no|never|cannot|isn't|aren't|doesn't|don't|didn't|won't|wasn't|neither|nor|none|no longer|"
+    r"misconception|myth|mistaken|incorrect|wrong|instead of|rather than|unlike|excluded|ineligible)\b|n't\b|"
+    r"\bonly\b(?!\s+(?:charges?|costs?|has to|have to|needs? to|pays?|asks?)\b)", re.IGNORECASE)
+"""Words that deny or restrict what they stand next to. "But" and "actually" are not among them, nor "only" before
+what it costs ("TUM only charges the semester fee"): agreeing answers use them as much. A correction without such a
+word states the fact instead (`Correction.evidence`)."""
+
+
+def _terms(sentence: str) -> set[str]:
+    """The sentence's evidence-like terms (`terms_of`), number words as digits ("five years" states "5 year")."""
+    return terms_of(digits(sentence))
 
 
 def _names(entity) -> tuple[str, ...]:
@@ -163,7 +171,7 @@ def answer_verdict(correction: Correction, answer: str) -> str:
     restated = False
     for sentence in sentences:
         named = [bool(_spans(sentence, names)) for names in correction.subjects]
-        if any(named) and (_CORRECTING.search(sentence) or terms & set(TERM.findall(sentence))):
+        if any(named) and (_CORRECTING.search(sentence) or terms & _terms(sentence)):
             return "corrected"
         if named and all(named):
             restated = True

@@ -187,21 +187,20 @@ class VisaDocument:
         return f"{self.country.lower()}-{re.sub(r'[^a-z0-9]+', '-', self.document.lower()).strip('-')}"
 
 
-@relation_check("prerequisite", facts=VisaDocument, cues=("apply", "before_document", "after_document"))
+@relation_check("prerequisite", facts=VisaDocument, cues=("apply", "before_document", "after_document", "after_visa"))
 def prerequisite(relation: Relation, question: Question, kb) -> list:
     """Applying for the visa before or without the document it needs ("apply for my F-1 before the I-20 comes")."""
     out = []
     for sentence in question.sentences:
         text = sentence.text
-        if not relation.cue("apply").search(text):
-            continue
         for doc in relation.named_facts(text):
             found = spans(text, (doc.document, *doc.aliases))
             if not found:
                 continue
             a, b = found[0]
-            before = relation.cue("before_document").search(text[max(0, a - 60):a])
-            after = relation.cue("after_document").search(text[b:b + 60]) and relation.cue("apply").search(text[:a])
+            before = relation.cue("apply").search(text) and relation.cue("before_document").search(text[max(0, a - 60):a])
+            after = (relation.cue("after_document").search(text[b:b + 60]) and relation.cue("apply").search(text[:a])
+                     or relation.cue("after_visa").search(text[b:b + 80]))
             if not (before or after):
                 continue
             place = kb.country(doc.country)
@@ -243,32 +242,31 @@ def tuition(relation: Relation, question: Question, kb) -> list:
         where = _tuition_site(relation, question, kb, rule)
         if where is None:
             continue
+        place = where.entity.name
         if free and relation.cue("everyone").search(text):
-            claimed = f"Public universities at {where} charge no tuition to anyone."
+            claimed = f"Public universities at {place} charge no tuition to anyone."
         elif free and country is not None and not _free_for(country, rule):
-            claimed = f"Public universities at {where} charge no tuition to citizens of {country.name}."
+            claimed = f"Public universities at {place} charge no tuition to citizens of {country.name}."
         elif pays and country is not None and _free_for(country, rule):
-            claimed = f"Public universities at {where} charge tuition to citizens of {country.name}."
+            claimed = f"Public universities at {place} charge tuition to citizens of {country.name}."
         else:
             continue
-        out.append(correction(relation, kb, _site("rule", Named(rule.id, where)), _site("place",
-                              kb.country(rule.country)), claimed=claimed, fact_text=rule.fact, cited=rule))
+        out.append(correction(relation, kb, where, _site("place", kb.country(rule.country)), claimed=claimed,
+                              fact_text=rule.fact, cited=rule, entry=rule.id))
     return out
 
 
-def _tuition_site(relation: Relation, question: Question, kb, rule: TuitionRule) -> str | None:
-    """The place the question names that the rule covers, in words, or None."""
+def _tuition_site(relation: Relation, question: Question, kb, rule: TuitionRule) -> Mention | None:
+    """Where the question places the student that the rule covers (a university, a region, the country), or None."""
     universities = [m for m in question.mentions("university") if m.key in rule.universities]
     if universities:
-        return universities[0].entity.name
-    if rule.regions and spans(question.text, rule.regions):
-        return rule.regions[0]
-    if not rule.regions and not rule.universities and any(
-            m.key == rule.country for m in question.mentions("place")):
-        return kb.country(rule.country).name
-    if rule.regions and any(m.key == rule.country for m in question.mentions("country")) and \
-            relation.cue("all_places").search(question.text):
-        return kb.country(rule.country).name
+        return universities[0]
+    found = spans(question.text, rule.regions)
+    if found:
+        return Mention("region", Named(rule.id, rule.regions[0], rule.regions), *found[0], rule.regions[0])
+    countries = [m for m in question.mentions("place") if m.key == rule.country and m.type == "place"]
+    if countries and (not rule.regions and not rule.universities or relation.cue("all_places").search(question.text)):
+        return countries[0]
     return None
 
 
@@ -276,7 +274,7 @@ def _free_for(home, rule: TuitionRule) -> bool:
     return home.code in rule.free_for or ("eea" in rule.free_for and home.eea_member)
 
 
-@relation_check("work_limit", cues=("work", "unlimited", "weekly_hours", "break"))
+@relation_check("work_limit", cues=("work", "unlimited", "weekly_hours", "break", "off_campus", "first_period"))
 def work_limit(relation: Relation, question: Question, kb) -> list:
     """More work during term than the destination allows: unlimited, full-time, any job, or more weekly hours
     (`work_limits` in work.yaml; the fact is the country's `work_rights`)."""
@@ -290,9 +288,14 @@ def work_limit(relation: Relation, question: Question, kb) -> list:
     limit, place = limits[code], kb.country(code)
     for sentence in question.sentences:
         text = sentence.text
-        if not relation.cue("work").search(text) or relation.cue("break").search(text) or COMPARISON.search(text):
+        hours = relation.cue("weekly_hours").search(text)
+        if not (relation.cue("work").search(text) or hours) or relation.cue("break").search(text) or \
+                COMPARISON.search(text):
             continue
         claimed = None
+        if limit.off_campus_after_months and relation.cue("off_campus").search(text) and \
+                relation.cue("first_period").search(text) and not NEGATED.search(text):
+            claimed = "off campus in their first academic year"
         if (m := relation.cue("unlimited").search(text)) and not NEGATED.search(text[:m.start()]):
             claimed = m.group(0)
         for m in relation.cue("weekly_hours").finditer(text):
@@ -317,7 +320,7 @@ def programme(relation: Relation, question: Question, kb) -> list:
         university = m.entity
         for n in university.not_offered:
             school = relation.cue(f"school:{n.field.lower()}")
-            if _unheld(relation, programme_pattern(n.degree, n.field), question.text) or (
+            if _unheld(relation, kb, university, programme_pattern(n.degree, n.field), question.text, n.field) or (
                     school is not None and school.search(question.text)
                     and not any(p.field.lower() == n.field.lower() for p in university.programmes)):
                 offer = Named(f"{n.degree} in {n.field}", f"{n.degree} in {n.field}", (n.degree, n.field))
@@ -362,9 +365,15 @@ def field_test(relation: Relation, question: Question, kb) -> list:
     return out
 
 
-def _unheld(relation: Relation, pattern: re.Pattern, text: str) -> bool:
-    """Whether `pattern` names a programme the student wants, not one they have ("finish my biology bachelor's")."""
-    return any(not relation.cue("held").search(text[max(0, m.start() - 40):m.start()]) for m in pattern.finditer(text))
+def _unheld(relation: Relation, kb, university, pattern: re.Pattern, text: str, field_name: str) -> bool:
+    """Whether `pattern` names a programme the student wants, not one they have ("finish my biology bachelor's"), nor
+    one the university does offer ("Toronto's MD", where the pattern for the MBBS also reads "MD")."""
+    for m in pattern.finditer(text):
+        degree = re.sub(r"(?:'s|[^\w.])+$", "", m.group(0).split()[0])
+        if not relation.cue("held").search(text[max(0, m.start() - 40):m.start()]) and \
+                kb.offers(university, degree, field_name) is not True:
+            return True
+    return False
 
 
 def _places(question: Question) -> list[Mention]:

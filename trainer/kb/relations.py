@@ -31,6 +31,8 @@ COMPARISON = re.compile(r"\b(?:than|versus|vs\.?|compared?|comparison|compare|di
 NEGATED = re.compile(r"\b(?:not|isn't|aren't|doesn't|don't|never|no longer|left|outside|non)\b|n't\b", re.IGNORECASE)
 NON_PREFIX = re.compile(r"(?:\bnon[\s-]?|\boutside (?:the |of the )?|\bleft (?:the )?|\bnot (?:in |part of )?"
                         r"(?:the |an? )?)$", re.IGNORECASE)
+PRESUPPOSED = re.compile(r"\b(?:the rest of|other|another|fellow|among the other)\s+(?:the\s+)?$", re.IGNORECASE)
+"""Words before a set's name that take the compared entity as one of its members."""
 SCOPES = ("sentence", "nearest", "message")
 LIST_JOIN = re.compile(r"\s*(?:,\s*(?:and|or|&)?|and|or|&|/)\s*(?:the\s+)?$", re.IGNORECASE)
 """What separates the items of a list of names ("Harvard, Yale, Princeton and MIT")."""
@@ -285,8 +287,10 @@ def _pair(relation: Relation, question: Question, kb, sentence: Sentence, subjec
     elif question.sentence_of(obj) == sentence:
         lo, hi = min(subject.end, obj.end), max(subject.start, obj.start)
         between = question.text[lo:hi]
-        if (spec.negatable and NEGATED.search(between)) or COMPARISON.search(between):
+        if spec.negatable and NEGATED.search(between):
             return None
+        if COMPARISON.search(between) and not PRESUPPOSED.search(question.text[:subject.start]):
+            return None  # compared, not claimed; but "compared with the rest of the Ivy League" places it there
         if spec.same_clause and CLAUSE_BREAK.search(between):
             return None
         link = relation.cue("link")
@@ -324,22 +328,43 @@ def correction(relation: Relation, kb, subject: Mention, obj: Mention, *, cited:
                       evidence=evidence(kb, claim, fact, subjects))
 
 
-TERM = re.compile(r"\b\d+(?:[.,]\d+)?\b|\b[A-Z][\w.’'/-]*[A-Z0-9][\w.’'/-]*\b|\b[A-Z][a-z]+(?:\.[a-z]+)?\b")
-"""Numbers, acronyms and mixed-case names ("EU/EEA", "I-20", "UCAT"), and capitalised words ("Studyinfo.fi")."""
+TERM = re.compile(r"\b\d+(?:[.,]\d+)?\s+[a-z]+|\b\d[\d,]{2,}\b|\b[A-Za-z][\w.’'/-]*[A-Z0-9][\w.’'/-]*\b|\b[A-Z][a-z]+(?:\.[a-z]+)?\b|"
+                  r"\b[a-z]+-[a-z]+(?:-[a-z]+)?\b")
+"""A number with the word after it ("3 years", "48 hours"), a number of three digits or more ("1,500"), acronyms and mixed-case names ("EU/EEA", "I-20"),
+capitalised words ("Studyinfo.fi") and hyphenated terms ("graduate-entry", "test-optional")."""
+
+
+NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                "eight": "8", "nine": "9", "ten": "10", "twelve": "12", "eighteen": "18", "twenty": "20"}
+
+
+def digits(text: str) -> str:
+    """`text` with number words as digits ("five years" -> "5 years")."""
+    return re.sub(r"\b[A-Za-z]+\b", lambda m: NUMBER_WORDS.get(m.group(0).lower(), m.group(0)), text)
+
+
+def terms_of(text: str) -> set[str]:
+    """The `TERM`s of a text, a number's unit in the singular ("3 year" for "3 years")."""
+    return {re.sub(r"^(\d\S*)\s+(\w+?)s?$", r"\1 \2", t) for t in TERM.findall(text)}
 
 
 def evidence(kb, claim: str, fact: str, subjects: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
-    """The terms of the fact's first sentence that the claim and its subjects lack: numbers, acronyms, and names
-    the KB knows (a country, a university, a test, an application system)."""
-    first = SENTENCE_BREAK.split(fact.strip(), maxsplit=1)[0]
-    known = kb.name_words()
-    taken = {w.lower() for text in (claim, *(n for names in subjects for n in names)) for w in TERM.findall(text)}
+    """The terms of the fact that the claim and its subjects lack, which an answer stating the fact would use:
+    numbers, acronyms, hyphenated terms and KB names from its first sentence, and the names of application systems
+    and tests from the rest ("MonMaster", where the claim was about Parcoursup)."""
+    first, _, rest = fact.strip().partition(". ")
+    known, systems = kb.name_words(), kb.name_words(("systems", "tests"))
+    taken = {w.lower() for text in (claim, *(n for names in subjects for n in names))
+             for w in terms_of(digits(text))}
     out = []
-    for term in TERM.findall(first):
-        if term.lower() in taken or term in out:
-            continue
-        if term[0].isdigit() or sum(ch.isupper() for ch in term) > 1 or term.lower() in known:
-            out.append(term)
+    for text, later in ((first, False), (rest, True)):
+        for term in sorted(terms_of(text)):
+            low = term.lower()
+            if low in taken or term in out or (later and low not in systems):
+                continue
+            if any(ch.isdigit() for ch in term) or sum(ch.isupper() for ch in term) > 1 or low in known or \
+                    ("-" in term and term.islower()):
+                out.append(term)
     return tuple(out)
 
 

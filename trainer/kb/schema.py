@@ -184,6 +184,8 @@ class WorkLimit:
     country: str
     hours_per_week: int | None
     """The weekly limit during term, or None where the limit is not weekly (a yearly number of hours or days)."""
+    off_campus_after_months: int = 0
+    """Months of study before off-campus work is allowed at all (F-1: one academic year); 0 where there is no wait."""
     examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """`flag`: questions the premise check must correct with this entry; `pass`: ones it must let through."""
 
