@@ -39,7 +39,8 @@ class Passage:
     """Stable id: `<kind>:<entity>[:<detail>]`."""
     kind: str
     """`visa`, `insurance`, `work`, `country-note`, `programmes`, `not-offered`, `university-note`, `scholarship`,
-    `not-eligible`, `test` or `rule`."""
+    `not-eligible`, `test`, `system`, `rule`, or the kind of a relation whose fact it is (`post_study_work`,
+    `visa_prerequisite`, `test_rule`, `tuition`)."""
     entities: tuple[str, ...]
     """The KB ids (country codes, university, scholarship, test and rule ids) the passage is about."""
     title: str
@@ -136,12 +137,34 @@ def kb_passages(kb) -> list[Passage]:
         out.append(Passage(f"test:{t.id}", "test", tuple(dict.fromkeys((t.id, *named_in(f"{t.name} {t.about}")))),
                            t.name,
                            f"{t.name}: {t.about} Scores: {t.score_range}.{validity}", t.source, t.as_of))
+    for system in kb.systems:
+        out.append(Passage(f"system:{system.id}", "system", (system.id, *system.countries, *system.universities),
+                           f"{system.name}: applying", f"{system.name}: {system.about}", system.source,
+                           system.as_of))
+    out += relation_passages(kb, named_in)
     for r in kb.rules:
         ids = tuple(dict.fromkeys((r.id, *((r.country,) if r.country else ()), *named_in(f"{r.claim} {r.fact}"))))
         where = f"{names[r.country]}: " if r.country in names else ""
         # The title names the mistake as one: a list of sources must never show the false claim as a heading.
         out.append(Passage(f"rule:{r.id}", "rule", ids, f"{where}correction of “{r.claim.rstrip('.')}”",
                            f"{where}{r.fact}", r.source, r.as_of))
+    return out
+
+
+def relation_passages(kb, named_in) -> list[Passage]:
+    """The facts relations.yaml declares (post-study work lengths, visa documents, test scales, tuition rules), one
+    passage each, about the country, test or universities the fact names and the entities its text names."""
+    out = []
+    for relation in kb.relations:
+        for n, fact in enumerate(relation.facts):
+            text = getattr(fact, "fact", None)
+            if not text:
+                continue
+            own = [getattr(fact, key, None) for key in ("country", "test")] + list(getattr(fact, "universities", ()))
+            ids = tuple(dict.fromkeys([i for i in own if i] + list(named_in(text))))
+            label = getattr(fact, "name", None) or next((i for i in own if i), relation.id)
+            out.append(Passage(f"{relation.id}:{n}", relation.kind, ids,
+                               f"{label}: {relation.kind.replace('_', ' ')}", text, fact.source, fact.as_of))
     return out
 
 
