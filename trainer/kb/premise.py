@@ -3,23 +3,22 @@ carries the correction.
 
 A question built on a false claim ("Health insurance is optional in Germany, right?", "Do I need an I-20 for
 Germany?", "Since Stanford is in the Ivy League ...") invites a confident "yes". `PremiseChecker.check` finds such
-claims before, and independently of, the model, from the KB's structured relations rather than from hand-written
-phrasings alone:
+claims before, and independently of, the model:
 
-- `rule`: a KB rule's false claim worded in the question (the same `Rule.in_sentence` as the audit);
-- `document`: a document, visa or scheme only one destination uses (its `markers`: I-20, CAS, OSHC, PGWP) asked
-  about for another destination the question names;
-- `membership`: a country or university placed in a set (`groups`: Schengen, EU, EEA, Commonwealth, Ivy League,
-  Russell Group, Group of Eight) it is not in;
-- `programme`: a programme a named university does not offer (`not_offered`);
-- `degree_entry`: undergraduate entry to a field that the country enters only after a first degree (medicine
-  and law in the US), and `admission_test`: a field's test another country uses (`degree_structures`);
-- `scholarship_host`, `scholarship_university`, `scholarship_level`, `scholarship_nationality`: an award asked
-  about for another destination, another university, a level it does not fund, or a nationality it excludes.
+- `rule`: a KB rule's false claim worded in the question (the same `Rule.in_sentence` as the audit), universal
+  claims included ("every UK university requires IELTS");
+- every relation kind `data/kb/relations.yaml` declares (membership, documents, visa prerequisites, application
+  systems, programmes, entry routes, admission tests, an award's host, university, level and nationality, work
+  limits, post-study work lengths, test scales and validity, tuition, a university's country): the question's
+  entities are linked once (`trainer.kb.mentions.Question`) and each relation's check reads the claim between them
+  (`trainer.kb.relations`: the generic `pair` check, or a function registered for a kind that needs a computation
+  in `trainer.kb.relation_checks`).
 
 `PremiseChecker.check_answer` then asks whether an answer carries each correction: one that opens by agreeing
-("Yes! ...") or restates the claim is `premise_affirmed`; one that never corrects it is `premise_ignored`. The
-app's live check, `trainer check` and the eval use this same code.
+("Yes! ...") or restates the claim is `premise_affirmed`; one that never corrects it is `premise_ignored`. An
+answer corrects by denying the claim next to one of its subjects or by stating the KB's fact in its own terms
+(`Correction.evidence`). The app (which shows the correction above the answer before it streams), its live check,
+`trainer check` and the eval use this same code.
 """
 
 from __future__ import annotations
@@ -90,6 +89,7 @@ class PremiseChecker:
         self.kb = kb
         self._checks = [(r, check_pair if r.spec.check == "pair" else CHECKS[r.spec.check].function)
                         for r in kb.relations]
+        self._recent: dict[str, list[Correction]] = {}
 
     # The question
 
@@ -109,7 +109,20 @@ class PremiseChecker:
         return list(out.values())
 
     def _question(self, text: str) -> list[Correction]:
-        """The KB rules the question words, then every relation's check (relations.yaml) on its linked mentions."""
+        """The KB rules the question words, then every relation's check (relations.yaml) on its linked mentions;
+        remembered for the last few questions (the live check asks again about the question it was shown)."""
+        if text in self._recent:
+            return self._recent[text]
+        found = self._find(text)
+        if len(self._recent) >= 256:
+            try:
+                self._recent.pop(next(iter(self._recent)), None)  # oldest first
+            except (StopIteration, RuntimeError):  # another thread got there first
+                pass
+        self._recent[text] = found
+        return found
+
+    def _find(self, text: str) -> list[Correction]:
         from trainer.kb.mentions import Question
 
         kb = self.kb
