@@ -99,7 +99,7 @@ def convert(value: Any, tp: Any, where: str, error: type[Exception] = ConfigErro
         raise error(str(exc)) from None
 
 
-def coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str, source_field: bool = False) -> Any:
     """Convert a YAML value to the annotated type, or raise a ConfigError naming the key."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -109,7 +109,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return coerce(value, arg, where)
+                return coerce(value, arg, where, source_field)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
@@ -117,18 +117,22 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         _key_type, item_type = typing.get_args(tp)
-        return types.MappingProxyType({str(k): coerce(v, item_type, f"{where}.{k}") for k, v in value.items()})
+        return types.MappingProxyType({str(k): coerce(v, item_type, f"{where}.{k}", source_field)
+                                       for k, v in value.items()})
+    if origin is frozenset:
+        (item_type,) = typing.get_args(tp)
+        return frozenset(coerce(value, tuple[item_type, ...], where, source_field))
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_type, _ellipsis) = typing.get_args(tp)
-        return tuple(coerce(v, item_type, item_where(where, i, v)) for i, v in enumerate(value))
+        return tuple(coerce(v, item_type, item_where(where, i, v), source_field) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return build(tp, value, where)
+        return build(tp, value, where, source_field=source_field)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -180,7 +184,7 @@ def build(cls: type[T], raw: Mapping[str, Any], where: str = "", *, source_field
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{_join(where, f.name)}: required key is missing")
             continue
-        kwargs[f.name] = coerce(raw[f.name], hints[f.name], _join(where, f.name))
+        kwargs[f.name] = coerce(raw[f.name], hints[f.name], _join(where, f.name), source_field)
     return cls(**kwargs)
 
 

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from trainer import REPO_ROOT
-from trainer.kb.schema import (AdmissionTest, ApplicationSystem, Country, DegreeStructure, Eligibility, Fact, Group, KBError,
-                               NotOffered, Programme, Rule, Scholarship, University, WorkLimit, degree_family,
-                               field_key)
+from trainer.kb.schema import (AdmissionTest, ApplicationSystem, Country, DegreeStructure, Eligibility, Group,
+                               KBError, Rule, Scholarship, University, WorkLimit, degree_family, field_key)
 from trainer.kb.knowledge_base import KnowledgeBase
-from trainer.kb.names import case_sensitive, name_tokens, normalise_name
+from trainer.kb.names import name_tokens
 from trainer.kb.consistency import check_names, check_premise_examples, check_references
 from trainer.kb.mentions import Named
 from trainer.kb.relations import Relation, RelationSpec, compile_relation
@@ -171,63 +170,29 @@ class _Loader:
     # Entities
 
     def _country(self, raw: dict, where: str) -> Country:
-        check_keys(raw, where, required=("code", "name", "region", "commonwealth_member"),
-                   optional=("aliases", "demonyms", "eea_member", "destination", "student_visa", "visa_portal",
-                             "study_portal", "health_insurance", "work_rights", "notes", "not_mentions", "markers"),
-                   error=KBError)
-        code = _text(raw["code"], f"{where}.code")
-        if not CODE.match(code):
-            raise KBError(f"{where}.code: {code!r} is not an ISO 3166-1 alpha-2 code (two capital letters)")
-        region = _text(raw["region"], f"{where}.region")
-        if region not in REGIONS:
-            raise KBError(f"{where}.region: {region!r} is not one of {', '.join(REGIONS)}")
-        destination = _bool(raw.get("destination", False), f"{where}.destination")
-        visa = _fact(raw["student_visa"], f"{where}.student_visa", named=True) if raw.get("student_visa") else None
-        if destination and visa is None:
+        if isinstance(raw, dict) and "code" in raw:
+            _text(raw["code"], f"{where}.code")  # the Norway problem: an unquoted NO reads as false
+        country = self._entity(Country, raw, where)
+        if not CODE.match(country.code):
+            raise KBError(f"{where}.code: {country.code!r} is not an ISO 3166-1 alpha-2 code (two capital letters)")
+        if country.region not in REGIONS:
+            raise KBError(f"{where}.region: {country.region!r} is not one of {', '.join(REGIONS)}")
+        if country.destination and country.student_visa is None:
             raise KBError(f"{where}.student_visa: required for a destination (destination: true)")
-        return Country(
-            code=code, name=_text(raw["name"], f"{where}.name"),
-            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"),
-            demonyms=_texts(raw.get("demonyms", []), f"{where}.demonyms"), region=region,
-            commonwealth_member=_bool(raw["commonwealth_member"], f"{where}.commonwealth_member"),
-            eea_member=_bool(raw.get("eea_member", False), f"{where}.eea_member"), destination=destination,
-            student_visa=visa,
-            visa_portal=_url(raw["visa_portal"], f"{where}.visa_portal") if raw.get("visa_portal") else None,
-            study_portal=_url(raw["study_portal"], f"{where}.study_portal") if raw.get("study_portal") else None,
-            health_insurance=_fact(raw["health_insurance"], f"{where}.health_insurance")
-            if raw.get("health_insurance") else None,
-            work_rights=_fact(raw["work_rights"], f"{where}.work_rights") if raw.get("work_rights") else None,
-            notes=_facts(raw.get("notes", []), f"{where}.notes"),
-            not_mentions=_texts(raw.get("not_mentions", []), f"{where}.not_mentions"),
-            markers=_texts(raw.get("markers", []), f"{where}.markers"),
-        )
+        if country.student_visa is not None and not country.student_visa.name:
+            raise KBError(f"{where}.student_visa.name: required key is missing")
+        for key in ("visa_portal", "study_portal"):
+            if getattr(country, key) is not None:
+                _url(getattr(country, key), f"{where}.{key}")
+        return country
 
     def _university(self, raw: dict, where: str) -> University:
-        check_keys(raw, where, required=("id", "name", "country", "source", "as_of"),
-                   optional=("aliases", "programmes", "not_offered", "notes"), error=KBError)
-        programmes = []
-        for i, p in enumerate(_list(raw.get("programmes", []), f"{where}.programmes")):
-            at = f"{where}.programmes[{i}]"
-            check_keys(p, at, required=("degree", "field"), error=KBError)
-            programmes.append(Programme(_text(p["degree"], f"{at}.degree"), _text(p["field"], f"{at}.field")))
-        negatives = []
-        for i, n in enumerate(_list(raw.get("not_offered", []), f"{where}.not_offered")):
-            at = f"{where}.not_offered[{i}]"
-            check_keys(n, at, required=("degree", "field", "correction", "source", "as_of"), error=KBError)
-            negatives.append(NotOffered(_text(n["degree"], f"{at}.degree"), _text(n["field"], f"{at}.field"),
-                                        _text(n["correction"], f"{at}.correction"), _url(n["source"], f"{at}.source"),
-                                        _as_of(n["as_of"], f"{at}.as_of")))
-        for i, n in enumerate(negatives):
+        university = self._entity(University, raw, where)
+        for i, n in enumerate(university.not_offered):
             if any(degree_family(p.degree, p.field) == degree_family(n.degree, n.field)
-                   and field_key(p.field) == field_key(n.field) for p in programmes):
+                   and field_key(p.field) == field_key(n.field) for p in university.programmes):
                 raise KBError(f"{where}.not_offered[{i}]: {n.degree} in {n.field} is also listed in programmes")
-        return University(
-            id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
-            aliases=_texts(raw.get("aliases", []), f"{where}.aliases"),
-            country=self._code(raw["country"], f"{where}.country"),
-            programmes=tuple(programmes), not_offered=tuple(negatives), source=_url(raw["source"], f"{where}.source"),
-            as_of=_as_of(raw["as_of"], f"{where}.as_of"), notes=_facts(raw.get("notes", []), f"{where}.notes"),
-        )
+        return university
 
     def _scholarship(self, raw: dict, where: str) -> Scholarship:
         check_keys(raw, where, required=("id", "name", "host_country", "levels", "about", "eligibility", "source",
@@ -297,20 +262,13 @@ class _Loader:
         return flag, passing
 
     def _group_entry(self, raw: dict, where: str) -> Group:
-        check_keys(raw, where, required=("id", "name", "kind", "members", "about", "source", "as_of", "examples"),
-                   optional=("aliases",), error=KBError)
-        kind = _text(raw["kind"], f"{where}.kind")
-        if kind not in ("country", "university"):
-            raise KBError(f"{where}.kind: {kind!r} is not country or university")
-        members = _texts(raw["members"], f"{where}.members")
-        if kind == "country":
-            members = tuple(self._code(m, f"{where}.members[{i}]") for i, m in enumerate(members))
-        flag, passing = self._premise_examples(raw["examples"], f"{where}.examples")
-        return Group(id=self._id(raw, where), name=_text(raw["name"], f"{where}.name"),
-                     aliases=_texts(raw.get("aliases", []), f"{where}.aliases"), kind=kind,
-                     members=frozenset(members), about=_text(raw["about"], f"{where}.about"),
-                     source=_url(raw["source"], f"{where}.source"), as_of=_as_of(raw["as_of"], f"{where}.as_of"),
-                     examples_flag=flag, examples_pass=passing)
+        group = self._entity(Group, raw, where)
+        if group.kind not in ("country", "university"):
+            raise KBError(f"{where}.kind: {group.kind!r} is not country or university")
+        if group.kind == "country":
+            for i, member in enumerate(sorted(group.members)):
+                self._code(member, f"{where}.members[{i}]")
+        return group
 
     def _work_limit(self, raw: dict, where: str) -> WorkLimit:
         limit = self._entity(WorkLimit, raw, where)
@@ -399,11 +357,18 @@ class _Loader:
         """An entity built from its one declaration (`typed_yaml.build`), then the KB's rules on its fields by name:
         `id` well formed, `source` an http(s) URL, `as_of` a date, `country`/`countries` codes the KB has, `levels`
         known levels, `examples` flag (at least one) and pass questions, and no empty text."""
-        if isinstance(raw, dict) and isinstance(raw.get("as_of"), datetime.date):  # YAML reads 2026-11-01 as a date
-            raw = {**raw, "as_of": raw["as_of"].isoformat()}
-        entity = self._typed(cls, raw, where)
+        entity = self._typed(cls, _dates_as_text(raw), where)
+        self._check_fields(entity, where)
+        return entity
+
+    def _check_fields(self, entity: Any, where: str) -> None:
         for f in dataclasses.fields(entity):
             value, at = getattr(entity, f.name), f"{where}.{f.name}"
+            if dataclasses.is_dataclass(value):  # a nested fact (a country's `work_rights`)
+                self._check_fields(value, at)
+            elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+                for i, item in enumerate(value):
+                    self._check_fields(item, f"{at}[{i}]")
             if f.name == "id" and not ID.match(value):
                 raise KBError(f"{at}: {value!r} must be lowercase letters, digits and hyphens")
             if f.name == "source":
@@ -421,7 +386,6 @@ class _Loader:
                 self._premise_examples({k: list(v) for k, v in value.items()}, at)
             elif isinstance(value, str) and not value.strip():
                 raise KBError(f"{at}: must be non-empty text")
-        return entity
 
     def _vocabulary(self) -> dict[str, tuple[Named, ...]]:
         """The words of levels and fields (relations.yaml `vocabulary`), each entry a `Named`."""
@@ -479,6 +443,16 @@ class _Loader:
 
 # Values: each error names the dotted key it is about.
 
+def _dates_as_text(raw: Any) -> Any:
+    """YAML reads an unquoted 2026-11-01 as a date: every `as_of` back to text, at any depth."""
+    if isinstance(raw, dict):
+        return {k: v.isoformat() if k == "as_of" and isinstance(v, datetime.date) else _dates_as_text(v)
+                for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_dates_as_text(v) for v in raw]
+    return raw
+
+
 def _text(value: Any, where: str) -> str:
     if isinstance(value, bool):  # the Norway problem: YAML reads an unquoted NO (or yes, on, off) as a boolean
         raise KBError(f"{where}: expected text, got {value!r}; quote it (\"NO\") so YAML does not read a boolean")
@@ -528,18 +502,6 @@ def _as_of(value: Any, where: str) -> str:
         except ValueError:
             raise KBError(f"{where}: {value!r} is not a real date") from None
     return text
-
-
-def _fact(raw: Any, where: str, named: bool = False) -> Fact:
-    check_keys(raw, where, required=("name", "text", "source", "as_of") if named else ("text", "source", "as_of"),
-               error=KBError)
-    return Fact(text=_text(raw["text"], f"{where}.text"), source=_url(raw["source"], f"{where}.source"),
-                as_of=_as_of(raw["as_of"], f"{where}.as_of"),
-                name=_text(raw["name"], f"{where}.name") if named else None)
-
-
-def _facts(value: Any, where: str) -> tuple[Fact, ...]:
-    return tuple(_fact(f, f"{where}[{i}]") for i, f in enumerate(_list(value, where)))
 
 
 def _regex(value: Any, where: str) -> re.Pattern:

@@ -336,13 +336,13 @@ def degree_entry(relation: Relation, question: Question, kb) -> list:
     if not relation.cue("undergraduate").search(text) or relation.cue("graduate_route").search(text):
         return []
     out = []
-    for field in {m.key: m for m in question.mentions("field")}.values():
+    for subject in {m.key: m for m in question.mentions("field")}.values():
         for place in _places(question):
-            structure = kb.degree_structure(place.key, field.key)
+            structure = kb.degree_structure(place.key, subject.key)
             if structure is not None and structure.entry == "graduate":
-                out.append(correction(relation, kb, _site("structure", structure, field.text), place,
-                                      field=field.key, fact_text=structure.fact, cited=structure,
-                                      subjects=((field.key, *structure.degrees),)))
+                out.append(correction(relation, kb, _site("structure", structure, subject.text), place,
+                                      field=subject.key, fact_text=structure.fact, cited=structure,
+                                      subjects=((subject.key, *structure.degrees),)))
     return out
 
 

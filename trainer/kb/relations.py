@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trainer.kb.names import NameIndex
-from trainer.kb.mentions import ENTITY_TYPES, SENTENCE_BREAK, Mention, Question, Sentence, names_of
+from trainer.kb.mentions import ENTITY_TYPES, Mention, Question, Sentence, names_of
 from trainer.kb.schema import CLAUSE_BREAK, Eligibility, KBError, clause_span
 
 # Where a claim is only compared, listed as an alternative or negated, the question asserts nothing.

@@ -46,13 +46,13 @@ class Country:
     code: str
     """ISO 3166-1 alpha-2 code (`GB` for the United Kingdom)."""
     name: str
-    aliases: tuple[str, ...]
-    demonyms: tuple[str, ...]
     region: str
     commonwealth_member: bool
-    eea_member: bool
+    aliases: tuple[str, ...] = ()
+    demonyms: tuple[str, ...] = ()
+    eea_member: bool = False
     """EU member or Iceland, Liechtenstein, Norway."""
-    destination: bool
+    destination: bool = False
     """A study destination the KB describes (visa, insurance, work rights), not only a home country."""
     student_visa: Fact | None = None
     visa_portal: str | None = None
@@ -89,12 +89,13 @@ class NotOffered:
 class University:
     id: str
     name: str
-    aliases: tuple[str, ...]
     country: str
-    programmes: tuple[Programme, ...]
-    not_offered: tuple[NotOffered, ...]
     source: str
     as_of: str
+    aliases: tuple[str, ...] = ()
+    programmes: tuple[Programme, ...] = ()
+    not_offered: tuple[NotOffered, ...] = ()
+    """Programmes it does not offer, each with the correction a counsellor should give."""
     notes: tuple[Fact, ...] = ()
 
 
@@ -135,7 +136,6 @@ class Group:
 
     id: str
     name: str
-    aliases: tuple[str, ...]
     kind: str
     """`country` or `university`."""
     members: frozenset[str]
@@ -143,8 +143,17 @@ class Group:
     about: str
     source: str
     as_of: str
-    examples_flag: tuple[str, ...] = ()
-    examples_pass: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """`flag`: questions the premise check must correct with this group; `pass`: ones it must let through."""
+
+    @property
+    def examples_flag(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("flag", ()))
+
+    @property
+    def examples_pass(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("pass", ()))
 
 
 @dataclass(frozen=True)
