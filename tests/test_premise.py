@@ -156,7 +156,9 @@ def test_the_visitor_set_covers_every_kind_and_no_kb_example_or_rule_copies_its_
     false, true = [r for r in rows if r["false_premise"]], [r for r in rows if not r["false_premise"]]
     assert len(false) >= 100 and len(true) >= 50
     assert {r["kind"] for r in false} == KINDS and {r["kind"] for r in true} == KINDS
-    questions = [_words(r["question"]) for r in rows]
+    sealed = premise_set.load_held_out(premise_set.SEALED)
+    assert sum(r["false_premise"] for r in sealed) >= 60 and sum(not r["false_premise"] for r in sealed) >= 30
+    questions = [_words(r["question"]) for r in (*rows, *sealed)]
     examples = [q for e in (*kb.groups, *kb.degree_structures, *kb.work_limits) for q in (*e.examples_flag,
                                                                                          *e.examples_pass)]
     examples += [q for r in kb.rules for q in (*r.examples_false, *r.examples_corrected)]
