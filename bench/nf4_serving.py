@@ -60,7 +60,7 @@ def rubric(run_dir: Path, limit: int, work: Path) -> dict:
     """The rubric answered in-process on the NF4 base and by vLLM on the full-precision base, paired per question."""
     from bench.serve import VLLMServer
     from trainer.__main__ import main as trainer
-    from trainer.hub.cards import base_hub_id
+    from trainer.train.rundir import base_hub_id
     from trainer.train.demo_model import demo_model_path, is_demo_model
     from trainer.eval.stats import paired_bootstrap
     from trainer.train.rundir import finished_stages, read_stage

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from trainer.train.demo_model import demo_model_path
     from trainer.kb.loader import load_kb
     from trainer.providers import OpenAICompatibleProvider
-    from trainer.data.synth import LocalProvider, SynthSettings, build_plan, generate
+    from trainer.jobs.synth import LocalProvider, SynthSettings, build_plan, generate
 
     kb = load_kb(REPO / "data" / "kb")
     plan = build_plan(kb, args.n, seed=11, false_premise_share=0.1, turns=(8, 8))

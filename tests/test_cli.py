@@ -135,7 +135,7 @@ def test_validate_reads_hf_hub_offline_as_huggingface_hub_does(value, offline, m
 
 # One typed loader for the configs and the rest; the import circle is gone
 
-def test_config_imports_no_module_of_the_tool_but_typed_yaml():
+def test_config_imports_only_typed_yaml_the_device_rule_and_the_data_settings():
     import ast
 
     def tool_imports(module: str) -> set[str]:
@@ -144,8 +144,8 @@ def test_config_imports_no_module_of_the_tool_but_typed_yaml():
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         return {m for m in imported if m and m.split(".")[0] == "trainer"}
 
-    # the device rule (precision and kernels) sits beside the config, on the same floor
-    assert tool_imports("config") == {"trainer.typed_yaml", "trainer.train.device"}
+    # the device rule (precision and kernels) sits beside the config; a stage's data settings one floor down
+    assert tool_imports("config") == {"trainer.typed_yaml", "trainer.train.device", "trainer.data.settings"}
     assert tool_imports("device") == {"trainer.typed_yaml"}
     out = subprocess.run([sys.executable, "-c", "import trainer.train.config, trainer.data.conversations"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)

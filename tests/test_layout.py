@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -214,6 +215,75 @@ def test_no_module_of_the_trainer_or_the_app_is_over_600_lines():
 
 def test_the_trainer_folders_are_its_jobs():
     folders = {p.name for p in (REPO / "trainer").iterdir() if (p / "__init__.py").is_file()}
-    assert folders == {"data", "kb", "train", "inference", "eval", "hub"}
+    assert folders == {"data", "kb", "train", "inference", "eval", "hub", "jobs"}
     loose = sorted(p.name for p in (REPO / "trainer").glob("*.py"))
-    assert loose == ["__init__.py", "__main__.py", "jobs.py", "providers.py", "typed_yaml.py"]
+    assert loose == ["__init__.py", "__main__.py", "providers.py", "typed_yaml.py"]
+
+
+# Floors: the order written once in docs/architecture.md
+
+def floors() -> list[tuple[str, tuple[str, ...]]]:
+    """The floors, bottom up, as docs/architecture.md lists them: (name, the modules or packages on it)."""
+    block = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8").split("## Floors", 1)[1].split("```")[1]
+    out = []
+    for line in block.splitlines():
+        match = re.match(r"\s*\d+\s+(\w+)\s+(\S.*)$", line)
+        if match:
+            out.append((match.group(1), tuple(m.strip() for m in match.group(2).split(","))))
+    return out
+
+
+def floor_of(module: str, order: list[tuple[str, tuple[str, ...]]]) -> int | None:
+    """The floor of a module: the one naming it or the longest package holding it (`trainer` is only its own
+    `__init__`, not everything under it)."""
+    best = None
+    for number, (_, names) in enumerate(order):
+        for name in names:
+            if module == name or (name != "trainer" and module.startswith(name + ".")):
+                if best is None or len(name) > best[1]:
+                    best = (number, len(name))
+    return None if best is None else best[0]
+
+
+def upward_imports(graph: dict[str, set[str]], order) -> list[str]:
+    """`a -> b (floor x above y)` for every import that goes up a floor; a module on no floor is listed too."""
+    out = []
+    for module, arrows in sorted(graph.items()):
+        here = floor_of(module, order)
+        if here is None:
+            out.append(f"{module} is on no floor")
+            continue
+        for target in sorted(arrows):
+            there = floor_of(target, order)
+            if there is not None and there > here:
+                out.append(f"{module} -> {target} ({order[there][0]} is above {order[here][0]})")
+    return out
+
+
+def test_the_floor_check_finds_an_import_that_goes_up():
+    order = [("settings", ("trainer", "trainer.typed_yaml")), ("data", ("trainer.data",)), ("hub", ("trainer.hub",))]
+    graph = {"trainer.data.export": {"trainer.hub.cards", "trainer.typed_yaml"}, "trainer.hub.cards": {"trainer"},
+             "trainer.typed_yaml": set(), "trainer.data": {"trainer.data.export"}, "trainer.kb.x": set()}
+    assert upward_imports(graph, order) == ["trainer.data.export -> trainer.hub.cards (hub is above data)",
+                                            "trainer.kb.x is on no floor"]
+
+
+def test_every_import_goes_down_the_floors_written_in_the_architecture():
+    order = floors()
+    assert [name for name, _ in order] == ["settings", "data", "kb", "train", "inference", "eval", "hub", "jobs",
+                                           "cli", "app"]
+    found = upward_imports(import_graph(), order)
+    assert not found, "imports that go up a floor (docs/architecture.md, Floors):\n" + "\n".join(found)
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_of_the_trainer_or_the_app_is_over_100_lines():
+    long = []
+    for path in [*(p for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))), REPO / "app.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, f"split these into steps (at most {MAX_FUNCTION_LINES} lines each): {long}"

@@ -104,7 +104,7 @@ def test_all_topics_in_stage1(stage1):
 
 
 def test_topics_match_the_generator(stage1):
-    from trainer.data import synth
+    from trainer.jobs import synth
 
     assert set(TOPICS) == set(synth.TOPICS)
     exemplars = synth.load_exemplars(STAGE1)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from trainer.providers import OpenAICompatibleProvider, ProviderError
-from trainer.data.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
+from trainer.jobs.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
                                 load_exemplars, read_done, system_prompt)
 
 SEED = REPO / "data" / "seed" / "stage1_grounded.jsonl"
@@ -350,7 +350,7 @@ def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
     import datasets
 
     from trainer.providers import Usage
-    from trainer.data.synth import GenerationRun, finish
+    from trainer.jobs.synth import GenerationRun, finish
 
     rows = [{"plan_id": f"p{i}", "messages": [{"role": "user", "content": f"Question {i}?"},
                                                {"role": "assistant", "content": "Too short."}],

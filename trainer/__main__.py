@@ -262,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     vLLM itself (scripts/vllm.sh), on the local copy of the base where the run trained on one."""
     from pathlib import Path
 
-    from trainer.hub.cards import base_hub_id
+    from trainer.train.rundir import base_hub_id
     from trainer.train.demo_model import demo_model_path, is_demo_model
     from trainer.train.rundir import finished_stages, read_stage
     from trainer.hub.serving import ServedAdapter, engine_commands, start_vllm
@@ -307,7 +307,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from trainer.kb.loader import load_kb
     from trainer.providers import OpenAICompatibleProvider
-    from trainer.data.synth import (LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge,
+    from trainer.jobs.synth import (LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge,
                                     load_exemplars)
 
     kb = load_kb(job.kb)
@@ -348,7 +348,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     judge = None
     if args.judge_base_url:
         from trainer.providers import OpenAICompatibleProvider
-        from trainer.data.synth import llm_judge
+        from trainer.jobs.synth import llm_judge
 
         provider = OpenAICompatibleProvider(args.judge_base_url, args.judge_model,
                                             os.environ.get(args.judge_api_key_env))
@@ -392,7 +392,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export_feedback(args: argparse.Namespace) -> int:
-    from trainer.data.export import export_feedback
+    from trainer.hub.export import export_feedback
 
     export_feedback(args.store, args.out, system_prompt=not args.no_system_prompt)
     return 0
@@ -414,14 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.data.readers import DataError
     from trainer.train.demo_model import DemoModelError
     from trainer.eval import EvalError
-    from trainer.data.export import ExportError
+    from trainer.hub.export import ExportError
     from trainer.hub.api import HubError
     from trainer.kb.schema import KBError
     from trainer.train.model import ModelError
     from trainer.kb.premise import CheckError
     from trainer.providers import ProviderError
     from trainer.train.rundir import RunError
-    from trainer.data.synth import GenerationError
+    from trainer.jobs.synth import GenerationError
 
     try:
         return COMMANDS[args.command](args)

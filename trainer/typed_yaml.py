@@ -278,3 +278,16 @@ def dump_yaml(data: Any, header: str = "") -> str:
     import yaml
 
     return header + yaml.safe_dump(to_plain(data), sort_keys=False, allow_unicode=True)
+
+
+def flag(default: Any, **options: Any) -> Any:
+    """A field's default plus what its command-line flag needs beyond the field's name, type and docstring:
+    `name` (the flag's stem, when it is not the field's name), `metavar` or `choices` (as argparse takes them)."""
+    return dataclasses.field(default=default, metadata={"flag": options})
+
+
+def flags_last(flags: Mapping[str, Any] | None):
+    """A `prepare` step that lays the typed flags over the file and the --set overrides (flags win)."""
+    def prepare(raw: dict[str, Any]) -> None:
+        raw.update(flags or {})
+    return prepare

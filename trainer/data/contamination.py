@@ -108,7 +108,7 @@ nothing about overlap."""
 def rows_also_in(conversations: Sequence[Any], other: str | Path) -> dict[str, Any]:
     """The rows of `conversations` (ingested `Conversation`s) whose whole conversation or a user message also occurs,
     exactly or nearly, in the file `other` (any file ingestion reads): `trainer audit FILE --against OTHER`."""
-    from trainer.train.config import DatasetSettings
+    from trainer.data.settings import DatasetSettings
     from trainer.data.conversations import load_conversations
 
     theirs, _ = load_conversations(DatasetSettings(path=str(other), max_bad_fraction=1.0, eval_fraction=0))

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from trainer.train.config import DatasetSettings
+from trainer.data.settings import DatasetSettings
 from trainer.data.readers import (RULE_NOT_OBJECT, DataError, RowError, read_hub,
                                   reader_for, resolve_files)
 

@@ -26,7 +26,7 @@ def served_names(job, stages: Sequence[Any], run_name: str) -> dict[str, str]:
     if job.base_served_name:
         base = job.base_served_name
     else:
-        from trainer.hub.cards import base_hub_id
+        from trainer.train.rundir import base_hub_id
 
         base = base_hub_id(stages[-1])[0]  # what `python -m trainer serve` starts vLLM with
     return {BASE: base, **{s.name: job.adapter_served_name.format(run=run_name, stage=s.name) for s in stages}}

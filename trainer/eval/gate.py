@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.train.rundir import VERDICTS, verdict_of  # noqa: F401  (the run folder records the verdicts)
+
 DEFAULT_MARGIN = 0.05
 """Non-inferiority margin on rates (0.05 = five points): how much worse than the base an adapter may be and pass.
 The one default: `EvalJob.margin` (the eval's `margin` key and `--margin`) is this."""
 GATED = (("rubric_accuracy", "rubric accuracy"), ("false_premise_correction", "false-premise correction"),
          ("judge", "judge (adapter wins - base wins)"))
-VERDICTS = ("passed", "failed", "inconclusive", "not gated")
 
 GATE_RULE = (
     "Paired non-inferiority with margin {margin:.2f}: for rubric accuracy, false-premise correction and, where a judge "
@@ -92,10 +93,3 @@ def gate_decision(comparisons: dict[str, dict[str, Any] | None], margin: float =
             "items_needed": needed}
 
 
-def verdict_of(gate: dict[str, Any] | None) -> str | None:
-    """The verdict of a gate record, also for results written before inconclusive existed (`passed` only)."""
-    if gate is None:
-        return None
-    if gate.get("verdict") in VERDICTS:
-        return gate["verdict"]
-    return "passed" if gate.get("passed") else "failed"

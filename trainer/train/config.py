@@ -5,8 +5,8 @@ shared by every stage, so stage 2 can never drift from stage 1. `training` holds
 a stage block overrides any of them. `load_config(path, overrides)` reads it through `trainer.typed_yaml` (the one
 YAML loader), returns frozen dataclasses and rejects unknown keys by their dotted name; `build_sft_config` /
 `build_lora_config` / `build_quantization_config` turn them into the TRL, PEFT and transformers objects (imported
-lazily so `--help` stays instant). This module imports no other module of the tool: data, training and the app
-depend on it, never the reverse.
+lazily so `--help` stays instant). Below it are only the data's own settings (`trainer.data.settings`) and the
+device rules; training, serving and the app depend on it, never the reverse.
 """
 
 from __future__ import annotations
@@ -17,17 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainer.data.settings import DATASET_KINDS, SCHEMAS, DatasetSettings
 from trainer.train.device import (PRECISIONS, DeviceError, DeviceInfo, Precision, detect_device,
                                   resolve_precision, triton_ok)
 from trainer.typed_yaml import ConfigError, coerce, dump_yaml, load_typed, suggest, to_plain
-
-SCHEMAS = ("messages", "sharegpt", "alpaca", "prompt_completion")
-"""The conversation schemas `trainer.data.conversations` reads (`dataset.schema`, besides `auto`)."""
-DATASET_KINDS = ("synthetic", "real", "audit")
-TOPICS = ("admissions", "sop", "documents", "tests", "scholarships", "visas", "costs", "housing",
-          "health insurance", "work rights", "culture", "careers", "language", "other")
-"""Counselling topics: the labelling tab's tags, the rubric's topics (all but `other`) and the generator's plan."""
-
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -71,41 +64,6 @@ class LoraSettings:
     """`none`, `all` or `lora_only`: which biases train."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     """Module names that get adapters (all attention and MLP projections, as in QLoRA)."""
-
-
-@dataclass(frozen=True)
-class DatasetSettings:
-    path: str
-    """Local JSONL/JSON/Parquet/CSV file, a folder of them, or a Hub dataset id."""
-    schema: str = "auto"
-    """`auto`, `messages`, `sharegpt`, `alpaca` or `prompt_completion`."""
-    split: str = "train"
-    """Split to read when `path` is a Hub dataset."""
-    revision: str | None = None
-    """Hub dataset revision; None means the default branch."""
-    eval_fraction: float = 0.1
-    """Share of conversations held out for evaluation, chosen by content hash (stable across runs and machines)."""
-    eval_path: str | None = None
-    """Separate evaluation file; when set, `eval_fraction` is ignored."""
-    system_prompt: str | None = None
-    """System turn added to conversations that have none (the counsellor persona)."""
-    max_bad_fraction: float = 0.1
-    """The stage fails when more than this share of rows is invalid."""
-    strict: bool = False
-    """Fail on the first invalid row instead of skipping and counting it."""
-    kind: str = "synthetic"
-    """What the conversations are, for the dataset card: `synthetic` (LLM-generated), `real` or `audit`."""
-    license: str = "other"
-    """Licence of the data (an SPDX-style id as the Hub uses, e.g. mit, cc-by-4.0), for the dataset card."""
-    source_datasets: tuple[str, ...] = ()
-    """Hub datasets this data was derived from, for the cards."""
-    grounding: str = "none"
-    """`kb`: train with the knowledge-base passages retrieved for each conversation in its system prompt (as the app
-    serves grounded answers), so the adapter learns to use them; the data files are not changed. `none`: as written."""
-    kb: str = "data/kb"
-    """Knowledge base for `grounding: kb` (relative paths: the working directory, then the tool's folder)."""
-    grounding_k: int = 5
-    """Passages per conversation with `grounding: kb`: more context, longer rows (rows over max_length are rejected)."""
 
 
 @dataclass(frozen=True)

