@@ -173,189 +173,296 @@ def run_evaluation(run_dir: str | Path, job: EvalJob = EvalJob(), *, generation:
         torch.set_num_threads(threads_before)
 
 
+@dataclass
+class Screening:
+    """Contamination: which items and held-out conversations some stage trained on (checked before weights load)."""
+
+    report: dict[str, Any] | None
+    keep: list[bool]
+    keep_conversations: list[bool]
+
+    @property
+    def clean(self) -> bool:
+        """Whether some items were seen in training, so metrics are also reported on the clean ones."""
+        return not all(self.keep) or not all(self.keep_conversations)
+
+
+@dataclass
+class Loaded:
+    """The base and every adapter loaded here (None when a server answers and there is no held-out loss)."""
+
+    served: Any
+    quant: Any
+    seconds: float
+    device: str
+
+
+@dataclass
+class Answers:
+    """Every model's answers (and grounded answers), new-token counts and per-conversation held-out losses, with
+    what results.json records per model so far (`models`: template hash, held-out loss by split, throughput)."""
+
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    grounded_texts: dict[str, list[str | None]] = field(default_factory=dict)
+    new_tokens: dict[str, list[int]] = field(default_factory=dict)
+    losses: dict[str, list[list[float]]] = field(default_factory=dict)
+
+
+@dataclass
+class Scores:
+    """Per-item measures, live-check flags and rubric scores per model, and the grounded comparison when asked."""
+
+    measures: dict[str, Measures]
+    flags: dict[str, list]
+    rubric: dict[str, list]
+    grounded: dict[str, Any] | None = None
+
+
 def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, started: float,
               log: Callable[[str], None]) -> Path:
-    import torch
-    from transformers import set_seed
-
+    """The phases in order: screen, load, answer, score, judge, gate, write."""
     from trainer.kb.audit import Auditor
 
-    job, stages, items, held_out, out = plan.job, plan.stages, plan.items, plan.held_out, plan.out
-    cfg, seed, names = stages[-1].cfg, job.seed, [BASE] + [s.name for s in stages]
-    auditor = Auditor(plan.kb)
+    screening = _screen(plan, log)
+    retriever, grounded_prompts = _grounded_prompts(plan)
+    loaded = _load(plan, engine, log)
+    answers = _answer(plan, loaded, engine, grounded_prompts, log)
+    scores = _score(plan, answers, screening, Auditor(plan.kb), retriever)
+    judge_results = _judge(plan, judge_client, answers, log)
+    gates = _gate(plan, answers, scores, screening, judge_results)
+    return _write(plan, loaded, engine, screening, answers, scores, judge_results, gates, started, log)
 
-    # Contamination: checked before any weights load, against exactly what each stage trained on
-    contamination = None
-    if job.contamination:
-        contamination = check_contamination(items, held_out, stages, job.contamination_threshold)
-        log(f"[eval] contamination: {len(contamination['items'])} questions and {len(contamination['conversations'])}"
-            f" held-out conversations found in {contamination['training_rows']} training rows"
-            + "".join(f"; {s} not checked: {p}" for s, p in contamination["unchecked_stages"].items()))
-    keep, keep_conversations = keep_masks(items, held_out, contamination)
-    clean = not all(keep) or not all(keep_conversations)  # some items were seen in training
 
-    retriever, grounded_prompts = None, None
-    if job.grounded:
-        from trainer.kb.retrieve import RetrievalSettings, Retriever, grounded_messages
+def _screen(plan: EvalPlan, log: Callable[[str], None]) -> Screening:
+    """Contamination, checked against exactly what each stage trained on."""
+    report = None
+    if plan.job.contamination:
+        report = check_contamination(plan.items, plan.held_out, plan.stages, plan.job.contamination_threshold)
+        log(f"[eval] contamination: {len(report['items'])} questions and {len(report['conversations'])}"
+            f" held-out conversations found in {report['training_rows']} training rows"
+            + "".join(f"; {s} not checked: {p}" for s, p in report["unchecked_stages"].items()))
+    keep, keep_conversations = keep_masks(plan.items, plan.held_out, report)
+    return Screening(report, keep, keep_conversations)
 
-        retriever = Retriever(plan.kb, RetrievalSettings(k=job.retrieval_k))
-        grounded_prompts = [grounded_messages(item.messages, retriever.search(item.text)) if item.judged else None
-                            for item in items]
 
-    # Load the base once and every adapter into the same PeftModel: to answer, and for the held-out loss (with
-    # --engine openai the server answers, and without held-out conversations nothing loads here)
-    served, quant, load_seconds = None, None, 0.0
+def _grounded_prompts(plan: EvalPlan):
+    """With --grounded: the retriever and each judged item's prompt with the KB passages retrieved for it."""
+    if not plan.job.grounded:
+        return None, None
+    from trainer.kb.retrieve import RetrievalSettings, Retriever, grounded_messages
+
+    retriever = Retriever(plan.kb, RetrievalSettings(k=plan.job.retrieval_k))
+    return retriever, [grounded_messages(item.messages, retriever.search(item.text)) if item.judged else None
+                       for item in plan.items]
+
+
+def _load(plan: EvalPlan, engine, log: Callable[[str], None]) -> Loaded:
+    """The base once and every adapter into the same PeftModel: to answer, and for the held-out loss (with --engine
+    openai the server answers, and without held-out conversations nothing loads here)."""
+    import torch
+
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"cpu ({torch.get_num_threads()} threads)"
-    if engine is None or held_out:
-        load_started = time.time()
-        served, quant = load_models(stages, job.load_in_4bit)
-        load_seconds = round(time.time() - load_started, 2)
-        log(f"[eval] loaded {cfg.model.name} ({'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'})"
-            f" and {len(stages)} adapters in {load_seconds:.1f}s on {device}"
-            + (" for the held-out loss" if engine else ""))
+    if engine is not None and not plan.held_out:
+        return Loaded(None, None, 0.0, device)
+    load_started = time.time()
+    served, quant = load_models(plan.stages, plan.job.load_in_4bit)
+    seconds = round(time.time() - load_started, 2)
+    log(f"[eval] loaded {plan.stages[-1].cfg.model.name} ("
+        f"{'4-bit ' + quant.quant_type if quant.load_in_4bit else 'unquantized'}) and {len(plan.stages)} adapters in "
+        f"{seconds:.1f}s on {device}" + (" for the held-out loss" if engine else ""))
+    return Loaded(served, quant, seconds, device)
+
+
+def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Callable[[str], None]) -> Answers:
+    """Every model's held-out loss and answers (and grounded answers), each model seeded alike."""
+    from transformers import set_seed
+
+    job, items, out = plan.job, plan.items, Answers()
 
     def answer(conversations, name: str, progress=None):
         if engine is not None:
             return engine.generate(conversations, name, plan.generation, progress=progress)
-        return served.generate(conversations, name, plan.generation, batch_size=job.batch_size, progress=progress)
+        return loaded.served.generate(conversations, name, plan.generation, batch_size=job.batch_size,
+                                      progress=progress)
 
-    home = {}  # each held-out conversation is scored with the template of the (first) stage that held it out
-    for stage in stages:
-        for conv in plan.eval_rows[stage.name]:
-            home.setdefault(conv.content_hash, stage)
-    # What goes into results.json (`models`) and what only the answers file and the scoring need are kept apart,
-    # so neither output depends on the other being written first.
-    models: dict[str, dict[str, Any]] = {}
-    texts: dict[str, list[str]] = {}
-    grounded_texts: dict[str, list[str | None]] = {}
-    new_tokens: dict[str, list[int]] = {}
-    losses: dict[str, list[list[float]]] = {}
-    for name in names:
-        entry: dict[str, Any] = {}
-        loss_rows = []
-        if served is not None:
-            entry["chat_template_sha256"] = hashlib.sha256(served.templates[name].encode()).hexdigest()
-            served.activate(name)
-            for stage in stages:
-                mine = [c for c in held_out if home[c.content_hash] is stage]
-                batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
-                loss_rows.extend(zip([c.content_hash for c in mine], conversation_losses(
-                    served.model, served.tokenizer, stage.template, mine, batch)))
-        rows_by_hash = dict(loss_rows)
-        losses[name] = [rows_by_hash[c.content_hash] for c in held_out]
-        entry["eval_loss_by_split"] = {}
-        for stage in stages:
-            rows = [rows_by_hash[c.content_hash] for c in plan.eval_rows[stage.name]]
-            if rows:
-                loss = pooled_loss(rows)
-                entry["eval_loss_by_split"][stage.name] = {
-                    "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
-                    "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
-        if plan.held_out_asked:
-            log(f"[eval] {name}: held-out loss " + (", ".join(
-                f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
+    for name in [BASE] + [s.name for s in plan.stages]:
+        entry = out.models[name] = _held_out_loss(plan, loaded.served, name, out, log)
 
         def progress(done: int, total: int, name: str = name) -> None:
             log(f"[eval] {name}: {done}/{total} answers")
 
-        set_seed(seed)
+        set_seed(job.seed)
         generated = answer([list(i.messages) for i in items], name, progress)
-        texts[name], new_tokens[name] = list(generated.texts), list(generated.new_tokens)
+        out.texts[name], out.new_tokens[name] = list(generated.texts), list(generated.new_tokens)
         entry["throughput"] = generated.throughput()
         log(f"[eval] {name}: {entry['throughput']['samples']} answers in {generated.seconds:.1f}s "
             f"({entry['throughput']['tokens_per_second']} new tokens/s)")
         if grounded_prompts is not None:
             asked = [i for i, p in enumerate(grounded_prompts) if p is not None]
-            set_seed(seed)
+            set_seed(job.seed)
             grounded = answer([grounded_prompts[i] for i in asked], name)
-            grounded_texts[name] = [None] * len(items)
+            out.grounded_texts[name] = [None] * len(items)
             for i, text in zip(asked, grounded.texts):
-                grounded_texts[name][i] = text
+                out.grounded_texts[name][i] = text
             entry["throughput_grounded"] = grounded.throughput()
-        models[name] = entry
-    served = None  # the model is not needed past here: free it before scoring
+    loaded.served = None  # the model is not needed past here: free it before scoring
+    return out
 
-    # Score: per-item measures, then metrics on all items and, where some were seen in training, on the clean ones
-    measures: dict[str, Measures] = {}
-    flags: dict[str, list] = {}
-    scores: dict[str, list] = {}
-    for name, entry in models.items():
-        measures[name], flags[name], scores[name] = measure(items, texts[name], auditor, losses[name])
-        entry["metrics"], entry["intervals"] = model_metrics(measures[name], seed=seed)
-        if clean:
+
+def _held_out_loss(plan: EvalPlan, served, name: str, out: Answers, log: Callable[[str], None]) -> dict[str, Any]:
+    """One model's loss on every held-out conversation, each scored with the template of the (first) stage that held
+    it out; its results entry so far (template hash, loss and perplexity by split)."""
+    entry: dict[str, Any] = {}
+    home: dict[str, StageRun] = {}
+    for stage in plan.stages:
+        for conv in plan.eval_rows[stage.name]:
+            home.setdefault(conv.content_hash, stage)
+    loss_rows = []
+    if served is not None:
+        entry["chat_template_sha256"] = hashlib.sha256(served.templates[name].encode()).hexdigest()
+        served.activate(name)
+        for stage in plan.stages:
+            mine = [c for c in plan.held_out if home[c.content_hash] is stage]
+            batch = stage.cfg.stages[stage.name].per_device_eval_batch_size
+            loss_rows.extend(zip([c.content_hash for c in mine], conversation_losses(
+                served.model, served.tokenizer, stage.template, mine, batch)))
+    rows_by_hash = dict(loss_rows)
+    out.losses[name] = [rows_by_hash[c.content_hash] for c in plan.held_out]
+    entry["eval_loss_by_split"] = {}
+    for stage in plan.stages:
+        rows = [rows_by_hash[c.content_hash] for c in plan.eval_rows[stage.name]]
+        if rows:
+            loss = pooled_loss(rows)
+            entry["eval_loss_by_split"][stage.name] = {
+                "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
+                "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
+    if plan.held_out_asked:
+        log(f"[eval] {name}: held-out loss " + (", ".join(
+            f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
+    return entry
+
+
+def _score(plan: EvalPlan, answers: Answers, screening: Screening, auditor, retriever) -> Scores:
+    """Per-item measures, then metrics on all items and, where some were seen in training, on the clean ones; with
+    --grounded, the grounded answers' too and their paired difference with the plain ones."""
+    seed, items = plan.job.seed, plan.items
+    scores = Scores({}, {}, {})
+    for name, entry in answers.models.items():
+        scores.measures[name], scores.flags[name], scores.rubric[name] = measure(items, answers.texts[name], auditor,
+                                                                                answers.losses[name])
+        entry["metrics"], entry["intervals"] = model_metrics(scores.measures[name], seed=seed)
+        if screening.clean:
             entry["metrics_uncontaminated"], entry["intervals_uncontaminated"] = model_metrics(
-                measures[name], keep, keep_conversations, seed=seed)
-    grounded_results = None
-    if grounded_prompts is not None:
+                scores.measures[name], screening.keep, screening.keep_conversations, seed=seed)
+    if retriever is not None:
         from trainer.kb.retrieve import recall_at_k
 
-        grounded_results = {"settings": retriever.settings.describe(), "kb_version": plan.kb.version,
-                            "index_seconds": round(retriever.build_seconds, 4), "models": {},
-                            "recall": recall_at_k(retriever, [(q.question, q.kb) for q in plan.questions],
-                                                  job.retrieval_k)}
-        for name in names:
-            g, g_flags, g_scores = measure(items, grounded_texts[name], auditor)
+        scores.grounded = {"settings": retriever.settings.describe(), "kb_version": plan.kb.version,
+                           "index_seconds": round(retriever.build_seconds, 4), "models": {},
+                           "recall": recall_at_k(retriever, [(q.question, q.kb) for q in plan.questions],
+                                                 plan.job.retrieval_k)}
+        for name in answers.models:
+            g, g_flags, g_scores = measure(items, answers.grounded_texts[name], auditor)
             metrics, intervals = model_metrics(g, seed=seed)
-            grounded_results["models"][name] = {
+            scores.grounded["models"][name] = {
                 "metrics": metrics, "intervals": intervals, "_flags": g_flags, "_scores": g_scores,
-                "vs_ungrounded": paired_metrics(g, measures[name], margin=job.margin, seed=seed)}
+                "vs_ungrounded": paired_metrics(g, scores.measures[name], margin=plan.job.margin, seed=seed)}
+    return scores
 
-    # The blind pairwise judge, on the questions (or prompts); held-out turns have references instead
-    judge_results = None
+
+def _judge(plan: EvalPlan, judge_client: PairwiseJudge | None, answers: Answers,
+           log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The blind pairwise judge, base against each adapter on the questions (or prompts); held-out turns have
+    references instead. Its rates join each adapter's metrics."""
+    if judge_client is None:
+        return None
+    items = plan.items
     judged = [i for i, item in enumerate(items) if item.judged]
-    if judge_client is not None:
-        judge_results = {"settings": plan.judge.describe(), "per_adapter": {}}
-        for stage in stages:
-            log(f"[eval] judge: base vs {stage.name}, {len(judged)} questions x 2 orders")
-            pairs = [(items[i].id, items[i].text, texts[BASE][i], texts[stage.name][i]) for i in judged]
-            summary = judge_pairs(judge_client, pairs, seed=seed)
-            judge_results["per_adapter"][stage.name] = summary
-            m, ci = models[stage.name]["metrics"], models[stage.name]["intervals"]
-            for key in ("win_rate", "loss_rate", "net"):
-                if summary[key] is not None:
-                    m[f"judge_{key}"] = summary[key]
-                    ci[f"judge_{key}"] = summary[f"{key}_ci"]
-            log(f"[eval] judge: {stage.name} {summary['wins']}-{summary['ties']}-{summary['losses']} (win-tie-loss),"
-                f" {summary['invalid']} unparseable, both orders agree on {_pct(summary['agreement'])}"
-                + ("" if summary["reliable"] else ": UNRELIABLE, not used by the gate"))
+    results: dict[str, Any] = {"settings": plan.judge.describe(), "per_adapter": {}}
+    for stage in plan.stages:
+        log(f"[eval] judge: base vs {stage.name}, {len(judged)} questions x 2 orders")
+        pairs = [(items[i].id, items[i].text, answers.texts[BASE][i], answers.texts[stage.name][i]) for i in judged]
+        summary = judge_pairs(judge_client, pairs, seed=plan.job.seed)
+        results["per_adapter"][stage.name] = summary
+        m, ci = answers.models[stage.name]["metrics"], answers.models[stage.name]["intervals"]
+        for key in ("win_rate", "loss_rate", "net"):
+            if summary[key] is not None:
+                m[f"judge_{key}"] = summary[key]
+                ci[f"judge_{key}"] = summary[f"{key}_ci"]
+        log(f"[eval] judge: {stage.name} {summary['wins']}-{summary['ties']}-{summary['losses']} (win-tie-loss),"
+            f" {summary['invalid']} unparseable, both orders agree on {_pct(summary['agreement'])}"
+            + ("" if summary["reliable"] else ": UNRELIABLE, not used by the gate"))
+    return results
 
-    # Paired comparisons with the base and the gate (on the clean items when some were seen in training)
+
+def _gate(plan: EvalPlan, answers: Answers, scores: Scores, screening: Screening,
+          judge_results: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Each adapter's paired comparison with the base and the gate's verdict (on the clean items when some were seen
+    in training)."""
+    job, items, clean = plan.job, plan.items, screening.clean
+    keep, keep_conversations = screening.keep, screening.keep_conversations
+    clean_ids = {items[i].id for i, item in enumerate(items) if item.judged and keep[i]}
     gates = {}
-    clean_ids = {items[i].id for i in judged if keep[i]}
-    for stage in stages:
-        entry = models[stage.name]
-        entry["paired"] = paired_metrics(measures[stage.name], measures[BASE], margin=job.margin, seed=seed)
+    for stage in plan.stages:
+        entry, mine, base = answers.models[stage.name], scores.measures[stage.name], scores.measures[BASE]
+        entry["paired"] = paired_metrics(mine, base, margin=job.margin, seed=job.seed)
         if clean:
-            entry["paired_uncontaminated"] = paired_metrics(measures[stage.name], measures[BASE], margin=job.margin,
-                                                            keep=keep, keep_conversations=keep_conversations,
-                                                            seed=seed)
+            entry["paired_uncontaminated"] = paired_metrics(mine, base, margin=job.margin, keep=keep,
+                                                            keep_conversations=keep_conversations, seed=job.seed)
         judge_summary = judge_results["per_adapter"][stage.name] if judge_results else None
         for key, ids in (("paired", None), ("paired_uncontaminated", clean_ids if clean else None)):
             comparison = judge_comparison(judge_summary, ids, margin=job.margin)
             if comparison is not None and key in entry:
                 entry[key]["judge"] = comparison
-        decided_on = entry["paired_uncontaminated"] if clean else entry["paired"]
-        gates[stage.name] = gate_decision(decided_on, job.margin)
+        gate = gates[stage.name] = gate_decision(entry["paired_uncontaminated"] if clean else entry["paired"],
+                                                 job.margin)
         if judge_summary is not None and not judge_summary["reliable"]:
-            gates[stage.name]["summary"] += (f"; judge unreliable (both orders agree on "
-                                             f"{_pct(judge_summary['agreement'])}), not used")
+            gate["summary"] += f"; judge unreliable (both orders agree on {_pct(judge_summary['agreement'])}), not used"
         if clean:
-            gates[stage.name]["summary"] += " (decided on the uncontaminated items)"
-        if gates[stage.name]["verdict"] == "not gated" and plan.prompt_set is not None:
-            gates[stage.name]["summary"] += "; an outside prompt set has no rubric: --judge-base-url gives it a verdict"
+            gate["summary"] += " (decided on the uncontaminated items)"
+        if gate["verdict"] == "not gated" and plan.prompt_set is not None:
+            gate["summary"] += "; an outside prompt set has no rubric: --judge-base-url gives it a verdict"
+    return gates
 
-    # The lineage and the files
-    created = now_iso()
+
+def _write(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers: Answers, scores: Scores,
+           judge_results, gates, started: float, log: Callable[[str], None]) -> Path:
+    """results.json (`_results`), answers.jsonl, the charts and report.md; each stage's lineage records its gate."""
+    from trainer.train.lineage import write_json
+
+    out, created = plan.out, now_iso()
     results_path = out / "results.json"
-    n_prompts = sum(i.kind == "prompt" for i in items)
-    results = {
-        "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created, "base_model": cfg.model.name,
+    results = _results(plan, loaded, engine, screening, answers, scores, judge_results, gates, created)
+    results["wall_seconds"] = round(time.time() - started, 2)
+    _write_answers(out / "answers.jsonl", plan.items, answers.texts, answers.new_tokens, scores.rubric, scores.flags,
+                   screening.keep, answers.grounded_texts, scores.grounded)
+    write_json(results_path, results)
+    plot_metrics(results, out / "metrics.png")
+    plot_loss_curves(results, out / "loss_curves.png")
+    (out / "report.md").write_text(render_report(results), encoding="utf-8")
+    for stage in plan.stages:
+        stage.record_evaluation(gates[stage.name], results_path, created)
+    for stage, gate in gates.items():
+        log(f"[eval] {stage}: {gate['verdict'].upper()} — {gate['summary']}")
+    log(f"[eval] report: {out / 'report.md'} ({results['wall_seconds']:.0f}s)")
+    return results_path
+
+
+def _results(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers: Answers, scores: Scores,
+             judge_results, gates, created: str) -> dict[str, Any]:
+    """results.json from the phases' results (its keys are the report's and the cards' input)."""
+    job, stages, items, models, quant = plan.job, plan.stages, plan.items, answers.models, loaded.quant
+    grounded = scores.grounded
+    return {
+        "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created,
+        "base_model": stages[-1].cfg.model.name,
         "quantization": None if quant is None else  # None: nothing loaded here (the server's answers only)
         {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type, "double_quant": quant.double_quant,
          "compute_dtype": base_dtypes(quant)[1]} if quant.load_in_4bit else {"load_in_4bit": False},
-        "device": device,
-        "engine": engine.describe() if engine is not None else {"name": "local", "device": device,
+        "device": loaded.device,
+        "engine": engine.describe() if engine is not None else {"name": "local", "device": loaded.device,
                                                                  "batch_size": job.batch_size},
         "gate": gates,
         "base": models[BASE],
@@ -366,57 +473,49 @@ def _evaluate(plan: EvalPlan, judge_client: PairwiseJudge | None, engine, starte
                             "sha256": s.lineage.split.eval_sha256,
                             "unavailable": plan.split_problems.get(s.name)} for s in stages},
         "judge": judge_results,
-        "contamination": contamination,
-        "grounded": None if grounded_results is None else
-        {**grounded_results, "models": {k: {x: y for x, y in v.items() if not x.startswith("_")}
-                                        for k, v in grounded_results["models"].items()}},
-        "kb_check": {name: sum(1 for f in flags[name] if f) for name in names},
+        "contamination": screening.report,
+        "grounded": None if grounded is None else
+        {**grounded, "models": {k: {x: y for x, y in v.items() if not x.startswith("_")}
+                                for k, v in grounded["models"].items()}},
+        "kb_check": {name: sum(1 for f in scores.flags[name] if f) for name in models},
         "n": {"questions": len(plan.questions), "false_premise_questions": sum(q.false_premise for q in plan.questions),
-              "prompts": n_prompts, "prompts_with_reference": sum(1 for i in items if i.kind == "prompt"
-                                                                  and i.reference),
+              "prompts": sum(i.kind == "prompt" for i in items),
+              "prompts_with_reference": sum(1 for i in items if i.kind == "prompt" and i.reference),
               "held_out_asked": plan.held_out_asked,
-              "eval_conversations": len(held_out), "reference_prompts": len(plan.references),
-              "answers_per_model": len(items), "contaminated_items": keep.count(False),
+              "eval_conversations": len(plan.held_out), "reference_prompts": len(plan.references),
+              "answers_per_model": len(items), "contaminated_items": screening.keep.count(False),
               "judged_questions": max((j["n"] for j in judge_results["per_adapter"].values()), default=0)
               if judge_results else 0},
-        "settings": {
-            "generation": describe_generation(plan.generation, job.batch_size, seed, engine), "seed": seed,
-            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
-            "gate": {"margin": job.margin, "rule": GATE_RULE.format(margin=job.margin)},
-            "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE,
-            "questions_file": str(plan.questions_path), "questions_sha256": file_sha256(plan.questions_path),
-            "questions_kind": "prompts" if plan.prompt_set is not None else "rubric",
-            "questions_in_file": plan.questions_in_file, "limit": job.limit,
-            "skipped_prompt_rows": plan.prompt_set.skipped if plan.prompt_set else [],
-            "topics": sorted({q.topic for q in plan.questions}),
-            "kb": {"path": str(plan.kb_path), "version": plan.kb.version},
-            "system_prompt": plan.system_prompt,
-            "system_prompt_sha256": hashlib.sha256(plan.system_prompt.encode()).hexdigest(),
-            "job": {k: v for k, v in vars(job).items() if k != "source"},
-        },
+        "settings": _settings(plan, engine),
         "rubric_by_question": [
             {"id": item.id, "topic": item.question.topic, "false_premise": item.question.false_premise,
-             "contaminated": not keep[i],
-             "scores": {name: {"score": scores[name][i].score, "passed": scores[name][i].passed,
-                               "claims": list(scores[name][i].claims), "corrected": scores[name][i].corrected}
+             "contaminated": not screening.keep[i],
+             "scores": {name: {"score": scores.rubric[name][i].score, "passed": scores.rubric[name][i].passed,
+                               "claims": list(scores.rubric[name][i].claims),
+                               "corrected": scores.rubric[name][i].corrected}
                         for name in models}} for i, item in enumerate(items) if item.kind == "rubric"],
-        "load_seconds": load_seconds,
+        "load_seconds": loaded.seconds,
     }
-    results["wall_seconds"] = round(time.time() - started, 2)
-    _write_answers(out / "answers.jsonl", items, texts, new_tokens, scores, flags, keep,
-                   grounded_texts, grounded_results)
-    from trainer.train.lineage import write_json
 
-    write_json(results_path, results)
-    plot_metrics(results, out / "metrics.png")
-    plot_loss_curves(results, out / "loss_curves.png")
-    (out / "report.md").write_text(render_report(results), encoding="utf-8")
-    for stage in stages:
-        stage.record_evaluation(gates[stage.name], results_path, created)
-    for stage, gate in gates.items():
-        log(f"[eval] {stage}: {gate['verdict'].upper()} — {gate['summary']}")
-    log(f"[eval] report: {out / 'report.md'} ({results['wall_seconds']:.0f}s)")
-    return results_path
+
+def _settings(plan: EvalPlan, engine) -> dict[str, Any]:
+    """What the evaluation was run with: decoding, bootstrap, gate, questions, KB and system prompt, the job."""
+    job = plan.job
+    return {
+        "generation": describe_generation(plan.generation, job.batch_size, job.seed, engine), "seed": job.seed,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
+        "gate": {"margin": job.margin, "rule": GATE_RULE.format(margin=job.margin)},
+        "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE,
+        "questions_file": str(plan.questions_path), "questions_sha256": file_sha256(plan.questions_path),
+        "questions_kind": "prompts" if plan.prompt_set is not None else "rubric",
+        "questions_in_file": plan.questions_in_file, "limit": job.limit,
+        "skipped_prompt_rows": plan.prompt_set.skipped if plan.prompt_set else [],
+        "topics": sorted({q.topic for q in plan.questions}),
+        "kb": {"path": str(plan.kb_path), "version": plan.kb.version},
+        "system_prompt": plan.system_prompt,
+        "system_prompt_sha256": hashlib.sha256(plan.system_prompt.encode()).hexdigest(),
+        "job": {k: v for k, v in vars(job).items() if k != "source"},
+    }
 
 
 def _pct(value: float | None) -> str:
