@@ -85,8 +85,34 @@ def render_report(results: dict[str, Any]) -> str:
           "markdown_rate": f"n={n['answers_per_model']}", "rubric_accuracy": f"n={n['questions']}",
           "false_premise_correction": f"n={n['false_premise_questions']}",
           "judge_win_rate": f"n={n.get('judged_questions', 0)}"}
-    q = results["quantization"]
     engine = results.get("engine") or {"name": "local"}
+    columns = [c for c in TABLE_COLUMNS if (c[0] != "judge_win_rate" or results.get("judge"))
+               and any(c[0] in entry["metrics"] for _, entry in models)]
+    lines = _header_section(results, engine)
+    lines += _paired_table("## Adapter − base, question by question", results, "paired",
+                           "Each adapter against its base on the same items: rates with the paired-proportion "
+                           "interval and the exact McNemar (sign) test; means, BLEU and loss with the paired "
+                           "bootstrap. `n` is the number of items both answered.")
+    lines += _metrics_section(results, models, columns, ns)
+    lines += _contamination_section(results, models, columns, ns)
+    lines += _grounded_section(results)
+    if n.get("held_out_asked", True):
+        lines += _held_out_section(results, models)
+    else:
+        lines += ["## Held-out conversations", "", "Not asked: this evaluation is about the prompts above alone "
+                  "(`--held-out` adds one prompt per assistant turn of every stage's held-out conversations, and "
+                  "the held-out loss).", ""]
+    lines += _loss_reduction_section(results)
+    lines += _judge_section(results)
+    lines += _throughput_section(models, engine)
+    lines += _rubric_section(results, models)
+    lines += _settings_section(results, models, engine)
+    return "\n".join(lines)
+
+
+def _header_section(results: dict[str, Any], engine: dict[str, Any]) -> list[str]:
+    """The title, what was evaluated where, the verdicts and the gate rule."""
+    q = results["quantization"]
     if q is None:
         where = "not loaded here"
     else:
@@ -101,14 +127,12 @@ def render_report(results: dict[str, Any]) -> str:
              "## Verdict", ""]
     for stage, gate in results["gate"].items():
         lines.append(f"- **{stage}: {gate['verdict'].upper()}** — {gate['summary']}")
-    settings = results["settings"]
-    lines += ["", f"Gate rule: {settings['gate']['rule']}", ""]
-    lines += _paired_table("## Adapter − base, question by question", results, "paired",
-                           "Each adapter against its base on the same items: rates with the paired-proportion "
-                           "interval and the exact McNemar (sign) test; means, BLEU and loss with the paired "
-                           "bootstrap. `n` is the number of items both answered.")
-    columns = [c for c in TABLE_COLUMNS if (c[0] != "judge_win_rate" or results.get("judge"))
-               and any(c[0] in entry["metrics"] for _, entry in models)]
+    return lines + ["", f"Gate rule: {results['settings']['gate']['rule']}", ""]
+
+
+def _metrics_section(results: dict[str, Any], models, columns, ns) -> list[str]:
+    """Base vs adapters: every metric with its interval, and what each metric means."""
+    n = results["n"]
     shown = {key for key, _, _ in columns}
     notes = [("eval_loss", "- eval loss: assistant-token cross-entropy over every stage's held-out conversations, "
               "pooled by token; perplexity = exp(eval loss)."),
@@ -126,26 +150,22 @@ def render_report(results: dict[str, Any]) -> str:
              ("kb_contradiction_rate", "- KB contradictions: share of answers the live KB check flags (the audit's "
               "rules: a false claim a rule knows, a programme the university does not offer, a scholarship the "
               "student cannot get, a discontinued scheme).")]
-    if columns:
-        lines += ["## Base vs adapters", "",
-                  "Point estimates with 95% percentile-bootstrap intervals "
-                  f"({settings['bootstrap']['resamples']} resamples, seed {settings['seed']}); "
-                  "n is the number of items resampled.", ""]
-        lines += _metrics_table(models, columns, ns)
-        lines += ["", *[note for key, note in notes if key in shown],
-                  "- judge win rate: share of questions the adapter won against the base (both orders combined)."
-                  if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
-    lines += _contamination_section(results, models, columns, ns)
-    lines += _grounded_section(results)
+    if not columns:
+        return []
+    settings = results["settings"]
+    lines = ["## Base vs adapters", "",
+             "Point estimates with 95% percentile-bootstrap intervals "
+             f"({settings['bootstrap']['resamples']} resamples, seed {settings['seed']}); "
+             "n is the number of items resampled.", ""]
+    lines += _metrics_table(models, columns, ns)
+    return lines + ["", *[note for key, note in notes if key in shown],
+                    "- judge win rate: share of questions the adapter won against the base (both orders combined)."
+                    if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
 
-    if n.get("held_out_asked", True):
-        lines += _held_out_section(results, models)
-    else:
-        lines += ["## Held-out conversations", "", "Not asked: this evaluation is about the prompts above alone "
-                  "(`--held-out` adds one prompt per assistant turn of every stage's held-out conversations, and "
-                  "the held-out loss).", ""]
 
-    lines += ["## Loss reduction per stage", "",
+def _loss_reduction_section(results: dict[str, Any]) -> list[str]:
+    """Each stage's training and eval loss, first to last, and why a falling loss is not the verdict."""
+    lines = ["## Loss reduction per stage", "",
               "| stage | train loss first → last | train reduction | eval loss first → last | eval reduction | "
               "steps | source |", "|---|---|---|---|---|---|---|"]
     for stage, entry in results["adapters"].items():
@@ -157,35 +177,49 @@ def render_report(results: dict[str, Any]) -> str:
     lines += ["", "A falling training loss shows that an adapter fits its training data; it says nothing about the "
               "quality of its answers (the paper's 52.7% reduction came with an adapter that lost to its base).",
               "", "![metrics](metrics.png)", "", "![loss curves](loss_curves.png)", ""]
+    return lines
 
-    if results.get("judge"):
-        j = results["judge"]
-        lines += ["## Pairwise judge", "", f"Endpoint `{j['settings']['base_url']}`, model "
-                  f"`{j['settings']['model'] or 'default'}`, temperature 0, each pair judged twice with the answers "
-                  "swapped; agreeing verdicts stand, a tie and a preference give the preference, opposite "
-                  "preferences give a tie.", "",
-                  "| adapter | n | wins | ties | losses | unparseable | win rate | loss rate | net (win − loss) | "
-                  "agreement of both orders |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for stage, s in j["per_adapter"].items():
-            lines.append(f"| {stage} | {s['n']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['invalid']} | "
-                         f"{_with_ci(s['win_rate'], s['win_rate_ci'], 2)} | "
-                         f"{_with_ci(s['loss_rate'], s['loss_rate_ci'], 2)} | "
-                         f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['agreement'], 2)}"
-                         + ("" if s.get("reliable") else " (unreliable)") + " |")
-        lines += ["", "A judge whose two orders agree on fewer than two thirds of the items disagrees with itself "
-                  "too often to be trusted: it is reported as unreliable and the gate does not use it.", ""]
 
-    lines += ["## Throughput", "", f"Answers written by {_engine_words(engine)}.", "",
+def _judge_section(results: dict[str, Any]) -> list[str]:
+    """The pairwise judge's verdicts per adapter, and when it is trusted."""
+    if not results.get("judge"):
+        return []
+    j = results["judge"]
+    lines = ["## Pairwise judge", "", f"Endpoint `{j['settings']['base_url']}`, model "
+              f"`{j['settings']['model'] or 'default'}`, temperature 0, each pair judged twice with the answers "
+              "swapped; agreeing verdicts stand, a tie and a preference give the preference, opposite "
+              "preferences give a tie.", "",
+              "| adapter | n | wins | ties | losses | unparseable | win rate | loss rate | net (win − loss) | "
+              "agreement of both orders |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for stage, s in j["per_adapter"].items():
+        lines.append(f"| {stage} | {s['n']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['invalid']} | "
+                     f"{_with_ci(s['win_rate'], s['win_rate_ci'], 2)} | "
+                     f"{_with_ci(s['loss_rate'], s['loss_rate_ci'], 2)} | "
+                     f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['agreement'], 2)}"
+                     + ("" if s.get("reliable") else " (unreliable)") + " |")
+    lines += ["", "A judge whose two orders agree on fewer than two thirds of the items disagrees with itself "
+              "too often to be trusted: it is reported as unreliable and the gate does not use it.", ""]
+    return lines
+
+
+def _throughput_section(models, engine: dict[str, Any]) -> list[str]:
+    """Answers, new tokens and speed per model, and who wrote them."""
+    lines = ["## Throughput", "", f"Answers written by {_engine_words(engine)}.", "",
               "| model | answers | new tokens | seconds | answers/s | tokens/s |", "|---|---|---|---|---|---|"]
     for name, entry in models:
         t = entry["throughput"]
         lines.append(f"| {name} | {t['samples']} | {t['new_tokens']} | {t['seconds']} | {t['samples_per_second']} | "
                      f"{t['tokens_per_second']} |")
+    return lines
 
-    if results["rubric_by_question"]:
-        lines += ["", "## Rubric by question", "", "Score per question (✓ passes at >= 0.5; ✗ a listed false claim "
-                  "fired).", "", "| question | topic | false premise | " + " | ".join(name for name, _ in models)
-                  + " |", "|---|---|---|" + "---|" * len(models)]
+
+def _rubric_section(results: dict[str, Any], models) -> list[str]:
+    """Every rubric question's score per model."""
+    if not results["rubric_by_question"]:
+        return []
+    lines = ["", "## Rubric by question", "", "Score per question (✓ passes at >= 0.5; ✗ a listed false claim "
+              "fired).", "", "| question | topic | false premise | " + " | ".join(name for name, _ in models)
+              + " |", "|---|---|---|" + "---|" * len(models)]
     for row in results["rubric_by_question"]:
         cells = []
         for name, _ in models:
@@ -193,11 +227,16 @@ def render_report(results: dict[str, Any]) -> str:
             cells.append(f"{s['score']:.2f} {'✓' if s['passed'] else ''}{'✗' if s['claims'] else ''}".strip())
         lines.append(f"| {row['id']} | {row['topic']} | {'yes' if row['false_premise'] else ''} | "
                      + " | ".join(cells) + " |")
+    return lines
 
+
+def _settings_section(results: dict[str, Any], models, engine: dict[str, Any]) -> list[str]:
+    """What the evaluation ran with: decoding, seed, questions, KB, system prompt, templates, time."""
+    n = results["n"]
     s = results["settings"]
     templates = ", ".join(f"{name} `{entry['chat_template_sha256']}`" for name, entry in models
                           if entry.get("chat_template_sha256"))
-    lines += ["", "## Settings", "",
+    return ["", "## Settings", "",
               f"- generation: {json.dumps(s['generation'])}",
               f"- seed: {s['seed']}; bootstrap: {s['bootstrap']['resamples']} resamples, percentile, "
               f"{int(s['bootstrap']['confidence'] * 100)}%",
@@ -213,7 +252,6 @@ def render_report(results: dict[str, Any]) -> str:
               "- chat templates: the server's for the answers" + (f"; here, for the held-out loss (sha256): "
                                                                   f"{templates}" if templates else ""),
               f"- load: {results['load_seconds']} s; total: {results['wall_seconds']} s", ""]
-    return "\n".join(lines)
 
 
 def _engine_words(engine: dict[str, Any]) -> str:
