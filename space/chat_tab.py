@@ -8,6 +8,7 @@ decoding settings built from the shared sliders. `build_chat_tab` is called insi
 # run time to pass the request and the like event, and a string annotation would hide them.
 
 import dataclasses
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from space.display import (check_note, correction_note, is_note, message_text, rated_answer, safe_text,
@@ -181,21 +182,12 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
         yield from respond(last, history, adapter, ground, system_prompt, temperature, top_p, max_new_tokens)
 
     def on_like(ratings, data: gr.LikeData):
-        ratings = dict(ratings or {})
-        index = str(data.index[0] if isinstance(data.index, (list, tuple)) else data.index)  # JSON keys are text
-        if data.liked is True or data.liked == "like":
-            ratings[index] = 1
-        elif data.liked is False or data.liked == "dislike":
-            ratings[index] = -1
-        else:
-            ratings.pop(index, None)
-        return ratings
+        return rated(ratings, data.index, data.liked)
 
     def submit_feedback(history, ratings, comment_text, better_answer, consented, adapter, system_prompt,
                         temperature, top_p, max_new_tokens, request_id, request: gr.Request):
         """Store one consented snapshot of the dialogue with its ratings; acknowledged once durable."""
-        from space.privacy import redact, redact_many
-        from trainer.data.feedback import FeedbackError, FeedbackRecord
+        from trainer.data.feedback import FeedbackError
 
         if not consented:
             raise gr.Error("Tick the consent box first: nothing is stored without it.")
@@ -208,85 +200,127 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
         adapter = check_adapter(adapter, engine, default_adapter)
         system_prompt = check_system_prompt(system_prompt, cfg)
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
-        ratings = ratings if ratings is not None else {}
-        if not isinstance(ratings, dict) or not all(str(k).isdigit() and v in (1, -1) for k, v in ratings.items()):
-            raise gr.Error("ratings must map answer indices to 1 (like) or -1 (dislike).")
-        # The stored dialogue leaves out the app's notes; ratings follow the answers they rate (`rated_answer`).
-        kept = [(i, m) for i, m in enumerate(history or []) if m.get("role") in ("user", "assistant")
-                and not is_note(m)]
-        position = {i: n for n, (i, _) in enumerate(kept)}
-        ratings = {position[i]: v for k, v in ratings.items() if (i := rated_answer(history, int(k))) in position}
-        messages = [{"role": m["role"], "content": message_text(m)} for _, m in kept]
-        texts, counts = redact_many([system_prompt] + [m["content"] for m in messages])
-        system_text = texts[0]
-        for m, text in zip(messages, texts[1:]):
-            m["content"] = text
-        extra = {}
-        for key, value in (("comment", comment_text), ("edited_answer", better_answer)):
-            if value and value.strip():
-                extra[key], found = redact(value.strip())
-                counts = {k: counts[k] + found[k] for k in counts}
-        last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        record = FeedbackRecord(
-            session_id=getattr(request, "session_hash", None) or "api", base_model=engine.base_model,
-            adapter=adapter, adapter_revision=engine.adapter_revision(adapter), system_prompt=system_text,
-            messages=messages, consent=True, ratings={int(k): int(v) for k, v in (ratings or {}).items()},
-            settings={"temperature": settings.temperature, "top_p": settings.top_p,
-                      "max_new_tokens": settings.max_new_tokens},
-            edited_index=last_answer if "edited_answer" in extra else None, redactions=counts,
-            request_id=(request_id or "").strip()[:128] or None,
-            kb_flags=grounding.flags_per_answer(messages) if grounding is not None else [], **extra)
+        try:
+            record, removed = feedback_record(
+                history, ratings, comment_text, better_answer, engine=engine, adapter=adapter,
+                system_prompt=system_prompt, settings=settings, grounding=grounding, request_id=request_id,
+                session_id=getattr(request, "session_hash", None) or "api")
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
         try:
             record_id = store.add(record)
         except FeedbackError as exc:
             raise gr.Error(str(exc)) from None
-        removed = sum(counts.values())
         return (f"Saved, thank you (reference `{record_id[:12]}`)."
                 + (f" {removed} personal detail(s) were removed before saving." if removed else "")), "", ""
 
+    feedback_on = store is not None and cfg.feedback.enabled
     with gr.Tab("Chat"):
-        with gr.Row():
-            adapter = gr.Dropdown(choices, value=default_adapter, label="Adapter", elem_id="adapter", scale=4)
-            ground = gr.Checkbox(grounding.default_for(default_adapter) if grounding else False,
-                                 label="Ground answers in the knowledge base (sources shown under each answer)",
-                                 interactive=grounding is not None, elem_id="ground", scale=2)
-        chatbot = gr.Chatbot(label="Counsellor", height=480, sanitize_html=True, render_markdown=True,
-                             buttons=["copy"], elem_id="chatbot")
-        with gr.Row():
-            question = gr.Textbox(placeholder="Ask about admissions, visas, scholarships, costs ...",
-                                  show_label=False, scale=6, elem_id="question", max_lines=8)
-            send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-            stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
-        with gr.Row():
-            retry_btn = gr.Button("Retry", size="sm", elem_id="retry")
-            clear = gr.Button("Clear", size="sm", elem_id="clear")
-        gr.Examples(list(cfg.examples), inputs=question, label="Example questions")
-        # Likes per answer index; a (hidden) component rather than State, so API clients can send ratings too.
-        ratings = gr.JSON({}, visible=False)
-        feedback_on = store is not None and cfg.feedback.enabled
-        with gr.Accordion("Feedback: rate answers with the thumbs, correct the last one, send it to us",
-                          open=False, visible=feedback_on):
-            consent = gr.Checkbox(False, label=cfg.feedback.consent_text, elem_id="consent")
-            comment = gr.Textbox(label="Comment (optional)", lines=2, elem_id="comment")
-            better = gr.Textbox(label="Suggest a better answer to the last reply (optional)", lines=4,
-                                elem_id="better-answer")
-            send_feedback = gr.Button("Send feedback", elem_id="send-feedback")
-            # API callers may pass an idempotency key so a retried call is not stored twice.
-            feedback_request = gr.Textbox("", visible=False)
-            feedback_status = gr.Markdown(elem_id="feedback-status")
+        ui = _chat_controls(cfg, choices, default_adapter, grounding, feedback_on)
         if grounding is not None:  # each adapter brings its own default (space.yaml `ground`)
-            adapter.change(grounding.default_for, adapter, ground, api_name=False)
-        chat_inputs = [question, chatbot, adapter, ground, *gen_inputs]
-        sent = send.click(respond, chat_inputs, [chatbot, question], api_name="chat")
-        submitted = question.submit(respond, chat_inputs, [chatbot, question], api_name=False)
-        retried = retry_btn.click(retry, [chatbot, adapter, ground, *gen_inputs], [chatbot, question],
-                                  api_name="retry")
-        stop.click(None, None, None, cancels=[sent, submitted, retried], api_name=False)
-        clear.click(lambda: ([], "", {}), None, [chatbot, question, ratings], api_name="clear")
+            ui.adapter.change(grounding.default_for, ui.adapter, ui.ground, api_name=False)
+        chat_inputs = [ui.question, ui.chatbot, ui.adapter, ui.ground, *gen_inputs]
+        sent = ui.send.click(respond, chat_inputs, [ui.chatbot, ui.question], api_name="chat")
+        submitted = ui.question.submit(respond, chat_inputs, [ui.chatbot, ui.question], api_name=False)
+        retried = ui.retry_btn.click(retry, [ui.chatbot, ui.adapter, ui.ground, *gen_inputs],
+                                     [ui.chatbot, ui.question], api_name="retry")
+        ui.stop.click(None, None, None, cancels=[sent, submitted, retried], api_name=False)
+        ui.clear.click(lambda: ([], "", {}), None, [ui.chatbot, ui.question, ui.ratings], api_name="clear")
         if feedback_on:
-            chatbot.like(on_like, [ratings], [ratings], api_name=False)
-            send_feedback.click(
-                submit_feedback, [chatbot, ratings, comment, better, consent, adapter, *gen_inputs,
-                                  feedback_request],
-                [feedback_status, comment, better], api_name="feedback",
+            ui.chatbot.like(on_like, [ui.ratings], [ui.ratings], api_name=False)
+            ui.send_feedback.click(
+                submit_feedback, [ui.chatbot, ui.ratings, ui.comment, ui.better, ui.consent, ui.adapter,
+                                  *gen_inputs, ui.feedback_request],
+                [ui.feedback_status, ui.comment, ui.better], api_name="feedback",
                 concurrency_limit=64, concurrency_id="feedback")
+
+
+def rated(ratings, index, liked) -> dict[str, int]:
+    """The ratings after a like (1), a dislike (-1) or its undoing on the answer at `index` (JSON keys are text)."""
+    ratings = dict(ratings or {})
+    key = str(index[0] if isinstance(index, (list, tuple)) else index)
+    if liked is True or liked == "like":
+        ratings[key] = 1
+    elif liked is False or liked == "dislike":
+        ratings[key] = -1
+    else:
+        ratings.pop(key, None)
+    return ratings
+
+
+def feedback_record(history, ratings, comment_text, better_answer, *, engine, adapter: str, system_prompt: str,
+                    settings: GenerationSettings, grounding, request_id, session_id: str):
+    """The consented snapshot the Feedback button stores, and how many personal details were removed from it: the
+    app's notes left out, each rating moved to the answer it rates (`rated_answer`), every text redacted, the live
+    KB check's flags per answer. A pure function of what the browser (or an API caller) sent, so tests build records
+    without the app; bad ratings are a ValueError naming the rule."""
+    from space.privacy import redact, redact_many
+    from trainer.data.feedback import FeedbackRecord
+
+    ratings = ratings if ratings is not None else {}
+    if not isinstance(ratings, dict) or not all(str(k).isdigit() and v in (1, -1) for k, v in ratings.items()):
+        raise ValueError("ratings must map answer indices to 1 (like) or -1 (dislike).")
+    # The stored dialogue leaves out the app's notes; ratings follow the answers they rate.
+    kept = [(i, m) for i, m in enumerate(history or []) if m.get("role") in ("user", "assistant") and not is_note(m)]
+    position = {i: n for n, (i, _) in enumerate(kept)}
+    ratings = {position[i]: v for k, v in ratings.items() if (i := rated_answer(history, int(k))) in position}
+    messages = [{"role": m["role"], "content": message_text(m)} for _, m in kept]
+    texts, counts = redact_many([system_prompt] + [m["content"] for m in messages])
+    for m, text in zip(messages, texts[1:]):
+        m["content"] = text
+    extra = {}
+    for key, value in (("comment", comment_text), ("edited_answer", better_answer)):
+        if value and value.strip():
+            extra[key], found = redact(value.strip())
+            counts = {k: counts[k] + found[k] for k in counts}
+    last_answer = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    record = FeedbackRecord(
+        session_id=session_id, base_model=engine.base_model, adapter=adapter,
+        adapter_revision=engine.adapter_revision(adapter), system_prompt=texts[0], messages=messages, consent=True,
+        ratings={int(k): int(v) for k, v in ratings.items()},
+        settings={"temperature": settings.temperature, "top_p": settings.top_p,
+                  "max_new_tokens": settings.max_new_tokens},
+        edited_index=last_answer if "edited_answer" in extra else None, redactions=counts,
+        request_id=(request_id or "").strip()[:128] or None,
+        kb_flags=grounding.flags_per_answer(messages) if grounding is not None else [], **extra)
+    return record, sum(counts.values())
+
+
+def _chat_controls(cfg: SpaceConfig, choices: list[tuple[str, str]], default_adapter: str, grounding,
+                   feedback_on: bool) -> SimpleNamespace:
+    """The Chat tab's components, laid out (called inside its `gr.Tab`): the adapter and grounding choice, the chat,
+    the question row, the examples and the feedback accordion."""
+    import gradio as gr
+
+    with gr.Row():
+        adapter = gr.Dropdown(choices, value=default_adapter, label="Adapter", elem_id="adapter", scale=4)
+        ground = gr.Checkbox(grounding.default_for(default_adapter) if grounding else False,
+                             label="Ground answers in the knowledge base (sources shown under each answer)",
+                             interactive=grounding is not None, elem_id="ground", scale=2)
+    chatbot = gr.Chatbot(label="Counsellor", height=480, sanitize_html=True, render_markdown=True,
+                         buttons=["copy"], elem_id="chatbot")
+    with gr.Row():
+        question = gr.Textbox(placeholder="Ask about admissions, visas, scholarships, costs ...",
+                              show_label=False, scale=6, elem_id="question", max_lines=8)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
+    with gr.Row():
+        retry_btn = gr.Button("Retry", size="sm", elem_id="retry")
+        clear = gr.Button("Clear", size="sm", elem_id="clear")
+    gr.Examples(list(cfg.examples), inputs=question, label="Example questions")
+    # Likes per answer index; a (hidden) component rather than State, so API clients can send ratings too.
+    ratings = gr.JSON({}, visible=False)
+    with gr.Accordion("Feedback: rate answers with the thumbs, correct the last one, send it to us",
+                      open=False, visible=feedback_on):
+        consent = gr.Checkbox(False, label=cfg.feedback.consent_text, elem_id="consent")
+        comment = gr.Textbox(label="Comment (optional)", lines=2, elem_id="comment")
+        better = gr.Textbox(label="Suggest a better answer to the last reply (optional)", lines=4,
+                            elem_id="better-answer")
+        send_feedback = gr.Button("Send feedback", elem_id="send-feedback")
+        # API callers may pass an idempotency key so a retried call is not stored twice.
+        feedback_request = gr.Textbox("", visible=False)
+        feedback_status = gr.Markdown(elem_id="feedback-status")
+    return SimpleNamespace(adapter=adapter, ground=ground, chatbot=chatbot, question=question, send=send, stop=stop,
+                           retry_btn=retry_btn, clear=clear, ratings=ratings, consent=consent, comment=comment,
+                           better=better, send_feedback=send_feedback, feedback_request=feedback_request,
+                           feedback_status=feedback_status)

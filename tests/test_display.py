@@ -171,3 +171,33 @@ def test_a_history_within_bounds_passes_as_it_is():
 
     with pytest.raises(gr.Error, match="system prompt is 4,001 characters long; the limit is 4,000"):
         check_system_prompt("s" * 4001, cfg)
+
+
+def test_a_feedback_record_is_built_without_the_app():
+    from types import SimpleNamespace
+
+    from space.chat_tab import feedback_record, rated
+    from space.display import check_note, correction_note
+    from trainer.inference.model import GenerationSettings
+
+    engine = SimpleNamespace(base_model="base/model", adapter_revision=lambda adapter: f"{adapter}@rev")
+    correction = SimpleNamespace(claim="Medicare covers students.", fact="It does not.", source="https://x.example",
+                                 as_of="2026-11")
+    history = [{"role": "user", "content": "Write to jane.doe@example.com: does Medicare cover me?"},
+               correction_note([correction]),
+               {"role": "assistant", "content": "Yes, Medicare covers you."},
+               check_note([SimpleNamespace(rule="premise_affirmed", detail="agrees", source="https://x.example")])]
+    ratings = rated(rated({}, 1, "like"), [3], "dislike")  # a like on the correction's bubble, then its warning's
+    assert ratings == {"1": 1, "3": -1}
+    record, removed = feedback_record(
+        history, ratings, "call me on +44 20 7946 0958", "No: Medicare does not cover students.", engine=engine,
+        adapter="stage1", system_prompt="You are a counsellor.", settings=GenerationSettings(), grounding=None,
+        request_id="  key-1 ", session_id="api")
+    assert [m["role"] for m in record.messages] == ["user", "assistant"]  # the notes are not stored
+    assert record.ratings == {1: -1}  # both ratings land on the answer; the later one wins
+    assert "jane.doe@example.com" not in record.messages[0]["content"] and "7946" not in record.comment
+    assert removed == 2 and record.edited_index == 1 and record.request_id == "key-1"
+    assert record.adapter_revision == "stage1@rev" and record.edited_answer.startswith("No: Medicare")
+    with pytest.raises(ValueError, match="ratings must map answer indices"):
+        feedback_record(history, {"1": 5}, None, None, engine=engine, adapter="stage1", system_prompt="",
+                        settings=GenerationSettings(), grounding=None, request_id=None, session_id="api")

@@ -185,6 +185,10 @@ def test_labelling_endpoints_refuse_without_the_token_and_work_with_it(feedback_
     record_id = next(r[0] for r in rows if r[7] == review_me[0]["content"])
     dialogue, details, turn, topic = reviewer.predict(record_id, api_name="/label_open")
     assert "Either IELTS or TOEFL" in details and turn["value"] == 1 and turn["choices"] == [["1", 1]]
+    with pytest.raises(AppError, match="The search text is 100,000 characters long; the limit is 200"):
+        reviewer.predict("all", "all", "all", "all", "", "", "x" * 100_000, "all", api_name="/label_queue")
+    with pytest.raises(AppError, match="The corrected answer is 1,000,000 characters long; the limit is 4,000"):
+        reviewer.predict(record_id, 1, "c" * 1_000_000, "tests", api_name="/label_accept")
     status = reviewer.predict(record_id, 1, "Both IELTS Academic and TOEFL iBT are widely accepted.", "tests",
                               api_name="/label_accept")
     assert status == "accepted by ana, turn 1 corrected"
