@@ -13,8 +13,7 @@ from typing import Any, Sequence
 
 from space.display import (check_note, correction_note, is_note, message_text, rated_answer, safe_text,
                            sources_note, trim_history, unavailable_note)
-from trainer.inference.model import BASE
-from trainer.inference.model import GenerationSettings
+from trainer.inference.model import BASE, GenerationSettings
 from trainer.hub.space_settings import LimitSettings, SpaceConfig
 
 

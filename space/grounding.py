@@ -1,7 +1,7 @@
 """The knowledge base at serving time: retrieval that grounds an answer (and becomes its numbered sources) and the
 live check of every finished answer against the KB, and the corrections a question's false premise calls for. All
 are the trainer's own code: `trainer.retrieve` (the same retrieval the eval and the generator use),
-`trainer.kb.audit.Auditor.check_answer` (the same rules as `trainer audit`) and `trainer.premise`. Built once at
+`trainer.kb.audit.Auditor.check_answer` (the same rules as `trainer audit`) and `trainer.kb.premise`. Built once at
 start-up; a broken KB stops the app there with one line naming file, entry and rule."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REVIEW_STATUSES = ("unreviewed", "accepted", "rejected")
 KB_CHECKS = ("flagged", "premise", "clean")
@@ -381,9 +381,6 @@ class FeedbackStore:
         finally:
             conn.close()
         return decided
-
-    def iter_all(self) -> Iterator[FeedbackRecord]:
-        yield from self.records()
 
     def close(self) -> None:
         self._queue.put(None)

@@ -18,7 +18,6 @@ BINARY = (("rubric_accuracy", "passed"), ("false_premise_correction", "corrected
 """Rates over 0/1 outcomes: metric name, measure name. Compared pairwise with the paired-proportion interval."""
 CONTINUOUS = (("rubric_mean_score", "score"), ("rouge_l", "rouge"))
 """Means of per-item values, compared with the paired bootstrap."""
-LOWER_IS_BETTER = ("eval_loss", "eval_perplexity", "kb_contradiction_rate")
 
 
 @dataclass

@@ -54,10 +54,6 @@ class RepoPlan:
     commit: str | None = None
     status: str = "planned"
 
-    @property
-    def url_path(self) -> str:
-        return {"model": "", "dataset": "datasets/", "space": "spaces/"}[self.repo_type] + self.repo_id
-
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.rglob("*") if p.is_file())
 

@@ -49,8 +49,6 @@ SHIPPED_KB = REPO_ROOT / "data" / "kb"
 _CACHE: dict[tuple[str, tuple[tuple[str, float], ...]], KnowledgeBase] = {}
 
 
-PACKAGE_ROOT = SHIPPED_KB.parent.parent
-
 
 def resolve_kb_folder(path: str | Path) -> Path:
     """A KB folder named in a settings file, as given, else relative to the tool's own folder, so the default
@@ -58,7 +56,7 @@ def resolve_kb_folder(path: str | Path) -> Path:
     given = Path(path)
     if given.is_dir():
         return given
-    packaged = PACKAGE_ROOT / given
+    packaged = REPO_ROOT / given
     if str(path).strip() and not given.is_absolute() and packaged.is_dir():
         return packaged
     raise KBError(f"{path or repr(path)}: knowledge base folder not found")

@@ -128,8 +128,23 @@ class Scholarship:
     """The id of the one university the award is held at (Rhodes: Oxford), or None."""
 
 
+class PremiseExamples:
+    """`examples_flag` and `examples_pass` of an entry whose `examples` holds the questions the premise check must
+    correct with it (`flag`) and must let through (`pass`)."""
+
+    examples: Mapping[str, tuple[str, ...]]
+
+    @property
+    def examples_flag(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("flag", ()))
+
+    @property
+    def examples_pass(self) -> tuple[str, ...]:
+        return tuple(self.examples.get("pass", ()))
+
+
 @dataclass(frozen=True)
-class Group:
+class Group(PremiseExamples):
     """A membership set (the Schengen Area, the Commonwealth, the Ivy League): which KB countries or universities
     belong to it. `members` lists every KB entity of `kind` that does (the loader checks the flags it can), so any
     other KB entity of that kind is known not to."""
@@ -147,17 +162,9 @@ class Group:
     examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """`flag`: questions the premise check must correct with this group; `pass`: ones it must let through."""
 
-    @property
-    def examples_flag(self) -> tuple[str, ...]:
-        return tuple(self.examples.get("flag", ()))
-
-    @property
-    def examples_pass(self) -> tuple[str, ...]:
-        return tuple(self.examples.get("pass", ()))
-
 
 @dataclass(frozen=True)
-class DegreeStructure:
+class DegreeStructure(PremiseExamples):
     """How one field (medicine, law) is entered in one country: after school (`undergraduate`), only after a first
     degree (`graduate`) or both, and which field-specific admission tests it uses."""
 
@@ -177,17 +184,9 @@ class DegreeStructure:
     examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """`flag`: questions the premise check must correct with this entry; `pass`: ones it must let through."""
 
-    @property
-    def examples_flag(self) -> tuple[str, ...]:
-        return tuple(self.examples.get("flag", ()))
-
-    @property
-    def examples_pass(self) -> tuple[str, ...]:
-        return tuple(self.examples.get("pass", ()))
-
 
 @dataclass(frozen=True)
-class WorkLimit:
+class WorkLimit(PremiseExamples):
     """How much a student may work during term in one destination; the fact is the country's `work_rights`."""
 
     country: str
@@ -197,14 +196,6 @@ class WorkLimit:
     """Months of study before off-campus work is allowed at all (F-1: one academic year); 0 where there is no wait."""
     examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """`flag`: questions the premise check must correct with this entry; `pass`: ones it must let through."""
-
-    @property
-    def examples_flag(self) -> tuple[str, ...]:
-        return tuple(self.examples.get("flag", ()))
-
-    @property
-    def examples_pass(self) -> tuple[str, ...]:
-        return tuple(self.examples.get("pass", ()))
 
     @property
     def id(self) -> str:

@@ -31,9 +31,8 @@ from trainer import REPO_ROOT
 from trainer.train.config import PipelineConfig, build_lora_config, build_sft_config, pipeline_precision
 from trainer.train.device import Precision, check_torch_build, detect_device, one_process_per_gpu
 from trainer.train.memory_plan import apply_plan, check_stage_memory
-from trainer.data.readers import DataError
 from trainer.data.conversations import StageData, prepare_stage_data, to_dataset
-from trainer.data.readers import resolve_source
+from trainer.data.readers import DataError, resolve_source
 from trainer.train.lm_head import install_compact_lm_head
 from trainer.train.precision_watch import keep_trainable_weights_fp32, precision_watch
 from trainer.train.lineage import (AdapterRecord, BaseModelRecord, DatasetRecord, Lineage, QuantizationRecord,
