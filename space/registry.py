@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.train.rundir import adapter_dirs, describe_adapter, trained_base
+from trainer.train.rundir import adapter_name, adapter_dirs, describe_adapter, trained_base
 from trainer.hub.space_settings import AdapterEntry, SpaceConfig
 from trainer.typed_yaml import ConfigError
 
@@ -65,7 +65,7 @@ class AdapterRegistry:
             listed = {Path(a.location).resolve() for a in adapters if a.is_local}
             for adapter_dir in adapter_dirs(base_dir / cfg.runs_dir):
                 if adapter_dir.resolve() not in listed:
-                    name = f"{adapter_dir.parent.parent.name}/{adapter_dir.parent.name}"
+                    name = adapter_name(adapter_dir.parent.parent.name, adapter_dir.parent.name)
                     adapters.append(RegisteredAdapter(name=name, location=str(adapter_dir), is_local=True,
                                                       description=describe_adapter(adapter_dir), origin="runs",
                                                       trained_base=trained_base(adapter_dir)))

@@ -262,16 +262,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     vLLM itself (scripts/vllm.sh), on the local copy of the base where the run trained on one."""
     from pathlib import Path
 
-    from trainer.train.rundir import base_hub_id
     from trainer.train.demo_model import demo_model_path, is_demo_model
-    from trainer.train.rundir import finished_stages, read_stage
+    from trainer.train.rundir import adapter_name, base_hub_id, finished_stages, read_stage
     from trainer.hub.serving import ServedAdapter, engine_commands, start_vllm
 
     run_dir = Path(args.run)
     stages = [read_stage(run_dir, s) for s in (args.stage or finished_stages(run_dir))]
     base = base_hub_id(stages[-1])[0]
     # Each adapter under the name the app's registry gives a run's stage (`demo/stage2`), which the eval asks for too.
-    served = [ServedAdapter(f"{run_dir.resolve().name}/{s.name}", str(s.adapter_dir.resolve()), local=True)
+    served = [ServedAdapter(adapter_name(run_dir.resolve().name, s.name), str(s.adapter_dir.resolve()), local=True)
               for s in stages]
     rank = max(s.cfg.lora.r for s in stages)
     name = stages[-1].cfg.model.name
@@ -399,8 +398,8 @@ def cmd_export_feedback(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "validate": cmd_validate, "push": cmd_push, "serve": cmd_serve,
-            "export-feedback": cmd_export_feedback, "plan": cmd_plan, "generate": cmd_generate, "audit": cmd_audit, "eval": cmd_eval,
-            "check": cmd_check}
+            "export-feedback": cmd_export_feedback, "plan": cmd_plan, "generate": cmd_generate, "audit": cmd_audit,
+            "eval": cmd_eval, "check": cmd_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

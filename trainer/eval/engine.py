@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from trainer.eval import EvalError
 from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
+from trainer.train.rundir import adapter_name
 
 
 def served_names(job, stages: Sequence[Any], run_name: str) -> dict[str, str]:
@@ -29,7 +30,7 @@ def served_names(job, stages: Sequence[Any], run_name: str) -> dict[str, str]:
         from trainer.train.rundir import base_hub_id
 
         base = base_hub_id(stages[-1])[0]  # what `python -m trainer serve` starts vLLM with
-    return {BASE: base, **{s.name: job.adapter_served_name.format(run=run_name, stage=s.name) for s in stages}}
+    return {BASE: base, **{s.name: adapter_name(run_name, s.name, job.adapter_served_name) for s in stages}}
 
 
 class ServerEngine:

@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainer.eval.gate import DEFAULT_MARGIN
-from trainer.inference.model import GenerationSettings
+from trainer.inference.model import ENGINE_KINDS, GenerationSettings
+from trainer.train.rundir import ADAPTER_NAME
 from trainer.typed_yaml import ConfigError, flag, flags_last, load_typed
-
-
-EVAL_ENGINES = ("local", "openai")
-"""Who writes the eval's answers: the models loaded in-process, or an OpenAI-compatible server."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,7 @@ class EvalJob:
     """Answer length cap (greedy decoding)."""
     batch_size: int = 8
     """Prompts per generate() call, left-padded (engine: local)."""
-    engine: str = flag("local", choices=EVAL_ENGINES)
+    engine: str = flag("local", choices=ENGINE_KINDS)
     """Who writes the answers: `local` loads the base and every adapter here; `openai` asks an OpenAI-compatible server
     (vLLM, TGI, `transformers serve`) at base_url, many requests at once. The held-out loss is computed here either
     way (the base loads here only for it)."""
@@ -45,7 +42,7 @@ class EvalJob:
     base_served_name: str | None = None
     """engine: openai: the base's `model` name on the server (null: the run's base as `serve` hands it to vLLM, the
     Hub id for the demo model)."""
-    adapter_served_name: str = "{run}/{stage}"
+    adapter_served_name: str = ADAPTER_NAME
     """engine: openai: each adapter's `model` name on the server; {run} is the run folder's name, {stage} the stage
     (as the app names a run's adapters and `vllm --lora-modules demo/stage1=...` serves them)."""
     concurrency: int = 16
@@ -99,8 +96,8 @@ def _validate_eval(job: EvalJob) -> None:
     for key in ("max_new_tokens", "batch_size", "judge_max_tokens", "retrieval_k", "concurrency"):
         if getattr(job, key) < 1:
             raise ConfigError(f"{key}: must be at least 1, got {getattr(job, key)}")
-    if job.engine not in EVAL_ENGINES:
-        raise ConfigError(f"engine: {job.engine!r} must be one of {', '.join(EVAL_ENGINES)}")
+    if job.engine not in ENGINE_KINDS:
+        raise ConfigError(f"engine: {job.engine!r} must be one of {', '.join(ENGINE_KINDS)}")
     if job.engine == "openai" and not job.base_url:
         raise ConfigError("base_url: engine openai needs the server's address, e.g. --base-url "
                           "http://127.0.0.1:8000/v1")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data.settings import TOPICS
-from trainer.inference.model import DECODE_MODES, DEFAULT_SYSTEM_PROMPT, GenerationSettings
+from trainer.inference.model import DECODE_MODES, DEFAULT_SYSTEM_PROMPT, ENGINE_KINDS, GenerationSettings
 from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
 
 
@@ -123,8 +123,6 @@ class GroundingSettings:
     answer does not carry it."""
 
 
-ENGINES = ("local", "openai")
-
 
 @dataclass(frozen=True)
 class OpenAIEngineSettings:
@@ -226,8 +224,8 @@ def _validate_space(cfg: SpaceConfig) -> None:
             raise ConfigError(f"{where}.served_name: must not be blank (null means the adapter's name)")
         if entry.path is not None and (entry.revision or entry.subfolder):
             raise ConfigError(f"{where}: revision and subfolder apply to a Hub repo, not to a local path")
-    if cfg.engine not in ENGINES:
-        raise ConfigError(f"engine: {cfg.engine!r} must be one of {', '.join(ENGINES)}")
+    if cfg.engine not in ENGINE_KINDS:
+        raise ConfigError(f"engine: {cfg.engine!r} must be one of {', '.join(ENGINE_KINDS)}")
     if cfg.engine == "openai":
         _validate_openai(cfg)
     if cfg.decode not in DECODE_MODES:

