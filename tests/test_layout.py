@@ -287,3 +287,24 @@ def test_no_function_of_the_trainer_or_the_app_is_over_100_lines():
                 if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, f"split these into steps (at most {MAX_FUNCTION_LINES} lines each): {long}"
+
+
+def test_every_error_of_the_tool_is_a_user_error_the_cli_prints_in_one_line():
+    import importlib
+    import inspect
+
+    from trainer import UserError
+
+    found = {}
+    for name in module_names("trainer"):
+        if name == "trainer.__main__":
+            continue
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == name and issubclass(cls, Exception):
+                found[f"{name}.{cls_name}"] = cls
+    assert len(found) >= 14
+    strays = sorted(n for n, cls in found.items() if not issubclass(cls, UserError))
+    assert not strays, f"errors the command line would print as a traceback: {strays}"
+    main = (REPO / "trainer" / "__main__.py").read_text(encoding="utf-8")
+    assert "except UserError as exc" in main and main.count("Error,") == 0

@@ -408,24 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.train.model import quiet_bitsandbytes_kernel_notice
 
     quiet_bitsandbytes_kernel_notice()  # before any command imports bitsandbytes (peft and trl do)
-    from trainer.kb.audit_report import AuditError
-    from trainer.typed_yaml import ConfigError
-    from trainer.data.readers import DataError
-    from trainer.train.demo_model import DemoModelError
-    from trainer.eval import EvalError
-    from trainer.hub.export import ExportError
-    from trainer.hub.api import HubError
-    from trainer.kb.schema import KBError
-    from trainer.train.model import ModelError
-    from trainer.kb.premise import CheckError
-    from trainer.providers import ProviderError
-    from trainer.train.rundir import RunError
-    from trainer.jobs.synth import GenerationError
+    from trainer import UserError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelError, DemoModelError, HubError, ExportError, KBError,
-            GenerationError, ProviderError, EvalError, RunError, AuditError, CheckError) as exc:
+    except UserError as exc:  # every error a user can fix derives from it: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

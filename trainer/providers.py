@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from trainer import UserError
 
-class ProviderError(RuntimeError):
+
+class ProviderError(UserError, RuntimeError):
     """An endpoint failed in a way retrying does not fix; the message names the endpoint and the HTTP status."""
 
 

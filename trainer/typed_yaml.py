@@ -29,10 +29,12 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from trainer import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A settings file a user wrote is invalid; the message names the file, key and rule."""
 
 

@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from trainer import UserError
 from trainer.data.settings import DatasetSettings
 from trainer.data.readers import (RULE_NOT_OBJECT, DataError, RowError, read_hub,
                                   reader_for, resolve_files)
@@ -55,7 +56,10 @@ SHAREGPT_ROLES = {
 CHAT_ROLES = ("system", "user", "assistant")
 
 
-class _RowProblem(Exception):
+class RowProblem(UserError):
+    """A row that breaks a rule (`rule`, with the detail); the reader turns it into a RowError naming the file and
+    row, or a DataError in strict mode."""
+
     def __init__(self, rule: str, detail: str = ""):
         super().__init__(rule)
         self.rule, self.detail = rule, detail
@@ -155,7 +159,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-# Normalising: one function per schema, each returning the list of messages or raising _RowProblem.
+# Normalising: one function per schema, each returning the list of messages or raising RowProblem.
 
 def detect_schema(obj: Any) -> str | None:
     """Guess a row's schema from its keys."""
@@ -176,7 +180,7 @@ def _message(role: Any, content: Any, index: int) -> dict[str, str]:
     if isinstance(content, list):
         content = _text_parts(content, f"message {index} ({role})")
     if not isinstance(content, str):
-        raise _RowProblem(RULE_NON_STRING, f"message {index} ({role}) has {type(content).__name__} content")
+        raise RowProblem(RULE_NON_STRING, f"message {index} ({role}) has {type(content).__name__} content")
     return {"role": role, "content": content}
 
 
@@ -186,13 +190,13 @@ def _text_parts(parts: list, where: str) -> str:
     texts = []
     for j, part in enumerate(parts, start=1):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise _RowProblem(RULE_SCHEMA, f"{where} part {j} needs a 'type' (e.g. {{\"type\": \"text\", "
+            raise RowProblem(RULE_SCHEMA, f"{where} part {j} needs a 'type' (e.g. {{\"type\": \"text\", "
                                            "\"text\": ...})")
         if part["type"] != "text":
-            raise _RowProblem(RULE_NON_TEXT, f"{where} part {j} is {part['type']!r}; only text parts can be "
+            raise RowProblem(RULE_NON_TEXT, f"{where} part {j} is {part['type']!r}; only text parts can be "
                                              "trained on")
         if not isinstance(part.get("text"), str):
-            raise _RowProblem(RULE_NON_STRING, f"{where} part {j} has {type(part.get('text')).__name__} text")
+            raise RowProblem(RULE_NON_STRING, f"{where} part {j} has {type(part.get('text')).__name__} text")
         texts.append(part["text"])
     return "\n".join(texts)
 
@@ -200,14 +204,14 @@ def _text_parts(parts: list, where: str) -> str:
 def _from_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
     turns = obj.get("messages")
     if not isinstance(turns, list):
-        raise _RowProblem(RULE_SCHEMA, f"'messages' must be a list, got {type(turns).__name__}")
+        raise RowProblem(RULE_SCHEMA, f"'messages' must be a list, got {type(turns).__name__}")
     out = []
     for i, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise _RowProblem(RULE_SCHEMA, f"message {i} needs 'role' and 'content'")
+            raise RowProblem(RULE_SCHEMA, f"message {i} needs 'role' and 'content'")
         role = turn["role"]
         if role not in CHAT_ROLES:
-            raise _RowProblem(RULE_ROLE, f"message {i} has role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
+            raise RowProblem(RULE_ROLE, f"message {i} has role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
         out.append(_message(role, turn["content"], i))
     return out
 
@@ -215,15 +219,15 @@ def _from_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
 def _from_sharegpt(obj: dict[str, Any]) -> list[dict[str, str]]:
     turns = obj.get("conversations")
     if not isinstance(turns, list):
-        raise _RowProblem(RULE_SCHEMA, f"'conversations' must be a list, got {type(turns).__name__}")
+        raise RowProblem(RULE_SCHEMA, f"'conversations' must be a list, got {type(turns).__name__}")
     out = []
     for i, turn in enumerate(turns, start=1):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise _RowProblem(RULE_SCHEMA, f"turn {i} needs 'from' and 'value'")
+            raise RowProblem(RULE_SCHEMA, f"turn {i} needs 'from' and 'value'")
         speaker = turn["from"]
         role = SHAREGPT_ROLES.get(str(speaker).lower()) if isinstance(speaker, str) else None
         if role is None:
-            raise _RowProblem(RULE_ROLE, f"turn {i} is from {speaker!r}; expected human, gpt, assistant or system")
+            raise RowProblem(RULE_ROLE, f"turn {i} is from {speaker!r}; expected human, gpt, assistant or system")
         out.append(_message(role, turn["value"], i))
     return out
 
@@ -234,21 +238,21 @@ def _from_alpaca(obj: dict[str, Any]) -> list[dict[str, str]]:
         out.append(_message("system", obj["system"], 1))
     history = obj.get("history") or []
     if not isinstance(history, list):
-        raise _RowProblem(RULE_SCHEMA, "'history' must be a list of [question, answer] pairs")
+        raise RowProblem(RULE_SCHEMA, "'history' must be a list of [question, answer] pairs")
     for pair in history:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise _RowProblem(RULE_SCHEMA, "'history' must be a list of [question, answer] pairs")
+            raise RowProblem(RULE_SCHEMA, "'history' must be a list of [question, answer] pairs")
         out.append(_message("user", pair[0], len(out) + 1))
         out.append(_message("assistant", pair[1], len(out) + 1))
     instruction, extra = obj.get("instruction"), obj.get("input")
     if not isinstance(instruction, str):
-        raise _RowProblem(RULE_NON_STRING, f"'instruction' is {type(instruction).__name__}")
+        raise RowProblem(RULE_NON_STRING, f"'instruction' is {type(instruction).__name__}")
     if extra not in (None, "") and not isinstance(extra, str):
-        raise _RowProblem(RULE_NON_STRING, f"'input' is {type(extra).__name__}")
+        raise RowProblem(RULE_NON_STRING, f"'input' is {type(extra).__name__}")
     prompt = f"{instruction}\n\n{extra}" if extra else instruction
     out.append(_message("user", prompt, len(out) + 1))
     if obj.get("output") is None:  # no key, or an empty Parquet/CSV cell
-        raise _RowProblem(RULE_MISSING_FIELD, "output (an alpaca row needs instruction and output)")
+        raise RowProblem(RULE_MISSING_FIELD, "output (an alpaca row needs instruction and output)")
     out.append(_message("assistant", obj["output"], len(out) + 1))
     return out
 
@@ -273,36 +277,36 @@ NORMALIZERS = {
 
 
 def check_turns(messages: Sequence[dict[str, str]]) -> None:
-    """Raise _RowProblem unless the conversation is [system] user assistant (user assistant)* with text in each."""
+    """Raise RowProblem unless the conversation is [system] user assistant (user assistant)* with text in each."""
     for i, m in enumerate(messages, start=1):
         if not m["content"].strip():
-            raise _RowProblem(RULE_EMPTY, f"message {i} ({m['role']}) is empty")
+            raise RowProblem(RULE_EMPTY, f"message {i} ({m['role']}) is empty")
     if not any(m["role"] == "assistant" for m in messages):
-        raise _RowProblem(RULE_NO_ASSISTANT, "the conversation has no answer to learn from")
+        raise RowProblem(RULE_NO_ASSISTANT, "the conversation has no answer to learn from")
     expected = "user"
     for i, m in enumerate(messages, start=1):
         role = m["role"]
         if role == "system":
             if i != 1:
-                raise _RowProblem(RULE_ORDER, f"message {i} is a system turn; only the first message may be one")
+                raise RowProblem(RULE_ORDER, f"message {i} is a system turn; only the first message may be one")
             continue
         if role != expected:
-            raise _RowProblem(RULE_ORDER, f"message {i} is {role!r} where {expected!r} was expected")
+            raise RowProblem(RULE_ORDER, f"message {i} is {role!r} where {expected!r} was expected")
         expected = "assistant" if role == "user" else "user"
     if messages[-1]["role"] != "assistant":
-        raise _RowProblem(RULE_ORDER, f"the last message is {messages[-1]['role']!r}; it must be an assistant answer")
+        raise RowProblem(RULE_ORDER, f"the last message is {messages[-1]['role']!r}; it must be an assistant answer")
 
 
 def normalize_row(obj: Any, schema: str, system_prompt: str | None = None) -> list[dict[str, str]]:
-    """One raw row -> validated messages. Raises _RowProblem naming the rule it breaks."""
+    """One raw row -> validated messages. Raises RowProblem naming the rule it breaks."""
     if not isinstance(obj, dict):
-        raise _RowProblem(RULE_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        raise RowProblem(RULE_NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
     if detect_schema(obj) != schema and not (schema == "alpaca" and "instruction" in obj):
         found = detect_schema(obj)
-        raise _RowProblem(RULE_SCHEMA, f"expected {schema} fields, found {found or 'keys ' + ', '.join(sorted(obj))}")
+        raise RowProblem(RULE_SCHEMA, f"expected {schema} fields, found {found or 'keys ' + ', '.join(sorted(obj))}")
     messages = NORMALIZERS[schema](obj)
     if not messages:
-        raise _RowProblem(RULE_EMPTY_CONVERSATION, "the row holds no messages")
+        raise RowProblem(RULE_EMPTY_CONVERSATION, "the row holds no messages")
     if system_prompt and (not messages or messages[0]["role"] != "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     check_turns(messages)
@@ -343,7 +347,7 @@ def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None
                 report.file_schemas[name] = schema
             try:
                 messages = normalize_row(obj, schema, spec.system_prompt)
-            except _RowProblem as problem:
+            except RowProblem as problem:
                 _reject(report, RowError(location, problem.rule, problem.detail), spec)
                 continue
             conv = Conversation(tuple(messages), location)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer import UserError
+
 REVIEW_STATUSES = ("unreviewed", "accepted", "rejected")
 KB_CHECKS = ("flagged", "premise", "clean")
 """The labelling queue's filters on the live KB check's flags stored with each record (`FeedbackStore.records`)."""
@@ -61,7 +63,7 @@ CREATE INDEX IF NOT EXISTS records_status ON records(status, created_at);
 """
 
 
-class FeedbackError(ValueError):
+class FeedbackError(UserError, ValueError):
     """A submission or decision that cannot be stored; the message says why."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from trainer import UserError
 from trainer.data.settings import DatasetSettings
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
@@ -25,7 +26,7 @@ RULE_NOT_OBJECT = "not an object"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data cannot be used; the message names the file, row and rule."""
 
 

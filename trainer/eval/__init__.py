@@ -42,6 +42,8 @@ and paired intervals, McNemar, ROUGE, BLEU), `judge` (the blind pairwise judge),
 
 from __future__ import annotations
 
+from trainer import UserError
 
-class EvalError(RuntimeError):
+
+class EvalError(UserError, RuntimeError):
     """An evaluation problem a user can fix; the message names the file, question or run and the rule."""

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from trainer import UserError
+
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A push problem a user can fix; one line that names the repo and what to do."""
 
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from trainer import UserError
 from trainer.hub.cards import feedback_card
 from trainer.train.lineage import now_iso, write_json
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The feedback could not be read or exported; the message names the file."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from trainer import UserError
 from trainer.data.settings import TOPICS as _ALL_TOPICS
 from trainer.inference.model import BASE, GenerationSettings
 from trainer.inference.decode import TurnCache
@@ -41,7 +42,7 @@ BACKGROUNDS = ("fresh graduate", "working professional with three years' experie
                "first in the family to study abroad", "student with a scholarship in mind")
 
 
-class GenerationError(RuntimeError):
+class GenerationError(UserError, RuntimeError):
     """Generation cannot go on; the message says why."""
 
 

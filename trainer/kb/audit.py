@@ -197,13 +197,13 @@ class Auditor:
                             scholarships=kb.find_scholarships(text), tests=kb.find_tests(text))
 
     def _row_flags(self, messages: Sequence[dict[str, str]]) -> list[Flag]:
-        from trainer.data.conversations import _RowProblem, check_turns
+        from trainer.data.conversations import RowProblem, check_turns
 
         s = self.settings
         flags: list[Flag] = []
         try:
             check_turns([{"role": m.get("role"), "content": m.get("content")} for m in messages])
-        except (_RowProblem, KeyError, TypeError, AttributeError) as exc:
+        except (RowProblem, KeyError, TypeError, AttributeError) as exc:
             return [Flag("structure", FAIL, getattr(exc, "detail", None) or str(exc))]
         if not s.min_messages <= len(messages) <= s.max_messages:
             flags.append(Flag("structure", FAIL, f"{len(messages)} messages, expected {s.min_messages}-"

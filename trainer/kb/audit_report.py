@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from trainer import UserError
 from trainer.kb.claims import FAIL, VERIFY, Flag
 
 LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_ineligible", "scholarship_discontinued",
@@ -14,7 +15,7 @@ LIVE_CHECK_RULES = ("kb_contradiction", "programme_not_offered", "scholarship_in
 """The KB rules the app runs on every served answer (`Auditor.check_answer`)."""
 
 
-class AuditError(ValueError):
+class AuditError(UserError, ValueError):
     """The audit cannot run or write its report; the message names the path and why."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+from trainer import UserError
 from trainer.kb.relations import Correction, digits, evidence, terms_of
 
 AFFIRMED, IGNORED = "premise_affirmed", "premise_ignored"
@@ -265,7 +266,7 @@ def read_questions(path) -> list[tuple[str, str, str | None]]:
     return rows
 
 
-class CheckError(ValueError):
+class CheckError(UserError, ValueError):
     """A file `trainer check` cannot read; the message names the file, the row and the rule."""
 
 

@@ -24,8 +24,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from trainer import UserError
 
-class KBError(ValueError):
+
+class KBError(UserError, ValueError):
     """The knowledge base is invalid; the message names the file, the entry and the rule broken."""
 
 

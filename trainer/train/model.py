@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import UserError
 from trainer.train.config import PipelineConfig, QuantizationSettings, build_lora_config, build_quantization_config
 from trainer.train.device import DeviceInfo, Precision, detect_device, resolve_compute_dtype, resolve_precision
 from trainer.train.demo_model import cache_root, demo_model_path, is_demo_model
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model, tokenizer, template or adapter problem a user can fix; the message says which and how."""
 
 

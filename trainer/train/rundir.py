@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from trainer import REPO_ROOT
+from trainer import REPO_ROOT, UserError
 from trainer.train.config import PipelineConfig, dump_config, load_config
 from trainer.train.lineage import EvaluationRecord, Lineage, Record, write_json
 from trainer.typed_yaml import ConfigError
@@ -51,7 +51,7 @@ RECORD_FILES = (LOSS_PLOT, METRICS_FILE, LINEAGE_FILE, CONFIG_FILE, SPLIT_FILE)
 """The records beside the adapter that a model repo carries."""
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run folder that is missing, unfinished or inconsistent; the message names the file and what to do."""
 
 
