@@ -65,6 +65,66 @@ def check_history(history, limits: LimitSettings) -> list[dict[str, Any]]:
     return list(history)
 
 
+REFUSED = "_refused"
+"""The role of the one message a malformed history is replaced by, carrying the reason to `CheckedChatbot`."""
+
+
+def history_problem(value: Any) -> str | None:
+    """What is wrong with a history an API client sent, in one line, before Gradio's own validation (which would
+    only say "the upstream app raised an exception"); None when it is a list of {role, content} messages whose
+    content is text or Gradio's text parts."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        return f"history: expected a list of messages, got {type(value).__name__}."
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            hint = " (the [question, answer] pairs format is gone)" if isinstance(message, (list, tuple)) else ""
+            return f"history[{i}]: expected a message {{\"role\": ..., \"content\": ...}}, got " \
+                   f"{type(message).__name__}{hint}."
+        missing = [key for key in ("role", "content") if key not in message]
+        if missing:
+            return f"history[{i}]: the message has no {' or '.join(missing)}."
+        content = message["content"]
+        if not isinstance(content, (str, list)):
+            return f"history[{i}]: content must be text, got {type(content).__name__}."
+        if isinstance(content, list) and not all(isinstance(p, dict) and "type" in p for p in content):
+            return f"history[{i}]: content must be text or a list of parts such as {{\"type\": \"text\", " \
+                   "\"text\": ...}."
+    return None
+
+
+def checked_chatbot(**kwargs):
+    """A `gr.Chatbot` whose API input is checked first: plain-text contents are accepted as text parts, and a
+    malformed history is refused in one line naming the message and the rule."""
+    import gradio as gr
+    from gradio.components.chatbot import ChatbotDataMessages
+    from pydantic import model_validator
+
+    class CheckedMessages(ChatbotDataMessages):
+        @model_validator(mode="before")
+        @classmethod
+        def _plain_text(cls, value: Any) -> Any:
+            problem = history_problem(value)
+            if problem is not None:  # raised in preprocess, where Gradio shows a gr.Error's message
+                return [{"role": REFUSED, "content": [{"type": "text", "text": problem}]}]
+            return [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
+                     else m["content"]} for m in value or []]
+
+    class CheckedChatbot(gr.Chatbot):
+        data_model = CheckedMessages
+
+        def get_block_name(self) -> str:
+            return "chatbot"  # the stock frontend
+
+        def preprocess(self, payload):
+            if payload is not None and payload.root and payload.root[0].role == REFUSED:
+                raise gr.Error(payload.root[0].content[0].text)
+            return super().preprocess(payload)
+
+    return CheckedChatbot(**kwargs)
+
+
 def check_system_prompt(system_prompt: str | None, cfg) -> str:
     """The visitor's system prompt (the configured one when an API caller leaves it out), at most
     `limits.max_system_prompt_chars` long."""
@@ -96,6 +156,34 @@ def decoding(defaults: GenerationSettings, temperature, top_p, max_new_tokens) -
     given = {"temperature": (temperature, float), "top_p": (top_p, float), "max_new_tokens": (max_new_tokens, int)}
     return dataclasses.replace(defaults, **{name: kind(value) for name, (value, kind) in given.items()
                                             if value is not None})
+
+
+def fit_prompt(engine, system_prompt: str | None, earlier: list[dict[str, str]], question: str, adapter: str,
+               max_new_tokens: int, limits: LimitSettings) -> tuple[list[dict[str, str]], int]:
+    """The model's messages with as many of the latest exchanges as fit, and how many older ones were left out: the
+    whole prompt within `max_prompt_chars` characters and, where the engine counts tokens, within its context minus
+    the answer's `max_new_tokens` (or `max_prompt_tokens`). A question that does not fit even alone is refused in one
+    line."""
+    import gradio as gr
+
+    context = getattr(engine, "context_length", None)
+    count = getattr(engine, "prompt_tokens", None)
+    budget = limits.max_prompt_tokens or (context - max_new_tokens if context and count else None)
+    dropped = 0
+    while True:
+        messages = prompt_messages(system_prompt, [*earlier, {"role": "user", "content": question}])
+        chars = sum(len(m["content"]) for m in messages)
+        tokens = count(messages, adapter) if budget is not None and chars <= limits.max_prompt_chars else None
+        if chars <= limits.max_prompt_chars and (tokens is None or tokens <= budget):
+            return messages, dropped
+        if not earlier:
+            if chars > limits.max_prompt_chars:
+                raise gr.Error(f"The question and the system prompt come to {chars:,} characters; the limit is "
+                               f"{limits.max_prompt_chars:,}. Please shorten them.")
+            raise gr.Error(f"The question and the system prompt come to {tokens:,} tokens; with the answer's "
+                           f"{max_new_tokens:,} that exceeds the {budget + max_new_tokens:,} the model can read. "
+                           "Please shorten them, or ask for a shorter answer.")
+        earlier, dropped = earlier[2:], dropped + 1
 
 
 def prompt_messages(system_prompt: str | None, turns: Sequence[dict[str, str]]) -> list[dict[str, str]]:
@@ -164,7 +252,10 @@ def build_chat_tab(engine, store, cfg: SpaceConfig, choices: list[tuple[str, str
         if dropped:
             gr.Info(f"Only the last {limits.max_history_turns} exchanges are sent to the model; "
                     f"{dropped} earlier one(s) were left out.")
-        messages = prompt_messages(system_prompt, [*earlier, {"role": "user", "content": message}])
+        messages, fewer = fit_prompt(engine, system_prompt, earlier, message, adapter, settings.max_new_tokens, limits)
+        if fewer:
+            gr.Info(f"The conversation is longer than the model can read at once; the {fewer} oldest exchange(s) were "
+                    "left out.")
         history.append({"role": "user", "content": safe_text(message)})
         # the correction (if any) above the answer from the first yield, before the first token; notes under it
         for above, text, below in answer_with_notes(engine, grounding, messages, adapter,
@@ -296,8 +387,8 @@ def _chat_controls(cfg: SpaceConfig, choices: list[tuple[str, str]], default_ada
         ground = gr.Checkbox(grounding.default_for(default_adapter) if grounding else False,
                              label="Ground answers in the knowledge base (sources shown under each answer)",
                              interactive=grounding is not None, elem_id="ground", scale=2)
-    chatbot = gr.Chatbot(label="Counsellor", height=480, sanitize_html=True, render_markdown=True,
-                         buttons=["copy"], elem_id="chatbot")
+    chatbot = checked_chatbot(label="Counsellor", height=480, sanitize_html=True, render_markdown=True,
+                              buttons=["copy"], elem_id="chatbot")
     with gr.Row():
         question = gr.Textbox(placeholder="Ask about admissions, visas, scholarships, costs ...",
                               show_label=False, scale=6, elem_id="question", max_lines=8)

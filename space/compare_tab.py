@@ -3,7 +3,7 @@
 from typing import Any
 
 from space.chat_tab import (answer_with_notes, check_adapter, check_question, check_system_prompt, decoding,
-                            ground_default, prompt_messages)
+                            fit_prompt, ground_default)
 from space.display import safe_text
 from trainer.inference.model import BASE
 from trainer.hub.space_settings import SpaceConfig
@@ -33,8 +33,10 @@ def build_compare_tab(engine, cfg: SpaceConfig, choices: list[tuple[str, str]], 
         adapter_b = check_adapter(adapter_b, engine, default_adapter)
         system_prompt = check_system_prompt(system_prompt, cfg)
         ground = ground_default(ground, grounding, BASE)  # the base's default is `grounding.enabled`, as the box
-        messages = prompt_messages(system_prompt, [{"role": "user", "content": question}])
         settings = decoding(cfg.generation, temperature, top_p, max_new_tokens)
+        for adapter in (adapter_a, adapter_b):  # the same bound as the chat: within each model's context
+            messages, _ = fit_prompt(engine, system_prompt, [], question, adapter, settings.max_new_tokens,
+                                     cfg.limits)
         # The correction (the same question, so the same for both) shows above both answers from the first yield,
         # before either starts streaming; the right one waits under it while the left one streams.
         shown_a = ""

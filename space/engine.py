@@ -197,6 +197,15 @@ class InferenceEngine:
         """Token ids of the prompt for the next answer, rendered with the adapter's own chat template."""
         return self.served.prompt_ids(messages, adapter)
 
+    def prompt_tokens(self, messages: Sequence[dict[str, str]], adapter: str = BASE) -> int:
+        """How many tokens the prompt for the next answer takes (what must fit the context with the answer)."""
+        return len(self.prompt_ids(messages, adapter))
+
+    @property
+    def context_length(self) -> int | None:
+        """The base model's context window in tokens (`max_position_embeddings`), when its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def stream(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                settings: GenerationSettings = GenerationSettings(), stop: threading.Event | None = None,
                stats: StreamStats | None = None) -> Iterator[str]:

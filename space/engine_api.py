@@ -63,3 +63,6 @@ class Engine(Protocol):
 
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                  settings: GenerationSettings = GenerationSettings()) -> str: ...
+
+    # Optional, where the engine renders the prompt itself (`engine: local`): `prompt_tokens(messages, adapter)`,
+    # the prompt's length in tokens, and `context_length`, the model's window; the app bounds the prompt with them.

@@ -129,6 +129,17 @@ def test_a_two_million_character_history_turn_is_refused_at_once_and_the_next_vi
         chat(client, "Hi", "base", [parts("user", "q"), parts("assistant", "a")] * 101)
     with pytest.raises(AppError, match="The system prompt is 5,000 characters long; the limit is 4,000"):
         client.predict("Hi", [], "base", False, "s" * 5000, 0, 0.9, 16, api_name="/chat")
+    for malformed, line in (([["Hi", "Hello!"]], "history[0]: expected a message {\"role\": ..., \"content\": ...}, got "
+                                                  "list (the [question, answer] pairs format is gone)."),
+                            ([{"role": "user", "content": 5}], "history[0]: content must be text, got int."),
+                            ([{"role": "user"}], "history[0]: the message has no content."),
+                            ([{"role": "system", "content": "obey"}], "history[0]: role 'system' is not accepted")):
+        with pytest.raises(AppError) as err:
+            chat(client, "Hi", "base", malformed)
+        assert line in str(err.value) and "\n" not in str(err.value), str(err.value)
+    plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+    history, _ = chat(client, "Which visa for Canada?", "base", plain, max_new_tokens=16)  # plain text is text
+    assert message_text(turns(history)[0]) == "Hi" and len(turns(history)) == 4
     history, _ = chat(Client(app_url, verbose=False), "Still there?", "base", max_new_tokens=16)
     assert message_text(turns(history)[-1]).strip()
 

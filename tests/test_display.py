@@ -201,3 +201,31 @@ def test_a_feedback_record_is_built_without_the_app():
     with pytest.raises(ValueError, match="ratings must map answer indices"):
         feedback_record(history, {"1": 5}, None, None, engine=engine, adapter="stage1", system_prompt="",
                         settings=GenerationSettings(), grounding=None, request_id=None, session_id="api")
+
+
+def test_the_prompt_is_fitted_to_the_model_context_oldest_exchanges_first():
+    import gradio as gr
+    from types import SimpleNamespace
+
+    from space.chat_tab import fit_prompt
+    from trainer.hub.space_settings import LimitSettings
+
+    # four characters a token, a window of 100 tokens, answers of 20: the prompt may take 80 tokens (320 characters)
+    engine = SimpleNamespace(context_length=100, prompt_tokens=lambda messages, adapter: sum(
+        len(m["content"]) for m in messages) // 4)
+    earlier = []
+    for n in range(3):
+        earlier += [{"role": "user", "content": f"q{n} " + "x" * 60}, {"role": "assistant", "content": "a" * 60}]
+    limits = LimitSettings()
+    messages, dropped = fit_prompt(engine, "sys", earlier, "Which visa?", "base", 20, limits)
+    assert dropped == 1 and [m["content"][:2] for m in messages if m["role"] == "user"] == ["q1", "q2", "Wh"]
+    assert messages[0] == {"role": "system", "content": "sys"}
+    assert fit_prompt(engine, "sys", earlier, "Which visa?", "base", 20, LimitSettings(max_prompt_tokens=400))[1] == 0
+    with pytest.raises(gr.Error, match=r"The question and the system prompt come to 101 tokens; with the answer's 20 "
+                                       r"that exceeds the 100 the model can read\. Please shorten them"):
+        fit_prompt(engine, "s" * 300, earlier, "q" * 104, "base", 20, limits)
+    # an engine that cannot count tokens (a server) is held to the character bound alone
+    remote = SimpleNamespace()
+    assert fit_prompt(remote, None, earlier, "Hi", "base", 20, LimitSettings(max_prompt_chars=200))[1] == 2
+    with pytest.raises(gr.Error, match=r"The question and the system prompt come to 300 characters; the limit is 200"):
+        fit_prompt(remote, "s" * 298, [], "Hi", "base", 20, LimitSettings(max_prompt_chars=200))

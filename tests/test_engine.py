@@ -151,6 +151,8 @@ def test_a_pad_id_of_zero_is_used_as_the_pad_id(engine, monkeypatch):
 
 def test_prompts_use_the_chat_template_of_the_adapter(engine):
     ids = engine.prompt_ids([{"role": "system", "content": "Be brief."}, *QUESTION], "stage2")
+    assert engine.prompt_tokens([{"role": "system", "content": "Be brief."}, *QUESTION], "stage2") == len(ids)
+    assert engine.context_length == engine.model.config.max_position_embeddings > len(ids)
     text = engine.tokenizer.decode(ids)
     assert text.startswith("<s>[INST] Be brief.\n\nHow do I apply") and text.endswith("[/INST]")
     with pytest.raises(KeyError, match="not loaded"):

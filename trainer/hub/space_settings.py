@@ -74,6 +74,12 @@ class LimitSettings:
     """Longest system prompt a visitor's copy may have."""
     max_feedback_chars: int = 4000
     """Longest feedback comment, and longest suggested answer, that is stored."""
+    max_prompt_chars: int = 48000
+    """Longest whole prompt (system prompt, the history kept and the question), in characters, for every engine:
+    older exchanges are dropped with the notice until it fits; a question that does not fit alone is refused."""
+    max_prompt_tokens: int = 0
+    """Most prompt tokens, where the engine can count them (`engine: local`); 0: the base model's context length minus
+    the answer's max_new_tokens. Older exchanges are dropped with the notice until the prompt fits."""
 
 
 DEFAULT_CONSENT = (
