@@ -96,7 +96,11 @@ def history_problem(value: Any) -> str | None:
 
 def checked_chatbot(**kwargs):
     """A `gr.Chatbot` whose API input is checked first: plain-text contents are accepted as text parts, and a
-    malformed history is refused in one line naming the message and the rule."""
+    malformed history is refused in one line naming the message and the rule. (The instance's data model and
+    preprocess are replaced rather than subclassed: a Chatbot subclass would make Gradio write a .pyi stub beside
+    this module at run time.)"""
+    import types
+
     import gradio as gr
     from gradio.components.chatbot import ChatbotDataMessages
     from pydantic import model_validator
@@ -111,18 +115,17 @@ def checked_chatbot(**kwargs):
             return [{**m, "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str)
                      else m["content"]} for m in value or []]
 
-    class CheckedChatbot(gr.Chatbot):
-        data_model = CheckedMessages
+    chatbot = gr.Chatbot(**kwargs)
+    stock = chatbot.preprocess
 
-        def get_block_name(self) -> str:
-            return "chatbot"  # the stock frontend
+    def preprocess(self, payload):
+        if payload is not None and payload.root and payload.root[0].role == REFUSED:
+            raise gr.Error(payload.root[0].content[0].text)
+        return stock(payload)
 
-        def preprocess(self, payload):
-            if payload is not None and payload.root and payload.root[0].role == REFUSED:
-                raise gr.Error(payload.root[0].content[0].text)
-            return super().preprocess(payload)
-
-    return CheckedChatbot(**kwargs)
+    chatbot.data_model = CheckedMessages
+    chatbot.preprocess = types.MethodType(preprocess, chatbot)
+    return chatbot
 
 
 def check_system_prompt(system_prompt: str | None, cfg) -> str:

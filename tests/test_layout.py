@@ -308,3 +308,9 @@ def test_every_error_of_the_tool_is_a_user_error_the_cli_prints_in_one_line():
     assert not strays, f"errors the command line would print as a traceback: {strays}"
     main = (REPO / "trainer" / "__main__.py").read_text(encoding="utf-8")
     assert "except UserError as exc" in main and main.count("Error,") == 0
+
+
+def test_no_stub_files_beside_the_modules():
+    """Gradio writes a .pyi stub beside a module that subclasses one of its components; none may appear."""
+    stubs = sorted(str(p.relative_to(REPO)) for package in PACKAGES for p in (REPO / package).rglob("*.pyi"))
+    assert not stubs, f"stub files written at run time: {stubs}"
