@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import append_results  # noqa: E402
+
 QUESTION = [
     {"role": "system", "content": "You are a careful study-abroad counsellor."},
     {"role": "user", "content": "Which documents do I need for a student visa application, and how early should I "
@@ -149,10 +151,7 @@ def main(argv=None) -> int:
     results["latency_unquantized"] = latency(build_engine(args.runs_dir, False, None), "demo/stage2",
                                              args.new_tokens, args.repeats)
     print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(results) + "\n")
+    append_results(args.out, [results])
     return 0
 
 

@@ -75,3 +75,14 @@ def answer_child(args: argparse.Namespace, run) -> bool:
     kind, spec_path = args.child
     print("RESULT " + json.dumps(run(kind, json.loads(Path(spec_path).read_text()))), flush=True)
     return True
+
+
+def append_results(path: Path | None, rows: list[dict], command: bool = False) -> None:
+    """Append each result row to the JSON-lines file `path` (a script's --out), its parent made first; with
+    `command`, each row also names the command line that produced it. Nothing when `path` is None."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps({"command": " ".join(sys.argv), **row} if command else row) + "\n")

@@ -32,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.common import append_results  # noqa: E402
+
 SAMPLE = REPO / "tests" / "data" / "studyabroadgpt_sample.jsonl"
 SHORT = REPO / "tests" / "data" / "short_dialogues.jsonl"
 
@@ -167,11 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         mem = pair["ours"]["peak_rss_gb"] / pair["trl"]["peak_rss_gb"]
         print(f"mix {mix}: ours / TRL defaults = {ratio:.2f}x tokens/s, {mem:.2f}x peak RSS", flush=True)
         results.append({"mix": mix, "speedup": round(ratio, 3), "memory_ratio": round(mem, 3), **pair})
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a", encoding="utf-8") as fh:
-            for r in results:
-                fh.write(json.dumps({"command": " ".join(sys.argv), **r}) + "\n")
+    append_results(args.out, results, command=True)
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import append_results  # noqa: E402
 from trainer.data.feedback import SCHEMA, FeedbackRecord, FeedbackStore  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Which documents do I need for a student visa?"},
@@ -99,10 +100,7 @@ def main(argv=None) -> int:
                             "lost": len(set(acked) - on_disk(path))}
     results["speedup"] = round(results["store"]["records_per_s"] / results["baseline"]["records_per_s"], 2)
     print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(results) + "\n")
+    append_results(args.out, [results])
     return 0
 
 

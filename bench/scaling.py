@@ -41,6 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.common import append_results  # noqa: E402
+
 SAMPLE = REPO / "tests" / "data" / "studyabroadgpt_sample.jsonl"
 TASKS = ("ingest", "length", "audit", "audit-2676")
 MARK = "\u2063MARK\u2063"
@@ -275,11 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine note: faulting in fresh memory costs {touch} s/GB here (past the first 0.6 GB)")
         for r in results:
             r["first_touch_s_per_gb"] = touch
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a", encoding="utf-8") as fh:
-            for r in results:
-                fh.write(json.dumps({"command": " ".join(sys.argv), **r}) + "\n")
+    append_results(args.out, results, command=True)
     return 0
 
 
