@@ -58,7 +58,7 @@ def held_out_losses(run_dir: Path) -> dict:
 
 def rubric(run_dir: Path, limit: int, work: Path) -> dict:
     """The rubric answered in-process on the NF4 base and by vLLM on the full-precision base, paired per question."""
-    from bench.serve import VLLMServer
+    from trainer.hub.local_server import VLLMServer
     from trainer.__main__ import main as trainer
     from trainer.train.rundir import base_hub_id
     from trainer.train.demo_model import demo_model_path, is_demo_model

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from bench.serve import VLLMServer, transformers_serve
+    from trainer.hub.local_server import VLLMServer, transformers_serve
     from space.engine import InferenceEngine
     from space.registry import AdapterRegistry
     from space.remote_engine import OpenAIEngine

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bench.serve import ServeError, transformers_serve
+    from trainer.hub.local_server import ServeError, transformers_serve
     from trainer.train.demo_model import demo_model_path
     from trainer.kb.loader import load_kb
     from trainer.providers import OpenAICompatibleProvider

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bench import serve
+from trainer.hub import local_server as serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -297,7 +297,7 @@ stop_app = serve.stop_process
 @pytest.fixture(scope="session")
 def transformers_serve(demo_model_dir, tmp_path_factory):
     """A real OpenAI-compatible server: `transformers serve` on a local copy of the demo model, on 127.0.0.1,
-    offline (bench/serve.py, which the benchmarks use too). Yields (base_url, model_name); stopped by its PID at the
+    offline (trainer/hub/local_server.py, which the benchmarks use too). Yields (base_url, model_name); stopped by its PID at the
     end of the session."""
     with serve.transformers_serve(demo_model_dir, tmp_path_factory.mktemp("served")) as endpoint:
         yield endpoint

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import answer_lengths, at_once, chromium, launch_app, open_app, stop_app
 
-from bench import serve
+from trainer.hub import local_server as serve
 from space.display import is_note, message_text
 from space.engine_api import EngineUnavailable, StreamStats
 from space.registry import AdapterRegistry

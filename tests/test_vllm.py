@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import at_once, launch_app, stop_app
 
-from bench import serve
+from trainer.hub import local_server as serve
 from space.display import is_note, message_text
 from trainer.inference.model import BASE
 

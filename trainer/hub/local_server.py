@@ -1,5 +1,6 @@
-"""Real OpenAI-compatible servers on a local model, for the benchmarks and the tests: `transformers serve`, and vLLM
-(the CPU build, from `scripts/vllm.sh`) with a run's LoRA adapters.
+"""Real OpenAI-compatible servers on a local model, for the benchmarks, the tests and anyone trying a run against a
+server on one machine: `transformers serve`, and vLLM (the CPU build, from `scripts/vllm.sh`) with a run's LoRA
+adapters.
 
     with transformers_serve(demo_model_path(), work_dir) as (base_url, model):
         OpenAICompatibleProvider(base_url, model) ...
@@ -22,13 +23,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from trainer import REPO_ROOT as REPO, UserError
 
 
-class ServeError(RuntimeError):
+class ServeError(UserError, RuntimeError):
     """The server exited or did not answer in time; the message carries its log."""
 
 
