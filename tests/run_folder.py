@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import DATA, REPO, write_jsonl
+from helpers import DATA, REPO, write_jsonl
 
 from trainer.data.conversations import prepare_stage_data
 from trainer.train.config import PipelineConfig, dump_config, load_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import REPO, answer_lengths, chromium, launch_app, open_app, stop_app
+from helpers import REPO, answer_lengths, chromium, launch_app, open_app, stop_app
 
 from space.display import is_note, message_text
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from conftest import DATA, REPO
+from helpers import DATA, REPO
 from trainer.kb.claims import FAIL, VERIFY
 from trainer.kb.audit_report import AuditSettings
 from trainer.kb.audit import Auditor

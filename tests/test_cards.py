@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from run_folder import data_files, write_stage
 
 from trainer.hub.cards import dataset_card, feedback_card, model_card, size_category

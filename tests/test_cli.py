@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DATA, REPO, write_jsonl
+from helpers import DATA, REPO, write_jsonl
 
 from trainer.__main__ import main
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from trainer.typed_yaml import ConfigError
 import trainer.train.config as config

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import DATA, build_mistral_tokenizer, write_jsonl
+from helpers import DATA, build_mistral_tokenizer, write_jsonl
 
 from trainer.train.config import DatasetSettings
 from trainer.data.conversations import (RULE_EMPTY, RULE_EMPTY_CONVERSATION, RULE_MISSING_FIELD, RULE_NO_ASSISTANT,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, write_jsonl
+from helpers import DATA, REPO, write_jsonl
 
 from trainer.data.conversations import file_sha256
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from trainer.train.config import build_sft_config, compile_layers_ready, liger_kernel_wanted, load_config
 from trainer.train.device import (GPUS, DeviceError, DeviceInfo, named_gpu, resolve_compute_dtype,
                                   resolve_precision, torch_build_problem, triton_ok)

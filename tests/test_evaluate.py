@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 from test_eval_engine import stub  # noqa: F401 (the OpenAI-compatible stub server)
 
 from trainer.__main__ import main

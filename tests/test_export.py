@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from trainer.data.feedback import FeedbackRecord, FeedbackStore
 from trainer.__main__ import main

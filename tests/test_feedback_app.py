@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import chromium, launch_app, open_app, stop_app
+from helpers import chromium, launch_app, open_app, stop_app
 
 from trainer.data.feedback import FeedbackStore
 

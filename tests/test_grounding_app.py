@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, chromium, open_app
+from helpers import REPO, chromium, open_app
 
 from space.display import is_note, message_text
 from trainer.inference.model import BASE

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, launch_app, stop_app
+from helpers import REPO, launch_app, stop_app
 
 
 from trainer.__main__ import main

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from trainer.kb.schema import KBError
 from trainer.kb.knowledge_base import KnowledgeBase

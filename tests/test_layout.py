@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 APP_PACKAGES = ("gradio", "app", "space")
 HEAVY = ("torch", "transformers", "gradio", "peft", "trl", "datasets", "accelerate", "bitsandbytes")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from trainer.train.config import load_config
 from trainer.train.device import DeviceError, DeviceInfo, named_gpu, with_memory
 from trainer.train.memory_plan import KNOWN_SHAPES, apply_plan, estimate_stage, model_shape, plan_memory

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from trainer.train.config import load_config
 from trainer.train.model import (ModelError, attach_adapter, check_adapter_matches, load_base_model,

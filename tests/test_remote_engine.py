@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import answer_lengths, at_once, chromium, launch_app, open_app, stop_app
+from helpers import answer_lengths, at_once, chromium, launch_app, open_app, stop_app
 
 from trainer.hub import local_server as serve
 from space.display import is_note, message_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from trainer.kb.retrieve import Retriever, grounded_messages, grounding_text, kb_passages, recall_at_k
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from trainer.providers import OpenAICompatibleProvider, ProviderError
 from trainer.jobs.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
                                 load_exemplars, read_done, system_prompt)

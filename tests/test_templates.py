@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA
+from helpers import DATA
 
 from trainer.train.model import ModelError
 from trainer.train.templates import PROBE_CONVERSATIONS, select_training_template, verify_training_template

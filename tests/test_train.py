@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_CONFIG, REPO, short_demo_overrides
+from helpers import DEMO_CONFIG, REPO, short_demo_overrides
 
 from trainer.train.config import load_config
 from trainer.data.conversations import file_sha256
@@ -26,7 +26,7 @@ def stage_files(demo_stage_files) -> tuple[Path, Path]:
 
 
 def demo_config(out: Path, stage_files, *extra: str):
-    """The session's shortened demo config (conftest's `short_demo_overrides`) writing to `out`."""
+    """The session's shortened demo config (helpers' `short_demo_overrides`) writing to `out`."""
     return load_config(DEMO_CONFIG, short_demo_overrides(out, stage_files, *extra))
 
 

@@ -15,7 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import at_once, launch_app, stop_app
+from helpers import at_once, launch_app, stop_app
 
 from trainer.hub import local_server as serve
 from space.display import is_note, message_text

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import REPO, stop_app
+from helpers import REPO, stop_app
 
 from space import zerogpu
 from space.display import is_note, message_text
