@@ -204,11 +204,12 @@ def test_job_flags_take_their_type_switch_and_choices_from_the_settings_fields()
                               "--no-send-repetition-penalty", "--engine", "openai", "--margin", "0.1",
                               "--max-new-tokens", "64", "--base-url", "http://127.0.0.1:8000/v1"])
     assert _typed_flags(args, EvalJob) == {
-        "load_in_4bit": False, "held_out": True, "contamination": False, "grounded": True,
+        "run": "r", "load_in_4bit": False, "held_out": True, "contamination": False, "grounded": True,
         "send_repetition_penalty": False, "engine": "openai", "margin": 0.1, "max_new_tokens": 64,
         "base_url": "http://127.0.0.1:8000/v1"}
-    assert _typed_flags(parser.parse_args(["eval", "--run", "r", "--no-held-out"]), EvalJob) == {"held_out": False}
-    assert _typed_flags(parser.parse_args(["eval", "--run", "r"]), EvalJob) == {}  # untyped: the file decides
+    assert _typed_flags(parser.parse_args(["eval", "--run", "r", "--no-held-out"]), EvalJob) == {"run": "r",
+                                                                                               "held_out": False}
+    assert _typed_flags(parser.parse_args(["eval", "--run", "r"]), EvalJob) == {"run": "r"}  # the rest: the file
     args = parser.parse_args(["generate", "--exchanges", "2", "3", "--judge", "--n", "5", "--temperature", "0.2"])
     assert _typed_flags(args, SynthJob) == {"exchanges": [2, 3], "judge": True, "n": 5, "temperature": 0.2}
     for wrong in (["eval", "--run", "r", "--engine", "vllm"], ["eval", "--run", "r", "--limit", "few"],
@@ -232,3 +233,21 @@ def test_the_bitsandbytes_kernel_notice_is_silenced_and_other_warnings_are_not(t
     assert out.returncode == 0, out.stderr
     assert "another bitsandbytes warning" in out.stderr
     assert "gemm_4bit_forward" not in out.stderr and "kernels" not in out.stderr
+
+
+def test_every_command_takes_its_flags_from_its_settings_dataclass():
+    import argparse
+    import dataclasses
+
+    from trainer.__main__ import SETTINGS_FILES, build_parser, commands
+    from trainer.jobs import AuditJob, EvalJob
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(commands()) and len(commands()) == 10
+    for name, command in sub.choices.items():
+        fields = {f.name for f in dataclasses.fields(commands()[name][0])} - {"source"}
+        flags = {a.dest for a in command._actions if a.dest != "help"}
+        settings_file = {"config", "overrides"} if name in SETTINGS_FILES else set()
+        assert flags - settings_file == fields, (name, (flags - settings_file) ^ fields)
+    assert AuditJob.judge_max_tokens == EvalJob.judge_max_tokens  # one default for the judge's answer length

@@ -8,12 +8,6 @@ import sys
 from typing import Sequence
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/demo.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="dotted override, repeatable: --set stages.stage2.learning_rate=1e-4")
-
-
 def _add_job_args(parser: argparse.ArgumentParser, example: str, override: str) -> None:
     parser.add_argument("--config", help=f"settings YAML, e.g. {example}; the flags below override it")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -21,10 +15,12 @@ def _add_job_args(parser: argparse.ArgumentParser, example: str, override: str) 
 
 
 def _add_job_flags(parser: argparse.ArgumentParser, settings: type) -> None:
-    """One flag per field of a command's settings dataclass (`trainer/jobs.py`), built from the field: `--field-name`
+    """One flag per field of a command's settings dataclass (`trainer.jobs`), built from the field: `--field-name`
     (or the stem its `flag(name=...)` gives), the type its annotation names, the help its docstring and default.
-    A bool is a `--x/--no-x` switch; a tuple takes as many values as its default has. Flags stay out of the parsed
-    arguments unless typed (argparse.SUPPRESS), so a flag overrides the --config file only when the user gave it."""
+    A bool is a `--x/--no-x` switch (a `no_x` field a plain `--no-x`); a tuple takes as many values as its default
+    has, or one per repeated flag with `action="append"`; `positional` and `required` are as argparse has them.
+    Flags stay out of the parsed arguments unless typed (argparse.SUPPRESS), so a flag overrides the --config file
+    (and the dataclass's default) only when the user gave it."""
     import dataclasses
     import types
     import typing
@@ -37,23 +33,30 @@ def _add_job_flags(parser: argparse.ArgumentParser, settings: type) -> None:
         if f.name == "source":  # set by the loader, not by the user
             continue
         options = dict(f.metadata.get("flag", {}))
+        positional, aliases = options.pop("positional", False), options.pop("aliases", ())
         stem = "--" + options.pop("name", f.name).replace("_", "-")
         kind = hints[f.name]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: a flag always gives an X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         help_text = docs.get(f.name, "")
-        if f.default is not None:  # a null default is explained in the docstring
+        if f.default not in (None, ()) and not options.get("required") and not positional and \
+                options.get("action") != "store_true":  # a null default is explained in the docstring
             shown = (" ".join(map(str, f.default)) if isinstance(f.default, tuple) else
                      str(f.default).lower() if isinstance(f.default, bool) else f.default)
             help_text += f" Default: {shown}."
-        if kind is bool:
+        if "action" in options:
+            pass  # append, store_true: as given
+        elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             options.update(type=typing.get_args(kind)[0], nargs=len(f.default) if f.default else "+")
         elif kind is not str:
             options["type"] = kind
-        parser.add_argument(stem, dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
-                            **options)
+        if positional:
+            parser.add_argument(f.name, help=help_text.replace("%", "%%"), **options)
+        else:
+            parser.add_argument(stem, *aliases, dest=f.name, default=argparse.SUPPRESS,
+                                help=help_text.replace("%", "%%"), **options)
 
 
 def _typed_flags(args: argparse.Namespace, settings: type) -> dict:
@@ -64,103 +67,50 @@ def _typed_flags(args: argparse.Namespace, settings: type) -> dict:
     return {key: value for key, value in vars(args).items() if key in names}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from trainer.jobs import EvalJob, SynthJob
+def commands() -> dict[str, tuple[type, str]]:
+    """Every command's settings dataclass (`trainer.jobs`) and its one-line help, in the order `--help` lists them."""
+    from trainer import jobs
 
+    return {
+        "train": (jobs.TrainJob, "train one stage or the whole pipeline"),
+        "validate": (jobs.ValidateJob, "check a config and its data without training"),
+        "plan": (jobs.PlanJob, "precision, kernels and peak memory of each stage on this GPU or a named one, without "
+                               "loading a model: does the recipe fit?"),
+        "push": (jobs.PushJob, "publish a run's adapters, datasets and Space to the Hugging Face Hub"),
+        "generate": (jobs.SynthJob, "generate grounded, audited synthetic dialogues for stage 1"),
+        "audit": (jobs.AuditJob, "audit a dataset file against the rules and the knowledge base"),
+        "check": (jobs.CheckJob, "check questions (and answers) from any chatbot or FAQ: the false premises the "
+                                 "knowledge base corrects, and whether each answer carries the correction"),
+        "eval": (jobs.EvalJob, "compare every adapter of a run with its base: metrics, rubric, judge, gate"),
+        "serve": (jobs.ServeJob, "print (or, with --start, run vLLM with) the command serving a run's adapters on an "
+                                 "OpenAI-compatible engine"),
+        "export-feedback": (jobs.ExportJob, "turn the app's labelled feedback into stage-2 data"),
+    }
+
+
+SETTINGS_FILES = {"generate": ("configs/synth/gemini.yaml", "n=20"), "eval": ("configs/eval/quick.yaml", "limit=10")}
+"""The commands whose settings may also come from a YAML file (`--config`, `--set`), with an example of each."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per command, its flags built from its settings dataclass (`_add_job_flags`)."""
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Two-stage QLoRA fine-tuning of an open LLM into a study-abroad counsellor.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train one stage or the whole pipeline")
-    _add_config_args(train)
-    train.add_argument("--stage", default="all", help="stage name from the config (stage1, stage2) or all")
-    train.add_argument("--resume", action="store_true",
-                       help="skip finished stages and continue an interrupted one from its last checkpoint")
-
-    validate = sub.add_parser("validate", help="check a config and its data without training")
-    _add_config_args(validate)
-
-    plan = sub.add_parser("plan", help="precision, kernels and peak memory of each stage on this GPU or a named one, "
-                                       "without loading a model: does the recipe fit?")
-    _add_config_args(plan)
-    card = plan.add_mutually_exclusive_group()
-    card.add_argument("--gpu", metavar="NAME", help="plan for this card instead of this machine's: t4, p100, v100, "
-                      "v100-32gb, l4, a10g, rtx3060, rtx4090, a100-40gb, a100-80gb, h100, h200, zero-gpu")
-    plan.add_argument("--memory", type=float, metavar="GB", help="the device's memory in GB (GiB as torch reports "
-                      "it), e.g. for a card not in the table; with --gpu, overrides the table's")
-    plan.add_argument("--fit", action="store_true", help="pick each stage's batch size and accumulation steps that "
-                      "keep its global batch and fit (as auto_fit: true does in train)")
-    plan.add_argument("--json", action="store_true", help="print one JSON object")
-
-    push = sub.add_parser("push", help="publish a run's adapters, datasets and Space to the Hugging Face Hub")
-    push.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
-    push.add_argument("--stage", action="append", help="stage(s) to push (default: every finished stage)")
-    push.add_argument("--namespace", help="user or organisation (default: the token's user)")
-    push.add_argument("--private", action="store_true", help="create the repos as private")
-    push.add_argument("--revision", help="branch to push to (created if missing; default: main)")
-    push.add_argument("--dry-run", action="store_true", help="write the exact folders and print the plan; no upload")
-    push.add_argument("--out", help="where --dry-run (and the upload) stage the folders (default: <run>/push)")
-    push.add_argument("--force", action="store_true", help="publish adapters that failed evaluation (the card says so)")
-    push.add_argument("--no-datasets", action="store_true", help="do not export the training data")
-    push.add_argument("--no-space", action="store_true", help="do not push the Space")
-    push.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
-    push.add_argument("--space-hardware", default="t4-small", choices=("t4-small", "zero-gpu", "cpu-basic"),
-                      help="the hardware the Space is written for: README header and requirements.txt "
-                           "(docs/publishing.md; default: t4-small)")
-
-    generate = sub.add_parser("generate", help="generate grounded, audited synthetic dialogues for stage 1")
-    _add_job_args(generate, "configs/synth/gemini.yaml", "n=20")
-    _add_job_flags(generate, SynthJob)
-
-    audit = sub.add_parser("audit", help="audit a dataset file against the rules and the knowledge base")
-    audit.add_argument("file", help="JSONL/JSON/Parquet/CSV file (or .gz) or folder, any supported schema")
-    kb = audit.add_mutually_exclusive_group()
-    kb.add_argument("--kb", help="knowledge base folder (default: the one shipped with the tool, data/kb)")
-    kb.add_argument("--no-kb", action="store_true", help="audit without the knowledge base (the report says so)")
-    audit.add_argument("--out", help="write audit.jsonl, audit.md and summary.json here")
-    audit.add_argument("--near-duplicate", type=float, default=0.8, help="similarity threshold")
-    audit.add_argument("--against", metavar="OTHER", help="also list the rows found, exactly or nearly, in OTHER "
-                                                          "(any data file or folder): whole conversations and user "
-                                                          "messages, with file:line on both sides")
-    audit.add_argument("--judge", "--judge-base-url", dest="judge_base_url", metavar="URL",
-                       help="ask an LLM judge at this OpenAI-compatible endpoint about every row, and report where "
-                            "it and the KB rules disagree")
-    audit.add_argument("--judge-model", help="the judge's model name at that endpoint")
-    audit.add_argument("--judge-api-key-env", default="JUDGE_API_KEY",
-                       help="environment variable holding the judge's API key (default: JUDGE_API_KEY)")
-    audit.add_argument("--judge-max-tokens", type=int, default=120, help="tokens the judge may answer with")
-
-    check = sub.add_parser("check", help="check questions (and answers) from any chatbot or FAQ: the false premises "
-                                         "the knowledge base corrects, and whether each answer carries the correction")
-    check.add_argument("file", help="CSV (header `question`, optional `answer`) or JSONL ({\"question\", \"answer\"}) "
-                                    "file")
-    check.add_argument("--kb", help="knowledge base folder (default: the one shipped with the tool, data/kb)")
-    check.add_argument("--json", action="store_true", help="print one JSON object per row, then the summary object")
-
-    ev = sub.add_parser("eval", help="compare every adapter of a run with its base: metrics, rubric, judge, gate")
-    ev.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
-    _add_job_args(ev, "configs/eval/quick.yaml", "limit=10")
-    _add_job_flags(ev, EvalJob)
-
-    serve = sub.add_parser("serve", help="print (or, with --start, run vLLM with) the command serving a run's "
-                           "adapters on an OpenAI-compatible engine")
-    serve.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
-    serve.add_argument("--stage", action="append", help="stage(s) to serve (default: every finished stage)")
-    serve.add_argument("--gpu", metavar="NAME", help="the card the printed commands will run on (t4, p100, a100-80gb, "
-                       "...: see `plan --gpu`): its dtype, float16 before Ampere; default: bfloat16 with a note")
-    serve.add_argument("--start", action="store_true",
-                       help="start vLLM here (scripts/vllm.sh: the CPU build in .venv-vllm, made on first use) instead "
-                            "of printing the commands")
-
-    export = sub.add_parser("export-feedback", help="turn the app's labelled feedback into stage-2 data")
-    export.add_argument("--store", default="data/feedback/feedback.sqlite",
-                        help="feedback SQLite file, or a folder of the JSONL records the Space pushed to the Hub")
-    export.add_argument("--out", default="data/feedback/export", help="output folder (sft/kto/dpo JSONL + card)")
-    export.add_argument("--no-system-prompt", action="store_true",
-                        help="leave the system prompt out of the rows (needed for KTO/DPO with Mistral-Instruct)")
+    for name, (settings, help_text) in commands().items():
+        command = sub.add_parser(name, help=help_text)
+        if name in SETTINGS_FILES:
+            _add_job_args(command, *SETTINGS_FILES[name])
+        _add_job_flags(command, settings)
     return parser
+
+
+def job_of(args: argparse.Namespace):
+    """The typed settings of a command that takes flags only, from the flags given (the rest: the defaults)."""
+    settings, _ = commands()[args.command]
+    return settings(**_typed_flags(args, settings))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -411,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer import UserError
 
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args if args.command in SETTINGS_FILES else job_of(args))
     except UserError as exc:  # every error a user can fix derives from it: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ from typing import Callable
 from trainer import UserError
 
 
+JUDGE_MAX_TOKENS = 96
+"""Tokens an LLM judge may answer with (its verdict line and a short reason), in the eval and the audit alike."""
+
+
 class ProviderError(UserError, RuntimeError):
     """An endpoint failed in a way retrying does not fix; the message names the endpoint and the HTTP status."""
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from trainer.eval.gate import DEFAULT_MARGIN
 from trainer.inference.model import ENGINE_KINDS, GenerationSettings
+from trainer.providers import JUDGE_MAX_TOKENS
 from trainer.train.rundir import ADAPTER_NAME
 from trainer.typed_yaml import ConfigError, flag, flags_last, load_typed
 
@@ -19,6 +20,8 @@ from trainer.typed_yaml import ConfigError, flag, flags_last, load_typed
 class EvalJob:
     """`python -m trainer eval`: every adapter of a run against its base."""
 
+    run: str | None = flag(None, required=True)
+    """Run directory, e.g. runs/demo."""
     questions: str | None = None
     """Rubric YAML, or an outside prompt set (CSV/JSONL/JSON/Parquet with a `prompt` or `question` column) that is
     judged but not scored (null: the shipped data/eval/questions.yaml)."""
@@ -64,7 +67,7 @@ class EvalJob:
     """Model name at the judge endpoint."""
     judge_api_key_env: str = "JUDGE_API_KEY"
     """Environment variable holding the judge's API key (only its name is ever written)."""
-    judge_max_tokens: int = 96
+    judge_max_tokens: int = JUDGE_MAX_TOKENS
     """Room for the judge's verdict and reason."""
     margin: float = DEFAULT_MARGIN
     """Non-inferiority margin of the gate: how much worse than the base (on rates, 0.05 = five points) an adapter
