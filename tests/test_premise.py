@@ -7,8 +7,6 @@ import difflib
 import json
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +15,7 @@ from trainer.kb.schema import KBError
 from trainer.kb.loader import SHIPPED_KB, load_kb
 from trainer.kb.premise import PremiseChecker, answer_verdict
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-import premise_set  # noqa: E402
+from trainer.eval import premise_sets as premise_set
 
 
 @pytest.fixture(scope="module")
