@@ -40,11 +40,9 @@ SHORT = REPO / "tests" / "data" / "short_dialogues.jsonl"
 
 
 def _sample_conversations() -> list[list[dict[str, str]]]:
-    out = []
-    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
-        turns = json.loads(line)["conversations"]
-        out.append([{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns])
-    return out
+    from trainer.data.conversations import read_dialogues
+
+    return read_dialogues(SAMPLE)
 
 
 def build_mix(mix: str, tokenizer, template: str, max_length: int) -> list[dict]:

@@ -67,8 +67,6 @@ MISTRAL_7B_V03 = dict(hidden_size=4096, num_hidden_layers=32, num_attention_head
                       head_dim=128, rms_norm_eps=1e-5, sliding_window=None, tie_word_embeddings=False)
 TINY = dict(MISTRAL_7B_V03, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128, head_dim=16, vocab_size=4096)  # a smaller vocabulary keeps the CPU test quick
-SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
-            "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Dense bf16 tensor-core peaks in TFLOP/s from the vendors' datasheets (fp16 where the card has no bf16), matched
@@ -100,32 +98,14 @@ def flops_per_token(shape: dict, mean_length: float) -> float:
 
 # Building the model, tokenizer and data (child process "build")
 
-def _sample_texts() -> list[str]:
-    texts = []
-    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
-        texts.extend(t["value"] for t in json.loads(line)["conversations"])
-    return texts
-
-
 def build_tokenizer(vocab_size: int):
-    """BPE trained on the sample with Mistral's special tokens and chat template; vocabulary padded to vocab_size
-    with tokens no text encodes to (they decode, so generated ids stay printable)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """BPE trained on the sample with Mistral's special tokens and chat template (`trainer.train.tiny`), its
+    vocabulary padded to vocab_size."""
+    from trainer.data.conversations import read_dialogues
+    from trainer.train.tiny import dialogue_texts, mistral_like_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.train_from_iterator(_sample_texts(), trainers.BpeTrainer(vocab_size=min(vocab_size, 4000),
-                                                                 special_tokens=SPECIALS, show_progress=False))
-    spec = json.loads(tok.to_str())
-    vocab = spec["model"]["vocab"]
-    for i in range(len(vocab), vocab_size):
-        vocab[f"<filler_{i}>"] = i
-    tok = Tokenizer.from_str(json.dumps(spec))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   additional_special_tokens=SPECIALS[3:])
-    fast.chat_template = MISTRAL_TEMPLATE.read_text(encoding="utf-8")
+    fast = mistral_like_tokenizer(dialogue_texts(read_dialogues(SAMPLE)), MISTRAL_TEMPLATE.read_text(encoding="utf-8"),
+                                  min(vocab_size, 4000), pad_to=vocab_size)
     assert len(fast) == vocab_size, len(fast)
     return fast
 

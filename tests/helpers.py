@@ -58,33 +58,22 @@ REPO = Path(__file__).parent.parent
 # Mistral-7B-Instruct-v0.3's own chat template (from its tokenizer_config.json), used as the reference the
 # training template must reproduce.
 MISTRAL_TEMPLATE = (DATA / "mistral_v0.3_chat_template.jinja").read_text(encoding="utf-8")
-MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]",
-                    "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
 
 
 def sample_texts() -> list[str]:
-    texts = []
-    for line in (DATA / "studyabroadgpt_sample.jsonl").read_text(encoding="utf-8").splitlines():
-        texts.extend(turn["value"] for turn in json.loads(line)["conversations"])
-    for line in (DATA / "short_dialogues.jsonl").read_text(encoding="utf-8").splitlines():
-        texts.extend(m["content"] for m in json.loads(line)["messages"])
-    return texts
+    """The test dialogues' texts (the StudyAbroadGPT sample and the short dialogues): the tokenizer's corpus."""
+    from trainer.data.conversations import read_dialogues
+    from trainer.train.tiny import dialogue_texts
+
+    return dialogue_texts(read_dialogues(DATA / "studyabroadgpt_sample.jsonl")
+                          + read_dialogues(DATA / "short_dialogues.jsonl"))
 
 
 def build_mistral_tokenizer():
     """A small SentencePiece-style BPE tokenizer with Mistral's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from trainer.train.tiny import mistral_like_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=False))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=MISTRAL_SPECIALS, show_progress=False)
-    tok.train_from_iterator(sample_texts(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   additional_special_tokens=MISTRAL_SPECIALS[3:])
-    fast.chat_template = MISTRAL_TEMPLATE
-    return fast
+    return mistral_like_tokenizer(sample_texts(), MISTRAL_TEMPLATE, 600, byte_fallback=False)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -313,6 +313,25 @@ def normalize_row(obj: Any, schema: str, system_prompt: str | None = None) -> li
     return messages
 
 
+def read_dialogues(path: str | Path) -> list[list[dict[str, str]]]:
+    """The messages of every conversation in one data file, in any schema the tool reads, for what needs only their
+    text (the benchmarks' data, the test tokenizer's corpus); a row that breaks a rule is skipped, not reported."""
+    from trainer.data.readers import reader_for
+
+    path = Path(path)
+    reader = reader_for(path)
+    if reader is None:
+        raise DataError(f"{path}: not a data file the tool reads")
+    out = []
+    for _, obj in reader(path):
+        schema = detect_schema(obj)
+        try:
+            out.append(normalize_row(obj, schema)) if schema else None
+        except RowProblem:
+            continue
+    return out
+
+
 def load_conversations(spec: DatasetSettings, base_dir: str | Path | None = None, path: str | None = None
                        ) -> tuple[list[Conversation], DataReport]:
     """Read, normalise, validate and deduplicate one dataset. Bad rows are collected in the report, not raised,
