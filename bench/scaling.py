@@ -34,7 +34,6 @@ import json
 import os
 import random
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import append_results  # noqa: E402
+from bench.common import answer_child, append_results, spawn_child  # noqa: E402
 
 SAMPLE = REPO / "tests" / "data" / "studyabroadgpt_sample.jsonl"
 TASKS = ("ingest", "length", "audit", "audit-2676")
@@ -189,14 +188,10 @@ def run_child(task: str, n: int, path: Path, repeats: int, kb: bool, workers: in
     return result
 
 
-def _spawn(args: list[str], code: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--code", str(code), "--child", *args], capture_output=True,
-                          text=True, cwd=REPO)
-    line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
-        raise SystemExit(f"child {' '.join(args)} failed")
-    return json.loads(line[len("RESULT "):])
+def _run_spec(task: str, spec: dict) -> dict:
+    """A child's measurement (`bench.common.answer_child`), the measured checkout's trainer/ first on the path."""
+    sys.path.insert(0, spec["code"])
+    return run_child(task, spec["n"], Path(spec["path"]), spec["repeats"], spec["kb"], spec["workers"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,16 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per measurement, the fastest counts (default 3 up to 10k "
                                                     "rows, fewer above)")
     parser.add_argument("--workers", type=int, default=0, help="AuditSettings.workers (0: automatic, 1: one process)")
-    parser.add_argument("--child", nargs=6, metavar=("TASK", "N", "PATH", "REPEATS", "KB", "WORKERS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("TASK", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if args.child:
-        task, n, path, repeats, kb, workers = args.child
-        sys.path.insert(0, str(args.code.resolve()))
-        print("RESULT " + json.dumps(run_child(task, int(n), Path(path), int(repeats), kb == "1", int(workers))),
-              flush=True)
+    if answer_child(args, _run_spec):
         return 0
 
     # Synthesise first, so no measurement includes writing its input
@@ -244,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         # for faulting in ~2.6 GB of fresh memory (reported as seconds_first_run); one audit run (its input is
         # already loaded, untimed).
         repeats = args.repeats or (3 if n <= 10000 else (2 if task == "ingest" else 1))
-        r = _spawn([task, str(n), str(files[(n, style)]), str(repeats), "1" if kb else "0", str(args.workers)],
-                   args.code)
+        r = spawn_child(task, {"work": str(args.data_dir), "code": str(args.code.resolve()), "n": n,
+                               "path": str(files[(n, style)]), "repeats": repeats, "kb": kb,
+                               "workers": args.workers}, False, __file__)
+        if "error" in r:
+            raise SystemExit(f"child {task} {n} failed: {r['error']}")
         r.update(style=style, label=task + ("+kb" if kb else ""), code=str(args.code))
         if "skipped" in r:
             print(f"{r['label']:>12} {style:6s} {n:>7,} rows: skipped ({r['skipped']})", flush=True)
