@@ -73,8 +73,10 @@ def correction_note(corrections: Sequence[Any]) -> dict[str, Any]:
     """The KB's corrections of the question's false premises (`trainer.kb.premise.Correction`) as a titled note above
     the answer, shown as soon as the question is sent and whatever the answer then says: each the claim, the fact, a
     link to its official source and its as-of date. KB text is escaped, so HTML in it stays inert."""
+    from trainer.kb.premise import distinct
+
     lines = [f"- The question assumes “{safe_text(c.claim)}” The knowledge base says: {safe_text(c.fact)} "
-             f"([source]({_link(c.source)}), as of {safe_text(c.as_of)})" for c in corrections]
+             f"([source]({_link(c.source)}), as of {safe_text(c.as_of)})" for c in distinct(corrections)]
     return {"role": "assistant", "content": "\n".join(lines), "metadata": {"title": CORRECTION_TITLE}}
 
 

@@ -181,8 +181,8 @@ def test_a_feedback_record_is_built_without_the_app():
     from trainer.inference.model import GenerationSettings
 
     engine = SimpleNamespace(base_model="base/model", adapter_revision=lambda adapter: f"{adapter}@rev")
-    correction = SimpleNamespace(claim="Medicare covers students.", fact="It does not.", source="https://x.example",
-                                 as_of="2026-11")
+    correction = SimpleNamespace(kind="rule", claim="Medicare covers students.", fact="It does not.",
+                                 source="https://x.example", as_of="2026-11")
     history = [{"role": "user", "content": "Write to jane.doe@example.com: does Medicare cover me?"},
                correction_note([correction]),
                {"role": "assistant", "content": "Yes, Medicare covers you."},

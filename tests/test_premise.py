@@ -332,3 +332,17 @@ def test_check_names_the_file_row_and_rule_of_bad_input(tmp_path, capsys, name, 
     (tmp_path / name).write_text(content)
     assert main(["check", str(tmp_path / name)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_note_shows_each_premise_once_in_sentences_and_the_answer_check_keeps_every_correction(checker):
+    from trainer.kb.premise import distinct
+
+    found = checker.check("I'm from India and choosing Germany because all public universities there are free for "
+                          "everyone. Which one should I pick?")
+    shown = distinct(found)
+    assert len(shown) < len(found) and len({c.claim for c in shown}) == len(shown)
+    assert any(c.kind == "rule" for c in shown) and not any(c.kind == "tuition" and c.source in
+                                                            {r.source for r in shown if r.kind == "rule"} for c in shown)
+    (entry,) = [c for c in checker.check("Can I start medicine in the US right after high school?")
+                if c.kind == "degree_entry"]
+    assert entry.claim.startswith("Medicine in the United States can be entered straight after school")

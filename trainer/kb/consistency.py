@@ -58,18 +58,18 @@ def check_premise_examples(kb: KnowledgeBase, wheres: dict[str, dict[str, str]])
             ident = entry.country if section == "work_limits" else entry.id
             at = f"{wheres[section][ident]}.examples"
             for question in entry.examples_flag:
-                if not any(c.entry == entry.id for c in checker.check(question)):
+                if not any(c.entry == entry.id for c in checker.every_correction(question)):
                     raise KBError(f"{at}.flag: the premise check does not correct {question!r}")
             for question in entry.examples_pass:
-                if any(c.entry == entry.id for c in checker.check(question)):
+                if any(c.entry == entry.id for c in checker.every_correction(question)):
                     raise KBError(f"{at}.pass: the premise check would correct {question!r}")
     for relation in kb.relations:
         at = f"{wheres['relations'][relation.spec.id]}.examples"
         for question in relation.spec.examples.get("flag", ()):
-            if not any(c.kind == relation.kind for c in checker.check(question)):
+            if not any(c.kind == relation.kind for c in checker.every_correction(question)):
                 raise KBError(f"{at}.flag: the premise check does not correct {question!r}")
         for question in relation.spec.examples.get("pass", ()):
-            found = [c for c in checker.check(question) if c.kind == relation.kind]
+            found = [c for c in checker.every_correction(question) if c.kind == relation.kind]
             if found:
                 raise KBError(f"{at}.pass: the premise check would correct {question!r} ({found[0].claim})")
 

@@ -109,6 +109,11 @@ class PremiseChecker:
                     out[c.key] = Correction(**{**asdict(c), "message": index}) if index is not None else c
         return list(out.values())
 
+    def every_correction(self, question: str) -> list[Correction]:
+        """Every correction each rule and relation finds in one question, before `check` keeps one per premise (what
+        the KB's own examples are checked against)."""
+        return self._question(question)
+
     def _question(self, text: str) -> list[Correction]:
         """The KB rules the question words, then every relation's check (relations.yaml) on its linked mentions;
         remembered for the last few questions (the live check asks again about the question it was shown)."""
@@ -166,6 +171,21 @@ class PremiseChecker:
                 flags.append(Flag(rule, FAIL, f"{how} the question's false premise “{c.claim}” (knowledge base: "
                                               f"{c.fact})", message, c.source))
         return flags
+
+
+def distinct(corrections: Sequence[Correction]) -> list[Correction]:
+    """The corrections to show, one per premise: a claim worded twice (two tuition rules refuting "free for
+    everyone") once, and a relation's correction left out where a KB rule already corrects the same premise from the
+    same source (the rule's wording is the curated one). The answer check keeps them all: an answer must carry
+    each."""
+    rule_sources = {c.source for c in corrections if c.kind == "rule"}
+    out, claims = [], set()
+    for c in corrections:
+        if c.claim in claims or (c.kind != "rule" and c.source in rule_sources):
+            continue
+        claims.add(c.claim)
+        out.append(c)
+    return out
 
 
 def answer_verdict(correction: Correction, answer: str) -> str:
@@ -294,7 +314,7 @@ def check_table(checked: Sequence[CheckedRow]) -> str:
         if not row.corrections and not row.flags:
             continue
         corrections = "<br>".join(cell(f"{c.claim} → {c.fact}", 240) + f" ({c.source}, as of {c.as_of})"
-                                  for c in row.corrections) or "—"
+                                  for c in distinct(row.corrections)) or "—"
         flags = "<br>".join(cell(f"{f.rule}: {f.detail}") for f in row.flags) or ("—" if row.answer else "no answer")
         lines.append(f"| {row.where} | {cell(row.question, 100)} | {corrections} | {flags} |")
     return "\n".join(lines) + "\n\n" + check_summary(checked)

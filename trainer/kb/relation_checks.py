@@ -242,13 +242,13 @@ def tuition(relation: Relation, question: Question, kb) -> list:
         where = _tuition_site(relation, question, kb, rule)
         if where is None:
             continue
-        place = where.entity.name
+        place = ("at " if where.type == "university" else "in ") + where.entity.name
         if free and relation.cue("everyone").search(text):
-            claimed = f"Public universities at {place} charge no tuition to anyone."
+            claimed = f"Public universities {place} charge no tuition to anyone."
         elif free and country is not None and not _free_for(country, rule):
-            claimed = f"Public universities at {place} charge no tuition to citizens of {country.name}."
+            claimed = f"Public universities {place} charge no tuition to citizens of {country.name}."
         elif pays and country is not None and _free_for(country, rule):
-            claimed = f"Public universities at {place} charge tuition to citizens of {country.name}."
+            claimed = f"Public universities {place} charge tuition to citizens of {country.name}."
         else:
             continue
         out.append(correction(relation, kb, where, _site("place", kb.country(rule.country)), claimed=claimed,
@@ -297,11 +297,13 @@ def work_limit(relation: Relation, question: Question, kb) -> list:
                 relation.cue("first_period").search(text) and not NEGATED.search(text):
             claimed = "off campus in their first academic year"
         if (m := relation.cue("unlimited").search(text)) and not NEGATED.search(text[:m.start()]):
-            claimed = m.group(0)
+            words = m.group(0)  # the visitor's own words stay in the claim (an answer repeating them restates it)
+            claimed = f"with {words}" if words.lower().startswith("no ") else \
+                "unlimited hours" if words.lower() == "unlimited" else words
         for m in relation.cue("weekly_hours").finditer(text):
             weekly = int(m.group(1)) / (2 if m.group(2).lower() == "fortnight" else 1)
             if limit.hours_per_week is not None and weekly > limit.hours_per_week:
-                claimed = m.group(0)
+                claimed = f"{m.group(1)} hours a {m.group(2).lower()}"
         if claimed is not None:
             work = Named(limit.id, "work")
             return [correction(relation, kb, _site("work", work), _site("place", place), claimed=claimed,

@@ -381,12 +381,19 @@ def related_text(relation: Relation, kb, subject: Mention) -> str:
     return " or ".join(names.get(i, i) for i in ids)
 
 
+_THE = re.compile(r"(?<![Tt]he )(?<!\w)(United States|United Kingdom|Netherlands|Philippines)\b")
+"""Country names that take "the" in a sentence ("in the United Kingdom")."""
+
+
 def render(template: str, values: Mapping[str, Any]) -> str:
-    """A claim or fact template filled in; a field the template names that the values lack is a KBError."""
+    """A claim or fact template filled in, as a sentence: "the" before the names that take it, a capital first
+    letter. A field the template names that the values lack is a KBError."""
     try:
-        return " ".join(template.format(**values).split())
+        text = " ".join(template.format(**values).split())
     except (AttributeError, KeyError, IndexError) as exc:
         raise KBError(f"template {template!r}: {exc}") from None
+    text = _THE.sub(r"the \1", text)
+    return text[:1].upper() + text[1:]
 
 
 def _field(entity: Any, path: str) -> Any:
