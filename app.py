@@ -88,7 +88,7 @@ def build_app(registry, engine, store=None, cfg=None, grounding=None):
 
 
 def build_engine(cfg, registry):
-    """The engine `cfg.engine` names (a `space.engine_api.Engine`), constructed cheaply: call `load()` next."""
+    """The engine `cfg.engine` names (a `trainer.inference.engine.Engine`), constructed cheaply: call `load()` next."""
     if cfg.engine == "openai":
         from space.remote_engine import OpenAIEngine
 

@@ -100,7 +100,7 @@ def measure_mode(mode: str, base: str, adapters: list[Path], args) -> dict:
     from torch._dynamo.utils import counters
 
     from space.engine import InferenceEngine
-    from space.engine_api import StreamStats
+    from trainer.inference.engine import StreamStats
     from space.registry import AdapterRegistry, RegisteredAdapter
     from trainer.inference.model import BASE, GenerationSettings
 

@@ -79,7 +79,7 @@ def reload_seconds(runs_dir: Path) -> float:
 def streaming_overhead(engine, adapter: str, new_tokens: int, repeats: int) -> dict:
     import torch
 
-    from space.engine_api import StreamStats
+    from trainer.inference.engine import StreamStats
     from trainer.inference.model import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)
@@ -106,7 +106,7 @@ def streaming_overhead(engine, adapter: str, new_tokens: int, repeats: int) -> d
 
 
 def latency(engine, adapter: str, new_tokens: int, repeats: int) -> dict:
-    from space.engine_api import StreamStats
+    from trainer.inference.engine import StreamStats
     from trainer.inference.model import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=new_tokens, temperature=0, repetition_penalty=1.0)

@@ -326,7 +326,7 @@ def measure_generation(spec: dict, adapter_dir: Path) -> dict:
     from safetensors.torch import load_file, save_file
 
     from space.engine import InferenceEngine
-    from space.engine_api import StreamStats
+    from trainer.inference.engine import StreamStats
     from trainer.inference.model import GenerationSettings
     from space.registry import AdapterRegistry, RegisteredAdapter
 

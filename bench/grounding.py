@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     if not args.no_engine:
         from space.engine import InferenceEngine
-        from space.engine_api import StreamStats
+        from trainer.inference.engine import StreamStats
         from space.registry import AdapterRegistry
         from trainer.inference.model import GenerationSettings
         from trainer.kb.retrieve import grounded_messages

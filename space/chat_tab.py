@@ -211,7 +211,7 @@ def answer_with_notes(engine, grounding, messages: list[dict[str, str]], adapter
     own chat template, like any system message) and become the numbered sources under the answer; the finished
     answer is then checked against the KB, and a contradiction becomes a warning under it naming the fact and its
     source. An answer that does not carry its correction gets the warning too."""
-    from space.engine_api import EngineUnavailable
+    from trainer.inference.engine import EngineUnavailable
     from trainer.kb.retrieve import grounded_messages
 
     corrections = grounding.premise(messages) if grounding is not None else []

@@ -1,6 +1,6 @@
 """One base model, many adapters, many visitors: what the app adds to `trainer.inference.model`'s inference path.
 
-`InferenceEngine` here is `engine: local`; it implements `space.engine_api.Engine`, as
+`InferenceEngine` here is `engine: local`; it implements `trainer.inference.engine.Engine`, as
 `space.remote_engine.OpenAIEngine` (`engine: openai`, an OpenAI-compatible server generates) does.
 
 `trainer.inference.model.AdapterModel` loads the base once (4-bit NF4 by default, on GPU or CPU) with every adapter
@@ -22,10 +22,11 @@ from typing import Iterator, Sequence
 from trainer.train.config import QuantizationSettings
 from trainer.train.demo_model import DEMO_MODEL_NAME, is_demo_model
 from trainer.train.device import DeviceInfo, Precision, check_torch_build, detect_device, resolve_precision, triton_ok
-from trainer.inference.model import BASE, AdapterModel, AdapterSource, GenerationSettings, load_adapter_model
+from trainer.inference.model import (BASE, AdapterModel, AdapterSource, BatchAnswers, GenerationSettings,
+                                     load_adapter_model)
 from trainer.train.model import BaseModelRef, ModelError, resolve_base_model
 
-from space.engine_api import StreamStats
+from trainer.inference.engine import StreamStats
 from space.registry import AdapterRegistry, RegisteredAdapter
 
 GPU_DEFAULT_BASE = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -251,5 +252,12 @@ class InferenceEngine:
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                  settings: GenerationSettings = GenerationSettings()) -> str:
         """The whole answer at once (the batch generator with one prompt, on the generation thread)."""
+        return self.answer_all([messages], adapter, settings).texts[0]
+
+    def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
+                   settings: GenerationSettings = GenerationSettings(), *, progress=None,
+                   batch_size: int = 8) -> BatchAnswers:
+        """Many answers in left-padded batches, on the generation thread, holding the lock for the whole pass."""
         with self._lock:
-            return self._worker.submit(self.served.generate, [messages], adapter, settings).result().texts[0]
+            return self._worker.submit(self.served.generate, conversations, adapter, settings,
+                                       batch_size=batch_size, progress=progress).result()

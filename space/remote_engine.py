@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from trainer.inference.model import BASE, GenerationSettings
+from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
 from trainer.typed_yaml import ConfigError
 from trainer.hub.space_settings import OpenAIEngineSettings, SpaceConfig
 
-from space.engine_api import EngineUnavailable, StreamStats
+from trainer.inference.engine import EngineUnavailable, StreamStats, answer_concurrently
 from space.registry import AdapterRegistry
 
 
@@ -152,6 +152,17 @@ class OpenAIEngine:
         for text in self.stream(messages, adapter, settings):
             pass
         return text
+
+    def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
+                   settings: GenerationSettings = GenerationSettings(), *, progress=None) -> BatchAnswers:
+        """Many answers, a few requests in flight (the server batches them); token counts from the streams."""
+        def one(messages) -> tuple[str, int, int]:
+            stats, text = StreamStats(), ""
+            for text in self.stream(messages, adapter, settings, stats=stats):
+                pass
+            return text, stats.new_tokens, stats.prompt_tokens
+
+        return answer_concurrently(one, conversations, 4, progress)
 
     def _unavailable(self, exc: Exception, adapter: str, model: str) -> EngineUnavailable:
         """The visitor's one line for a failure, and the operator's one line in the log (no key, no traceback)."""

@@ -9,7 +9,7 @@ strings, so streaming works as anywhere else.
 
 The GPU time a call asks for is `gpu_duration(max_new_tokens)`: a fixed overhead plus the answer's tokens at a
 conservative speed, capped. A visitor whose daily quota is used up (or who asked for more than ZeroGPU allows) gets
-the `spaces` package's own message as one line under the answer (`space.engine_api.EngineUnavailable`), never a
+the `spaces` package's own message as one line under the answer (`trainer.inference.engine.EngineUnavailable`), never a
 traceback.
 
 Off ZeroGPU nothing changes: `serve_on_zerogpu` returns the engine as it is and `spaces` is never imported (it need
@@ -23,7 +23,7 @@ import os
 import time
 from typing import Iterator, Sequence
 
-from space.engine_api import EngineUnavailable, StreamStats
+from trainer.inference.engine import EngineUnavailable, StreamStats
 from trainer.inference.model import BASE, GenerationSettings
 
 OVERHEAD_S = 15

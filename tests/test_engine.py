@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from space.engine import InferenceEngine, choose_decode, same_base
-from space.engine_api import StreamStats
+from trainer.inference.engine import StreamStats
 from space.registry import AdapterRegistry
 from trainer.inference.model import BASE, GenerationSettings
 from trainer.typed_yaml import ConfigError
@@ -147,6 +147,19 @@ def test_a_pad_id_of_zero_is_used_as_the_pad_id(engine, monkeypatch):
         tokenizer.pad_token = before
     assert tokenizer.pad_token_id is None  # as the fixture's tokenizer was
     assert seen == [0, 0]
+
+
+def test_the_local_engines_answer_through_the_one_interface(engine):
+    from trainer.inference.engine import Engine, LocalEngine
+
+    settings = GenerationSettings(max_new_tokens=8, temperature=0)
+    local = LocalEngine(engine.served, batch_size=2)
+    assert isinstance(engine, Engine) and isinstance(local, Engine)
+    batch = engine.answer_all([QUESTION, QUESTION], "stage2", settings)
+    assert batch.texts[0] == batch.texts[1] == engine.generate(QUESTION, "stage2", settings)
+    assert local.answer_all([QUESTION], "stage2", settings).texts == batch.texts[:1]
+    streamed = list(local.stream(QUESTION, "stage2", settings))
+    assert streamed[-1] == batch.texts[0] and local.base_model == engine.served.ref.name
 
 
 def test_prompts_use_the_chat_template_of_the_adapter(engine):

@@ -21,7 +21,7 @@ from helpers import answer_lengths, at_once, chromium, launch_app, open_app, sto
 
 from trainer.hub import local_server as serve
 from space.display import is_note, message_text
-from space.engine_api import EngineUnavailable, StreamStats
+from trainer.inference.engine import EngineUnavailable, StreamStats
 from space.registry import AdapterRegistry
 from space.remote_engine import OpenAIEngine
 from trainer.inference.model import BASE, GenerationSettings
@@ -156,6 +156,13 @@ def test_each_adapter_is_the_model_field_and_the_answer_streams(stub):
     assert stats.new_tokens == len(growing) and stats.first_token_s is not None
     assert engine.generate(QUESTION, "plain") == "Answer from plain about your question"
     assert engine.generate(QUESTION, BASE) == "Answer from served-base about your question"
+    from trainer.eval.engine import ServerEngine
+    from trainer.inference.engine import Engine
+
+    batch = engine.answer_all([QUESTION, QUESTION], "plain", GenerationSettings(max_new_tokens=16, temperature=0))
+    assert batch.texts == ["Answer from plain about your question"] * 2 and all(n > 0 for n in batch.new_tokens)
+    evaluator = ServerEngine(url_of(stub), {BASE: "served-base", "plain": "plain"})
+    assert isinstance(engine, Engine) and isinstance(evaluator, Engine)  # the app's and the eval's: one interface
     sent = stub.requests[0]["body"]
     assert sent["model"] == "counsellor-lora" and sent["stream"] is True and sent["max_tokens"] == 16
     assert sent["temperature"] == 0 and "repetition_penalty" not in sent  # not an OpenAI field

@@ -23,7 +23,7 @@ from helpers import REPO, stop_app
 
 from space import zerogpu
 from space.display import is_note, message_text
-from space.engine_api import EngineUnavailable, StreamStats
+from trainer.inference.engine import EngineUnavailable, StreamStats
 from trainer.inference.model import GenerationSettings
 
 QUOTA_LEFT_S = 60

@@ -13,11 +13,10 @@ HF_HUB_OFFLINE is set); a failure becomes one EvalError line naming the server a
 from __future__ import annotations
 
 import os
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from trainer.eval import EvalError
+from trainer.inference.engine import answer_concurrently
 from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
 from trainer.train.rundir import adapter_name
 
@@ -70,33 +69,39 @@ class ServerEngine:
                                              max_retries=0)
             self._ask(probe, name, [{"role": "user", "content": "Hello"}], 1, None)
 
-    def generate(self, conversations: Sequence[Sequence[dict[str, str]]], name: str,
-                 settings: GenerationSettings, *, progress: Callable[[int, int], None] | None = None
-                 ) -> BatchAnswers:
-        """The next answer of each conversation from model `name`, as `AdapterModel.generate` gives them (in order,
+    @property
+    def base_model(self) -> str:
+        return self.models[BASE]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return [name for name in self.models if name != BASE]
+
+    def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
+                   settings: GenerationSettings = GenerationSettings(), *,
+                   progress: Callable[[int, int], None] | None = None) -> BatchAnswers:
+        """The next answer of each conversation from model `adapter`, as the in-process engine gives them (in order,
         with new-token counts from the server's usage; `seconds` is the wall time of the whole pass)."""
         if settings.temperature > 0:
             raise EvalError("the eval decodes greedily (temperature 0)")  # the eval's rule, not a server limit
         extra = {"repetition_penalty": settings.repetition_penalty} \
             if self.send_repetition_penalty and settings.repetition_penalty != 1.0 else None
-        provider, total = self.providers[name], len(conversations)
-        texts, new_tokens, prompt_tokens = [""] * total, [0] * total, [0] * total
-        started, done = time.time(), 0
-        step = max(1, self.concurrency)
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="eval-engine")
-        try:
-            pending = {pool.submit(self._ask, provider, name, list(messages), settings.max_new_tokens, extra): i
-                       for i, messages in enumerate(conversations)}
-            for future in as_completed(pending):
-                i = pending[future]
-                texts[i], usage = future.result()  # the first failure ends the pass (the rest are cancelled)
-                new_tokens[i], prompt_tokens[i] = usage.completion_tokens, usage.prompt_tokens
-                done += 1
-                if progress is not None and (done % step == 0 or done == total):
-                    progress(done, total)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return BatchAnswers(texts, new_tokens, prompt_tokens, time.time() - started)
+        provider = self.providers[adapter]
+
+        def one(messages) -> tuple[str, int, int]:
+            text, usage = self._ask(provider, adapter, list(messages), settings.max_new_tokens, extra)
+            return text, usage.completion_tokens, usage.prompt_tokens
+
+        return answer_concurrently(one, conversations, self.concurrency, progress)
+
+    def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
+                 settings: GenerationSettings = GenerationSettings()) -> str:
+        return self.answer_all([messages], adapter, settings).texts[0]
+
+    def stream(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
+               settings: GenerationSettings = GenerationSettings(), stop=None, stats=None) -> Iterator[str]:
+        """The answer at once: the eval asks for whole answers, so it is yielded whole."""
+        yield self.generate(messages, adapter, settings)
 
     def _ask(self, provider, name: str, messages: list[dict[str, str]], max_tokens: int, extra: dict | None):
         from trainer.providers import ProviderError

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainer.eval.gate import DEFAULT_MARGIN
-from trainer.inference.model import ENGINE_KINDS, GenerationSettings
+from trainer.inference.engine import ENGINE_KINDS
+from trainer.inference.model import GenerationSettings
 from trainer.providers import JUDGE_MAX_TOKENS
 from trainer.train.rundir import ADAPTER_NAME
 from trainer.typed_yaml import ConfigError, flag, flags_last, load_typed

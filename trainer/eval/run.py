@@ -279,13 +279,13 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
     """Every model's held-out loss and answers (and grounded answers), each model seeded alike."""
     from transformers import set_seed
 
+    from trainer.inference.engine import LocalEngine
+
     job, items, out = plan.job, plan.items, Answers()
+    writer = engine if engine is not None else LocalEngine(loaded.served, job.batch_size)  # one interface either way
 
     def answer(conversations, name: str, progress=None):
-        if engine is not None:
-            return engine.generate(conversations, name, plan.generation, progress=progress)
-        return loaded.served.generate(conversations, name, plan.generation, batch_size=job.batch_size,
-                                      progress=progress)
+        return writer.answer_all(conversations, name, plan.generation, progress=progress)
 
     for name in [BASE] + [s.name for s in plan.stages]:
         entry = out.models[name] = _held_out_loss(plan, loaded.served, name, out, log)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data.settings import TOPICS
-from trainer.inference.model import DECODE_MODES, DEFAULT_SYSTEM_PROMPT, ENGINE_KINDS, GenerationSettings
+from trainer.inference.engine import ENGINE_KINDS
+from trainer.inference.model import DECODE_MODES, DEFAULT_SYSTEM_PROMPT, GenerationSettings
 from trainer.typed_yaml import ConfigError, dump_yaml, item_where, load_typed, to_plain
 
 

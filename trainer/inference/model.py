@@ -14,10 +14,6 @@ from trainer.train.config import QuantizationSettings
 from trainer.train.model import BaseModelRef, ModelError, load_base_model, load_tokenizer
 
 
-ENGINE_KINDS = ("local", "openai")
-"""Who writes the answers, in the app and the eval alike: the models loaded in-process (`local`), or an
-OpenAI-compatible server (`openai`: vLLM, TGI, `transformers serve`)."""
-
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful study-abroad counsellor for international students. Answer in clear markdown with short "
     "sections and concrete next steps. Say when something depends on the country, the university or the year, point "
