@@ -364,3 +364,12 @@ def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
     assert {k: len(v) for k, v in dataset.items()} == {"train": 0, "eval": 0, "audit": 3}
     assert dataset["train"].column_names == dataset["audit"].column_names
     assert all(any(f.startswith("fail:length") for f in r["flags"]) for r in dataset["audit"])
+
+
+def test_the_local_generator_writes_through_the_one_engine_interface():
+    from trainer.inference.engine import Engine, LocalEngine
+    from trainer.jobs.synth import LocalProvider
+
+    assert issubclass(LocalProvider, LocalEngine)
+    assert all(hasattr(LocalProvider, m) for m in ("stream", "generate", "answer_all", "adapter_names"))
+    assert Engine.__name__ == "Engine"  # the interface the app's and the eval's engines implement too

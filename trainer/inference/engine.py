@@ -71,7 +71,8 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """An engine over an `AdapterModel` loaded in this process, without a lock: one caller at a time (the eval)."""
+    """An engine over an `AdapterModel` loaded in this process, without a lock: one caller at a time (the eval, the
+    generator's local model)."""
 
     def __init__(self, served, batch_size: int = 8):
         self.served, self.batch_size = served, batch_size
@@ -113,10 +114,12 @@ class LocalEngine:
         return self.answer_all([messages], adapter, settings).texts[0]
 
     def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
-                   settings: GenerationSettings = GenerationSettings(), *,
-                   progress: Progress | None = None) -> BatchAnswers:
-        """Left-padded batches of `batch_size` prompts (`AdapterModel.generate`)."""
-        return self.served.generate(conversations, adapter, settings, batch_size=self.batch_size, progress=progress)
+                   settings: GenerationSettings = GenerationSettings(), *, progress: Progress | None = None,
+                   cache=None, keys: Sequence | None = None) -> BatchAnswers:
+        """Left-padded batches of `batch_size` prompts (`AdapterModel.generate`). With a `TurnCache` and each row's
+        conversation in `keys`, the earlier turns of a conversation answered turn by turn are not computed again."""
+        return self.served.generate(conversations, adapter, settings, batch_size=self.batch_size, progress=progress,
+                                    cache=cache, keys=keys)
 
 
 def answer_concurrently(answer_one: Callable[[Sequence[dict[str, str]]], tuple[str, int, int]],

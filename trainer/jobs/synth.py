@@ -33,6 +33,7 @@ from trainer import UserError
 from trainer.data.settings import TOPICS as _ALL_TOPICS
 from trainer.inference.model import BASE, GenerationSettings
 from trainer.inference.decode import TurnCache
+from trainer.inference.engine import LocalEngine
 from trainer.providers import Usage
 
 TOPICS = tuple(t for t in _ALL_TOPICS if t != "other")
@@ -317,9 +318,10 @@ def system_prompt(item: PlanItem) -> str:
     return text
 
 
-class LocalProvider:
+class LocalProvider(LocalEngine):
     """An in-process transformers model (default: the embedded demo model), for offline generation: loaded through
-    `trainer.inference.model` (revision, device) unquantized, answering through its batch generator."""
+    `trainer.inference.model` (revision, device) unquantized, answering through the one engine interface
+    (`LocalEngine.answer_all`, turn by turn with the conversations' KV cache kept)."""
 
     kind = "local"
     DECODING = GenerationSettings(max_new_tokens=400, temperature=0.7, top_p=0.95, repetition_penalty=1.1)
@@ -334,7 +336,8 @@ class LocalProvider:
 
         self.model_name = model
         # Unquantized, as the local generator has always run: fp32 on a CPU (bf16 on a GPU, where it now goes).
-        self.served = load_adapter_model(resolve_base_model(model, revision), QuantizationSettings(load_in_4bit=False))
+        super().__init__(load_adapter_model(resolve_base_model(model, revision),
+                                            QuantizationSettings(load_in_4bit=False)))
         self._lock = threading.Lock()
         if threads:
             torch.set_num_threads(threads)
@@ -349,11 +352,12 @@ class LocalProvider:
 
     def complete_batch(self, batch: list[list[dict[str, str]]], settings: GenerationSettings,
                        cache: TurnCache | None = None, keys: Sequence[Any] | None = None) -> list[tuple[str, Usage]]:
-        """Answer each conversation in `batch`, all in one batch. With a `cache` (and each row's conversation in
-        `keys`), the conversations' earlier turns are not computed again: pass the same cache for every turn of a
-        group."""
+        """Answer each conversation in `batch`, all in one batch (`answer_all`), with each answer's usage. With a
+        `cache` (and each row's conversation in `keys`), the conversations' earlier turns are not computed again:
+        pass the same cache for every turn of a group."""
         with self._lock:
-            answers = self.served.generate(batch, BASE, settings, batch_size=len(batch), cache=cache, keys=keys)
+            self.batch_size = len(batch)  # the batch as the generator grouped it
+            answers = self.answer_all(batch, BASE, settings, cache=cache, keys=keys)
         return [(text, Usage(n_prompt, n_new, 1, 0))
                 for text, n_new, n_prompt in zip(answers.texts, answers.new_tokens, answers.prompt_tokens)]
 
