@@ -70,7 +70,9 @@ def load_kb(path: str | Path = SHIPPED_KB) -> KnowledgeBase:
     files = sorted(folder.glob("*.yaml"))
     if not files:
         raise KBError(f"{folder}: no .yaml files in the knowledge base folder")
-    key = (str(folder.resolve()), tuple((f.name, f.stat().st_mtime) for f in files))
+    # The folder as given is part of the key: the KB reports it (`kb.path`), so `data/kb` and its absolute spelling
+    # must not share an entry.
+    key = (str(folder), str(folder.resolve()), tuple((f.name, f.stat().st_mtime) for f in files))
     if key not in _CACHE:
         _CACHE.clear()  # one KB at a time is plenty; old versions only waste memory
         _CACHE[key] = _Loader(folder, files).build()
