@@ -26,7 +26,7 @@ from trainer.inference.model import (BASE, AdapterModel, AdapterSource, BatchAns
                                      load_adapter_model)
 from trainer.train.model import BaseModelRef, ModelError, resolve_base_model
 
-from trainer.inference.engine import StreamStats
+from trainer.inference.engine import StreamStats, follow_stream
 from space.registry import AdapterRegistry, RegisteredAdapter
 
 GPU_DEFAULT_BASE = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -232,22 +232,7 @@ class InferenceEngine:
         except BaseException:
             self._lock.release()
             raise
-        finished = False
-        try:
-            for text in answer:
-                if stats.first_token_s is None:
-                    stats.first_token_s = time.time() - started
-                yield text
-            finished = True
-        finally:
-            if not finished:  # the consumer left early (stop button, closed page): end the generation now
-                stop.set()
-            stats.stopped = stop.is_set()
-            done.result()
-            stats.new_tokens = answer.new_tokens
-            stats.total_s = time.time() - started
-        if answer.error is not None:
-            raise answer.error
+        yield from follow_stream(answer, done.result, stop, stats, started)
 
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                  settings: GenerationSettings = GenerationSettings()) -> str:

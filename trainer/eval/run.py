@@ -287,8 +287,12 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
     def answer(conversations, name: str, progress=None):
         return writer.answer_all(conversations, name, plan.generation, progress=progress)
 
+    home: dict[str, StageRun] = {}  # each held-out conversation is scored with the template of the stage holding it
+    for stage in plan.stages:
+        for conv in plan.eval_rows[stage.name]:
+            home.setdefault(conv.content_hash, stage)
     for name in [BASE] + [s.name for s in plan.stages]:
-        entry = out.models[name] = _held_out_loss(plan, loaded.served, name, out, log)
+        entry = out.models[name] = _held_out_loss(plan, loaded.served, name, home, out, log)
 
         def progress(done: int, total: int, name: str = name) -> None:
             log(f"[eval] {name}: {done}/{total} answers")
@@ -311,14 +315,11 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
     return out
 
 
-def _held_out_loss(plan: EvalPlan, served, name: str, out: Answers, log: Callable[[str], None]) -> dict[str, Any]:
+def _held_out_loss(plan: EvalPlan, served, name: str, home: dict[str, StageRun], out: Answers,
+                   log: Callable[[str], None]) -> dict[str, Any]:
     """One model's loss on every held-out conversation, each scored with the template of the (first) stage that held
     it out; its results entry so far (template hash, loss and perplexity by split)."""
     entry: dict[str, Any] = {}
-    home: dict[str, StageRun] = {}
-    for stage in plan.stages:
-        for conv in plan.eval_rows[stage.name]:
-            home.setdefault(conv.content_hash, stage)
     loss_rows = []
     if served is not None:
         entry["chat_template_sha256"] = hashlib.sha256(served.templates[name].encode()).hexdigest()

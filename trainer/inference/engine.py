@@ -90,24 +90,12 @@ class LocalEngine:
                stats: StreamStats | None = None) -> Iterator[str]:
         """Yield the answer as it grows, generated on a thread of its own."""
         stop = stop or threading.Event()
+        stats = stats if stats is not None else StreamStats()
         answer = self.served.stream(messages, adapter, settings, stop)
-        started = time.time()
+        stats.prompt_tokens = answer.prompt_tokens
         worker = threading.Thread(target=answer.run, daemon=True)
         worker.start()
-        try:
-            for text in answer:
-                if stats is not None and stats.first_token_s is None:
-                    stats.first_token_s = time.time() - started
-                yield text
-        finally:
-            if worker.is_alive():  # the caller left early: end the generation now
-                stop.set()
-            worker.join()
-            if stats is not None:
-                stats.prompt_tokens, stats.new_tokens = answer.prompt_tokens, answer.new_tokens
-                stats.total_s = time.time() - started
-        if answer.error is not None:
-            raise answer.error
+        yield from follow_stream(answer, worker.join, stop, stats, time.time())
 
     def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
                  settings: GenerationSettings = GenerationSettings()) -> str:
@@ -120,6 +108,29 @@ class LocalEngine:
         conversation in `keys`, the earlier turns of a conversation answered turn by turn are not computed again."""
         return self.served.generate(conversations, adapter, settings, batch_size=self.batch_size, progress=progress,
                                     cache=cache, keys=keys)
+
+
+def follow_stream(answer, wait: Callable[[], None], stop: threading.Event, stats: StreamStats,
+                  started: float) -> Iterator[str]:
+    """Yield a streamed answer's text (`AdapterModel.stream`) while another thread runs it, filling in `stats`; a
+    consumer that leaves early stops the generation. `wait()` returns once that thread is done; an error the
+    generation raised is raised here after it."""
+    finished = False
+    try:
+        for text in answer:
+            if stats.first_token_s is None:
+                stats.first_token_s = time.time() - started
+            yield text
+        finished = True
+    finally:
+        if not finished:  # the consumer left early (stop button, closed page): end the generation now
+            stop.set()
+        stats.stopped = stop.is_set()
+        wait()
+        stats.new_tokens = answer.new_tokens
+        stats.total_s = time.time() - started
+    if answer.error is not None:
+        raise answer.error
 
 
 def answer_concurrently(answer_one: Callable[[Sequence[dict[str, str]]], tuple[str, int, int]],

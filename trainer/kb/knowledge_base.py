@@ -55,6 +55,9 @@ class KnowledgeBase:
         object.__setattr__(self, "_vocabulary", {kind: NameIndex((n[0].upper() + n[1:], e) for e in entries
                                                                  for n in (e.name, *e.aliases))
                                                  for kind, entries in self.vocabulary.items()})
+        object.__setattr__(self, "_name_of", {**{n.id: n.name for n in self.vocabulary.get("level", ())},
+                                              **{u.id: u.name for u in self.universities},
+                                              **{c.code: c.name for c in self.countries}})
         object.__setattr__(self, "_structures", {(d.country, d.field): d for d in self.degree_structures})
         object.__setattr__(self, "_groups", NameIndex((n, g) for g in self.groups for n in (g.name, *g.aliases)))
         object.__setattr__(self, "_test_by_id", {t.id: t for t in self.tests})
@@ -126,6 +129,10 @@ class KnowledgeBase:
                      for n in (e.name, *e.aliases, *getattr(e, "demonyms", ()))]
             cache[sections] = frozenset(n.lower() for n in names if " " not in n)
         return cache[sections]
+
+    def name_of(self, ident: str) -> str:
+        """The name of the country, university or level with this code or id (the id itself when none has it)."""
+        return self._name_of.get(ident, ident)
 
     def find_named(self, kind: str, text: str) -> list[Any]:
         """Levels or fields (`vocabulary[kind]`) whose words occur in `text`."""

@@ -116,8 +116,8 @@ ENTITY_TYPES = ("country", "place", "nationality", "university", "scholarship", 
 class Question:
     """One visitor message: its sentences and, per entity type, its mentions (computed on first use)."""
 
-    def __init__(self, kb, text: str, vocabulary):
-        self.kb, self.text, self.vocabulary = kb, text, vocabulary
+    def __init__(self, kb, text: str):
+        self.kb, self.text = kb, text
         self.sentences = sentences(text)
         self._mentions: dict[str, list[Mention]] = {}
         self._raw: dict[str, list[Mention]] = {}

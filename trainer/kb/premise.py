@@ -30,6 +30,7 @@ from typing import Any
 
 
 from trainer import UserError
+from trainer.kb.mentions import names_of, sentences, spans
 from trainer.kb.relations import Correction, digits, evidence, terms_of
 
 AFFIRMED, IGNORED = "premise_affirmed", "premise_ignored"
@@ -58,26 +59,8 @@ def _terms(sentence: str) -> set[str]:
     return terms_of(digits(sentence))
 
 
-def _names(entity) -> tuple[str, ...]:
-    return tuple(n for n in (entity.name, *getattr(entity, "aliases", ())) if n)
-
-
-def _spans(text: str, names: Sequence[str]) -> list[tuple[int, int]]:
-    """Where any of `names` occurs in `text` as whole words (acronyms as written, other names in any case)."""
-    out = []
-    for name in names:
-        flags = 0 if not any(ch.islower() for ch in name) else re.IGNORECASE  # acronyms only as written
-        for m in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text, flags):
-            out.append(m.span())
-    return sorted(out)
-
-
-_QUESTION_SENTENCE = re.compile(r"(?<=[.!?])(?<!\b[A-Z]\.)(?<!e\.g\.)(?<!i\.e\.)(?<!\bvs\.)(?<!etc\.)\s+|\n+")
-"""Sentence ends, but not after an initial or abbreviation ("J.N. Tata", "U.S. Student Program", "e.g.")."""
-
-
 def _sentences(text: str) -> list[str]:
-    return [s for s in _QUESTION_SENTENCE.split(text) if s.strip()]
+    return [sentence.text for sentence in sentences(text)]
 
 
 class PremiseChecker:
@@ -141,7 +124,7 @@ class PremiseChecker:
                 subjects = self._rule_subjects(rule)
                 found.append(Correction("rule", rule.id, rule.claim, rule.fact, rule.source, rule.as_of, subjects,
                                         evidence=evidence(kb, rule.claim, rule.fact, subjects)))
-        question = Question(kb, text, kb.vocabulary)
+        question = Question(kb, text)
         for relation, check in self._checks:
             found += check(relation, question, kb)
         return found
@@ -150,7 +133,7 @@ class PremiseChecker:
         """What an answer about the rule's claim names: one of the rule's keywords, and its country."""
         subjects: tuple[tuple[str, ...], ...] = (tuple(rule.keywords),)
         if rule.country:
-            subjects += (_names(self.kb.country(rule.country)) + self.kb.country(rule.country).demonyms,)
+            subjects += (names_of(self.kb.country(rule.country)),)
         return subjects
 
     # The answer
@@ -204,7 +187,7 @@ def answer_verdict(correction: Correction, answer: str) -> str:
     terms = set(correction.evidence)
     restated = False
     for sentence in sentences:
-        named = [bool(_spans(sentence, names)) for names in correction.subjects]
+        named = [bool(spans(sentence, names)) for names in correction.subjects]
         if any(named) and (_CORRECTING.search(sentence) or terms & _terms(sentence)):
             return "corrected"
         if named and all(named):

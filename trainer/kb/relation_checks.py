@@ -24,6 +24,11 @@ def _number(text: str) -> float:
     return float(_NUMBER_WORDS.get(text.lower(), text) if not text[0].isdigit() else text)
 
 
+def _slug(name: str) -> str:
+    """An id made of a name: `Graduate Route` -> `graduate-route`."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def _site(name: str, entity, term: str = "") -> Mention:
     """A mention built by a check for a fact the question names only indirectly (a scheme, a rule)."""
     return Mention(name, entity, 0, 0, term or entity.name)
@@ -50,7 +55,7 @@ class SchemeFact:
 
     @property
     def id(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return _slug(self.name)
 
 
 @relation_check("duration_limit", facts=SchemeFact, cues=("duration", "post_study"))
@@ -184,7 +189,7 @@ class VisaDocument:
 
     @property
     def id(self) -> str:
-        return f"{self.country.lower()}-{re.sub(r'[^a-z0-9]+', '-', self.document.lower()).strip('-')}"
+        return f"{self.country.lower()}-{_slug(self.document)}"
 
 
 @relation_check("prerequisite", facts=VisaDocument, cues=("apply", "before_document", "after_document", "after_visa"))

@@ -376,9 +376,7 @@ def related_text(relation: Relation, kb, subject: Mention) -> str:
     if isinstance(value, Eligibility):
         return value.text
     ids = [value] if isinstance(value, str) else sorted(value or ())
-    names = {**{c.code: c.name for c in kb.countries}, **{u.id: u.name for u in kb.universities},
-             **{n.id: n.name for n in kb.vocabulary.get("level", ())}}
-    return " or ".join(names.get(i, i) for i in ids)
+    return " or ".join(kb.name_of(i) for i in ids)
 
 
 _THE = re.compile(r"(?<![Tt]he )(?<!\w)(United States|United Kingdom|Netherlands|Philippines)\b")
