@@ -1,5 +1,6 @@
 """What the benchmarks share: what a result is recorded with (the device, peak GPU memory, library versions), and
-the child processes a benchmark runs each measured side in (each prints one `RESULT {json}` line).
+the child processes a benchmark runs each measured side in (each prints one `RESULT {json}` line), how its results
+are saved and printed, and the visitor threads a load test starts together.
 
     from bench.common import answer_child, device_info, gpu_memory, spawn_child, versions
 """
@@ -11,7 +12,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,3 +90,42 @@ def append_results(path: Path | None, rows: list[dict], command: bool = False) -
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps({"command": " ".join(sys.argv), **row} if command else row) + "\n")
+
+
+def result_saver(results: dict, stem: Path, markdown: Callable[[dict], str],
+                 ready: Callable[[dict], bool] = lambda results: True) -> Callable[[], None]:
+    """A `save()` that writes `results` to `stem`.json and, once `ready(results)`, `markdown(results)` to `stem`.md:
+    called after every phase, so a benchmark that dies midway leaves what it measured."""
+    def save() -> None:
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+        if ready(results):
+            stem.with_suffix(".md").write_text(markdown(results))
+    return save
+
+
+def finish(results: dict, save: Callable[[], None], markdown: Callable[[dict], str], stem: Path, started: float,
+           tag: str) -> None:
+    """Record the library versions and the wall time since `started`, save, and print the markdown and the paths."""
+    results["versions"] = versions()
+    results["wall_seconds"] = round(time.time() - started, 1)
+    save()
+    print(markdown(results))
+    print(f"[{tag}] wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')} in "
+          f"{results['wall_seconds']:.0f}s", flush=True)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A markdown table: the header, its rule, then one line per row (each cell as `str` gives it)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def run_together(target: Callable[[int], None], count: int) -> float:
+    """Start `target(0)` ... `target(count - 1)` in threads at once; the seconds until the last one finished."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started

@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import append_results, markdown_table  # noqa: E402
+
 
 def answer_rate(stages, load_in_4bit: bool, questions, settings, batch_size: int) -> list[dict]:
     """Questions per minute and tokens per second for each model, on one loaded PeftModel."""
@@ -120,26 +122,17 @@ def main(argv=None) -> int:
     print(f"\n`{command}` — demo model, {len(questions)} rubric questions "
           f"({sum(q.false_premise for q in questions)} false premise), greedy, max {args.max_new_tokens} new tokens, "
           f"batch {args.batch_size}, CPU, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}\n")
-    print("| base | threads | model | load (s) | questions/min | new tokens/s | mean new tokens |")
-    print("|---|---|---|---|---|---|---|")
-    for r in records:
-        if r["kind"] == "answers":
-            print(f"| {r['base']} | {r['threads']} | {r['model']} | {r['load_s']} | {r['questions_per_min']} | "
-                  f"{r['new_tokens_per_s']} | {r['mean_new_tokens']} |")
+    print(markdown_table(["base", "threads", "model", "load (s)", "questions/min", "new tokens/s", "mean new tokens"],
+                         [[r[k] for k in ("base", "threads", "model", "load_s", "questions_per_min", "new_tokens_per_s",
+                                          "mean_new_tokens")] for r in records if r["kind"] == "answers"]))
     whole = [r for r in records if r["kind"] == "whole"]
     if whole:
         print(f"\nWhole evaluation, `--limit {args.questions}` (held-out loss, {args.questions} rubric questions and "
               f"up to {args.questions} held-out prompts, base + {len(stages)} adapters, scoring, report):\n")
-        print("| base | threads | wall (s) | load (s) | answers | rubric questions/min (all models) |")
-        print("|---|---|---|---|---|---|")
-        for r in whole:
-            print(f"| {r['base']} | {r['threads']} | {r['wall_s']} | {r['load_s']} | {r['answers']} | "
-                  f"{r['questions_per_min']} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps({"command": command, **r}) + "\n")
+        print(markdown_table(["base", "threads", "wall (s)", "load (s)", "answers", "rubric questions/min (all models)"],
+                             [[r[k] for k in ("base", "threads", "wall_s", "load_s", "answers", "questions_per_min")]
+                              for r in whole]))
+    append_results(args.out, [{"command": command, **r} for r in records])
     return 0
 
 

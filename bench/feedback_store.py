@@ -17,13 +17,12 @@ import sqlite3
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import append_results  # noqa: E402
+from bench.common import append_results, run_together  # noqa: E402
 from trainer.data.feedback import SCHEMA, FeedbackRecord, FeedbackStore  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Which documents do I need for a student visa?"},
@@ -46,13 +45,7 @@ def run(writers: int, per_writer: int, write) -> tuple[float, list[str]]:
             with lock:
                 acked.append(f"{w}-{i}")
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - start, acked
+    return run_together(writer, writers), acked
 
 
 def on_disk(path: Path) -> set[str]:

@@ -56,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import answer_child, device_info, gpu_memory, spawn_child, versions  # noqa: E402
+from bench.common import answer_child, device_info, finish, gpu_memory, result_saver, spawn_child  # noqa: E402
 
 SAMPLE = REPO / "tests" / "data" / "studyabroadgpt_sample.jsonl"
 MISTRAL_TEMPLATE = REPO / "tests" / "data" / "mistral_v0.3_chat_template.jinja"
@@ -526,12 +526,8 @@ def main(argv: list[str] | None = None) -> int:
                "sequences_per_step": 2 * 4,
                "flops_per_token_formula": "6*N + 12*L*h*s (N all parameters, s mean conversation length)",
                "paper_recipe_tokens": PAPER_TOKENS}
-    json_path, md_path = args.out_dir / "gpu_qlora.json", args.out_dir / "gpu_qlora.md"
-
-    def save() -> None:
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
-        if "data" in results:
-            md_path.write_text(markdown(results))
+    stem = args.out_dir / "gpu_qlora"
+    save = result_saver(results, stem, markdown, ready=lambda results: "data" in results)
 
     t0 = time.time()
     print(f"[bench] building the {'tiny' if args.tiny else 'Mistral-7B-shaped'} model and data ...", flush=True)
@@ -562,11 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         if ours.get("peak_rss_gb") and base.get("peak_rss_gb"):
             ratio["peak_rss"] = round(ours["peak_rss_gb"] / base["peak_rss_gb"], 3)
         results["ratio"] = ratio
-    results["versions"] = versions()
-    results["wall_seconds"] = round(time.time() - t0, 1)
-    save()
-    print(markdown(results))
-    print(f"[bench] wrote {json_path} and {md_path} in {results['wall_seconds']:.0f}s", flush=True)
+    finish(results, save, markdown, stem, t0, "bench")
     return 0 if all("error" not in s for s in results["sides"].values()) else 1
 
 

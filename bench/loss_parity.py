@@ -26,7 +26,6 @@ Writes `<out-dir>/loss_parity.json` and `loss_parity.md`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import gpu_qlora  # noqa: E402  (bench/ sibling: the model, data and training sides are built there)
-from bench.common import answer_child, versions  # noqa: E402
+from bench.common import answer_child, finish, result_saver  # noqa: E402
 
 TOLERANCE = 0.01
 
@@ -196,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": "python bench/loss_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "tiny": args.tiny, "sequences_per_step": 8, "baseline_recipe": baseline_args,
                "compute_dtype": dtype, "sides": {}}
-    json_path, md_path = args.out_dir / "loss_parity.json", args.out_dir / "loss_parity.md"
-
-    def save() -> None:
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
-        md_path.write_text(markdown(results))
+    stem = args.out_dir / "loss_parity"
+    save = result_saver(results, stem, markdown)
 
     t0 = time.time()
     keep = ("side", "device", "settings", "liger_used", "layout", "losses", "batches", "lora_a_reset", "error")
@@ -212,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if "error" not in ours and "error" not in base:
         results["verdict"] = parity_verdict(ours["losses"], base["losses"], args.tolerance,
                                             same_batches=ours["batches"] == base["batches"])
-    results["versions"] = versions()
-    results["wall_seconds"] = round(time.time() - t0, 1)
-    save()
-    print(markdown(results))
-    print(f"[parity] wrote {json_path} and {md_path} in {results['wall_seconds']:.0f}s", flush=True)
+    finish(results, save, markdown, stem, t0, "parity")
     return 0 if results.get("verdict", {}).get("passed") else 1
 
 

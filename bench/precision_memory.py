@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import gpu_qlora  # noqa: E402  (bench/ sibling: the model and data at Mistral-7B shapes are built there)
-from bench.common import answer_child, device_info, spawn_child, versions  # noqa: E402
+from bench.common import answer_child, device_info, result_saver, spawn_child, versions  # noqa: E402
 
 LAYOUTS_GPU = (("8 x 1, checkpointing (paper.yaml)", ["stages.stage1.per_device_train_batch_size=8",
                                                       "stages.stage1.gradient_accumulation_steps=1"]),
@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                "versions": versions(), "runs": []}
     out = args.out_dir / f"precision_memory-{args.mode}"
 
-    def save() -> None:
-        out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(results))
+    save = result_saver(results, out, markdown)
 
     spec = {**gpu_qlora.shared_spec(args), "work": str(args.work_dir)}
     if args.demo:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import shutil
 import sys
@@ -47,7 +46,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
 import gpu_qlora  # noqa: E402  (bench/ sibling: the model, data and training sides are built there)
-from bench.common import answer_child, versions  # noqa: E402
+from bench.common import answer_child, finish, result_saver  # noqa: E402
 
 CATEGORIES = ("nf4_dequant", "lora", "base_matmul", "attention", "lm_head_ce", "optimizer", "other")
 CATEGORY_LABELS = {"nf4_dequant": "NF4 dequantization (bitsandbytes)",
@@ -321,11 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": "python bench/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "tiny": args.tiny, "mode": args.mode, "warmup_steps": warmup, "sequences_per_step": 8,
                "categories": CATEGORY_LABELS, "sides": {}}
-    json_path, md_path = args.out_dir / "profile_step.json", args.out_dir / "profile_step.md"
-
-    def save() -> None:
-        json_path.write_text(json.dumps(results, indent=2) + "\n")
-        md_path.write_text(markdown(results))
+    stem = args.out_dir / "profile_step"
+    save = result_saver(results, stem, markdown)
 
     t0 = time.time()
     keep = ("side", "device", "cuda", "threads", "settings", "liger_used", "peak_gpu_allocated_gb", "peak_rss_gb",
@@ -335,11 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             script=__file__, keep=keep,
             announce=lambda side: f"[profile] {side}: {warmup} warm-up steps, then one profiled step ..."):
         return 1
-    results["versions"] = versions()
-    results["wall_seconds"] = round(time.time() - t0, 1)
-    save()
-    print(markdown(results))
-    print(f"[profile] wrote {json_path} and {md_path} in {results['wall_seconds']:.0f}s", flush=True)
+    finish(results, save, markdown, stem, t0, "profile")
     return 0 if all("error" not in s for s in results["sides"].values()) else 1
 
 

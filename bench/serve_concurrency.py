@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import markdown_table, run_together  # noqa: E402
+
 QUESTIONS = [
     "Which documents do I need for a German student visa?",
     "How many hours may I work per week on a student visa in Australia?",
@@ -64,13 +66,7 @@ def burst(engine, visitors: int, new_tokens: int, tokenizer) -> dict:
         results[i] = {"ttft_s": first, "total_s": time.perf_counter() - started,
                       "new_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])}
 
-    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(visitors)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_together(visitor, visitors)
     ok = [r for r in results if "error" not in r]
     ttfts = sorted(r["ttft_s"] for r in ok if r["ttft_s"] is not None)
     tokens = sum(r["new_tokens"] for r in ok)
@@ -133,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
 
-    print("\n| engine | visitors | new tokens/s (all visitors) | TTFT p50 | TTFT p95 | errors |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['engine']} | {r['visitors']} | {r['tokens_per_s']} | {r['ttft_p50_s']} s | {r['ttft_p95_s']} s "
-              f"| {len(r['errors'])} |")
+    print("\n" + markdown_table(
+        ["engine", "visitors", "new tokens/s (all visitors)", "TTFT p50", "TTFT p95", "errors"],
+        [[r["engine"], r["visitors"], r["tokens_per_s"], f"{r['ttft_p50_s']} s", f"{r['ttft_p95_s']} s",
+          len(r["errors"])] for r in rows]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"new_tokens": args.new_tokens, "rows": rows}, indent=2) + "\n")

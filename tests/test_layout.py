@@ -314,3 +314,27 @@ def test_no_stub_files_beside_the_modules():
     """Gradio writes a .pyi stub beside a module that subclasses one of its components; none may appear."""
     stubs = sorted(str(p.relative_to(REPO)) for package in PACKAGES for p in (REPO / package).rglob("*.pyi"))
     assert not stubs, f"stub files written at run time: {stubs}"
+
+
+def crossings(folder: str, forbidden: set[str], skip: str | None = None) -> list[str]:
+    """`file:line imports name` for every import under `folder` (but not under `skip`) of a top-level name in
+    `forbidden`."""
+    found = []
+    for path in sorted((REPO / folder).rglob("*.py")):
+        if skip and (REPO / skip) in path.parents:
+            continue
+        for line, name in imported_names(ast.parse(path.read_text(encoding="utf-8"))):
+            if name.split(".")[0] in forbidden:
+                found.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+    return found
+
+
+def test_the_tests_and_the_benchmarks_do_not_import_each_other():
+    """tests/ runs the benchmarks as a user does (their arithmetic is tested in bench/tests); bench/ reads nothing of
+    tests/. Scripts are named too, since a bench script imports its siblings by name (`import gpu_qlora`)."""
+    bench = {"bench"} | {p.stem for p in (REPO / "bench").glob("*.py")}
+    tests = {"tests", "conftest"} | {p.stem for p in (REPO / "tests").glob("*.py")}
+    assert crossings("tests", bench) == []
+    assert crossings("bench", tests, skip="bench/tests") == []
+    assert crossings("bench/tests", tests) == []
+    assert crossings("bench/tests", bench)  # the check sees an import when there is one
