@@ -40,57 +40,58 @@ def _chars(content) -> int:
 
 
 def check_history(history, limits: LimitSettings) -> list[dict[str, Any]]:
-    """The history a client sent back, checked before anything else: a list of at most `max_history_messages`
-    messages, each a mapping with the role `user` or `assistant` and text (or Gradio's text parts) of at most
-    `max_turn_chars` characters. Anything else is refused in one line naming the message and the rule."""
+    """The history a client sent back, checked before anything else (`history_problem` with the limits); anything
+    wrong is refused in one line naming the message and the rule."""
     import gradio as gr
 
-    if history is None:
-        return []
-    if not isinstance(history, list):
-        raise gr.Error(f"history: expected a list of messages, got {type(history).__name__}.")
-    if len(history) > limits.max_history_messages:
-        raise gr.Error(f"history: {len(history):,} messages; the limit is {limits.max_history_messages:,}. "
-                       "Clear the chat and ask again.")
-    for i, message in enumerate(history):
-        if not isinstance(message, dict):
-            raise gr.Error(f"history[{i}]: expected a message with a role and content, got {type(message).__name__}.")
-        if message.get("role") not in ("user", "assistant"):
-            raise gr.Error(f"history[{i}]: role {message.get('role')!r} is not accepted; use user or assistant "
-                           "(the system prompt has its own field).")
-        size = _chars(message.get("content"))
-        if size > limits.max_turn_chars:
-            raise gr.Error(f"history[{i}]: {size:,} characters; the limit is {limits.max_turn_chars:,} per message. "
-                           "Clear the chat and ask again.")
-    return list(history)
+    problem = history_problem(history, limits)
+    if problem is not None:
+        raise gr.Error(problem)
+    return list(history or [])
 
 
 REFUSED = "_refused"
-"""The role of the one message a malformed history is replaced by, carrying the reason to `CheckedChatbot`."""
+"""The role of the one message a malformed history is replaced by, carrying the reason to `checked_chatbot`'s
+preprocess."""
 
 
-def history_problem(value: Any) -> str | None:
-    """What is wrong with a history an API client sent, in one line, before Gradio's own validation (which would
-    only say "the upstream app raised an exception"); None when it is a list of {role, content} messages whose
-    content is text or Gradio's text parts."""
+def history_problem(value: Any, limits: LimitSettings | None = None) -> str | None:
+    """What is wrong with a history an API client sent, in one line; None for a list of {role, content} messages
+    from `user` or `assistant` whose content is text or Gradio's text parts. With `limits`, also at most
+    `max_history_messages` messages of at most `max_turn_chars` characters each. Run before Gradio's own validation
+    (`checked_chatbot`), which would only say "the upstream app raised an exception", and by every handler."""
     if value is None:
         return None
     if not isinstance(value, list):
         return f"history: expected a list of messages, got {type(value).__name__}."
+    if limits is not None and len(value) > limits.max_history_messages:
+        return (f"history: {len(value):,} messages; the limit is {limits.max_history_messages:,}. Clear the chat and "
+                "ask again.")
     for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            hint = " (the [question, answer] pairs format is gone)" if isinstance(message, (list, tuple)) else ""
-            return f"history[{i}]: expected a message {{\"role\": ..., \"content\": ...}}, got " \
-                   f"{type(message).__name__}{hint}."
-        missing = [key for key in ("role", "content") if key not in message]
-        if missing:
-            return f"history[{i}]: the message has no {' or '.join(missing)}."
-        content = message["content"]
-        if not isinstance(content, (str, list)):
-            return f"history[{i}]: content must be text, got {type(content).__name__}."
-        if isinstance(content, list) and not all(isinstance(p, dict) and "type" in p for p in content):
-            return f"history[{i}]: content must be text or a list of parts such as {{\"type\": \"text\", " \
-                   "\"text\": ...}."
+        problem = _message_problem(message, limits)
+        if problem is not None:
+            return f"history[{i}]: {problem}"
+    return None
+
+
+def _message_problem(message: Any, limits: LimitSettings | None) -> str | None:
+    if not isinstance(message, dict):
+        hint = " (the [question, answer] pairs format is gone)" if isinstance(message, (list, tuple)) else ""
+        return f"expected a message {{\"role\": ..., \"content\": ...}}, got {type(message).__name__}{hint}."
+    missing = [key for key in ("role", "content") if key not in message]
+    if missing:
+        return f"the message has no {' or '.join(missing)}."
+    if message["role"] not in ("user", "assistant"):
+        return (f"role {message['role']!r} is not accepted; use user or assistant (the system prompt has its own "
+                "field).")
+    content = message["content"]
+    if not isinstance(content, (str, list)):
+        return f"content must be text, got {type(content).__name__}."
+    if isinstance(content, list) and not all(isinstance(p, dict) and "type" in p for p in content):
+        return "content must be text or a list of parts such as {\"type\": \"text\", \"text\": ...}."
+    size = _chars(content)
+    if limits is not None and size > limits.max_turn_chars:
+        return f"{size:,} characters; the limit is {limits.max_turn_chars:,} per message. Clear the chat and ask again."
     return None
 
 

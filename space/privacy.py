@@ -240,15 +240,11 @@ _PHONE_RUN = re.compile(
 )
 _DIGITS = re.compile(r"\d+")
 _DECIMAL = re.compile(r"\d+\.\d+")
-_CURRENCY_BEFORE = re.compile(
-    r"(?:[$€£¥₹₩₽]|\b(?:USD|EUR|GBP|INR|AUD|CAD|NZD|SGD|CNY|RMB|JPY|CHF|HKD|AED|Rs\.?|US\$|A\$|C\$))[ \t]*$",
-    re.IGNORECASE,
-)
-_UNIT_AFTER = re.compile(
-    r"[ \t]*(?:[$€£¥₹%‰]|(?:USD|EUR|GBP|INR|AUD|CAD|NZD|SGD|CNY|RMB|JPY|CHF|HKD|AED|euros?|dollars?|pounds?|"
-    r"rupees?|yuan|yen|lakhs?|crores?|won|francs?)\b)",
-    re.IGNORECASE,
-)
+_CURRENCY_CODES = "USD|EUR|GBP|INR|AUD|CAD|NZD|SGD|CNY|RMB|JPY|CHF|HKD|AED"
+# A number after a currency sign or code, or before one or a unit, is an amount: never an ID or a phone number.
+_CURRENCY_BEFORE = re.compile(rf"(?:[$€£¥₹₩₽]|\b(?:{_CURRENCY_CODES}|Rs\.?|US\$|A\$|C\$))[ \t]*$", re.IGNORECASE)
+_UNIT_AFTER = re.compile(rf"[ \t]*(?:[$€£¥₹%‰]|(?:{_CURRENCY_CODES}|euros?|dollars?|pounds?|rupees?|yuan|yen|lakhs?|"
+                         r"crores?|won|francs?)\b)", re.IGNORECASE)
 _MAX_PHONE_GROUPS = 8  # "+33 1 23 45 67 89" is 6; more groups than this is a list of numbers, not a phone
 
 
