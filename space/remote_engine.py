@@ -21,6 +21,7 @@ from trainer.typed_yaml import ConfigError
 from trainer.hub.space_settings import OpenAIEngineSettings, SpaceConfig
 
 from trainer.inference.engine import EngineUnavailable, StreamStats, answer_concurrently
+from trainer.providers import Usage
 from space.registry import AdapterRegistry
 
 
@@ -156,11 +157,11 @@ class OpenAIEngine:
     def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
                    settings: GenerationSettings = GenerationSettings(), *, progress=None) -> BatchAnswers:
         """Many answers, a few requests in flight (the server batches them); token counts from the streams."""
-        def one(messages) -> tuple[str, int, int]:
+        def one(messages) -> tuple[str, Usage]:
             stats, text = StreamStats(), ""
             for text in self.stream(messages, adapter, settings, stats=stats):
                 pass
-            return text, stats.new_tokens, stats.prompt_tokens
+            return text, Usage(stats.prompt_tokens, stats.new_tokens, 1, 0)
 
         return answer_concurrently(one, conversations, 4, progress)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
+from trainer.inference.endpoint import EndpointEngine
+from trainer.inference.model import BASE, BatchAnswers
 from trainer.providers import OpenAICompatibleProvider, ProviderError
 from trainer.jobs.synth import (GenerationError, LocalProvider, PlanItem, SynthSettings, build_plan, generate,
                                 load_exemplars, read_done, system_prompt)
@@ -145,22 +147,27 @@ def test_connection_refused_is_retried_then_reported():
 def test_generation_resumes_without_duplicates(scripted, tmp_path):
     raw = tmp_path / "raw.jsonl"
     plan = plan_items(8, turns=3)
-    # First run: the server fails every request about conversation 5, the run stops with an error.
+    # First run: the server fails every request about conversation 5, the run stops with an error. The endpoint
+    # answers groups of ENDPOINT_WAVES (4) x 1 conversations turn by turn: the first group is written, the second
+    # (which holds conversation 5) is not.
     broken = scripted(fail_when=lambda q: q.startswith(("Question 5?", "Follow-up 5.")))
-    provider = OpenAICompatibleProvider(broken.base_url, "m", max_retries=1, sleep=lambda s: None)
-    with pytest.raises(ProviderError):
-        generate(plan, provider, raw, short_answers(concurrency=1), progress=False)
+    engine = EndpointEngine(broken.base_url, {BASE: "m"}, concurrency=1, max_retries=1, sleep=lambda s: None)
+    with pytest.raises(ProviderError, match=r"HTTP 500"):
+        generate(plan, engine, raw, short_answers(concurrency=1), progress=False)
     first = read_done(raw)
-    assert first and "plan-005" not in first and len(first) < 8
+    assert sorted(first) == [f"plan-00{i}" for i in range(4)]
 
-    # Second run against a healthy server: only the missing conversations are asked for.
-    healthy = scripted()
-    provider = OpenAICompatibleProvider(healthy.base_url, "m", sleep=lambda s: None)
-    run = generate(plan, provider, raw, short_answers(concurrency=4), progress=False)
+    # Second run against a healthy server that asks for one retry first: only the missing conversations are asked
+    # for, and the retry is in the usage of the conversation that took it.
+    healthy = scripted(script=[429])
+    engine = EndpointEngine(healthy.base_url, {BASE: "m"}, concurrency=4, sleep=lambda s: None)
+    run = generate(plan, engine, raw, short_answers(concurrency=4), progress=False)
     ids = [json.loads(line)["plan_id"] for line in raw.read_text().splitlines()]
     assert sorted(ids) == [p.id for p in plan] and len(ids) == len(set(ids))
     assert run.skipped == len(first) and len(run.rows) == 8
-    assert len(healthy.requests) == 3 * (8 - len(first))  # three questions per conversation, none repeated
+    assert len(healthy.requests) == 3 * (8 - len(first)) + 1  # three questions per conversation and one retry
+    assert run.usage.requests == 12 and run.usage.retries == 1 and run.usage.completion_tokens == 12 * 7
+    assert sum(r["usage"]["retries"] for r in run.rows) == 1
     row = run.rows[5]
     assert [m["role"] for m in row["messages"]] == ["user", "assistant"] * 3
     assert row["provenance"]["provider"] == "openai-compatible" and row["usage"]["completion_tokens"] == 21
@@ -169,28 +176,29 @@ def test_generation_resumes_without_duplicates(scripted, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_conversations(tmp_path):
-    class InterruptedProvider:
-        kind, name = "test", "interrupting provider"
+    class InterruptedEngine:
+        """An engine (answer_all, as an endpoint's) whose third pass is cut by Ctrl-C."""
+
+        kind, name = "test", "interrupting engine"
 
         def __init__(self):
             self.calls = 0
 
-        def complete(self, messages, *, max_tokens, temperature):
-            from trainer.providers import Usage
-
+        def answer_all(self, conversations, adapter, settings, **unused):
             self.calls += 1
-            if self.calls == 7:
+            if self.calls == 3:
                 raise KeyboardInterrupt
-            return "### Answer\n\n- a point", Usage(1, 1, 1, 0)
+            n = len(conversations)
+            return BatchAnswers(["### Answer\n\n- a point"] * n, [1] * n, [1] * n, 0.0)
 
     raw = tmp_path / "raw.jsonl"
-    plan = plan_items(5, turns=2)
-    run = generate(plan, InterruptedProvider(), raw, SynthSettings(concurrency=1), progress=False)
-    assert run.interrupted and len(run.rows) == 3  # calls 1-6 finished three two-turn conversations
+    plan = plan_items(6, turns=2)
+    run = generate(plan, InterruptedEngine(), raw, SynthSettings(concurrency=1), progress=False)
+    assert run.interrupted and len(run.rows) == 4  # passes 1-2 finished the first group's two-turn conversations
     # A torn last line (a crash mid-write) is ignored, and the re-run completes the rest exactly once.
     with open(raw, "a") as fh:
         fh.write('{"plan_id": "plan-004", "messa')
-    again = generate(plan, InterruptedProvider(), raw, SynthSettings(concurrency=1), progress=False)
+    again = generate(plan, InterruptedEngine(), raw, SynthSettings(concurrency=1), progress=False)
     assert not again.interrupted and [r["plan_id"] for r in again.rows] == [p.id for p in plan]
 
 
@@ -279,10 +287,10 @@ def test_cached_turns_say_what_whole_prompts_say(local_provider):
             for k in keys:
                 talks[k].append({"role": "user", "content": questions[k][turn]})
             reuse = {"cache": cache, "keys": keys} if cache is not None else {}
-            answers = local_provider.complete_batch([[system, *talks[k]] for k in keys], greedy, **reuse)
-            for k, (text, usage) in zip(keys, answers):
+            answers = local_provider.answer_all([[system, *talks[k]] for k in keys], BASE, greedy, **reuse)
+            for k, text, new_tokens in zip(keys, answers.texts, answers.new_tokens):
                 talks[k].append({"role": "assistant", "content": text})
-                lengths.append(usage.completion_tokens)
+                lengths.append(new_tokens)
             if cache is not None:
                 # Each row attends to its own conversation so far and nothing else (no padding, nothing generated
                 # after its answer ended): all of it but the last token sampled and the template's end of message.
@@ -366,10 +374,28 @@ def test_finish_saves_loadable_splits_even_when_one_is_empty(kb, tmp_path):
     assert all(any(f.startswith("fail:length") for f in r["flags"]) for r in dataset["audit"])
 
 
-def test_the_local_generator_writes_through_the_one_engine_interface():
+def test_the_generator_writes_through_the_one_engine_interface(scripted):
+    """Local model and endpoint alike are engines; the endpoint's is the eval's too, and the audit's judge asks it."""
+    from trainer.eval.engine import ServerEngine
     from trainer.inference.engine import Engine, LocalEngine
-    from trainer.jobs.synth import LocalProvider
+    from trainer.jobs.synth import LocalProvider, llm_judge
 
-    assert issubclass(LocalProvider, LocalEngine)
+    assert issubclass(LocalProvider, LocalEngine) and issubclass(ServerEngine, EndpointEngine)
     assert all(hasattr(LocalProvider, m) for m in ("stream", "generate", "answer_all", "adapter_names"))
-    assert Engine.__name__ == "Engine"  # the interface the app's and the eval's engines implement too
+    server = scripted()
+    engine = EndpointEngine(server.base_url, {BASE: "m"}, api_key="sk-secret", sleep=lambda s: None)
+    assert isinstance(engine, Engine) and engine.adapter_names == []
+    answers = engine.answer_all([[{"role": "user", "content": f"q{i}"}] for i in range(3)], BASE,
+                                replace(LocalProvider.DECODING, max_new_tokens=5, temperature=0.3))
+    assert [t.split("About: ")[1].split("\n")[0] for t in answers.texts] == ["q0", "q1", "q2"]  # in order
+    assert answers.new_tokens == [7, 7, 7] and answers.retries == [0, 0, 0]
+    body = server.requests[0][1]
+    assert body["max_tokens"] == 5 and body["temperature"] == 0.3 and "repetition_penalty" not in body
+    assert engine.generate([{"role": "user", "content": "hi"}]).startswith("### Answer")
+    ok, reason = llm_judge(engine)([{"role": "user", "content": "q"}], [])
+    assert ok is None and "no verdict" in reason  # the scripted server does not judge: nothing flagged
+    assert server.requests[-1][1]["temperature"] == 0 and server.requests[-1][1]["max_tokens"] == 96
+    failing = scripted(script=[401])
+    with pytest.raises(ProviderError, match="HTTP 401") as caught:
+        EndpointEngine(failing.base_url, {BASE: "m"}, api_key="sk-secret").generate([{"role": "user", "content": "q"}])
+    assert "sk-secret" not in str(caught.value)

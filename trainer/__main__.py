@@ -255,7 +255,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainer.kb.loader import load_kb
-    from trainer.providers import OpenAICompatibleProvider
+    from trainer.inference.endpoint import EndpointEngine
+    from trainer.inference.model import BASE
     from trainer.jobs.synth import (LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge,
                                     load_exemplars)
 
@@ -264,23 +265,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     plan = build_plan(kb, job.n, seed=job.seed, false_premise_share=job.false_premise_share, exemplars=exemplars,
                       turns=(2 * job.exchanges[0], 2 * job.exchanges[1]))
     if job.base_url:
-        provider = OpenAICompatibleProvider(job.base_url, job.model, os.environ.get(job.api_key_env),
-                                            timeout=job.timeout)
+        engine = EndpointEngine(job.base_url, {BASE: job.model}, api_key=os.environ.get(job.api_key_env),
+                                concurrency=job.concurrency, timeout=job.timeout)
     else:
-        provider = LocalProvider(job.model)
+        engine = LocalProvider(job.model)
     decoding = replace(LocalProvider.DECODING, max_new_tokens=job.max_tokens, temperature=job.temperature)
     settings = SynthSettings(decoding=decoding, concurrency=job.concurrency, price_in_per_m=job.price_in,
                              price_out_per_m=job.price_out)
     out = Path(job.out)
     print(f"[generate] {len(plan)} conversations planned ({sum(1 for p in plan if p.false_premise)} false premise) "
-          f"with {provider.name}; writing {out / 'raw.jsonl'}", flush=True)
-    run = generate(plan, provider, out / "raw.jsonl", settings, kb_version=kb.version)
+          f"with {engine.name}; writing {out / 'raw.jsonl'}", flush=True)
+    run = generate(plan, engine, out / "raw.jsonl", settings, kb_version=kb.version)
     if run.interrupted:
         print(f"[generate] interrupted: {len(run.rows)} of {len(plan)} conversations are saved; run the same "
               "command again to continue", flush=True)
         return 130
-    summary = finish(run, kb, out, eval_fraction=job.eval_fraction, seed=job.seed, provider_name=provider.name,
-                     settings=settings, judge=llm_judge(provider) if job.judge else None)
+    summary = finish(run, kb, out, eval_fraction=job.eval_fraction, seed=job.seed, provider_name=engine.name,
+                     settings=settings, judge=llm_judge(engine) if job.judge else None)
     print(f"[generate] {summary['counts']} (train / eval / audit), {summary['usage']['completion_tokens']} "
           f"completion tokens, {summary['seconds']} s; dataset and card in {out}", flush=True)
     return 0
@@ -296,12 +297,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise KBError("--kb '': no folder given; name the knowledge base folder, or use --no-kb to audit without it")
     judge = None
     if args.judge_base_url:
-        from trainer.providers import OpenAICompatibleProvider
+        from trainer.inference.endpoint import EndpointEngine
+        from trainer.inference.model import BASE
         from trainer.jobs.synth import llm_judge
 
-        provider = OpenAICompatibleProvider(args.judge_base_url, args.judge_model,
-                                            os.environ.get(args.judge_api_key_env))
-        judge = llm_judge(provider, max_tokens=args.judge_max_tokens)
+        endpoint = EndpointEngine(args.judge_base_url, {BASE: args.judge_model},
+                                  api_key=os.environ.get(args.judge_api_key_env))
+        judge = llm_judge(endpoint, max_tokens=args.judge_max_tokens)
     kb = None if args.no_kb else (args.kb or SHIPPED_KB)
     report = audit_file(args.file, kb, AuditSettings(near_duplicate=args.near_duplicate, judge_all=True),
                         args.out, against=args.against, judge=judge)

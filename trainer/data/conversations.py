@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from trainer import UserError
 from trainer.data.settings import DatasetSettings
@@ -201,35 +201,50 @@ def _text_parts(parts: list, where: str) -> str:
     return "\n".join(texts)
 
 
-def _from_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
-    turns = obj.get("messages")
+@dataclass(frozen=True)
+class _TurnList:
+    """How a schema lists its turns: under which key, what one is called, its speaker and text fields, the roles its
+    speakers map to and how an unknown speaker is reported."""
+
+    key: str
+    noun: str
+    speaker: str
+    text: str
+    role: Callable[[Any], str | None]
+    unknown: str
+    """`{noun} {i} ...{speaker!r}; expected ...` with the speaker's repr."""
+
+
+_MESSAGES = _TurnList("messages", "message", "role", "content",
+                      lambda role: role if isinstance(role, str) and role in CHAT_ROLES else None,
+                      "message {i} has role {speaker!r}; expected one of " + ", ".join(CHAT_ROLES))
+_SHAREGPT = _TurnList("conversations", "turn", "from", "value",
+                      lambda speaker: SHAREGPT_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None,
+                      "turn {i} is from {speaker!r}; expected human, gpt, assistant or system")
+
+
+def _from_turns(obj: dict[str, Any], spec: _TurnList) -> list[dict[str, str]]:
+    """The messages of a row whose turns are a list of speaker/text dicts (`messages`, ShareGPT)."""
+    turns = obj.get(spec.key)
     if not isinstance(turns, list):
-        raise RowProblem(RULE_SCHEMA, f"'messages' must be a list, got {type(turns).__name__}")
+        raise RowProblem(RULE_SCHEMA, f"'{spec.key}' must be a list, got {type(turns).__name__}")
     out = []
     for i, turn in enumerate(turns, start=1):
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise RowProblem(RULE_SCHEMA, f"message {i} needs 'role' and 'content'")
-        role = turn["role"]
-        if role not in CHAT_ROLES:
-            raise RowProblem(RULE_ROLE, f"message {i} has role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
-        out.append(_message(role, turn["content"], i))
+        if not isinstance(turn, dict) or spec.speaker not in turn or spec.text not in turn:
+            raise RowProblem(RULE_SCHEMA, f"{spec.noun} {i} needs '{spec.speaker}' and '{spec.text}'")
+        role = spec.role(turn[spec.speaker])
+        if role is None:
+            raise RowProblem(RULE_ROLE, spec.unknown.format(i=i, speaker=turn[spec.speaker]))
+        out.append(_message(role, turn[spec.text], i))
     return out
+
+
+def _from_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
+    return _from_turns(obj, _MESSAGES)
 
 
 def _from_sharegpt(obj: dict[str, Any]) -> list[dict[str, str]]:
-    turns = obj.get("conversations")
-    if not isinstance(turns, list):
-        raise RowProblem(RULE_SCHEMA, f"'conversations' must be a list, got {type(turns).__name__}")
-    out = []
-    for i, turn in enumerate(turns, start=1):
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise RowProblem(RULE_SCHEMA, f"turn {i} needs 'from' and 'value'")
-        speaker = turn["from"]
-        role = SHAREGPT_ROLES.get(str(speaker).lower()) if isinstance(speaker, str) else None
-        if role is None:
-            raise RowProblem(RULE_ROLE, f"turn {i} is from {speaker!r}; expected human, gpt, assistant or system")
-        out.append(_message(role, turn["value"], i))
-    return out
+    return _from_turns(obj, _SHAREGPT)
 
 
 def _from_alpaca(obj: dict[str, Any]) -> list[dict[str, str]]:

@@ -7,16 +7,17 @@ and `vllm --lora-modules demo/stage1=...` serves). The requests carry the messag
 system prompt; with --grounded, the grounded system message), greedy with the same max_new_tokens, `concurrency` of
 them in flight so the server can batch them. The chat template is the server's. Requests go through the client the
 generator and the judge share (`trainer.providers`: retries on 429/5xx, the named server let through when
-HF_HUB_OFFLINE is set); a failure becomes one EvalError line naming the server and the model.
+HF_HUB_OFFLINE is set; `trainer.inference.endpoint.EndpointEngine`, which the generator's endpoint answers through
+too); a failure becomes one EvalError line naming the server and the model.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from trainer.eval import EvalError
-from trainer.inference.engine import answer_concurrently
+from trainer.inference.endpoint import EndpointEngine
 from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
 from trainer.train.rundir import adapter_name
 
@@ -32,20 +33,16 @@ def served_names(job, stages: Sequence[Any], run_name: str) -> dict[str, str]:
     return {BASE: base, **{s.name: adapter_name(run_name, s.name, job.adapter_served_name) for s in stages}}
 
 
-class ServerEngine:
-    """The eval's answers from an OpenAI-compatible server, `concurrency` requests in flight."""
+class ServerEngine(EndpointEngine):
+    """The eval's answers from an OpenAI-compatible server: greedy, `concurrency` requests in flight, a failure one
+    EvalError line naming the server and the model."""
 
     def __init__(self, base_url: str, models: dict[str, str], *, api_key: str | None = None, concurrency: int = 16,
                  timeout: float = 600.0, send_repetition_penalty: bool = True, max_retries: int = 4,
                  api_key_env: str | None = None):
-        from trainer.providers import OpenAICompatibleProvider
-
-        self.base_url, self.models = base_url.rstrip("/"), dict(models)
-        self.concurrency, self.send_repetition_penalty = max(1, concurrency), send_repetition_penalty
-        self._api_key, self._timeout, self.api_key_env = api_key, timeout, api_key_env
-        self.providers = {name: OpenAICompatibleProvider(self.base_url, served, api_key, timeout=timeout,
-                                                         max_retries=max_retries)
-                          for name, served in self.models.items()}
+        super().__init__(base_url, models, api_key=api_key, concurrency=concurrency, timeout=timeout,
+                         max_retries=max_retries, send_repetition_penalty=send_repetition_penalty)
+        self.api_key_env = api_key_env
 
     @classmethod
     def from_job(cls, job, stages: Sequence[Any], run_name: str) -> "ServerEngine":
@@ -67,15 +64,7 @@ class ServerEngine:
         for name, served in self.models.items():
             probe = OpenAICompatibleProvider(self.base_url, served, self._api_key, timeout=min(60.0, self._timeout),
                                              max_retries=0)
-            self._ask(probe, name, [{"role": "user", "content": "Hello"}], 1, None)
-
-    @property
-    def base_model(self) -> str:
-        return self.models[BASE]
-
-    @property
-    def adapter_names(self) -> list[str]:
-        return [name for name in self.models if name != BASE]
+            self._ask(probe, name, [{"role": "user", "content": "Hello"}], 1, 0.0, None)
 
     def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
                    settings: GenerationSettings = GenerationSettings(), *,
@@ -84,37 +73,9 @@ class ServerEngine:
         with new-token counts from the server's usage; `seconds` is the wall time of the whole pass)."""
         if settings.temperature > 0:
             raise EvalError("the eval decodes greedily (temperature 0)")  # the eval's rule, not a server limit
-        extra = {"repetition_penalty": settings.repetition_penalty} \
-            if self.send_repetition_penalty and settings.repetition_penalty != 1.0 else None
-        provider = self.providers[adapter]
+        return super().answer_all(conversations, adapter, settings, progress=progress)
 
-        def one(messages) -> tuple[str, int, int]:
-            text, usage = self._ask(provider, adapter, list(messages), settings.max_new_tokens, extra)
-            return text, usage.completion_tokens, usage.prompt_tokens
-
-        return answer_concurrently(one, conversations, self.concurrency, progress)
-
-    def generate(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
-                 settings: GenerationSettings = GenerationSettings()) -> str:
-        return self.answer_all([messages], adapter, settings).texts[0]
-
-    def stream(self, messages: Sequence[dict[str, str]], adapter: str = BASE,
-               settings: GenerationSettings = GenerationSettings(), stop=None, stats=None) -> Iterator[str]:
-        """The answer at once: the eval asks for whole answers, so it is yielded whole."""
-        yield self.generate(messages, adapter, settings)
-
-    def _ask(self, provider, name: str, messages: list[dict[str, str]], max_tokens: int, extra: dict | None):
-        from trainer.providers import ProviderError
-
-        try:
-            return provider.complete(messages, max_tokens=max_tokens, temperature=0.0, extra_body=extra)
-        except ProviderError as exc:
-            raise self._error(name, str(exc)) from None
-        except Exception as exc:  # a reply that is not a chat completion, a dropped connection: still one line
-            raise self._error(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              ) from None
-
-    def _error(self, name: str, detail: str) -> EvalError:
+    def failed(self, name: str, detail: str) -> EvalError:
         served = self.models[name]
         detail = detail.removeprefix(f"{self.base_url}: ")
         if self._api_key:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from trainer import UserError
 from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
+from trainer.providers import Usage
 
 ENGINE_KINDS = ("local", "openai")
 """Who writes the answers, in the app and the eval alike: the models loaded in-process (`local`), or an
@@ -133,25 +134,26 @@ def follow_stream(answer, wait: Callable[[], None], stop: threading.Event, stats
         raise answer.error
 
 
-def answer_concurrently(answer_one: Callable[[Sequence[dict[str, str]]], tuple[str, int, int]],
+def answer_concurrently(answer_one: Callable[[Sequence[dict[str, str]]], tuple[str, Usage]],
                         conversations: Sequence[Sequence[dict[str, str]]], concurrency: int,
                         progress: Progress | None = None) -> BatchAnswers:
     """`answer_all` for an engine that answers one conversation per request: `concurrency` requests in flight,
-    `answer_one(messages) -> (text, new_tokens, prompt_tokens)`; the first failure ends the pass."""
+    `answer_one(messages) -> (text, usage)`; the first failure ends the pass."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     total = len(conversations)
-    texts, new_tokens, prompt_tokens = [""] * total, [0] * total, [0] * total
+    texts, usages = [""] * total, [Usage()] * total
     started, done, step = time.time(), 0, max(1, concurrency)
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="engine")
     try:
         pending = {pool.submit(answer_one, list(messages)): i for i, messages in enumerate(conversations)}
         for future in as_completed(pending):
             i = pending[future]
-            texts[i], new_tokens[i], prompt_tokens[i] = future.result()
+            texts[i], usages[i] = future.result()
             done += 1
             if progress is not None and (done % step == 0 or done == total):
                 progress(done, total)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return BatchAnswers(texts, new_tokens, prompt_tokens, time.time() - started)
+    return BatchAnswers(texts, [u.completion_tokens for u in usages], [u.prompt_tokens for u in usages],
+                        time.time() - started, [u.retries for u in usages])

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from trainer.inference.decode import COMPILED_SLOT, CompiledDecode, TurnCache, growing_kv_cache, left_pad
 from trainer.train.config import QuantizationSettings
+from trainer.providers import Usage
 from trainer.train.model import BaseModelRef, ModelError, load_base_model, load_tokenizer
 
 
@@ -82,6 +83,12 @@ class BatchAnswers:
     """Tokens of each rendered prompt."""
     seconds: float
     """Time spent in `generate` (rendering and decoding excluded)."""
+    retries: list[int] = field(default_factory=list)
+    """Retries each answer took (an OpenAI-compatible server's 429s and 5xx); empty where nothing retries."""
+
+    def usage(self, i: int) -> Usage:
+        """Answer `i`'s tokens as one request with its retries: the unit the generator's cost report adds up."""
+        return Usage(self.prompt_tokens[i], self.new_tokens[i], 1, self.retries[i] if self.retries else 0)
 
     def throughput(self) -> dict[str, Any]:
         """Answers and new tokens, in all and per second (as the eval's results record them)."""

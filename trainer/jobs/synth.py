@@ -24,17 +24,16 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from trainer import UserError
 from trainer.data.settings import TOPICS as _ALL_TOPICS
-from trainer.inference.model import BASE, GenerationSettings
+from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
 from trainer.inference.decode import TurnCache
 from trainer.inference.engine import LocalEngine
-from trainer.providers import Usage
+from trainer.providers import JUDGE_MAX_TOKENS, Usage
 
 TOPICS = tuple(t for t in _ALL_TOPICS if t != "other")
 DEGREE_LEVELS = ("bachelor", "master", "phd")
@@ -346,20 +345,15 @@ class LocalProvider(LocalEngine):
     def name(self) -> str:
         return f"local transformers ({self.model_name})"
 
-    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> tuple[str, Usage]:
-        settings = replace(self.DECODING, max_new_tokens=max_tokens, temperature=temperature)
-        return self.complete_batch([messages], settings)[0]
-
-    def complete_batch(self, batch: list[list[dict[str, str]]], settings: GenerationSettings,
-                       cache: TurnCache | None = None, keys: Sequence[Any] | None = None) -> list[tuple[str, Usage]]:
-        """Answer each conversation in `batch`, all in one batch (`answer_all`), with each answer's usage. With a
-        `cache` (and each row's conversation in `keys`), the conversations' earlier turns are not computed again:
-        pass the same cache for every turn of a group."""
+    def answer_all(self, conversations: Sequence[Sequence[dict[str, str]]], adapter: str = BASE,
+                   settings: GenerationSettings = DECODING, *, progress=None, cache: TurnCache | None = None,
+                   keys: Sequence[Any] | None = None) -> BatchAnswers:
+        """Every conversation's next answer in one batch: the generator groups its batches itself. With a `cache`
+        (and each row's conversation in `keys`), the conversations' earlier turns are not computed again: pass the
+        same cache for every turn of a group."""
         with self._lock:
-            self.batch_size = len(batch)  # the batch as the generator grouped it
-            answers = self.answer_all(batch, BASE, settings, cache=cache, keys=keys)
-        return [(text, Usage(n_prompt, n_new, 1, 0))
-                for text, n_new, n_prompt in zip(answers.texts, answers.new_tokens, answers.prompt_tokens)]
+            self.batch_size = max(1, len(conversations))
+            return super().answer_all(conversations, adapter, settings, progress=progress, cache=cache, keys=keys)
 
 
 # Generating
@@ -371,7 +365,7 @@ class SynthSettings:
     decoding: GenerationSettings = LocalProvider.DECODING
     """An OpenAI-compatible endpoint receives its length and temperature; the local model all of it."""
     concurrency: int = 4
-    """Conversations in flight: parallel requests to an endpoint, or the local model's batch size."""
+    """Answers in flight: parallel requests to an endpoint, or the local model's batch size."""
     price_in_per_m: float = 0.0
     """Price per million prompt tokens, for the cost estimate."""
     price_out_per_m: float = 0.0
@@ -400,9 +394,10 @@ def read_done(raw: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def generate(plan: Sequence[PlanItem], provider, raw: Path, settings: SynthSettings = SynthSettings(),
+def generate(plan: Sequence[PlanItem], engine, raw: Path, settings: SynthSettings = SynthSettings(),
              kb_version: dict[str, str] | None = None, progress: bool = True) -> GenerationRun:
-    """Generate every plan item not yet in `raw` (append-only JSONL) and return all rows, old and new."""
+    """Generate every plan item not yet in `raw` (append-only JSONL) and return all rows, old and new. `engine` is
+    any engine (`trainer.inference.engine`): the local model (`LocalProvider`) or an endpoint (`EndpointEngine`)."""
     raw.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(raw)
     todo = [item for item in plan if item.id not in done]
@@ -426,27 +421,14 @@ def generate(plan: Sequence[PlanItem], provider, raw: Path, settings: SynthSetti
     def row_for(item: PlanItem, messages: list[dict[str, str]], item_usage: Usage) -> dict[str, Any]:
         return {"plan_id": item.id, "messages": messages, "topic": item.topic, "persona": item.persona,
                 "destination": item.destination, "false_premise": item.false_premise,
-                "provenance": {"provider": getattr(provider, "kind", "custom"), "model": provider.name,
+                "provenance": {"provider": getattr(engine, "kind", "custom"), "model": engine.name,
                                "kb_version": kb_version, "kb_facts": list(item.facts),
                                "exemplar": item.exemplar_id},
                 "usage": asdict(item_usage)}
 
     interrupted = False
     try:
-        if hasattr(provider, "complete_batch"):
-            _generate_batched(todo, provider, settings, usage, write, row_for)
-        else:
-            pool = ThreadPoolExecutor(max_workers=max(1, settings.concurrency))
-            futures = [pool.submit(_generate_one, item, provider, settings) for item in todo]
-            try:
-                for future in as_completed(futures):
-                    item, messages, item_usage = future.result()
-                    with lock:
-                        usage.add(item_usage)
-                    write(row_for(item, messages, item_usage))
-            finally:
-                # On an error or Ctrl-C, queued conversations are dropped; finished ones are already on disk.
-                pool.shutdown(wait=False, cancel_futures=True)
+        _generate_turns(todo, engine, settings, usage, write, row_for)
     except KeyboardInterrupt:
         interrupted = True  # everything written so far stays; a re-run continues from there
     finally:
@@ -460,43 +442,38 @@ def _conversation_turns(item: PlanItem) -> list[str]:
     return [item.question, *item.followups]
 
 
-def _generate_one(item: PlanItem, provider, settings: SynthSettings):
-    usage = Usage()
-    messages: list[dict[str, str]] = []
-    system = {"role": "system", "content": system_prompt(item)}
-    for question in _conversation_turns(item):
-        messages.append({"role": "user", "content": question})
-        answer, used = provider.complete([system, *messages], max_tokens=settings.decoding.max_new_tokens,
-                                         temperature=settings.decoding.temperature)
-        usage.add(used)
-        messages.append({"role": "assistant", "content": answer.strip()})
-    return item, messages, usage
+ENDPOINT_WAVES = 4
+"""An endpoint's group is this many waves of `concurrency` requests: within a turn a request that finishes early
+frees its slot for the next conversation, so a slow answer holds up only the end of a turn, not every wave."""
 
 
-def _generate_batched(todo, provider, settings, usage: Usage, write, row_for) -> None:
-    """A local model answers many conversations' next turn in one batch. Conversations with as many turns and
-    similar prompt lengths go together, so a batch neither shrinks halfway nor pads much; with a `LocalProvider` each
-    group keeps its KV cache from turn to turn (`TurnCache`), so a turn computes only the new answer and question
-    rather than the whole grounded prompt again."""
-    size = max(1, settings.concurrency)
+def _generate_turns(todo, engine, settings: SynthSettings, usage: Usage, write, row_for) -> None:
+    """Answer a group of conversations turn by turn through the engine (`answer_all`: each turn's answers of the
+    whole group at once), and write each conversation when its group is done. Conversations with as many turns and
+    similar prompt lengths go together, so a group neither shrinks halfway nor pads much. The local model answers a
+    group as one batch and keeps the group's KV cache from turn to turn (`TurnCache`), so a turn computes only the
+    new answer and question rather than the whole grounded prompt again; an endpoint's group is `ENDPOINT_WAVES`
+    waves of requests in flight."""
+    local = isinstance(engine, LocalEngine)
+    size = max(1, settings.concurrency) * (1 if local else ENDPOINT_WAVES)
     todo = sorted(todo, key=lambda item: (-len(_conversation_turns(item)), len(system_prompt(item))))
     for start in range(0, len(todo), size):
         group = todo[start:start + size]
-        states = [([], Usage()) for _ in group]
-        cache = TurnCache() if isinstance(provider, LocalProvider) else None
+        talks: list[list[dict[str, str]]] = [[] for _ in group]
+        used = [Usage() for _ in group]
+        cache = TurnCache() if local else None
         for turn in range(max(len(_conversation_turns(i)) for i in group)):
             active = [k for k, item in enumerate(group) if turn < len(_conversation_turns(item))]
-            prompts = []
             for k in active:
-                messages, _ = states[k]
-                messages.append({"role": "user", "content": _conversation_turns(group[k])[turn]})
-                prompts.append([{"role": "system", "content": system_prompt(group[k])}, *messages])
-            reuse = {"cache": cache, "keys": active} if cache is not None else {}
-            answers = provider.complete_batch(prompts, settings.decoding, **reuse)
-            for k, (answer, used) in zip(active, answers):
-                states[k][0].append({"role": "assistant", "content": answer})
-                states[k][1].add(used)
-        for item, (messages, item_usage) in zip(group, states):
+                talks[k].append({"role": "user", "content": _conversation_turns(group[k])[turn]})
+            prompts = [[{"role": "system", "content": system_prompt(group[k])}, *talks[k]] for k in active]
+            reuse = {"cache": cache, "keys": active} if local else {}
+            answers = engine.answer_all(prompts, BASE, settings.decoding, **reuse)
+            for j, k in enumerate(active):
+                text = answers.texts[j] if local else answers.texts[j].strip()  # as cached / as the server sent it
+                talks[k].append({"role": "assistant", "content": text})
+                used[k].add(answers.usage(j))
+        for item, messages, item_usage in zip(group, talks, used):
             usage.add(item_usage)
             write(row_for(item, messages, item_usage))
 
@@ -574,13 +551,16 @@ scholarship that the facts do not support?
 Reply with one line of JSON: {{"verdict": "ok" or "error", "reason": "..."}}"""
 
 
-def llm_judge(provider, max_tokens: int = 120) -> Callable[[list[dict[str, str]], list[Any]], tuple[bool | None, str]]:
-    """An audit judge that asks the provider: (True, reason) for "ok", (False, reason) for "error", and (None, what
-    it said) for a reply without a verdict, which flags nothing."""
+def llm_judge(engine, max_tokens: int = JUDGE_MAX_TOKENS) -> Callable[[list[dict[str, str]], list[Any]],
+                                                                      tuple[bool | None, str]]:
+    """An audit judge that asks an engine (the generator's, or an endpoint of its own) greedily: (True, reason) for
+    "ok", (False, reason) for "error", and (None, what it said) for a reply without a verdict, which flags nothing."""
+    greedy = GenerationSettings(max_new_tokens=max_tokens, temperature=0.0)
+
     def judge(messages, facts) -> tuple[bool | None, str]:
         prompt = JUDGE_PROMPT.format(facts="\n".join(f"- {f.text}" for f in facts) or "- (none)",
                                      conversation="\n".join(f"{m['role']}: {m['content']}" for m in messages))
-        reply, _ = provider.complete([{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0)
+        reply = engine.generate([{"role": "user", "content": prompt}], BASE, greedy)
         start, end = reply.find("{"), reply.rfind("}")
         try:
             verdict = json.loads(reply[start:end + 1])
