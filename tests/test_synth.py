@@ -240,6 +240,33 @@ def test_plan_uses_seed_exemplars_of_the_same_kind(kb):
         assert chosen["messages"][1]["content"] in system_prompt(item)
 
 
+def test_follow_ups_come_from_the_file_and_a_bad_file_is_one_line(kb, tmp_path):
+    from trainer.jobs.synth import TOPICS, load_followups
+
+    shipped = load_followups()
+    plan = build_plan(kb, 26, seed=5, turns=(8, 8))
+    for item in plan:  # 3 follow-ups: first the topic's own, then general ones
+        assert len(item.followups) == 3 and item.followups[0] in shipped.topics[item.topic]
+        assert all(q in shipped.topics[item.topic] + shipped.general for q in item.followups)
+    ours = tmp_path / "followups.yaml"
+    ours.write_text("topics:\n" + "".join(f"  {t}: [{t} {k}?]\n" for k, t in enumerate(TOPICS))
+                    + "general: [Und jetzt?]\n")
+    custom = build_plan(kb, 26, seed=5, turns=(8, 8), followups=load_followups(ours))
+    assert all(item.followups[0].startswith(item.topic) and item.followups[1:] == ("Und jetzt?",) for item in custom)
+
+    for text, message in (("topics: {visas: [a]}\ngeneral: [b]\n", "topics: no follow-ups for admissions"),
+                          ("topics: {visa: [a]}\n", "topics.visa: not a topic of the generator (did you mean 'visas'?)"),
+                          (ours.read_text().replace("general: [Und jetzt?]", "general: []"),
+                           "general: expected a list of questions"),
+                          (ours.read_text() + "extra: 1\n", "extra: unknown key"),
+                          ("topics: [", "not valid YAML")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(GenerationError) as err:
+            load_followups(bad)
+        assert str(err.value).startswith(f"{bad}: ") and message in str(err.value), str(err.value)
+
+
 def test_exchanges_out_of_range_is_one_error_line(capsys):
     from trainer.__main__ import main
 

@@ -258,12 +258,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from trainer.inference.endpoint import EndpointEngine
     from trainer.inference.model import BASE
     from trainer.jobs.synth import (LocalProvider, SynthSettings, build_plan, finish, generate, llm_judge,
-                                    load_exemplars)
+                                    load_exemplars, load_followups)
 
     kb = load_kb(job.kb)
     exemplars = load_exemplars(job.exemplars) if job.exemplars else []
     plan = build_plan(kb, job.n, seed=job.seed, false_premise_share=job.false_premise_share, exemplars=exemplars,
-                      turns=(2 * job.exchanges[0], 2 * job.exchanges[1]))
+                      turns=(2 * job.exchanges[0], 2 * job.exchanges[1]), followups=load_followups(job.followups))
     if job.base_url:
         engine = EndpointEngine(job.base_url, {BASE: job.model}, api_key=os.environ.get(job.api_key_env),
                                 concurrency=job.concurrency, timeout=job.timeout)

@@ -35,6 +35,9 @@ class SynthJob:
     """Knowledge base folder: the facts each conversation is grounded in."""
     exemplars: str | None = "data/seed/stage1_grounded.jsonl"
     """Hand-written seed dialogues shown as few-shot style examples (null or '' for none)."""
+    followups: str = "data/seed/followups.yaml"
+    """The follow-up questions conversations ask after the first, by topic and general: write them in your students'
+    words."""
     base_url: str | None = None
     """OpenAI-compatible endpoint; null runs the local model in-process, offline."""
     model: str | None = None

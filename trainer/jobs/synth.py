@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainer import UserError
+from trainer import REPO_ROOT, UserError
 from trainer.data.settings import TOPICS as _ALL_TOPICS
 from trainer.inference.model import BASE, BatchAnswers, GenerationSettings
 from trainer.inference.decode import TurnCache
@@ -106,41 +106,48 @@ def _fact_dicts(facts) -> tuple[dict[str, str], ...]:
     return tuple({"text": f.text, "source": f.source, "as_of": f.as_of} for f in facts)
 
 
-FOLLOWUPS = {
-    "admissions": ("What documents will I need to prepare?", "When should I start my application?",
-                   "What if my grades are a bit below the requirement?"),
-    "sop": ("How long should it be?", "Should I mention a gap year?", "Who should read it before I submit?"),
-    "documents": ("Do my documents need to be translated?", "How recent must my bank statements be?",
-                  "What happens if something is missing?"),
-    "tests": ("How long are the scores valid?", "Can I retake it?", "What score should I aim for?"),
-    "scholarships": ("When are the deadlines usually?", "Can I combine two scholarships?",
-                     "What makes an application stand out?"),
-    "visas": ("How long does processing take?", "Can my family come with me?", "What if my visa is refused?"),
-    "costs": ("How can I save money?", "Can I pay tuition in instalments?", "What hidden costs should I expect?"),
-    "housing": ("Should I book before I arrive?", "How do I avoid scams?", "Is a shared flat a good idea?"),
-    "health insurance": ("Does it cover dental care?", "What if I get sick before I arrive?",
-                         "How do I see a doctor there?"),
-    "work rights": ("Can I work during holidays?", "Do I need to tell the university?",
-                    "Can I stay and work after graduating?"),
-    "culture": ("How do people make friends there?", "What should I pack?", "How do I handle homesickness?"),
-    "careers": ("Will internships help?", "How do I get my degree recognised at home?",
-                "Should I stay abroad after graduating?"),
-    "language": ("Is the language hard to learn?", "Will classes be in English?", "Are there free courses?"),
-}
+SHIPPED_FOLLOWUPS = REPO_ROOT / "data" / "seed" / "followups.yaml"
 
 
-# Follow-ups any counselling conversation can take, after the topic's own ones.
-GENERAL_FOLLOWUPS = ("Can you give me a timeline for all of this?", "What would you do first in my place?",
-                     "Which official websites should I check?", "What mistakes do students often make here?",
-                     "How does this change for a student on my budget?",
-                     "Is there anything I should do before I leave home?",
-                     "Could you summarise the steps as a checklist?")
+@dataclass(frozen=True)
+class Followups:
+    """The follow-up questions a conversation asks after its first: its topic's own, then general ones."""
+
+    topics: dict[str, tuple[str, ...]]
+    general: tuple[str, ...]
+
+    def pick(self, topic: str, k: int, rng: random.Random) -> tuple[str, ...]:
+        own = list(self.topics[topic])
+        first = rng.sample(own, k=min(k, len(own)))
+        return tuple(first + rng.sample(self.general, k=min(len(self.general), max(0, k - len(first)))))
 
 
-def _followups(topic: str, k: int, rng: random.Random) -> tuple[str, ...]:
-    own = list(FOLLOWUPS[topic])
-    first = rng.sample(own, k=min(k, len(own)))
-    return tuple(first + rng.sample(GENERAL_FOLLOWUPS, k=max(0, k - len(first))))
+def load_followups(path: str | Path = SHIPPED_FOLLOWUPS) -> Followups:
+    """`data/seed/followups.yaml` or a file like it: `topics` (every generator topic, a list of questions each) and
+    `general` (a list of questions); anything else is one error naming the file and the key."""
+    from trainer.typed_yaml import read_yaml, suggest
+
+    raw = read_yaml(path, what="follow-ups file", error=GenerationError)
+
+    def questions(value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(q, str) and q.strip() for q in value):
+            raise GenerationError(f"{path}: {where}: expected a list of questions (text), got {value!r:.80}")
+        return tuple(q.strip() for q in value)
+
+    topics = raw.get("topics")
+    if not isinstance(topics, dict):
+        raise GenerationError(f"{path}: topics: expected a mapping of each topic to its questions")
+    for name in topics:
+        if name not in TOPICS:
+            raise GenerationError(f"{path}: topics.{name}: not a topic of the generator{suggest(name, TOPICS)}; "
+                                  f"the topics are {', '.join(TOPICS)}")
+    missing = [t for t in TOPICS if t not in topics]
+    if missing:
+        raise GenerationError(f"{path}: topics: no follow-ups for {', '.join(missing)}")
+    extra = sorted(set(raw) - {"topics", "general"})
+    if extra:
+        raise GenerationError(f"{path}: {extra[0]}: unknown key; the file holds `topics` and `general`")
+    return Followups({t: questions(topics[t], f"topics.{t}") for t in TOPICS}, questions(raw.get("general"), "general"))
 
 
 def _question(topic: str, rng: random.Random, kb, home, dest, persona) -> tuple[str, list, str] | None:
@@ -235,11 +242,13 @@ def _false_premise(rng: random.Random, kb, home) -> tuple[str, dict[str, str], l
 
 
 def build_plan(kb, n: int, *, seed: int = 3407, false_premise_share: float = 0.1,
-               turns: tuple[int, int] = (8, 12), exemplars: Sequence[dict[str, Any]] = ()) -> list[PlanItem]:
+               turns: tuple[int, int] = (8, 12), exemplars: Sequence[dict[str, Any]] = (),
+               followups: Followups | None = None) -> list[PlanItem]:
     """`n` conversations: topics x personas x KB-valid combinations, `false_premise_share` of them deliberate
-    false premises, each with a seed exemplar of its kind when `exemplars` are given. `turns` counts messages
-    (8-12: 4-6 exchanges, like the StudyAbroadGPT data). Deterministic for a seed; plan ids are stable so
-    generation can resume."""
+    false premises, each with a seed exemplar of its kind when `exemplars` are given and its follow-ups from
+    `followups` (default: the shipped `data/seed/followups.yaml`). `turns` counts messages (8-12: 4-6 exchanges,
+    like the StudyAbroadGPT data). Deterministic for a seed; plan ids are stable so generation can resume."""
+    followups = followups or load_followups()
     rng = random.Random(seed)
     destinations = [c for c in kb.countries if getattr(c, "destination", False)]
     homes = [c for c in kb.countries if not getattr(c, "destination", False)] or list(kb.countries)
@@ -275,14 +284,14 @@ def build_plan(kb, n: int, *, seed: int = 3407, false_premise_share: float = 0.1
                              universities=[e for e in entities if hasattr(e, "programmes")],
                              scholarships=[e for e in entities if hasattr(e, "eligibility")],
                              tests=[e for e in entities if hasattr(e, "score_range")])
-        followups = _followups(topic, (messages - 2) // 2, rng)
-        key = json.dumps([topic, persona, dest.code, question, followups, premise], sort_keys=True)
+        asked = followups.pick(topic, (messages - 2) // 2, rng)
+        key = json.dumps([topic, persona, dest.code, question, asked, premise], sort_keys=True)
         plan_id = hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:16]
         if plan_id in seen:
             continue
         seen.add(plan_id)
         exemplar, exemplar_id = _pick_exemplar(exemplars, topic, premise is not None, random.Random(plan_id))
-        plan.append(PlanItem(plan_id, topic, persona, dest.code, question, followups, _fact_dicts(facts), premise,
+        plan.append(PlanItem(plan_id, topic, persona, dest.code, question, asked, _fact_dicts(facts), premise,
                              exemplar, exemplar_id))
     if len(plan) < n:
         raise GenerationError(f"the knowledge base supports only {len(plan)} distinct conversations, asked for {n}")
