@@ -22,6 +22,8 @@ from trainer.eval.rubric import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPIC
                                  parse_question, score_answer, select_questions)
 from trainer.eval.items import answer_items, measure
 from trainer.eval.metrics import judge_comparison, model_metrics
+from trainer.eval.report import render_report
+from trainer.eval.results import EvalResults
 from trainer.eval.stats import bleu_from_statistics, bleu_statistics, bootstrap_ci, rouge_l
 from trainer.jobs import EvalJob
 
@@ -401,6 +403,8 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
     assert "sk-test-secret-key-000" not in (out / "results.json").read_text() + printed
 
     report = (out / "report.md").read_text()
+    typed = EvalResults.read(out / "results.json")  # read back from disk: the same file, the same report
+    assert typed.to_json() == results and render_report(typed) == report
     for row in ("| base |", "| stage1 |", "| stage2 |"):
         assert row in report
     assert "rubric accuracy (n=4)" in report and "judge win rate" in report and "## Pairwise judge" in report
@@ -482,6 +486,8 @@ def test_three_copied_rubric_questions_are_contaminated_and_excluded_and_groundi
     rubric = {row["id"]: row["contaminated"] for row in results["rubric_by_question"]}
     assert rubric == {q.id: q in copied for q in questions}
     report = (run_copy / "eval" / "report.md").read_text()
+    typed = EvalResults.read(run_copy / "eval" / "results.json")
+    assert typed.to_json() == results and render_report(typed) == report
     assert "### Metrics without the" in report and "### Adapter − base without them" in report
     for q in copied:
         assert f"| {q.id[:40]} | question | exact |" in report

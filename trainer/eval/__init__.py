@@ -36,8 +36,9 @@ The base loads once (4-bit when the run trained in 4-bit); every adapter loads i
 
 Modules: `rubric` (questions and their scoring), `prompts` (outside prompt sets), `items` (what every model answers,
 contamination, per-item measures), `metrics` (rates and paired comparisons from the measures), `stats` (bootstrap
-and paired intervals, McNemar, ROUGE, BLEU), `judge` (the blind pairwise judge), `gate` (the verdict), `report`
-(report.md and charts), `run` (the whole evaluation).
+and paired intervals, McNemar, ROUGE, BLEU), `judge` (the blind pairwise judge), `gate` (the verdict), `results`
+(results.json as types: what the phases produce and the report reads), `report` (report.md and charts, rendered
+from those types), `engine` (answers from an OpenAI-compatible server), `job` (the settings), `run` (the phases).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The report: results.json as markdown, and the metric and loss charts (the verdict goes into each stage's lineage
-through `trainer.train.rundir.StageRun.record_evaluation`)."""
+"""The report: the evaluation's results (`trainer.eval.results.EvalResults`) as markdown, and the metric and loss
+charts (the verdict goes into each stage's lineage through `trainer.train.rundir.StageRun.record_evaluation`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainer.inference.model import BASE
+from trainer.eval.results import Engine, EvalResults, ModelResult
 from trainer.eval.rubric import MARKDOWN_RULE, PASS_THRESHOLD
 
 # Report
@@ -50,8 +51,8 @@ def _paired_cell(c: dict[str, Any] | None) -> str:
     return text + ")"
 
 
-def _paired_table(title: str, results: dict[str, Any], key: str, note: str) -> list[str]:
-    adapters = [(stage, entry[key]) for stage, entry in results["adapters"].items() if entry.get(key)]
+def _paired_table(title: str, results: EvalResults, clean: bool, note: str) -> list[str]:
+    adapters = [(stage, paired) for stage, entry in results.adapters.items() if (paired := entry.comparison(clean))]
     if not adapters:
         return []
     lines = [title, "", note, "", "| metric | " + " | ".join(f"{s} − base" for s, _ in adapters) + " |",
@@ -63,40 +64,40 @@ def _paired_table(title: str, results: dict[str, Any], key: str, note: str) -> l
     return lines + [""]
 
 
-def _metrics_table(models, columns, ns, metrics_key: str = "metrics", intervals_key: str = "intervals") -> list[str]:
+def _metrics_table(models: list[tuple[str, ModelResult]], columns, ns, clean: bool = False) -> list[str]:
     header = ["model"] + [f"{label} ({ns[key]})" if ns.get(key) else label for key, label, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in models:
-        m, ci = entry.get(metrics_key, {}), entry.get(intervals_key, {})
+        m, ci = entry.measured(clean)
         cells = [name] + [_with_ci(m.get(key), ci.get(key), digits) if key != "judge_win_rate" or name != BASE
                           else "—" for key, _, digits in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def render_report(results: dict[str, Any]) -> str:
-    """results.json as a markdown report, with the paper-style table first."""
-    models = [(BASE, results["base"])] + list(results["adapters"].items())
-    n = results["n"]
-    with_reference = n["reference_prompts"] + n.get("prompts_with_reference", 0)
-    ns = {"eval_loss": f"n={n['eval_conversations']} conv.", "eval_perplexity": "",
-          "kb_contradiction_rate": f"n={n['answers_per_model']}",
+def render_report(results: EvalResults) -> str:
+    """The evaluation's results as a markdown report, with the paper-style table first."""
+    models = results.models
+    n = results.n
+    with_reference = n.reference_prompts + n.prompts_with_reference
+    ns = {"eval_loss": f"n={n.eval_conversations} conv.", "eval_perplexity": "",
+          "kb_contradiction_rate": f"n={n.answers_per_model}",
           "rouge_l": f"n={with_reference}", "bleu": f"n={with_reference}",
-          "markdown_rate": f"n={n['answers_per_model']}", "rubric_accuracy": f"n={n['questions']}",
-          "false_premise_correction": f"n={n['false_premise_questions']}",
-          "judge_win_rate": f"n={n.get('judged_questions', 0)}"}
-    engine = results.get("engine") or {"name": "local"}
-    columns = [c for c in TABLE_COLUMNS if (c[0] != "judge_win_rate" or results.get("judge"))
-               and any(c[0] in entry["metrics"] for _, entry in models)]
+          "markdown_rate": f"n={n.answers_per_model}", "rubric_accuracy": f"n={n.questions}",
+          "false_premise_correction": f"n={n.false_premise_questions}",
+          "judge_win_rate": f"n={n.judged_questions}"}
+    engine = results.engine or Engine("local")
+    columns = [c for c in TABLE_COLUMNS if (c[0] != "judge_win_rate" or results.judge)
+               and any(c[0] in entry.metrics for _, entry in models)]
     lines = _header_section(results, engine)
-    lines += _paired_table("## Adapter − base, question by question", results, "paired",
+    lines += _paired_table("## Adapter − base, question by question", results, False,
                            "Each adapter against its base on the same items: rates with the paired-proportion "
                            "interval and the exact McNemar (sign) test; means, BLEU and loss with the paired "
                            "bootstrap. `n` is the number of items both answered.")
     lines += _metrics_section(results, models, columns, ns)
     lines += _contamination_section(results, models, columns, ns)
     lines += _grounded_section(results)
-    if n.get("held_out_asked", True):
+    if n.held_out_asked:
         lines += _held_out_section(results, models)
     else:
         lines += ["## Held-out conversations", "", "Not asked: this evaluation is about the prompts above alone "
@@ -110,36 +111,36 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _header_section(results: dict[str, Any], engine: dict[str, Any]) -> list[str]:
+def _header_section(results: EvalResults, engine: Engine) -> list[str]:
     """The title, what was evaluated where, the verdicts and the gate rule."""
-    q = results["quantization"]
+    q = results.quantization
     if q is None:
         where = "not loaded here"
     else:
-        where = (f"4-bit {q.get('quant_type', '')}" if q.get("load_in_4bit") else "unquantized") + \
-            (", for the held-out loss" if engine["name"] != "local" else "") + f" · {results['device']}"
-    lines = [f"# Evaluation of run `{results['run']}`", "",
-             f"{results['created']} · base `{results['base_model']}` ({where})"
-             + (f" · answers from `{engine['base_url']}` (engine {engine['name']}, "
-                f"{engine['concurrency']} requests at once; models "
-                + ", ".join(f"{k} `{v}`" for k, v in engine["models"].items()) + ")"
-                if engine["name"] != "local" else ""), "",
+        where = (f"4-bit {q.quant_type or ''}" if q.load_in_4bit else "unquantized") \
+            + (", for the held-out loss" if not engine.local else "") + f" · {results.device}"
+    lines = [f"# Evaluation of run `{results.run}`", "",
+             f"{results.created} · base `{results.base_model}` ({where})"
+             + (f" · answers from `{engine.base_url}` (engine {engine.name}, "
+                f"{engine.concurrency} requests at once; models "
+                + ", ".join(f"{k} `{v}`" for k, v in engine.models.items()) + ")"
+                if not engine.local else ""), "",
              "## Verdict", ""]
-    for stage, gate in results["gate"].items():
-        lines.append(f"- **{stage}: {gate['verdict'].upper()}** — {gate['summary']}")
-    return lines + ["", f"Gate rule: {results['settings']['gate']['rule']}", ""]
+    for stage, gate in results.gate.items():
+        lines.append(f"- **{stage}: {gate.verdict.upper()}** — {gate.summary}")
+    return lines + ["", f"Gate rule: {results.settings.gate.rule}", ""]
 
 
-def _metrics_section(results: dict[str, Any], models, columns, ns) -> list[str]:
+def _metrics_section(results: EvalResults, models, columns, ns) -> list[str]:
     """Base vs adapters: every metric with its interval, and what each metric means."""
-    n = results["n"]
+    n = results.n
     shown = {key for key, _, _ in columns}
     notes = [("eval_loss", "- eval loss: assistant-token cross-entropy over every stage's held-out conversations, "
               "pooled by token; perplexity = exp(eval loss)."),
              ("rouge_l", "- ROUGE-L: F1, rouge-score with stemming; BLEU: corpus SacreBLEU (13a tokenizer); both "
               "against the reference answers (" + " and ".join(
-                  ["the prompt file's"] * bool(n.get("prompts_with_reference"))
-                  + ["one prompt per assistant turn of the held-out conversations"] * bool(n["reference_prompts"]))
+                  ["the prompt file's"] * bool(n.prompts_with_reference)
+                  + ["one prompt per assistant turn of the held-out conversations"] * bool(n.reference_prompts))
               + ")."),
              ("markdown_rate", f"- markdown rate: {MARKDOWN_RULE}."),
              ("rubric_accuracy", f"- rubric accuracy: share of questions scoring >= {PASS_THRESHOLD} (score = share "
@@ -152,151 +153,151 @@ def _metrics_section(results: dict[str, Any], models, columns, ns) -> list[str]:
               "student cannot get, a discontinued scheme).")]
     if not columns:
         return []
-    settings = results["settings"]
+    settings = results.settings
     lines = ["## Base vs adapters", "",
              "Point estimates with 95% percentile-bootstrap intervals "
-             f"({settings['bootstrap']['resamples']} resamples, seed {settings['seed']}); "
+             f"({settings.bootstrap.resamples} resamples, seed {settings.seed}); "
              "n is the number of items resampled.", ""]
     lines += _metrics_table(models, columns, ns)
     return lines + ["", *[note for key, note in notes if key in shown],
                     "- judge win rate: share of questions the adapter won against the base (both orders combined)."
-                    if results.get("judge") else "- judge: none configured (`--judge-base-url`).", ""]
+                    if results.judge else "- judge: none configured (`--judge-base-url`).", ""]
 
 
-def _loss_reduction_section(results: dict[str, Any]) -> list[str]:
+def _loss_reduction_section(results: EvalResults) -> list[str]:
     """Each stage's training and eval loss, first to last, and why a falling loss is not the verdict."""
     lines = ["## Loss reduction per stage", "",
               "| stage | train loss first → last | train reduction | eval loss first → last | eval reduction | "
               "steps | source |", "|---|---|---|---|---|---|---|"]
-    for stage, entry in results["adapters"].items():
-        r = entry["loss_reduction"]
-        lines.append(f"| {stage} | {_fmt(r['train_loss_first'])} → {_fmt(r['train_loss_last'])} | "
-                     f"{_fmt(r['train_loss_reduction_pct'], 1)}% | {_fmt(r['eval_loss_first'])} → "
-                     f"{_fmt(r['eval_loss_last'])} | {_fmt(r['eval_loss_reduction_pct'], 1)}% | "
-                     f"{r['optimizer_steps']} | {r['source']} |")
+    for stage, entry in results.adapters.items():
+        r = entry.loss_reduction
+        lines.append(f"| {stage} | {_fmt(r.train_loss_first)} → {_fmt(r.train_loss_last)} | "
+                     f"{_fmt(r.train_loss_reduction_pct, 1)}% | {_fmt(r.eval_loss_first)} → "
+                     f"{_fmt(r.eval_loss_last)} | {_fmt(r.eval_loss_reduction_pct, 1)}% | "
+                     f"{r.optimizer_steps} | {r.source} |")
     lines += ["", "A falling training loss shows that an adapter fits its training data; it says nothing about the "
               "quality of its answers (the paper's 52.7% reduction came with an adapter that lost to its base).",
               "", "![metrics](metrics.png)", "", "![loss curves](loss_curves.png)", ""]
     return lines
 
 
-def _judge_section(results: dict[str, Any]) -> list[str]:
+def _judge_section(results: EvalResults) -> list[str]:
     """The pairwise judge's verdicts per adapter, and when it is trusted."""
-    if not results.get("judge"):
+    if not results.judge:
         return []
-    j = results["judge"]
-    lines = ["## Pairwise judge", "", f"Endpoint `{j['settings']['base_url']}`, model "
-              f"`{j['settings']['model'] or 'default'}`, temperature 0, each pair judged twice with the answers "
+    j = results.judge
+    lines = ["## Pairwise judge", "", f"Endpoint `{j.settings['base_url']}`, model "
+              f"`{j.settings['model'] or 'default'}`, temperature 0, each pair judged twice with the answers "
               "swapped; agreeing verdicts stand, a tie and a preference give the preference, opposite "
               "preferences give a tie.", "",
               "| adapter | n | wins | ties | losses | unparseable | win rate | loss rate | net (win − loss) | "
               "agreement of both orders |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for stage, s in j["per_adapter"].items():
-        lines.append(f"| {stage} | {s['n']} | {s['wins']} | {s['ties']} | {s['losses']} | {s['invalid']} | "
-                     f"{_with_ci(s['win_rate'], s['win_rate_ci'], 2)} | "
-                     f"{_with_ci(s['loss_rate'], s['loss_rate_ci'], 2)} | "
-                     f"{_with_ci(s['net'], s['net_ci'], 2)} | {_fmt(s['agreement'], 2)}"
-                     + ("" if s.get("reliable") else " (unreliable)") + " |")
+    for stage, s in j.per_adapter.items():
+        lines.append(f"| {stage} | {s.n} | {s.wins} | {s.ties} | {s.losses} | {s.invalid} | "
+                     f"{_with_ci(s.win_rate, s.win_rate_ci, 2)} | "
+                     f"{_with_ci(s.loss_rate, s.loss_rate_ci, 2)} | "
+                     f"{_with_ci(s.net, s.net_ci, 2)} | {_fmt(s.agreement, 2)}"
+                     + ("" if s.reliable else " (unreliable)") + " |")
     lines += ["", "A judge whose two orders agree on fewer than two thirds of the items disagrees with itself "
               "too often to be trusted: it is reported as unreliable and the gate does not use it.", ""]
     return lines
 
 
-def _throughput_section(models, engine: dict[str, Any]) -> list[str]:
+def _throughput_section(models, engine: Engine) -> list[str]:
     """Answers, new tokens and speed per model, and who wrote them."""
     lines = ["## Throughput", "", f"Answers written by {_engine_words(engine)}.", "",
               "| model | answers | new tokens | seconds | answers/s | tokens/s |", "|---|---|---|---|---|---|"]
     for name, entry in models:
-        t = entry["throughput"]
-        lines.append(f"| {name} | {t['samples']} | {t['new_tokens']} | {t['seconds']} | {t['samples_per_second']} | "
-                     f"{t['tokens_per_second']} |")
+        t = entry.throughput
+        lines.append(f"| {name} | {t.samples} | {t.new_tokens} | {t.seconds} | {t.samples_per_second} | "
+                     f"{t.tokens_per_second} |")
     return lines
 
 
-def _rubric_section(results: dict[str, Any], models) -> list[str]:
+def _rubric_section(results: EvalResults, models) -> list[str]:
     """Every rubric question's score per model."""
-    if not results["rubric_by_question"]:
+    if not results.rubric_by_question:
         return []
     lines = ["", "## Rubric by question", "", "Score per question (✓ passes at >= 0.5; ✗ a listed false claim "
               "fired).", "", "| question | topic | false premise | " + " | ".join(name for name, _ in models)
               + " |", "|---|---|---|" + "---|" * len(models)]
-    for row in results["rubric_by_question"]:
+    for row in results.rubric_by_question:
         cells = []
         for name, _ in models:
-            s = row["scores"][name]
-            cells.append(f"{s['score']:.2f} {'✓' if s['passed'] else ''}{'✗' if s['claims'] else ''}".strip())
-        lines.append(f"| {row['id']} | {row['topic']} | {'yes' if row['false_premise'] else ''} | "
+            s = row.scores[name]
+            cells.append(f"{s.score:.2f} {'✓' if s.passed else ''}{'✗' if s.claims else ''}".strip())
+        lines.append(f"| {row.id} | {row.topic} | {'yes' if row.false_premise else ''} | "
                      + " | ".join(cells) + " |")
     return lines
 
 
-def _settings_section(results: dict[str, Any], models, engine: dict[str, Any]) -> list[str]:
+def _settings_section(results: EvalResults, models, engine: Engine) -> list[str]:
     """What the evaluation ran with: decoding, seed, questions, KB, system prompt, templates, time."""
-    n = results["n"]
-    s = results["settings"]
-    templates = ", ".join(f"{name} `{entry['chat_template_sha256']}`" for name, entry in models
-                          if entry.get("chat_template_sha256"))
+    n = results.n
+    s = results.settings
+    templates = ", ".join(f"{name} `{entry.chat_template_sha256}`" for name, entry in models
+                          if entry.chat_template_sha256)
     return ["", "## Settings", "",
-              f"- generation: {json.dumps(s['generation'])}",
-              f"- seed: {s['seed']}; bootstrap: {s['bootstrap']['resamples']} resamples, percentile, "
-              f"{int(s['bootstrap']['confidence'] * 100)}%",
-              f"- questions: `{s['questions_file']}` (sha256 `{s['questions_sha256']}`), "
-              + (f"{n['questions']} rubric questions used" if s["questions_kind"] == "rubric" else
-                 f"{n['prompts']} prompts used ({n['prompts_with_reference']} with a reference answer; no rubric "
-                 f"score), {len(s['skipped_prompt_rows'])} rows skipped")
-              + (f" (--limit {s['limit']})" if s["limit"] else ""),
-              *[f"  - skipped {row}" for row in s["skipped_prompt_rows"][:20]],
-              f"- knowledge base: `{s['kb']['path']}`, version {s['kb']['version'].get('version')}",
-              f"- rubric system prompt (sha256 `{s['system_prompt_sha256']}`): {s['system_prompt']}",
-              "- chat templates (sha256): " + templates if engine["name"] == "local" else
+              f"- generation: {json.dumps(s.generation)}",
+              f"- seed: {s.seed}; bootstrap: {s.bootstrap.resamples} resamples, percentile, "
+              f"{int(s.bootstrap.confidence * 100)}%",
+              f"- questions: `{s.questions_file}` (sha256 `{s.questions_sha256}`), "
+              + (f"{n.questions} rubric questions used" if s.questions_kind == "rubric" else
+                 f"{n.prompts} prompts used ({n.prompts_with_reference} with a reference answer; no rubric "
+                 f"score), {len(s.skipped_prompt_rows)} rows skipped")
+              + (f" (--limit {s.limit})" if s.limit else ""),
+              *[f"  - skipped {row}" for row in s.skipped_prompt_rows[:20]],
+              f"- knowledge base: `{s.kb.path}`, version {s.kb.version.get('version')}",
+              f"- rubric system prompt (sha256 `{s.system_prompt_sha256}`): {s.system_prompt}",
+              "- chat templates (sha256): " + templates if engine.local else
               "- chat templates: the server's for the answers" + (f"; here, for the held-out loss (sha256): "
                                                                   f"{templates}" if templates else ""),
-              f"- load: {results['load_seconds']} s; total: {results['wall_seconds']} s", ""]
+              f"- load: {results.load_seconds} s; total: {results.wall_seconds} s", ""]
 
 
-def _engine_words(engine: dict[str, Any]) -> str:
-    if engine["name"] == "local":
-        return (f"the base and its adapters loaded here ({engine.get('device', 'this machine')}, "
-                f"{engine.get('batch_size', '?')} prompts per batch)")
-    return (f"the server at `{engine['base_url']}` (engine {engine['name']}, {engine['concurrency']} requests in "
+def _engine_words(engine: Engine) -> str:
+    if engine.local:
+        return (f"the base and its adapters loaded here "
+                f"({engine.device if engine.device is not None else 'this machine'}, "
+                f"{engine.batch_size if engine.batch_size is not None else '?'} prompts per batch)")
+    return (f"the server at `{engine.base_url}` (engine {engine.name}, {engine.concurrency} requests in "
             "flight; seconds are the wall time of each model's whole pass, so tokens/s is the aggregate)")
 
 
-def _held_out_section(results: dict[str, Any], models) -> list[str]:
+def _held_out_section(results: EvalResults, models) -> list[str]:
     lines = ["## Held-out loss per split", "", "| model | " + " | ".join(
-        f"{s} split (n={d['conversations']}, {d['tokens']} tok.)" for s, d in results["splits"].items()) + " |",
-        "|---|" + "---|" * len(results["splits"])]
+        f"{s} split (n={d.conversations}, {d.tokens} tok.)" for s, d in results.splits.items()) + " |",
+        "|---|" + "---|" * len(results.splits)]
     for name, entry in models:
         cells = [name]
-        for split in results["splits"]:
-            d = entry.get("eval_loss_by_split", {}).get(split)
-            cells.append(f"{_fmt(d['loss'])} (ppl {_fmt(d['perplexity'], 2)})" if d else "n/a")
+        for split in results.splits:
+            d = entry.eval_loss_by_split.get(split)
+            cells.append(f"{_fmt(d.loss)} (ppl {_fmt(d.perplexity, 2)})" if d else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    recorded = [f"{s}: {_fmt(results['adapters'][s]['loss_reduction'].get('eval_loss_last'))}"
-                for s in results["adapters"]]
+    recorded = [f"{s}: {_fmt(entry.loss_reduction.eval_loss_last)}" for s, entry in results.adapters.items()]
     lines += ["", "Recorded at the end of training (own split, TRL): " + ", ".join(recorded) + "."]
-    lines += [f"\n**{s} split not measured**: {d['unavailable']}" for s, d in results["splits"].items()
-              if d.get("unavailable")]
+    lines += [f"\n**{s} split not measured**: {d.unavailable}" for s, d in results.splits.items()
+              if d.unavailable]
     return lines + [""]
 
 
-def plot_metrics(results: dict[str, Any], path: Path) -> None:
+def plot_metrics(results: EvalResults, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [(BASE, results["base"])] + list(results["adapters"].items())
+    models = results.models
     colors = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     rates = [("rouge_l", "ROUGE-L", 1), ("bleu", "BLEU/100", 100), ("markdown_rate", "markdown", 1),
              ("rubric_accuracy", "rubric acc.", 1), ("false_premise_correction", "false-premise corr.", 1),
              ("judge_win_rate", "judge win", 1)]
-    rates = [r for r in rates if any(r[0] in entry["metrics"] for _, entry in models)]
-    if any(entry["metrics"].get("eval_loss") is not None for _, entry in models):
+    rates = [r for r in rates if any(r[0] in entry.metrics for _, entry in models)]
+    if any(entry.metrics.get("eval_loss") is not None for _, entry in models):
         fig, (ax_loss, ax_rates) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 3.2]})
         for k, (name, entry) in enumerate(models):
-            value = entry["metrics"].get("eval_loss")
-            ci = entry.get("intervals", {}).get("eval_loss")
+            value = entry.metrics.get("eval_loss")
+            ci = entry.intervals.get("eval_loss")
             if value is not None:
                 err = [[value - ci[0]], [ci[1] - value]] if ci else None
                 ax_loss.bar(k, value, color=colors[k % len(colors)], yerr=err, capsize=3, label=name)
@@ -308,10 +309,10 @@ def plot_metrics(results: dict[str, Any], path: Path) -> None:
     for k, (name, entry) in enumerate(models):
         xs, ys, errs = [], [[], []], []
         for j, (key, _, scale) in enumerate(rates):
-            value = entry["metrics"].get(key)
+            value = entry.metrics.get(key)
             if value is None:
                 continue
-            ci = entry.get("intervals", {}).get(key)
+            ci = entry.intervals.get(key)
             xs.append(j + (k - (len(models) - 1) / 2) * width)
             errs.append(value / scale)
             ys[0].append(value / scale - ci[0] / scale if ci else 0)
@@ -323,28 +324,28 @@ def plot_metrics(results: dict[str, Any], path: Path) -> None:
     ax_rates.set_title("answer metrics with 95% bootstrap intervals (higher is better)")
     ax_rates.legend(loc="upper right")
     ax_rates.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{results['run']}: base vs adapters")
+    fig.suptitle(f"{results.run}: base vs adapters")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_loss_curves(results: dict[str, Any], path: Path) -> None:
+def plot_loss_curves(results: EvalResults, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = list(results["adapters"].items())
+    stages = list(results.adapters.items())
     fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.8), squeeze=False)
     for ax, (stage, entry) in zip(axes[0], stages):
-        r = entry["loss_reduction"]
-        if r["train_curve"]:
-            ax.plot(*zip(*r["train_curve"]), ".-", label="train loss", color="#1f77b4")
-        if r["eval_curve"]:
-            ax.plot(*zip(*r["eval_curve"]), "o-", label="eval loss", color="#d62728")
-        ax.set_title(f"{stage}: train {_fmt(r['train_loss_reduction_pct'], 1)}%, eval "
-                     f"{_fmt(r['eval_loss_reduction_pct'], 1)}%")
+        r = entry.loss_reduction
+        if r.train_curve:
+            ax.plot(*zip(*r.train_curve), ".-", label="train loss", color="#1f77b4")
+        if r.eval_curve:
+            ax.plot(*zip(*r.eval_curve), "o-", label="eval loss", color="#d62728")
+        ax.set_title(f"{stage}: train {_fmt(r.train_loss_reduction_pct, 1)}%, eval "
+                     f"{_fmt(r.eval_loss_reduction_pct, 1)}%")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (assistant tokens)")
         ax.grid(alpha=0.3)
@@ -354,51 +355,51 @@ def plot_loss_curves(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _contamination_section(results: dict[str, Any], models, columns, ns) -> list[str]:
-    c = results.get("contamination")
+def _contamination_section(results: EvalResults, models, columns, ns) -> list[str]:
+    c = results.contamination
     if c is None:
         return ["## Contamination", "", "Not checked (`--no-contamination`).", ""]
     lines = ["## Contamination", "",
-             f"Every question and held-out conversation compared with the {c['training_rows']} training rows of "
+             f"Every question and held-out conversation compared with the {c.training_rows} training rows of "
              f"every stage (re-read through the run's lineage): exact after normalising case and spaces, or near "
-             f"(estimated Jaccard of byte 8-grams >= {c['threshold']})."]
-    for stage, problem in c["unchecked_stages"].items():
+             f"(estimated Jaccard of byte 8-grams >= {c.threshold})."]
+    for stage, problem in c.unchecked_stages.items():
         lines.append(f"**{stage} not checked**: {problem}")
-    if not c["matches"]:
+    if not c.matches:
         return lines + ["", "No contaminated item.", ""]
     lines += ["", "| item | kind | how | similarity | training row | stage |", "|---|---|---|---|---|---|"]
-    for m in c["matches"]:
+    for m in c.matches:
         lines.append(f"| {m['item'][:40]} | {m['kind']} | {m['how']} | {m['similarity']:.2f} | {m['location']} | "
                      f"{m['stage']} |")
-    lines += ["", f"### Metrics without the {results['n']['contaminated_items']} contaminated answer items", ""]
-    lines += _metrics_table(models, columns, {}, "metrics_uncontaminated", "intervals_uncontaminated")
-    lines += [""] + _paired_table("### Adapter − base without them", results, "paired_uncontaminated",
+    lines += ["", f"### Metrics without the {results.n.contaminated_items} contaminated answer items", ""]
+    lines += _metrics_table(models, columns, {}, clean=True)
+    lines += [""] + _paired_table("### Adapter − base without them", results, True,
                                   "The gate decides on these.")
     return lines
 
 
-def _grounded_section(results: dict[str, Any]) -> list[str]:
-    g = results.get("grounded")
+def _grounded_section(results: EvalResults) -> list[str]:
+    g = results.grounded
     if g is None:
         return []
-    recall = g["recall"]
+    recall = g.recall
     lines = ["## Grounded in the knowledge base", "",
              f"Every model also answered each question with the KB passages retrieved for it in its system prompt "
-             f"({g['settings']['method']}, k={g['settings']['k']}, KB {g['kb_version'].get('version')}; index built "
-             f"in {g['index_seconds']} s). Retrieval recall@{recall['k']} on the {recall['n']} rubric questions "
-             f"that name KB entries: {_fmt(recall['recall'], 3)}.", "",
+             f"({g.settings['method']}, k={g.settings['k']}, KB {g.kb_version.get('version')}; index built "
+             f"in {g.index_seconds} s). Retrieval recall@{recall.k} on the {recall.n} rubric questions "
+             f"that name KB entries: {_fmt(recall.recall, 3)}.", "",
              "| model | rubric accuracy: without → with | grounded − without | false-premise correction: without → "
              "with | grounded − without | KB contradictions: without → with | grounded − without |",
              "|---|---|---|---|---|---|---|"]
-    plain = {BASE: results["base"], **results["adapters"]}
+    plain = dict(results.models)
     verdicts = []
-    for name, entry in g["models"].items():
+    for name, entry in g.models.items():
         cells = [name]
         for metric in ("rubric_accuracy", "false_premise_correction", "kb_contradiction_rate"):
-            cells.append(f"{_fmt(plain[name]['metrics'].get(metric), 2)} → {_fmt(entry['metrics'].get(metric), 2)}")
-            cells.append(_paired_cell(entry["vs_ungrounded"].get(metric)))
+            cells.append(f"{_fmt(plain[name].metrics.get(metric), 2)} → {_fmt(entry.metrics.get(metric), 2)}")
+            cells.append(_paired_cell(entry.vs_ungrounded.get(metric)))
         lines.append("| " + " | ".join(cells) + " |")
-        c = entry["vs_ungrounded"].get("rubric_accuracy")
+        c = entry.vs_ungrounded.get("rubric_accuracy")
         if c and c.get("interval"):
             low, high = c["interval"]
             verdicts.append(f"{name}: grounding " + ("helped" if low > 0 else "hurt" if high < 0 else

@@ -21,6 +21,9 @@ from trainer.eval.models import (GREEDY, conversation_losses, describe_generatio
                                  read_run, reference_prompts)
 from trainer.eval.prompts import PromptSet, is_prompt_file, load_prompt_set
 from trainer.eval.report import plot_loss_curves, plot_metrics, render_report
+from trainer.eval.results import (AdapterResult, Bootstrap, Contamination, Counts, Engine, EvalResults, EvalSettings,
+                                  Gate, GateRule, Grounded, JudgeResults, JudgeSummary, KBInfo, LossReduction,
+                                  ModelResult, Quantization, RubricRow, RubricScore, SplitInfo, SplitLoss, Throughput)
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, MARKDOWN_RULE, PASS_THRESHOLD, Question, load_questions,
                                  select_questions)
 from trainer.eval.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, pooled_loss
@@ -200,9 +203,10 @@ class Loaded:
 @dataclass
 class Answers:
     """Every model's answers (and grounded answers), new-token counts and per-conversation held-out losses, with
-    what results.json records per model so far (`models`: template hash, held-out loss by split, throughput)."""
+    each model's results so far (`models`: template hash, held-out loss by split, throughput; an AdapterResult for
+    each stage)."""
 
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, ModelResult] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
     grounded_texts: dict[str, list[str | None]] = field(default_factory=dict)
     new_tokens: dict[str, list[int]] = field(default_factory=dict)
@@ -300,9 +304,9 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
         set_seed(job.seed)
         generated = answer([list(i.messages) for i in items], name, progress)
         out.texts[name], out.new_tokens[name] = list(generated.texts), list(generated.new_tokens)
-        entry["throughput"] = generated.throughput()
-        log(f"[eval] {name}: {entry['throughput']['samples']} answers in {generated.seconds:.1f}s "
-            f"({entry['throughput']['tokens_per_second']} new tokens/s)")
+        entry.throughput = Throughput.from_json(generated.throughput(), strict=True)
+        log(f"[eval] {name}: {entry.throughput.samples} answers in {generated.seconds:.1f}s "
+            f"({entry.throughput.tokens_per_second} new tokens/s)")
         if grounded_prompts is not None:
             asked = [i for i, p in enumerate(grounded_prompts) if p is not None]
             set_seed(job.seed)
@@ -310,19 +314,19 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
             out.grounded_texts[name] = [None] * len(items)
             for i, text in zip(asked, grounded.texts):
                 out.grounded_texts[name][i] = text
-            entry["throughput_grounded"] = grounded.throughput()
+            entry.throughput_grounded = Throughput.from_json(grounded.throughput(), strict=True)
     loaded.served = None  # the model is not needed past here: free it before scoring
     return out
 
 
 def _held_out_loss(plan: EvalPlan, served, name: str, home: dict[str, StageRun], out: Answers,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+                   log: Callable[[str], None]) -> ModelResult:
     """One model's loss on every held-out conversation, each scored with the template of the (first) stage that held
-    it out; its results entry so far (template hash, loss and perplexity by split)."""
-    entry: dict[str, Any] = {}
+    it out; its results so far (template hash, loss and perplexity by split)."""
+    entry = ModelResult() if name == BASE else AdapterResult()
     loss_rows = []
     if served is not None:
-        entry["chat_template_sha256"] = hashlib.sha256(served.templates[name].encode()).hexdigest()
+        entry.chat_template_sha256 = hashlib.sha256(served.templates[name].encode()).hexdigest()
         served.activate(name)
         for stage in plan.stages:
             mine = [c for c in plan.held_out if home[c.content_hash] is stage]
@@ -331,17 +335,15 @@ def _held_out_loss(plan: EvalPlan, served, name: str, home: dict[str, StageRun],
                 served.model, served.tokenizer, stage.template, mine, batch)))
     rows_by_hash = dict(loss_rows)
     out.losses[name] = [rows_by_hash[c.content_hash] for c in plan.held_out]
-    entry["eval_loss_by_split"] = {}
     for stage in plan.stages:
         rows = [rows_by_hash[c.content_hash] for c in plan.eval_rows[stage.name]]
         if rows:
             loss = pooled_loss(rows)
-            entry["eval_loss_by_split"][stage.name] = {
-                "loss": round(loss, 4), "perplexity": round(math.exp(loss), 4),
-                "conversations": len(rows), "tokens": int(sum(r[1] for r in rows))}
+            entry.eval_loss_by_split[stage.name] = SplitLoss(round(loss, 4), round(math.exp(loss), 4), len(rows),
+                                                             int(sum(r[1] for r in rows)))
     if plan.held_out_asked:
         log(f"[eval] {name}: held-out loss " + (", ".join(
-            f"{s} {d['loss']:.4f}" for s, d in entry["eval_loss_by_split"].items()) or "n/a (no eval split)"))
+            f"{s} {d.loss:.4f}" for s, d in entry.eval_loss_by_split.items()) or "n/a (no eval split)"))
     return entry
 
 
@@ -353,9 +355,9 @@ def _score(plan: EvalPlan, answers: Answers, screening: Screening, auditor, retr
     for name, entry in answers.models.items():
         scores.measures[name], scores.flags[name], scores.rubric[name] = measure(items, answers.texts[name], auditor,
                                                                                 answers.losses[name])
-        entry["metrics"], entry["intervals"] = model_metrics(scores.measures[name], seed=seed)
+        entry.metrics, entry.intervals = model_metrics(scores.measures[name], seed=seed)
         if screening.clean:
-            entry["metrics_uncontaminated"], entry["intervals_uncontaminated"] = model_metrics(
+            entry.metrics_uncontaminated, entry.intervals_uncontaminated = model_metrics(
                 scores.measures[name], screening.keep, screening.keep_conversations, seed=seed)
     if retriever is not None:
         from trainer.kb.retrieve import recall_at_k
@@ -374,32 +376,33 @@ def _score(plan: EvalPlan, answers: Answers, screening: Screening, auditor, retr
 
 
 def _judge(plan: EvalPlan, judge_client: PairwiseJudge | None, answers: Answers,
-           log: Callable[[str], None]) -> dict[str, Any] | None:
+           log: Callable[[str], None]) -> JudgeResults | None:
     """The blind pairwise judge, base against each adapter on the questions (or prompts); held-out turns have
     references instead. Its rates join each adapter's metrics."""
     if judge_client is None:
         return None
     items = plan.items
     judged = [i for i, item in enumerate(items) if item.judged]
-    results: dict[str, Any] = {"settings": plan.judge.describe(), "per_adapter": {}}
+    results = JudgeResults(plan.judge.describe())
     for stage in plan.stages:
         log(f"[eval] judge: base vs {stage.name}, {len(judged)} questions x 2 orders")
         pairs = [(items[i].id, items[i].text, answers.texts[BASE][i], answers.texts[stage.name][i]) for i in judged]
-        summary = judge_pairs(judge_client, pairs, seed=plan.job.seed)
-        results["per_adapter"][stage.name] = summary
-        m, ci = answers.models[stage.name]["metrics"], answers.models[stage.name]["intervals"]
-        for key in ("win_rate", "loss_rate", "net"):
-            if summary[key] is not None:
-                m[f"judge_{key}"] = summary[key]
-                ci[f"judge_{key}"] = summary[f"{key}_ci"]
-        log(f"[eval] judge: {stage.name} {summary['wins']}-{summary['ties']}-{summary['losses']} (win-tie-loss),"
-            f" {summary['invalid']} unparseable, both orders agree on {_pct(summary['agreement'])}"
-            + ("" if summary["reliable"] else ": UNRELIABLE, not used by the gate"))
+        summary = results.per_adapter[stage.name] = JudgeSummary.from_json(
+            judge_pairs(judge_client, pairs, seed=plan.job.seed), strict=True)
+        m, ci = answers.models[stage.name].metrics, answers.models[stage.name].intervals
+        for key, value, interval in (("win_rate", summary.win_rate, summary.win_rate_ci),
+                                     ("loss_rate", summary.loss_rate, summary.loss_rate_ci),
+                                     ("net", summary.net, summary.net_ci)):
+            if value is not None:
+                m[f"judge_{key}"], ci[f"judge_{key}"] = value, interval
+        log(f"[eval] judge: {stage.name} {summary.wins}-{summary.ties}-{summary.losses} (win-tie-loss),"
+            f" {summary.invalid} unparseable, both orders agree on {_pct(summary.agreement)}"
+            + ("" if summary.reliable else ": UNRELIABLE, not used by the gate"))
     return results
 
 
 def _gate(plan: EvalPlan, answers: Answers, scores: Scores, screening: Screening,
-          judge_results: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+          judge_results: JudgeResults | None) -> dict[str, Gate]:
     """Each adapter's paired comparison with the base and the gate's verdict (on the clean items when some were seen
     in training)."""
     job, items, clean = plan.job, plan.items, screening.clean
@@ -408,23 +411,22 @@ def _gate(plan: EvalPlan, answers: Answers, scores: Scores, screening: Screening
     gates = {}
     for stage in plan.stages:
         entry, mine, base = answers.models[stage.name], scores.measures[stage.name], scores.measures[BASE]
-        entry["paired"] = paired_metrics(mine, base, margin=job.margin, seed=job.seed)
+        entry.paired = paired_metrics(mine, base, margin=job.margin, seed=job.seed)
         if clean:
-            entry["paired_uncontaminated"] = paired_metrics(mine, base, margin=job.margin, keep=keep,
-                                                            keep_conversations=keep_conversations, seed=job.seed)
-        judge_summary = judge_results["per_adapter"][stage.name] if judge_results else None
-        for key, ids in (("paired", None), ("paired_uncontaminated", clean_ids if clean else None)):
-            comparison = judge_comparison(judge_summary, ids, margin=job.margin)
-            if comparison is not None and key in entry:
-                entry[key]["judge"] = comparison
-        gate = gates[stage.name] = gate_decision(entry["paired_uncontaminated"] if clean else entry["paired"],
-                                                 job.margin)
-        if judge_summary is not None and not judge_summary["reliable"]:
-            gate["summary"] += f"; judge unreliable (both orders agree on {_pct(judge_summary['agreement'])}), not used"
+            entry.paired_uncontaminated = paired_metrics(mine, base, margin=job.margin, keep=keep,
+                                                         keep_conversations=keep_conversations, seed=job.seed)
+        judge_summary = judge_results.per_adapter[stage.name] if judge_results else None
+        for paired, ids in ((entry.paired, None), (entry.paired_uncontaminated, clean_ids if clean else None)):
+            comparison = judge_comparison(judge_summary and judge_summary.to_json(), ids, margin=job.margin)
+            if comparison is not None and paired is not None:
+                paired["judge"] = comparison
+        gate = gates[stage.name] = Gate.from_json(gate_decision(entry.comparison(clean), job.margin), strict=True)
+        if judge_summary is not None and not judge_summary.reliable:
+            gate.summary += f"; judge unreliable (both orders agree on {_pct(judge_summary.agreement)}), not used"
         if clean:
-            gate["summary"] += " (decided on the uncontaminated items)"
-        if gate["verdict"] == "not gated" and plan.prompt_set is not None:
-            gate["summary"] += "; an outside prompt set has no rubric: --judge-base-url gives it a verdict"
+            gate.summary += " (decided on the uncontaminated items)"
+        if gate.verdict == "not gated" and plan.prompt_set is not None:
+            gate.summary += "; an outside prompt set has no rubric: --judge-base-url gives it a verdict"
     return gates
 
 
@@ -436,87 +438,82 @@ def _write(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers
     out, created = plan.out, now_iso()
     results_path = out / "results.json"
     results = _results(plan, loaded, engine, screening, answers, scores, judge_results, gates, created)
-    results["wall_seconds"] = round(time.time() - started, 2)
+    results.wall_seconds = round(time.time() - started, 2)
     _write_answers(out / "answers.jsonl", plan.items, answers.texts, answers.new_tokens, scores.rubric, scores.flags,
                    screening.keep, answers.grounded_texts, scores.grounded)
-    write_json(results_path, results)
+    write_json(results_path, results.to_json())
     plot_metrics(results, out / "metrics.png")
     plot_loss_curves(results, out / "loss_curves.png")
     (out / "report.md").write_text(render_report(results), encoding="utf-8")
     for stage in plan.stages:
-        stage.record_evaluation(gates[stage.name], results_path, created)
+        stage.record_evaluation(gates[stage.name].to_json(), results_path, created)
     for stage, gate in gates.items():
-        log(f"[eval] {stage}: {gate['verdict'].upper()} — {gate['summary']}")
-    log(f"[eval] report: {out / 'report.md'} ({results['wall_seconds']:.0f}s)")
+        log(f"[eval] {stage}: {gate.verdict.upper()} — {gate.summary}")
+    log(f"[eval] report: {out / 'report.md'} ({results.wall_seconds:.0f}s)")
     return results_path
 
 
 def _results(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers: Answers, scores: Scores,
-             judge_results, gates, created: str) -> dict[str, Any]:
-    """results.json from the phases' results (its keys are the report's and the cards' input)."""
+             judge_results: JudgeResults | None, gates: dict[str, Gate], created: str) -> EvalResults:
+    """The evaluation's results from the phases' (results.json is their `to_json`)."""
+    from dataclasses import replace
+
     job, stages, items, models, quant = plan.job, plan.stages, plan.items, answers.models, loaded.quant
-    grounded = scores.grounded
-    return {
-        "run": stages[0].cfg.name, "run_dir": str(plan.run_dir), "created": created,
-        "base_model": stages[-1].cfg.model.name,
-        "quantization": None if quant is None else  # None: nothing loaded here (the server's answers only)
-        {"load_in_4bit": quant.load_in_4bit, "quant_type": quant.quant_type, "double_quant": quant.double_quant,
-         "compute_dtype": base_dtypes(quant)[1]} if quant.load_in_4bit else {"load_in_4bit": False},
-        "device": loaded.device,
-        "engine": engine.describe() if engine is not None else {"name": "local", "device": loaded.device,
-                                                                 "batch_size": job.batch_size},
-        "gate": gates,
-        "base": models[BASE],
-        "adapters": {s.name: {**models[s.name], "adapter_sha256": s.lineage.adapter_sha256,
-                              "loss_reduction": loss_reduction(s)} for s in stages},
-        "splits": {s.name: {"conversations": len(plan.eval_rows[s.name]),
-                            "tokens": models[BASE]["eval_loss_by_split"].get(s.name, {}).get("tokens", 0),
-                            "sha256": s.lineage.split.eval_sha256,
-                            "unavailable": plan.split_problems.get(s.name)} for s in stages},
-        "judge": judge_results,
-        "contamination": screening.report,
-        "grounded": None if grounded is None else
-        {**grounded, "models": {k: {x: y for x, y in v.items() if not x.startswith("_")}
-                                for k, v in grounded["models"].items()}},
-        "kb_check": {name: sum(1 for f in scores.flags[name] if f) for name in models},
-        "n": {"questions": len(plan.questions), "false_premise_questions": sum(q.false_premise for q in plan.questions),
-              "prompts": sum(i.kind == "prompt" for i in items),
-              "prompts_with_reference": sum(1 for i in items if i.kind == "prompt" and i.reference),
-              "held_out_asked": plan.held_out_asked,
-              "eval_conversations": len(plan.held_out), "reference_prompts": len(plan.references),
-              "answers_per_model": len(items), "contaminated_items": screening.keep.count(False),
-              "judged_questions": max((j["n"] for j in judge_results["per_adapter"].values()), default=0)
-              if judge_results else 0},
-        "settings": _settings(plan, engine),
-        "rubric_by_question": [
-            {"id": item.id, "topic": item.question.topic, "false_premise": item.question.false_premise,
-             "contaminated": not screening.keep[i],
-             "scores": {name: {"score": scores.rubric[name][i].score, "passed": scores.rubric[name][i].passed,
-                               "claims": list(scores.rubric[name][i].claims),
-                               "corrected": scores.rubric[name][i].corrected}
-                        for name in models}} for i, item in enumerate(items) if item.kind == "rubric"],
-        "load_seconds": loaded.seconds,
-    }
+    base_splits = models[BASE].eval_loss_by_split
+    return EvalResults(
+        run=stages[0].cfg.name, run_dir=str(plan.run_dir), created=created, base_model=stages[-1].cfg.model.name,
+        quantization=None if quant is None else  # None: nothing loaded here (the server's answers only)
+        Quantization(True, quant.quant_type, quant.double_quant, base_dtypes(quant)[1]) if quant.load_in_4bit
+        else Quantization(False),
+        device=loaded.device,
+        engine=Engine.from_json(engine.describe(), strict=True) if engine is not None else
+        Engine("local", device=loaded.device, batch_size=job.batch_size),
+        gate=gates,
+        base=models[BASE],
+        adapters={s.name: replace(models[s.name], adapter_sha256=s.lineage.adapter_sha256,
+                                  loss_reduction=LossReduction.from_json(loss_reduction(s), strict=True)) for s in stages},
+        splits={s.name: SplitInfo(len(plan.eval_rows[s.name]),
+                                  base_splits[s.name].tokens if s.name in base_splits else 0,
+                                  s.lineage.split.eval_sha256, plan.split_problems.get(s.name)) for s in stages},
+        judge=judge_results,
+        contamination=None if screening.report is None else Contamination.from_json(screening.report, strict=True),
+        # the grounded answers' own scores and flags (`_scores`, `_flags`, for answers.jsonl) are not fields
+        grounded=None if scores.grounded is None else Grounded.from_json(scores.grounded, strict=True),
+        kb_check={name: sum(1 for f in scores.flags[name] if f) for name in models},
+        n=Counts(questions=len(plan.questions), false_premise_questions=sum(q.false_premise for q in plan.questions),
+                 prompts=sum(i.kind == "prompt" for i in items),
+                 prompts_with_reference=sum(1 for i in items if i.kind == "prompt" and i.reference),
+                 held_out_asked=plan.held_out_asked, eval_conversations=len(plan.held_out),
+                 reference_prompts=len(plan.references), answers_per_model=len(items),
+                 contaminated_items=screening.keep.count(False),
+                 judged_questions=max((j.n for j in judge_results.per_adapter.values()), default=0)
+                 if judge_results else 0),
+        settings=_settings(plan, engine),
+        rubric_by_question=[
+            RubricRow(item.id, item.question.topic, item.question.false_premise, not screening.keep[i],
+                      {name: RubricScore(s.score, s.passed, list(s.claims), s.corrected)
+                       for name in models for s in [scores.rubric[name][i]]})
+            for i, item in enumerate(items) if item.kind == "rubric"],
+        load_seconds=loaded.seconds)
 
 
-def _settings(plan: EvalPlan, engine) -> dict[str, Any]:
+def _settings(plan: EvalPlan, engine) -> EvalSettings:
     """What the evaluation was run with: decoding, bootstrap, gate, questions, KB and system prompt, the job."""
     job = plan.job
-    return {
-        "generation": describe_generation(plan.generation, job.batch_size, job.seed, engine), "seed": job.seed,
-        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE, "method": "percentile"},
-        "gate": {"margin": job.margin, "rule": GATE_RULE.format(margin=job.margin)},
-        "pass_threshold": PASS_THRESHOLD, "markdown_rule": MARKDOWN_RULE,
-        "questions_file": str(plan.questions_path), "questions_sha256": file_sha256(plan.questions_path),
-        "questions_kind": "prompts" if plan.prompt_set is not None else "rubric",
-        "questions_in_file": plan.questions_in_file, "limit": job.limit,
-        "skipped_prompt_rows": plan.prompt_set.skipped if plan.prompt_set else [],
-        "topics": sorted({q.topic for q in plan.questions}),
-        "kb": {"path": str(plan.kb_path), "version": plan.kb.version},
-        "system_prompt": plan.system_prompt,
-        "system_prompt_sha256": hashlib.sha256(plan.system_prompt.encode()).hexdigest(),
-        "job": {k: v for k, v in vars(job).items() if k != "source"},
-    }
+    return EvalSettings(
+        generation=describe_generation(plan.generation, job.batch_size, job.seed, engine), seed=job.seed,
+        bootstrap=Bootstrap(BOOTSTRAP_RESAMPLES, CONFIDENCE, "percentile"),
+        gate=GateRule(job.margin, GATE_RULE.format(margin=job.margin)),
+        pass_threshold=PASS_THRESHOLD, markdown_rule=MARKDOWN_RULE,
+        questions_file=str(plan.questions_path), questions_sha256=file_sha256(plan.questions_path),
+        questions_kind="prompts" if plan.prompt_set is not None else "rubric",
+        questions_in_file=plan.questions_in_file, limit=job.limit,
+        skipped_prompt_rows=plan.prompt_set.skipped if plan.prompt_set else [],
+        topics=sorted({q.topic for q in plan.questions}),
+        kb=KBInfo(str(plan.kb_path), plan.kb.version),
+        system_prompt=plan.system_prompt,
+        system_prompt_sha256=hashlib.sha256(plan.system_prompt.encode()).hexdigest(),
+        job={k: v for k, v in vars(job).items() if k != "source"})
 
 
 def _pct(value: float | None) -> str:
