@@ -10,10 +10,10 @@ The paper's synthetic data went wrong in three ways; each has a counter here:
 3. No fact checking -> every generated conversation goes through `trainer.kb.audit`; failures land in the `audit`
    split, never in `train`.
 
-Providers: any OpenAI-compatible chat endpoint through `huggingface_hub.InferenceClient(base_url=..., api_key=...)`
-(Gemini's OpenAI-compatible endpoint, Inference Providers, vLLM, TGI, `transformers serve`), or an in-process
-transformers model (default: the embedded demo model) so it runs offline. Generation is resumable: conversations
-are appended to `raw.jsonl` as they finish, and a re-run skips plan ids already there.
+Engines (`trainer.inference.engine`): any OpenAI-compatible chat endpoint (`EndpointEngine`: Gemini's
+OpenAI-compatible endpoint, Inference Providers, vLLM, TGI, `transformers serve`), or an in-process transformers model
+(`LocalProvider`, default: the embedded demo model) so it runs offline. Generation is resumable: conversations are
+appended to `raw.jsonl` when their group finishes, and a re-run skips plan ids already there.
 """
 
 from __future__ import annotations
