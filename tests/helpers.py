@@ -38,8 +38,28 @@ def open_app(browser, url: str):
     return page
 
 
+_WATCH_ANSWER = """() => {
+    const chat = document.querySelector('#chatbot');
+    const seen = window.__answerLengths = [];
+    new MutationObserver(() => {
+        const bots = chat.querySelectorAll('[data-testid="bot"]');
+        if (!bots.length) return;
+        const length = bots[bots.length - 1].innerText.length;
+        if (!seen.length || seen[seen.length - 1] !== length) seen.push(length);
+    }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def watch_answer(page) -> None:
+    """From now on, record the length of the chat's last answer at every change the page renders (a
+    MutationObserver): a fast stream can grow several times between two looks, so polling alone may miss its steps.
+    Call it before Send; `answer_lengths` then returns what it recorded."""
+    page.evaluate(_WATCH_ANSWER)
+
+
 def answer_lengths(page, bot, timeout: float) -> list[int]:
-    """The length of the answer `bot` at each look, until it has text and the streaming event has ended.
+    """The length of the answer `bot` at each change the page rendered (with `watch_answer` first; else at each look),
+    until it has text and the streaming event has ended.
 
     Gradio marks a streaming event's outputs `generating` until the event ends. A pause between tokens on a busy
     machine is no end: a second Send while the first answer streams is ignored."""
@@ -50,7 +70,7 @@ def answer_lengths(page, bot, timeout: float) -> list[int]:
         if lengths[-1] > 0 and page.locator('[data-testid="status-tracker"].generating').count() == 0:
             break
         time.sleep(0.2)
-    return lengths
+    return page.evaluate("window.__answerLengths || null") or lengths
 
 
 DATA = Path(__file__).parent / "data"

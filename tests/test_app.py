@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from helpers import REPO, answer_lengths, chromium, launch_app, open_app, stop_app
+from helpers import REPO, answer_lengths, chromium, launch_app, open_app, stop_app, watch_answer
 
 from space.display import is_note, message_text
 
@@ -175,6 +175,7 @@ def test_in_a_browser_stream_switch_adapter_and_stay_inert(app_url, tmp_path):
         page.uncheck("#ground input")
 
         page.fill("#question textarea", attack)
+        watch_answer(page)
         page.click("#send")
         bot = page.locator('#chatbot [data-testid="bot"]').last
         bot.wait_for(timeout=60_000)

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import answer_lengths, at_once, chromium, launch_app, open_app, stop_app
+from helpers import answer_lengths, at_once, chromium, launch_app, open_app, stop_app, watch_answer
 
 from trainer.hub import local_server as serve
 from space.display import is_note, message_text
@@ -414,6 +414,7 @@ def test_in_a_browser_an_answer_streams_from_the_server(openai_app, tmp_path):
         page = open_app(browser, openai_app)
         assert "on an OpenAI-compatible server" in page.inner_text("body")
         page.fill("#question textarea", "How do I open a bank account abroad?")
+        watch_answer(page)
         page.click("#send")
         bot = page.locator('#chatbot [data-testid="bot"]').last
         bot.wait_for(timeout=120_000)
