@@ -78,8 +78,6 @@ class ServerEngine(EndpointEngine):
     def failed(self, name: str, detail: str) -> EvalError:
         served = self.models[name]
         detail = detail.removeprefix(f"{self.base_url}: ")
-        if self._api_key:
-            detail = detail.replace(self._api_key, "***")
         hint = ""
         if "HTTP 404" in detail:
             hint = (" (is it served? vLLM: --lora-modules NAME=ADAPTER_DIR; or set base_served_name / "

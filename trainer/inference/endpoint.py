@@ -81,14 +81,14 @@ class EndpointEngine:
         try:
             return provider.complete(messages, max_tokens=max_tokens, temperature=temperature, extra_body=extra)
         except ProviderError as exc:
-            raise self.failed(name, str(exc)) from None
+            detail = str(exc)
         except Exception as exc:  # a reply that is not a chat completion, a dropped connection: still one line
-            raise self.failed(name, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              ) from None
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self._api_key:  # the API key never reaches an error
+            detail = detail.replace(self._api_key, "***")
+        raise self.failed(name, detail) from None
 
     def failed(self, name: str, detail: str) -> Exception:
-        """The one-line error for a request to model `name` that failed (`detail` already names the server); the API
-        key never appears in it."""
-        if self._api_key:
-            detail = detail.replace(self._api_key, "***")
+        """The one-line error for a request to model `name` that failed (`detail`, the key already hidden, may
+        already name the server)."""
         return ProviderError(detail if detail.startswith(self.base_url) else f"{self.base_url}: {detail}")

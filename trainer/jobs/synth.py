@@ -410,7 +410,7 @@ def generate(plan: Sequence[PlanItem], engine, raw: Path, settings: SynthSetting
     raw.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(raw)
     todo = [item for item in plan if item.id not in done]
-    usage, lock = Usage(), threading.Lock()
+    usage = Usage()
     started = time.time()
     bar = None
     if progress:
@@ -419,7 +419,7 @@ def generate(plan: Sequence[PlanItem], engine, raw: Path, settings: SynthSetting
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="generating", unit="conv")
 
     def write(row: dict[str, Any]) -> None:
-        with lock, open(raw, "a", encoding="utf-8") as fh:
+        with open(raw, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")  # one write per row: never a half row
             fh.flush()
             os.fsync(fh.fileno())
@@ -465,24 +465,26 @@ def _generate_turns(todo, engine, settings: SynthSettings, usage: Usage, write, 
     waves of requests in flight."""
     local = isinstance(engine, LocalEngine)
     size = max(1, settings.concurrency) * (1 if local else ENDPOINT_WAVES)
-    todo = sorted(todo, key=lambda item: (-len(_conversation_turns(item)), len(system_prompt(item))))
+    # each conversation's system message and questions, built once
+    todo = sorted(((item, {"role": "system", "content": system_prompt(item)}, _conversation_turns(item))
+                   for item in todo), key=lambda entry: (-len(entry[2]), len(entry[1]["content"])))
     for start in range(0, len(todo), size):
-        group = todo[start:start + size]
-        talks: list[list[dict[str, str]]] = [[] for _ in group]
-        used = [Usage() for _ in group]
+        items, systems, questions = zip(*todo[start:start + size])
+        talks: list[list[dict[str, str]]] = [[] for _ in items]
+        used = [Usage() for _ in items]
         cache = TurnCache() if local else None
-        for turn in range(max(len(_conversation_turns(i)) for i in group)):
-            active = [k for k, item in enumerate(group) if turn < len(_conversation_turns(item))]
+        for turn in range(max(map(len, questions))):
+            active = [k for k, asked in enumerate(questions) if turn < len(asked)]
             for k in active:
-                talks[k].append({"role": "user", "content": _conversation_turns(group[k])[turn]})
-            prompts = [[{"role": "system", "content": system_prompt(group[k])}, *talks[k]] for k in active]
+                talks[k].append({"role": "user", "content": questions[k][turn]})
+            prompts = [[systems[k], *talks[k]] for k in active]
             reuse = {"cache": cache, "keys": active} if local else {}
             answers = engine.answer_all(prompts, BASE, settings.decoding, **reuse)
             for j, k in enumerate(active):
                 text = answers.texts[j] if local else answers.texts[j].strip()  # as cached / as the server sent it
                 talks[k].append({"role": "assistant", "content": text})
                 used[k].add(answers.usage(j))
-        for item, messages, item_usage in zip(group, talks, used):
+        for item, messages, item_usage in zip(items, talks, used):
             usage.add(item_usage)
             write(row_for(item, messages, item_usage))
 
