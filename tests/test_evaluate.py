@@ -15,7 +15,8 @@ from test_eval_engine import stub  # noqa: F401 (the OpenAI-compatible stub serv
 
 from trainer.__main__ import main
 from trainer.eval import EvalError
-from trainer.eval.gate import gate_decision, verdict_of
+from trainer.eval.gate import gate_decision
+from trainer.train.rundir import verdict_of
 from trainer.eval.judge import (JudgeSettings, PairwiseJudge, combine_orders, judge_pairs, parse_verdict,
                                 summarize_judgements)
 from trainer.eval.rubric import (DEFAULT_QUESTIONS, PASS_THRESHOLD, RUBRIC_TOPICS, is_markdown, load_questions,
@@ -404,7 +405,7 @@ def test_eval_of_the_demo_run_side_by_side_with_a_verdict_per_adapter(run_copy, 
 
     report = (out / "report.md").read_text()
     typed = EvalResults.read(out / "results.json")  # read back from disk: the same file, the same report
-    assert typed.to_json() == results and render_report(typed) == report
+    assert typed.to_dict() == results and render_report(typed) == report
     for row in ("| base |", "| stage1 |", "| stage2 |"):
         assert row in report
     assert "rubric accuracy (n=4)" in report and "judge win rate" in report and "## Pairwise judge" in report
@@ -487,7 +488,7 @@ def test_three_copied_rubric_questions_are_contaminated_and_excluded_and_groundi
     assert rubric == {q.id: q in copied for q in questions}
     report = (run_copy / "eval" / "report.md").read_text()
     typed = EvalResults.read(run_copy / "eval" / "results.json")
-    assert typed.to_json() == results and render_report(typed) == report
+    assert typed.to_dict() == results and render_report(typed) == report
     assert "### Metrics without the" in report and "### Adapter − base without them" in report
     for q in copied:
         assert f"| {q.id[:40]} | question | exact |" in report

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from trainer.eval.gate import DEFAULT_MARGIN, GATE_RULE, gate_decision, metric_verdict, verdict_of
+from trainer.eval.gate import DEFAULT_MARGIN, GATE_RULE, gate_decision, metric_verdict
+from trainer.train.rundir import verdict_of
 from trainer.eval.stats import (items_needed, mcnemar_exact, paired_bootstrap, paired_difference_interval,
                                 paired_outcomes)
 

@@ -22,8 +22,8 @@ rubric questions copied into the training data with --grounded, and a pairwise j
 def test_results_json_round_trips_and_renders_the_same_report(name):
     text = (FIXTURES / name / "results.json").read_text(encoding="utf-8")
     results = EvalResults.read(FIXTURES / name / "results.json")
-    assert results.to_json() == json.loads(text)
-    assert json.dumps(results.to_json(), indent=2, ensure_ascii=False) + "\n" == text  # the keys in the same order
+    assert results.to_dict() == json.loads(text)
+    assert json.dumps(results.to_dict(), indent=2, ensure_ascii=False) + "\n" == text  # the keys in the same order
     assert render_report(results) == (FIXTURES / name / "report.md").read_text(encoding="utf-8")
 
     assert [model for model, _ in results.models] == ["base", "stage1", "stage2"]
@@ -57,9 +57,9 @@ def test_the_records_keep_every_key_their_producers_write():
     measured = {"n": 10, "difference": 0.2, "interval": [0.05, 0.35], "adapter_only": 3, "base_only": 1,
                 "p_value": 0.62, "items_needed": None}
     for decision in (gate_decision({"rubric_accuracy": measured}), gate_decision({})):
-        assert Gate.from_json(decision).to_json() == decision
+        assert Gate.from_dict(decision).to_dict() == decision
     throughput = BatchAnswers(texts=["a", "b"], new_tokens=[3, 4], prompt_tokens=[5, 6], seconds=2.0).throughput()
-    assert Throughput.from_json(throughput).to_json() == throughput
+    assert Throughput.from_dict(throughput).to_dict() == throughput
 
 
 def test_a_file_that_is_not_an_evaluations_results_is_one_user_error(tmp_path):
@@ -79,11 +79,11 @@ def test_a_key_a_phase_adds_without_a_field_fails_the_evaluation_not_results_jso
 
     recall = {"k": 3, "n": 2, "recall": 0.5, "per_question": [], "misses": []}
     with pytest.raises(TypeError, match=r"Recall has no field for \['precision'\]: add it to trainer/eval/results.py"):
-        Recall.from_json({**recall, "precision": 0.4}, strict=True)
-    assert Recall.from_json({**recall, "precision": 0.4}).to_json() == recall
+        Recall.from_dict({**recall, "precision": 0.4}, strict=True)
+    assert Recall.from_dict({**recall, "precision": 0.4}).to_dict() == recall
     grounded = {"settings": {}, "kb_version": {}, "index_seconds": 0.1, "recall": {**recall, "new": 1},
                 "models": {"base": {"metrics": {}, "intervals": {}, "vs_ungrounded": {}, "_flags": [[]]}}}
     with pytest.raises(TypeError, match=r"Recall has no field for \['new'\]"):  # nested records are held too
-        Grounded.from_json(grounded, strict=True)
+        Grounded.from_dict(grounded, strict=True)
     grounded["recall"] = recall
-    assert "_flags" not in Grounded.from_json(grounded, strict=True).to_json()["models"]["base"]
+    assert "_flags" not in Grounded.from_dict(grounded, strict=True).to_dict()["models"]["base"]

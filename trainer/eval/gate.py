@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.train.rundir import VERDICTS, verdict_of  # noqa: F401  (the run folder records the verdicts)
-
 DEFAULT_MARGIN = 0.05
 """Non-inferiority margin on rates (0.05 = five points): how much worse than the base an adapter may be and pass.
 The one default: `EvalJob.margin` (the eval's `margin` key and `--margin`) is this."""

@@ -1,7 +1,7 @@
 """results.json as types: what the phases of `trainer.eval.run` produce, what the report and the charts read.
 
-Every record writes the keys results.json has always had, in the same order (`to_json`), and reads them back
-(`from_json`), ignoring unknown keys; a key written only when it applies (a grounded throughput, the metrics without
+Every record writes the keys results.json has always had, in the same order (`to_dict`), and reads them back
+(`from_dict`), ignoring unknown keys; a key written only when it applies (a grounded throughput, the metrics without
 contaminated items) is None here when absent. Metrics, intervals and paired comparisons stay dicts keyed by metric."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any, Callable, Mapping
 
 from trainer.eval import EvalError
 from trainer.inference.model import BASE
-from trainer.train.lineage import known_fields
+from trainer.train.lineage import Record, known_fields
 
 
 def _plain(value: Any) -> Any:
     """A record, or a dict or list holding records, as JSON values."""
     if isinstance(value, JsonRecord):
-        return value.to_json()
+        return value.to_dict()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -28,30 +28,31 @@ def _plain(value: Any) -> Any:
 
 
 def _one(cls) -> Callable[[Any, bool], Any]:
-    return lambda data, strict=False: None if data is None else cls.from_json(data, strict)
+    return lambda data, strict=False: None if data is None else cls.from_dict(data, strict)
 
 
 def _each(cls) -> Callable[[Any, bool], Any]:
-    return lambda data, strict=False: {k: cls.from_json(v, strict) for k, v in data.items()}
+    return lambda data, strict=False: {k: cls.from_dict(v, strict) for k, v in data.items()}
 
 
 def _every(cls) -> Callable[[Any, bool], Any]:
-    return lambda data, strict=False: [cls.from_json(v, strict) for v in data]
+    return lambda data, strict=False: [cls.from_dict(v, strict) for v in data]
 
 
-class JsonRecord:
-    """A results.json part as a dataclass: written field by field in the declared order (the fields in OPTIONAL only
-    when set), read back with NESTED turning the records it holds into their types."""
+class JsonRecord(Record):
+    """A results.json part: a `Record` (the lineage's JSON records: fields in the declared order, unknown keys
+    ignored) that leaves out the fields in OPTIONAL when unset, turns the records it holds into their types (NESTED)
+    and can refuse a key it has no field for (`strict`)."""
 
     OPTIONAL: tuple[str, ...] = ()
     NESTED: dict[str, Callable[[Any, bool], Any]] = {}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)
                 if f.name not in self.OPTIONAL or getattr(self, f.name) is not None}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], strict: bool = False):
+    def from_dict(cls, data: Mapping[str, Any], strict: bool = False):
         """The record from its JSON. A file written by another version may hold keys this one does not know: they
         are ignored. With `strict` (a phase's own dict, as the eval builds results.json) such a key is an error, so
         a key added where a phase's dict is made cannot silently miss results.json (keys starting with `_` are the
@@ -72,8 +73,8 @@ class Quantization(JsonRecord):
     double_quant: bool | None = None
     compute_dtype: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return super().to_json() if self.load_in_4bit else {"load_in_4bit": False}
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() if self.load_in_4bit else {"load_in_4bit": False}
 
 
 @dataclass
@@ -98,8 +99,8 @@ class Engine(JsonRecord):
     def local(self) -> bool:
         return self.name == "local"
 
-    def to_json(self) -> dict[str, Any]:
-        out = super().to_json()
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
         if self.local:
             return {k: out[k] for k in ("name", "device", "batch_size") if k == "name" or out[k] is not None}
         return {k: v for k, v in out.items() if k not in ("device", "batch_size")}
@@ -195,7 +196,7 @@ class AdapterResult(ModelResult):
     loss_reduction: LossReduction = field(default_factory=LossReduction)
 
     OPTIONAL = ModelResult.OPTIONAL + ("paired_uncontaminated",)
-    NESTED = {**ModelResult.NESTED, "loss_reduction": LossReduction.from_json}
+    NESTED = {**ModelResult.NESTED, "loss_reduction": LossReduction.from_dict}
 
     def comparison(self, clean: bool = False) -> dict[str, dict[str, Any]] | None:
         """The paired comparison on every item, or on the uncontaminated ones."""
@@ -291,7 +292,7 @@ class Grounded(JsonRecord):
     models: dict[str, GroundedModel]
     recall: Recall
 
-    NESTED = {"models": _each(GroundedModel), "recall": Recall.from_json}
+    NESTED = {"models": _each(GroundedModel), "recall": Recall.from_dict}
 
 
 @dataclass
@@ -358,7 +359,7 @@ class EvalSettings(JsonRecord):
     system_prompt_sha256: str
     job: dict[str, Any]
 
-    NESTED = {"bootstrap": Bootstrap.from_json, "gate": GateRule.from_json, "kb": KBInfo.from_json}
+    NESTED = {"bootstrap": Bootstrap.from_dict, "gate": GateRule.from_dict, "kb": KBInfo.from_dict}
 
 
 @dataclass
@@ -413,9 +414,9 @@ class EvalResults(JsonRecord):
     wall_seconds: float | None = None
 
     NESTED = {"quantization": _one(Quantization), "engine": _one(Engine), "gate": _each(Gate),
-              "base": ModelResult.from_json, "adapters": _each(AdapterResult), "splits": _each(SplitInfo),
+              "base": ModelResult.from_dict, "adapters": _each(AdapterResult), "splits": _each(SplitInfo),
               "judge": _one(JudgeResults), "contamination": _one(Contamination), "grounded": _one(Grounded),
-              "n": Counts.from_json, "settings": EvalSettings.from_json, "rubric_by_question": _every(RubricRow)}
+              "n": Counts.from_dict, "settings": EvalSettings.from_dict, "rubric_by_question": _every(RubricRow)}
 
     @property
     def models(self) -> list[tuple[str, ModelResult]]:
@@ -423,9 +424,9 @@ class EvalResults(JsonRecord):
         return [(BASE, self.base), *self.adapters.items()]
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], strict: bool = False) -> EvalResults:
+    def from_dict(cls, data: Mapping[str, Any], strict: bool = False) -> EvalResults:
         try:
-            return super().from_json(data, strict)
+            return super().from_dict(data, strict)
         except (AttributeError, KeyError, TypeError) as exc:
             raise EvalError(f"not an evaluation's results.json: {exc}") from None
 
@@ -433,6 +434,6 @@ class EvalResults(JsonRecord):
     def read(cls, path: str | Path) -> EvalResults:
         """A results.json on disk (EvalError naming the file when it is not one)."""
         try:
-            return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError, EvalError) as exc:
             raise EvalError(f"{path}: {exc}") from None

@@ -304,7 +304,7 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
         set_seed(job.seed)
         generated = answer([list(i.messages) for i in items], name, progress)
         out.texts[name], out.new_tokens[name] = list(generated.texts), list(generated.new_tokens)
-        entry.throughput = Throughput.from_json(generated.throughput(), strict=True)
+        entry.throughput = Throughput.from_dict(generated.throughput(), strict=True)
         log(f"[eval] {name}: {entry.throughput.samples} answers in {generated.seconds:.1f}s "
             f"({entry.throughput.tokens_per_second} new tokens/s)")
         if grounded_prompts is not None:
@@ -314,7 +314,7 @@ def _answer(plan: EvalPlan, loaded: Loaded, engine, grounded_prompts, log: Calla
             out.grounded_texts[name] = [None] * len(items)
             for i, text in zip(asked, grounded.texts):
                 out.grounded_texts[name][i] = text
-            entry.throughput_grounded = Throughput.from_json(grounded.throughput(), strict=True)
+            entry.throughput_grounded = Throughput.from_dict(grounded.throughput(), strict=True)
     loaded.served = None  # the model is not needed past here: free it before scoring
     return out
 
@@ -387,7 +387,7 @@ def _judge(plan: EvalPlan, judge_client: PairwiseJudge | None, answers: Answers,
     for stage in plan.stages:
         log(f"[eval] judge: base vs {stage.name}, {len(judged)} questions x 2 orders")
         pairs = [(items[i].id, items[i].text, answers.texts[BASE][i], answers.texts[stage.name][i]) for i in judged]
-        summary = results.per_adapter[stage.name] = JudgeSummary.from_json(
+        summary = results.per_adapter[stage.name] = JudgeSummary.from_dict(
             judge_pairs(judge_client, pairs, seed=plan.job.seed), strict=True)
         m, ci = answers.models[stage.name].metrics, answers.models[stage.name].intervals
         for key, value, interval in (("win_rate", summary.win_rate, summary.win_rate_ci),
@@ -417,10 +417,10 @@ def _gate(plan: EvalPlan, answers: Answers, scores: Scores, screening: Screening
                                                          keep_conversations=keep_conversations, seed=job.seed)
         judge_summary = judge_results.per_adapter[stage.name] if judge_results else None
         for paired, ids in ((entry.paired, None), (entry.paired_uncontaminated, clean_ids if clean else None)):
-            comparison = judge_comparison(judge_summary and judge_summary.to_json(), ids, margin=job.margin)
+            comparison = judge_comparison(judge_summary and judge_summary.to_dict(), ids, margin=job.margin)
             if comparison is not None and paired is not None:
                 paired["judge"] = comparison
-        gate = gates[stage.name] = Gate.from_json(gate_decision(entry.comparison(clean), job.margin), strict=True)
+        gate = gates[stage.name] = Gate.from_dict(gate_decision(entry.comparison(clean), job.margin), strict=True)
         if judge_summary is not None and not judge_summary.reliable:
             gate.summary += f"; judge unreliable (both orders agree on {_pct(judge_summary.agreement)}), not used"
         if clean:
@@ -441,12 +441,12 @@ def _write(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers
     results.wall_seconds = round(time.time() - started, 2)
     _write_answers(out / "answers.jsonl", plan.items, answers.texts, answers.new_tokens, scores.rubric, scores.flags,
                    screening.keep, answers.grounded_texts, scores.grounded)
-    write_json(results_path, results.to_json())
+    write_json(results_path, results.to_dict())
     plot_metrics(results, out / "metrics.png")
     plot_loss_curves(results, out / "loss_curves.png")
     (out / "report.md").write_text(render_report(results), encoding="utf-8")
     for stage in plan.stages:
-        stage.record_evaluation(gates[stage.name].to_json(), results_path, created)
+        stage.record_evaluation(gates[stage.name].to_dict(), results_path, created)
     for stage, gate in gates.items():
         log(f"[eval] {stage}: {gate.verdict.upper()} — {gate.summary}")
     log(f"[eval] report: {out / 'report.md'} ({results.wall_seconds:.0f}s)")
@@ -455,7 +455,7 @@ def _write(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers
 
 def _results(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answers: Answers, scores: Scores,
              judge_results: JudgeResults | None, gates: dict[str, Gate], created: str) -> EvalResults:
-    """The evaluation's results from the phases' (results.json is their `to_json`)."""
+    """The evaluation's results from the phases' (results.json is their `to_dict`)."""
     from dataclasses import replace
 
     job, stages, items, models, quant = plan.job, plan.stages, plan.items, answers.models, loaded.quant
@@ -466,19 +466,19 @@ def _results(plan: EvalPlan, loaded: Loaded, engine, screening: Screening, answe
         Quantization(True, quant.quant_type, quant.double_quant, base_dtypes(quant)[1]) if quant.load_in_4bit
         else Quantization(False),
         device=loaded.device,
-        engine=Engine.from_json(engine.describe(), strict=True) if engine is not None else
+        engine=Engine.from_dict(engine.describe(), strict=True) if engine is not None else
         Engine("local", device=loaded.device, batch_size=job.batch_size),
         gate=gates,
         base=models[BASE],
         adapters={s.name: replace(models[s.name], adapter_sha256=s.lineage.adapter_sha256,
-                                  loss_reduction=LossReduction.from_json(loss_reduction(s), strict=True)) for s in stages},
+                                  loss_reduction=LossReduction.from_dict(loss_reduction(s), strict=True)) for s in stages},
         splits={s.name: SplitInfo(len(plan.eval_rows[s.name]),
                                   base_splits[s.name].tokens if s.name in base_splits else 0,
                                   s.lineage.split.eval_sha256, plan.split_problems.get(s.name)) for s in stages},
         judge=judge_results,
-        contamination=None if screening.report is None else Contamination.from_json(screening.report, strict=True),
+        contamination=None if screening.report is None else Contamination.from_dict(screening.report, strict=True),
         # the grounded answers' own scores and flags (`_scores`, `_flags`, for answers.jsonl) are not fields
-        grounded=None if scores.grounded is None else Grounded.from_json(scores.grounded, strict=True),
+        grounded=None if scores.grounded is None else Grounded.from_dict(scores.grounded, strict=True),
         kb_check={name: sum(1 for f in scores.flags[name] if f) for name in models},
         n=Counts(questions=len(plan.questions), false_premise_questions=sum(q.false_premise for q in plan.questions),
                  prompts=sum(i.kind == "prompt" for i in items),
