@@ -146,3 +146,13 @@ def transformers_serve(demo_model_dir, tmp_path_factory):
     end of the session."""
     with serve.transformers_serve(demo_model_dir, tmp_path_factory.mktemp("served")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def eval_stub():
+    """The eval's stub OpenAI-compatible server (`stub_servers.EvalStub`): whole answers with usage after 0.05 s,
+    `unknown` model names answered 404, and the most requests it held at once in `max_in_flight`."""
+    from stub_servers import EvalStub, stub_server
+
+    with stub_server(EvalStub, delay=0.05, unknown=set(), in_flight=0, max_in_flight=0) as server:
+        yield server

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import make_adapter
 
 from space.engine import InferenceEngine, choose_decode, same_base
 from trainer.inference.engine import StreamStats
@@ -18,25 +19,6 @@ from trainer.hub.space_settings import load_space_config
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
 QUESTION = [{"role": "user", "content": "How do I apply for a student visa?"}]
-
-
-def make_adapter(base_dir: Path, out: Path, seed: int, base_name: str | None = None, r: int = 8, alpha: int = 64,
-                 targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")) -> Path:
-    """A LoRA adapter with random (non-zero) weights, saved like the trainer saves one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
-                                                  init_lora_weights=False))
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
-    config = json.loads((out / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = base_name or str(base_dir)
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
 
 
 @pytest.fixture(scope="module")

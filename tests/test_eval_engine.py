@@ -1,21 +1,19 @@
 """`eval --engine openai` and outside prompt sets read on their own.
 
-The server is the remote engine's stub (`tests/test_remote_engine.py`), here also answering whole completions (the
-eval asks for whole answers, with the server's token usage) and counting the requests in flight. The run is written
+The server is `eval_stub` (conftest; `stub_servers.EvalStub`): the remote engine's stub, also answering whole
+completions (the eval asks for whole answers, with the server's token usage) and counting the requests in flight. The run is written
 by `run_folder` without training: with the server answering and no held-out conversations, nothing loads here, so
 the whole evaluation, report included, runs in seconds.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from test_remote_engine import StubHandler, stub_server, url_of
+from stub_servers import url_of
 
 from trainer.__main__ import main
 from trainer.jobs import EvalJob, load_eval_job
@@ -23,52 +21,6 @@ from trainer.hub.space_settings import DEFAULT_SYSTEM_PROMPT
 from trainer.typed_yaml import ConfigError
 
 PROMPTS = [f"Question {i}: which documents do I need to study in Canada?" for i in range(8)]
-
-
-class EvalStub(StubHandler):
-    """The remote engine's stub; whole (non-streamed) answers with usage, `server.unknown` model names answered
-    404, and the most requests it held at once in `server.max_in_flight`."""
-
-    def do_POST(self):
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
-        body, server = json.loads(raw), self.server
-        with server.lock:
-            server.in_flight += 1
-            server.max_in_flight = max(server.max_in_flight, server.in_flight)
-        try:
-            if body["model"] in server.unknown:
-                self._reply(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
-            elif server.status != 200 or body.get("stream"):
-                self.rfile = io.BytesIO(raw)
-                super().do_POST()
-            else:
-                with server.lock:
-                    server.requests.append({"body": body, "auth": self.headers.get("Authorization"),
-                                            "at": time.time()})
-                time.sleep(server.delay)
-                text = f"Answer from {body['model']} about your question"
-                self._reply(200, {"id": "stub", "object": "chat.completion", "created": 0, "model": body["model"],
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": text}}],
-                                  "usage": {"prompt_tokens": 10, "completion_tokens": len(text.split()),
-                                            "total_tokens": 10 + len(text.split())}})
-        finally:
-            with server.lock:
-                server.in_flight -= 1
-
-    def _reply(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def stub():
-    with stub_server(EvalStub, delay=0.05, unknown=set(), in_flight=0, max_in_flight=0) as server:
-        yield server
 
 
 @pytest.fixture
@@ -97,15 +49,15 @@ def answers_asked(server) -> list[dict]:
 
 # Outside prompt sets: only those prompts, and no verdict where nothing gates
 
-def test_an_outside_prompt_set_is_answered_alone_and_reads_not_gated(run_dir, tmp_path, stub, capsys):
+def test_an_outside_prompt_set_is_answered_alone_and_reads_not_gated(run_dir, tmp_path, eval_stub, capsys):
     prompts = prompt_file(tmp_path)
     assert main(["eval", "--run", str(run_dir), "--questions", str(prompts), "--engine", "openai",
-                 "--base-url", url_of(stub), "--concurrency", "4", "--max-new-tokens", "7"]) == 0
+                 "--base-url", url_of(eval_stub), "--concurrency", "4", "--max-new-tokens", "7"]) == 0
     printed = capsys.readouterr().out
     assert "no held-out turns (--held-out adds them)" in printed and "loaded" not in printed
 
     # every model answered exactly the 8 prompts, greedy, with the rendered messages, 4 at a time
-    asked = answers_asked(stub)
+    asked = answers_asked(eval_stub)
     served = {"base": "smollm2-135m-instruct", "stage1": "demo/stage1", "stage2": "demo/stage2"}
     assert sorted(r["body"]["model"] for r in asked) == sorted(list(served.values()) * len(PROMPTS))
     for r in asked:
@@ -114,12 +66,12 @@ def test_an_outside_prompt_set_is_answered_alone_and_reads_not_gated(run_dir, tm
         assert body["messages"][0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
         assert body["messages"][1]["role"] == "user" and len(body["messages"]) == 2
     assert {r["body"]["messages"][1]["content"] for r in asked} == set(PROMPTS)
-    assert 1 < stub.max_in_flight <= 4
+    assert 1 < eval_stub.max_in_flight <= 4
 
     out = run_dir / "eval"
     results = json.loads((out / "results.json").read_text())
     assert results["engine"]["name"] == "openai" and results["engine"]["models"] == served
-    assert results["engine"]["base_url"] == url_of(stub) and results["settings"]["generation"]["engine"] == "openai"
+    assert results["engine"]["base_url"] == url_of(eval_stub) and results["settings"]["generation"]["engine"] == "openai"
     assert results["quantization"] is None and results["load_seconds"] == 0
     n = results["n"]
     assert (n["prompts"], n["answers_per_model"], n["reference_prompts"], n["eval_conversations"]) == (8, 8, 0, 0)
@@ -142,7 +94,7 @@ def test_an_outside_prompt_set_is_answered_alone_and_reads_not_gated(run_dir, tm
     for empty in ("## Rubric by question", "## Held-out loss per split", "eval loss (n=", "| rubric accuracy"):
         assert empty not in report, empty
     assert "## Held-out conversations" in report and "Not asked" in report
-    assert f"answers from `{url_of(stub)}`" in report and "chat templates: the server's" in report
+    assert f"answers from `{url_of(eval_stub)}`" in report and "chat templates: the server's" in report
 
 
 def test_the_plan_asks_held_out_turns_with_a_rubric_and_only_on_request_with_a_prompt_set(run_dir, tmp_path):
@@ -162,20 +114,20 @@ def test_the_plan_asks_held_out_turns_with_a_rubric_and_only_on_request_with_a_p
 
 # The rubric through the engine: names, key, grounding, the same report
 
-def test_the_rubric_grounded_through_the_engine_with_its_own_names_and_key(run_dir, stub, monkeypatch):
+def test_the_rubric_grounded_through_the_engine_with_its_own_names_and_key(run_dir, eval_stub, monkeypatch):
     from trainer.eval.run import plan_evaluation
     from trainer.kb.retrieve import RetrievalSettings, Retriever, grounded_messages
 
     monkeypatch.setenv("EVAL_ENGINE_TEST_KEY", "sk-engine-secret-000")
     settings = run_dir.parent / "engine.yaml"  # the same settings as a file: a new experiment is a YAML
-    settings.write_text(yaml.safe_dump({"engine": "openai", "base_url": url_of(stub), "concurrency": 3,
+    settings.write_text(yaml.safe_dump({"engine": "openai", "base_url": url_of(eval_stub), "concurrency": 3,
                                         "base_served_name": "my-base", "adapter_served_name": "{stage}-lora",
                                         "api_key_env": "EVAL_ENGINE_TEST_KEY", "held_out": False, "limit": 4,
                                         "max_new_tokens": 9, "grounded": True, "retrieval_k": 2}))
     assert main(["eval", "--run", str(run_dir), "--config", str(settings)]) == 0
 
-    asked = answers_asked(stub)
-    assert {r["auth"] for r in stub.requests} == {"Bearer sk-engine-secret-000"}
+    asked = answers_asked(eval_stub)
+    assert {r["auth"] for r in eval_stub.requests} == {"Bearer sk-engine-secret-000"}
     plan = plan_evaluation(run_dir, load_eval_job(settings))
     retriever = Retriever(plan.kb, RetrievalSettings(k=2))
     expected = [list(i.messages) for i in plan.items]
@@ -183,7 +135,7 @@ def test_the_rubric_grounded_through_the_engine_with_its_own_names_and_key(run_d
     for model in ("my-base", "stage1-lora", "stage2-lora"):
         mine = [r["body"]["messages"] for r in asked if r["body"]["model"] == model]
         assert sorted(map(json.dumps, mine)) == sorted(map(json.dumps, expected)), model
-    assert 1 < stub.max_in_flight <= 3
+    assert 1 < eval_stub.max_in_flight <= 3
 
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert results["engine"]["models"] == {"base": "my-base", "stage1": "stage1-lora", "stage2": "stage2-lora"}
@@ -199,7 +151,7 @@ def test_the_rubric_grounded_through_the_engine_with_its_own_names_and_key(run_d
 
 # Failures: one line naming the server and the model
 
-def test_a_server_that_is_down_or_lacks_an_adapter_is_one_line(run_dir, tmp_path, stub, capsys):
+def test_a_server_that_is_down_or_lacks_an_adapter_is_one_line(run_dir, tmp_path, eval_stub, capsys):
     import socket
 
     with socket.socket() as s:
@@ -213,15 +165,15 @@ def test_a_server_that_is_down_or_lacks_an_adapter_is_one_line(run_dir, tmp_path
                                                          "'smollm2-135m-instruct' (base): ")
     assert not (run_dir / "eval" / "results.json").exists()
 
-    stub.unknown = {"demo/stage2"}
+    eval_stub.unknown = {"demo/stage2"}
     assert main(["eval", "--run", str(run_dir), "--questions", prompts, "--engine", "openai",
-                 "--base-url", url_of(stub)]) == 2
+                 "--base-url", url_of(eval_stub)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"{url_of(stub)}, model 'demo/stage2' (stage2): HTTP 404" in err
-    assert "--lora-modules" in err and answers_asked(stub) == []  # stopped before any answer was asked
+    assert len(err.splitlines()) == 1 and f"{url_of(eval_stub)}, model 'demo/stage2' (stage2): HTTP 404" in err
+    assert "--lora-modules" in err and answers_asked(eval_stub) == []  # stopped before any answer was asked
 
     assert main(["eval", "--run", str(run_dir), "--questions", prompts, "--engine", "openai", "--base-url",
-                 url_of(stub), "--api-key-env", "EVAL_ENGINE_UNSET_KEY"]) == 2
+                 url_of(eval_stub), "--api-key-env", "EVAL_ENGINE_UNSET_KEY"]) == 2
     assert capsys.readouterr().err.strip() == \
         "error: api_key_env: the environment variable EVAL_ENGINE_UNSET_KEY is not set"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import REPO
-from test_eval_engine import stub  # noqa: F401 (the OpenAI-compatible stub server)
 
 from trainer.__main__ import main
 from trainer.eval import EvalError
@@ -515,7 +514,7 @@ def shape(value):
 
 
 def test_an_outside_csv_of_prompts_is_evaluated_alone_here_and_through_an_engine(
-        run_copy, tmp_path, stub, capsys):  # noqa: F811 (stub: the fixture imported above)
+        run_copy, tmp_path, eval_stub, capsys):
     prompts = tmp_path / "my_prompts.csv"
     lines = ["prompt,reference"]
     for i in range(20):
@@ -547,7 +546,7 @@ def test_an_outside_csv_of_prompts_is_evaluated_alone_here_and_through_an_engine
 
     # The same prompts through an OpenAI-compatible server: the results have the same shape; only the engine's
     # record and what was loaded here differ
-    url = f"http://127.0.0.1:{stub.server_address[1]}/v1"
+    url = f"http://127.0.0.1:{eval_stub.server_address[1]}/v1"
     engine_out = tmp_path / "engine"
     assert main(["eval", "--run", str(run_copy), "--questions", str(prompts), "--max-new-tokens", "4",
                  "--no-contamination", "--engine", "openai", "--base-url", url, "--out", str(engine_out)]) == 0

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from test_engine import make_adapter
+from helpers import make_adapter
 
 from trainer.inference.model import BASE, GenerationSettings
 

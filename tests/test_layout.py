@@ -338,3 +338,10 @@ def test_the_tests_and_the_benchmarks_do_not_import_each_other():
     assert crossings("bench", tests, skip="bench/tests") == []
     assert crossings("bench/tests", tests) == []
     assert crossings("bench/tests", bench)  # the check sees an import when there is one
+
+
+def test_a_test_file_imports_no_other_test_file():
+    """Fixtures live in conftest.py and what tests share in helper modules (helpers, stub_servers, run_folder), so a
+    test file can be read, run and changed alone."""
+    test_files = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+    assert crossings("tests", test_files) == []

@@ -9,15 +9,13 @@ in headless Chromium.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from helpers import answer_lengths, at_once, chromium, launch_app, open_app, stop_app, watch_answer
+from stub_servers import stub_server, url_of
 
 from trainer.hub import local_server as serve
 from space.display import is_note, message_text
@@ -31,56 +29,6 @@ from trainer.hub.space_settings import load_space_config
 SYSTEM = "You are a careful study-abroad counsellor."
 KEY = "sk-test-0123456789abcdef"
 UNAVAILABLE = "⚠ No answer: the model server did not respond"
-
-
-class StubHandler(BaseHTTPRequestHandler):
-    """Chat completions as a server streams them, or the failure the test set (`server.status`, `server.delay`)."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server = self.server
-        with server.lock:
-            server.requests.append({"body": body, "auth": self.headers.get("Authorization"), "at": time.time()})
-        if server.status != 200:
-            self.send_response(server.status)
-            self.send_header("Content-Type", "application/json")
-            if server.status == 429:
-                self.send_header("Retry-After", "1")
-            self.end_headers()
-            self.wfile.write(json.dumps({"error": {"message": "stub failure"}}).encode())
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        words = f"Answer from {body['model']} about your question".split(" ")
-        for i, word in enumerate(words):
-            time.sleep(server.delay)
-            chunk = {"id": "stub", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                     "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
-                                  "finish_reason": None}]}
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-
-
-@contextmanager
-def stub_server(handler=StubHandler, **attributes):
-    """A stub server on a free port of 127.0.0.1 for the block, with the attributes its handler reads."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    server.status, server.delay, server.requests, server.lock = 200, 0.0, [], threading.Lock()
-    for name, value in attributes.items():
-        setattr(server, name, value)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -101,10 +49,6 @@ def space_config(base_url: str, *extra: str, api_key_env: str | None = None):
 def engine_for(base_url: str, *extra: str, api_key_env: str | None = None) -> OpenAIEngine:
     cfg = space_config(base_url, *extra, api_key_env=api_key_env)
     return OpenAIEngine.from_config(cfg, AdapterRegistry.from_config(cfg)).load()
-
-
-def url_of(server) -> str:
-    return f"http://127.0.0.1:{server.server_port}/v1"
 
 
 QUESTION = [{"role": "user", "content": "Do I need a visa?"}]
